@@ -1,0 +1,61 @@
+# Firestore (native mode): job state, approvals, masked result pages, sessions.
+
+resource "google_firestore_database" "gateway" {
+  project                 = var.project_id
+  name                    = var.firestore_database
+  location_id             = var.firestore_location
+  type                    = "FIRESTORE_NATIVE"
+  delete_protection_state = var.firestore_deletion_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  deletion_policy         = var.firestore_deletion_protection ? "ABANDON" : "DELETE"
+  depends_on              = [google_project_service.gateway]
+}
+
+# Documents carry an `expire_at` timestamp; Firestore deletes them after it.
+# The field is left out of single-field indexes (TTL timestamps hotspot them).
+resource "google_firestore_field" "expire_at" {
+  for_each   = toset(local.firestore_ttl_collections)
+  project    = var.project_id
+  database   = google_firestore_database.gateway.name
+  collection = each.value
+  field      = "expire_at"
+
+  ttl_config {}
+
+  index_config {}
+}
+
+# An agent's or approver's job list, newest first.
+resource "google_firestore_index" "jobs_by_owner" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "owner"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+}
+
+# A principal's sessions, newest first.
+resource "google_firestore_index" "sessions_by_principal" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "sessions"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "principal"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "started_at"
+    order      = "DESCENDING"
+  }
+}

@@ -1,0 +1,204 @@
+# The four Cloud Functions (gen2). Each runs as its own service account (iam.tf)
+# from its own bundle (bundles.tf).
+#
+# executor and slack_notify are CloudEvent functions fed by Pub/Sub, but they are
+# deployed without an `event_trigger`: the subscription an Eventarc trigger
+# creates is managed by Eventarc and cannot carry a dead-letter policy. Instead
+# pubsub.tf declares push subscriptions to the functions' URLs (authenticated
+# with an OIDC token of a dedicated push service account) that do have a
+# dead-letter topic and a retry policy. functions-framework turns the Pub/Sub
+# push body into the same CloudEvent an Eventarc trigger would deliver
+# (`event.data["message"]["data"]`), so the code is the same either way.
+
+resource "google_cloudfunctions2_function" "ingress" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.ingress
+  description = local.functions.ingress.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = local.functions.ingress.entry_point
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["ingress"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["ingress"].email
+    available_memory               = "512Mi"
+    timeout_seconds                = 120
+    max_instance_count             = var.max_instance_count
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables = merge(local.common_env, {
+      BQGATE_EXECUTOR_URL = google_cloudfunctions2_function.executor.service_config[0].uri
+    })
+  }
+
+  lifecycle {
+    precondition {
+      condition     = !var.require_cloud_run_iam || length(var.ingress_invokers) > 0
+      error_message = "require_cloud_run_iam = true needs at least one member in ingress_invokers."
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
+  ]
+}
+
+# Reached by ingress over HTTPS (fast path) and by Pub/Sub push, so its
+# network ingress is open; only those two identities may invoke it (iam.tf).
+# Its timeout stays under the push subscription's 600 s ack deadline.
+resource "google_cloudfunctions2_function" "executor" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.executor
+  description = local.functions.executor.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = local.functions.executor.entry_point
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["executor"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["executor"].email
+    available_memory               = "1Gi"
+    timeout_seconds                = 540
+    max_instance_count             = var.max_instance_count
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables          = local.common_env
+
+    secret_environment_variables {
+      key        = "BQGATE_HMAC_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.masking_hmac_key.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
+    google_secret_manager_secret_iam_member.executor_hmac_key,
+  ]
+}
+
+# Public so Slack can reach it: the code verifies Slack's request signature.
+# Slack waits 3 s for an interactivity answer.
+resource "google_cloudfunctions2_function" "approvals" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.approvals
+  description = local.functions.approvals.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = local.functions.approvals.entry_point
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["approvals"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["approvals"].email
+    available_memory               = "512Mi"
+    timeout_seconds                = 60
+    max_instance_count             = var.max_instance_count
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables          = local.common_env
+
+    secret_environment_variables {
+      key        = "BQGATE_SLACK_BOT_TOKEN"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.slack_bot_token.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
+      key        = "BQGATE_SLACK_SIGNING_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.slack_signing_secret.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
+    google_secret_manager_secret_iam_member.approvals_slack_bot_token,
+    google_secret_manager_secret_iam_member.approvals_slack_signing_secret,
+  ]
+}
+
+# Invoked only by its Pub/Sub push identity (iam.tf).
+resource "google_cloudfunctions2_function" "slack_notify" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.slack_notify
+  description = local.functions.slack_notify.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = local.functions.slack_notify.entry_point
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["slack_notify"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["slack_notify"].email
+    available_memory               = "256Mi"
+    timeout_seconds                = 60
+    max_instance_count             = var.max_instance_count
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables = merge(local.common_env, {
+      BQGATE_SLACK_CHANNEL = var.slack_channel
+    })
+
+    secret_environment_variables {
+      key        = "BQGATE_SLACK_BOT_TOKEN"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.slack_bot_token.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
+    google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
+  ]
+}

@@ -1,0 +1,55 @@
+# Values derived from the variables, shared by several files.
+
+locals {
+  # The four functions. Entry points are the functions-framework targets in
+  # functions/<name>/main.py; the folder name is the key.
+  functions = {
+    approvals = {
+      description = "Slack interactivity endpoint and approver API."
+      entry_point = "approvals"
+    }
+    executor = {
+      description = "Runs approved and allowed BigQuery jobs; the only identity with BigQuery access."
+      entry_point = "executor"
+    }
+    ingress = {
+      description = "BigQuery REST API for AI coding agents: authenticate, classify, record, route."
+      entry_point = "ingress"
+    }
+    slack_notify = {
+      description = "Posts approval requests to Slack."
+      entry_point = "slack_notify"
+    }
+  }
+
+  # Cloud Run service names cannot hold underscores.
+  function_names = { for k in keys(local.functions) : k => "${var.name_prefix}-${replace(k, "_", "-")}" }
+
+  # Settings every function reads (see shared/bqgate/settings.py).
+  # BQGATE_DEV_MODE is never set in the cloud.
+  common_env = {
+    BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.approvals.name
+    BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.execute.name
+    BQGATE_FIRESTORE_DATABASE = google_firestore_database.gateway.name
+    BQGATE_LOCATION           = var.bigquery_location
+    BQGATE_POLICY             = "policy.yaml"
+    BQGATE_PROJECT            = var.project_id
+    BQGATE_WAREHOUSE_PROJECT  = local.warehouse_project_id
+  }
+
+  # Firestore collection groups whose documents carry an `expire_at` timestamp
+  # that the TTL policy deletes them at.
+  firestore_ttl_collections = ["jobs", "session_events", "sessions"]
+
+  # Pub/Sub's own service agent: it publishes dead letters and acks the
+  # messages it forwarded, so it needs rights on both sides.
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.gateway.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  repo_root = "${path.module}/../.."
+
+  warehouse_project_id = coalesce(var.warehouse_project_id, var.project_id)
+}
+
+data "google_project" "gateway" {
+  project_id = var.project_id
+}

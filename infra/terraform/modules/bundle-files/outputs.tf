@@ -1,0 +1,4 @@
+output "files" {
+  description = "Map of path inside the bundle => path of the source file."
+  value       = local.files
+}

@@ -1,0 +1,58 @@
+# Outputs, in alphabetical order.
+
+output "approvals_url" {
+  description = "URL of the approvals function (approver API)."
+  value       = google_cloudfunctions2_function.approvals.url
+}
+
+output "bundle_bucket" {
+  description = "Bucket holding the function bundles."
+  value       = google_storage_bucket.bundles.name
+}
+
+output "dead_letter_subscriptions" {
+  description = "Pull subscriptions holding the messages no function could process, by topic."
+  value = {
+    approvals = google_pubsub_subscription.approvals_dead_letter.name
+    execute   = google_pubsub_subscription.execute_dead_letter.name
+  }
+}
+
+output "executor_url" {
+  description = "URL of the executor function (IAM-only: Pub/Sub push and ingress)."
+  value       = google_cloudfunctions2_function.executor.service_config[0].uri
+}
+
+output "gateway_url" {
+  description = "BigQuery API endpoint to give agents (api_endpoint of the BigQuery client, --api of bq)."
+  value       = google_cloudfunctions2_function.ingress.url
+}
+
+output "secret_ids" {
+  description = "Secret Manager secrets to add values to, by purpose."
+  value = {
+    masking_hmac_key     = google_secret_manager_secret.masking_hmac_key.secret_id
+    slack_bot_token      = google_secret_manager_secret.slack_bot_token.secret_id
+    slack_signing_secret = google_secret_manager_secret.slack_signing_secret.secret_id
+  }
+}
+
+output "service_account_emails" {
+  description = "Runtime service account of each function."
+  value       = { for k, sa in google_service_account.function : k => sa.email }
+}
+
+output "slack_interactivity_url" {
+  description = "Request URL for the Slack app's Interactivity settings (slack-app-manifest.yaml)."
+  value       = "${google_cloudfunctions2_function.approvals.url}/slack/interactivity"
+}
+
+output "topic_names" {
+  description = "Pub/Sub topics, by role."
+  value = {
+    approvals             = google_pubsub_topic.approvals.name
+    approvals_dead_letter = google_pubsub_topic.approvals_dead_letter.name
+    execute               = google_pubsub_topic.execute.name
+    execute_dead_letter   = google_pubsub_topic.execute_dead_letter.name
+  }
+}

@@ -1,0 +1,43 @@
+# Secret Manager secrets, mounted into the functions as environment variables
+# (functions.tf). Terraform creates the secrets only: their values never pass
+# through Terraform or its state. Add them with, for example:
+#   printf %s "$SLACK_BOT_TOKEN" | gcloud secrets versions add <prefix>-slack-bot-token --data-file=-
+# A function cannot deploy until its secrets have a version (see README.md).
+
+resource "google_secret_manager_secret" "slack_bot_token" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-slack-bot-token"
+  labels    = var.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.gateway]
+}
+
+resource "google_secret_manager_secret" "slack_signing_secret" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-slack-signing-secret"
+  labels    = var.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.gateway]
+}
+
+# Key of the HMAC the executor masks sensitive values with. Rotating it changes
+# every masked token, so joins across the rotation no longer match.
+resource "google_secret_manager_secret" "masking_hmac_key" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-masking-hmac-key"
+  labels    = var.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.gateway]
+}

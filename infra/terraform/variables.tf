@@ -1,0 +1,150 @@
+# Input variables, in alphabetical order.
+
+variable "bigquery_location" {
+  description = "BigQuery location the executor runs jobs in (BQGATE_LOCATION), e.g. US, EU or a region."
+  type        = string
+  default     = "US"
+  validation {
+    condition     = can(regex("^(US|EU|[a-z]+-[a-z]+[0-9]+)$", var.bigquery_location))
+    error_message = "bigquery_location must be US, EU or a region such as europe-west1."
+  }
+}
+
+variable "firestore_database" {
+  description = "Firestore database id for job state, approvals, result pages and sessions (BQGATE_FIRESTORE_DATABASE)."
+  type        = string
+  default     = "(default)"
+  validation {
+    condition     = var.firestore_database == "(default)" || can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore_database))
+    error_message = "firestore_database must be \"(default)\" or 4-63 lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "firestore_deletion_protection" {
+  description = "Refuse to delete the Firestore database (and keep it when Terraform destroys it)."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Firestore location: a multi-region (nam5, eur3) or a region. Cannot be changed once created."
+  type        = string
+  default     = "nam5"
+  validation {
+    condition     = can(regex("^(nam5|nam7|eur3|[a-z]+-[a-z]+[0-9]+)$", var.firestore_location))
+    error_message = "firestore_location must be nam5, nam7, eur3 or a region such as us-central1."
+  }
+}
+
+variable "ingress_invokers" {
+  description = "Members granted roles/run.invoker on the ingress function when require_cloud_run_iam is true, e.g. serviceAccount:agent@p.iam.gserviceaccount.com."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.ingress_invokers : can(regex("^(user|serviceAccount|group|domain|principal|principalSet):.+", m))])
+    error_message = "Each ingress_invokers entry must be an IAM member such as user:..., serviceAccount:..., group:... or domain:... (allUsers is what require_cloud_run_iam = false means)."
+  }
+}
+
+variable "labels" {
+  description = "Labels applied to the resources that take them."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))])
+    error_message = "Label keys must start with a lowercase letter; keys and values may hold lowercase letters, digits, _ and - (63 characters at most)."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of a Pub/Sub message to a function before it goes to the topic's dead-letter topic."
+  type        = number
+  default     = 5
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "Pub/Sub accepts max_delivery_attempts between 5 and 100."
+  }
+}
+
+variable "max_instance_count" {
+  description = "Most instances each function may scale to."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.max_instance_count >= 1 && var.max_instance_count <= 1000 && floor(var.max_instance_count) == var.max_instance_count
+    error_message = "max_instance_count must be a whole number between 1 and 1000."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every named resource (functions, service accounts, topics, secrets, bucket)."
+  type        = string
+  default     = "bqgate"
+  validation {
+    condition     = can(regex("^[a-z](?:[a-z0-9-]{0,10}[a-z0-9])?$", var.name_prefix))
+    error_message = "name_prefix must be 1-12 lowercase letters, digits or hyphens, start with a letter and not end with a hyphen (service account ids are 30 characters at most)."
+  }
+}
+
+variable "policy_file" {
+  description = "Path of the policy YAML to deploy (shipped in every bundle as policy.yaml), e.g. ../../policies/prod.yaml."
+  type        = string
+  validation {
+    condition     = can(regex("\\.ya?ml$", var.policy_file)) && fileexists(var.policy_file)
+    error_message = "policy_file must name an existing .yaml or .yml file (relative paths are from the folder terraform runs in)."
+  }
+}
+
+variable "project_id" {
+  description = "Gateway project: functions, Firestore, Pub/Sub, secrets and the bundle bucket live here."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id: 6-30 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions and the bundle bucket."
+  type        = string
+  default     = "us-central1"
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region such as us-central1 or europe-west1."
+  }
+}
+
+variable "require_cloud_run_iam" {
+  description = "When true, the ingress function is not public: only ingress_invokers get roles/run.invoker, and agents must send a Google-signed ID token for it. When false (default) anyone can reach it and the gateway authenticates every request itself."
+  type        = bool
+  default     = false
+}
+
+variable "slack_channel" {
+  description = "Slack channel the approval requests are posted to (BQGATE_SLACK_CHANNEL): a channel id (C0123ABCD) or #name."
+  type        = string
+  default     = "#bqgate-approvals"
+  validation {
+    condition     = can(regex("^([CGD][A-Z0-9]{6,}|#[a-z0-9][a-z0-9_-]{0,79})$", var.slack_channel))
+    error_message = "slack_channel must be a Slack channel id (C0123ABCD) or a #channel-name."
+  }
+}
+
+variable "warehouse_datasets" {
+  description = "Datasets of the warehouse project the executor may use, as dataset id => \"read\" (roles/bigquery.dataViewer) or \"write\" (roles/bigquery.dataEditor). The executor gets no data access anywhere else."
+  type        = map(string)
+  validation {
+    condition     = alltrue([for d, access in var.warehouse_datasets : can(regex("^[A-Za-z0-9_]{1,1024}$", d)) && contains(["read", "write"], access)])
+    error_message = "Keys must be dataset ids (letters, digits, underscores) and values \"read\" or \"write\"."
+  }
+}
+
+variable "warehouse_project_id" {
+  description = "BigQuery project the executor runs jobs in and bills to (BQGATE_WAREHOUSE_PROJECT); null means project_id."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.warehouse_project_id == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.warehouse_project_id))
+    error_message = "warehouse_project_id must be a project id: 6-30 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}

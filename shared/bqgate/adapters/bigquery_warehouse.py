@@ -1,0 +1,141 @@
+"""The warehouse on BigQuery, run with the gateway's own service account.
+
+Rows are read with ``jobs.getQueryResults`` in BigQuery's own REST shape (through the
+client's authenticated connection) and turned into compact rows, so values reach the
+masking layer exactly as BigQuery wrote them, with int64 timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import bigquery
+
+from bqgate.errors import RETRYABLE_REASONS, BqgateError, InvalidQuery
+from bqgate.ports import QueryOutcome
+from bqgate.wire.bigquery import rest_to_compact
+
+WAIT_SLICE_MS = 10_000
+
+
+def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
+    errors = getattr(exc, "errors", None) or []
+    reason = (errors[0].get("reason") if errors and isinstance(errors[0], dict) else None) or "invalidQuery"
+    message = getattr(exc, "message", None) or str(exc)
+    return {"reason": reason, "message": message}
+
+
+class BigQueryWarehouse:
+    def __init__(self, client: bigquery.Client, *, project: str, location: str,
+                 job_timeout_s: float = 3600.0) -> None:
+        self.client = client
+        self.project = project
+        self.location = location
+        self.job_timeout_s = job_timeout_s
+
+    def _api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        # The client's own authenticated connection (same credentials, endpoint, retries).
+        result: dict[str, Any] = self.client._connection.api_request(method=method, path=path, **kwargs)
+        return result
+
+    def _query_config(self, sql: str, default_dataset: Mapping[str, str] | None,
+                      query_parameters: Sequence[Mapping[str, Any]],
+                      maximum_bytes_billed: int | None, labels: Mapping[str, str],
+                      dry_run: bool = False) -> bigquery.QueryJobConfig:
+        query: dict[str, Any] = {"useLegacySql": False}
+        if default_dataset:
+            query["defaultDataset"] = dict(default_dataset)
+        if maximum_bytes_billed:
+            query["maximumBytesBilled"] = str(maximum_bytes_billed)
+        if query_parameters:
+            query["queryParameters"] = [dict(p) for p in query_parameters]
+            named = any(p.get("name") for p in query_parameters)
+            query["parameterMode"] = "NAMED" if named else "POSITIONAL"
+        resource: dict[str, Any] = {"query": query}
+        if labels:
+            resource["labels"] = dict(labels)
+        if dry_run:
+            resource["dryRun"] = True
+        return bigquery.QueryJobConfig.from_api_repr(resource)
+
+    def dry_run(self, sql: str, *, default_dataset: Mapping[str, str] | None,
+                query_parameters: Sequence[Mapping[str, Any]] = ()) -> int:
+        config = self._query_config(sql, default_dataset, query_parameters, None, {}, dry_run=True)
+        try:
+            job = self.client.query(sql, job_config=config, location=self.location)
+        except gexc.BadRequest as exc:
+            raise InvalidQuery(_error_of(exc)["message"]) from None
+        return int(job.total_bytes_processed or 0)
+
+    def run(self, job_id: str, sql: str, *, default_dataset: Mapping[str, str] | None,
+            labels: Mapping[str, str], maximum_bytes_billed: int | None,
+            query_parameters: Sequence[Mapping[str, Any]] = ()) -> QueryOutcome:
+        config = self._query_config(sql, default_dataset, query_parameters,
+                                    maximum_bytes_billed, labels)
+        try:
+            job = self.client.query(sql, job_config=config, job_id=job_id, location=self.location)
+        except gexc.Conflict:
+            # Redelivery or retry: the statement already runs (or ran) under this id.
+            job = self.client.get_job(job_id, location=self.location)
+        except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
+            return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
+        deadline = time.monotonic() + self.job_timeout_s
+        path = f"/projects/{job.project}/queries/{job.job_id}"
+        while True:
+            try:
+                resp = self._api("GET", path, query_params={
+                    "maxResults": 0, "timeoutMs": WAIT_SLICE_MS, "location": self.location})
+            except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
+                return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
+            if resp.get("jobComplete"):
+                break
+            if time.monotonic() > deadline:
+                raise BqgateError(f"BigQuery job {job_id} did not finish in {self.job_timeout_s}s")
+        job.reload()
+        if job.error_result:
+            reason = job.error_result.get("reason", "invalidQuery")
+            if reason in RETRYABLE_REASONS:
+                raise RuntimeError(f"BigQuery job {job_id} failed transiently: {job.error_result}")
+            return QueryOutcome([], 0, None, None, None,
+                                error={"reason": reason, "message": job.error_result.get("message", "")})
+        schema = (resp.get("schema") or {}).get("fields") or []
+        dml = resp.get("numDmlAffectedRows")
+        return QueryOutcome(
+            schema=schema,
+            total_rows=int(resp.get("totalRows") or 0),
+            statement_type=getattr(job, "statement_type", None),
+            num_dml_affected_rows=int(dml) if dml is not None else None,
+            total_bytes_processed=int(resp.get("totalBytesProcessed") or job.total_bytes_processed or 0),
+        )
+
+    def pages(self, job_id: str, *, page_size: int, max_rows: int | None) -> Iterator[list[list[Any]]]:
+        path = f"/projects/{self.project}/queries/{job_id}"
+        token: str | None = None
+        seen = 0
+        while True:
+            want = page_size if max_rows is None else min(page_size, max_rows - seen)
+            if want <= 0:
+                return
+            params: dict[str, Any] = {"maxResults": want, "location": self.location,
+                                      "formatOptions.useInt64Timestamp": True}
+            if token:
+                params["pageToken"] = token
+            resp = self._api("GET", path, query_params=params)
+            schema = (resp.get("schema") or {}).get("fields") or []
+            rows = rest_to_compact(resp.get("rows") or [], schema)
+            if rows:
+                seen += len(rows)
+                yield rows
+            token = resp.get("pageToken")
+            if not token or not rows:
+                return
+
+    def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
+        try:
+            table = self.client.get_table(table_fqn)
+        except gexc.NotFound:
+            raise KeyError(table_fqn) from None
+        return [f.to_api_repr() for f in table.schema]

@@ -1,0 +1,71 @@
+"""The job store on Firestore: ``jobs/{job_id}`` and ``jobs/{job_id}/pages/{n}``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from bqgate.errors import Duplicate, NotFound
+from bqgate.jobs import Job
+
+JOBS = "jobs"
+PAGES = "pages"
+
+
+def page_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+class FirestoreJobStore:
+    def __init__(self, client: firestore.Client, collection: str = JOBS) -> None:
+        self.client = client
+        self.jobs = client.collection(collection)
+
+    def create(self, job: Job) -> None:
+        try:
+            self.jobs.document(job.job_id).create(job.to_doc())
+        except gexc.AlreadyExists:
+            raise Duplicate(f"Already Exists: Job {job.project}:{job.job_id}") from None
+
+    def get(self, job_id: str) -> Job | None:
+        snap = self.jobs.document(job_id).get()
+        return Job.from_doc(snap.to_dict() or {}) if snap.exists else None
+
+    def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+        ref = self.jobs.document(job_id)
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> Job:
+            snap = ref.get(transaction=txn)
+            if not snap.exists:
+                raise NotFound(f"Not found: Job {job_id}")
+            job = Job.from_doc(snap.to_dict() or {})
+            fields = change(job)
+            if fields:
+                txn.update(ref, fields)
+                doc = job.to_doc()
+                doc.update(fields)
+                job = Job.from_doc(doc)
+            return job
+
+        return run(self.client.transaction())
+
+    def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
+        self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
+            {"index": index, "start": start, "rows": rows_json}
+        )
+
+    def get_pages(self, job_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        pages = self.jobs.document(job_id).collection(PAGES)
+        refs = [pages.document(page_id(i)) for i in range(first, last + 1)]
+        docs = {s.id: s.to_dict() or {} for s in self.client.get_all(refs) if s.exists}
+        out = []
+        for i in range(first, last + 1):
+            doc = docs.get(page_id(i))
+            if doc is None:
+                raise NotFound(f"Not found: result page {i} of job {job_id}")
+            out.append((int(doc["start"]), str(doc["rows"])))
+        return out

@@ -1,0 +1,23 @@
+"""The queue on Pub/Sub: one JSON message per job hand-off."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from google.cloud import pubsub_v1
+
+PUBLISH_TIMEOUT_S = 30.0
+
+
+class PubSubQueue:
+    def __init__(self, publisher: pubsub_v1.PublisherClient, project: str) -> None:
+        self.publisher = publisher
+        self.project = project
+
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        path = self.publisher.topic_path(self.project, topic)
+        data = json.dumps(dict(message), separators=(",", ":")).encode()
+        # Wait for the server's ack: a job must not be reported as queued before it is.
+        self.publisher.publish(path, data).result(timeout=PUBLISH_TIMEOUT_S)

@@ -1,0 +1,133 @@
+"""Lazy wiring: the services each function needs, built on first use and cached.
+
+Nothing here runs at import, so cold starts stay fast and imports need no
+credentials (python-docs-samples ``tips-lazy-globals``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from bqgate import settings as settings_mod
+from bqgate.policy import Policy, load_policy
+from bqgate.service.executor import Executor
+from bqgate.service.gateway import Gateway, GatewayConfig
+from bqgate.settings import Settings
+
+log = logging.getLogger("bqgate")
+
+
+@functools.cache
+def settings() -> Settings:
+    return settings_mod.from_env()
+
+
+@functools.cache
+def policy() -> Policy:
+    return load_policy(settings().policy_path)
+
+
+@functools.cache
+def firestore_client() -> Any:
+    from google.cloud import firestore
+
+    s = settings()
+    return firestore.Client(project=s.project, database=s.firestore_database)
+
+
+@functools.cache
+def publisher() -> Any:
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.PublisherClient()
+
+
+@functools.cache
+def bigquery_client() -> Any:
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import bigquery
+
+    s = settings()
+    if s.bigquery_endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        # A local emulator: only ever used in dev mode, never with real credentials.
+        creds = AnonymousCredentials() if s.dev_mode else None
+        return bigquery.Client(project=s.warehouse_project, credentials=creds,
+                               location=s.location,
+                               client_options=ClientOptions(api_endpoint=s.bigquery_endpoint))
+    return bigquery.Client(project=s.warehouse_project, location=s.location)
+
+
+@functools.cache
+def job_store() -> Any:
+    from bqgate.adapters.firestore_store import FirestoreJobStore
+
+    return FirestoreJobStore(firestore_client())
+
+
+@functools.cache
+def queue() -> Any:
+    from bqgate.adapters.pubsub_queue import PubSubQueue
+
+    return PubSubQueue(publisher(), settings().project)
+
+
+@functools.cache
+def warehouse() -> Any:
+    from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
+
+    s = settings()
+    return BigQueryWarehouse(bigquery_client(), project=s.warehouse_project, location=s.location)
+
+
+@functools.cache
+def verifier() -> Any:
+    from bqgate.adapters.oidc import verifier_from_policy
+
+    s = settings()
+    return verifier_from_policy(policy(), dev_mode=s.dev_mode, dev_issuer_url=s.dev_issuer or None)
+
+
+@functools.cache
+def recorder() -> Any:
+    return None
+
+
+def _classifier() -> Any:
+    from bqgate.sql.classify import classify
+
+    pol = policy()
+
+    def run(sql: str, **kwargs: Any) -> dict[str, Any]:
+        return classify(sql, policy=pol, **kwargs).to_dict()
+
+    return run
+
+
+@functools.cache
+def gateway() -> Gateway:
+    s = settings()
+    pol = policy()
+    return Gateway(
+        store=job_store(), queue=queue(), classify=_classifier(),
+        config=GatewayConfig(execute_topic=s.execute_topic, approvals_topic=s.approvals_topic,
+                             location=s.location, max_wait_ms=s.max_wait_ms,
+                             approval_ttl_ms=pol.approvals.ttl_seconds * 1000),
+        recorder=recorder(),
+    )
+
+
+@functools.cache
+def executor() -> Executor:
+    return Executor(store=job_store(), warehouse=warehouse(), policy=policy(),
+                    hmac_key=settings().hmac_key, recorder=recorder())
+
+
+@functools.cache
+def ingress_app() -> Any:
+    from bqgate.service.http import IngressApp
+
+    return IngressApp(gateway, verifier)

@@ -1,0 +1,64 @@
+"""``bqgate token``: print a short-lived dev ID token for a principal.
+
+The token is signed with the running dev stack's key (``<dev-dir>/oidc/dev-key.pem``)
+and carries the dev issuer's URL (``oidc_issuer`` in ``<dev-dir>/endpoints.json``) as
+``iss``, so the gateway in dev mode accepts it. Only the token goes to stdout::
+
+    TOKEN=$(bqgate token --principal agent@demo-project.iam.gserviceaccount.com --ttl 15m)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bqgate.dev import issuer
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``token`` subcommand to the ``bqgate`` parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "token",
+        help="print a short-lived dev ID token",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--principal", required=True, help="the email the token speaks for")
+    parser.add_argument(
+        "--group", action="append", default=[], dest="groups", help="a groups claim (repeatable)"
+    )
+    parser.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h ... (max 12h)")
+    parser.add_argument("--audience", default=issuer.DEFAULT_AUDIENCE, help="the aud claim")
+    parser.add_argument(
+        "--dev-dir", type=Path, default=None, help="dev state folder (default .bqgate-dev)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Mint and print the token; exit 2 with one line on stderr if that is impossible."""
+    try:
+        ttl = issuer.parse_ttl(args.ttl)
+        dev_dir = issuer.find_dev_dir(args.dev_dir)
+        endpoints = issuer.read_endpoints(dev_dir)
+        issuer_url = endpoints.get("oidc_issuer")
+        if not issuer_url:
+            raise issuer.DevStackNotFound(f"{dev_dir / issuer.ENDPOINTS_FILE} has no oidc_issuer")
+        token = issuer.mint_token(
+            args.principal,
+            args.groups,
+            ttl,
+            args.audience,
+            issuer_url=issuer_url,
+            key_dir=dev_dir / issuer.OIDC_SUBDIR,
+        )
+    except FileNotFoundError:
+        print("bqgate: the dev issuer key is missing; is the dev stack running?", file=sys.stderr)
+        return 2
+    except (issuer.DevStackNotFound, ValueError) as exc:
+        print(f"bqgate: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0

@@ -1,0 +1,105 @@
+"""The gateway's job: one agent request, from classification to its result pages.
+
+A job moves through these states (``state``), recorded in the job store:
+
+    PENDING_APPROVAL --approved--> PENDING --executor--> RUNNING --> DONE
+           |                          |                              ^
+           +--denied/expired----------+------blocked/failed----------+
+
+``DONE`` jobs carry either a result (schema, pages) or an ``error``. The agent
+sees BigQuery's states: PENDING_APPROVAL is reported as ``PENDING``.
+
+>>> job = Job.new(job_id="j1", project="p", location="US", sql="SELECT 1",
+...               owner="a@x", now_ms=1000)
+>>> job.state, job.bigquery_state
+('PENDING', 'PENDING')
+>>> Job.from_doc(job.to_doc()) == job
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PENDING = "PENDING"
+PENDING_APPROVAL = "PENDING_APPROVAL"
+RUNNING = "RUNNING"
+DONE = "DONE"
+STATES = (PENDING, PENDING_APPROVAL, RUNNING, DONE)
+
+
+def warehouse_job_id(job_id: str) -> str:
+    """The BigQuery job id the executor uses for a gateway job.
+
+    Derived from the gateway job id, so a redelivered or retried execution attaches
+    to the same BigQuery job instead of running the statement twice.
+
+    >>> warehouse_job_id("abc")
+    'bqgate_ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
+    """
+    return "bqgate_" + hashlib.sha256(job_id.encode()).hexdigest()
+
+
+@dataclass
+class Job:
+    job_id: str
+    project: str
+    location: str
+    sql: str
+    owner: str
+    groups: list[str] = field(default_factory=list)
+    issuer: str = ""
+    default_dataset: dict[str, str] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    query_parameters: list[dict[str, Any]] = field(default_factory=list)
+    parameter_mode: str | None = None
+    session_id: str = ""
+    request_kind: str = "jobs.insert"
+    dry_run: bool = False
+    classification: dict[str, Any] = field(default_factory=dict)
+    state: str = PENDING
+    error: dict[str, str] | None = None
+    created_ms: int = 0
+    started_ms: int | None = None
+    ended_ms: int | None = None
+    # Result metadata, set by the executor.
+    schema: list[dict[str, Any]] | None = None
+    total_rows: int | None = None
+    page_starts: list[int] = field(default_factory=list)
+    truncated: bool = False
+    statement_type: str | None = None
+    num_dml_affected_rows: int | None = None
+    total_bytes_processed: int | None = None
+    bytes_estimate: int | None = None
+    warehouse_job_id: str | None = None
+    masking: list[dict[str, Any]] = field(default_factory=list)
+    detector_hits: dict[str, int] = field(default_factory=dict)
+    executions: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    # Approval state (see bqgate.approvals).
+    approval: dict[str, Any] = field(default_factory=dict)
+    expire_at_ms: int | None = None
+
+    @classmethod
+    def new(cls, **kwargs: Any) -> Job:
+        now_ms = kwargs.pop("now_ms")
+        return cls(created_ms=now_ms, **kwargs)
+
+    @property
+    def bigquery_state(self) -> str:
+        """The state as BigQuery names it (PENDING, RUNNING or DONE)."""
+        return PENDING if self.state == PENDING_APPROVAL else self.state
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Job:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})

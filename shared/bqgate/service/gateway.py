@@ -1,0 +1,288 @@
+"""The ingress core: BigQuery's jobs API, judged by policy, backed by the job store.
+
+Pure: talks to ports only. ``bqgate.service.http`` maps HTTP requests onto it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bqgate.errors import (
+    AccessDenied,
+    BqgateError,
+    Duplicate,
+    InvalidQuery,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+)
+from bqgate.identity import Principal
+from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
+from bqgate.ports import JobStore, Queue
+from bqgate.wire import bigquery as wire
+
+#: Rows served per getQueryResults call when the client does not say.
+DEFAULT_PAGE_ROWS = 10_000
+#: Most rows served per call whatever the client asks (keeps responses small).
+MAX_PAGE_ROWS = 50_000
+
+ERRORS_BY_REASON: dict[str, type[BqgateError]] = {
+    "accessDenied": AccessDenied,
+    "invalidQuery": InvalidQuery,
+    "invalid": InvalidRequest,
+    "notFound": NotFound,
+    "quotaExceeded": QuotaExceeded,
+}
+
+
+class Classifier(Protocol):
+    def __call__(self, sql: str, *, principal: str, groups: frozenset[str],
+                 default_project: str, default_dataset: str | None) -> Mapping[str, Any]:
+        """Return the classification as a dict with at least ``decision`` and ``reasons``."""
+
+
+class Recorder(Protocol):
+    """The session record (bqgate.audit); ``record`` must never raise for a good event."""
+
+    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None: ...
+
+
+class NullRecorder:
+    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+        return None
+
+
+@dataclass
+class GatewayConfig:
+    execute_topic: str = "execute"
+    approvals_topic: str = "approvals"
+    location: str = "US"
+    max_wait_ms: int = 10_000
+    approval_ttl_ms: int = 15 * 60 * 1000
+
+
+def job_error(job: Job) -> BqgateError:
+    """The exception that a finished, failed job raises on getQueryResults."""
+    assert job.error is not None
+    cls = ERRORS_BY_REASON.get(job.error.get("reason", ""), InvalidQuery)
+    err = cls(job.error.get("message", "the job failed"))
+    err.reason = job.error.get("reason", err.reason)
+    return err
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        queue: Queue,
+        classify: Classifier,
+        config: GatewayConfig,
+        recorder: Recorder | None = None,
+        dispatch: Callable[[Job], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.classify = classify
+        self.config = config
+        self.recorder = recorder or NullRecorder()
+        self._dispatch = dispatch
+        self.clock = clock
+        self.sleep = sleep
+        self.new_id = new_id
+
+    # --- submission --------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def submit(self, principal: Principal, project: str, req: wire.QueryRequest,
+               job_id: str, request_kind: str) -> Job:
+        """Classify, record and route one query. Returns the stored job."""
+        default_project = (req.default_dataset or {}).get("projectId") or project
+        default_dataset = (req.default_dataset or {}).get("datasetId")
+        t0 = time.perf_counter()
+        verdict = dict(self.classify(req.sql, principal=principal.email, groups=principal.groups,
+                                     default_project=default_project,
+                                     default_dataset=default_dataset))
+        classify_ms = (time.perf_counter() - t0) * 1000
+        decision = verdict.get("decision")
+        job = Job.new(
+            job_id=job_id,
+            project=project,
+            location=req.location or self.config.location,
+            sql=req.sql,
+            owner=principal.email,
+            groups=sorted(principal.groups),
+            issuer=principal.issuer,
+            default_dataset=({"projectId": default_project, "datasetId": default_dataset}
+                             if default_dataset else None),
+            labels=dict(req.labels),
+            query_parameters=list(req.query_parameters),
+            parameter_mode=req.parameter_mode,
+            session_id=req.labels.get("session_id", ""),
+            request_kind=request_kind,
+            dry_run=req.dry_run,
+            classification=verdict,
+            now_ms=self._now_ms(),
+        )
+        job.timings["classify_ms"] = round(classify_ms, 3)
+        reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
+        if decision == "allow":
+            job.state = PENDING
+        elif decision == "approve":
+            job.state = PENDING_APPROVAL
+            job.expire_at_ms = job.created_ms + self.config.approval_ttl_ms
+        else:
+            job.state = DONE
+            job.ended_ms = job.created_ms
+            job.error = {"reason": "accessDenied",
+                         "message": f"Blocked by bqgate policy: {reasons}"}
+        if req.dry_run and job.state != DONE:
+            # Dry runs need BigQuery rights the ingress does not hold; answer with the
+            # gateway's own judgement instead of pretending to know the byte count.
+            raise InvalidRequest(
+                "Dry runs are not supported through the gateway; use `bqgate explain` to see "
+                f"how a statement would be judged (this one: {decision})"
+            )
+        self.store.create(job)
+        self.recorder.record(job, "request", {"request_kind": request_kind})
+        self.recorder.record(job, "classification", verdict)
+        if job.state == DONE:
+            self.recorder.record(job, "blocked", job.error or {})
+            raise AccessDenied(job.error["message"] if job.error else reasons)
+        if job.state == PENDING_APPROVAL:
+            self.queue.publish(self.config.approvals_topic, {"job_id": job.job_id})
+            self.recorder.record(job, "approval_requested", {"reasons": verdict.get("reasons")})
+        else:
+            self.dispatch(job)
+        return job
+
+    def dispatch(self, job: Job) -> None:
+        """Hand an allowed job to the executor (direct fast path, or the execute topic)."""
+        if self._dispatch is not None:
+            self._dispatch(job)
+        else:
+            self.queue.publish(self.config.execute_topic, {"job_id": job.job_id})
+
+    def insert_job(self, principal: Principal, project: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``jobs.insert``."""
+        req = wire.parse_insert(body)
+        job_id = req.job_id or self.new_id()
+        existing = self.store.get(job_id)
+        if existing is not None:
+            if existing.owner != principal.email:
+                raise Duplicate(f"Already Exists: Job {project}:{job_id}")
+            # Same caller retrying the same insert: answer with the job it created.
+            if existing.sql != req.sql:
+                raise Duplicate(f"Already Exists: Job {project}:{job_id}")
+            return wire.job_resource(existing)
+        job = self.submit(principal, project, req, job_id, "jobs.insert")
+        return wire.job_resource(job)
+
+    def query(self, principal: Principal, project: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``jobs.query``: submit, wait up to ``timeoutMs``, answer like getQueryResults."""
+        req = wire.parse_query(body)
+        job_id = req.request_id or self.new_id()
+        existing = self.store.get(job_id)
+        if existing is not None and existing.owner == principal.email and existing.sql == req.sql:
+            job = existing
+        elif existing is not None:
+            raise Duplicate(f"Already Exists: Job {project}:{job_id}")
+        else:
+            job = self.submit(principal, project, req, job_id, "jobs.query")
+        params = wire.ResultsRequest(max_results=req.max_results, start_index=0,
+                                     timeout_ms=req.timeout_ms, location=None,
+                                     int64_timestamps=_int64_ts(body))
+        return self._results(job, params)
+
+    # --- reading -----------------------------------------------------------------
+
+    def _owned(self, principal: Principal, project: str, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None or job.owner != principal.email or job.project != project:
+            raise NotFound(f"Not found: Job {project}:{job_id}")
+        return job
+
+    def get_job(self, principal: Principal, project: str, job_id: str) -> dict[str, Any]:
+        """``jobs.get``."""
+        return wire.job_resource(self._owned(principal, project, job_id))
+
+    def cancel_job(self, principal: Principal, project: str, job_id: str) -> dict[str, Any]:
+        """``jobs.cancel``: a job not yet running ends with ``stopped``."""
+        self._owned(principal, project, job_id)
+        now = self._now_ms()
+
+        def cancel(job: Job) -> dict[str, Any] | None:
+            if job.state in (PENDING, PENDING_APPROVAL):
+                return {"state": DONE, "ended_ms": now,
+                        "error": {"reason": "stopped", "message": "Job cancelled by its owner"}}
+            return None
+
+        job = self.store.transition(job_id, cancel)
+        return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(job)}
+
+    def get_query_results(self, principal: Principal, project: str, job_id: str,
+                          params: Mapping[str, str]) -> dict[str, Any]:
+        """``jobs.getQueryResults``: waits up to ``timeoutMs`` for the job, then pages."""
+        job = self._owned(principal, project, job_id)
+        return self._results(job, wire.parse_results_params(params))
+
+    def _wait(self, job: Job, timeout_ms: int | None) -> Job:
+        budget = self.config.max_wait_ms if timeout_ms is None else min(timeout_ms, self.config.max_wait_ms)
+        deadline = time.monotonic() + budget / 1000
+        delay = 0.01
+        while not job.done and time.monotonic() < deadline:
+            self.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.25)
+            fresh = self.store.get(job.job_id)
+            if fresh is None:  # pragma: no cover - jobs are never deleted while polled
+                raise NotFound(f"Not found: Job {job.project}:{job.job_id}")
+            job = fresh
+        return job
+
+    def _results(self, job: Job, params: wire.ResultsRequest) -> dict[str, Any]:
+        job = self._wait(job, params.timeout_ms)
+        if not job.done:
+            return wire.query_results(job, rows=None, next_offset=None)
+        if job.error:
+            raise job_error(job)
+        total = job.total_rows or 0
+        start = params.start_index
+        if job.schema is None or params.max_results == 0 or start >= total or not job.page_starts:
+            return wire.query_results(job, rows=[] if job.schema is not None and params.max_results != 0 else None,
+                                      next_offset=None)
+        first = bisect.bisect_right(job.page_starts, start) - 1
+        if params.max_results is None:
+            # One stored page (from ``start``) per call, as BigQuery pages by size.
+            end = job.page_starts[first + 1] if first + 1 < len(job.page_starts) else total
+            end = min(end, start + DEFAULT_PAGE_ROWS)
+        else:
+            end = min(total, start + min(params.max_results, MAX_PAGE_ROWS))
+        last = bisect.bisect_right(job.page_starts, end - 1) - 1
+        rows: list[list[Any]] = []
+        for page_start, rows_json in self.store.get_pages(job.job_id, first, last):
+            page_rows = json.loads(rows_json)
+            lo = max(start - page_start, 0)
+            hi = min(end - page_start, len(page_rows))
+            rows.extend(page_rows[lo:hi])
+        rest = wire.rows_to_rest(rows, job.schema, params.int64_timestamps)
+        return wire.query_results(job, rows=rest, next_offset=end if end < total else None)
+
+
+def _int64_ts(body: Mapping[str, Any]) -> bool:
+    opts = body.get("formatOptions")
+    return bool(isinstance(opts, dict) and opts.get("useInt64Timestamp"))
+
+
+def waiting_states() -> tuple[str, ...]:
+    return (PENDING, PENDING_APPROVAL, RUNNING)

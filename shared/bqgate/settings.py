@@ -1,0 +1,108 @@
+"""Configuration, read from the environment in one place.
+
+Every other module takes explicit arguments; only the function entry points and
+the CLI call :func:`from_env`. The README's environment table and Terraform use
+exactly these names.
+
+>>> s = from_env({"BQGATE_PROJECT": "p1", "BQGATE_DEV_MODE": "1"})
+>>> (s.project, s.warehouse_project, s.dev_mode, s.execute_topic)
+('p1', 'p1', True, 'execute')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bqgate.errors import BqgateError
+
+#: name -> (default, description). The README table is generated from this.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "BQGATE_PROJECT": ("demo-project", "Gateway project: Firestore and Pub/Sub live here."),
+    "BQGATE_WAREHOUSE_PROJECT": ("", "BigQuery project the executor runs and bills jobs in "
+                                 "(defaults to BQGATE_PROJECT)."),
+    "BQGATE_POLICY": ("policies/default.yaml", "Path of the policy file (policy.yaml in a bundle)."),
+    "BQGATE_EXECUTE_TOPIC": ("execute", "Pub/Sub topic of jobs ready to run."),
+    "BQGATE_APPROVALS_TOPIC": ("approvals", "Pub/Sub topic of jobs that need approval."),
+    "BQGATE_LOCATION": ("US", "BigQuery location of the jobs."),
+    "BQGATE_FIRESTORE_DATABASE": ("(default)", "Firestore database id."),
+    "BQGATE_EXECUTOR_URL": ("", "Executor HTTPS URL for the direct fast path of allowed queries "
+                            "(empty: allowed queries go through the execute topic)."),
+    "BQGATE_BIGQUERY_ENDPOINT": ("", "BigQuery API endpoint override (dev: the local emulator)."),
+    "BQGATE_DEV_MODE": ("", "1 trusts the local dev issuer. Never set in the cloud."),
+    "BQGATE_DEV_ISSUER": ("", "URL of the local dev OIDC issuer (dev mode only)."),
+    "BQGATE_DEV_DIR": (".bqgate-dev", "State folder of the local dev stack."),
+    "BQGATE_SLACK_CHANNEL": ("#bqgate-approvals", "Slack channel for approval requests."),
+    "BQGATE_SLACK_API_URL": ("", "Slack Web API base URL override (dev: the local stand-in)."),
+    "BQGATE_SLACK_BOT_TOKEN": ("", "Slack bot token (secret)."),
+    "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
+    "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
+    "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
+    "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
+    "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (dev and tests)."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    warehouse_project: str
+    policy_path: Path
+    execute_topic: str
+    approvals_topic: str
+    location: str
+    firestore_database: str
+    executor_url: str
+    bigquery_endpoint: str
+    dev_mode: bool
+    dev_issuer: str
+    dev_dir: Path
+    slack_channel: str
+    slack_api_url: str
+    slack_bot_token: str = field(repr=False)
+    slack_signing_secret: str = field(repr=False)
+    hmac_key: bytes = field(repr=False)
+    max_wait_ms: int
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str:
+        return env.get(name) or ENV_VARS[name][0]
+
+    project = get("BQGATE_PROJECT")
+    dev_dir = Path(get("BQGATE_DEV_DIR"))
+    dev_mode = get("BQGATE_DEV_MODE").lower() in {"1", "true", "yes"}
+    hmac_key = get("BQGATE_HMAC_KEY").encode()
+    if not hmac_key and dev_mode:
+        key_file = dev_dir / "hmac.key"
+        if key_file.exists():
+            hmac_key = key_file.read_bytes().strip()
+    try:
+        max_wait_ms = int(get("BQGATE_MAX_WAIT_MS"))
+    except ValueError as exc:
+        raise BqgateError(f"BQGATE_MAX_WAIT_MS: not an integer: {exc}") from None
+    return Settings(
+        project=project,
+        warehouse_project=get("BQGATE_WAREHOUSE_PROJECT") or project,
+        policy_path=Path(get("BQGATE_POLICY")),
+        execute_topic=get("BQGATE_EXECUTE_TOPIC"),
+        approvals_topic=get("BQGATE_APPROVALS_TOPIC"),
+        location=get("BQGATE_LOCATION"),
+        firestore_database=get("BQGATE_FIRESTORE_DATABASE"),
+        executor_url=get("BQGATE_EXECUTOR_URL"),
+        bigquery_endpoint=get("BQGATE_BIGQUERY_ENDPOINT"),
+        dev_mode=dev_mode,
+        dev_issuer=get("BQGATE_DEV_ISSUER"),
+        dev_dir=dev_dir,
+        slack_channel=get("BQGATE_SLACK_CHANNEL"),
+        slack_api_url=get("BQGATE_SLACK_API_URL"),
+        slack_bot_token=get("BQGATE_SLACK_BOT_TOKEN"),
+        slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
+        hmac_key=hmac_key,
+        max_wait_ms=max_wait_ms,
+    )

@@ -1,0 +1,391 @@
+"""BigQuery REST request and response shapes: pure translation, no I/O.
+
+The gateway stores result rows as *compact rows* (a list of cells; a scalar cell is
+the REST ``v`` string or ``None``; a RECORD cell is the list of its field cells; a
+REPEATED cell is the list of its element cells). This module turns them back into
+BigQuery's ``{"f": [{"v": ...}]}`` shape.
+
+>>> schema = [{"name": "a", "type": "INTEGER"}, {"name": "s", "type": "RECORD",
+...            "fields": [{"name": "x", "type": "STRING"}]}]
+>>> rows_to_rest([["1", ["hi"]]], schema)
+[{'f': [{'v': '1'}, {'v': {'f': [{'v': 'hi'}]}}]}]
+>>> decode_page_token(encode_page_token(1500))
+1500
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bqgate.errors import InvalidQuery, InvalidRequest
+from bqgate.jobs import DONE, Job
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
+LABEL_RE = re.compile(r"^[\w-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """A query, from a ``jobs.insert`` or ``jobs.query`` body."""
+
+    sql: str
+    job_id: str | None
+    location: str | None
+    default_dataset: dict[str, str] | None
+    labels: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    query_parameters: list[dict[str, Any]] = field(default_factory=list)
+    parameter_mode: str | None = None
+    timeout_ms: int | None = None
+    max_results: int | None = None
+    request_id: str | None = None
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """Decode a request body, or raise a BigQuery-shaped ``invalid`` error.
+
+    >>> parse_json_body(b'{"a": 1}')
+    {'a': 1}
+    >>> parse_json_body(b'{oops')
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidRequest: Invalid JSON payload received: Expecting property name enclosed in double quotes at line 1 column 2
+    """
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        where = (f" at line {exc.lineno} column {exc.colno}"
+                 if isinstance(exc, json.JSONDecodeError) else "")
+        raise InvalidRequest(f"Invalid JSON payload received: {msg}{where}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Invalid JSON payload received: the body must be a JSON object")
+    return body
+
+
+def _obj(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"Invalid value at '{path}': expected an object")
+    return value
+
+
+def _dataset_ref(value: Any, path: str) -> dict[str, str] | None:
+    ref = _obj(value, path)
+    if not ref:
+        return None
+    dataset_id = ref.get("datasetId")
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise InvalidRequest(f"Invalid value at '{path}.datasetId': required")
+    project_id = ref.get("projectId")
+    out = {"datasetId": dataset_id}
+    if project_id is not None:
+        if not isinstance(project_id, str):
+            raise InvalidRequest(f"Invalid value at '{path}.projectId': expected a string")
+        out["projectId"] = project_id
+    return out
+
+
+def _labels(value: Any, path: str) -> dict[str, str]:
+    labels = _obj(value, path)
+    for k, v in labels.items():
+        if not isinstance(v, str) or not LABEL_RE.match(k) or not LABEL_RE.match(v):
+            raise InvalidRequest(f"Invalid value at '{path}': bad label {k!r}")
+    return dict(labels)
+
+
+def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"Invalid value at '{path}': a query is required")
+    if use_legacy_sql is not False and use_legacy_sql is not None:
+        raise InvalidQuery("Legacy SQL is not supported by the gateway; set useLegacySql=false")
+    return value
+
+
+def _int(value: Any, path: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"Invalid value at '{path}': expected an integer") from None
+    if n < 0:
+        raise InvalidRequest(f"Invalid value at '{path}': must not be negative")
+    return n
+
+
+def _params(body: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+    params = body.get("queryParameters") or []
+    if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
+        raise InvalidRequest(f"Invalid value at '{path}.queryParameters': expected a list")
+    return list(params)
+
+
+def parse_insert(body: Mapping[str, Any]) -> QueryRequest:
+    """A ``jobs.insert`` body (a Job resource) for a query job.
+
+    >>> r = parse_insert({"jobReference": {"jobId": "j1"}, "configuration": {"query": {
+    ...     "query": "SELECT 1", "useLegacySql": False}}})
+    >>> (r.sql, r.job_id)
+    ('SELECT 1', 'j1')
+    """
+    config = _obj(body.get("configuration"), "configuration")
+    query = config.get("query")
+    if not isinstance(query, dict):
+        kinds = [k for k in ("load", "extract", "copy") if k in config]
+        what = f"{kinds[0]} jobs are" if kinds else "only query jobs are"
+        raise InvalidRequest(
+            f"Invalid value at 'configuration': {what} not supported by the gateway"
+            if kinds else "Invalid value at 'configuration.query': only query jobs are supported"
+        )
+    if query.get("destinationTable"):
+        raise InvalidRequest(
+            "Invalid value at 'configuration.query.destinationTable': the gateway does not "
+            "write query results to tables"
+        )
+    ref = _obj(body.get("jobReference"), "jobReference")
+    job_id = ref.get("jobId")
+    if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
+        raise InvalidRequest("Invalid value at 'jobReference.jobId': letters, digits, _ and - only")
+    location = ref.get("location")
+    return QueryRequest(
+        sql=_sql(query.get("query"), "configuration.query.query", query.get("useLegacySql")),
+        job_id=job_id,
+        location=location if isinstance(location, str) else None,
+        default_dataset=_dataset_ref(query.get("defaultDataset"), "configuration.query.defaultDataset"),
+        labels=_labels(config.get("labels"), "configuration.labels"),
+        dry_run=bool(config.get("dryRun")),
+        query_parameters=_params(query, "configuration.query"),
+        parameter_mode=query.get("parameterMode"),
+    )
+
+
+def parse_query(body: Mapping[str, Any]) -> QueryRequest:
+    """A ``jobs.query`` body (a QueryRequest).
+
+    >>> parse_query({"query": "SELECT 1", "useLegacySql": False, "maxResults": 10}).max_results
+    10
+    """
+    request_id = body.get("requestId")
+    if request_id is not None and (not isinstance(request_id, str)
+                                   or not JOB_ID_RE.match(request_id)):
+        raise InvalidRequest("Invalid value at 'requestId': letters, digits, _ and - only")
+    location = body.get("location")
+    return QueryRequest(
+        sql=_sql(body.get("query"), "query", body.get("useLegacySql")),
+        job_id=None,
+        location=location if isinstance(location, str) else None,
+        default_dataset=_dataset_ref(body.get("defaultDataset"), "defaultDataset"),
+        labels=_labels(body.get("labels"), "labels"),
+        dry_run=bool(body.get("dryRun")),
+        query_parameters=_params(body, ""),
+        parameter_mode=body.get("parameterMode"),
+        timeout_ms=_int(body.get("timeoutMs"), "timeoutMs"),
+        max_results=_int(body.get("maxResults"), "maxResults"),
+        request_id=request_id,
+    )
+
+
+@dataclass(frozen=True)
+class ResultsRequest:
+    """The query parameters of ``jobs.getQueryResults``."""
+
+    max_results: int | None
+    start_index: int
+    timeout_ms: int | None
+    location: str | None
+    int64_timestamps: bool
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in {"true", "1"}
+
+
+def parse_results_params(params: Mapping[str, str]) -> ResultsRequest:
+    """
+    >>> r = parse_results_params({"maxResults": "5", "pageToken": encode_page_token(10)})
+    >>> (r.max_results, r.start_index)
+    (5, 10)
+    """
+    token = params.get("pageToken")
+    start = decode_page_token(token) if token else (_int(params.get("startIndex"), "startIndex") or 0)
+    return ResultsRequest(
+        max_results=_int(params.get("maxResults"), "maxResults"),
+        start_index=start,
+        timeout_ms=_int(params.get("timeoutMs"), "timeoutMs"),
+        location=params.get("location"),
+        int64_timestamps=_truthy(params.get("formatOptions.useInt64Timestamp")),
+    )
+
+
+def encode_page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"bqgate:{offset}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, _, offset = raw.partition(":")
+        if prefix != "bqgate":
+            raise ValueError(prefix)
+        n = int(offset)
+        if n < 0:
+            raise ValueError(offset)
+        return n
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("Invalid value at 'pageToken': not a token this gateway issued") from None
+
+
+# --- responses -------------------------------------------------------------------
+
+
+def _ms(value: float | int | None) -> str | None:
+    return None if value is None else str(int(value))
+
+
+def job_reference(job: Job) -> dict[str, str]:
+    return {"projectId": job.project, "jobId": job.job_id, "location": job.location}
+
+
+def job_resource(job: Job) -> dict[str, Any]:
+    """A BigQuery Job resource for ``jobs.insert``/``jobs.get``. Never a destination table."""
+    query: dict[str, Any] = {"query": job.sql, "useLegacySql": False}
+    if job.default_dataset:
+        query["defaultDataset"] = dict(job.default_dataset)
+    if job.query_parameters:
+        query["queryParameters"] = job.query_parameters
+        if job.parameter_mode:
+            query["parameterMode"] = job.parameter_mode
+    status: dict[str, Any] = {"state": job.bigquery_state}
+    if job.error:
+        status["errorResult"] = dict(job.error)
+        status["errors"] = [dict(job.error)]
+    stats: dict[str, Any] = {"creationTime": _ms(job.created_ms)}
+    if job.started_ms:
+        stats["startTime"] = _ms(job.started_ms)
+    if job.ended_ms:
+        stats["endTime"] = _ms(job.ended_ms)
+    query_stats: dict[str, Any] = {}
+    if job.statement_type:
+        query_stats["statementType"] = job.statement_type
+    if job.total_bytes_processed is not None:
+        stats["totalBytesProcessed"] = str(job.total_bytes_processed)
+        query_stats["totalBytesProcessed"] = str(job.total_bytes_processed)
+        query_stats["totalBytesBilled"] = str(job.total_bytes_processed)
+    if job.num_dml_affected_rows is not None:
+        query_stats["numDmlAffectedRows"] = str(job.num_dml_affected_rows)
+    if job.state == DONE and job.schema is not None:
+        query_stats["schema"] = {"fields": job.schema}
+    if query_stats:
+        query_stats["cacheHit"] = False
+        stats["query"] = query_stats
+    config: dict[str, Any] = {"jobType": "QUERY", "query": query}
+    if job.labels:
+        config["labels"] = dict(job.labels)
+    if job.dry_run:
+        config["dryRun"] = True
+    return {
+        "kind": "bigquery#job",
+        "etag": f'"{job.job_id}-{job.state}"',
+        "id": f"{job.project}:{job.location}.{job.job_id}",
+        "selfLink": f"/bigquery/v2/projects/{job.project}/jobs/{job.job_id}?location={job.location}",
+        "user_email": job.owner,
+        "jobReference": job_reference(job),
+        "configuration": config,
+        "status": status,
+        "statistics": stats,
+    }
+
+
+def _cell_to_rest(cell: Any, fld: Mapping[str, Any], int64_ts: bool) -> Any:
+    if cell is None:
+        return None
+    if fld.get("mode") == "REPEATED":
+        elem = {**fld, "mode": "NULLABLE"}
+        return [{"v": _cell_to_rest(c, elem, int64_ts)} for c in cell]
+    ftype = fld.get("type", "STRING")
+    if ftype in ("RECORD", "STRUCT"):
+        subs = fld.get("fields") or []
+        return {"f": [{"v": _cell_to_rest(c, f, int64_ts)} for c, f in zip(cell, subs, strict=False)]}
+    if ftype == "TIMESTAMP" and not int64_ts:
+        return repr(int(cell) / 1e6)
+    return cell
+
+
+def rows_to_rest(rows: Sequence[Sequence[Any]], schema: Sequence[Mapping[str, Any]],
+                 int64_timestamps: bool = True) -> list[dict[str, Any]]:
+    """Compact rows to BigQuery's ``rows`` (``{"f": [{"v": ...}]}``)."""
+    plain = all(f.get("mode") != "REPEATED" and f.get("type") not in ("RECORD", "STRUCT")
+                and (int64_timestamps or f.get("type") != "TIMESTAMP") for f in schema)
+    if plain:
+        return [{"f": [{"v": c} for c in row]} for row in rows]
+    return [{"f": [{"v": _cell_to_rest(c, f, int64_timestamps)} for c, f in zip(row, schema, strict=False)]}
+            for row in rows]
+
+
+def query_results(job: Job, *, rows: list[dict[str, Any]] | None, next_offset: int | None) -> dict[str, Any]:
+    """A ``getQueryResults`` / ``jobs.query`` response body for ``job``."""
+    body: dict[str, Any] = {
+        "kind": "bigquery#getQueryResultsResponse",
+        "etag": f'"{job.job_id}"',
+        "jobReference": job_reference(job),
+        "jobComplete": job.done,
+    }
+    if not job.done:
+        return body
+    if job.error:
+        body["errors"] = [dict(job.error)]
+    body["cacheHit"] = False
+    if job.total_bytes_processed is not None:
+        body["totalBytesProcessed"] = str(job.total_bytes_processed)
+    if job.num_dml_affected_rows is not None:
+        body["numDmlAffectedRows"] = str(job.num_dml_affected_rows)
+    if job.schema is not None:
+        body["schema"] = {"fields": job.schema}
+        body["totalRows"] = str(job.total_rows or 0)
+    if rows is not None:
+        body["rows"] = rows
+    if next_offset is not None:
+        body["pageToken"] = encode_page_token(next_offset)
+    return body
+
+
+def dumps(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _cell_from_rest(value: Any, fld: Mapping[str, Any]) -> Any:
+    if value is None:
+        return None
+    if fld.get("mode") == "REPEATED":
+        elem = {**fld, "mode": "NULLABLE"}
+        return [_cell_from_rest(e.get("v") if isinstance(e, dict) else e, elem) for e in value]
+    if fld.get("type") in ("RECORD", "STRUCT"):
+        subs = fld.get("fields") or []
+        return [_cell_from_rest(c.get("v"), f) for c, f in zip(value.get("f", []), subs, strict=False)]
+    return value
+
+
+def rest_to_compact(rows: Sequence[Mapping[str, Any]],
+                    schema: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """BigQuery's ``rows`` to compact rows (the inverse of :func:`rows_to_rest`).
+
+    >>> schema = [{"name": "a", "type": "INTEGER"}, {"name": "r", "type": "STRING", "mode": "REPEATED"}]
+    >>> rest_to_compact([{"f": [{"v": "1"}, {"v": [{"v": "x"}, {"v": "y"}]}]}], schema)
+    [['1', ['x', 'y']]]
+    """
+    plain = all(f.get("mode") != "REPEATED" and f.get("type") not in ("RECORD", "STRUCT")
+                for f in schema)
+    if plain:
+        return [[c.get("v") for c in row.get("f", [])] for row in rows]
+    return [[_cell_from_rest(c.get("v"), f) for c, f in zip(row.get("f", []), schema, strict=False)]
+            for row in rows]

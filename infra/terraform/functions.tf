@@ -19,7 +19,7 @@ resource "google_cloudfunctions2_function" "ingress" {
 
   build_config {
     runtime         = "python312"
-    entry_point     = local.functions.ingress.entry_point
+    entry_point     = "ingress"
     service_account = google_service_account.build.id
     source {
       storage_source {
@@ -67,7 +67,7 @@ resource "google_cloudfunctions2_function" "executor" {
 
   build_config {
     runtime         = "python312"
-    entry_point     = local.functions.executor.entry_point
+    entry_point     = "executor"
     service_account = google_service_account.build.id
     source {
       storage_source {
@@ -113,7 +113,7 @@ resource "google_cloudfunctions2_function" "approvals" {
 
   build_config {
     runtime         = "python312"
-    entry_point     = local.functions.approvals.entry_point
+    entry_point     = "approvals"
     service_account = google_service_account.build.id
     source {
       storage_source {
@@ -166,7 +166,7 @@ resource "google_cloudfunctions2_function" "slack_notify" {
 
   build_config {
     runtime         = "python312"
-    entry_point     = local.functions.slack_notify.entry_point
+    entry_point     = "slack_notify"
     service_account = google_service_account.build.id
     source {
       storage_source {

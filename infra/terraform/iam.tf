@@ -31,10 +31,9 @@ resource "google_service_account" "build" {
 }
 
 resource "google_project_iam_member" "build" {
-  for_each = toset(["roles/cloudbuild.builds.builder"])
-  project  = var.project_id
-  role     = each.value
-  member   = google_service_account.build.member
+  project = var.project_id
+  role    = "roles/cloudbuild.builds.builder"
+  member  = google_service_account.build.member
 }
 
 # --- Firestore: every function reads and writes job state, only in the gateway database.

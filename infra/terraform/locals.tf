@@ -1,24 +1,20 @@
 # Values derived from the variables, shared by several files.
 
 locals {
-  # The four functions. Entry points are the functions-framework targets in
-  # functions/<name>/main.py; the folder name is the key.
+  # The four functions, by folder name (functions/<name>/main.py); each
+  # folder's functions-framework target has the same name (functions.tf).
   functions = {
     approvals = {
       description = "Slack interactivity endpoint and approver API."
-      entry_point = "approvals"
     }
     executor = {
       description = "Runs approved and allowed BigQuery jobs; the only identity with BigQuery access."
-      entry_point = "executor"
     }
     ingress = {
       description = "BigQuery REST API for AI coding agents: authenticate, classify, record, route."
-      entry_point = "ingress"
     }
     slack_notify = {
       description = "Posts approval requests to Slack."
-      entry_point = "slack_notify"
     }
   }
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bqgate import settings as settings_mod
 from bqgate.policy import Policy, load_policy
-from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.settings import Settings
+
+if TYPE_CHECKING:
+    from bqgate.service.executor import Executor
 
 log = logging.getLogger("bqgate")
 
@@ -85,10 +87,10 @@ def warehouse() -> Any:
 
 @functools.cache
 def verifier() -> Any:
-    from bqgate.adapters.oidc import verifier_from_policy
+    from bqgate.adapters.oidc import OidcVerifier
 
     s = settings()
-    return verifier_from_policy(policy(), dev_mode=s.dev_mode, dev_issuer_url=s.dev_issuer or None)
+    return OidcVerifier.from_policy(policy(), dev_mode=s.dev_mode, dev_issuer_url=s.dev_issuer or None)
 
 
 @functools.cache
@@ -122,6 +124,8 @@ def gateway() -> Gateway:
 
 @functools.cache
 def executor() -> Executor:
+    from bqgate.service.executor import Executor
+
     return Executor(store=job_store(), warehouse=warehouse(), policy=policy(),
                     hmac_key=settings().hmac_key, recorder=recorder())
 

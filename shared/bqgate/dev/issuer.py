@@ -338,7 +338,9 @@ def make_server(
 def serve(host: str, port: int, key_dir: Path, *, issuer_url: str | None = None) -> DevIssuerServer:
     """Start the dev issuer in a daemon thread; stop it with ``shutdown()`` + ``server_close()``."""
     server = make_server(host, port, key_dir, issuer_url=issuer_url)
-    thread = threading.Thread(target=server.serve_forever, name="bqgate-dev-issuer", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.1,), name="bqgate-dev-issuer", daemon=True
+    )
     thread.start()
     return server
 

@@ -75,15 +75,16 @@ def cache_dir() -> Path:
 
 
 def _find_python313() -> str:
-    candidates = [shutil.which("python3.13") or ""]
-    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")))
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")))
     candidates += sorted(glob.glob("/root/.pyenv/versions/3.13*/bin/python3.13"))
-    candidates += sorted(glob.glob("/usr/bin/python3.13"))
+    candidates += ["/usr/bin/python3.13", "/usr/local/bin/python3.13", shutil.which("python3.13") or ""]
     for c in candidates:
         if c and os.access(c, os.X_OK):
-            return c
+            probe = subprocess.run([c, "--version"], capture_output=True, text=True)
+            if probe.returncode == 0:
+                return c
     raise StackError("the BigQuery emulator (local-bigquery) needs Python 3.13; none was found "
-                     "(looked for python3.13 on PATH and under ~/.pyenv/versions)")
+                     "(looked under ~/.pyenv/versions, /usr/bin and on PATH)")
 
 
 def ensure_bigquery_emulator(log: IO[str] | None = None) -> tuple[Path, Path]:

@@ -47,7 +47,7 @@ SchemaProvider = Callable[[str], Sequence[Mapping[str, Any]]]
 DIALECT = "bigquery"
 
 # Aggregates whose value is a count: they reveal no source value.
-COUNTING_AGGREGATES: tuple[type[exp.Expression], ...] = (
+COUNTING_AGGREGATES: tuple[type[exp.Expr], ...] = (
     exp.Count,
     exp.ApproxDistinct,
     exp.CountIf,
@@ -142,7 +142,7 @@ def _rest_type(fld: Mapping[str, Any]) -> str:
     return typ
 
 
-def _split_table_names(tree: exp.Expression) -> None:
+def _split_table_names(tree: exp.Expr) -> None:
     """Rewrite ```p.d.t``` (one quoted identifier) into catalog/db/name parts, in place."""
     for table in tree.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):
@@ -157,7 +157,7 @@ def _split_table_names(tree: exp.Expression) -> None:
         table.set("catalog", ids[-3] if len(ids) == 3 else None)
 
 
-def _name_anonymous(query: exp.Expression) -> None:
+def _name_anonymous(query: exp.Expr) -> None:
     """Alias unnamed outermost projections ``f0_``, ``f1_``... as BigQuery does."""
     while isinstance(query, exp.SetOperation | exp.Subquery):
         query = query.this
@@ -207,9 +207,9 @@ class _Resolver:
                 self._tables[fqn] = None
         return self._tables[fqn]
 
-    def mapping_schema(self, tree: exp.Expression) -> MappingSchema:
+    def mapping_schema(self, tree: exp.Expr) -> MappingSchema:
         cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-        nested: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+        nested: dict[str, Any] = {}
         for table in tree.find_all(exp.Table):
             if not table.catalog and not table.db and table.name.lower() in cte_names:
                 continue
@@ -334,7 +334,7 @@ class _Resolver:
         owner, source = found
         if isinstance(source, Scope) and isinstance(source.expression, exp.Unnest):
             offset = source.expression.args.get("offset")
-            if isinstance(offset, exp.Expression) and offset.name.lower() == name:
+            if isinstance(offset, exp.Expr) and offset.name.lower() == name:
                 return ColumnLineage(name)
             return self._unnest_element(source)
         cols = self.source_columns(owner, source)
@@ -374,7 +374,7 @@ class _Resolver:
         base = _derived(name, cols)
         return ColumnLineage(name, base.sources, False, False, None, tuple(cols))
 
-    def expr(self, node: exp.Expression, scope: Scope) -> ColumnLineage:
+    def expr(self, node: exp.Expr, scope: Scope) -> ColumnLineage:
         """Lineage of one value expression evaluated in ``scope`` (name left empty)."""
         while isinstance(node, exp.Paren | exp.Alias | exp.PropertyEQ):
             node = node.this if not isinstance(node, exp.PropertyEQ) else node.expression
@@ -481,10 +481,10 @@ def output_lineage(sql: str, *, schemas: SchemaProvider, default_project: str,
         there is no SELECT. An empty list must be treated as "mask everything".
 
     >>> schemas = {"p.d.t": [{"name": "ssn", "type": "STRING"}]}.__getitem__
-    >>> [c.direct for c in output_lineage(
+    >>> [(c.name, sorted(c.sources), c.direct) for c in output_lineage(
     ...     "WITH a AS (SELECT ssn AS x FROM `p.d.t`) SELECT x FROM a UNION ALL SELECT 'n'",
     ...     schemas=schemas, default_project="p")]
-    [False]
+    [('x', ['p.d.t.ssn'], True)]
     >>> output_lineage("DELETE FROM d.t WHERE TRUE", schemas=schemas, default_project="p")
     []
     """

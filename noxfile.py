@@ -1,0 +1,59 @@
+"""nox sessions: one per job. ``nox -s dev`` runs the gateway locally; ``nox -s tests`` tests it.
+
+Sessions reuse their virtualenvs (``reuse_venv``) so a second run starts fast, and pass
+``*session.posargs`` through (e.g. ``nox -s tests -- -k classify``).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "tf"]
+nox.options.reuse_venv = "yes"
+nox.options.default_venv_backend = "venv"
+
+PYTHON = "3.11"
+TEST_DEPS = ["pytest>=8", "hypothesis>=6", "python-hcl2==8.1.4"]
+
+
+@nox.session(python=PYTHON)
+def dev(session: nox.Session) -> None:
+    """Start the whole gateway locally with the demo warehouse (Ctrl-C stops it)."""
+    session.install("-e", ".")
+    session.run("bqgate", "dev", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit, adapter, function and end-to-end tests; starts and stops the emulators itself."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy --strict on the library."""
+    session.install("-e", ".", "ruff>=0.5", "mypy>=1.10", "types-PyYAML", "types-requests")
+    session.run("ruff", "check", "shared", "functions", "tests", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def tf(session: nox.Session) -> None:
+    """Offline Terraform checks: fmt + provider schema (tf-check) and the plan-level IAM tests."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("bash", "../shared/tools/tf-check", "infra/terraform", external=True)
+    session.run("pytest", "-q", "tests/infra", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def package(session: nox.Session) -> None:
+    """Build each function's deployable bundle into build/bundles/<name>.zip."""
+    session.run("python", "infra/package.py", "--out", "build/bundles", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every benchmark; JSON to bench/results/ and a table on stdout. Never fails on timing."""
+    session.install("-e", ".", "matplotlib")
+    session.run("python", "-m", "bench", *session.posargs)

@@ -1,0 +1,58 @@
+"""Shared fixtures. ``stack`` brings up the same local stack as ``nox -s dev`` (emulators,
+OIDC issuer, Slack stand-in, every function under functions-framework) on free ports, once
+per test session, and stops every process it started at the end."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("bqgate-dev")
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    s = Stack(state_dir=state, ports=ports)
+    s.start()
+    saved = dict(os.environ)
+    # In-process code under test (function test clients, adapters) uses the same emulators.
+    os.environ.update(s.function_env())
+    try:
+        yield s
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        s.stop()
+
+
+AGENT = "agent@demo-project.iam.gserviceaccount.com"
+
+
+def mint_token_for(stack: Stack, principal: str, groups: tuple[str, ...] = (),
+                   ttl_seconds: int = 3600) -> str:
+    """A dev-issuer token for ``principal``, as ``bqgate token`` would mint it."""
+    from bqgate.dev.issuer import OIDC_SUBDIR, mint_token
+
+    return mint_token(principal, list(groups), ttl_seconds,
+                      issuer_url=stack.url("oidc_issuer"), key_dir=stack.state_dir / OIDC_SUBDIR)
+
+
+@pytest.fixture()
+def agent_token(stack: Stack) -> str:
+    return mint_token_for(stack, AGENT)
+
+
+@pytest.fixture()
+def gateway_client(stack: Stack):  # type: ignore[no-untyped-def]
+    """The standard google-cloud-bigquery client pointed at the gateway, as the agent."""
+    from bqgate.client import gateway_client as make
+
+    return make(stack.url("gateway"), dev_dir=stack.state_dir)

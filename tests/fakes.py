@@ -1,0 +1,80 @@
+"""Small hand-written fakes of the ports, for unit tests of the pure core."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from bqgate.errors import Duplicate, NotFound
+from bqgate.jobs import Job
+from bqgate.ports import QueryOutcome
+
+
+class MemoryJobStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.pages: dict[tuple[str, int], tuple[int, str]] = {}
+        self.lock = threading.Lock()
+
+    def create(self, job: Job) -> None:
+        with self.lock:
+            if job.job_id in self.docs:
+                raise Duplicate(f"Already Exists: Job {job.job_id}")
+            self.docs[job.job_id] = copy.deepcopy(job.to_doc())
+
+    def get(self, job_id: str) -> Job | None:
+        doc = self.docs.get(job_id)
+        return Job.from_doc(copy.deepcopy(doc)) if doc else None
+
+    def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+        with self.lock:
+            if job_id not in self.docs:
+                raise NotFound(job_id)
+            job = Job.from_doc(copy.deepcopy(self.docs[job_id]))
+            fields = change(job)
+            if fields:
+                self.docs[job_id].update(copy.deepcopy(fields))
+            return Job.from_doc(copy.deepcopy(self.docs[job_id]))
+
+    def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
+        self.pages[(job_id, index)] = (start, rows_json)
+
+    def get_pages(self, job_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        return [self.pages[(job_id, i)] for i in range(first, last + 1)]
+
+
+class MemoryQueue:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        self.messages.append((topic, dict(message)))
+
+
+class FakeWarehouse:
+    """Runs nothing: returns canned rows, and counts distinct warehouse job ids."""
+
+    def __init__(self, schema: list[dict[str, Any]], rows: list[list[Any]],
+                 schemas: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
+        self.schema = schema
+        self.rows = rows
+        self.schemas = dict(schemas or {})
+        self.jobs: dict[str, int] = {}
+
+    def dry_run(self, sql: str, *, default_dataset: Mapping[str, str] | None,
+                query_parameters: Sequence[Mapping[str, Any]] = ()) -> int:
+        return 1000
+
+    def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
+        self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
+        return QueryOutcome(self.schema, len(self.rows), "SELECT", None, 123)
+
+    def pages(self, job_id: str, *, page_size: int, max_rows: int | None) -> Iterator[list[list[Any]]]:
+        rows = self.rows if max_rows is None else self.rows[:max_rows]
+        for i in range(0, len(rows), page_size):
+            yield [list(r) for r in rows[i:i + page_size]]
+
+    def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
+        return self.schemas[table_fqn]

@@ -49,9 +49,7 @@ def bundle_files(
 ) -> dict[str, Path]:
     """Map each path inside the bundle to the file it is copied from."""
     files = _tree(function_dir, re.compile(r"^tests/"))
-    files.update(
-        {f"bqgate/{rel}": p for rel, p in _tree(shared_dir, re.compile(r"^dev/")).items()}
-    )
+    files.update({f"bqgate/{rel}": p for rel, p in _tree(shared_dir, re.compile(r"^dev/")).items()})
     files["policy.yaml"] = policy
     return files
 

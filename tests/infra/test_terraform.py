@@ -238,7 +238,7 @@ def shared_or_default_service_accounts(cfg: Config) -> list[str]:
     fns = functions(cfg)
     missing = set(FUNCTIONS) - set(fns)
     problems += [f"no function with entry point {name}" for name in sorted(missing)]
-    for entry, fn in sorted(fns.items()):
+    for fn in fns.values():
         email = first(fn.body, "service_config").get("service_account_email")
         refs = sa_refs(email, cfg)
         if len(refs) != 1 or "each." in str(email):
@@ -264,8 +264,7 @@ def topics_without_dead_letter(cfg: Config) -> list[str]:
         for name in set(TOPIC_REF.findall(text(s.body.get("topic"), cfg))):
             by_topic.setdefault(name, []).append(s)
     dlq_of = {
-        s.name: set(TOPIC_REF.findall(text(first(s.body, "dead_letter_policy"), cfg)))
-        for s in subs
+        s.name: set(TOPIC_REF.findall(text(first(s.body, "dead_letter_policy"), cfg))) for s in subs
     }
     dead_letter_topics = set().union(*dlq_of.values()) if dlq_of else set()
     agent_grants = [
@@ -286,16 +285,22 @@ def topics_without_dead_letter(cfg: Config) -> list[str]:
     for t in topics:
         if t.name in dead_letter_topics:
             if not by_topic.get(t.name):
-                problems.append(f"dead-letter topic {t.name} has no subscription: dead letters are lost")
-            if not agent_has("google_pubsub_topic_iam_member", TOPIC_REF, t.name, "roles/pubsub.publisher"):
-                problems.append(f"Pub/Sub service agent cannot publish to dead-letter topic {t.name}")
+                problems.append(
+                    f"dead-letter topic {t.name} has no subscription: messages are lost"
+                )
+            if not agent_has(
+                "google_pubsub_topic_iam_member", TOPIC_REF, t.name, "roles/pubsub.publisher"
+            ):
+                problems.append(
+                    f"Pub/Sub service agent cannot publish to dead-letter topic {t.name}"
+                )
             continue
         if not by_topic.get(t.name):
             problems.append(f"topic {t.name} has no subscription with a dead-letter policy")
         for s in by_topic.get(t.name, []):
             targets = dlq_of[s.name]
             if not targets:
-                problems.append(f"subscription {s.name} of topic {t.name} has no dead-letter policy")
+                problems.append(f"subscription {s.name} of {t.name} has no dead-letter policy")
             elif t.name in targets:
                 problems.append(f"subscription {s.name} dead-letters into its own topic {t.name}")
             elif not agent_has(
@@ -312,7 +317,9 @@ def topics_without_dead_letter(cfg: Config) -> list[str]:
 
 def forbidden_resources(cfg: Config) -> list[str]:
     """No service account keys, and no secret values in Terraform (or its state)."""
-    return [f"{b.address} ({b.file}) is not allowed" for b in cfg.blocks if b.type in FORBIDDEN_TYPES]
+    return [
+        f"{b.address} ({b.file}) is not allowed" for b in cfg.blocks if b.type in FORBIDDEN_TYPES
+    ]
 
 
 def wrong_runtimes(cfg: Config) -> list[str]:
@@ -349,7 +356,9 @@ def env_problems(cfg: Config) -> list[str]:
         for name in sorted((COMMON_ENV | extra) - plain):
             problems.append(f"{fn.address}: environment variable {name} is not set")
         if secret != want_secret:
-            problems.append(f"{fn.address}: secrets {sorted(secret)}, expected {sorted(want_secret)}")
+            problems.append(
+                f"{fn.address}: secrets {sorted(secret)}, expected {sorted(want_secret)}"
+            )
         for name in sorted(plain & {n for _, s in EXPECTED_ENV.values() for n in s}):
             problems.append(f"{fn.address}: {name} is a secret but set as a plain variable")
     return problems
@@ -390,11 +399,16 @@ def test_only_the_executor_has_bigquery_roles_and_it_has_them(cfg: Config) -> No
         if r.type in ("google_project_iam_member", "google_bigquery_dataset_iam_member")
         and any(x.startswith("roles/bigquery.") for x in _roles(r.body.get("role"), cfg)[0])
     ]
-    assert {r.type for r in grants} == {"google_project_iam_member", "google_bigquery_dataset_iam_member"}
+    assert {r.type for r in grants} == {
+        "google_project_iam_member",
+        "google_bigquery_dataset_iam_member",
+    }
     assert all(sa_refs(r.body["member"], cfg) == executor for r in grants)
     dataset = next(r for r in grants if r.type == "google_bigquery_dataset_iam_member")
     assert "var.warehouse_datasets" in str(dataset.body["for_each"])
-    project_roles = {literal(r.body["role"]) for r in grants if r.type == "google_project_iam_member"}
+    project_roles = {
+        literal(r.body["role"]) for r in grants if r.type == "google_project_iam_member"
+    }
     assert project_roles == {"roles/bigquery.jobUser"}  # data roles only per dataset
 
 
@@ -453,11 +467,14 @@ def _inject(tf: Path, hcl: str) -> None:
     (tf / "injected.tf").write_text(hcl)
 
 
-def _edit(tf: Path, file: str, old: str, new: str, count: int = 1) -> None:
+def _edit(tf: Path, file: str, old: str, new: str) -> None:
+    """Replace the first match of `old`, with any run of blanks matching any other."""
     path = tf / file
     src = path.read_text()
-    assert old in src, f"mutation anchor not found in {file}: {old!r}"
-    path.write_text(src.replace(old, new, count))
+    pattern = r"(?<!\w)" + r"\s+".join(re.escape(word) for word in old.split())
+    edited, n = re.subn(pattern, lambda _: new, src, count=1)
+    assert n == 1, f"mutation anchor not found in {file}: {old!r}"
+    path.write_text(edited)
 
 
 def _drop_block(tf: Path, file: str, resource_header: str, block: str) -> None:
@@ -555,7 +572,7 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
         lambda tf: _edit(
             tf,
             "functions.tf",
-            f'service_account_email = google_service_account.function["slack_notify"].email',
+            'service_account_email = google_service_account.function["slack_notify"].email',
             'service_account_email = "123-compute@developer.gserviceaccount.com"',
         ),
         "is not one SA resource",
@@ -600,7 +617,7 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
             "  service_config {\n    service_account_email          = "
             'google_service_account.function["slack_notify"].email',
             "  event_trigger {\n"
-            "    event_type   = \"google.cloud.pubsub.topic.v1.messagePublished\"\n"
+            '    event_type   = "google.cloud.pubsub.topic.v1.messagePublished"\n'
             "    pubsub_topic = google_pubsub_topic.approvals.id\n"
             '    retry_policy = "RETRY_POLICY_RETRY"\n'
             "  }\n\n"
@@ -632,7 +649,9 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     ),
     "old_runtime": (
         "runtime",
-        lambda tf: _edit(tf, "functions.tf", 'runtime         = "python312"', 'runtime         = "python311"'),
+        lambda tf: _edit(
+            tf, "functions.tf", 'runtime         = "python312"', 'runtime         = "python311"'
+        ),
         "python311",
     ),
     "dev_mode_in_the_cloud": (
@@ -650,7 +669,10 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "secret_on_the_wrong_function": (
         "env",
         lambda tf: _edit(
-            tf, "functions.tf", 'key        = "BQGATE_HMAC_KEY"', 'key        = "BQGATE_SLACK_BOT_TOKEN"'
+            tf,
+            "functions.tf",
+            'key        = "BQGATE_HMAC_KEY"',
+            'key        = "BQGATE_SLACK_BOT_TOKEN"',
         ),
         "expected ['BQGATE_HMAC_KEY']",
     ),

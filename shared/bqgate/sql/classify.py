@@ -605,21 +605,7 @@ def _scan(stmt: exp.Expression, ctx: _Context) -> _Scan:
             merge_action = root_is_merge and isinstance(node, exp.Insert | exp.Update)
             if statement_class(nested_kind) != "read" and not merge_action:
                 scan.nested.append(nested_kind)
-        with_ = node.args.get("with_") or node.args.get("with")
-        if isinstance(with_, exp.With):
-            names = [c.alias_or_name.lower() for c in with_.expressions]
-            recursive = bool(with_.args.get("recursive"))
-            for i, cte in enumerate(with_.expressions):
-                visible = ctes | set(names[:i]) | ({names[i]} if recursive else set())
-                stack.append((cte, frozenset(visible), False))
-            inner = ctes | set(names)
-            for key, value in node.args.items():
-                if value is with_:
-                    continue
-                for child in _as_list(value):
-                    stack.append((child, inner, target))
-        else:
-            _push_children(stack, node, ctes, target, ())
+        _push_children(stack, node, ctes, target, ())
     return scan
 
 
@@ -631,8 +617,8 @@ def _push_children(
     target_keys: tuple[str, ...],
 ) -> None:
     with_ = node.args.get("with_") or node.args.get("with")
-    if target_keys and isinstance(with_, exp.With):
-        # A statement-level WITH (INSERT ... WITH, CREATE ... WITH): scope it like a query.
+    if isinstance(with_, exp.With):
+        # CTE i sees CTEs 0..i-1 (and itself when RECURSIVE); the rest of the node sees all.
         names = [c.alias_or_name.lower() for c in with_.expressions]
         recursive = bool(with_.args.get("recursive"))
         for i, cte in enumerate(with_.expressions):
@@ -640,7 +626,7 @@ def _push_children(
             stack.append((cte, frozenset(visible), False))
         ctes = ctes | set(names)
     for key, value in node.args.items():
-        if target_keys and value is with_:
+        if value is with_ and with_ is not None:
             continue
         is_target = target or key in target_keys
         for child in _as_list(value):

@@ -6,6 +6,7 @@ Pure: talks to ports only. ``bqgate.service.http`` maps HTTP requests onto it.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import time
 import uuid
@@ -23,7 +24,7 @@ from bqgate.errors import (
     QuotaExceeded,
 )
 from bqgate.identity import Principal
-from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
+from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.ports import JobStore, Queue
 from bqgate.wire import bigquery as wire
 
@@ -129,7 +130,7 @@ class Gateway:
             labels=dict(req.labels),
             query_parameters=list(req.query_parameters),
             parameter_mode=req.parameter_mode,
-            session_id=req.labels.get("session_id", ""),
+            session_id=session_id_for(principal, req.labels),
             request_kind=request_kind,
             dry_run=req.dry_run,
             classification=verdict,
@@ -279,10 +280,22 @@ class Gateway:
         return wire.query_results(job, rows=rest, next_offset=end if end < total else None)
 
 
+def session_id_for(principal: Principal, labels: Mapping[str, str]) -> str:
+    """The session a request belongs to: the client's ``session_id`` label, else one
+    session per principal and token lifetime.
+
+    >>> p = Principal(email="a@x", groups=frozenset(), issuer="i", subject="a", expires_at=99)
+    >>> session_id_for(p, {"session_id": "s-1"})
+    's-1'
+    >>> session_id_for(p, {})
+    'auto-d204ada9ccc811c7e64e'
+    """
+    if labels.get("session_id"):
+        return labels["session_id"]
+    digest = hashlib.sha256(f"{principal.issuer}|{principal.email}|{principal.expires_at}".encode())
+    return "auto-" + digest.hexdigest()[:20]
+
+
 def _int64_ts(body: Mapping[str, Any]) -> bool:
     opts = body.get("formatOptions")
     return bool(isinstance(opts, dict) and opts.get("useInt64Timestamp"))
-
-
-def waiting_states() -> tuple[str, ...]:
-    return (PENDING, PENDING_APPROVAL, RUNNING)

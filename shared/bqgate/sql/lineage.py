@@ -322,7 +322,10 @@ class _Resolver:
                 return self.whole_row(col.name, found[0], found[1])
             if name in PSEUDO_COLUMNS:
                 return ColumnLineage(name)
-            return _unknown(name, f"cannot resolve column {col.sql(DIALECT)}")
+            why = [c for c in (self.source_columns(scope, src) for src in scope.sources.values())
+                   if isinstance(c, str)]
+            detail = f" ({'; '.join(why)})" if why else ""
+            return _unknown(name, f"cannot resolve column {col.sql(DIALECT)}{detail}")
         if col.args.get("db") or col.args.get("catalog"):
             return _unknown(name, f"cannot resolve column {col.sql(DIALECT)}")
         found = self._find_source(scope, col.table)

@@ -1,0 +1,233 @@
+"""Function bundles: the layout infra/package.py builds is the one Terraform uploads.
+
+* the layout (main.py, requirements.txt, bqgate/, policy.yaml at the root; no
+  bqgate/dev, no tests, no caches), checked on a stand-in function folder so it
+  runs before the real functions exist, and on every real one that does;
+* Terraform's own file list (modules/bundle-files, evaluated by `terraform
+  console`) is the same as package.py's;
+* every real function (functions/<name>/main.py) unzipped into an empty folder,
+  with only its requirements installed in a fresh venv, loads under
+  functions-framework and answers a request;
+* Pub/Sub push (pubsub.tf) hands a CloudEvent function the same event shape an
+  Eventarc trigger would.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / "shared" / "bqgate"
+POLICY = REPO / "policies" / "default.yaml"
+MODULE = REPO / "infra" / "terraform" / "modules" / "bundle-files"
+REAL_FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/main.py"))
+CLOUDEVENT_FUNCTIONS = {"executor", "slack_notify"}  # fed by Pub/Sub push (pubsub.tf)
+
+
+def _load_package() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bqgate_package", REPO / "infra" / "package.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+package = _load_package()
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Path:
+    """A function folder with the clutter a real one collects."""
+    fn = tmp_path / "functions" / "probe"
+    for rel, body in {
+        "main.py": "def probe(request):\n    return 'ok'\n",
+        "requirements.txt": "functions-framework>=3.5\n",
+        "helpers/util.py": "X = 1\n",
+        "tests/test_main.py": "def test(): pass\n",
+        "__pycache__/main.cpython-312.pyc": "",
+        "helpers/__pycache__/util.cpython-312.pyc": "",
+        "stale.pyc": "",
+        ".env": "SECRET=1\n",
+    }.items():
+        (fn / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fn / rel).write_text(body)
+    return fn
+
+
+def _names(zip_path: Path) -> set[str]:
+    with zipfile.ZipFile(zip_path) as zf:
+        return set(zf.namelist())
+
+
+def _expected_shared() -> set[str]:
+    return {
+        "bqgate/" + p.relative_to(SHARED).as_posix()
+        for p in SHARED.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix not in {".pyc", ".pyo"}
+        and p.relative_to(SHARED).parts[0] != "dev"
+        and not any(part.startswith(".") for part in p.relative_to(SHARED).parts)
+    }
+
+
+def _check_layout(names: set[str]) -> None:
+    for required in ("main.py", "requirements.txt", "bqgate/__init__.py", "policy.yaml"):
+        assert required in names
+    assert not [n for n in names if n.startswith(("bqgate/dev/", "tests/"))]
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
+    assert {n for n in names if n.startswith("bqgate/")} == _expected_shared()
+
+
+def test_stand_in_bundle_layout(stand_in: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probe.zip"
+    package.build_bundle(stand_in, out)
+    names = _names(out)
+    _check_layout(names)
+    assert names - _expected_shared() == {
+        "main.py",
+        "requirements.txt",
+        "helpers/util.py",
+        "policy.yaml",
+    }
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("policy.yaml") == POLICY.read_bytes()
+
+
+def test_bundles_are_reproducible(stand_in: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.zip", tmp_path / "b.zip"
+    package.build_bundle(stand_in, a)
+    (stand_in / "main.py").touch()
+    package.build_bundle(stand_in, b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_folder_without_main_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="missing main.py"):
+        package.build_bundle(tmp_path / "empty", tmp_path / "x.zip")
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="needs the terraform binary")
+def test_terraform_bundles_the_same_files(stand_in: Path, tmp_path: Path) -> None:
+    module = tmp_path / "module"
+    shutil.copytree(MODULE, module, ignore=shutil.ignore_patterns(".terraform*"))
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    run = {"cwd": module, "env": env, "capture_output": True, "text": True, "timeout": 120}
+    subprocess.run(["terraform", "init", "-input=false", "-backend=false"], check=True, **run)
+    args = [f"-var=function_dir={stand_in}", f"-var=shared_dir={SHARED}", f"-var=policy_file={POLICY}"]
+    done = subprocess.run(
+        ["terraform", "console", *args], input="jsonencode(local.files)\n", check=True, **run
+    )
+    terraform_files = json.loads(json.loads(done.stdout.strip()))
+    ours = package.bundle_files(stand_in, SHARED, POLICY)
+    assert terraform_files == {name: str(path) for name, path in ours.items()}
+
+
+@pytest.mark.parametrize("name", REAL_FUNCTIONS)
+def test_package_cli_builds_each_function(name: str, tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(REPO / "infra" / "package.py"), "--out", str(tmp_path), name],
+        check=True,
+        timeout=120,
+    )
+    _check_layout(_names(tmp_path / f"{name}.zip"))
+
+
+PROBE = r"""
+import json, sys
+import bqgate
+from functions_framework import _function_registry, create_app
+
+target = sys.argv[1]
+app = create_app(target, "main.py")
+kind = _function_registry.get_func_signature_type(target, None)
+client = app.test_client()
+if kind == "http":
+    status = client.get("/").status_code
+else:
+    status = client.post("/", json={}).status_code  # not an event: the framework answers 400
+print(json.dumps({"kind": kind, "status": status, "bqgate": bqgate.__file__}))
+"""
+
+
+@pytest.mark.parametrize("name", REAL_FUNCTIONS)
+def test_bundle_loads_alone_and_answers(name: str, tmp_path: Path) -> None:
+    """Unzip into an empty folder, install only its requirements, serve one request."""
+    bundle = tmp_path / "bundle"
+    package.build_bundle(REPO / "functions" / name, tmp_path / f"{name}.zip")
+    with zipfile.ZipFile(tmp_path / f"{name}.zip") as zf:
+        zf.extractall(bundle)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", "requirements.txt"], cwd=bundle, check=True, timeout=900)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "BQGATE_PROJECT": "bundle-test",
+        "BQGATE_POLICY": "policy.yaml",
+    }
+    done = subprocess.run(
+        [str(python), "-c", PROBE, name],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(result["bqgate"]).resolve().is_relative_to(bundle.resolve())
+    assert result["kind"] == ("cloudevent" if name in CLOUDEVENT_FUNCTIONS else "http")
+    assert result["status"] < 500, done.stderr
+
+
+def test_pubsub_push_reaches_a_cloud_event_function_like_eventarc(tmp_path: Path) -> None:
+    """pubsub.tf pushes to the executor and slack_notify instead of an Eventarc
+    trigger; functions-framework must turn the push body into the CloudEvent shape
+    the functions read (event.data["message"]["data"], base64)."""
+    ff = pytest.importorskip("functions_framework")
+    (tmp_path / "main.py").write_text(
+        "import functions_framework\n"
+        "SEEN = []\n"
+        "@functions_framework.cloud_event\n"
+        "def handler(event):\n"
+        "    SEEN.append(event)\n"
+    )
+    app = ff.create_app("handler", str(tmp_path / "main.py"))
+    payload = base64.b64encode(b'{"job_id": "j1"}').decode()
+    push = {
+        "message": {"data": payload, "attributes": {"k": "v"}, "messageId": "42"},
+        "subscription": "projects/p/subscriptions/bqgate-execute-to-executor",
+    }
+    response = app.test_client().post("/projects/p/topics/bqgate-execute", json=push)
+    assert response.status_code == 200
+    module = sys.modules[app.view_functions["run"].__module__] if False else None  # noqa: F841
+    (event,) = _seen(app)
+    assert event["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert event["source"] == "//pubsub.googleapis.com/projects/p/topics/bqgate-execute"
+    assert event["id"] == "42"
+    assert base64.b64decode(event.data["message"]["data"]) == b'{"job_id": "j1"}'
+    assert event.data["message"]["attributes"] == {"k": "v"}
+
+
+def _seen(app: object) -> list[object]:
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__file__", None) and getattr(mod, "SEEN", None) is not None:
+            if Path(mod.__file__).name == "main.py":
+                return mod.SEEN
+    raise AssertionError("handler module not found")

@@ -188,8 +188,8 @@ def principal_from_claims(
 ) -> Principal:
     """Build the :class:`Principal` from already-verified claims.
 
-    The principal claim (``email`` unless configured) and ``sub`` are required; Google
-    tokens must not say ``email_verified: false``.
+    The principal claim (``email`` unless configured; emails are lower-cased) and ``sub``
+    are required; Google tokens must not say ``email_verified: false``.
 
     Raises:
         Unauthenticated: a required claim is missing or malformed.
@@ -212,6 +212,8 @@ def principal_from_claims(
         raise Unauthenticated(f"token has no {claim!r} claim")
     if len(who) > MAX_PRINCIPAL_CHARS or not who.isprintable() or who != who.strip():
         raise Unauthenticated(f"token claim {claim!r} is malformed")
+    if claim == "email":
+        who = who.lower()  # emails compare case-insensitively everywhere (owners, approvers)
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise Unauthenticated("token has no 'sub' claim")

@@ -78,7 +78,10 @@ class Job:
     detector_hits: dict[str, int] = field(default_factory=dict)
     executions: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    # Approval state (see bqgate.approvals).
+    # Approval state (see bqgate.approvals). ``needs_approval`` is set by the classifier's
+    # ``approve`` decision or by the executor's cost guard; ``approval`` is the decision record.
+    needs_approval: bool = False
+    approval_requested_ms: int | None = None
     approval: dict[str, Any] = field(default_factory=dict)
     expire_at_ms: int | None = None
 

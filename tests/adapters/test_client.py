@@ -15,15 +15,16 @@ from typing import Any
 import google.auth.exceptions
 import google.auth.transport.requests
 import pytest
-
 from bqgate.adapters.client import DevIdTokenCredentials
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.client import gateway_client
 from bqgate.dev import issuer
 from bqgate.errors import BqgateError
 from bqgate.identity import IssuerSettings, Principal, bearer_token
+from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
+QUICK = DEFAULT_RETRY.with_deadline(5)  # never the 10-minute default in tests
 
 
 @dataclass
@@ -92,7 +93,7 @@ def test_gateway_client_calls_the_gateway_with_fresh_dev_tokens(
     dev_dir, gateway = stack
     client = gateway_client(dev_dir=dev_dir)
     assert client.project == "demo-project"
-    datasets = list(client.list_datasets(timeout=5, retry=None))
+    datasets = list(client.list_datasets(timeout=5, retry=QUICK))
     assert datasets == []
     (principal,) = gateway.seen.principals
     assert principal.email == AGENT
@@ -104,7 +105,7 @@ def test_gateway_client_speaks_for_the_chosen_principal(
 ) -> None:
     dev_dir, gateway = stack
     client = gateway_client(project="other-project", principal="bob@example.com", dev_dir=dev_dir)
-    list(client.list_datasets(timeout=5, retry=None))
+    list(client.list_datasets(timeout=5, retry=QUICK))
     assert [p.email for p in gateway.seen.principals] == ["bob@example.com"]
     assert "/projects/other-project/" in gateway.seen.paths[0]
 
@@ -121,6 +122,7 @@ def test_dev_credentials_refresh_and_set_expiry(stack: tuple[Path, GatewayServer
     assert not credentials.valid
     credentials.refresh(google.auth.transport.requests.Request())
     assert credentials.valid
+    assert isinstance(credentials.token, str)
     assert gateway.verifier.verify(credentials.token).groups == {"etl"}
     first = credentials.token
     credentials.refresh(google.auth.transport.requests.Request())

@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,13 +17,12 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.dev import issuer as dev_issuer
 from bqgate.errors import Unauthenticated, Unavailable
 from bqgate.identity import GOOGLE_ISSUER, IssuerSettings, Principal
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 NOW = 1_750_000_000.0
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
@@ -116,7 +115,9 @@ class SigningKey:
         return {**data, "kid": self.kid, "use": "sig", "alg": self.alg}
 
     def sign(self, claims: dict[str, Any], **header: Any) -> str:
-        return jwt.encode(claims, self.private, algorithm=self.alg, headers={"kid": self.kid, **header})
+        return jwt.encode(
+            claims, self.private, algorithm=self.alg, headers={"kid": self.kid, **header}
+        )
 
 
 _RSA_CACHE: list[Any] = []
@@ -133,9 +134,15 @@ def rsa_key(kid: str, alg: str = "RS256") -> SigningKey:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, SigningKey]:
     return {
-        "main": SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=2048), "k1", "RS256"),
-        "rotated": SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=2048), "k2", "RS256"),
-        "attacker": SigningKey(rsa.generate_private_key(public_exponent=65537, key_size=2048), "k1", "RS256"),
+        "main": SigningKey(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048), "k1", "RS256"
+        ),
+        "rotated": SigningKey(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048), "k2", "RS256"
+        ),
+        "attacker": SigningKey(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048), "k1", "RS256"
+        ),
         "okta": SigningKey(ec.generate_private_key(ec.SECP256R1()), "okta-ec-1", "ES256"),
     }
 
@@ -359,7 +366,7 @@ REJECTIONS: list[tuple[str, str]] = [
 def _make_rejected(case: str, iss: str, keys: dict[str, SigningKey]) -> str:
     main = keys["main"]
     good = claims_for(iss)
-    tokens = {
+    tokens: dict[str, Callable[[], str]] = {
         "alg_none": lambda: raw_token({"alg": "none", "typ": "JWT", "kid": "k1"}, good),
         "alg_none_no_kid": lambda: raw_token({"alg": "none"}, good),
         "hs256_with_public_key": lambda: _hs256_with_public_key(main, good),
@@ -575,14 +582,18 @@ def test_keys_that_must_not_be_used_are_skipped(
         [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
     )
     hs = jwt.encode(
-        claims_for(jwks.issuer_url), base64.urlsafe_b64decode(secret + "=="), "HS256",
+        claims_for(jwks.issuer_url),
+        base64.urlsafe_b64decode(secret + "=="),
+        "HS256",
         headers={"kid": "hmac"},
     )
     with pytest.raises(Unauthenticated, match="not known"):
         verifier.verify(hs)
     for kid in ("enc", "weird-alg"):
         with pytest.raises(Unauthenticated, match="not known"):
-            verifier.verify(SigningKey(keys["main"].private, kid, "RS256").sign(claims_for(jwks.issuer_url)))
+            verifier.verify(
+                SigningKey(keys["main"].private, kid, "RS256").sign(claims_for(jwks.issuer_url))
+            )
     assert verifier.verify(keys["main"].sign(claims_for(jwks.issuer_url))).email == AGENT
 
 
@@ -633,7 +644,10 @@ def test_slow_jwks_endpoint_fails_closed_within_the_timeout(
     # Once the endpoint recovers (and the back-off has passed) keys load again.
     jwks.delay = 0.0
     clock.now += 10
-    assert verifier.verify(keys["main"].sign(claims_for(jwks.issuer_url, iat=int(clock.now)))).email == AGENT
+    assert (
+        verifier.verify(keys["main"].sign(claims_for(jwks.issuer_url, iat=int(clock.now)))).email
+        == AGENT
+    )
 
 
 @pytest.mark.parametrize(
@@ -662,3 +676,29 @@ def test_expired_cache_with_dead_endpoint_fails_closed(
     clock.now += 301
     with pytest.raises(Unavailable):
         verifier.verify(keys["main"].sign(claims_for(jwks.issuer_url, iat=int(clock.now))))
+
+
+def test_from_policy_with_the_default_policy(tmp_path: Path) -> None:
+    from bqgate.policy import load_policy
+
+    policy = load_policy(Path(__file__).parents[2] / "policies" / "default.yaml")
+    cloud = OidcVerifier.from_policy(policy, dev_mode=False, dev_issuer_url=None)
+    assert cloud.trusted_issuers == (GOOGLE_ISSUER,)
+    server = dev_issuer.serve("127.0.0.1", 0, tmp_path / "oidc")
+    try:
+        local = OidcVerifier.from_policy(policy, dev_mode=True, dev_issuer_url=server.issuer_url)
+        assert local.trusted_issuers == (GOOGLE_ISSUER, server.issuer_url)
+        token = dev_issuer.mint_token(
+            "Agent@demo-project.iam.gserviceaccount.com",
+            ["extra"],
+            300,
+            issuer_url=server.issuer_url,
+            key_dir=tmp_path / "oidc",
+        )
+        # Static membership from the policy (case-insensitive) plus the claimed group.
+        assert local.verify(token).groups == {"ai-coding-agents", "extra"}
+        with pytest.raises(Unauthenticated, match="not trusted"):
+            cloud.verify(token)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -55,12 +55,14 @@ def test_blocked_job_is_recorded_and_denied_without_publishing() -> None:
     assert store.get("j1").state == DONE and queue.messages == []  # type: ignore[union-attr]
 
 
-def test_approval_job_waits_and_goes_to_the_approvals_topic() -> None:
+def test_approval_job_waits_and_goes_to_the_executor_for_its_estimate() -> None:
     gw, store, queue = make()
     res = insert(gw, "SELECT * FROM finance.ledger")
     assert res["status"]["state"] == "PENDING"  # the agent sees a pending BigQuery job
-    assert store.get("j1").state == PENDING_APPROVAL  # type: ignore[union-attr]
-    assert queue.messages == [("approvals", {"job_id": "j1"})]
+    job = store.get("j1")
+    assert job is not None and job.state == PENDING_APPROVAL and job.needs_approval
+    # The executor dry-runs it (it alone holds BigQuery rights), then asks for approval.
+    assert queue.messages == [("execute", {"job_id": "j1"})]
     results = gw.get_query_results(ALICE, "demo-project", "j1", {"timeoutMs": "0"})
     assert results["jobComplete"] is False
 

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-
 from bqgate.errors import Unauthenticated
 from bqgate.identity import (
     GOOGLE_ISSUER,
@@ -123,6 +122,11 @@ def test_groups_claim_may_be_a_single_string() -> None:
 def test_malformed_groups_claim_is_rejected(bad: object) -> None:
     with pytest.raises(Unauthenticated, match="list of group names"):
         principal_from_claims(claims(groups=bad), OKTA, policy_groups)
+
+
+def test_email_principal_is_lower_cased() -> None:
+    principal = principal_from_claims(claims(email="Dev@Example.COM"), OKTA, policy_groups)
+    assert principal.email == "dev@example.com"
 
 
 def test_custom_principal_claim() -> None:

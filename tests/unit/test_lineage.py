@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from bqgate.masking import plan_masking
 from bqgate.sql.lineage import ColumnLineage, output_lineage
 

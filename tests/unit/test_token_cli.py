@@ -14,7 +14,6 @@ from typing import Any
 
 import jwt
 import pytest
-
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.commands import token as token_command
 from bqgate.dev import issuer
@@ -63,8 +62,16 @@ def test_token_is_accepted_by_the_verifier_through_the_dev_issuer(
 ) -> None:
     dev_dir, server = dev_stack
     code = run_token(
-        "--principal", AGENT, "--group", "etl", "--group", "oncall", "--ttl", "15m",
-        "--dev-dir", str(dev_dir),
+        "--principal",
+        AGENT,
+        "--group",
+        "etl",
+        "--group",
+        "oncall",
+        "--ttl",
+        "15m",
+        "--dev-dir",
+        str(dev_dir),
     )
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
@@ -91,7 +98,9 @@ def test_token_finds_the_dev_dir_through_the_environment(
     assert run_token("--principal", "bob@example.com", "--audience", "other") == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert (claims["email"], claims["aud"], claims["iss"]) == (
-        "bob@example.com", "other", server.issuer_url,
+        "bob@example.com",
+        "other",
+        server.issuer_url,
     )
     assert claims["exp"] - claims["iat"] == 3600
 
@@ -119,7 +128,9 @@ def test_missing_dev_stack_is_a_one_line_error(
     assert "no dev stack state" in err
 
 
-def test_missing_key_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_key_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "endpoints.json").write_text(json.dumps({"oidc_issuer": "http://127.0.0.1:9"}))
     assert run_token("--principal", AGENT, "--dev-dir", str(tmp_path)) == 2
     err = capsys.readouterr().err
@@ -144,7 +155,9 @@ def test_bad_ttl_is_rejected(
     assert "ttl" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("1h", 3600), ("12h", 43200), ("45", 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("15m", 900), ("1h", 3600), ("12h", 43200), ("45", 45)]
+)
 def test_parse_ttl(text: str, seconds: int) -> None:
     assert issuer.parse_ttl(text) == seconds
 
@@ -183,7 +196,9 @@ def test_issuer_discovery_works_for_the_verifier(
 ) -> None:
     _, server = dev_stack
     via_discovery = IssuerSettings(
-        "dev", ("bqgate",), f"{server.issuer_url}/.well-known/openid-configuration",
+        "dev",
+        ("bqgate",),
+        f"{server.issuer_url}/.well-known/openid-configuration",
         dev_only=True,
     )
     verifier = OidcVerifier([via_discovery], dev_issuer_url=server.issuer_url, dev_mode=True)
@@ -205,8 +220,14 @@ def test_issuer_token_endpoint(dev_stack: tuple[Path, issuer.DevIssuerServer]) -
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"principal": 7}, {"principal": AGENT, "groups": "g"}, {"principal": AGENT, "ttl": "2d"},
-     {"principal": " padded"}, {"principal": AGENT, "groups": [1]}],
+    [
+        {},
+        {"principal": 7},
+        {"principal": AGENT, "groups": "g"},
+        {"principal": AGENT, "ttl": "2d"},
+        {"principal": " padded"},
+        {"principal": AGENT, "groups": [1]},
+    ],
 )
 def test_issuer_token_endpoint_rejects_bad_requests(
     body: dict[str, Any], dev_stack: tuple[Path, issuer.DevIssuerServer]

@@ -126,8 +126,10 @@ def gateway() -> Gateway:
 def executor() -> Executor:
     from bqgate.service.executor import Executor
 
+    s = settings()
     return Executor(store=job_store(), warehouse=warehouse(), policy=policy(),
-                    hmac_key=settings().hmac_key, recorder=recorder())
+                    hmac_key=s.hmac_key, queue=queue(), approvals_topic=s.approvals_topic,
+                    recorder=recorder())
 
 
 @functools.cache

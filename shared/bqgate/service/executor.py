@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bqgate.errors import BqgateError
-from bqgate.jobs import DONE, PENDING, RUNNING, Job, warehouse_job_id
+from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.masking import Masker, plan_masking
 from bqgate.policy import Policy
-from bqgate.ports import JobStore, QueryOutcome, Warehouse
+from bqgate.ports import JobStore, QueryOutcome, Queue, Warehouse
 from bqgate.service.gateway import Recorder
+from bqgate.sql.classify import classify
 from bqgate.sql.lineage import output_lineage
 
 log = logging.getLogger("bqgate.executor")
@@ -47,6 +48,24 @@ def label_value(text: str) -> str:
     return _LABEL_BAD.sub("_", text.lower())[:63]
 
 
+def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
+    """The cost guard: allow, approve or block by the dry run's byte estimate.
+
+    >>> from bqgate.policy import load_policy
+    >>> p = load_policy("policies/default.yaml")
+    >>> cost_decision(10, p)[0], cost_decision(2 * 1024**3, p)[0], cost_decision(10**15, p)[0]
+    ('allow', 'approve', 'block')
+    """
+    cost = policy.cost
+    if cost.block_above_bytes is not None and estimate > cost.block_above_bytes:
+        return "block", (f"the query would process {estimate:,} bytes, over the policy's "
+                         f"block limit of {cost.block_above_bytes:,} bytes")
+    if cost.approve_above_bytes is not None and estimate > cost.approve_above_bytes:
+        return "approve", (f"the query would process {estimate:,} bytes, over the policy's "
+                           f"approval threshold of {cost.approve_above_bytes:,} bytes")
+    return "allow", "within the policy's cost limits"
+
+
 @dataclass
 class ExecutorConfig:
     page_bytes: int = PAGE_BYTES
@@ -55,10 +74,12 @@ class ExecutorConfig:
 
 class Executor:
     def __init__(self, *, store: JobStore, warehouse: Warehouse, policy: Policy,
-                 hmac_key: bytes, recorder: Recorder | None = None,
-                 config: ExecutorConfig | None = None,
+                 hmac_key: bytes, queue: Queue | None = None, approvals_topic: str = "approvals",
+                 recorder: Recorder | None = None, config: ExecutorConfig | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.queue = queue
+        self.approvals_topic = approvals_topic
         self.warehouse = warehouse
         self.policy = policy
         self.hmac_key = hmac_key
@@ -75,7 +96,106 @@ class Executor:
             self.recorder.record(job, kind, data)
 
     def run(self, job_id: str) -> str:
-        """Run one job to completion. Returns what happened (for logs and tests)."""
+        """Handle one execute message for ``job_id``. Returns what happened (for logs and tests).
+
+        * an approval-bound job not yet sent for approval is dry-run (cost guard, byte
+          estimate) and published to the approvals topic;
+        * an allowed job is dry-run; over the policy's thresholds it is blocked or sent
+          for approval instead of running;
+        * an approved job has its approval binding re-checked against the statement as
+          stored now;
+        * then the job is claimed in a transaction and run exactly once.
+        """
+        job = self.store.get(job_id)
+        if job is None:
+            log.warning("execute message for unknown job %s: dropped", job_id)
+            return "unknown"
+        if job.state == DONE:
+            return "skipped"
+        if job.state == PENDING_APPROVAL:
+            return self._request_approval(job, None)
+        if job.needs_approval:
+            problem = self._approval_problem(job)
+            if problem:
+                return self._fail(job, {"reason": "accessDenied",
+                                        "message": f"Approval does not match this job: {problem}"})
+        elif job.state == PENDING:
+            estimate = self._estimate(job)
+            if estimate is None:
+                return "failed"
+            decision, why = cost_decision(estimate, self.policy)
+            if decision == "block":
+                return self._fail(job, {"reason": "quotaExceeded", "message": why})
+            if decision == "approve":
+                return self._request_approval(job, why, estimate)
+        return self._execute(job_id)
+
+    def _estimate(self, job: Job) -> int | None:
+        """Dry-run the job (None, with the job failed, if BigQuery rejects it)."""
+        t0 = time.perf_counter()
+        try:
+            estimate = self.warehouse.dry_run(job.sql, default_dataset=job.default_dataset,
+                                              query_parameters=job.query_parameters)
+        except BqgateError as err:
+            self._fail(job, {"reason": err.reason, "message": err.message})
+            return None
+        job.timings["dry_run_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return estimate
+
+    def _request_approval(self, job: Job, cost_reason: str | None, estimate: int | None = None) -> str:
+        if job.approval_requested_ms:
+            return "awaiting-approval"  # a redelivery: the request is already out
+        if estimate is None:
+            estimate = self._estimate(job)
+            if estimate is None:
+                return "failed"
+            decision, why = cost_decision(estimate, self.policy)
+            if decision == "block":
+                return self._fail(job, {"reason": "quotaExceeded", "message": why})
+        now = self._now_ms()
+        ttl_ms = self.policy.approvals.ttl_seconds * 1000
+        fields: dict[str, Any] = {"state": PENDING_APPROVAL, "needs_approval": True,
+                                  "bytes_estimate": estimate, "approval_requested_ms": now,
+                                  "timings": job.timings}
+        if cost_reason:
+            verdict = dict(job.classification)
+            verdict["reasons"] = [*verdict.get("reasons", []), cost_reason]
+            fields["classification"] = verdict
+            fields["expire_at_ms"] = now + ttl_ms
+        won = {"ok": False}
+
+        def mark(j: Job) -> dict[str, Any] | None:
+            won["ok"] = j.state in (PENDING, PENDING_APPROVAL) and not j.approval_requested_ms
+            return fields if won["ok"] else None
+
+        job = self.store.transition(job.job_id, mark)
+        if not won["ok"]:
+            return "awaiting-approval"
+        if self.queue is None:
+            raise RuntimeError("the executor has no queue to send approval requests to")
+        try:
+            self.queue.publish(self.approvals_topic, {"job_id": job.job_id})
+        except Exception:
+            # Undo the mark so the redelivery of this message publishes again.
+            self.store.transition(job.job_id, lambda j: {"approval_requested_ms": None})
+            raise
+        self._record(job, "approval_requested", {
+            "reasons": job.classification.get("reasons"), "bytes_estimate": estimate})
+        return "sent-for-approval"
+
+    def _approval_problem(self, job: Job) -> str | None:
+        """Why the job's approval does not cover the statement as stored now (None: it does)."""
+        from bqgate.approvals import check_binding
+
+        default = job.default_dataset or {}
+        verdict = classify(job.sql, policy=self.policy, principal=job.owner, groups=job.groups,
+                           default_project=default.get("projectId") or job.project,
+                           default_dataset=default.get("datasetId"))
+        if verdict.decision == "block":
+            return "the statement is now blocked: " + "; ".join(verdict.reasons)
+        return check_binding(job, verdict.statement_hash)
+
+    def _execute(self, job_id: str) -> str:
         now = self._now_ms()
         wjid = warehouse_job_id(job_id)
         claimed: dict[str, bool] = {"ok": False}
@@ -88,9 +208,6 @@ class Executor:
             return {"state": RUNNING, "started_ms": job.started_ms or now,
                     "warehouse_job_id": wjid, "executions": job.executions + 1}
 
-        if self.store.get(job_id) is None:
-            log.warning("execute message for unknown job %s: dropped", job_id)
-            return "unknown"
         job = self.store.transition(job_id, claim)
         if not claimed["ok"]:
             return "skipped"
@@ -146,6 +263,8 @@ class Executor:
         masking: list[dict[str, Any]] = []
         total = 0
         truncated = outcome.total_rows > cap
+        sample: list[list[Any]] = []
+        sample_cap = self.policy.sessions.record_rows
         if schema:
             masker = self.masker_for(job, schema)
             masking = masker.plan.describe()
@@ -162,7 +281,10 @@ class Executor:
                 buf, buf_bytes = [], 0
 
             for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
-                for row in masker.mask_rows(rows):
+                masked_rows = masker.mask_rows(rows)
+                if len(sample) < sample_cap:
+                    sample.extend(masked_rows[: sample_cap - len(sample)])
+                for row in masked_rows:
                     encoded = json.dumps(row, separators=(",", ":"))
                     if buf and buf_bytes + len(encoded) > self.config.page_bytes:
                         flush()
@@ -191,7 +313,7 @@ class Executor:
             "duration_ms": timings["warehouse_ms"], "error": None})
         self._record(done, "result", {"schema": schema, "total_rows": total,
                                       "truncated": truncated, "masking": masking,
-                                      "detector_hits": hits})
+                                      "detector_hits": hits, "rows": sample})
         return "done"
 
 

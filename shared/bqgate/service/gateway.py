@@ -142,6 +142,7 @@ class Gateway:
             job.state = PENDING
         elif decision == "approve":
             job.state = PENDING_APPROVAL
+            job.needs_approval = True
             job.expire_at_ms = job.created_ms + self.config.approval_ttl_ms
         else:
             job.state = DONE
@@ -161,11 +162,10 @@ class Gateway:
         if job.state == DONE:
             self.recorder.record(job, "blocked", job.error or {})
             raise AccessDenied(job.error["message"] if job.error else reasons)
-        if job.state == PENDING_APPROVAL:
-            self.queue.publish(self.config.approvals_topic, {"job_id": job.job_id})
-            self.recorder.record(job, "approval_requested", {"reasons": verdict.get("reasons")})
-        else:
-            self.dispatch(job)
+        # Both allowed and approval-bound jobs go to the executor first: it alone holds
+        # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
+        # sends approval-bound jobs on to the approvals topic with their estimate.
+        self.dispatch(job)
         return job
 
     def dispatch(self, job: Job) -> None:

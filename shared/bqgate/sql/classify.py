@@ -866,13 +866,17 @@ def _sensitive_copy_rules(
 
 
 def _lhs_columns(stmt: exp.Expression) -> set[int]:
-    """Ids of columns that name a destination (INSERT column list, SET left-hand sides)."""
+    """Ids of columns that carry no value: INSERT column lists, SET targets, ``* EXCEPT``."""
     out: set[int] = set()
     for node in stmt.walk():
         if isinstance(node, exp.Schema) and isinstance(node.parent, exp.Insert):
             out.update(id(c) for c in node.expressions if isinstance(c, exp.Column))
         elif isinstance(node, exp.Insert) and isinstance(node.this, exp.Tuple):
             out.update(id(c) for c in node.this.expressions if isinstance(c, exp.Column))
+        elif isinstance(node, exp.Star):
+            for key in ("except_", "except"):
+                dropped = node.args.get(key) or []
+                out.update(id(c) for c in dropped if isinstance(c, exp.Column))
         elif isinstance(node, exp.Update):
             for assignment in node.expressions:
                 if isinstance(assignment, exp.EQ) and isinstance(assignment.this, exp.Column):

@@ -200,10 +200,15 @@ class _Resolver:
         return ".".join(parts)
 
     def table_schema(self, fqn: str) -> list[Mapping[str, Any]] | None:
+        """The table's fields, or None when unknown (KeyError) or the lookup failed.
+
+        Any provider failure (a warehouse error, say) makes the table unknown, so its
+        columns are masked rather than the whole job failing.
+        """
         if fqn not in self._tables:
             try:
                 self._tables[fqn] = list(self._provider(fqn))
-            except KeyError:
+            except Exception:  # fail closed: the table is unknown, its columns masked
                 self._tables[fqn] = None
         return self._tables[fqn]
 
@@ -348,8 +353,8 @@ class _Resolver:
             return matches[0]
         if not matches and isinstance(source, exp.Table) and name in PSEUDO_COLUMNS:
             return ColumnLineage(name)
-        why = "ambiguous" if matches else "unknown"
-        return _unknown(name, f"{why} column {col.sql(DIALECT)}")
+        kind = "ambiguous" if matches else "unknown"
+        return _unknown(name, f"{kind} column {col.sql(DIALECT)}")
 
     def _pivot_source(self, scope: Scope, alias: str) -> ColumnLineage | None:
         """Conservative lineage for a column of a PIVOT/UNPIVOT output named ``alias``."""

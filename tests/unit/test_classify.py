@@ -1,0 +1,263 @@
+"""The SQL classifier: fixture cases (tests/fixtures/classify/*.sql), API shape, fuzzing."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import sqlglot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bqgate.policy import Policy, load_policy, parse_policy
+from bqgate.sql import classify as classify_module
+from bqgate.sql.classify import (
+    CLASS_BY_KIND,
+    KIND_BY_TYPE,
+    Classification,
+    classify,
+    classify_uncached,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "classify"
+AGENT = "agent@demo-project.iam.gserviceaccount.com"
+HEADERS = ("principal", "groups", "project", "dataset", "statements", "tables", "reason", "note")
+EXPECT = re.compile(r"^-- expect:\s*(\w+)\s*$")
+HEADER = re.compile(r"^-- (\w+):\s*(.*?)\s*$")
+
+
+@dataclass
+class Case:
+    """One fixture case: SQL, the expected decision and optional checks."""
+
+    file: str
+    line: int
+    expect: str
+    sql: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def load_cases(directory: Path = FIXTURES) -> list[Case]:
+    """Parse every fixture file into cases (see tests/fixtures/classify/README.md)."""
+    cases: list[Case] = []
+    for path in sorted(directory.glob("*.sql")):
+        current: Case | None = None
+        in_headers = False
+        body: list[str] = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            match = EXPECT.match(line)
+            if match:
+                if current is not None:
+                    current.sql = "\n".join(body).strip()
+                    cases.append(current)
+                current, in_headers, body = Case(path.name, number, match.group(1)), True, []
+                continue
+            if current is None:
+                continue
+            header = HEADER.match(line) if in_headers else None
+            if header and header.group(1) in HEADERS:
+                current.headers[header.group(1)] = header.group(2)
+                continue
+            in_headers = False
+            body.append(line)
+        if current is not None:
+            current.sql = "\n".join(body).strip()
+            cases.append(current)
+    return cases
+
+
+CASES = load_cases()
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy(ROOT / "policies" / "default.yaml")
+
+
+def test_fixture_corpus_is_large_and_well_formed() -> None:
+    assert len(CASES) >= 150
+    assert {c.expect for c in CASES} == {"allow", "approve", "block"}
+    assert all(c.sql or c.headers.get("note", "").startswith("empty") for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fixture_case(case: Case, policy: Policy) -> None:
+    h = case.headers
+    result = classify_uncached(
+        case.sql,
+        policy=policy,
+        principal=h.get("principal", AGENT),
+        groups=_split(h.get("groups", "")),
+        default_project=h.get("project", "demo-project"),
+        default_dataset=h.get("dataset") or None,
+    )
+    detail = "\n".join(result.reasons)
+    assert result.decision == case.expect, f"{case.id}: {result.decision}\n{detail}"
+    if "statements" in h:
+        assert list(result.statements) == _split(h["statements"]), detail
+    if "tables" in h:
+        assert list(result.tables) == sorted(_split(h["tables"])), detail
+    if "reason" in h:
+        assert any(h["reason"] in r for r in result.reasons), detail
+    assert result.reasons, "every decision carries a reason"
+    for reason in result.reasons:
+        assert re.match(r"^statement \d+ \([A-Z_:A-Za-z]+\): ", reason), reason
+
+
+# --------------------------------------------------------------------------- API shape
+
+
+def _run(sql: str, policy: Policy, **kw: object) -> Classification:
+    args: dict[str, object] = {"principal": AGENT, "groups": (), "default_project": "demo-project"}
+    args.update(kw)
+    return classify(sql, policy=policy, **args)  # type: ignore[arg-type]
+
+
+def test_to_dict_is_json_and_has_the_documented_keys(policy: Policy) -> None:
+    result = _run("SELECT 1; DROP TABLE analytics.events", policy)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["decision"] == "block"
+    assert data["statements"] == ["SELECT", "DROP"]
+    assert data["tables"] == ["demo-project.analytics.events"]
+    assert data["reasons"] == [
+        "statement 2 (DROP): DDL on demo-project.analytics.events (non-production) "
+        "is blocked by policy"
+    ]
+    assert len(data["per_statement"]) == 2
+    assert data["per_statement"][0]["decision"] == "allow"
+
+
+def test_written_tables_lists_only_targets(policy: Policy) -> None:
+    result = _run(
+        "INSERT INTO analytics.daily_revenue SELECT DATE(ts), 1 FROM analytics.events", policy
+    )
+    assert result.written_tables == ("demo-project.analytics.daily_revenue",)
+    assert result.tables == (
+        "demo-project.analytics.daily_revenue",
+        "demo-project.analytics.events",
+    )
+
+
+def test_normalized_sql_ignores_comments_whitespace_and_case(policy: Policy) -> None:
+    a = _run("select name from analytics.events -- why\n where event_id = 1", policy)
+    b = _run("SELECT  name\nFROM analytics.events /* note */ WHERE event_id = 1", policy)
+    c = _run("SELECT name FROM analytics.events WHERE event_id = 2", policy)
+    assert a.normalized_sql == b.normalized_sql
+    assert a.statement_hash == b.statement_hash != c.statement_hash
+    assert len(a.statement_hash) == 64 and "--" not in a.normalized_sql
+
+
+def test_cache_returns_the_same_object_and_keys_on_principal(policy: Policy) -> None:
+    classify_module.clear_cache()
+    first = _run("SELECT * FROM analytics.events", policy)
+    assert _run("SELECT * FROM analytics.events", policy) is first
+    other = _run("SELECT * FROM analytics.events", policy, principal="nobody@example.com")
+    assert (first.decision, other.decision) == ("allow", "block")
+
+
+def test_groups_come_from_the_policy_and_the_claims(policy: Policy) -> None:
+    stranger = "someone@example.com"
+    assert _run("SELECT * FROM analytics.events", policy, principal=stranger).decision == "block"
+    claimed = _run(
+        "SELECT * FROM analytics.events", policy, principal=stranger, groups=["ai-coding-agents"]
+    )
+    assert claimed.decision == "allow"
+
+
+def test_every_statement_kind_has_a_class() -> None:
+    from bqgate.sql.classify import statement_class, statement_kind
+
+    for node_type in KIND_BY_TYPE:
+        kind = statement_kind(node_type())
+        assert statement_class(kind) in CLASS_BY_KIND.values(), kind
+
+
+def test_custom_policy_can_allow_ddl_on_a_tier() -> None:
+    text = (ROOT / "policies" / "default.yaml").read_text()
+    text = text.replace("    read: allow\n    write: allow\n", "    read: allow\n    write: allow\n"
+                        "    ddl: approve\n", 1)
+    custom = parse_policy(text)
+    result = _run("CREATE TABLE analytics.scratch (x INT64)", custom)
+    assert result.decision == "approve"
+    assert result.statements == ("CREATE_TABLE",)
+
+
+def test_default_dataset_may_be_project_qualified(policy: Policy) -> None:
+    result = _run("SELECT * FROM ledger", policy, default_dataset="demo-project.finance")
+    assert (result.decision, result.tables) == ("approve", ("demo-project.finance.ledger",))
+
+
+def test_large_generated_query_is_handled(policy: Policy) -> None:
+    from bench.bench_classify import big_query  # type: ignore[import-not-found]
+
+    sql = big_query(100_000)
+    assert len(sql) >= 100_000
+    result = classify_uncached(
+        sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
+    )
+    assert result.decision == "allow", result.reasons
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+TOKENS = [
+    "SELECT", "FROM", "WHERE", "DROP", "TABLE", "DELETE", "UPDATE", "SET", "INSERT", "INTO",
+    "MERGE", "USING", "ON", "WHEN", "MATCHED", "THEN", "GRANT", "EXECUTE", "IMMEDIATE", "CALL",
+    "BEGIN", "END", "IF", "WITH", "AS", "UNION", "ALL", "TRUE", "FALSE", "NULL", "AND", "OR",
+    "NOT", "CREATE", "EXPORT", "DATA", "LOAD", "EXTERNAL_QUERY", "UNNEST", "*", "(", ")", ",",
+    ";", ".", "=", "1", "'x'", '"y"', "`", "`demo-project.analytics.events`", "analytics.events",
+    "sales.customers", "email", "x", "t", "--", "/*", "*/", "#", "\n", "'", "\\", "@p", "?",
+    "[", "]", "{", "}", "<", ">", "r'", "b'", "'''", "INFORMATION_SCHEMA", "region-us",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(TOKENS), min_size=0, max_size=25), st.booleans())
+def test_token_soup_never_raises_and_never_allows_unparseable(
+    tokens: list[str], spaced: bool
+) -> None:
+    sql = (" " if spaced else "").join(tokens)
+    result = classify_uncached(
+        sql, policy=_fuzz_policy(), principal=AGENT, groups=(), default_project="demo-project"
+    )
+    assert result.decision in ("allow", "approve", "block")
+    try:
+        parsed = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
+        parses = bool(parsed) and not any(
+            isinstance(n, sqlglot.exp.Command) for s in parsed for n in s.walk()
+        )
+    except Exception:
+        parses = False
+    if not parses:
+        assert result.decision == "block", (sql, result.reasons)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=60))
+def test_arbitrary_text_never_raises(text: str) -> None:
+    result = classify_uncached(
+        text, policy=_fuzz_policy(), principal=AGENT, groups=(), default_project="demo-project"
+    )
+    assert result.decision in ("allow", "approve", "block")
+    assert len(result.statement_hash) == 64
+
+
+_POLICY_CACHE: list[Policy] = []
+
+
+def _fuzz_policy() -> Policy:
+    if not _POLICY_CACHE:
+        _POLICY_CACHE.append(load_policy(ROOT / "policies" / "default.yaml"))
+    return _POLICY_CACHE[0]

@@ -1,19 +1,19 @@
-"""Approvals: Slack's interactivity endpoint and the approver API (HTTP). Thin."""
+"""Approvals: Slack's interactivity endpoint and the approver API (HTTP). Thin.
+
+``POST /slack/interactions`` (Slack-signed), ``GET /v1/approvals``,
+``POST /v1/approvals/{job_id}:approve`` and ``:deny`` (OIDC bearer token).
+"""
 
 from __future__ import annotations
 
 import flask
 import functions_framework
-
+from bqgate.adapters import wiring
 from bqgate.wire.bigquery import dumps
 
 
 @functions_framework.http
 def approvals(request: flask.Request) -> flask.Response:
-    if request.method == "GET" and request.path in ("/", "/healthz"):
-        return flask.Response(dumps({"status": "ok", "service": "bqgate-approvals"}), 200,
-                              mimetype="application/json")
-    body = {"error": {"code": 501, "status": "UNIMPLEMENTED",
-                      "message": "approvals are not available yet",
-                      "errors": [{"reason": "notImplemented", "message": "approvals are not available yet"}]}}
-    return flask.Response(dumps(body), 501, mimetype="application/json")
+    resp = wiring.approval_service().handle(
+        request.method, request.path, request.headers, request.get_data(cache=False))
+    return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")

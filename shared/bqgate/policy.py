@@ -206,9 +206,18 @@ sensitive_columns: {p.d.people: {EMAIL: email}}
 
 _SIZE_UNITS: Mapping[str, int] = MappingProxyType(
     {
-        "": 1, "b": 1,
-        "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
-        "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "pb": 10**15,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+        "pib": 2**50,
     }
 )
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -251,9 +260,7 @@ def parse_duration(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and _DURATION_RE.match(value):
-        return sum(
-            int(n) * _DURATION_UNITS[u.lower()] for n, u in _DURATION_PART_RE.findall(value)
-        )
+        return sum(int(n) * _DURATION_UNITS[u.lower()] for n, u in _DURATION_PART_RE.findall(value))
     raise ValueError(f"expected a duration like 15m, got {_show(value)}")
 
 
@@ -401,8 +408,16 @@ def _join(path: str, key: str) -> str:
 
 
 _TOP_KEYS = (
-    "version", "tiers", "datasets", "groups", "rules", "sensitive_columns",
-    "approvals", "cost", "identity", "sessions",
+    "version",
+    "tiers",
+    "datasets",
+    "groups",
+    "rules",
+    "sensitive_columns",
+    "approvals",
+    "cost",
+    "identity",
+    "sessions",
 )
 _REQUIRED_TOP = ("version", "tiers", "datasets", "groups", "rules")
 _RULE_KEYS = ("groups", "tiers", *STATEMENT_CLASSES)
@@ -561,7 +576,8 @@ def _approvals(c: _Checker, raw: object, declared_groups: set[str]) -> ApprovalS
 
 def _cost(c: _Checker, raw: object) -> CostLimits:
     spec = c.mapping(
-        raw, "cost",
+        raw,
+        "cost",
         ("max_bytes_billed", "approve_above_bytes", "block_above_bytes", "max_result_rows"),
     )
     limits = {
@@ -606,8 +622,7 @@ def _identity(c: _Checker, raw: object) -> IdentitySettings:
                     item.get("principal_claim"), f"{path}.principal_claim", "email"
                 ),
                 groups_claim=(
-                    None if groups_claim is None
-                    else c.string(groups_claim, f"{path}.groups_claim")
+                    None if groups_claim is None else c.string(groups_claim, f"{path}.groups_claim")
                 ),
                 dev_only=c.boolean(item.get("dev_only"), f"{path}.dev_only", False),
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from dataclasses import dataclass, field
@@ -9,9 +10,6 @@ from pathlib import Path
 
 import pytest
 import sqlglot
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from bqgate.policy import Policy, load_policy, parse_policy
 from bqgate.sql import classify as classify_module
 from bqgate.sql.classify import (
@@ -21,9 +19,12 @@ from bqgate.sql.classify import (
     classify,
     classify_uncached,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "classify"
+BENCH = ROOT / "bench" / "bench_classify.py"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
 HEADERS = ("principal", "groups", "project", "dataset", "statements", "tables", "reason", "note")
 EXPECT = re.compile(r"^-- expect:\s*(\w+)\s*$")
@@ -186,8 +187,11 @@ def test_every_statement_kind_has_a_class() -> None:
 
 def test_custom_policy_can_allow_ddl_on_a_tier() -> None:
     text = (ROOT / "policies" / "default.yaml").read_text()
-    text = text.replace("    read: allow\n    write: allow\n", "    read: allow\n    write: allow\n"
-                        "    ddl: approve\n", 1)
+    text = text.replace(
+        "    read: allow\n    write: allow\n",
+        "    read: allow\n    write: allow\n    ddl: approve\n",
+        1,
+    )
     custom = parse_policy(text)
     result = _run("CREATE TABLE analytics.scratch (x INT64)", custom)
     assert result.decision == "approve"
@@ -200,9 +204,12 @@ def test_default_dataset_may_be_project_qualified(policy: Policy) -> None:
 
 
 def test_large_generated_query_is_handled(policy: Policy) -> None:
-    from bench.bench_classify import big_query  # type: ignore[import-not-found]
+    spec = importlib.util.spec_from_file_location("bench_classify", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
 
-    sql = big_query(100_000)
+    sql = bench.big_query(100_000)
     assert len(sql) >= 100_000
     result = classify_uncached(
         sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
@@ -213,13 +220,82 @@ def test_large_generated_query_is_handled(policy: Policy) -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 TOKENS = [
-    "SELECT", "FROM", "WHERE", "DROP", "TABLE", "DELETE", "UPDATE", "SET", "INSERT", "INTO",
-    "MERGE", "USING", "ON", "WHEN", "MATCHED", "THEN", "GRANT", "EXECUTE", "IMMEDIATE", "CALL",
-    "BEGIN", "END", "IF", "WITH", "AS", "UNION", "ALL", "TRUE", "FALSE", "NULL", "AND", "OR",
-    "NOT", "CREATE", "EXPORT", "DATA", "LOAD", "EXTERNAL_QUERY", "UNNEST", "*", "(", ")", ",",
-    ";", ".", "=", "1", "'x'", '"y"', "`", "`demo-project.analytics.events`", "analytics.events",
-    "sales.customers", "email", "x", "t", "--", "/*", "*/", "#", "\n", "'", "\\", "@p", "?",
-    "[", "]", "{", "}", "<", ">", "r'", "b'", "'''", "INFORMATION_SCHEMA", "region-us",
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "DROP",
+    "TABLE",
+    "DELETE",
+    "UPDATE",
+    "SET",
+    "INSERT",
+    "INTO",
+    "MERGE",
+    "USING",
+    "ON",
+    "WHEN",
+    "MATCHED",
+    "THEN",
+    "GRANT",
+    "EXECUTE",
+    "IMMEDIATE",
+    "CALL",
+    "BEGIN",
+    "END",
+    "IF",
+    "WITH",
+    "AS",
+    "UNION",
+    "ALL",
+    "TRUE",
+    "FALSE",
+    "NULL",
+    "AND",
+    "OR",
+    "NOT",
+    "CREATE",
+    "EXPORT",
+    "DATA",
+    "LOAD",
+    "EXTERNAL_QUERY",
+    "UNNEST",
+    "*",
+    "(",
+    ")",
+    ",",
+    ";",
+    ".",
+    "=",
+    "1",
+    "'x'",
+    '"y"',
+    "`",
+    "`demo-project.analytics.events`",
+    "analytics.events",
+    "sales.customers",
+    "email",
+    "x",
+    "t",
+    "--",
+    "/*",
+    "*/",
+    "#",
+    "\n",
+    "'",
+    "\\",
+    "@p",
+    "?",
+    "[",
+    "]",
+    "{",
+    "}",
+    "<",
+    ">",
+    "r'",
+    "b'",
+    "'''",
+    "INFORMATION_SCHEMA",
+    "region-us",
 ]
 
 

@@ -137,3 +137,36 @@ def ingress_app() -> Any:
     from bqgate.service.http import IngressApp
 
     return IngressApp(gateway, verifier)
+
+
+# --- approvals (Slack interactions, approver API, slack_notify) ---------------------------
+
+
+@functools.cache
+def notifier() -> Any:
+    from bqgate.adapters.slack import SlackNotifier
+
+    return SlackNotifier.from_settings(settings())
+
+
+def _pending_approval_jobs(limit: int) -> list[Any]:
+    """Jobs awaiting approval (an equality filter: no composite index needed)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    from bqgate.jobs import PENDING_APPROVAL, Job
+
+    query = (firestore_client().collection("jobs")
+             .where(filter=FieldFilter("state", "==", PENDING_APPROVAL)).limit(limit))
+    return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream(timeout=10)]
+
+
+@functools.cache
+def approval_service() -> Any:
+    from bqgate.service.approvals import ApprovalService
+
+    s = settings()
+    return ApprovalService(
+        store=job_store(), queue=queue(), policy=policy(), notifier=notifier, verifier=verifier,
+        list_pending=_pending_approval_jobs, signing_secret=s.slack_signing_secret,
+        slack_channel=s.slack_channel, execute_topic=s.execute_topic, recorder=recorder(),
+    )

@@ -30,13 +30,14 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokenizer_core import Token
 
 from bqgate.policy import ACTION_RANK, Policy
 from bqgate.sql.fold import always_true
@@ -50,7 +51,7 @@ DIALECT = "bigquery"
 # --------------------------------------------------------------------------- risk tables
 
 # Statement node type -> statement kind (CREATE gets its object kind appended).
-KIND_BY_TYPE: Mapping[type[exp.Expression], str] = MappingProxyType(
+KIND_BY_TYPE: Mapping[type[exp.Expr], str] = MappingProxyType(
     {
         exp.Select: "SELECT",
         exp.Union: "SELECT",
@@ -163,7 +164,7 @@ CLASS_BY_KIND: Mapping[str, str] = MappingProxyType(
 
 # Arguments of a statement node whose tables are the statement's targets (written,
 # created, dropped, granted on); every other table in the statement is read.
-TARGET_ARGS: Mapping[type[exp.Expression], tuple[str, ...]] = MappingProxyType(
+TARGET_ARGS: Mapping[type[exp.Expr], tuple[str, ...]] = MappingProxyType(
     {
         exp.Insert: ("this",),
         exp.Update: ("this",),
@@ -201,6 +202,10 @@ CLASS_LABELS: Mapping[str, str] = MappingProxyType(
 _VERBS: Mapping[str, str] = MappingProxyType(
     {"allow": "is allowed", "approve": "needs approval", "block": "is blocked by policy"}
 )
+
+# Above this many characters the normalized SQL is rendered from the token stream
+# instead of sqlglot's generator (which costs ~2 ms per KB on big scripts).
+GENERATE_MAX_CHARS = 20_000
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CACHE_SIZE = 2048
@@ -272,8 +277,8 @@ def classify(
     are cached (LRU) per SQL text, policy digest, principal, groups and defaults.
 
     >>> from bqgate.policy import parse_policy
-    >>> policy = parse_policy(
-    ...     "version: 1\\ntiers: [dev]\\ndatasets: {}\\ngroups: {g: {members: [a@x.com]}}\\nrules: []")
+    >>> policy = parse_policy("version: 1\\ntiers: [dev]\\ndatasets: {}\\n"
+    ...                       "groups: {g: {members: [a@x.com]}}\\nrules: []")
     >>> classify("SELECT 1 -- ; DROP TABLE x", policy=policy, principal="a@x.com", groups=(),
     ...          default_project="p").decision
     'allow'
@@ -327,7 +332,9 @@ def classify_uncached(
     if not sql.strip():
         return _unparseable(sql, "empty SQL")
     try:
-        parsed = sqlglot.parse(sql, read=DIALECT)
+        dialect = Dialect.get_or_raise(DIALECT)
+        tokens = dialect.tokenize(sql)
+        parsed = dialect.parser().parse(tokens, sql)
     except Exception as exc:  # any sqlglot failure (ParseError, TokenError, ...) blocks
         return _unparseable(sql, f"sqlglot cannot parse the SQL: {_trim(exc)}")
     statements = [s for s in parsed if s is not None]
@@ -343,11 +350,12 @@ def classify_uncached(
         verdicts.append(analysis.verdict)
         all_tables.update(analysis.verdict.tables)
         written.update(analysis.written)
-        normalized.append(_normalize(stmt))
+        if len(sql) <= GENERATE_MAX_CHARS:
+            normalized.append(_normalize(stmt))
 
     decision = max((v.decision for v in verdicts), key=ACTION_RANK.__getitem__)
     reasons = _unique(r for v in verdicts if v.decision == decision for r in v.reasons)
-    text = ";\n".join(normalized)
+    text = ";\n".join(normalized) if len(sql) <= GENERATE_MAX_CHARS else render_tokens(tokens)
     return Classification(
         decision=decision,
         reasons=reasons,
@@ -360,9 +368,10 @@ def classify_uncached(
     )
 
 
-def statement_kind(stmt: exp.Expression) -> str:
+def statement_kind(stmt: exp.Expr) -> str:
     """The kind of one parsed statement (``UNKNOWN:<Type>`` if the tables do not know it).
 
+    >>> import sqlglot
     >>> statement_kind(sqlglot.parse_one("CREATE VIEW p.d.v AS SELECT 1", read="bigquery"))
     'CREATE_VIEW'
     >>> statement_kind(sqlglot.parse_one("WITH a AS (SELECT 1) SELECT * FROM a", read="bigquery"))
@@ -475,7 +484,7 @@ class _Findings:
         return top, _unique(r for a, r in self.items if a == top)
 
 
-def _judge(index: int, stmt: exp.Expression, ctx: _Context) -> _Analysis:
+def _judge(index: int, stmt: exp.Expr, ctx: _Context) -> _Analysis:
     kind = statement_kind(stmt)
     found = _Findings(index, kind)
     cls = statement_class(kind)
@@ -557,7 +566,8 @@ def _judge_tableless(found: _Findings, ctx: _Context, cls: str) -> None:
             found.add("allow", "read without tables is allowed")
         return
     actions = [
-        a for tier in ctx.policy.tiers
+        a
+        for tier in ctx.policy.tiers
         if (a := ctx.policy.action_for(ctx.groups, tier, cls)) is not None
     ]
     if not actions:
@@ -574,11 +584,11 @@ def _groups(ctx: _Context) -> str:
 # --------------------------------------------------------------------------- the walk
 
 
-def _scan(stmt: exp.Expression, ctx: _Context) -> _Scan:
+def _scan(stmt: exp.Expr, ctx: _Context) -> _Scan:
     """One iterative, CTE-scope-aware walk collecting tables and risky nodes."""
     scan = _Scan()
     target_keys = TARGET_ARGS.get(type(stmt), ())
-    stack: list[tuple[exp.Expression, frozenset[str], bool]] = []
+    stack: list[tuple[exp.Expr, frozenset[str], bool]] = []
     _push_children(stack, stmt, frozenset(), False, target_keys)
     root_is_merge = isinstance(stmt, exp.Merge)
     while stack:
@@ -610,13 +620,14 @@ def _scan(stmt: exp.Expression, ctx: _Context) -> _Scan:
 
 
 def _push_children(
-    stack: list[tuple[exp.Expression, frozenset[str], bool]],
-    node: exp.Expression,
+    stack: list[tuple[exp.Expr, frozenset[str], bool]],
+    node: exp.Expr,
     ctes: frozenset[str],
     target: bool,
     target_keys: tuple[str, ...],
 ) -> None:
-    with_ = node.args.get("with_") or node.args.get("with")
+    args = node.args
+    with_ = args.get("with_") or args.get("with")
     if isinstance(with_, exp.With):
         # CTE i sees CTEs 0..i-1 (and itself when RECURSIVE); the rest of the node sees all.
         names = [c.alias_or_name.lower() for c in with_.expressions]
@@ -625,21 +636,22 @@ def _push_children(
             visible = ctes | set(names[:i]) | ({names[i]} if recursive else set())
             stack.append((cte, frozenset(visible), False))
         ctes = ctes | set(names)
-    for key, value in node.args.items():
-        if value is with_ and with_ is not None:
+    else:
+        with_ = None
+    for key, value in args.items():
+        if value is None or value is with_:
             continue
         is_target = target or key in target_keys
-        for child in _as_list(value):
-            stack.append((child, ctes, is_target))
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, exp.Expr) and not isinstance(item, _LEAVES):
+                    stack.append((item, ctes, is_target))
+        elif isinstance(value, exp.Expr) and not isinstance(value, _LEAVES):
+            stack.append((value, ctes, is_target))
 
 
-def _as_list(value: object) -> Iterator[exp.Expression]:
-    if isinstance(value, exp.Expression):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, exp.Expression):
-                yield item
+# Nodes that never hold a table, column or statement: the walk does not descend into them.
+_LEAVES = (exp.Identifier, exp.Literal, exp.Var, exp.DataType, exp.Boolean, exp.Null)
 
 
 def _resolve(
@@ -647,7 +659,7 @@ def _resolve(
     ctes: frozenset[str],
     target: bool,
     ctx: _Context,
-    stmt: exp.Expression,
+    stmt: exp.Expr,
     scan: _Scan,
 ) -> _Ref | None:
     """Resolve a table node to a fully qualified reference (None for CTEs and builtins)."""
@@ -656,7 +668,8 @@ def _resolve(
     alias = table.alias_or_name.lower() if isinstance(this, exp.Identifier) else ""
 
     if isinstance(stmt, exp.Grant | exp.Revoke) and str(stmt.args.get("kind") or "").upper() in (
-        "SCHEMA", "DATASET"
+        "SCHEMA",
+        "DATASET",
     ):
         # GRANT ... ON SCHEMA p.d: sqlglot reads "p.d" as db.table.
         catalog, db, name = db, name, ""
@@ -694,7 +707,10 @@ def _resolve(
             )
         return _Ref(
             f"{ctx.default_project}.{ctx.default_dataset}.{name}",
-            ctx.default_project, ctx.default_dataset, target, alias,
+            ctx.default_project,
+            ctx.default_dataset,
+            target,
+            alias,
         )
     project = catalog or ctx.default_project
     return _Ref(f"{project}.{db}.{name}", project, db, target, alias)
@@ -726,7 +742,7 @@ def _problem(message: str, target: bool) -> _Ref:
 # --------------------------------------------------------------------------- safety rules
 
 
-def _whole_table_rules(found: _Findings, stmt: exp.Expression, scan: _Scan) -> None:
+def _whole_table_rules(found: _Findings, stmt: exp.Expr, scan: _Scan) -> None:
     targets = sorted({r.fqn for r in scan.refs if r.target and r.fqn}) or ["the target table"]
     where_target = ", ".join(targets)
     if isinstance(stmt, exp.Delete | exp.Update):
@@ -772,11 +788,11 @@ def _whole_table_rules(found: _Findings, stmt: exp.Expression, scan: _Scan) -> N
             )
 
 
-def _mentions_any_column(node: exp.Expression) -> bool:
+def _mentions_any_column(node: exp.Expr) -> bool:
     return any(isinstance(n, exp.Column) for n in node.walk())
 
 
-def _mentions_target(predicate: exp.Expression, stmt: exp.Expression) -> bool:
+def _mentions_target(predicate: exp.Expr, stmt: exp.Expr) -> bool:
     """Does the predicate use a column of the target row (outside subqueries, or qualified)?"""
     target = stmt.this if isinstance(stmt.this, exp.Table) else None
     if target is None:
@@ -798,9 +814,7 @@ def _mentions_target(predicate: exp.Expression, stmt: exp.Expression) -> bool:
     return False
 
 
-def _sensitive_copy_rules(
-    found: _Findings, stmt: exp.Expression, scan: _Scan, ctx: _Context
-) -> None:
+def _sensitive_copy_rules(found: _Findings, stmt: exp.Expr, scan: _Scan, ctx: _Context) -> None:
     """Writes (and CTAS, EXPORT) whose values come from sensitive columns need approval."""
     sensitive: dict[str, Mapping[str, str]] = {}
     by_alias: dict[str, str] = {}
@@ -815,9 +829,7 @@ def _sensitive_copy_rules(
             sensitive[ref.fqn] = cols
     if not sensitive:
         return
-    aliases_of = {
-        fqn: {a for a, f in by_alias.items() if f == fqn} for fqn in sensitive
-    }
+    aliases_of = {fqn: {a for a, f in by_alias.items() if f == fqn} for fqn in sensitive}
     hits: dict[str, set[str]] = {}
 
     def hit(fqn: str, columns: Iterable[str]) -> None:
@@ -834,8 +846,7 @@ def _sensitive_copy_rules(
             [by_alias[qualifier]] if qualifier and qualifier in by_alias else list(sensitive)
         )
         for fqn in candidates:
-            cols = sensitive.get(fqn)
-            if cols and name in cols:
+            if name in sensitive.get(fqn, _NO_COLUMNS):
                 hit(fqn, [name])
         if not qualifier:
             for fqn, aliases in aliases_of.items():
@@ -847,14 +858,12 @@ def _sensitive_copy_rules(
         if isinstance(parent, exp.Column) and parent.this is star:
             qualifier = parent.table.lower()
         except_ = star.args.get("except_") or star.args.get("except") or []
-        dropped = {e.name.lower() for e in except_ if isinstance(e, exp.Expression)}
+        dropped = {e.name.lower() for e in except_ if isinstance(e, exp.Expr)}
         candidates = (
             [by_alias[qualifier]] if qualifier and qualifier in by_alias else list(sensitive)
         )
         for fqn in candidates:
-            cols = sensitive.get(fqn)
-            if cols:
-                hit(fqn, [c for c in cols if c not in dropped])
+            hit(fqn, [c for c in sensitive.get(fqn, _NO_COLUMNS) if c not in dropped])
     for fqn in sorted(hits):
         if hits[fqn]:
             names = ", ".join(f"{fqn}.{c}" for c in sorted(hits[fqn]))
@@ -865,7 +874,10 @@ def _sensitive_copy_rules(
             )
 
 
-def _lhs_columns(stmt: exp.Expression) -> set[int]:
+_NO_COLUMNS: Mapping[str, str] = MappingProxyType({})
+
+
+def _lhs_columns(stmt: exp.Expr) -> set[int]:
     """Ids of columns that carry no value: INSERT column lists, SET targets, ``* EXCEPT``."""
     out: set[int] = set()
     for node in stmt.walk():
@@ -904,11 +916,41 @@ def _unparseable(sql: str, reason: str) -> Classification:
     )
 
 
-def _normalize(stmt: exp.Expression) -> str:
+def _normalize(stmt: exp.Expr) -> str:
     try:
         return stmt.sql(dialect=DIALECT, comments=False)
     except Exception:  # generation failure: fall back to sqlglot's repr, still deterministic
         return repr(stmt)
+
+
+def render_tokens(tokens: Iterable[Token]) -> str:
+    """Canonical text of a token stream: comments dropped, single spaces, keywords upper-case.
+
+    Quoted identifiers and string literals are re-quoted with escapes, so different
+    token streams never render to the same text.
+
+    >>> render_tokens(Dialect.get_or_raise("bigquery").tokenize("select `a b`, 'x y' -- c"))
+    "SELECT `a b` , 'x y'"
+    """
+    parts: list[str] = []
+    for token in tokens:
+        kind = token.token_type.name
+        text = token.text
+        if kind == "IDENTIFIER":
+            parts.append("`" + text.replace("\\", "\\\\").replace("`", "\\`") + "`")
+        elif kind.endswith("STRING"):
+            prefix = _STRING_PREFIXES.get(kind, kind + ":")
+            parts.append(prefix + "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'")
+        elif kind in ("VAR", "NUMBER"):
+            parts.append(text)
+        else:
+            parts.append(text.upper())
+    return " ".join(parts)
+
+
+_STRING_PREFIXES: Mapping[str, str] = MappingProxyType(
+    {"STRING": "", "RAW_STRING": "r", "BYTE_STRING": "b"}
+)
 
 
 def _trim(exc: BaseException, limit: int = 200) -> str:
@@ -922,7 +964,7 @@ def _trim(exc: BaseException, limit: int = 200) -> str:
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
-def _snippet(node: exp.Expression, limit: int = 60) -> str:
+def _snippet(node: exp.Expr, limit: int = 60) -> str:
     try:
         text = " ".join(node.sql(dialect=DIALECT, comments=False).split())
     except Exception:

@@ -26,7 +26,7 @@ UNKNOWN: Any = object()
 _SIMPLIFY_MAX_NODES = 400
 
 
-def always_true(predicate: exp.Expression) -> bool:
+def always_true(predicate: exp.Expr) -> bool:
     """True if ``predicate`` holds for every row (as far as folding can tell).
 
     >>> from sqlglot import parse_one
@@ -38,7 +38,7 @@ def always_true(predicate: exp.Expression) -> bool:
     return _simplifies_to_true(predicate)
 
 
-def fold(node: exp.Expression) -> Any:
+def fold(node: exp.Expr) -> Any:
     """Value of ``node`` if it is constant (``None`` is SQL NULL), else :data:`UNKNOWN`.
 
     >>> from sqlglot import parse_one
@@ -53,14 +53,14 @@ def fold(node: exp.Expression) -> Any:
         return UNKNOWN
 
 
-def _fold(node: exp.Expression) -> Any:
+def _fold(node: exp.Expr) -> Any:
     handler = _HANDLERS.get(type(node))
     if handler is not None:
         return handler(node)
     return UNKNOWN
 
 
-def _literal(node: exp.Expression) -> Any:
+def _literal(node: exp.Expr) -> Any:
     assert isinstance(node, exp.Literal)
     if node.is_string:
         return node.this
@@ -71,7 +71,7 @@ def _literal(node: exp.Expression) -> Any:
         return float(text)
 
 
-def _not(node: exp.Expression) -> Any:
+def _not(node: exp.Expr) -> Any:
     value = _fold(node.this)
     if value is None or value is UNKNOWN:
         return value
@@ -86,7 +86,7 @@ def _truthy(value: Any) -> bool:
     raise TypeError("not a boolean")
 
 
-def _and(node: exp.Expression) -> Any:
+def _and(node: exp.Expr) -> Any:
     left, right = _fold(node.this), _fold(node.expression)
     values = [v if v is None or v is UNKNOWN else _truthy(v) for v in (left, right)]
     if False in values:
@@ -98,7 +98,7 @@ def _and(node: exp.Expression) -> Any:
     return True
 
 
-def _or(node: exp.Expression) -> Any:
+def _or(node: exp.Expr) -> Any:
     left, right = _fold(node.this), _fold(node.expression)
     values = [v if v is None or v is UNKNOWN else _truthy(v) for v in (left, right)]
     if True in values:
@@ -110,7 +110,7 @@ def _or(node: exp.Expression) -> Any:
     return False
 
 
-def _xor(node: exp.Expression) -> Any:
+def _xor(node: exp.Expr) -> Any:
     left, right = _fold(node.this), _fold(node.expression)
     if UNKNOWN in (left, right):
         return UNKNOWN
@@ -120,7 +120,7 @@ def _xor(node: exp.Expression) -> Any:
 
 
 def _comparison(op: str) -> Any:
-    def handler(node: exp.Expression) -> Any:
+    def handler(node: exp.Expr) -> Any:
         if op in ("eq", "gte", "lte") and _same(node.this, node.expression):
             return True
         left, right = _fold(node.this), _fold(node.expression)
@@ -131,14 +131,18 @@ def _comparison(op: str) -> Any:
         if isinstance(left, str) != isinstance(right, str):
             return UNKNOWN
         return {
-            "eq": left == right, "neq": left != right, "gt": left > right,
-            "gte": left >= right, "lt": left < right, "lte": left <= right,
+            "eq": left == right,
+            "neq": left != right,
+            "gt": left > right,
+            "gte": left >= right,
+            "lt": left < right,
+            "lte": left <= right,
         }[op]
 
     return handler
 
 
-def _null_safe_eq(node: exp.Expression) -> Any:
+def _null_safe_eq(node: exp.Expr) -> Any:
     if _same(node.this, node.expression):
         return True
     left, right = _fold(node.this), _fold(node.expression)
@@ -147,7 +151,7 @@ def _null_safe_eq(node: exp.Expression) -> Any:
     return left == right
 
 
-def _is(node: exp.Expression) -> Any:
+def _is(node: exp.Expr) -> Any:
     target = node.expression
     value = _fold(node.this)
     if isinstance(target, exp.Null):
@@ -158,7 +162,7 @@ def _is(node: exp.Expression) -> Any:
     return value == wanted and value is not None
 
 
-def _in(node: exp.Expression) -> Any:
+def _in(node: exp.Expr) -> Any:
     if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
         return UNKNOWN
     options = node.expressions
@@ -177,7 +181,7 @@ def _in(node: exp.Expression) -> Any:
     return None if None in folded else False
 
 
-def _between(node: exp.Expression) -> Any:
+def _between(node: exp.Expr) -> Any:
     value, low, high = _fold(node.this), _fold(node.args["low"]), _fold(node.args["high"])
     if UNKNOWN in (value, low, high):
         return UNKNOWN
@@ -186,7 +190,7 @@ def _between(node: exp.Expression) -> Any:
     return bool(low <= value <= high)
 
 
-def _like(node: exp.Expression) -> Any:
+def _like(node: exp.Expr) -> Any:
     pattern = _fold(node.expression)
     if isinstance(pattern, str) and pattern and set(pattern) == {"%"}:
         return True  # x LIKE '%' matches every non-NULL value: treat as always true
@@ -197,13 +201,11 @@ def _like(node: exp.Expression) -> Any:
         return None
     if not isinstance(value, str) or not isinstance(pattern, str):
         return UNKNOWN
-    regex = "".join(
-        ".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern
-    )
+    regex = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
     return re.fullmatch(regex, value, re.DOTALL) is not None
 
 
-def _coalesce(node: exp.Expression) -> Any:
+def _coalesce(node: exp.Expr) -> Any:
     for arg in [node.this, *node.expressions]:
         value = _fold(arg)
         if value is UNKNOWN:
@@ -213,7 +215,7 @@ def _coalesce(node: exp.Expression) -> Any:
     return None
 
 
-def _if(node: exp.Expression) -> Any:
+def _if(node: exp.Expr) -> Any:
     cond = _fold(node.this)
     if cond is UNKNOWN:
         branches = [_fold(node.args["true"])]
@@ -226,7 +228,7 @@ def _if(node: exp.Expression) -> Any:
     return _fold(false) if false is not None else None
 
 
-def _case(node: exp.Expression) -> Any:
+def _case(node: exp.Expr) -> Any:
     if node.this is not None:
         return UNKNOWN
     for branch in node.args.get("ifs") or []:
@@ -239,7 +241,7 @@ def _case(node: exp.Expression) -> Any:
     return _fold(default) if default is not None else None
 
 
-def _cast(node: exp.Expression) -> Any:
+def _cast(node: exp.Expr) -> Any:
     value = _fold(node.this)
     if value is UNKNOWN or value is None:
         return value
@@ -260,7 +262,7 @@ def _cast(node: exp.Expression) -> Any:
 
 
 def _arith(op: str) -> Any:
-    def handler(node: exp.Expression) -> Any:
+    def handler(node: exp.Expr) -> Any:
         left, right = _fold(node.this), _fold(node.expression)
         if UNKNOWN in (left, right):
             return UNKNOWN
@@ -279,14 +281,14 @@ def _arith(op: str) -> Any:
     return handler
 
 
-def _neg(node: exp.Expression) -> Any:
+def _neg(node: exp.Expr) -> Any:
     value = _fold(node.this)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return -value
     return UNKNOWN if value is not None else None
 
 
-_HANDLERS: dict[type[exp.Expression], Any] = {
+_HANDLERS: dict[type[exp.Expr], Any] = {
     exp.Boolean: lambda n: bool(n.this),
     exp.Null: lambda n: None,
     exp.Literal: _literal,
@@ -320,7 +322,7 @@ _HANDLERS: dict[type[exp.Expression], Any] = {
 }
 
 
-def _same(left: exp.Expression | None, right: exp.Expression | None) -> bool:
+def _same(left: exp.Expr | None, right: exp.Expr | None) -> bool:
     """Structurally equal, deterministic and not a literal (``x = x``, ``a.b >= a.b``)."""
     if left is None or right is None or left != right:
         return False
@@ -329,7 +331,7 @@ def _same(left: exp.Expression | None, right: exp.Expression | None) -> bool:
     return not any(isinstance(n, exp.Rand | exp.Anonymous) for n in left.walk())
 
 
-def _tautology(node: exp.Expression) -> bool:
+def _tautology(node: exp.Expr) -> bool:
     """``A OR NOT A`` style disjunctions (including ``x IS NULL OR x IS NOT NULL``)."""
     node = node.unnest() if isinstance(node, exp.Paren) else node
     if not isinstance(node, exp.Or):
@@ -337,17 +339,12 @@ def _tautology(node: exp.Expression) -> bool:
     parts = [p.unnest() for p in node.flatten()]
     positives = [p for p in parts if not isinstance(p, exp.Not)]
     negatives = [p.this.unnest() for p in parts if isinstance(p, exp.Not)]
-    for neg in negatives:
-        if any(neg == pos for pos in positives):
-            return True
-    return False
+    return any(neg == pos for neg in negatives for pos in positives)
 
 
-def _simplifies_to_true(predicate: exp.Expression) -> bool:
+def _simplifies_to_true(predicate: exp.Expr) -> bool:
     """Ask sqlglot's simplifier as a second opinion (small trees only)."""
-    size = 0
-    for _ in predicate.walk():
-        size += 1
+    for size, _ in enumerate(predicate.walk(), start=1):
         if size > _SIMPLIFY_MAX_NODES:
             return False
     try:

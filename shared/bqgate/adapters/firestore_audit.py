@@ -1,0 +1,182 @@
+"""The session record on Firestore.
+
+Layout (both collection groups carry an ``expire_at`` timestamp for Firestore TTL)::
+
+    sessions/{session}                 head: principals, issuer, started/last times,
+                                       last_seq, last_hash, counts, expire_at
+    sessions/{session}/events/{seq:08d}  one event (bqgate.audit.Event.to_doc) + expire_at
+
+An append reads the head and writes the next event and the new head in one
+transaction, so concurrent appends to one session serialise into one chain: the
+loser of a race is aborted by Firestore and retried from a fresh read of the head.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from bqgate import audit
+from bqgate.jobs import Job
+
+#: Collection (group) of session heads.
+SESSIONS = "sessions"
+#: Subcollection (group) of a session's events.
+EVENTS = "events"
+#: Firestore attempts per transaction (each retry keeps its place in line).
+MAX_ATTEMPTS = 25
+#: Whole transactions retried (with jittered backoff) when Firestore gives up on one.
+OUTER_ATTEMPTS = 8
+
+
+def timestamp(ms: int) -> dt.datetime:
+    """A UTC datetime for a Firestore timestamp field (what TTL policies read)."""
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+class FirestoreRecorder:
+    """Records session events (the gateway's ``Recorder``) and reads them back.
+
+    Args:
+        client: a ``google.cloud.firestore.Client``.
+        retention_seconds: how long each event (and a session after its last event) is kept.
+        record_rows: masked result rows kept per ``result`` event.
+        clock: seconds since the epoch (tests pass a fake).
+        max_attempts: Firestore attempts per append transaction.
+    """
+
+    def __init__(
+        self,
+        client: firestore.Client,
+        *,
+        retention_seconds: int,
+        record_rows: int,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = MAX_ATTEMPTS,
+        collection: str = SESSIONS,
+    ) -> None:
+        self.client = client
+        self.retention_ms = retention_seconds * 1000
+        self.record_rows = record_rows
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.sessions = client.collection(collection)
+        self._rng = random.Random()
+        self._rng_lock = threading.Lock()
+
+    # --- writing -----------------------------------------------------------------
+
+    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+        """Append one event about ``job`` to its session. Raises if it cannot be stored."""
+        self.append(
+            job.session_id or f"job-{job.job_id}",
+            kind=kind,
+            job_id=job.job_id,
+            principal=job.owner,
+            issuer=job.issuer,
+            data=audit.event_data(job, kind, data, record_rows=self.record_rows),
+        )
+
+    def append(
+        self,
+        session_id: str,
+        *,
+        kind: str,
+        job_id: str,
+        principal: str,
+        issuer: str,
+        data: Mapping[str, Any],
+    ) -> audit.Event:
+        """Append an event to ``session_id`` in a transaction; return the stored event."""
+        head_ref = self.sessions.document(audit.session_doc_id(session_id))
+        events = head_ref.collection(EVENTS)
+        plain = audit.to_plain(data)
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> audit.Event:
+            snap = head_ref.get(transaction=txn)
+            head = (
+                audit.SessionHead.from_doc(snap.to_dict() or {})
+                if snap.exists
+                else audit.SessionHead(session_id)
+            )
+            # Keep times non-decreasing along the chain even if writers' clocks differ.
+            at_ms = max(int(self.clock() * 1000), head.last_ms)
+            event = audit.seal(
+                session_id=session_id,
+                seq=head.last_seq + 1,
+                kind=kind,
+                at_ms=at_ms,
+                job_id=job_id,
+                principal=principal,
+                data=plain,
+                prev=None,
+                prev_hash=head.last_hash,
+                prev_expire_at_ms=head.last_expire_at_ms,
+                expire_at_ms=at_ms + self.retention_ms,
+            )
+            new_head = head.advanced(event, issuer)
+            txn.create(
+                events.document(event.event_id),
+                {**event.to_doc(), "expire_at": timestamp(event.expire_at_ms)},
+            )
+            txn.set(head_ref, {**new_head.to_doc(), "expire_at": timestamp(new_head.expire_at_ms)})
+            return event
+
+        for attempt in range(OUTER_ATTEMPTS):
+            try:
+                return run(self.client.transaction(max_attempts=self.max_attempts))
+            except (ValueError, gexc.Aborted, gexc.Conflict) as exc:
+                # ValueError: the client's "failed to commit in N attempts" (contention).
+                if isinstance(exc, ValueError) and "attempts" not in str(exc):
+                    raise
+                if attempt == OUTER_ATTEMPTS - 1:
+                    raise
+                with self._rng_lock:
+                    pause = self._rng.uniform(0, 0.05 * 2**attempt)
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- reading -----------------------------------------------------------------
+
+    def head(self, session_id: str) -> audit.SessionHead | None:
+        """The session's head document, or ``None`` if there is no such session."""
+        snap = self.sessions.document(audit.session_doc_id(session_id)).get()
+        return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
+
+    def events(self, session_id: str) -> list[audit.Event]:
+        """Every stored event of the session, in chain order (malformed ones included)."""
+        ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
+        stored = [(snap.id, snap.to_dict() or {}) for snap in ref.stream()]
+        events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
+        return sorted(events, key=lambda e: e.event_id)
+
+    def list_sessions(
+        self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[audit.SessionHead]:
+        """Sessions with activity since ``since_ms`` (of ``principal``), latest first.
+
+        Uses single-field indexes only (no composite index to deploy): the principal
+        filter runs in Firestore, the time filter too when it is the only one.
+        """
+        query: Any = self.sessions
+        if principal:
+            query = query.where(filter=FieldFilter("principals", "array_contains", principal))
+        elif since_ms is not None:
+            query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
+        heads = [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream()]
+        if since_ms is not None:
+            heads = [h for h in heads if h.last_ms >= since_ms]
+        heads.sort(key=lambda h: (h.last_ms, h.session_id), reverse=True)
+        return heads[:limit]
+
+
+__all__ = ["EVENTS", "SESSIONS", "FirestoreRecorder", "timestamp"]

@@ -1,0 +1,433 @@
+"""The approval state machine: who may approve what, and what an approval is bound to.
+
+Pure: plain values in, plain values out. A job that needs approval waits in
+``PENDING_APPROVAL`` with an :class:`ApprovalRecord` in ``job.approval``:
+
+    pending --N distinct approvals--> approved   (job -> PENDING, run by the executor)
+       |----a denial with a reason--> denied     (job -> DONE, accessDenied)
+       +----expire_at_ms passed-----> expired    (job -> DONE, accessDenied)
+
+:func:`decide` computes the fields to write for one approver's click; the caller runs it
+inside a job-store transaction, so two clicks never both count. An approval is bound
+(:func:`binding`) to the statement, its owner, its default dataset and the estimate the
+approver saw; the executor calls :func:`check_binding` before it runs the job, so a job
+whose statement was changed after approval is refused.
+
+>>> from bqgate.jobs import Job, PENDING_APPROVAL
+>>> from bqgate.policy import parse_policy
+>>> pol = parse_policy(EXAMPLE_POLICY)
+>>> job = Job.new(job_id="j1", project="p", location="US", sql="SELECT 1", owner="agent@x.io",
+...               now_ms=0, state=PENDING_APPROVAL, expire_at_ms=60_000,
+...               classification={"decision": "approve", "statement_hash": "ab12"})
+>>> d = decide(job, approver="alice@x.io", approver_groups=frozenset({"approvers"}),
+...            action="approve", reason=None, now_ms=1_000, policy=pol)
+>>> d.outcome, d.fields["state"], d.message
+('approved', 'PENDING', 'Approved by alice@x.io')
+>>> job.approval, job.state = d.fields["approval"], d.fields["state"]
+>>> check_binding(job, "ab12") is None
+True
+>>> check_binding(job, "ffff")
+'the approval does not match the job: its statement, owner, default dataset or byte estimate \
+changed after it was approved'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+from bqgate.errors import AccessDenied, InvalidRequest
+from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
+
+# Approval record statuses.
+REQUESTED = "pending"
+APPROVED = "approved"
+DENIED = "denied"
+EXPIRED = "expired"
+STATUSES = (REQUESTED, APPROVED, DENIED, EXPIRED)
+
+#: Longest denial reason accepted (it ends up in the agent's error message).
+MAX_REASON_CHARS = 500
+
+#: Version tag of the canonical encoding that :func:`binding` hashes.
+BINDING_VERSION = "bqgate-approval-binding-v1"
+
+Action = Literal["approve", "deny"]
+
+EXAMPLE_POLICY = """
+version: 1
+tiers: [t]
+datasets: {p.d: t}
+groups:
+  agents: {members: [agent@x.io]}
+  approvers: {members: [alice@x.io, bob@x.io, carol@x.io]}
+rules: [{groups: [agents], tiers: [t], read: approve}]
+approvals: {approver_groups: [approvers], required: 1, ttl: 15m, owners: {agent@x.io: carol@x.io}}
+"""
+
+
+class ApprovalPolicy(Protocol):
+    """The part of :class:`bqgate.policy.ApprovalSettings` this module reads."""
+
+    @property
+    def approver_groups(self) -> tuple[str, ...]: ...
+
+    @property
+    def required(self) -> int: ...
+
+    @property
+    def owners(self) -> Mapping[str, str]: ...
+
+
+class PolicyLike(Protocol):
+    @property
+    def approvals(self) -> ApprovalPolicy: ...
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One approver's approval."""
+
+    approver: str
+    at_ms: int
+    via: str = "api"
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"approver": self.approver, "at_ms": self.at_ms, "via": self.via}
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """What ``job.approval`` holds (a plain dict in the job store).
+
+    >>> rec = ApprovalRecord(required=2, votes=(Vote("a@x", 5, "slack"),))
+    >>> ApprovalRecord.from_doc(rec.to_doc()) == rec
+    True
+    >>> ApprovalRecord.from_doc({}).status
+    'pending'
+    """
+
+    status: str = REQUESTED
+    required: int = 1
+    votes: tuple[Vote, ...] = ()
+    denied_by: str | None = None
+    reason: str | None = None
+    decided_at_ms: int | None = None
+    #: :func:`binding` of what was approved (set when the last required vote lands).
+    binding: str | None = None
+    #: Where the Slack request message lives (``chat.update`` needs both).
+    slack_channel: str | None = None
+    slack_ts: str | None = None
+    notified_at_ms: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def approvers(self) -> tuple[str, ...]:
+        return tuple(v.approver for v in self.votes)
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = dict(self.extra)
+        doc.update({
+            "status": self.status,
+            "required": self.required,
+            "approvals": [v.to_doc() for v in self.votes],
+            "denied_by": self.denied_by,
+            "reason": self.reason,
+            "decided_at_ms": self.decided_at_ms,
+            "binding": self.binding,
+            "slack_channel": self.slack_channel,
+            "slack_ts": self.slack_ts,
+            "notified_at_ms": self.notified_at_ms,
+        })
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None, *, required: int = 1) -> ApprovalRecord:
+        """Read a stored record; an empty one is a fresh request needing ``required`` votes."""
+        doc = dict(doc or {})
+        known = {"status", "required", "approvals", "denied_by", "reason", "decided_at_ms",
+                 "binding", "slack_channel", "slack_ts", "notified_at_ms"}
+        votes = tuple(
+            Vote(str(v.get("approver", "")), int(v.get("at_ms", 0)), str(v.get("via", "api")))
+            for v in doc.get("approvals") or () if isinstance(v, Mapping)
+        )
+        status = doc.get("status") if doc.get("status") in STATUSES else REQUESTED
+        return cls(
+            status=str(status),
+            required=int(doc.get("required") or required),
+            votes=votes,
+            denied_by=doc.get("denied_by"),
+            reason=doc.get("reason"),
+            decided_at_ms=doc.get("decided_at_ms"),
+            binding=doc.get("binding"),
+            slack_channel=doc.get("slack_channel"),
+            slack_ts=doc.get("slack_ts"),
+            notified_at_ms=doc.get("notified_at_ms"),
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+
+
+def record_of(job: Job, required: int = 1) -> ApprovalRecord:
+    """The job's approval record (a fresh one if none was written yet)."""
+    return ApprovalRecord.from_doc(job.approval, required=required)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The result of one approver action.
+
+    Attributes:
+        outcome: ``approved`` (all votes in: run it), ``recorded`` (a vote, more needed),
+            ``denied``, ``expired``, or ``unchanged`` (nothing to do; ``message`` says why).
+        message: One line for the approver (Slack ephemeral text, API response).
+        fields: Job fields to write (``None``: write nothing).
+    """
+
+    outcome: str
+    message: str
+    fields: dict[str, Any] | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fields)
+
+    @property
+    def execute(self) -> bool:
+        """True when the job became runnable and must be handed to the executor."""
+        return self.outcome == APPROVED
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def binding(statement_hash: str, owner: str, default_dataset: Mapping[str, str] | str | None,
+            bytes_estimate: int | None) -> str:
+    """SHA-256 over a canonical encoding of what an approval covers.
+
+    The encoding is a JSON array (sorted, no whitespace) of a version tag, the statement
+    hash, the lower-cased owner, the default dataset as ``project.dataset`` (or ``""``)
+    and the byte estimate (or ``null``), so no two different inputs encode alike.
+
+    >>> b = binding("ab12", "Agent@x.io", {"projectId": "p", "datasetId": "d"}, 1024)
+    >>> b == binding("ab12", "agent@x.io", "p.d", 1024)
+    True
+    >>> b == binding("ab12", "agent@x.io", "p.d", 1025)
+    False
+    >>> len(b)
+    64
+    """
+    if isinstance(default_dataset, Mapping):
+        ds = ".".join(p for p in (default_dataset.get("projectId", ""),
+                                  default_dataset.get("datasetId", "")) if p)
+    else:
+        ds = default_dataset or ""
+    canonical = json.dumps(
+        [BINDING_VERSION, statement_hash, owner.strip().lower(), ds,
+         None if bytes_estimate is None else int(bytes_estimate)],
+        separators=(",", ":"), ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def job_binding(job: Job, statement_hash: str | None = None) -> str:
+    """:func:`binding` of ``job`` (with the classification's statement hash by default)."""
+    digest = statement_hash if statement_hash is not None else statement_hash_of(job)
+    return binding(digest, job.owner, job.default_dataset, job.bytes_estimate)
+
+
+def statement_hash_of(job: Job) -> str:
+    """The statement hash recorded when the job was classified (``""`` if none)."""
+    return str((job.classification or {}).get("statement_hash") or "")
+
+
+def needs_approval(job: Job) -> bool:
+    """Whether the job may only run with an approval (policy said so, or one was requested).
+
+    >>> needs_approval(Job(job_id="j", project="p", location="US", sql="", owner="a",
+    ...                    classification={"decision": "allow"}))
+    False
+    """
+    return (job.classification or {}).get("decision") == "approve" or bool(job.approval)
+
+
+def check_binding(job: Job, statement_hash: str) -> str | None:
+    """Whether the executor may run ``job``: ``None`` if so, else the reason it may not.
+
+    ``statement_hash`` is the hash the executor computed from the statement it is about
+    to run. A job that never needed approval passes.
+    """
+    if not needs_approval(job):
+        return None
+    rec = ApprovalRecord.from_doc(job.approval)
+    if rec.status != APPROVED:
+        return f"the job has not been approved (approval status: {rec.status})"
+    if len(set(rec.approvers)) < rec.required:
+        return (f"the job has {len(set(rec.approvers))} of the {rec.required} approvals "
+                "it needs")
+    if rec.binding is None or rec.binding != job_binding(job, statement_hash):
+        return ("the approval does not match the job: its statement, owner, default dataset "
+                "or byte estimate changed after it was approved")
+    if statement_hash != statement_hash_of(job):
+        return "the statement to run differs from the statement that was classified"
+    return None
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def describe_duration(ms: int) -> str:
+    """A duration in words.
+
+    >>> describe_duration(900_000), describe_duration(3_000), describe_duration(7_200_000)
+    ('15 minutes', '3 seconds', '2 hours')
+    >>> describe_duration(60_000), describe_duration(90_000)
+    ('1 minute', '90 seconds')
+    """
+    seconds = max(0, round(ms / 1000))
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def expiry_message(job: Job) -> str:
+    """The agent's error message for an expired request."""
+    ttl = (job.expire_at_ms or job.created_ms) - job.created_ms
+    return f"Approval request expired after {describe_duration(ttl)}"
+
+
+def expire_fields(job: Job, now_ms: int) -> dict[str, Any] | None:
+    """Fields that end an expired approval request, or None if it has not expired.
+
+    Shared by the approvals function and the gateway (which expires requests lazily
+    when the agent polls). Run it inside a job-store transaction.
+
+    >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a",
+    ...           state=PENDING_APPROVAL, created_ms=0, expire_at_ms=900_000)
+    >>> expire_fields(job, 899_999) is None
+    True
+    >>> f = expire_fields(job, 900_000)
+    >>> f["state"], f["error"]["message"], f["approval"]["status"]
+    ('DONE', 'Approval request expired after 15 minutes', 'expired')
+    """
+    if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now_ms < job.expire_at_ms:
+        return None
+    rec = replace(ApprovalRecord.from_doc(job.approval), status=EXPIRED, decided_at_ms=now_ms)
+    return {
+        "state": DONE,
+        "ended_ms": now_ms,
+        "error": {"reason": "accessDenied", "message": expiry_message(job)},
+        "approval": rec.to_doc(),
+    }
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def authorize(job: Job, *, approver: str, approver_groups: frozenset[str],
+              action: Action, policy: PolicyLike) -> None:
+    """Raise :class:`AccessDenied` unless ``approver`` may ``action`` this job.
+
+    Approvers must be in one of the policy's approver groups; nobody approves their own
+    request, nor a request of an agent identity they own (``approvals.owners``).
+    """
+    who = approver.strip().lower()
+    allowed = policy.approvals.approver_groups
+    if not who:
+        raise AccessDenied("Cannot tell who you are: no approver identity")
+    if not set(allowed) & set(approver_groups):
+        raise AccessDenied(
+            f"{who} may not {action} requests: not a member of an approver group "
+            f"({', '.join(allowed) or 'none configured'})")
+    if action == "deny":
+        return
+    owner = job.owner.strip().lower()
+    if who == owner:
+        raise AccessDenied(f"{who} may not approve their own request")
+    human = policy.approvals.owners.get(owner)
+    if human is not None and human.strip().lower() == who:
+        raise AccessDenied(f"{who} may not approve a request of {owner}, an identity they own")
+
+
+def _after_the_fact(job: Job, rec: ApprovalRecord) -> str:
+    """Why a click on a request that is no longer pending changes nothing."""
+    if rec.status == APPROVED:
+        return f"Already approved by {', '.join(rec.approvers)}; nothing changed"
+    if rec.status == DENIED:
+        return f"Already denied by {rec.denied_by}; nothing changed"
+    if rec.status == EXPIRED:
+        return "The request already expired; nothing changed"
+    if job.state == DONE and job.error:
+        return f"The request already ended ({job.error.get('message', 'failed')}); nothing changed"
+    return f"The request is no longer awaiting approval (state {job.state}); nothing changed"
+
+
+def clean_reason(reason: str | None) -> str:
+    """A denial reason, validated: non-blank, printable, at most MAX_REASON_CHARS.
+
+    >>> clean_reason("  touches   payroll\\n")
+    'touches payroll'
+    >>> clean_reason(" ")
+    Traceback (most recent call last):
+    bqgate.errors.InvalidRequest: A reason is required to deny a request
+    """
+    text = " ".join((reason or "").split())
+    if not text:
+        raise InvalidRequest("A reason is required to deny a request")
+    if len(text) > MAX_REASON_CHARS:
+        raise InvalidRequest(f"The reason is too long ({len(text)} characters; "
+                             f"at most {MAX_REASON_CHARS})")
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
+def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: Action,
+           reason: str | None, now_ms: int, policy: PolicyLike, via: str = "api") -> Decision:
+    """One approver's approve or deny on ``job``: the fields to write and what to say.
+
+    Raises:
+        AccessDenied: the approver may not decide this request (see :func:`authorize`).
+        InvalidRequest: unknown action, or a denial without a usable reason.
+    """
+    if action not in ("approve", "deny"):
+        raise InvalidRequest(f"Unknown approval action {action!r}: expected approve or deny")
+    who = approver.strip().lower()
+    authorize(job, approver=who, approver_groups=approver_groups, action=action, policy=policy)
+    rec = record_of(job, policy.approvals.required)
+    if job.state != PENDING_APPROVAL or rec.status != REQUESTED:
+        return Decision("unchanged", _after_the_fact(job, rec))
+    expired = expire_fields(job, now_ms)
+    if expired is not None:
+        return Decision(EXPIRED, f"{expiry_message(job)}; it can no longer be decided", expired)
+    if action == "deny":
+        text = clean_reason(reason)
+        denied = replace(rec, status=DENIED, denied_by=who, reason=text, decided_at_ms=now_ms)
+        message = f"Denied by {who}: {text}"
+        return Decision(DENIED, message, {
+            "state": DONE, "ended_ms": now_ms, "approval": denied.to_doc(),
+            "error": {"reason": "accessDenied", "message": message},
+        })
+    if who in rec.approvers:
+        left = rec.required - len(rec.approvers)
+        return Decision("unchanged", f"You already approved this request; it still needs "
+                                     f"{left} more approval{'s' if left != 1 else ''}")
+    votes = (*rec.votes, Vote(who, now_ms, via))
+    if len(votes) < rec.required:
+        left = rec.required - len(votes)
+        partial = replace(rec, votes=votes)
+        return Decision("recorded", f"Approval {len(votes)} of {rec.required} recorded by {who}; "
+                                    f"waiting for {left} more", {"approval": partial.to_doc()})
+    approved = replace(rec, status=APPROVED, votes=votes, decided_at_ms=now_ms,
+                       binding=job_binding(job))
+    return Decision(APPROVED, f"Approved by {', '.join(v.approver for v in votes)}",
+                    {"state": PENDING, "approval": approved.to_doc()})
+
+
+__all__ = [
+    "APPROVED", "DENIED", "EXPIRED", "REQUESTED", "ApprovalRecord", "Decision", "Vote",
+    "authorize", "binding", "check_binding", "clean_reason", "decide", "expire_fields",
+    "expiry_message", "job_binding", "needs_approval", "record_of", "statement_hash_of",
+]

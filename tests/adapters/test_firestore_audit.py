@@ -1,0 +1,192 @@
+"""The session record against the Firestore emulator: chain, concurrency, tampering, TTL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from google.cloud import firestore
+
+from bqgate import audit
+from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
+from bqgate.dev.stack import PROJECT, Stack
+from bqgate.jobs import Job
+
+pytestmark = pytest.mark.emulators
+
+DAY = 86_400
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[firestore.Client]:
+    # The stack fixture put FIRESTORE_EMULATOR_HOST in os.environ.
+    c = firestore.Client(project=PROJECT)
+    yield c
+    c.close()
+
+
+def recorder(client: firestore.Client, **kwargs: object) -> FirestoreRecorder:
+    return FirestoreRecorder(client, retention_seconds=30 * DAY, record_rows=2, **kwargs)  # type: ignore[arg-type]
+
+
+def job(session: str, job_id: str = "j1", owner: str = "agent@x.com") -> Job:
+    return Job.new(
+        job_id=job_id, project="demo-project", location="US", sql="SELECT 1 AS x", owner=owner,
+        groups=["ai-coding-agents"], issuer="dev", session_id=session,
+        labels={"session_id": session}, now_ms=0,
+    )
+
+
+def sid() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def test_events_chain_and_head_track_the_tip(client: firestore.Client) -> None:
+    rec = recorder(client)
+    s = sid()
+    rec.record(job(s), "request", {"request_kind": "jobs.query"})
+    rec.record(job(s), "classification", {"decision": "allow", "reasons": []})
+    rec.record(job(s), "result", {"schema": [{"name": "x"}], "rows": [[1], [2], [3]],
+                                  "total_rows": 3})
+    events = rec.events(s)
+    head = rec.head(s)
+    assert head is not None
+    assert [e.kind for e in events] == ["request", "classification", "result"]
+    assert [e.event_id for e in events] == ["00000001", "00000002", "00000003"]
+    assert events[0].prev_hash == audit.GENESIS
+    assert events[1].prev_hash == events[0].hash and events[2].prev_hash == events[1].hash
+    assert (head.last_seq, head.last_hash) == (3, events[2].hash)
+    assert head.principals == ("agent@x.com",) and head.issuer == "dev"
+    assert head.counts == {"request": 1, "classification": 1, "result": 1}
+    assert events[0].data["statement"] == "SELECT 1 AS x"
+    assert events[2].data["rows"] == [[1], [2]]  # record_rows=2
+    assert audit.verify_chain(events, head=head, now_ms=0) is None
+
+
+def test_every_doc_has_an_expire_at_timestamp_for_ttl(client: firestore.Client) -> None:
+    now = 1_800_000_000.0
+    rec = recorder(client, clock=lambda: now)
+    s = sid()
+    rec.record(job(s), "request", {})
+    expected = dt.datetime.fromtimestamp(now + 30 * DAY, tz=dt.UTC)
+    head_doc = client.collection(SESSIONS).document(s).get().to_dict() or {}
+    event_doc = (client.collection(SESSIONS).document(s).collection(EVENTS)
+                 .document("00000001").get().to_dict() or {})
+    assert head_doc["expire_at"] == expected
+    assert event_doc["expire_at"] == expected
+    assert event_doc["expire_at_ms"] == int((now + 30 * DAY) * 1000)
+
+
+def test_twenty_concurrent_writers_make_one_unbroken_chain(client: firestore.Client) -> None:
+    rec = recorder(client)
+    s = sid()
+    start = threading.Barrier(20)
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            start.wait()
+            rec.record(job(s, job_id=f"j{i:02d}"), "request", {"n": i})
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    events = rec.events(s)
+    head = rec.head(s)
+    assert head is not None and head.last_seq == 20
+    assert [e.seq for e in events] == list(range(1, 21))
+    assert sorted(e.data["n"] for e in events) == list(range(20))
+    assert len({e.prev_hash for e in events}) == 20  # no fork: every link used once
+    assert audit.verify_chain(events, head=head) is None
+
+
+def _event_ref(client: firestore.Client, s: str, seq: int) -> firestore.DocumentReference:
+    return client.collection(SESSIONS).document(s).collection(EVENTS).document(f"{seq:08d}")
+
+
+def _session_of_three(client: firestore.Client) -> tuple[FirestoreRecorder, str]:
+    rec = recorder(client)
+    s = sid()
+    for kind in ("request", "classification", "blocked"):
+        rec.record(job(s), kind, {"message": "x"})
+    return rec, s
+
+
+def _verify(rec: FirestoreRecorder, s: str) -> audit.BrokenLink | None:
+    return audit.verify_chain(rec.events(s), head=rec.head(s), now_ms=0)
+
+
+def test_editing_an_event_names_that_event(client: firestore.Client) -> None:
+    rec, s = _session_of_three(client)
+    _event_ref(client, s, 2).update({"data": '{"decision":"allow","reasons":[]}'})
+    broken = _verify(rec, s)
+    assert broken is not None
+    assert (broken.index, broken.event_id) == (1, "00000002")
+    assert "edited" in broken.reason
+
+
+def test_rehashing_an_edited_event_breaks_the_next_link(client: firestore.Client) -> None:
+    rec, s = _session_of_three(client)
+    forged = audit.seal(session_id=s, seq=1, kind="request", at_ms=1, job_id="j1",
+                        principal="agent@x.com", data={"statement": "SELECT 2"}, prev=None,
+                        expire_at_ms=2)
+    _event_ref(client, s, 1).set(forged.to_doc())
+    broken = _verify(rec, s)
+    assert broken is not None and broken.event_id == "00000002"
+    assert "prev_hash does not match the hash of event 00000001" in broken.reason
+
+
+def test_deleting_events_is_detected(client: firestore.Client) -> None:
+    rec, s = _session_of_three(client)
+    _event_ref(client, s, 2).delete()
+    broken = _verify(rec, s)
+    assert broken is not None and broken.event_id == "00000003"
+    assert "00000002 is missing" in broken.reason
+    _event_ref(client, s, 3).delete()
+    broken = _verify(rec, s)
+    assert broken is not None and "head records 3 events, 1 are stored" in broken.reason
+
+
+def test_unreadable_event_document_is_reported_not_raised(client: firestore.Client) -> None:
+    rec, s = _session_of_three(client)
+    _event_ref(client, s, 3).update({"data": "{not json", "seq": "three"})
+    broken = _verify(rec, s)
+    assert broken is not None and broken.event_id == "00000003"
+    assert broken.reason.startswith("malformed stored event")
+
+
+def test_list_sessions_filters_by_principal_and_time(client: firestore.Client) -> None:
+    t = [1_900_000_000.0]
+    rec = recorder(client, clock=lambda: t[0])
+    a, b = sid(), sid()
+    who = f"{uuid.uuid4().hex[:8]}@x.com"
+    rec.record(job(a, owner=who), "request", {})
+    t[0] += 100
+    rec.record(job(b, owner=who), "request", {})
+    rec.record(job(b, owner="other@x.com"), "request", {})
+    mine = rec.list_sessions(principal=who)
+    assert [h.session_id for h in mine] == [b, a]
+    assert rec.list_sessions(principal=who, since_ms=int(t[0] * 1000))[0].session_id == b
+    assert len(rec.list_sessions(principal=who, since_ms=int(t[0] * 1000))) == 1
+    assert b in [h.session_id for h in rec.list_sessions(since_ms=int(t[0] * 1000))]
+    assert rec.list_sessions(principal="other@x.com", since_ms=int(t[0] * 1000))[0].principals \
+        == (who, "other@x.com")
+
+
+def test_session_ids_unfit_for_a_document_id_are_stored_under_a_digest(
+        client: firestore.Client) -> None:
+    rec = recorder(client)
+    s = f"a/b/{uuid.uuid4().hex}"
+    rec.record(job(s), "request", {})
+    head = rec.head(s)
+    assert head is not None and head.session_id == s
+    assert [e.session_id for e in rec.events(s)] == [s]
+    assert client.collection(SESSIONS).document(audit.session_doc_id(s)).get().exists

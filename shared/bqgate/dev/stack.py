@@ -419,7 +419,7 @@ def banner(endpoints: Mapping[str, str]) -> str:
         f"State and logs: {endpoints['state_dir']}",
         "",
         "Mint a token:  bqgate token --principal " + AGENT,
-        "Query through the gateway (paste into python):",
+        f"Query through the gateway (paste into {sys.executable}, which has bqgate installed):",
         "",
         snippet(endpoints),
     ]
@@ -436,8 +436,9 @@ def run_foreground(stack: Stack, out: IO[str] | None = None) -> int:
             stopping["flag"] = True
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # SIGINT explicitly too: a shell may start us with SIGINT ignored (background jobs).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         stack.start(out)
         print(banner(stack.endpoints()), file=out, flush=True)

@@ -1,0 +1,58 @@
+"""`bqgate dev` (what `nox -s dev` runs): banner, endpoints.json, and Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bqgate.dev.stack import DEFAULT_PORTS, free_port
+
+pytestmark = pytest.mark.system
+
+
+def _processes_mentioning(needle: str) -> list[str]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if needle in line and "ps -eo" not in line]
+
+
+def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    state = tmp_path / "devstate"
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    argv = [sys.executable, "-m", "bqgate.cli", "dev", "--state-dir", str(state)]
+    for name, port in ports.items():
+        argv += ["--port", f"{name}={port}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("    print(row.name, row.n)"):
+                break
+        text = "".join(lines)
+        assert f"Gateway: http://127.0.0.1:{ports['gateway']}" in text, text
+        assert "from bqgate.client import gateway_client" in text
+        endpoints = json.loads((state / "endpoints.json").read_text())
+        for name in ("gateway", "approvals", "slack", "bigquery", "firestore", "pubsub", "oidc_issuer"):
+            assert str(ports[name]) in endpoints[name]
+        assert _processes_mentioning(str(state)), "the stack's processes should be running"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        proc.wait(timeout=60)
+    time.sleep(0.5)
+    assert _processes_mentioning(str(state)) == []
+    assert _processes_mentioning(f"--port={ports['firestore']}") == []
+    assert _processes_mentioning(f"--port {ports['gateway']}") == []
+    assert not (state / "endpoints.json").exists()

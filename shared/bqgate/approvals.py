@@ -17,7 +17,7 @@ whose statement was changed after approval is refused.
 >>> from bqgate.policy import parse_policy
 >>> pol = parse_policy(EXAMPLE_POLICY)
 >>> job = Job.new(job_id="j1", project="p", location="US", sql="SELECT 1", owner="agent@x.io",
-...               now_ms=0, state=PENDING_APPROVAL, expire_at_ms=60_000,
+...               now_ms=0, state=PENDING_APPROVAL, expire_at_ms=60_000, bytes_estimate=10,
 ...               classification={"decision": "approve", "statement_hash": "ab12"})
 >>> d = decide(job, approver="alice@x.io", approver_groups=frozenset({"approvers"}),
 ...            action="approve", reason=None, now_ms=1_000, policy=pol)
@@ -244,13 +244,15 @@ def statement_hash_of(job: Job) -> str:
 
 
 def needs_approval(job: Job) -> bool:
-    """Whether the job may only run with an approval (policy said so, or one was requested).
+    """Whether the job may only run with an approval (policy or cost guard said so, or an
+    approval was requested).
 
     >>> needs_approval(Job(job_id="j", project="p", location="US", sql="", owner="a",
     ...                    classification={"decision": "allow"}))
     False
     """
-    return (job.classification or {}).get("decision") == "approve" or bool(job.approval)
+    return (bool(job.needs_approval) or bool(job.approval)
+            or (job.classification or {}).get("decision") == "approve")
 
 
 def check_binding(job: Job, statement_hash: str) -> str | None:
@@ -402,6 +404,10 @@ def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: 
     expired = expire_fields(job, now_ms)
     if expired is not None:
         return Decision(EXPIRED, f"{expiry_message(job)}; it can no longer be decided", expired)
+    if action == "approve" and job.bytes_estimate is None:
+        # The executor dry-runs every request before it is sent for approval; an
+        # approval covers the estimate the approver saw, so none is given before it.
+        raise InvalidRequest("The request is still being estimated; try again in a few seconds")
     if action == "deny":
         text = clean_reason(reason)
         denied = replace(rec, status=DENIED, denied_by=who, reason=text, decided_at_ms=now_ms)

@@ -371,11 +371,28 @@ def test_notify_expires_a_stale_request_instead_of_posting(env: dict[str, Any]) 
     assert ("j1", "expired") in env["recorder"].events
 
 
-def test_notify_mentions_a_cost_over_the_threshold(env: dict[str, Any]) -> None:
+def test_notify_shows_the_estimate(env: dict[str, Any]) -> None:
     env["store"].create(pending_job("big", bytes_estimate=5 * 1024**3))
     env["service"].notify("big")
-    text = json.dumps(env["notifier"].posted[-1]["blocks"])
-    assert "exceeds the approval threshold" in text
+    assert "5.0 GiB" in json.dumps(env["notifier"].posted[-1]["blocks"])
+
+
+def test_no_approval_before_the_estimate(env: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest, match="still being estimated"):
+        decide(pending_job(bytes_estimate=None), approver="alice@x.io",
+               approver_groups=APPROVERS, action="approve", reason=None, now_ms=T0,
+               policy=policy())
+    env["store"].create(pending_job("fresh", bytes_estimate=None))
+    status, body = api(env, "GET", "/v1/approvals", "alice@x.io:approvers")
+    assert "fresh" not in [a["job_id"] for a in body["approvals"]]
+    status, body = api(env, "POST", "/v1/approvals/fresh:approve", "alice@x.io:approvers")
+    assert status == 400 and "still being estimated" in body["error"]["message"]
+
+
+def test_needs_approval_follows_the_job_flag() -> None:
+    flagged = pending_job(state=PENDING, needs_approval=True,
+                          classification={"decision": "allow", "statement_hash": "h1"})
+    assert "has not been approved" in (check_binding(flagged, "h1") or "")
 
 
 def test_slack_approve_click_runs_the_job_and_updates_the_message(env: dict[str, Any]) -> None:

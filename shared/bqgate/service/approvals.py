@@ -280,7 +280,7 @@ class ApprovalService:
             self.recorder.record(job, "expired", {"message": core.expiry_message(job)})
         if what != "post":
             return what
-        msg = blocks.request_message(job, extra_reasons=self._cost_reasons(job))
+        msg = blocks.request_message(job)
         try:
             channel, ts = self._notifier().post_request(self.slack_channel, msg["text"],
                                                         msg["blocks"])
@@ -302,13 +302,6 @@ class ApprovalService:
             self._update_slack(job, core.Decision(outcome, ""), rec.denied_by or (
                 ", ".join(rec.approvers) or None))
         return "posted"
-
-    def _cost_reasons(self, job: Job) -> list[str]:
-        limit = self.policy.cost.approve_above_bytes
-        if job.bytes_estimate is not None and limit is not None and job.bytes_estimate > limit:
-            return [f"estimated {blocks.human_bytes(job.bytes_estimate)} exceeds the approval "
-                    f"threshold of {blocks.human_bytes(limit)}"]
-        return []
 
     # --- HTTP --------------------------------------------------------------------------
 
@@ -368,7 +361,8 @@ class ApprovalService:
         now = self._now_ms()
         out = []
         for job in sorted(self.list_pending(LIST_LIMIT), key=lambda j: j.created_ms):
-            if job.state != PENDING_APPROVAL or core.expire_fields(job, now) is not None:
+            if (job.state != PENDING_APPROVAL or core.expire_fields(job, now) is not None
+                    or job.bytes_estimate is None):
                 continue
             try:
                 core.authorize(job, approver=approver, approver_groups=groups, action="approve",

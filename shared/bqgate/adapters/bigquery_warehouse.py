@@ -76,7 +76,8 @@ class BigQueryWarehouse:
         config = self._query_config(sql, default_dataset, query_parameters,
                                     maximum_bytes_billed, labels)
         try:
-            job = self.client.query(sql, job_config=config, job_id=job_id, location=self.location)
+            job = self.client.query(sql, job_config=config, job_id=job_id, location=self.location,
+                                     job_retry=None)
         except gexc.Conflict:
             # Redelivery or retry: the statement already runs (or ran) under this id.
             job = self.client.get_job(job_id, location=self.location)

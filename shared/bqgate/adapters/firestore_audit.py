@@ -17,6 +17,7 @@ import datetime as dt
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,10 +32,12 @@ from bqgate.jobs import Job
 SESSIONS = "sessions"
 #: Subcollection (group) of a session's events.
 EVENTS = "events"
-#: Firestore attempts per transaction (each retry keeps its place in line).
-MAX_ATTEMPTS = 25
-#: Whole transactions retried (with jittered backoff) when Firestore gives up on one.
-OUTER_ATTEMPTS = 8
+#: Firestore attempts per transaction before backing off (the client retries at once).
+MAX_ATTEMPTS = 2
+#: Longest an append keeps retrying on contention before it fails (and the request with it).
+APPEND_DEADLINE_S = 60.0
+#: In-process lock stripes: appends to one session from one process never race each other.
+LOCK_STRIPES = 64
 
 
 def timestamp(ms: int) -> dt.datetime:
@@ -50,7 +53,8 @@ class FirestoreRecorder:
         retention_seconds: how long each event (and a session after its last event) is kept.
         record_rows: masked result rows kept per ``result`` event.
         clock: seconds since the epoch (tests pass a fake).
-        max_attempts: Firestore attempts per append transaction.
+        max_attempts: Firestore attempts per transaction before backing off.
+        deadline_s: how long an append retries on contention before it raises.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class FirestoreRecorder:
         record_rows: int,
         clock: Callable[[], float] = time.time,
         max_attempts: int = MAX_ATTEMPTS,
+        deadline_s: float = APPEND_DEADLINE_S,
         collection: str = SESSIONS,
     ) -> None:
         self.client = client
@@ -69,8 +74,9 @@ class FirestoreRecorder:
         self.clock = clock
         self.max_attempts = max_attempts
         self.sessions = client.collection(collection)
+        self.deadline_s = deadline_s
         self._rng = random.Random()
-        self._rng_lock = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     # --- writing -----------------------------------------------------------------
 
@@ -131,19 +137,25 @@ class FirestoreRecorder:
             txn.set(head_ref, {**new_head.to_doc(), "expire_at": timestamp(new_head.expire_at_ms)})
             return event
 
-        for attempt in range(OUTER_ATTEMPTS):
-            try:
-                return run(self.client.transaction(max_attempts=self.max_attempts))
-            except (ValueError, gexc.Aborted, gexc.Conflict) as exc:
-                # ValueError: the client's "failed to commit in N attempts" (contention).
-                if isinstance(exc, ValueError) and "attempts" not in str(exc):
-                    raise
-                if attempt == OUTER_ATTEMPTS - 1:
-                    raise
-                with self._rng_lock:
-                    pause = self._rng.uniform(0, 0.05 * 2**attempt)
-                time.sleep(pause)
-        raise AssertionError("unreachable")  # pragma: no cover
+        # Writers in this process take turns (no point racing each other in Firestore);
+        # writers in other processes are serialised by the transaction itself.
+        lock = self._locks[zlib.crc32(session_id.encode("utf-8")) % LOCK_STRIPES]
+        deadline = time.monotonic() + self.deadline_s
+        attempt = 0
+        with lock:
+            while True:
+                try:
+                    return run(self.client.transaction(max_attempts=self.max_attempts))
+                except (ValueError, gexc.Aborted, gexc.Conflict) as exc:
+                    # ValueError: the client's "failed to commit in N attempts" (contention).
+                    if isinstance(exc, ValueError) and "attempts" not in str(exc):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise
+                # Jittered exponential backoff breaks the lock-step retries of contenders.
+                attempt += 1
+                pause = self._rng.uniform(0, min(0.05 * 2**attempt, 2.0))
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
 
     # --- reading -----------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""The executor core over fakes: idempotency, cost guard, approval routing, paging, masking."""
+
+from __future__ import annotations
+
+import json
+
+from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
+
+from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job, warehouse_job_id
+from bqgate.policy import load_policy
+from bqgate.service.executor import Executor, ExecutorConfig
+
+POLICY = load_policy("policies/default.yaml")
+CUSTOMERS = [{"name": "customer_id", "type": "INTEGER"}, {"name": "email", "type": "STRING"},
+             {"name": "country", "type": "STRING"}]
+
+
+def make(rows: int = 25, estimate: int = 1000, page_bytes: int = 200) -> tuple[Executor, MemoryJobStore, FakeWarehouse, MemoryQueue]:
+    store, queue = MemoryJobStore(), MemoryQueue()
+    wh = FakeWarehouse(CUSTOMERS, [[str(i), f"user{i}@example.com", "US"] for i in range(rows)],
+                       schemas={"demo-project.sales.customers": CUSTOMERS})
+    wh.dry_run = lambda *a, **k: estimate  # type: ignore[method-assign]
+    ex = Executor(store=store, warehouse=wh, policy=POLICY, hmac_key=b"k", queue=queue,
+                  config=ExecutorConfig(page_bytes=page_bytes, fetch_rows=7))
+    return ex, store, wh, queue
+
+
+def job(**kw: object) -> Job:
+    base = {"job_id": "j1", "project": "demo-project", "location": "US", "owner": "agent@x",
+            "sql": "SELECT customer_id, email, country FROM `demo-project.sales.customers`",
+            "now_ms": 1}
+    base.update(kw)
+    return Job.new(**base)  # type: ignore[arg-type]
+
+
+def rows_of(store: MemoryJobStore, job_id: str) -> list[list[str]]:
+    done = store.get(job_id)
+    assert done is not None
+    return [r for i in range(len(done.page_starts))
+            for r in json.loads(store.get_pages(job_id, i, i)[0][1])]
+
+
+def test_runs_once_pages_small_and_masks_by_lineage() -> None:
+    ex, store, wh, _ = make()
+    store.create(job())
+    assert ex.run("j1") == "done"
+    assert ex.run("j1") == "skipped"  # a redelivery changes nothing
+    done = store.get("j1")
+    assert done is not None and done.state == DONE and done.total_rows == 25
+    assert wh.jobs == {warehouse_job_id("j1"): 1}
+    assert len(done.page_starts) > 1  # small page_bytes: results spread over pages
+    rows = rows_of(store, "j1")
+    assert [r[0] for r in rows] == [str(i) for i in range(25)]
+    assert all(r[1].startswith("XXXXX@") for r in rows) and all(r[2] == "US" for r in rows)
+    assert done.masking and done.masking[0]["column"] == "email"
+
+
+def test_result_over_the_row_cap_is_truncated_and_says_so() -> None:
+    ex, store, _, _ = make(rows=30)
+    ex.policy = POLICY.__class__(**{**POLICY.__dict__, "cost": POLICY.cost.__class__(
+        **{**POLICY.cost.__dict__, "max_result_rows": 10})})
+    store.create(job())
+    ex.run("j1")
+    done = store.get("j1")
+    assert done is not None and done.total_rows == 10 and done.truncated
+
+
+def test_cost_guard_blocks_over_the_block_limit() -> None:
+    ex, store, wh, _ = make(estimate=10**15)
+    store.create(job())
+    assert ex.run("j1") == "failed"
+    done = store.get("j1")
+    assert done is not None and done.error is not None and done.error["reason"] == "quotaExceeded"
+    assert wh.jobs == {}
+
+
+def test_cost_guard_sends_expensive_queries_for_approval() -> None:
+    ex, store, wh, queue = make(estimate=5 * 1024**3)
+    store.create(job())
+    assert ex.run("j1") == "sent-for-approval"
+    pending = store.get("j1")
+    assert pending is not None and pending.state == PENDING_APPROVAL and pending.needs_approval
+    assert pending.bytes_estimate == 5 * 1024**3
+    assert any("approval threshold" in r for r in pending.classification["reasons"])
+    assert queue.messages == [("approvals", {"job_id": "j1"})] and wh.jobs == {}
+    assert ex.run("j1") == "awaiting-approval" and len(queue.messages) == 1
+
+
+def test_approval_bound_job_is_estimated_then_published_once() -> None:
+    ex, store, wh, queue = make()
+    store.create(job(state=PENDING_APPROVAL, needs_approval=True))
+    assert ex.run("j1") == "sent-for-approval"
+    assert ex.run("j1") == "awaiting-approval"
+    assert queue.messages == [("approvals", {"job_id": "j1"})] and wh.jobs == {}
+
+
+def test_approved_job_whose_statement_changed_is_refused() -> None:
+    ex, store, wh, _ = make()
+    store.create(job(state=PENDING, needs_approval=True, bytes_estimate=1000,
+                     approval={"binding": "0" * 64, "approved": True}))
+    assert ex.run("j1") == "failed"
+    done = store.get("j1")
+    assert done is not None and done.error is not None
+    assert done.error["reason"] == "accessDenied" and wh.jobs == {}
+
+
+def test_unknown_job_is_dropped() -> None:
+    ex, _, _, _ = make()
+    assert ex.run("nope") == "unknown"

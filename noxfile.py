@@ -13,7 +13,7 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8", "hypothesis>=6", "python-hcl2==8.1.4"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6", "python-hcl2==8.1.4", "selenium>=4.20"]
 
 
 @nox.session(python=PYTHON)

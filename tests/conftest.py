@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port  # noqa: E402
+from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
 
 
 @pytest.fixture(scope="session")
@@ -36,13 +36,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
 
 
-def mint_token_for(stack: Stack, principal: str, groups: tuple[str, ...] = (),
-                   ttl_seconds: int = 3600) -> str:
+def mint_token_for(
+    stack: Stack, principal: str, groups: tuple[str, ...] = (), ttl_seconds: int = 3600
+) -> str:
     """A dev-issuer token for ``principal``, as ``bqgate token`` would mint it."""
     from bqgate.dev.issuer import OIDC_SUBDIR, mint_token
 
-    return mint_token(principal, list(groups), ttl_seconds,
-                      issuer_url=stack.url("oidc_issuer"), key_dir=stack.state_dir / OIDC_SUBDIR)
+    return mint_token(
+        principal,
+        list(groups),
+        ttl_seconds,
+        issuer_url=stack.url("oidc_issuer"),
+        key_dir=stack.state_dir / OIDC_SUBDIR,
+    )
 
 
 @pytest.fixture()

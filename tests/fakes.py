@@ -56,25 +56,36 @@ class MemoryQueue:
 class FakeWarehouse:
     """Runs nothing: returns canned rows, and counts distinct warehouse job ids."""
 
-    def __init__(self, schema: list[dict[str, Any]], rows: list[list[Any]],
-                 schemas: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        schema: list[dict[str, Any]],
+        rows: list[list[Any]],
+        schemas: Mapping[str, list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.schema = schema
         self.rows = rows
         self.schemas = dict(schemas or {})
         self.jobs: dict[str, int] = {}
 
-    def dry_run(self, sql: str, *, default_dataset: Mapping[str, str] | None,
-                query_parameters: Sequence[Mapping[str, Any]] = ()) -> int:
+    def dry_run(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> int:
         return 1000
 
     def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
         self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
         return QueryOutcome(self.schema, len(self.rows), "SELECT", None, 123)
 
-    def pages(self, job_id: str, *, page_size: int, max_rows: int | None) -> Iterator[list[list[Any]]]:
+    def pages(
+        self, job_id: str, *, page_size: int, max_rows: int | None
+    ) -> Iterator[list[list[Any]]]:
         rows = self.rows if max_rows is None else self.rows[:max_rows]
         for i in range(0, len(rows), page_size):
-            yield [list(r) for r in rows[i:i + page_size]]
+            yield [list(r) for r in rows[i : i + page_size]]
 
     def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
         return self.schemas[table_fqn]

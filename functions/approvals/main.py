@@ -14,6 +14,6 @@ from bqgate.wire.bigquery import dumps
 
 @functions_framework.http
 def approvals(request: flask.Request) -> flask.Response:
-    resp = wiring.approval_service().handle(
+    resp = wiring.approvals_app().handle(
         request.method, request.path, request.headers, request.get_data(cache=False))
     return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")

@@ -7,9 +7,8 @@ import json
 import logging
 
 import functions_framework
-from cloudevents.http import CloudEvent
-
 from bqgate.adapters import wiring
+from cloudevents.http import CloudEvent
 
 log = logging.getLogger("bqgate.executor")
 

@@ -666,10 +666,11 @@ def summarize(event: Event) -> str:
         return "approval requested: " + _one_line("; ".join(d.get("reasons") or ()))
     if kind == "approval_decided":
         who = d.get("approver") or "?"
-        why = f" ({_one_line(str(d['reason']), 60)})" if d.get("reason") else ""
-        return f"approval {d.get('decision', 'decided')} by {who}{why}"
+        via = f" via {d['via']}" if d.get("via") else ""
+        return f"approval {d.get('outcome', 'decided')} by {who}{via}"
     if kind in ("denied", "expired"):
-        return f"{kind}: " + _one_line(str(d.get("message") or d.get("reason") or ""))
+        who = f" by {d['approver']}" if d.get("approver") else ""
+        return f"{kind}{who}: " + _one_line(str(d.get("reason") or d.get("message") or ""))
     if kind == "execution_started":
         return (
             f"execution started: BigQuery job {d.get('warehouse_job_id')} (attempt "
@@ -771,8 +772,7 @@ def _agent_saw(event: Event) -> list[str]:
         return [f"    agent saw: 403 {d.get('reason', 'accessDenied')}: {d.get('message', '')}"]
     if event.kind in ("denied", "expired"):
         return [
-            f"    agent saw: {d.get('reason', 'accessDenied')}: "
-            f"{d.get('message') or 'the request was ' + event.kind}"
+            f"    agent saw: accessDenied: {d.get('message') or 'the request was ' + event.kind}"
         ]
     if event.kind == "approval_requested":
         return ["    agent saw: job PENDING (waiting for approval)"]

@@ -18,8 +18,14 @@ from typing import Any
 
 # Reasons the google-cloud-bigquery client treats as retryable. Never used for a denial.
 RETRYABLE_REASONS = frozenset(
-    {"backendError", "rateLimitExceeded", "internalError", "jobRateLimitExceeded",
-     "jobBackendError", "jobInternalError"}
+    {
+        "backendError",
+        "rateLimitExceeded",
+        "internalError",
+        "jobRateLimitExceeded",
+        "jobBackendError",
+        "jobInternalError",
+    }
 )
 
 

@@ -51,17 +51,30 @@ class QueryOutcome:
 class Warehouse(Protocol):
     """BigQuery, run with the gateway's own credentials."""
 
-    def dry_run(self, sql: str, *, default_dataset: Mapping[str, str] | None,
-                query_parameters: Sequence[Mapping[str, Any]] = ()) -> int:
+    def dry_run(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> int:
         """Bytes the query would process."""
 
-    def run(self, job_id: str, sql: str, *, default_dataset: Mapping[str, str] | None,
-            labels: Mapping[str, str], maximum_bytes_billed: int | None,
-            query_parameters: Sequence[Mapping[str, Any]] = ()) -> QueryOutcome:
+    def run(
+        self,
+        job_id: str,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        labels: Mapping[str, str],
+        maximum_bytes_billed: int | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> QueryOutcome:
         """Start (or attach to, if ``job_id`` exists) a query job and wait for it."""
 
-    def pages(self, job_id: str, *, page_size: int,
-              max_rows: int | None) -> Iterator[list[list[Any]]]:
+    def pages(
+        self, job_id: str, *, page_size: int, max_rows: int | None
+    ) -> Iterator[list[list[Any]]]:
         """The finished job's rows as compact rows, one list per page."""
 
     def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:

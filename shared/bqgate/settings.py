@@ -21,15 +21,23 @@ from bqgate.errors import BqgateError
 #: name -> (default, description). The README table is generated from this.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_PROJECT": ("demo-project", "Gateway project: Firestore and Pub/Sub live here."),
-    "BQGATE_WAREHOUSE_PROJECT": ("", "BigQuery project the executor runs and bills jobs in "
-                                 "(defaults to BQGATE_PROJECT)."),
-    "BQGATE_POLICY": ("policies/default.yaml", "Path of the policy file (policy.yaml in a bundle)."),
+    "BQGATE_WAREHOUSE_PROJECT": (
+        "",
+        "BigQuery project the executor runs and bills jobs in (defaults to BQGATE_PROJECT).",
+    ),
+    "BQGATE_POLICY": (
+        "policies/default.yaml",
+        "Path of the policy file (policy.yaml in a bundle).",
+    ),
     "BQGATE_EXECUTE_TOPIC": ("execute", "Pub/Sub topic of jobs ready to run."),
     "BQGATE_APPROVALS_TOPIC": ("approvals", "Pub/Sub topic of jobs that need approval."),
     "BQGATE_LOCATION": ("US", "BigQuery location of the jobs."),
     "BQGATE_FIRESTORE_DATABASE": ("(default)", "Firestore database id."),
-    "BQGATE_EXECUTOR_URL": ("", "Executor HTTPS URL for the direct fast path of allowed queries "
-                            "(empty: allowed queries go through the execute topic)."),
+    "BQGATE_EXECUTOR_URL": (
+        "",
+        "Executor HTTPS URL for the direct fast path of allowed queries "
+        "(empty: allowed queries go through the execute topic).",
+    ),
     "BQGATE_BIGQUERY_ENDPOINT": ("", "BigQuery API endpoint override (dev: the local emulator)."),
     "BQGATE_DEV_MODE": ("", "1 trusts the local dev issuer. Never set in the cloud."),
     "BQGATE_DEV_ISSUER": ("", "URL of the local dev OIDC issuer (dev mode only)."),

@@ -7,16 +7,15 @@ import threading
 import uuid
 
 import pytest
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore, pubsub_v1
-
 from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
 from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.adapters.pubsub_queue import PubSubQueue
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import DONE, RUNNING, Job, warehouse_job_id
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery, firestore, pubsub_v1
 
 pytestmark = pytest.mark.emulators
 
@@ -28,14 +27,24 @@ def store(stack: Stack) -> FirestoreJobStore:
 
 @pytest.fixture()
 def warehouse(stack: Stack) -> BigQueryWarehouse:
-    client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                             client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
     return BigQueryWarehouse(client, project=PROJECT, location="US")
 
 
 def new_job(**kw: object) -> Job:
-    return Job.new(job_id=uuid.uuid4().hex, project=PROJECT, location="US", sql="SELECT 1",
-                   owner="a@example.com", now_ms=1, **kw)
+    return Job.new(
+        job_id=uuid.uuid4().hex,
+        project=PROJECT,
+        location="US",
+        sql="SELECT 1",
+        owner="a@example.com",
+        now_ms=1,
+        **kw,
+    )
 
 
 def test_firestore_create_get_and_duplicate(store: FirestoreJobStore) -> None:
@@ -56,7 +65,10 @@ def test_firestore_transition_serialises_concurrent_claims(store: FirestoreJobSt
 
     def claim(i: int) -> None:
         def change(j: Job) -> dict[str, object] | None:
-            return None if j.state == RUNNING else {"state": RUNNING, "executions": j.executions + 1}
+            return (
+                None if j.state == RUNNING else {"state": RUNNING, "executions": j.executions + 1}
+            )
+
         result = store.transition(job.job_id, change)
         if result.executions == 1 and result.state == RUNNING:
             winners.append(i)
@@ -95,18 +107,24 @@ def test_pubsub_queue_publishes_json(stack: Stack) -> None:
 
 def test_warehouse_runs_pages_and_describes(warehouse: BigQueryWarehouse) -> None:
     wjid = warehouse_job_id(uuid.uuid4().hex)
-    outcome = warehouse.run(wjid, "SELECT event_id, ts FROM `demo-project.analytics.events` "
-                            "WHERE event_id <= 25 ORDER BY event_id",
-                            default_dataset=None, labels={"bqgate_job": "t"},
-                            maximum_bytes_billed=10**10)
+    outcome = warehouse.run(
+        wjid,
+        "SELECT event_id, ts FROM `demo-project.analytics.events` "
+        "WHERE event_id <= 25 ORDER BY event_id",
+        default_dataset=None,
+        labels={"bqgate_job": "t"},
+        maximum_bytes_billed=10**10,
+    )
     assert outcome.error is None and outcome.total_rows == 25
     assert [f["name"] for f in outcome.schema] == ["event_id", "ts"]
     pages = list(warehouse.pages(wjid, page_size=10, max_rows=None))
     assert [len(p) for p in pages] == [10, 10, 5]
     assert pages[0][0][0] == "1" and pages[0][0][1].isdigit()  # int64 microsecond timestamps
     assert [len(p) for p in warehouse.pages(wjid, page_size=10, max_rows=15)] == [10, 5]
-    assert warehouse.dry_run("SELECT * FROM `demo-project.analytics.events`",
-                             default_dataset=None) >= 0
+    assert (
+        warehouse.dry_run("SELECT * FROM `demo-project.analytics.events`", default_dataset=None)
+        >= 0
+    )
     schema = warehouse.table_schema("demo-project.sales.customers")
     assert [f["name"] for f in schema][:3] == ["customer_id", "full_name", "email"]
     with pytest.raises(KeyError):
@@ -114,9 +132,13 @@ def test_warehouse_runs_pages_and_describes(warehouse: BigQueryWarehouse) -> Non
 
 
 def test_warehouse_reports_query_errors_without_raising(warehouse: BigQueryWarehouse) -> None:
-    outcome = warehouse.run(warehouse_job_id(uuid.uuid4().hex), "SELECT no_such_column FROM "
-                            "`demo-project.analytics.events`", default_dataset=None, labels={},
-                            maximum_bytes_billed=None)
+    outcome = warehouse.run(
+        warehouse_job_id(uuid.uuid4().hex),
+        "SELECT no_such_column FROM `demo-project.analytics.events`",
+        default_dataset=None,
+        labels={},
+        maximum_bytes_billed=None,
+    )
     assert outcome.error is not None and outcome.error["reason"] == "invalidQuery"
 
 
@@ -125,10 +147,14 @@ def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse)
     the adapter attaches to the existing job instead of running the INSERT again."""
     marker = f"retry-{uuid.uuid4().hex[:8]}"
     wjid = warehouse_job_id(marker)
-    sql = (f"INSERT INTO `demo-project.analytics.events` (event_id, user_id, name, ts) "
-           f"VALUES (800000, 1, '{marker}', CURRENT_TIMESTAMP())")
+    sql = (
+        f"INSERT INTO `demo-project.analytics.events` (event_id, user_id, name, ts) "
+        f"VALUES (800000, 1, '{marker}', CURRENT_TIMESTAMP())"
+    )
     for _ in range(2):
-        outcome = warehouse.run(wjid, sql, default_dataset=None, labels={}, maximum_bytes_billed=None)
+        outcome = warehouse.run(
+            wjid, sql, default_dataset=None, labels={}, maximum_bytes_billed=None
+        )
         assert outcome.error is None
     count = warehouse.client.query(
         f"SELECT COUNT(*) AS n FROM `demo-project.analytics.events` WHERE name = '{marker}'"

@@ -80,8 +80,12 @@ def test_every_doc_has_an_expire_at_timestamp_for_ttl(client: firestore.Client) 
     assert event_doc["expire_at_ms"] == int((now + 30 * DAY) * 1000)
 
 
-def test_twenty_concurrent_writers_make_one_unbroken_chain(client: firestore.Client) -> None:
-    rec = recorder(client)
+@pytest.mark.parametrize("instances", [1, 20], ids=["one-recorder", "twenty-recorders"])
+def test_twenty_concurrent_writers_make_one_unbroken_chain(
+        client: firestore.Client, instances: int) -> None:
+    # twenty-recorders: no shared in-process lock, so only Firestore serialises them
+    # (like twenty function instances); one-recorder: one instance, twenty threads.
+    recs = [recorder(client) for _ in range(instances)]
     s = sid()
     start = threading.Barrier(20)
     errors: list[BaseException] = []
@@ -89,7 +93,7 @@ def test_twenty_concurrent_writers_make_one_unbroken_chain(client: firestore.Cli
     def write(i: int) -> None:
         try:
             start.wait()
-            rec.record(job(s, job_id=f"j{i:02d}"), "request", {"n": i})
+            recs[i % instances].record(job(s, job_id=f"j{i:02d}"), "request", {"n": i})
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
@@ -99,13 +103,32 @@ def test_twenty_concurrent_writers_make_one_unbroken_chain(client: firestore.Cli
     for t in threads:
         t.join(timeout=120)
     assert errors == []
-    events = rec.events(s)
-    head = rec.head(s)
+    events = recs[0].events(s)
+    head = recs[0].head(s)
     assert head is not None and head.last_seq == 20
     assert [e.seq for e in events] == list(range(1, 21))
     assert sorted(e.data["n"] for e in events) == list(range(20))
     assert len({e.prev_hash for e in events}) == 20  # no fork: every link used once
     assert audit.verify_chain(events, head=head) is None
+
+
+def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(
+        client: firestore.Client) -> None:
+    other = recorder(client)
+    s = sid()
+    raced = []
+
+    def clock() -> float:
+        # Called between reading the head and committing: another writer gets in first.
+        if not raced:
+            raced.append(True)
+            other.record(job(s, job_id="winner"), "request", {})
+        return 1_800_000_000.0
+
+    recorder(client, clock=clock).record(job(s, job_id="loser"), "request", {})
+    events = other.events(s)
+    assert [e.job_id for e in events] == ["winner", "loser"]
+    assert audit.verify_chain(events, head=other.head(s)) is None
 
 
 def _event_ref(client: firestore.Client, s: str, seq: int) -> firestore.DocumentReference:

@@ -14,12 +14,11 @@ from typing import Any
 import functions_framework
 import pytest
 import requests
-from conftest import AGENT, mint_token_for
-
 from bqgate.approvals import ApprovalRecord
 from bqgate.dev.stack import Stack
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.slack_blocks import sign
+from conftest import AGENT, mint_token_for
 
 pytestmark = pytest.mark.emulators
 

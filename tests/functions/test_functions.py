@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bqgate.dev.stack import REPO_ROOT, Stack
 from conftest import AGENT, mint_token_for
 from functions_framework import create_app
-
-from bqgate.dev.stack import REPO_ROOT, Stack
 
 pytestmark = pytest.mark.emulators
 
@@ -40,40 +39,80 @@ JOBS = "/bigquery/v2/projects/demo-project/jobs"
 
 def test_ingress_errors_are_bigquery_shaped(stack: Stack, ingress: Any) -> None:
     auth = {"Authorization": f"Bearer {mint_token_for(stack, AGENT)}"}
-    assert "Invalid JSON" in bq_error(ingress.post(JOBS, data=b"{", headers=auth), 400, "invalid")["message"]
+    assert (
+        "Invalid JSON"
+        in bq_error(ingress.post(JOBS, data=b"{", headers=auth), 400, "invalid")["message"]
+    )
     bq_error(ingress.get("/nope", headers=auth), 404, "notFound")
-    bq_error(ingress.post(JOBS, json={"configuration": {"query": {"query": "SELECT 1"}}}), 401,
-             "unauthorized")
-    err = bq_error(ingress.post(JOBS, headers=auth, json={"configuration": {"query": {
-        "query": "SELEC 1 FRM", "useLegacySql": False}}}), 403, "accessDenied")
+    bq_error(
+        ingress.post(JOBS, json={"configuration": {"query": {"query": "SELECT 1"}}}),
+        401,
+        "unauthorized",
+    )
+    err = bq_error(
+        ingress.post(
+            JOBS,
+            headers=auth,
+            json={"configuration": {"query": {"query": "SELEC 1 FRM", "useLegacySql": False}}},
+        ),
+        403,
+        "accessDenied",
+    )
     assert "Blocked by bqgate policy" in err["message"]
-    err = bq_error(ingress.post(JOBS, headers=auth, json={"configuration": {"query": {
-        "query": "DELETE FROM `demo-project.analytics.events` WHERE 1=1"}}}), 403, "accessDenied")
+    err = bq_error(
+        ingress.post(
+            JOBS,
+            headers=auth,
+            json={
+                "configuration": {
+                    "query": {"query": "DELETE FROM `demo-project.analytics.events` WHERE 1=1"}
+                }
+            },
+        ),
+        403,
+        "accessDenied",
+    )
     assert "always true" in err["message"]
 
 
-def test_ingress_accepts_an_allowed_job_and_hides_it_from_others(stack: Stack, ingress: Any) -> None:
+def test_ingress_accepts_an_allowed_job_and_hides_it_from_others(
+    stack: Stack, ingress: Any
+) -> None:
     auth = {"Authorization": f"Bearer {mint_token_for(stack, AGENT)}"}
-    resp = ingress.post(JOBS, headers=auth, json={
-        "jobReference": {"jobId": "fn-test-1"},
-        "configuration": {"query": {"query": "SELECT 1 AS x", "useLegacySql": False}}})
+    resp = ingress.post(
+        JOBS,
+        headers=auth,
+        json={
+            "jobReference": {"jobId": "fn-test-1"},
+            "configuration": {"query": {"query": "SELECT 1 AS x", "useLegacySql": False}},
+        },
+    )
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert resp.get_json()["jobReference"]["jobId"] == "fn-test-1"
-    other = {"Authorization": f"Bearer {mint_token_for(stack, 'eve@example.com', ('ai-coding-agents',))}"}
+    other = {
+        "Authorization": f"Bearer {mint_token_for(stack, 'eve@example.com', ('ai-coding-agents',))}"
+    }
     bq_error(ingress.get(JOBS + "/fn-test-1", headers=other), 404, "notFound")
-    done = ingress.get("/bigquery/v2/projects/demo-project/queries/fn-test-1?timeoutMs=10000",
-                       headers=auth).get_json()
+    done = ingress.get(
+        "/bigquery/v2/projects/demo-project/queries/fn-test-1?timeoutMs=10000", headers=auth
+    ).get_json()
     assert done["jobComplete"] is True and done["rows"] == [{"f": [{"v": "1"}]}]
 
 
 def _event(job_id: str | None, raw: bytes | None = None) -> dict[str, Any]:
     data = raw if raw is not None else json.dumps({"job_id": job_id}).encode()
-    return {"message": {"data": base64.b64encode(data).decode(), "messageId": "m1"},
-            "subscription": "projects/demo-project/subscriptions/execute-push"}
+    return {
+        "message": {"data": base64.b64encode(data).decode(), "messageId": "m1"},
+        "subscription": "projects/demo-project/subscriptions/execute-push",
+    }
 
 
-CE_HEADERS = {"ce-id": "1", "ce-specversion": "1.0", "ce-source": "//pubsub.googleapis.com/x",
-              "ce-type": "google.cloud.pubsub.topic.v1.messagePublished"}
+CE_HEADERS = {
+    "ce-id": "1",
+    "ce-specversion": "1.0",
+    "ce-source": "//pubsub.googleapis.com/x",
+    "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+}
 
 
 def test_executor_function_acks_malformed_and_unknown_messages(stack: Stack) -> None:
@@ -86,7 +125,8 @@ def test_executor_function_acks_malformed_and_unknown_messages(stack: Stack) -> 
 def test_slack_notify_and_approvals_load(stack: Stack) -> None:
     assert app("approvals", "approvals", "http").get("/").status_code < 500
     resp = app("slack_notify", "slack_notify", "cloudevent").post(
-        "/", json=_event("no-such-job"), headers=CE_HEADERS)
+        "/", json=_event("no-such-job"), headers=CE_HEADERS
+    )
     assert resp.status_code < 500
 
 

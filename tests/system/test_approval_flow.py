@@ -14,17 +14,16 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import AGENT, mint_token_for
-from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore
-
 from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.approvals import ApprovalRecord
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.jobs import DONE, PENDING_APPROVAL, Job
 from bqgate.slack_blocks import sign
+from conftest import AGENT, mint_token_for
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery, firestore
 
 pytestmark = pytest.mark.system
 
@@ -255,9 +254,9 @@ def test_double_click_runs_the_insert_once(
     rows.result(timeout=WAIT_S)
     job = until("the insert to finish", lambda: (j := store.get(job_id)) and j.done and j)
     assert job.error is None and job.executions == 1 and job.num_dml_affected_rows == 1
-    count = list(direct(stack).query(
+    count = next(iter(direct(stack).query(
         f"SELECT COUNT(*) AS n FROM `demo-project.sales.orders` WHERE order_id = {order_id}"
-    ).result(timeout=60))[0].n
+    ).result(timeout=60))).n
     assert count == 1
 
 

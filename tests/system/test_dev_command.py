@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bqgate.dev.stack import DEFAULT_PORTS, free_port
 
 pytestmark = pytest.mark.system
@@ -28,8 +27,14 @@ def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path
     argv = [sys.executable, "-m", "bqgate.cli", "dev", "--state-dir", str(state)]
     for name, port in ports.items():
         argv += ["--port", f"{name}={port}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 240
@@ -45,7 +50,15 @@ def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path
         assert f"Gateway: http://127.0.0.1:{ports['gateway']}" in text, text
         assert "from bqgate.client import gateway_client" in text
         endpoints = json.loads((state / "endpoints.json").read_text())
-        for name in ("gateway", "approvals", "slack", "bigquery", "firestore", "pubsub", "oidc_issuer"):
+        for name in (
+            "gateway",
+            "approvals",
+            "slack",
+            "bigquery",
+            "firestore",
+            "pubsub",
+            "oidc_issuer",
+        ):
             assert str(ports[name]) in endpoints[name]
         assert _processes_mentioning(str(state)), "the stack's processes should be running"
     finally:

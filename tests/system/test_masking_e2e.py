@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery
-
 from bqgate.dev import demo_data
 from bqgate.dev.stack import AGENT, REPO_ROOT, Stack
 from bqgate.policy import load_policy
 from bqgate.sql.classify import classify
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
 
 pytestmark = pytest.mark.system
 
@@ -38,7 +37,9 @@ def load_cases() -> list[tuple[str, list[tuple[str, str]]]]:
         (expect,) = [ln for ln in lines if ln.startswith(">")]
         cases.append((sql, [tuple(i.split("=", 1)) for i in expect[1:].split()]))  # type: ignore[misc]
     # Only the customers cases: payroll is restricted (it would wait for an approver).
-    return [(s, e) for s, e in cases if "customers" in s and "payroll" not in s and "finance" not in s]
+    return [
+        (s, e) for s, e in cases if "customers" in s and "payroll" not in s and "finance" not in s
+    ]
 
 
 def forbidden_values() -> set[str]:
@@ -56,8 +57,8 @@ def forbidden_values() -> set[str]:
 
 # Candidate substrings of a cell that could be (a form of) a sensitive value.
 CANDIDATES = re.compile(
-    r"[\w.+-]+@[\w.-]+"            # emails (and reversed emails)
-    r"|\+?[\d-]{10,}"              # phones, SSNs, card numbers (either direction)
+    r"[\w.+-]+@[\w.-]+"  # emails (and reversed emails)
+    r"|\+?[\d-]{10,}"  # phones, SSNs, card numbers (either direction)
     r"|\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{4}"  # dates, reversed dates
 )
 WORD_PAIRS = re.compile(r"(?=(\b[\w-]+ [\w-]+\b))")  # every adjacent word pair (names)
@@ -103,9 +104,19 @@ CASES = load_cases()
 
 
 def test_enough_allowed_cases_over_customers() -> None:
-    allowed = [sql for sql, _ in CASES if classify(
-        sql, policy=POLICY, principal=AGENT, groups=POLICY.groups_for(AGENT),
-        default_project="demo-project", default_dataset="sales").decision == "allow"]
+    allowed = [
+        sql
+        for sql, _ in CASES
+        if classify(
+            sql,
+            policy=POLICY,
+            principal=AGENT,
+            groups=POLICY.groups_for(AGENT),
+            default_project="demo-project",
+            default_dataset="sales",
+        ).decision
+        == "allow"
+    ]
     assert len(allowed) >= 40
 
 
@@ -116,17 +127,30 @@ def forbidden() -> set[str]:
 
 @pytest.fixture(scope="module")
 def direct_client(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(project="demo-project", credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    return bigquery.Client(
+        project="demo-project",
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
 
 
 @pytest.mark.parametrize(("sql", "expected"), CASES, ids=[s[:70] for s, _ in CASES])
 def test_no_raw_value_leaks_and_plain_columns_are_intact(
-        sql: str, expected: list[tuple[str, str]], gateway_client: bigquery.Client,
-        direct_client: bigquery.Client, forbidden: set[str]) -> None:
+    sql: str,
+    expected: list[tuple[str, str]],
+    gateway_client: bigquery.Client,
+    direct_client: bigquery.Client,
+    forbidden: set[str],
+) -> None:
     config = bigquery.QueryJobConfig(default_dataset="demo-project.sales")
-    decision = classify(sql, policy=POLICY, principal=AGENT, groups=POLICY.groups_for(AGENT),
-                        default_project="demo-project", default_dataset="sales").decision
+    decision = classify(
+        sql,
+        policy=POLICY,
+        principal=AGENT,
+        groups=POLICY.groups_for(AGENT),
+        default_project="demo-project",
+        default_dataset="sales",
+    ).decision
     if decision == "block":
         with pytest.raises(gexc.Forbidden):
             gateway_client.query(sql, job_config=config).result(timeout=60)

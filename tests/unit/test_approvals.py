@@ -8,11 +8,9 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytest
-from fakes import MemoryJobStore, MemoryQueue
-
 import bqgate.approvals as approvals_mod
 import bqgate.service.approvals as service_mod
+import pytest
 from bqgate.approvals import (
     APPROVED,
     ApprovalRecord,
@@ -27,6 +25,7 @@ from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.policy import Policy, parse_policy
 from bqgate.service.approvals import ApprovalService
 from bqgate.slack_blocks import APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, sign
+from fakes import MemoryJobStore, MemoryQueue
 
 POLICY_TEXT = """
 version: 1
@@ -462,7 +461,7 @@ def test_slack_deny_opens_a_modal_whose_submission_denies(env: dict[str, Any]) -
 
 
 def test_slack_deny_by_a_non_approver_gets_a_note_not_a_modal(env: dict[str, Any]) -> None:
-    status, body = slack_post(env, click("U_MALLORY", DENY_ACTION))
+    _status, body = slack_post(env, click("U_MALLORY", DENY_ACTION))
     assert "not a member of an approver group" in body["text"] and not env["notifier"].modals
 
 

@@ -4,31 +4,49 @@ from __future__ import annotations
 
 import json
 
-from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
-
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job, warehouse_job_id
 from bqgate.policy import load_policy
 from bqgate.service.executor import Executor, ExecutorConfig
+from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
 
 POLICY = load_policy("policies/default.yaml")
-CUSTOMERS = [{"name": "customer_id", "type": "INTEGER"}, {"name": "email", "type": "STRING"},
-             {"name": "country", "type": "STRING"}]
+CUSTOMERS = [
+    {"name": "customer_id", "type": "INTEGER"},
+    {"name": "email", "type": "STRING"},
+    {"name": "country", "type": "STRING"},
+]
 
 
-def make(rows: int = 25, estimate: int = 1000, page_bytes: int = 200) -> tuple[Executor, MemoryJobStore, FakeWarehouse, MemoryQueue]:
+def make(
+    rows: int = 25, estimate: int = 1000, page_bytes: int = 200
+) -> tuple[Executor, MemoryJobStore, FakeWarehouse, MemoryQueue]:
     store, queue = MemoryJobStore(), MemoryQueue()
-    wh = FakeWarehouse(CUSTOMERS, [[str(i), f"user{i}@example.com", "US"] for i in range(rows)],
-                       schemas={"demo-project.sales.customers": CUSTOMERS})
+    wh = FakeWarehouse(
+        CUSTOMERS,
+        [[str(i), f"user{i}@example.com", "US"] for i in range(rows)],
+        schemas={"demo-project.sales.customers": CUSTOMERS},
+    )
     wh.dry_run = lambda *a, **k: estimate  # type: ignore[method-assign]
-    ex = Executor(store=store, warehouse=wh, policy=POLICY, hmac_key=b"k", queue=queue,
-                  config=ExecutorConfig(page_bytes=page_bytes, fetch_rows=7))
+    ex = Executor(
+        store=store,
+        warehouse=wh,
+        policy=POLICY,
+        hmac_key=b"k",
+        queue=queue,
+        config=ExecutorConfig(page_bytes=page_bytes, fetch_rows=7),
+    )
     return ex, store, wh, queue
 
 
 def job(**kw: object) -> Job:
-    base = {"job_id": "j1", "project": "demo-project", "location": "US", "owner": "agent@x",
-            "sql": "SELECT customer_id, email, country FROM `demo-project.sales.customers`",
-            "now_ms": 1}
+    base = {
+        "job_id": "j1",
+        "project": "demo-project",
+        "location": "US",
+        "owner": "agent@x",
+        "sql": "SELECT customer_id, email, country FROM `demo-project.sales.customers`",
+        "now_ms": 1,
+    }
     base.update(kw)
     return Job.new(**base)  # type: ignore[arg-type]
 
@@ -36,8 +54,11 @@ def job(**kw: object) -> Job:
 def rows_of(store: MemoryJobStore, job_id: str) -> list[list[str]]:
     done = store.get(job_id)
     assert done is not None
-    return [r for i in range(len(done.page_starts))
-            for r in json.loads(store.get_pages(job_id, i, i)[0][1])]
+    return [
+        r
+        for i in range(len(done.page_starts))
+        for r in json.loads(store.get_pages(job_id, i, i)[0][1])
+    ]
 
 
 def test_runs_once_pages_small_and_masks_by_lineage() -> None:
@@ -57,8 +78,12 @@ def test_runs_once_pages_small_and_masks_by_lineage() -> None:
 
 def test_result_over_the_row_cap_is_truncated_and_says_so() -> None:
     ex, store, _, _ = make(rows=30)
-    ex.policy = POLICY.__class__(**{**POLICY.__dict__, "cost": POLICY.cost.__class__(
-        **{**POLICY.cost.__dict__, "max_result_rows": 10})})
+    ex.policy = POLICY.__class__(
+        **{
+            **POLICY.__dict__,
+            "cost": POLICY.cost.__class__(**{**POLICY.cost.__dict__, "max_result_rows": 10}),
+        }
+    )
     store.create(job())
     ex.run("j1")
     done = store.get("j1")
@@ -96,8 +121,14 @@ def test_approval_bound_job_is_estimated_then_published_once() -> None:
 
 def test_approved_job_whose_statement_changed_is_refused() -> None:
     ex, store, wh, _ = make()
-    store.create(job(state=PENDING, needs_approval=True, bytes_estimate=1000,
-                     approval={"binding": "0" * 64, "approved": True}))
+    store.create(
+        job(
+            state=PENDING,
+            needs_approval=True,
+            bytes_estimate=1000,
+            approval={"binding": "0" * 64, "approved": True},
+        )
+    )
     assert ex.run("j1") == "failed"
     done = store.get("j1")
     assert done is not None and done.error is not None

@@ -7,18 +7,27 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from fakes import MemoryJobStore, MemoryQueue
-
 from bqgate.errors import AccessDenied, Duplicate, InvalidRequest, NotFound
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL
 from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.wire import bigquery as wire
+from fakes import MemoryJobStore, MemoryQueue
 
-ALICE = Principal(email="agent@x", groups=frozenset({"ai-coding-agents"}), issuer="dev",
-                  subject="agent@x", expires_at=2**31)
-BOB = Principal(email="other@x", groups=frozenset({"ai-coding-agents"}), issuer="dev",
-                subject="other@x", expires_at=2**31)
+ALICE = Principal(
+    email="agent@x",
+    groups=frozenset({"ai-coding-agents"}),
+    issuer="dev",
+    subject="agent@x",
+    expires_at=2**31,
+)
+BOB = Principal(
+    email="other@x",
+    groups=frozenset({"ai-coding-agents"}),
+    issuer="dev",
+    subject="other@x",
+    expires_at=2**31,
+)
 
 
 def verdict_for(sql: str, **_: Any) -> Mapping[str, Any]:
@@ -28,15 +37,25 @@ def verdict_for(sql: str, **_: Any) -> Mapping[str, Any]:
 
 def make() -> tuple[Gateway, MemoryJobStore, MemoryQueue]:
     store, queue = MemoryJobStore(), MemoryQueue()
-    gw = Gateway(store=store, queue=queue, classify=verdict_for,
-                 config=GatewayConfig(max_wait_ms=0), sleep=lambda s: None)
+    gw = Gateway(
+        store=store,
+        queue=queue,
+        classify=verdict_for,
+        config=GatewayConfig(max_wait_ms=0),
+        sleep=lambda s: None,
+    )
     return gw, store, queue
 
 
 def insert(gw: Gateway, sql: str, job_id: str = "j1", who: Principal = ALICE) -> dict[str, Any]:
-    return gw.insert_job(who, "demo-project", {
-        "jobReference": {"jobId": job_id},
-        "configuration": {"query": {"query": sql, "useLegacySql": False}}})
+    return gw.insert_job(
+        who,
+        "demo-project",
+        {
+            "jobReference": {"jobId": job_id},
+            "configuration": {"query": {"query": sql, "useLegacySql": False}},
+        },
+    )
 
 
 def test_allowed_job_is_stored_pending_and_published_to_execute() -> None:
@@ -92,10 +111,16 @@ def finish(store: MemoryJobStore, job_id: str, n: int, page: int) -> None:
     starts = []
     for idx, start in enumerate(range(0, n, page)):
         starts.append(start)
-        store.put_page(job_id, idx, start, json.dumps(rows[start:start + page]))
-    store.transition(job_id, lambda j: {
-        "state": DONE, "schema": [{"name": "i", "type": "INTEGER"}, {"name": "s", "type": "STRING"}],
-        "total_rows": n, "page_starts": starts})
+        store.put_page(job_id, idx, start, json.dumps(rows[start : start + page]))
+    store.transition(
+        job_id,
+        lambda j: {
+            "state": DONE,
+            "schema": [{"name": "i", "type": "INTEGER"}, {"name": "s", "type": "STRING"}],
+            "total_rows": n,
+            "page_starts": starts,
+        },
+    )
 
 
 @pytest.mark.parametrize(("max_results", "page"), [(7, 10), (10, 10), (25, 10), (None, 10), (3, 1)])
@@ -119,7 +144,9 @@ def test_start_index_and_max_results_zero() -> None:
     gw, store, _ = make()
     insert(gw, "SELECT 1")
     finish(store, "j1", 20, 6)
-    body = gw.get_query_results(ALICE, "demo-project", "j1", {"startIndex": "13", "maxResults": "4"})
+    body = gw.get_query_results(
+        ALICE, "demo-project", "j1", {"startIndex": "13", "maxResults": "4"}
+    )
     assert [r["f"][0]["v"] for r in body["rows"]] == ["13", "14", "15", "16"]
     empty = gw.get_query_results(ALICE, "demo-project", "j1", {"maxResults": "0"})
     assert "rows" not in empty and empty["totalRows"] == "20"
@@ -128,8 +155,16 @@ def test_start_index_and_max_results_zero() -> None:
 def test_failed_job_raises_its_error_on_results() -> None:
     gw, store, _ = make()
     insert(gw, "SELECT 1")
-    store.transition("j1", lambda j: {"state": DONE, "error": {
-        "reason": "accessDenied", "message": "Denied by alice@example.com: not today"}})
+    store.transition(
+        "j1",
+        lambda j: {
+            "state": DONE,
+            "error": {
+                "reason": "accessDenied",
+                "message": "Denied by alice@example.com: not today",
+            },
+        },
+    )
     with pytest.raises(AccessDenied, match="not today"):
         gw.get_query_results(ALICE, "demo-project", "j1", {})
 

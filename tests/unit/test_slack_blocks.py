@@ -8,14 +8,13 @@ import hmac
 import json
 from typing import Any
 
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 import bqgate.dev.slack_standin as standin
 import bqgate.slack_blocks as sb
+import pytest
 from bqgate.errors import Unauthenticated
 from bqgate.jobs import Job
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # Text without lone surrogates (which no UTF-8 JSON request could carry anyway).
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=9000)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from bqgate.errors import InvalidQuery, InvalidRequest
 from bqgate.jobs import DONE, Job
 from bqgate.wire import bigquery as wire
@@ -9,16 +8,20 @@ from bqgate.wire import bigquery as wire
 NESTED = [
     {"name": "id", "type": "INTEGER"},
     {"name": "tags", "type": "STRING", "mode": "REPEATED"},
-    {"name": "addr", "type": "RECORD", "fields": [
-        {"name": "city", "type": "STRING"},
-        {"name": "zips", "type": "STRING", "mode": "REPEATED"}]},
+    {
+        "name": "addr",
+        "type": "RECORD",
+        "fields": [
+            {"name": "city", "type": "STRING"},
+            {"name": "zips", "type": "STRING", "mode": "REPEATED"},
+        ],
+    },
     {"name": "ts", "type": "TIMESTAMP"},
 ]
 
 
 def test_rows_round_trip_nested() -> None:
-    rows = [["1", ["a", "b"], ["Paris", ["75001"]], "1704067200000000"],
-            [None, [], None, None]]
+    rows = [["1", ["a", "b"], ["Paris", ["75001"]], "1704067200000000"], [None, [], None, None]]
     rest = wire.rows_to_rest(rows, NESTED)
     assert rest[0]["f"][2]["v"] == {"f": [{"v": "Paris"}, {"v": [{"v": "75001"}]}]}
     assert wire.rest_to_compact(rest, NESTED) == rows
@@ -26,8 +29,13 @@ def test_rows_round_trip_nested() -> None:
 
 def test_timestamps_as_float_seconds_unless_int64_requested() -> None:
     rows = [["1", [], None, "1704067200500000"]]
-    assert wire.rows_to_rest(rows, NESTED, int64_timestamps=True)[0]["f"][3]["v"] == "1704067200500000"
-    assert float(wire.rows_to_rest(rows, NESTED, int64_timestamps=False)[0]["f"][3]["v"]) == 1704067200.5
+    assert (
+        wire.rows_to_rest(rows, NESTED, int64_timestamps=True)[0]["f"][3]["v"] == "1704067200500000"
+    )
+    assert (
+        float(wire.rows_to_rest(rows, NESTED, int64_timestamps=False)[0]["f"][3]["v"])
+        == 1704067200.5
+    )
 
 
 @pytest.mark.parametrize("body", [b"{", b"[1,2]", b"\xff\xfe", b'"text"'])
@@ -37,18 +45,41 @@ def test_malformed_bodies_are_invalid_requests(body: bytes) -> None:
     assert "Invalid JSON payload" in err.value.message
 
 
-@pytest.mark.parametrize(("body", "needle"), [
-    ({}, "only query jobs"),
-    ({"configuration": {"load": {}}}, "load jobs are not supported"),
-    ({"configuration": {"query": {"query": ""}}}, "a query is required"),
-    ({"configuration": {"query": {"query": "SELECT 1", "destinationTable": {"tableId": "t"}}}},
-     "destinationTable"),
-    ({"jobReference": {"jobId": "bad id!"}, "configuration": {"query": {"query": "SELECT 1"}}},
-     "jobReference.jobId"),
-    ({"configuration": {"query": {"query": "SELECT 1", "defaultDataset": {"projectId": "p"}}}},
-     "defaultDataset.datasetId"),
-    ({"configuration": {"labels": {"Bad Key": "v"}, "query": {"query": "SELECT 1"}}}, "bad label"),
-])
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({}, "only query jobs"),
+        ({"configuration": {"load": {}}}, "load jobs are not supported"),
+        ({"configuration": {"query": {"query": ""}}}, "a query is required"),
+        (
+            {
+                "configuration": {
+                    "query": {"query": "SELECT 1", "destinationTable": {"tableId": "t"}}
+                }
+            },
+            "destinationTable",
+        ),
+        (
+            {
+                "jobReference": {"jobId": "bad id!"},
+                "configuration": {"query": {"query": "SELECT 1"}},
+            },
+            "jobReference.jobId",
+        ),
+        (
+            {
+                "configuration": {
+                    "query": {"query": "SELECT 1", "defaultDataset": {"projectId": "p"}}
+                }
+            },
+            "defaultDataset.datasetId",
+        ),
+        (
+            {"configuration": {"labels": {"Bad Key": "v"}, "query": {"query": "SELECT 1"}}},
+            "bad label",
+        ),
+    ],
+)
 def test_insert_body_errors_name_the_field(body: dict, needle: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         wire.parse_insert(body)

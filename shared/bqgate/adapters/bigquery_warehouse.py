@@ -23,14 +23,17 @@ WAIT_SLICE_MS = 10_000
 
 def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
     errors = getattr(exc, "errors", None) or []
-    reason = (errors[0].get("reason") if errors and isinstance(errors[0], dict) else None) or "invalidQuery"
+    reason = (
+        errors[0].get("reason") if errors and isinstance(errors[0], dict) else None
+    ) or "invalidQuery"
     message = getattr(exc, "message", None) or str(exc)
     return {"reason": reason, "message": message}
 
 
 class BigQueryWarehouse:
-    def __init__(self, client: bigquery.Client, *, project: str, location: str,
-                 job_timeout_s: float = 3600.0) -> None:
+    def __init__(
+        self, client: bigquery.Client, *, project: str, location: str, job_timeout_s: float = 3600.0
+    ) -> None:
         self.client = client
         self.project = project
         self.location = location
@@ -38,13 +41,20 @@ class BigQueryWarehouse:
 
     def _api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         # The client's own authenticated connection (same credentials, endpoint, retries).
-        result: dict[str, Any] = self.client._connection.api_request(method=method, path=path, **kwargs)
+        result: dict[str, Any] = self.client._connection.api_request(
+            method=method, path=path, **kwargs
+        )
         return result
 
-    def _query_config(self, sql: str, default_dataset: Mapping[str, str] | None,
-                      query_parameters: Sequence[Mapping[str, Any]],
-                      maximum_bytes_billed: int | None, labels: Mapping[str, str],
-                      dry_run: bool = False) -> bigquery.QueryJobConfig:
+    def _query_config(
+        self,
+        sql: str,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]],
+        maximum_bytes_billed: int | None,
+        labels: Mapping[str, str],
+        dry_run: bool = False,
+    ) -> bigquery.QueryJobConfig:
         query: dict[str, Any] = {"useLegacySql": False}
         if default_dataset:
             query["defaultDataset"] = dict(default_dataset)
@@ -61,8 +71,13 @@ class BigQueryWarehouse:
             resource["dryRun"] = True
         return bigquery.QueryJobConfig.from_api_repr(resource)
 
-    def dry_run(self, sql: str, *, default_dataset: Mapping[str, str] | None,
-                query_parameters: Sequence[Mapping[str, Any]] = ()) -> int:
+    def dry_run(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> int:
         config = self._query_config(sql, default_dataset, query_parameters, None, {}, dry_run=True)
         try:
             job = self.client.query(sql, job_config=config, location=self.location)
@@ -70,14 +85,23 @@ class BigQueryWarehouse:
             raise InvalidQuery(_error_of(exc)["message"]) from None
         return int(job.total_bytes_processed or 0)
 
-    def run(self, job_id: str, sql: str, *, default_dataset: Mapping[str, str] | None,
-            labels: Mapping[str, str], maximum_bytes_billed: int | None,
-            query_parameters: Sequence[Mapping[str, Any]] = ()) -> QueryOutcome:
-        config = self._query_config(sql, default_dataset, query_parameters,
-                                    maximum_bytes_billed, labels)
+    def run(
+        self,
+        job_id: str,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        labels: Mapping[str, str],
+        maximum_bytes_billed: int | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> QueryOutcome:
+        config = self._query_config(
+            sql, default_dataset, query_parameters, maximum_bytes_billed, labels
+        )
         try:
-            job = self.client.query(sql, job_config=config, job_id=job_id, location=self.location,
-                                     job_retry=None)
+            job = self.client.query(
+                sql, job_config=config, job_id=job_id, location=self.location, job_retry=None
+            )
         except gexc.Conflict:
             # Redelivery or retry: the statement already runs (or ran) under this id.
             job = self.client.get_job(job_id, location=self.location)
@@ -87,8 +111,15 @@ class BigQueryWarehouse:
         path = f"/projects/{job.project}/queries/{job.job_id}"
         while True:
             try:
-                resp = self._api("GET", path, query_params={
-                    "maxResults": 0, "timeoutMs": WAIT_SLICE_MS, "location": self.location})
+                resp = self._api(
+                    "GET",
+                    path,
+                    query_params={
+                        "maxResults": 0,
+                        "timeoutMs": WAIT_SLICE_MS,
+                        "location": self.location,
+                    },
+                )
             except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
                 return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
             if resp.get("jobComplete"):
@@ -100,8 +131,14 @@ class BigQueryWarehouse:
             reason = job.error_result.get("reason", "invalidQuery")
             if reason in RETRYABLE_REASONS:
                 raise RuntimeError(f"BigQuery job {job_id} failed transiently: {job.error_result}")
-            return QueryOutcome([], 0, None, None, None,
-                                error={"reason": reason, "message": job.error_result.get("message", "")})
+            return QueryOutcome(
+                [],
+                0,
+                None,
+                None,
+                None,
+                error={"reason": reason, "message": job.error_result.get("message", "")},
+            )
         schema = (resp.get("schema") or {}).get("fields") or []
         dml = resp.get("numDmlAffectedRows")
         return QueryOutcome(
@@ -109,10 +146,14 @@ class BigQueryWarehouse:
             total_rows=int(resp.get("totalRows") or 0),
             statement_type=getattr(job, "statement_type", None),
             num_dml_affected_rows=int(dml) if dml is not None else None,
-            total_bytes_processed=int(resp.get("totalBytesProcessed") or job.total_bytes_processed or 0),
+            total_bytes_processed=int(
+                resp.get("totalBytesProcessed") or job.total_bytes_processed or 0
+            ),
         )
 
-    def pages(self, job_id: str, *, page_size: int, max_rows: int | None) -> Iterator[list[list[Any]]]:
+    def pages(
+        self, job_id: str, *, page_size: int, max_rows: int | None
+    ) -> Iterator[list[list[Any]]]:
         path = f"/projects/{self.project}/queries/{job_id}"
         token: str | None = None
         seen = 0
@@ -120,8 +161,11 @@ class BigQueryWarehouse:
             want = page_size if max_rows is None else min(page_size, max_rows - seen)
             if want <= 0:
                 return
-            params: dict[str, Any] = {"maxResults": want, "location": self.location,
-                                      "formatOptions.useInt64Timestamp": True}
+            params: dict[str, Any] = {
+                "maxResults": want,
+                "location": self.location,
+                "formatOptions.useInt64Timestamp": True,
+            }
             if token:
                 params["pageToken"] = token
             resp = self._api("GET", path, query_params=params)

@@ -6,14 +6,20 @@ Layout (both collection groups carry an ``expire_at`` timestamp for Firestore TT
                                        last_seq, last_hash, counts, expire_at
     sessions/{session}/events/{seq:08d}  one event (bqgate.audit.Event.to_doc) + expire_at
 
-An append reads the head and writes the next event and the new head in one
-transaction, so concurrent appends to one session serialise into one chain: the
-loser of a race is aborted by Firestore and retried from a fresh read of the head.
+An append is an optimistic transaction on the head: it reads the head, then commits
+the next event and the new head in one atomic write that holds only if the event's
+slot is still free and the head has not changed since it was read (its
+``update_time``). Concurrent appends to one session therefore serialise into one
+chain; a loser writes nothing and starts over from a fresh read, after a jittered
+backoff. (Firestore's pessimistic transactions deadlock on the read-then-write of a
+hot document and, on the emulator, wait out a lock timeout each time: with a handful
+of writers they livelock.) Appends from one process also take turns on a local lock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import threading
 import time
@@ -32,12 +38,42 @@ from bqgate.jobs import Job
 SESSIONS = "sessions"
 #: Subcollection (group) of a session's events.
 EVENTS = "events"
-#: Firestore attempts per transaction before backing off (the client retries at once).
-MAX_ATTEMPTS = 2
+EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
+#: What a lost race looks like: the head moved, or the event slot was taken.
+CONTENTION = (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict)
 #: Longest an append keeps retrying on contention before it fails (and the request with it).
 APPEND_DEADLINE_S = 60.0
 #: In-process lock stripes: appends to one session from one process never race each other.
 LOCK_STRIPES = 64
+
+
+_ENV_LOCK = threading.Lock()
+
+
+def open_client(
+    project: str, *, database: str | None = None, emulator_host: str | None = None
+) -> firestore.Client:
+    """A Firestore client for the CLI: the emulator at ``emulator_host`` (dev), else the
+    real Firestore of ``project`` with the caller's application default credentials."""
+    if emulator_host is None:
+        return firestore.Client(project=project, database=database)
+    from google.auth.credentials import AnonymousCredentials
+
+    # The client reads FIRESTORE_EMULATOR_HOST once, when it is built.
+    with _ENV_LOCK:
+        saved = os.environ.get(EMULATOR_ENV)
+        os.environ[EMULATOR_ENV] = emulator_host
+        try:
+            return firestore.Client(
+                project=project,
+                database=database,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            )
+        finally:
+            if saved is None:
+                os.environ.pop(EMULATOR_ENV, None)
+            else:
+                os.environ[EMULATOR_ENV] = saved
 
 
 def timestamp(ms: int) -> dt.datetime:
@@ -53,7 +89,7 @@ class FirestoreRecorder:
         retention_seconds: how long each event (and a session after its last event) is kept.
         record_rows: masked result rows kept per ``result`` event.
         clock: seconds since the epoch (tests pass a fake).
-        max_attempts: Firestore attempts per transaction before backing off.
+        rpc_timeout_s: timeout of each Firestore call.
         deadline_s: how long an append retries on contention before it raises.
     """
 
@@ -64,7 +100,7 @@ class FirestoreRecorder:
         retention_seconds: int,
         record_rows: int,
         clock: Callable[[], float] = time.time,
-        max_attempts: int = MAX_ATTEMPTS,
+        rpc_timeout_s: float = 30.0,
         deadline_s: float = APPEND_DEADLINE_S,
         collection: str = SESSIONS,
     ) -> None:
@@ -72,7 +108,7 @@ class FirestoreRecorder:
         self.retention_ms = retention_seconds * 1000
         self.record_rows = record_rows
         self.clock = clock
-        self.max_attempts = max_attempts
+        self.rpc_timeout_s = rpc_timeout_s
         self.sessions = client.collection(collection)
         self.deadline_s = deadline_s
         self._rng = random.Random()
@@ -106,9 +142,8 @@ class FirestoreRecorder:
         events = head_ref.collection(EVENTS)
         plain = audit.to_plain(data)
 
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> audit.Event:
-            snap = head_ref.get(transaction=txn)
+        def attempt() -> audit.Event:
+            snap = head_ref.get()
             head = (
                 audit.SessionHead.from_doc(snap.to_dict() or {})
                 if snap.exists
@@ -130,31 +165,37 @@ class FirestoreRecorder:
                 expire_at_ms=at_ms + self.retention_ms,
             )
             new_head = head.advanced(event, issuer)
-            txn.create(
+            head_doc = {**new_head.to_doc(), "expire_at": timestamp(new_head.expire_at_ms)}
+            # One atomic commit: the event slot must be free and the head unchanged since
+            # it was read, or nothing is written and the append starts over.
+            batch = self.client.batch()
+            batch.create(
                 events.document(event.event_id),
                 {**event.to_doc(), "expire_at": timestamp(event.expire_at_ms)},
             )
-            txn.set(head_ref, {**new_head.to_doc(), "expire_at": timestamp(new_head.expire_at_ms)})
+            if snap.exists:
+                option = self.client.write_option(last_update_time=snap.update_time)
+                batch.update(head_ref, head_doc, option=option)
+            else:
+                batch.create(head_ref, head_doc)
+            batch.commit(timeout=self.rpc_timeout_s)
             return event
 
         # Writers in this process take turns (no point racing each other in Firestore);
-        # writers in other processes are serialised by the transaction itself.
+        # writers in other processes are serialised by the commit's preconditions.
         lock = self._locks[zlib.crc32(session_id.encode("utf-8")) % LOCK_STRIPES]
         deadline = time.monotonic() + self.deadline_s
-        attempt = 0
+        tries = 0
         with lock:
             while True:
                 try:
-                    return run(self.client.transaction(max_attempts=self.max_attempts))
-                except (ValueError, gexc.Aborted, gexc.Conflict) as exc:
-                    # ValueError: the client's "failed to commit in N attempts" (contention).
-                    if isinstance(exc, ValueError) and "attempts" not in str(exc):
-                        raise
+                    return attempt()
+                except CONTENTION:
                     if time.monotonic() >= deadline:
                         raise
-                # Jittered exponential backoff breaks the lock-step retries of contenders.
-                attempt += 1
-                pause = self._rng.uniform(0, min(0.05 * 2**attempt, 2.0))
+                # Jittered exponential backoff spreads out the next round of contenders.
+                tries += 1
+                pause = self._rng.uniform(0, min(0.01 * 2**tries, 1.0))
                 time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
 
     # --- reading -----------------------------------------------------------------
@@ -191,4 +232,4 @@ class FirestoreRecorder:
         return heads[:limit]
 
 
-__all__ = ["EVENTS", "SESSIONS", "FirestoreRecorder", "timestamp"]
+__all__ = ["EVENTS", "SESSIONS", "FirestoreRecorder", "open_client", "timestamp"]

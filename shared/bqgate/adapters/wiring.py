@@ -95,7 +95,11 @@ def verifier() -> Any:
 
 @functools.cache
 def recorder() -> Any:
-    return None
+    from bqgate.adapters.firestore_audit import FirestoreRecorder
+
+    sessions = policy().sessions
+    return FirestoreRecorder(firestore_client(), retention_seconds=sessions.retention_seconds,
+                             record_rows=sessions.record_rows)
 
 
 def _classifier() -> Any:
@@ -119,7 +123,20 @@ def gateway() -> Gateway:
                              location=s.location, max_wait_ms=s.max_wait_ms,
                              approval_ttl_ms=pol.approvals.ttl_seconds * 1000),
         recorder=recorder(),
+        dispatch=direct_executor(),
     )
+
+
+def direct_executor() -> Any:
+    """The fast path to the executor when ``BQGATE_EXECUTOR_URL`` is set, else None."""
+    s = settings()
+    if not s.executor_url:
+        return None
+    from bqgate.adapters.executor_client import DirectExecutor, google_id_token
+
+    token = (lambda: None) if s.dev_mode else google_id_token(s.executor_url)
+    return DirectExecutor(s.executor_url, queue=queue(), topic=s.execute_topic,
+                          timeout_s=s.max_wait_ms / 1000 + 20, token=token)
 
 
 @functools.cache
@@ -170,3 +187,10 @@ def approval_service() -> Any:
         list_pending=_pending_approval_jobs, signing_secret=s.slack_signing_secret,
         slack_channel=s.slack_channel, execute_topic=s.execute_topic, recorder=recorder(),
     )
+
+
+@functools.cache
+def approvals_app() -> Any:
+    from bqgate.service.approvals import ApprovalsApp
+
+    return ApprovalsApp(approval_service)

@@ -15,17 +15,30 @@ def _port(text: str) -> tuple[str, int]:
     name, sep, value = text.partition("=")
     if not sep or name not in DEFAULT_PORTS or not value.isdigit():
         raise argparse.ArgumentTypeError(
-            f"expected NAME=PORT with NAME one of {', '.join(DEFAULT_PORTS)}; got {text!r}")
+            f"expected NAME=PORT with NAME one of {', '.join(DEFAULT_PORTS)}; got {text!r}"
+        )
     return name, int(value)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("dev", help="run the whole gateway locally on emulators (Ctrl-C stops it)")
-    p.add_argument("--state-dir", type=Path, default=Path(".bqgate-dev"),
-                   help="folder for state, logs and endpoints.json (default .bqgate-dev)")
-    p.add_argument("--port", type=_port, action="append", default=[], metavar="NAME=PORT",
-                   help="override one port, e.g. --port gateway=9180 (repeatable)")
-    p.add_argument("--policy", type=Path, default=None, help="policy file (default policies/default.yaml)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".bqgate-dev"),
+        help="folder for state, logs and endpoints.json (default .bqgate-dev)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="override one port, e.g. --port gateway=9180 (repeatable)",
+    )
+    p.add_argument(
+        "--policy", type=Path, default=None, help="policy file (default policies/default.yaml)"
+    )
     p.add_argument("--reseed", action="store_true", help="reload the demo warehouse")
     p.set_defaults(func=run)
 
@@ -40,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
             marker.unlink()
     if args.policy is not None and not args.policy.exists():
         raise BqgateError(f"policy file not found: {args.policy}")
-    stack = Stack(state_dir=args.state_dir, ports=ports,
-                  policy_path=args.policy.resolve() if args.policy else None)
+    stack = Stack(
+        state_dir=args.state_dir,
+        ports=ports,
+        policy_path=args.policy.resolve() if args.policy else None,
+    )
     return run_foreground(stack)

@@ -21,13 +21,70 @@ SEED = 20261123
 DATA_VERSION = "1"
 PROJECT = "demo-project"
 
-FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Tim",
-         "Frances", "Dennis", "Katherine", "Linus", "Hedy", "John", "Sophie", "Niklaus", "Jean",
-         "Annie", "Carlos", "Mei", "Priya", "Olga", "Kwame", "Yuki", "Fatima", "Lars", "Ines", "Omar"]
-LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson",
-        "Perlman", "Berners-Lee", "Allen", "Ritchie", "Johnson", "Torvalds", "Lamarr", "McCarthy",
-        "Wilson", "Wirth", "Sammet", "Easley", "Santos", "Chen", "Patel", "Ivanova", "Mensah",
-        "Tanaka", "Haddad", "Nilsson", "Moreau", "Farouk"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Margaret",
+    "Ken",
+    "Radia",
+    "Tim",
+    "Frances",
+    "Dennis",
+    "Katherine",
+    "Linus",
+    "Hedy",
+    "John",
+    "Sophie",
+    "Niklaus",
+    "Jean",
+    "Annie",
+    "Carlos",
+    "Mei",
+    "Priya",
+    "Olga",
+    "Kwame",
+    "Yuki",
+    "Fatima",
+    "Lars",
+    "Ines",
+    "Omar",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Hamilton",
+    "Thompson",
+    "Perlman",
+    "Berners-Lee",
+    "Allen",
+    "Ritchie",
+    "Johnson",
+    "Torvalds",
+    "Lamarr",
+    "McCarthy",
+    "Wilson",
+    "Wirth",
+    "Sammet",
+    "Easley",
+    "Santos",
+    "Chen",
+    "Patel",
+    "Ivanova",
+    "Mensah",
+    "Tanaka",
+    "Haddad",
+    "Nilsson",
+    "Moreau",
+    "Farouk",
+]
 DOMAINS = ["example.com", "example.org", "mail.example.net", "corp.example.com"]
 COUNTRIES = ["US", "GB", "DE", "FR", "JP", "IN", "BR", "CA", "NL", "SE"]
 EVENT_NAMES = ["page_view", "click", "signup", "login", "purchase", "logout", "search", "share"]
@@ -35,22 +92,46 @@ STATUSES = ["placed", "shipped", "delivered", "returned", "cancelled"]
 ACCOUNTS = ["revenue", "cogs", "payroll", "marketing", "rent", "travel", "software"]
 
 SCHEMAS: dict[str, list[tuple[str, str]]] = {
-    "analytics.events": [("event_id", "INT64"), ("user_id", "INT64"), ("name", "STRING"),
-                         ("ts", "TIMESTAMP")],
+    "analytics.events": [
+        ("event_id", "INT64"),
+        ("user_id", "INT64"),
+        ("name", "STRING"),
+        ("ts", "TIMESTAMP"),
+    ],
     "analytics.daily_revenue": [("day", "DATE"), ("revenue", "NUMERIC")],
-    "sales.customers": [("customer_id", "INT64"), ("full_name", "STRING"), ("email", "STRING"),
-                        ("phone", "STRING"), ("ssn", "STRING"), ("card_number", "STRING"),
-                        ("birth_date", "DATE"), ("country", "STRING")],
-    "sales.orders": [("order_id", "INT64"), ("customer_id", "INT64"), ("amount", "NUMERIC"),
-                     ("status", "STRING"), ("ordered_at", "TIMESTAMP")],
-    "finance.ledger": [("entry_id", "INT64"), ("day", "DATE"), ("account", "STRING"),
-                       ("amount", "NUMERIC")],
-    "finance.payroll": [("employee_id", "INT64"), ("name", "STRING"), ("salary", "NUMERIC"),
-                        ("iban", "STRING")],
+    "sales.customers": [
+        ("customer_id", "INT64"),
+        ("full_name", "STRING"),
+        ("email", "STRING"),
+        ("phone", "STRING"),
+        ("ssn", "STRING"),
+        ("card_number", "STRING"),
+        ("birth_date", "DATE"),
+        ("country", "STRING"),
+    ],
+    "sales.orders": [
+        ("order_id", "INT64"),
+        ("customer_id", "INT64"),
+        ("amount", "NUMERIC"),
+        ("status", "STRING"),
+        ("ordered_at", "TIMESTAMP"),
+    ],
+    "finance.ledger": [
+        ("entry_id", "INT64"),
+        ("day", "DATE"),
+        ("account", "STRING"),
+        ("amount", "NUMERIC"),
+    ],
+    "finance.payroll": [
+        ("employee_id", "INT64"),
+        ("name", "STRING"),
+        ("salary", "NUMERIC"),
+        ("iban", "STRING"),
+    ],
 }
 DATASET_TIERS = {"analytics": "non-production", "sales": "production", "finance": "restricted"}
 
-EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def luhn_ok(number: str) -> bool:
@@ -85,16 +166,24 @@ def customers() -> list[dict[str, Any]]:
     for i in range(1, 1001):
         first, last = rng.choice(FIRST), rng.choice(LAST)
         area = rng.choice([n for n in range(1, 900) if n != 666])
-        rows.append({
-            "customer_id": i,
-            "full_name": f"{first} {last}",
-            "email": f"{first.lower()}.{last.lower().replace('-', '')}{i}@{rng.choice(DOMAINS)}",
-            "phone": f"+1-{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}",
-            "ssn": f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}",
-            "card_number": _luhn_complete("4" + "".join(rng.choice("0123456789") for _ in range(14))),
-            "birth_date": (dt.date(1950, 1, 1) + dt.timedelta(days=rng.randint(0, 18000))).isoformat(),
-            "country": rng.choice(COUNTRIES),
-        })
+        rows.append(
+            {
+                "customer_id": i,
+                "full_name": f"{first} {last}",
+                "email": f"{first.lower()}.{last.lower().replace('-', '')}{i}@"
+                + rng.choice(DOMAINS),
+                "phone": f"+1-{rng.randint(201, 989)}-{rng.randint(200, 999)}-"
+                + f"{rng.randint(0, 9999):04d}",
+                "ssn": f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}",
+                "card_number": _luhn_complete(
+                    "4" + "".join(rng.choice("0123456789") for _ in range(14))
+                ),
+                "birth_date": (
+                    dt.date(1950, 1, 1) + dt.timedelta(days=rng.randint(0, 18000))
+                ).isoformat(),
+                "country": rng.choice(COUNTRIES),
+            }
+        )
     return rows
 
 
@@ -105,28 +194,63 @@ def _ts(seconds: int) -> str:
 def tables() -> dict[str, list[dict[str, Any]]]:
     """Every demo table's rows, keyed ``dataset.table``."""
     rng = random.Random(SEED + 1)
-    events = [{"event_id": i, "user_id": rng.randint(1, 1000), "name": rng.choice(EVENT_NAMES),
-               "ts": _ts(rng.randint(0, 365 * 86400))} for i in range(1, 5001)]
-    revenue = [{"day": (EPOCH.date() + dt.timedelta(days=d)).isoformat(),
-                "revenue": str(Decimal(rng.randint(100_000, 900_000)) / 100)} for d in range(365)]
-    orders = [{"order_id": i, "customer_id": rng.randint(1, 1000),
-               "amount": str(Decimal(rng.randint(500, 50_000)) / 100),
-               "status": rng.choice(STATUSES), "ordered_at": _ts(rng.randint(0, 365 * 86400))}
-              for i in range(1, 10_001)]
-    ledger = [{"entry_id": i, "day": (EPOCH.date() + dt.timedelta(days=rng.randint(0, 364))).isoformat(),
-               "account": rng.choice(ACCOUNTS), "amount": str(Decimal(rng.randint(-500_000, 500_000)) / 100)}
-              for i in range(1, 2001)]
-    payroll = [{"employee_id": i, "name": f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-                "salary": str(Decimal(rng.randint(40_000, 250_000))), "iban": _iban_de(rng)}
-               for i in range(1, 201)]
-    return {"analytics.events": events, "analytics.daily_revenue": revenue,
-            "sales.customers": customers(), "sales.orders": orders,
-            "finance.ledger": ledger, "finance.payroll": payroll}
+    events = [
+        {
+            "event_id": i,
+            "user_id": rng.randint(1, 1000),
+            "name": rng.choice(EVENT_NAMES),
+            "ts": _ts(rng.randint(0, 365 * 86400)),
+        }
+        for i in range(1, 5001)
+    ]
+    revenue = [
+        {
+            "day": (EPOCH.date() + dt.timedelta(days=d)).isoformat(),
+            "revenue": str(Decimal(rng.randint(100_000, 900_000)) / 100),
+        }
+        for d in range(365)
+    ]
+    orders = [
+        {
+            "order_id": i,
+            "customer_id": rng.randint(1, 1000),
+            "amount": str(Decimal(rng.randint(500, 50_000)) / 100),
+            "status": rng.choice(STATUSES),
+            "ordered_at": _ts(rng.randint(0, 365 * 86400)),
+        }
+        for i in range(1, 10_001)
+    ]
+    ledger = [
+        {
+            "entry_id": i,
+            "day": (EPOCH.date() + dt.timedelta(days=rng.randint(0, 364))).isoformat(),
+            "account": rng.choice(ACCOUNTS),
+            "amount": str(Decimal(rng.randint(-500_000, 500_000)) / 100),
+        }
+        for i in range(1, 2001)
+    ]
+    payroll = [
+        {
+            "employee_id": i,
+            "name": f"{rng.choice(FIRST)} {rng.choice(LAST)}",
+            "salary": str(Decimal(rng.randint(40_000, 250_000))),
+            "iban": _iban_de(rng),
+        }
+        for i in range(1, 201)
+    ]
+    return {
+        "analytics.events": events,
+        "analytics.daily_revenue": revenue,
+        "sales.customers": customers(),
+        "sales.orders": orders,
+        "finance.ledger": ledger,
+        "finance.payroll": payroll,
+    }
 
 
 def _chunks(rows: list[dict[str, Any]], n: int) -> Iterator[list[dict[str, Any]]]:
     for i in range(0, len(rows), n):
-        yield rows[i:i + n]
+        yield rows[i : i + n]
 
 
 def seed(bigquery_url: str, state_dir: Path, force: bool = False) -> None:
@@ -138,8 +262,11 @@ def seed(bigquery_url: str, state_dir: Path, force: bool = False) -> None:
     marker = state_dir / "bigquery" / f"seeded-v{DATA_VERSION}"
     if marker.exists() and not force:
         return
-    client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                             client_options=ClientOptions(api_endpoint=bigquery_url))
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=bigquery_url),
+    )
     for dataset in DATASET_TIERS:
         client.create_dataset(f"{PROJECT}.{dataset}", exists_ok=True)
     for name, rows in tables().items():

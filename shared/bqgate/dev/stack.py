@@ -47,14 +47,22 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-FIRESTORE_JAR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
+FIRESTORE_JAR = (
+    "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
+)
 FIRESTORE_MAIN = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
-PUBSUB_JARS = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar"
+PUBSUB_JARS = (
+    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar"
+)
 
 # The BigQuery emulator (see README: why local-bigquery) runs on Python 3.13 in its own venv.
 BQ_EMULATOR_PACKAGES = ["local-bigquery==0.4.0"]
-BQ_DUCKDB_PINS = ["duckdb==1.5.5", "duckdb-extension-icu==1.5.5",
-                  "duckdb-extension-ducklake==1.5.5", "duckdb-extension-spatial==1.5.5"]
+BQ_DUCKDB_PINS = [
+    "duckdb==1.5.5",
+    "duckdb-extension-icu==1.5.5",
+    "duckdb-extension-ducklake==1.5.5",
+    "duckdb-extension-spatial==1.5.5",
+]
 DUCKDB_VERSION = "v1.5.5"
 
 
@@ -70,21 +78,28 @@ def free_port() -> int:
 
 def cache_dir() -> Path:
     base = os.environ.get("BQGATE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bqgate")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bqgate"
+    )
     return Path(base)
 
 
 def _find_python313() -> str:
     candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")))
     candidates += sorted(glob.glob("/root/.pyenv/versions/3.13*/bin/python3.13"))
-    candidates += ["/usr/bin/python3.13", "/usr/local/bin/python3.13", shutil.which("python3.13") or ""]
+    candidates += [
+        "/usr/bin/python3.13",
+        "/usr/local/bin/python3.13",
+        shutil.which("python3.13") or "",
+    ]
     for c in candidates:
         if c and os.access(c, os.X_OK):
             probe = subprocess.run([c, "--version"], capture_output=True, text=True)
             if probe.returncode == 0:
                 return c
-    raise StackError("the BigQuery emulator (local-bigquery) needs Python 3.13; none was found "
-                     "(looked under ~/.pyenv/versions, /usr/bin and on PATH)")
+    raise StackError(
+        "the BigQuery emulator (local-bigquery) needs Python 3.13; none was found "
+        "(looked under ~/.pyenv/versions, /usr/bin and on PATH)"
+    )
 
 
 def ensure_bigquery_emulator(log: IO[str] | None = None) -> tuple[Path, Path]:
@@ -97,13 +112,22 @@ def ensure_bigquery_emulator(log: IO[str] | None = None) -> tuple[Path, Path]:
     if not marker.exists():
         root.mkdir(parents=True, exist_ok=True)
         out = log or sys.stderr
-        print("bqgate: installing the BigQuery emulator (local-bigquery) once into "
-              f"{root} ...", file=out, flush=True)
+        print(
+            f"bqgate: installing the BigQuery emulator (local-bigquery) once into {root} ...",
+            file=out,
+            flush=True,
+        )
         venv = root / "venv"
         if not (venv / "bin" / "python").exists():
             subprocess.run([_find_python313(), "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-               "--disable-pip-version-check"]
+        pip = [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]
         # local-bigquery asks for duckdb>=2, but only 1.5.5 has extension wheels on PyPI
         # (DuckDB cannot download extensions here), so it is pinned back afterwards.
         for step in (BQ_EMULATOR_PACKAGES, BQ_DUCKDB_PINS):
@@ -112,7 +136,9 @@ def ensure_bigquery_emulator(log: IO[str] | None = None) -> tuple[Path, Path]:
                 raise StackError(f"installing {' '.join(step)} failed:\n{proc.stderr[-2000:]}")
         ext_dir.mkdir(parents=True, exist_ok=True)
         site = glob.glob(str(venv / "lib" / "python3.13" / "site-packages"))[0]
-        for f in glob.glob(f"{site}/duckdb_extension_*/extensions/{DUCKDB_VERSION}/*.duckdb_extension"):
+        for f in glob.glob(
+            f"{site}/duckdb_extension_*/extensions/{DUCKDB_VERSION}/*.duckdb_extension"
+        ):
             shutil.copy(f, ext_dir)
         if not exe.exists():
             raise StackError(f"local-bigquery did not install into {venv}")
@@ -143,6 +169,8 @@ class Stack:
     repo_root: Path = REPO_ROOT
     policy_path: Path | None = None
     seed: bool = True
+    #: Allowed jobs reach the executor by a direct call (True) or via the execute topic.
+    fast_path: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
 
@@ -182,6 +210,7 @@ class Stack:
             "BQGATE_SLACK_BOT_TOKEN": "xoxb-bqgate-dev",
             "BQGATE_SLACK_SIGNING_SECRET": self.signing_secret(),
             "BQGATE_APPROVALS_URL": self.url("approvals"),
+            "BQGATE_EXECUTOR_URL": self.url("executor") if self.fast_path else "",
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
             "GOOGLE_CLOUD_PROJECT": PROJECT,
@@ -200,15 +229,27 @@ class Stack:
 
     # --- processes -----------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None,
-               cwd: Path | None = None) -> Proc:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Proc:
         log_path = self.state_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed on stop
         full_env = {**os.environ, **(env or {})}
-        popen = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=full_env, cwd=str(cwd or self.repo_root),
-                                 start_new_session=True, preexec_fn=_pdeathsig)
+        popen = subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=str(cwd or self.repo_root),
+            start_new_session=True,
+            preexec_fn=_pdeathsig,
+        )
         logf.close()
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -218,10 +259,12 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
-                raise StackError(f"{proc.name} exited with {proc.popen.returncode}; "
-                                 f"see {proc.log_path}:\n{_tail(proc.log_path)}")
+                raise StackError(
+                    f"{proc.name} exited with {proc.popen.returncode}; "
+                    f"see {proc.log_path}:\n{_tail(proc.log_path)}"
+                )
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=2) as resp:
                     resp.read()
                 return
             except urllib.error.HTTPError as exc:
@@ -230,8 +273,10 @@ class Stack:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.1)
-        raise StackError(f"{proc.name} did not answer on {url} within {timeout:.0f}s; "
-                         f"see {proc.log_path}:\n{_tail(proc.log_path)}")
+        raise StackError(
+            f"{proc.name} did not answer on {url} within {timeout:.0f}s; "
+            f"see {proc.log_path}:\n{_tail(proc.log_path)}"
+        )
 
     def start(self, out: IO[str] | None = None) -> None:
         """Start everything, in dependency order; on any failure stop what started."""
@@ -251,27 +296,75 @@ class Stack:
         java = shutil.which("java") or "java"
         pubsub_jar = sorted(glob.glob(PUBSUB_JARS))
         if not pubsub_jar or not Path(FIRESTORE_JAR).exists():
-            raise StackError("the Firestore and Pub/Sub emulators come with the Google Cloud "
-                             "SDK (gcloud components); they were not found under /usr/lib/google-cloud-sdk")
+            raise StackError(
+                "the Firestore and Pub/Sub emulators come with the Google Cloud "
+                "SDK (gcloud components); they were not found under /usr/lib/google-cloud-sdk"
+            )
         p = self.ports
-        fs = self._spawn("firestore", [java, "-cp", FIRESTORE_JAR, FIRESTORE_MAIN,
-                                       "--host=127.0.0.1", f"--port={p['firestore']}",
-                                       f"--project_id={PROJECT}"])
-        ps = self._spawn("pubsub", [java, "-jar", pubsub_jar[-1], "--host=127.0.0.1",
-                                    f"--port={p['pubsub']}"])
+        fs = self._spawn(
+            "firestore",
+            [
+                java,
+                "-cp",
+                FIRESTORE_JAR,
+                FIRESTORE_MAIN,
+                "--host=127.0.0.1",
+                f"--port={p['firestore']}",
+                f"--project_id={PROJECT}",
+            ],
+        )
+        ps = self._spawn(
+            "pubsub", [java, "-jar", pubsub_jar[-1], "--host=127.0.0.1", f"--port={p['pubsub']}"]
+        )
         bq_data = self.state_dir / "bigquery"
         bq_data.mkdir(exist_ok=True)
-        bq = self._spawn("bigquery", [str(bq_exe), "serve", "--host", "127.0.0.1",
-                                      "--port", str(p["bigquery"]), "--grpc-port", str(p["bigquery_grpc"]),
-                                      "--project", PROJECT, "--dataset", "analytics",
-                                      "--data-dir", str(bq_data)],
-                         env={"HOME": str(bq_home)}, cwd=self.state_dir)
+        bq = self._spawn(
+            "bigquery",
+            [
+                str(bq_exe),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(p["bigquery"]),
+                "--grpc-port",
+                str(p["bigquery_grpc"]),
+                "--project",
+                PROJECT,
+                "--dataset",
+                "analytics",
+                "--data-dir",
+                str(bq_data),
+            ],
+            env={"HOME": str(bq_home)},
+            cwd=self.state_dir,
+        )
         py = sys.executable
-        oidc = self._spawn("oidc_issuer", [py, "-m", "bqgate.dev.issuer", "--port", str(p["oidc_issuer"]),
-                                           "--state-dir", str(self.state_dir)])
-        slack = self._spawn("slack", [py, "-m", "bqgate.dev.slack_standin", "--port", str(p["slack"]),
-                                      "--state-dir", str(self.state_dir)],
-                            env=self.function_env())
+        oidc = self._spawn(
+            "oidc_issuer",
+            [
+                py,
+                "-m",
+                "bqgate.dev.issuer",
+                "--port",
+                str(p["oidc_issuer"]),
+                "--state-dir",
+                str(self.state_dir),
+            ],
+        )
+        slack = self._spawn(
+            "slack",
+            [
+                py,
+                "-m",
+                "bqgate.dev.slack_standin",
+                "--port",
+                str(p["slack"]),
+                "--state-dir",
+                str(self.state_dir),
+            ],
+            env=self.function_env(),
+        )
         self._wait_http(fs, self.url("firestore") + "/")
         self._wait_http(ps, self.url("pubsub") + "/")
         self._wait_http(bq, self.url("bigquery") + f"/bigquery/v2/projects/{PROJECT}/datasets")
@@ -293,11 +386,28 @@ class Stack:
         started = []
         for port_name, folder, target, sig in functions:
             source = self.repo_root / "functions" / folder / "main.py"
-            started.append((self._spawn(
-                f"fn-{folder}",
-                [ff, "--source", str(source), "--target", target, "--signature-type", sig,
-                 "--host", "127.0.0.1", "--port", str(p[port_name])],
-                env=env), port_name))
+            started.append(
+                (
+                    self._spawn(
+                        f"fn-{folder}",
+                        [
+                            ff,
+                            "--source",
+                            str(source),
+                            "--target",
+                            target,
+                            "--signature-type",
+                            sig,
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(p[port_name]),
+                        ],
+                        env=env,
+                    ),
+                    port_name,
+                )
+            )
         for proc, port_name in started:
             self._wait_http(proc, self.url(port_name) + "/")
         self.create_topics()
@@ -316,17 +426,24 @@ class Stack:
                         publisher.create_topic(name=publisher.topic_path(PROJECT, t))
                 sub = subscriber.subscription_path(PROJECT, f"{topic}-push")
                 with contextlib.suppress(gexc.AlreadyExists):
-                    subscriber.create_subscription(request={
-                        "name": sub,
-                        "topic": publisher.topic_path(PROJECT, topic),
-                        "push_config": {"push_endpoint": self.url(target) + "/"},
-                        "ack_deadline_seconds": 60,
-                        "retry_policy": {"minimum_backoff": {"seconds": 1},
-                                         "maximum_backoff": {"seconds": 10}},
-                        "dead_letter_policy": {
-                            "dead_letter_topic": publisher.topic_path(PROJECT, f"{topic}-dead-letter"),
-                            "max_delivery_attempts": 5},
-                    })
+                    subscriber.create_subscription(
+                        request={
+                            "name": sub,
+                            "topic": publisher.topic_path(PROJECT, topic),
+                            "push_config": {"push_endpoint": self.url(target) + "/"},
+                            "ack_deadline_seconds": 60,
+                            "retry_policy": {
+                                "minimum_backoff": {"seconds": 1},
+                                "maximum_backoff": {"seconds": 10},
+                            },
+                            "dead_letter_policy": {
+                                "dead_letter_topic": publisher.topic_path(
+                                    PROJECT, f"{topic}-dead-letter"
+                                ),
+                                "max_delivery_attempts": 5,
+                            },
+                        }
+                    )
             subscriber.close()
 
     def write_endpoints(self) -> Path:
@@ -344,10 +461,8 @@ class Stack:
         deadline = time.monotonic() + 8
         for proc in self.procs:
             remaining = max(0.1, deadline - time.monotonic())
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                pass
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -392,7 +507,9 @@ def load_endpoints(state_dir: Path | str | None = None) -> dict[str, str]:
     try:
         data: dict[str, str] = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StackError(f"no running dev stack: {path} not found (start it with `nox -s dev`)") from None
+        raise StackError(
+            f"no running dev stack: {path} not found (start it with `nox -s dev`)"
+        ) from None
     return data
 
 
@@ -401,8 +518,8 @@ def snippet(endpoints: Mapping[str, str]) -> str:
     return (
         "from bqgate.client import gateway_client\n"
         f"client = gateway_client({endpoints['gateway']!r})  # dev token for {AGENT}\n"
-        "rows = client.query(\"SELECT name, COUNT(*) AS n FROM `demo-project.analytics.events` "
-        "GROUP BY name ORDER BY n DESC\").result()\n"
+        'rows = client.query("SELECT name, COUNT(*) AS n FROM `demo-project.analytics.events` '
+        'GROUP BY name ORDER BY n DESC").result()\n'
         "for row in rows:\n"
         "    print(row.name, row.n)\n"
     )
@@ -445,8 +562,12 @@ def run_foreground(stack: Stack, out: IO[str] | None = None) -> int:
         while True:
             for proc in stack.procs:
                 if proc.popen.poll() is not None:
-                    print(f"bqgate: {proc.name} exited ({proc.popen.returncode}); see {proc.log_path}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"bqgate: {proc.name} exited ({proc.popen.returncode}); "
+                        f"see {proc.log_path}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return 1
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -321,12 +321,7 @@ class ApprovalService:
         except BqgateError as err:
             return error_response(err)
         except Exception:  # the one place an unexpected failure becomes an answer
-            incident = uuid.uuid4().hex[:12]
-            log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
-            message = f"The approvals service failed (incident {incident})."
-            return Response(500, {"error": {"code": 500, "status": "INTERNAL", "message": message,
-                                            "errors": [{"reason": "gatewayError",
-                                                        "message": message}]}})
+            return _internal_error(method, path)
 
     # --- approver API ------------------------------------------------------------------
 
@@ -484,10 +479,37 @@ class ApprovalService:
         return Response(200, {"response_action": "clear"})
 
 
+def _internal_error(method: str, path: str) -> Response:
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
+    message = f"The approvals service failed (incident {incident})."
+    return Response(500, {"error": {"code": 500, "status": "INTERNAL", "message": message,
+                                    "errors": [{"reason": "gatewayError", "message": message}]}})
+
+
+class ApprovalsApp:
+    """The approvals function's HTTP entry: answers health checks without building any
+    client, and builds the service (``factory``) on the first real request."""
+
+    def __init__(self, factory: Callable[[], ApprovalService]) -> None:
+        self._factory = factory
+
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        if method.upper() == "GET" and path in ("/", "/healthz"):
+            return Response(200, {"status": "ok", "service": "bqgate-approvals"})
+        try:
+            service = self._factory()
+        except BqgateError as err:
+            return error_response(err)
+        except Exception:
+            return _internal_error(method, path)
+        return service.handle(method, path, headers, body)
+
+
 def _view_error(text: str) -> Response:
     return Response(200, {"response_action": "errors",
                           "errors": {blocks.REASON_BLOCK: blocks.plain_line(text, 150)}})
 
 
-__all__ = ["ApprovalService", "Notifier", "Outcome", "job_id_from_pubsub", "parse_interaction",
+__all__ = ["ApprovalService", "ApprovalsApp", "Notifier", "Outcome", "job_id_from_pubsub", "parse_interaction",
            "route_api"]

@@ -58,11 +58,15 @@ def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
     """
     cost = policy.cost
     if cost.block_above_bytes is not None and estimate > cost.block_above_bytes:
-        return "block", (f"the query would process {estimate:,} bytes, over the policy's "
-                         f"block limit of {cost.block_above_bytes:,} bytes")
+        return "block", (
+            f"the query would process {estimate:,} bytes, over the policy's "
+            f"block limit of {cost.block_above_bytes:,} bytes"
+        )
     if cost.approve_above_bytes is not None and estimate > cost.approve_above_bytes:
-        return "approve", (f"the query would process {estimate:,} bytes, over the policy's "
-                           f"approval threshold of {cost.approve_above_bytes:,} bytes")
+        return "approve", (
+            f"the query would process {estimate:,} bytes, over the policy's "
+            f"approval threshold of {cost.approve_above_bytes:,} bytes"
+        )
     return "allow", "within the policy's cost limits"
 
 
@@ -73,10 +77,19 @@ class ExecutorConfig:
 
 
 class Executor:
-    def __init__(self, *, store: JobStore, warehouse: Warehouse, policy: Policy,
-                 hmac_key: bytes, queue: Queue | None = None, approvals_topic: str = "approvals",
-                 recorder: Recorder | None = None, config: ExecutorConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        warehouse: Warehouse,
+        policy: Policy,
+        hmac_key: bytes,
+        queue: Queue | None = None,
+        approvals_topic: str = "approvals",
+        recorder: Recorder | None = None,
+        config: ExecutorConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.queue = queue
         self.approvals_topic = approvals_topic
@@ -117,8 +130,13 @@ class Executor:
         if job.needs_approval:
             problem = self._approval_problem(job)
             if problem:
-                return self._fail(job, {"reason": "accessDenied",
-                                        "message": f"Approval does not match this job: {problem}"})
+                return self._fail(
+                    job,
+                    {
+                        "reason": "accessDenied",
+                        "message": f"Approval does not match this job: {problem}",
+                    },
+                )
         elif job.state == PENDING:
             estimate = self._estimate(job)
             if estimate is None:
@@ -134,15 +152,18 @@ class Executor:
         """Dry-run the job (None, with the job failed, if BigQuery rejects it)."""
         t0 = time.perf_counter()
         try:
-            estimate = self.warehouse.dry_run(job.sql, default_dataset=job.default_dataset,
-                                              query_parameters=job.query_parameters)
+            estimate = self.warehouse.dry_run(
+                job.sql, default_dataset=job.default_dataset, query_parameters=job.query_parameters
+            )
         except BqgateError as err:
             self._fail(job, {"reason": err.reason, "message": err.message})
             return None
         job.timings["dry_run_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return estimate
 
-    def _request_approval(self, job: Job, cost_reason: str | None, estimate: int | None = None) -> str:
+    def _request_approval(
+        self, job: Job, cost_reason: str | None, estimate: int | None = None
+    ) -> str:
         if job.approval_requested_ms:
             return "awaiting-approval"  # a redelivery: the request is already out
         if estimate is None:
@@ -154,9 +175,13 @@ class Executor:
                 return self._fail(job, {"reason": "quotaExceeded", "message": why})
         now = self._now_ms()
         ttl_ms = self.policy.approvals.ttl_seconds * 1000
-        fields: dict[str, Any] = {"state": PENDING_APPROVAL, "needs_approval": True,
-                                  "bytes_estimate": estimate, "approval_requested_ms": now,
-                                  "timings": job.timings}
+        fields: dict[str, Any] = {
+            "state": PENDING_APPROVAL,
+            "needs_approval": True,
+            "bytes_estimate": estimate,
+            "approval_requested_ms": now,
+            "timings": job.timings,
+        }
         if cost_reason:
             verdict = dict(job.classification)
             verdict["reasons"] = [*verdict.get("reasons", []), cost_reason]
@@ -179,8 +204,11 @@ class Executor:
             # Undo the mark so the redelivery of this message publishes again.
             self.store.transition(job.job_id, lambda j: {"approval_requested_ms": None})
             raise
-        self._record(job, "approval_requested", {
-            "reasons": job.classification.get("reasons"), "bytes_estimate": estimate})
+        self._record(
+            job,
+            "approval_requested",
+            {"reasons": job.classification.get("reasons"), "bytes_estimate": estimate},
+        )
         return "sent-for-approval"
 
     def _approval_problem(self, job: Job) -> str | None:
@@ -188,9 +216,14 @@ class Executor:
         from bqgate.approvals import check_binding
 
         default = job.default_dataset or {}
-        verdict = classify(job.sql, policy=self.policy, principal=job.owner, groups=job.groups,
-                           default_project=default.get("projectId") or job.project,
-                           default_dataset=default.get("datasetId"))
+        verdict = classify(
+            job.sql,
+            policy=self.policy,
+            principal=job.owner,
+            groups=job.groups,
+            default_project=default.get("projectId") or job.project,
+            default_dataset=default.get("datasetId"),
+        )
         if verdict.decision == "block":
             return "the statement is now blocked: " + "; ".join(verdict.reasons)
         return check_binding(job, verdict.statement_hash)
@@ -205,21 +238,29 @@ class Executor:
             if job.state not in (PENDING, RUNNING):
                 return None  # DONE (nothing to do) or awaiting approval (not ours yet)
             claimed["ok"] = True
-            return {"state": RUNNING, "started_ms": job.started_ms or now,
-                    "warehouse_job_id": wjid, "executions": job.executions + 1}
+            return {
+                "state": RUNNING,
+                "started_ms": job.started_ms or now,
+                "warehouse_job_id": wjid,
+                "executions": job.executions + 1,
+            }
 
         job = self.store.transition(job_id, claim)
         if not claimed["ok"]:
             return "skipped"
-        self._record(job, "execution_started", {"warehouse_job_id": wjid,
-                                                "attempt": job.executions})
+        self._record(
+            job, "execution_started", {"warehouse_job_id": wjid, "attempt": job.executions}
+        )
         t0 = time.perf_counter()
         try:
             outcome = self.warehouse.run(
-                wjid, job.sql,
+                wjid,
+                job.sql,
                 default_dataset=job.default_dataset,
-                labels={"bqgate_job": label_value(job.job_id),
-                        "bqgate_principal": label_value(job.owner)},
+                labels={
+                    "bqgate_job": label_value(job.job_id),
+                    "bqgate_principal": label_value(job.owner),
+                },
                 maximum_bytes_billed=self.policy.cost.max_bytes_billed,
                 query_parameters=job.query_parameters,
             )
@@ -231,11 +272,14 @@ class Executor:
         return self._store_results(job, wjid, outcome, run_ms)
 
     def _fail(self, job: Job, error: Mapping[str, str]) -> str:
-        err = {"reason": error.get("reason", "invalidQuery"),
-               "message": error.get("message", "the query failed")}
+        err = {
+            "reason": error.get("reason", "invalidQuery"),
+            "message": error.get("message", "the query failed"),
+        }
         now = self._now_ms()
-        self.store.transition(job.job_id, lambda j: None if j.done else
-                              {"state": DONE, "ended_ms": now, "error": err})
+        self.store.transition(
+            job.job_id, lambda j: None if j.done else {"state": DONE, "ended_ms": now, "error": err}
+        )
         self._record(job, "execution_finished", {"error": err})
         return "failed"
 
@@ -248,7 +292,8 @@ class Executor:
         """Plan masking for the job's output columns by lineage (fail closed)."""
         default = job.default_dataset or {}
         lineage = output_lineage(
-            job.sql, schemas=self._schema_of,
+            job.sql,
+            schemas=self._schema_of,
             default_project=default.get("projectId") or job.project,
             default_dataset=default.get("datasetId"),
         )
@@ -276,8 +321,9 @@ class Executor:
                 nonlocal buf, buf_bytes
                 if buf:
                     page_starts.append(buf_start)
-                    self.store.put_page(job.job_id, len(page_starts) - 1, buf_start,
-                                        "[" + ",".join(buf) + "]")
+                    self.store.put_page(
+                        job.job_id, len(page_starts) - 1, buf_start, "[" + ",".join(buf) + "]"
+                    )
                 buf, buf_bytes = [], 0
 
             for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
@@ -297,23 +343,48 @@ class Executor:
         else:
             hits = {}
         now = self._now_ms()
-        timings = {**job.timings, "warehouse_ms": round(run_ms, 3),
-                   "results_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        timings = {
+            **job.timings,
+            "warehouse_ms": round(run_ms, 3),
+            "results_ms": round((time.perf_counter() - t0) * 1000, 3),
+        }
         fields = {
-            "state": DONE, "ended_ms": now, "schema": schema if schema else None,
-            "total_rows": total if schema else None, "page_starts": page_starts,
-            "truncated": truncated, "statement_type": outcome.statement_type,
+            "state": DONE,
+            "ended_ms": now,
+            "schema": schema if schema else None,
+            "total_rows": total if schema else None,
+            "page_starts": page_starts,
+            "truncated": truncated,
+            "statement_type": outcome.statement_type,
             "num_dml_affected_rows": outcome.num_dml_affected_rows,
             "total_bytes_processed": outcome.total_bytes_processed,
-            "masking": masking, "timings": timings, "detector_hits": hits,
+            "masking": masking,
+            "timings": timings,
+            "detector_hits": hits,
         }
         done = self.store.transition(job.job_id, lambda j: None if j.done else fields)
-        self._record(done, "execution_finished", {
-            "warehouse_job_id": wjid, "total_bytes_processed": outcome.total_bytes_processed,
-            "duration_ms": timings["warehouse_ms"], "error": None})
-        self._record(done, "result", {"schema": schema, "total_rows": total,
-                                      "truncated": truncated, "masking": masking,
-                                      "detector_hits": hits, "rows": sample})
+        self._record(
+            done,
+            "execution_finished",
+            {
+                "warehouse_job_id": wjid,
+                "total_bytes_processed": outcome.total_bytes_processed,
+                "duration_ms": timings["warehouse_ms"],
+                "error": None,
+            },
+        )
+        self._record(
+            done,
+            "result",
+            {
+                "schema": schema,
+                "total_rows": total,
+                "truncated": truncated,
+                "masking": masking,
+                "detector_hits": hits,
+                "rows": sample,
+            },
+        )
         return "done"
 
 

@@ -43,8 +43,15 @@ ERRORS_BY_REASON: dict[str, type[BqgateError]] = {
 
 
 class Classifier(Protocol):
-    def __call__(self, sql: str, *, principal: str, groups: frozenset[str],
-                 default_project: str, default_dataset: str | None) -> Mapping[str, Any]:
+    def __call__(
+        self,
+        sql: str,
+        *,
+        principal: str,
+        groups: frozenset[str],
+        default_project: str,
+        default_dataset: str | None,
+    ) -> Mapping[str, Any]:
         """Return the classification as a dict with at least ``decision`` and ``reasons``."""
 
 
@@ -106,15 +113,27 @@ class Gateway:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def submit(self, principal: Principal, project: str, req: wire.QueryRequest,
-               job_id: str, request_kind: str) -> Job:
+    def submit(
+        self,
+        principal: Principal,
+        project: str,
+        req: wire.QueryRequest,
+        job_id: str,
+        request_kind: str,
+    ) -> Job:
         """Classify, record and route one query. Returns the stored job."""
         default_project = (req.default_dataset or {}).get("projectId") or project
         default_dataset = (req.default_dataset or {}).get("datasetId")
         t0 = time.perf_counter()
-        verdict = dict(self.classify(req.sql, principal=principal.email, groups=principal.groups,
-                                     default_project=default_project,
-                                     default_dataset=default_dataset))
+        verdict = dict(
+            self.classify(
+                req.sql,
+                principal=principal.email,
+                groups=principal.groups,
+                default_project=default_project,
+                default_dataset=default_dataset,
+            )
+        )
         classify_ms = (time.perf_counter() - t0) * 1000
         decision = verdict.get("decision")
         job = Job.new(
@@ -125,8 +144,11 @@ class Gateway:
             owner=principal.email,
             groups=sorted(principal.groups),
             issuer=principal.issuer,
-            default_dataset=({"projectId": default_project, "datasetId": default_dataset}
-                             if default_dataset else None),
+            default_dataset=(
+                {"projectId": default_project, "datasetId": default_dataset}
+                if default_dataset
+                else None
+            ),
             labels=dict(req.labels),
             query_parameters=list(req.query_parameters),
             parameter_mode=req.parameter_mode,
@@ -147,8 +169,10 @@ class Gateway:
         else:
             job.state = DONE
             job.ended_ms = job.created_ms
-            job.error = {"reason": "accessDenied",
-                         "message": f"Blocked by bqgate policy: {reasons}"}
+            job.error = {
+                "reason": "accessDenied",
+                "message": f"Blocked by bqgate policy: {reasons}",
+            }
         if req.dry_run and job.state != DONE:
             # Dry runs need BigQuery rights the ingress does not hold; answer with the
             # gateway's own judgement instead of pretending to know the byte count.
@@ -175,7 +199,9 @@ class Gateway:
         else:
             self.queue.publish(self.config.execute_topic, {"job_id": job.job_id})
 
-    def insert_job(self, principal: Principal, project: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def insert_job(
+        self, principal: Principal, project: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """``jobs.insert``."""
         req = wire.parse_insert(body)
         job_id = req.job_id or self.new_id()
@@ -201,9 +227,13 @@ class Gateway:
             raise Duplicate(f"Already Exists: Job {project}:{job_id}")
         else:
             job = self.submit(principal, project, req, job_id, "jobs.query")
-        params = wire.ResultsRequest(max_results=req.max_results, start_index=0,
-                                     timeout_ms=req.timeout_ms, location=None,
-                                     int64_timestamps=_int64_ts(body))
+        params = wire.ResultsRequest(
+            max_results=req.max_results,
+            start_index=0,
+            timeout_ms=req.timeout_ms,
+            location=None,
+            int64_timestamps=_int64_ts(body),
+        )
         return self._results(job, params)
 
     # --- reading -----------------------------------------------------------------
@@ -225,21 +255,29 @@ class Gateway:
 
         def cancel(job: Job) -> dict[str, Any] | None:
             if job.state in (PENDING, PENDING_APPROVAL):
-                return {"state": DONE, "ended_ms": now,
-                        "error": {"reason": "stopped", "message": "Job cancelled by its owner"}}
+                return {
+                    "state": DONE,
+                    "ended_ms": now,
+                    "error": {"reason": "stopped", "message": "Job cancelled by its owner"},
+                }
             return None
 
         job = self.store.transition(job_id, cancel)
         return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(job)}
 
-    def get_query_results(self, principal: Principal, project: str, job_id: str,
-                          params: Mapping[str, str]) -> dict[str, Any]:
+    def get_query_results(
+        self, principal: Principal, project: str, job_id: str, params: Mapping[str, str]
+    ) -> dict[str, Any]:
         """``jobs.getQueryResults``: waits up to ``timeoutMs`` for the job, then pages."""
         job = self._owned(principal, project, job_id)
         return self._results(job, wire.parse_results_params(params))
 
     def _wait(self, job: Job, timeout_ms: int | None) -> Job:
-        budget = self.config.max_wait_ms if timeout_ms is None else min(timeout_ms, self.config.max_wait_ms)
+        budget = (
+            self.config.max_wait_ms
+            if timeout_ms is None
+            else min(timeout_ms, self.config.max_wait_ms)
+        )
         deadline = time.monotonic() + budget / 1000
         delay = 0.01
         while not job.done and time.monotonic() < deadline:
@@ -260,8 +298,11 @@ class Gateway:
         total = job.total_rows or 0
         start = params.start_index
         if job.schema is None or params.max_results == 0 or start >= total or not job.page_starts:
-            return wire.query_results(job, rows=[] if job.schema is not None and params.max_results != 0 else None,
-                                      next_offset=None)
+            return wire.query_results(
+                job,
+                rows=[] if job.schema is not None and params.max_results != 0 else None,
+                next_offset=None,
+            )
         first = bisect.bisect_right(job.page_starts, start) - 1
         if params.max_results is None:
             # One stored page (from ``start``) per call, as BigQuery pages by size.

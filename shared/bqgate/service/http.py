@@ -64,13 +64,21 @@ def error_response(err: BqgateError) -> Response:
 class IngressApp:
     """Authenticates, routes and answers one BigQuery REST request."""
 
-    def __init__(self, gateway: Callable[[], Gateway], verifier: Callable[[], TokenVerifier]) -> None:
+    def __init__(
+        self, gateway: Callable[[], Gateway], verifier: Callable[[], TokenVerifier]
+    ) -> None:
         # Factories, so the clients behind them are built on first use, not at import.
         self._gateway = gateway
         self._verifier = verifier
 
-    def handle(self, method: str, path: str, params: Mapping[str, str],
-               headers: Mapping[str, str], body: bytes) -> Response:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Response:
         try:
             return self._handle(method, path, params, headers, body)
         except BqgateError as err:
@@ -78,15 +86,22 @@ class IngressApp:
         except Exception:  # the one place an unexpected failure becomes an answer
             incident = uuid.uuid4().hex[:12]
             log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
-            return Response(500, {"error": {
-                "code": 500, "status": "INTERNAL",
-                "message": f"The gateway failed to handle the request (incident {incident}).",
-                "errors": [{"reason": "gatewayError",
-                            "message": f"The gateway failed to handle the request (incident {incident})."}],
-            }})
+            message = f"The gateway failed to handle the request (incident {incident})."
+            # Not a retryable reason: an unexplained failure must not start a retry loop.
+            errors = [{"reason": "gatewayError", "message": message}]
+            body = {
+                "error": {"code": 500, "status": "INTERNAL", "message": message, "errors": errors}
+            }
+            return Response(500, body)
 
-    def _handle(self, method: str, path: str, params: Mapping[str, str],
-                headers: Mapping[str, str], body: bytes) -> Response:
+    def _handle(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Response:
         if method.upper() == "GET" and path in ("/", "/healthz"):
             return Response(200, {"status": "ok", "service": "bqgate-ingress"})
         found = route(method, path)
@@ -102,15 +117,21 @@ class IngressApp:
         principal = self._verifier().verify(bearer_token(headers.get("Authorization")))
         gateway = self._gateway()
         if name == "insert_job":
-            return Response(200, gateway.insert_job(principal, args["project"], wire.parse_json_body(body)))
+            return Response(
+                200, gateway.insert_job(principal, args["project"], wire.parse_json_body(body))
+            )
         if name == "query":
-            return Response(200, gateway.query(principal, args["project"], wire.parse_json_body(body)))
+            return Response(
+                200, gateway.query(principal, args["project"], wire.parse_json_body(body))
+            )
         if name == "get_job":
             return Response(200, gateway.get_job(principal, args["project"], args["job_id"]))
         if name == "cancel_job":
             return Response(200, gateway.cancel_job(principal, args["project"], args["job_id"]))
         if name == "get_query_results":
-            return Response(200, gateway.get_query_results(principal, args["project"], args["job_id"], params))
+            return Response(
+                200, gateway.get_query_results(principal, args["project"], args["job_id"], params)
+            )
         raise InvalidRequest(f"unroutable request {name}")  # pragma: no cover
 
 

@@ -1,0 +1,99 @@
+"""``python -m bench`` (what ``nox -s bench`` runs): every benchmark, JSON in bench/results/,
+a short table on stdout. Benchmarks report targets as met or not; they never fail on timing.
+
+Usage: python -m bench [--only classify,masking,gateway] [--runs N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def _row(name: str, stats: dict[str, Any], unit: str, target: str = "") -> str:
+    return (
+        f"{name:<44} p50 {stats['p50']:>10.3f} {unit:<3} p99 {stats['p99']:>10.3f} {unit:<3} "
+        f"runs {stats['runs']:>5}  {target}"
+    )
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", default="classify,masking,gateway")
+    parser.add_argument("--runs", type=int, default=50, help="runs per gateway measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    if "classify" in only:
+        import bench_classify
+
+        r = bench_classify.main(args.out)
+        lines.append(json.dumps({"classify": r.get("targets", r.get("summary", {}))}, default=str))
+    if "masking" in only:
+        import bench_masking
+
+        r = bench_masking.main(args.out)
+        lines.append(
+            json.dumps({"masking": {k: v for k, v in r.items() if k != "samples"}}, default=str)[
+                :2000
+            ]
+        )
+    if "gateway" in only:
+        import bench_gateway
+
+        r = bench_gateway.main(args.out, runs=args.runs)
+        for path, res in r["paths"].items():
+            for size in ("small", "large"):
+                m = res[size]
+                lines.append(
+                    _row(f"{path}: gateway, {size} ({m['rows']} rows)", m["gateway_ms"], "ms")
+                )
+                lines.append(
+                    _row(f"{path}: direct,  {size} ({m['rows']} rows)", m["direct_ms"], "ms")
+                )
+                lines.append(
+                    f"{'':<44} overhead p50 {m['overhead_ms']['p50']:.1f} ms, "
+                    f"ratio p50 {m['ratio']['p50']:.2f}x"
+                )
+                for part, stats in m["breakdown_ms"].items():
+                    lines.append(_row(f"   {size} {part}", stats, "ms"))
+            t = res["throughput"]
+            lines.append(
+                f"{path}: throughput {t['qps']} q/s with {t['agents']} agents, "
+                f"{t['errors']} errors ({t['queries']} queries)"
+            )
+            lines.append(_row(f"{path}: auth (verify one token)", res["auth_ms"], "ms"))
+        for name, c in r["paths"]["direct-call"]["cold_start"].items():
+            lines.append(
+                _row(
+                    f"cold start {name}",
+                    c["seconds"],
+                    "s",
+                    f"target <= {c['target_s']} s: {_met(c['met'])}",
+                )
+            )
+        tgt = r["targets"]["overhead_p50_ms"]
+        lines.append(
+            f"gateway overhead p50 (small, direct call): {tgt['measured_direct_call']:.1f} ms "
+            f"(target <= {tgt['target']:.0f}: {_met(tgt['met'])}; stretch <= "
+            f"{tgt['stretch']:.0f}: {_met(tgt['stretch_met'])}); via Pub/Sub: "
+            f"{tgt['measured_pubsub']:.1f} ms"
+        )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

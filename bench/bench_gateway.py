@@ -311,7 +311,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 first = False
             data.append(res[size]["samples"]["gateway_ms"])
             labels.append(f"gateway ({name})")
-        ax.boxplot(data, labels=labels, showfliers=True)
+        ax.boxplot(data, tick_labels=labels, showfliers=True)
         ax.set_title(f"{size} result ({results['paths']['direct-call'][size]['rows']} rows)")
         ax.set_ylabel("ms per query (client.query(...).result())")
         ax.tick_params(axis="x", labelrotation=15)
@@ -343,8 +343,8 @@ def main(out_dir: Path, runs: int = 50) -> dict[str, Any]:
             "throughput_errors": {n: p["throughput"]["errors"] for n, p in paths.items()},
         },
     }
-    plot(results, out_dir / "gateway_latency.png")
     (out_dir / "gateway.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out_dir / "gateway_latency.png")
     return results
 
 

@@ -8,12 +8,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from google.cloud import firestore
-
 from bqgate import audit
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.jobs import Job
+from google.cloud import firestore
 
 pytestmark = pytest.mark.emulators
 

@@ -107,7 +107,7 @@ def request(client: bigquery.Client, sql: str, pool: concurrent.futures.ThreadPo
     """Submit as the agent; the agent's ``result()`` waits in a thread."""
     job = client.query(sql)
     assert job.job_id
-    return job.job_id, pool.submit(lambda: list(job.result(timeout=WAIT_S * 2)))
+    return job.job_id, pool.submit(lambda: list(job.result(timeout=WAIT_S + 30)))
 
 
 def direct(stack: Stack) -> bigquery.Client:

@@ -503,3 +503,13 @@ def test_api_approve_and_deny(env: dict[str, Any]) -> None:
     assert status == 404
     status, body = api(env, "GET", "/v2/other", "bob@x.io:approvers")
     assert status == 404 and body["error"]["status"] == "NOT_FOUND"
+
+
+def test_health_check_builds_no_service() -> None:
+    def broken() -> ApprovalService:
+        raise RuntimeError("no credentials here")
+
+    app = service_mod.ApprovalsApp(broken)
+    assert app.handle("GET", "/", {}, b"").status == 200
+    resp = app.handle("POST", "/v1/approvals/j1:approve", {}, b"")
+    assert resp.status == 500 and "incident" in resp.body["error"]["message"]

@@ -511,5 +511,5 @@ def _view_error(text: str) -> Response:
                           "errors": {blocks.REASON_BLOCK: blocks.plain_line(text, 150)}})
 
 
-__all__ = ["ApprovalService", "ApprovalsApp", "Notifier", "Outcome", "job_id_from_pubsub", "parse_interaction",
-           "route_api"]
+__all__ = ["ApprovalService", "ApprovalsApp", "Notifier", "Outcome", "job_id_from_pubsub",
+           "parse_interaction", "route_api"]

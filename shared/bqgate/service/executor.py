@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bqgate.approvals import check_binding, needs_approval
 from bqgate.errors import BqgateError
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.masking import Masker, plan_masking
@@ -127,7 +128,7 @@ class Executor:
             return "skipped"
         if job.state == PENDING_APPROVAL:
             return self._request_approval(job, None)
-        if job.needs_approval:
+        if needs_approval(job):
             problem = self._approval_problem(job)
             if problem:
                 return self._fail(
@@ -213,8 +214,6 @@ class Executor:
 
     def _approval_problem(self, job: Job) -> str | None:
         """Why the job's approval does not cover the statement as stored now (None: it does)."""
-        from bqgate.approvals import check_binding
-
         default = job.default_dataset or {}
         verdict = classify(
             job.sql,

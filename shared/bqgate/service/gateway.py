@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bqgate.approvals import expire_fields
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -242,7 +243,17 @@ class Gateway:
         job = self.store.get(job_id)
         if job is None or job.owner != principal.email or job.project != project:
             raise NotFound(f"Not found: Job {project}:{job_id}")
-        return job
+        return self._expire_if_due(job)
+
+    def _expire_if_due(self, job: Job) -> Job:
+        """End an approval request past its TTL when the agent polls it (lazy expiry)."""
+        now = self._now_ms()
+        if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now < job.expire_at_ms:
+            return job
+        expired = self.store.transition(job.job_id, lambda j: expire_fields(j, now))
+        if expired.done and expired.approval.get("status") == "expired":
+            self.recorder.record(expired, "expired", expired.error or {})
+        return expired
 
     def get_job(self, principal: Principal, project: str, job_id: str) -> dict[str, Any]:
         """``jobs.get``."""
@@ -286,7 +297,7 @@ class Gateway:
             fresh = self.store.get(job.job_id)
             if fresh is None:  # pragma: no cover - jobs are never deleted while polled
                 raise NotFound(f"Not found: Job {job.project}:{job.job_id}")
-            job = fresh
+            job = self._expire_if_due(fresh)
         return job
 
     def _results(self, job: Job, params: wire.ResultsRequest) -> dict[str, Any]:

@@ -146,19 +146,14 @@ def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse)
     """A killed-then-retried executor reuses the derived job id: BigQuery answers 409 and
     the adapter attaches to the existing job instead of running the INSERT again."""
     marker = f"retry-{uuid.uuid4().hex[:8]}"
+    table = f"demo-project.analytics.scratch_{marker.replace('-', '_')}"
+    warehouse.client.create_table(bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")]))
     wjid = warehouse_job_id(marker)
-    sql = (
-        f"INSERT INTO `demo-project.analytics.events` (event_id, user_id, name, ts) "
-        f"VALUES (800000, 1, '{marker}', CURRENT_TIMESTAMP())"
-    )
+    sql = f"INSERT INTO `{table}` (name) VALUES ('{marker}')"
     for _ in range(2):
-        outcome = warehouse.run(
-            wjid, sql, default_dataset=None, labels={}, maximum_bytes_billed=None
-        )
+        outcome = warehouse.run(wjid, sql, default_dataset=None, labels={}, maximum_bytes_billed=None)
         assert outcome.error is None
-    count = warehouse.client.query(
-        f"SELECT COUNT(*) AS n FROM `demo-project.analytics.events` WHERE name = '{marker}'"
-    ).result(timeout=30)
+    count = warehouse.client.query(f"SELECT COUNT(*) AS n FROM `{table}`").result(timeout=30)
     assert next(iter(count)).n == 1
 
 

@@ -32,12 +32,22 @@ def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
 
 class BigQueryWarehouse:
     def __init__(
-        self, client: bigquery.Client, *, project: str, location: str, job_timeout_s: float = 3600.0
+        self,
+        client: bigquery.Client,
+        *,
+        project: str,
+        location: str,
+        job_timeout_s: float = 3600.0,
+        first_page_rows: int = 5_000,
     ) -> None:
         self.client = client
         self.project = project
         self.location = location
         self.job_timeout_s = job_timeout_s
+        self.first_page_rows = first_page_rows
+        # The wait call's answer carries the first page of rows: ``pages`` starts from it
+        # instead of asking BigQuery for the same rows again.
+        self._first_pages: dict[str, dict[str, Any]] = {}
 
     def _api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         # The client's own authenticated connection (same credentials, endpoint, retries).
@@ -115,9 +125,10 @@ class BigQueryWarehouse:
                     "GET",
                     path,
                     query_params={
-                        "maxResults": 0,
+                        "maxResults": self.first_page_rows,
                         "timeoutMs": WAIT_SLICE_MS,
                         "location": self.location,
+                        "formatOptions.useInt64Timestamp": True,
                     },
                 )
             except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
@@ -126,7 +137,11 @@ class BigQueryWarehouse:
                 break
             if time.monotonic() > deadline:
                 raise BqgateError(f"BigQuery job {job_id} did not finish in {self.job_timeout_s}s")
-        job.reload()
+        statement_type = None
+        if resp.get("errors") or "schema" not in resp:
+            # Only then is the job resource needed (errors, or a statement without rows).
+            job.reload()
+            statement_type = getattr(job, "statement_type", None)
         if job.error_result:
             reason = job.error_result.get("reason", "invalidQuery")
             if reason in RETRYABLE_REASONS:
@@ -141,10 +156,11 @@ class BigQueryWarehouse:
             )
         schema = (resp.get("schema") or {}).get("fields") or []
         dml = resp.get("numDmlAffectedRows")
+        self._first_pages[job.job_id] = resp
         return QueryOutcome(
             schema=schema,
             total_rows=int(resp.get("totalRows") or 0),
-            statement_type=getattr(job, "statement_type", None),
+            statement_type=statement_type,
             num_dml_affected_rows=int(dml) if dml is not None else None,
             total_bytes_processed=int(
                 resp.get("totalBytesProcessed") or job.total_bytes_processed or 0
@@ -157,6 +173,18 @@ class BigQueryWarehouse:
         path = f"/projects/{self.project}/queries/{job_id}"
         token: str | None = None
         seen = 0
+        first = self._first_pages.pop(job_id, None)
+        if first is not None and first.get("rows"):
+            schema = (first.get("schema") or {}).get("fields") or []
+            rows = rest_to_compact(first["rows"], schema)
+            if max_rows is not None:
+                rows = rows[:max_rows]
+            for i in range(0, len(rows), page_size):
+                yield rows[i : i + page_size]
+            seen = len(rows)
+            token = first.get("pageToken")
+            if not token or (max_rows is not None and seen >= max_rows):
+                return
         while True:
             want = page_size if max_rows is None else min(page_size, max_rows - seen)
             if want <= 0:

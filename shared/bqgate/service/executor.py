@@ -23,7 +23,7 @@ from typing import Any
 from bqgate.approvals import check_binding, needs_approval
 from bqgate.errors import BqgateError
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
-from bqgate.masking import Masker, plan_masking
+from bqgate.masking import ColumnMask, Masker, MaskPlan, plan_masking
 from bqgate.policy import Policy
 from bqgate.ports import JobStore, QueryOutcome, Queue, Warehouse
 from bqgate.service.gateway import Recorder
@@ -288,7 +288,17 @@ class Executor:
         return self._schemas[table]
 
     def masker_for(self, job: Job, schema: Sequence[Mapping[str, Any]]) -> Masker:
-        """Plan masking for the job's output columns by lineage (fail closed)."""
+        """Plan masking for the job's output columns by lineage (fail closed).
+
+        When none of the tables the classifier resolved has a sensitive column, no output
+        can derive from one: lineage is skipped (content detectors still run).
+        """
+        tables = job.classification.get("tables")
+        if isinstance(tables, list) and tables and job.classification.get("decision") in (
+                "allow", "approve") and not any(self.policy.sensitive_for(t) for t in tables):
+            plan = MaskPlan(tuple(ColumnMask(str(f.get("name", "")), None,
+                                             "no sensitive source table") for f in schema))
+            return Masker(plan, schema, hmac_key=self.hmac_key)
         default = job.default_dataset or {}
         lineage = output_lineage(
             job.sql,

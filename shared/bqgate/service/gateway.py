@@ -191,6 +191,10 @@ class Gateway:
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
         # sends approval-bound jobs on to the approvals topic with their estimate.
         self.dispatch(job)
+        if self._dispatch is not None:
+            # The direct fast path returns once the executor has handled the job: answer with
+            # its state now, so a finished job is reported DONE without another round trip.
+            return self.store.get(job.job_id) or job
         return job
 
     def dispatch(self, job: Job) -> None:

@@ -66,6 +66,9 @@ class FakeWarehouse:
         self.rows = rows
         self.schemas = dict(schemas or {})
         self.jobs: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        self.dry_runs = 0
+        self.estimate = 1000
 
     def dry_run(
         self,
@@ -74,7 +77,8 @@ class FakeWarehouse:
         default_dataset: Mapping[str, str] | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
     ) -> int:
-        return 1000
+        self.dry_runs += 1
+        return self.estimate
 
     def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
         self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
@@ -89,3 +93,6 @@ class FakeWarehouse:
 
     def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
         return self.schemas[table_fqn]
+
+    def table_size(self, table_fqn: str) -> int | None:
+        return self.sizes.get(table_fqn)

@@ -35,7 +35,7 @@ locals {
 
   # Firestore collection groups whose documents carry an `expire_at` timestamp
   # that the TTL policy deletes them at.
-  firestore_ttl_collections = ["jobs", "session_events", "sessions"]
+  firestore_ttl_collections = ["events", "jobs", "pages", "sessions"]
 
   # Pub/Sub's own service agent: it publishes dead letters and acks the
   # messages it forwarded, so it needs rights on both sides.

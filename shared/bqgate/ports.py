@@ -79,3 +79,7 @@ class Warehouse(Protocol):
 
     def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
         """REST schema fields of ``project.dataset.table``; KeyError if unknown."""
+
+    def table_size(self, table_fqn: str) -> int | None:
+        """Stored bytes of a plain table; None for views, external tables and anything
+        whose scan size the table's own size does not bound."""

@@ -162,3 +162,18 @@ def test_done_state_constant_is_what_the_store_reports(store: FirestoreJobStore)
     store.create(job)
     done = store.transition(job.job_id, lambda j: {"state": DONE, "total_rows": 0})
     assert done.state == DONE and store.get(job.job_id).total_rows == 0  # type: ignore[union-attr]
+
+
+def test_jobs_and_pages_carry_a_ttl_timestamp(stack: Stack) -> None:
+    import datetime as dt
+
+    client = firestore.Client(project=PROJECT)
+    store = FirestoreJobStore(client, retention_seconds=3600)
+    job = new_job()
+    store.create(job)
+    store.put_page(job.job_id, 0, 0, "[]")
+    now = dt.datetime.now(dt.timezone.utc)
+    for ref in (client.collection("jobs").document(job.job_id),
+                client.collection("jobs").document(job.job_id).collection("pages").document("000000")):
+        expire_at = ref.get().to_dict()["expire_at"]
+        assert dt.timedelta(minutes=59) < expire_at - now <= dt.timedelta(hours=1)

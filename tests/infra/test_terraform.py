@@ -427,8 +427,9 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
     assert ttl is not None and literal(ttl.body["field"]) == "expire_at"
     assert "ttl_config" in ttl.body
     assert set(json.loads(json.dumps(cfg.locals["firestore_ttl_collections"]))) == {
+        '"events"',
         '"jobs"',
-        '"session_events"',
+        '"pages"',
         '"sessions"',
     }
     indexes = {

@@ -26,7 +26,7 @@ def make(
         [[str(i), f"user{i}@example.com", "US"] for i in range(rows)],
         schemas={"demo-project.sales.customers": CUSTOMERS},
     )
-    wh.dry_run = lambda *a, **k: estimate  # type: ignore[method-assign]
+    wh.estimate = estimate
     ex = Executor(
         store=store,
         warehouse=wh,
@@ -138,3 +138,19 @@ def test_approved_job_whose_statement_changed_is_refused() -> None:
 def test_unknown_job_is_dropped() -> None:
     ex, _, _, _ = make()
     assert ex.run("nope") == "unknown"
+
+
+def test_dry_run_is_skipped_only_when_table_sizes_settle_the_cost() -> None:
+    table = "demo-project.sales.customers"
+    cls = {"decision": "allow", "tables": [table]}
+    ex, store, wh, _ = make()
+    wh.sizes[table] = 10_000  # far below the approval threshold: no dry run needed
+    store.create(job(classification=cls))
+    assert ex.run("j1") == "done" and wh.dry_runs == 0
+    ex, store, wh, _ = make()
+    wh.sizes[table] = 5 * 1024**3  # could be expensive: BigQuery must estimate
+    store.create(job(classification=cls))
+    assert ex.run("j1") == "done" and wh.dry_runs == 1
+    ex, store, wh, _ = make()  # size unknown (a view, say): dry run
+    store.create(job(classification=cls))
+    assert ex.run("j1") == "done" and wh.dry_runs == 1

@@ -19,6 +19,8 @@ from bqgate.ports import QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
+#: How long table metadata (schema, size) is reused before it is read again.
+TABLE_TTL_S = 60.0
 
 
 def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
@@ -48,6 +50,7 @@ class BigQueryWarehouse:
         # The wait call's answer carries the first page of rows: ``pages`` starts from it
         # instead of asking BigQuery for the same rows again.
         self._first_pages: dict[str, dict[str, Any]] = {}
+        self._tables: dict[str, tuple[float, bigquery.Table]] = {}
 
     def _api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         # The client's own authenticated connection (same credentials, endpoint, retries).
@@ -206,9 +209,26 @@ class BigQueryWarehouse:
             if not token or not rows:
                 return
 
-    def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
+    def _table(self, table_fqn: str) -> bigquery.Table:
+        now = time.monotonic()
+        hit = self._tables.get(table_fqn)
+        if hit is not None and now - hit[0] < TABLE_TTL_S:
+            return hit[1]
         try:
             table = self.client.get_table(table_fqn)
-        except gexc.NotFound:
+        except (gexc.NotFound, gexc.BadRequest, ValueError):
             raise KeyError(table_fqn) from None
-        return [f.to_api_repr() for f in table.schema]
+        self._tables[table_fqn] = (now, table)
+        return table
+
+    def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
+        return [f.to_api_repr() for f in self._table(table_fqn).schema]
+
+    def table_size(self, table_fqn: str) -> int | None:
+        try:
+            table = self._table(table_fqn)
+        except KeyError:
+            return None
+        if table.table_type != "TABLE" or table.num_bytes is None:
+            return None
+        return int(table.num_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +21,22 @@ def page_id(index: int) -> str:
 
 
 class FirestoreJobStore:
-    def __init__(self, client: firestore.Client, collection: str = JOBS) -> None:
+    """Jobs and result pages. Every document carries ``expire_at`` (a timestamp), the field
+    Firestore's TTL policy deletes by (see infra/terraform/firestore.tf): retention comes from
+    the policy's ``sessions.retention``."""
+
+    def __init__(self, client: firestore.Client, collection: str = JOBS,
+                 retention_seconds: int = 30 * 86400) -> None:
         self.client = client
         self.jobs = client.collection(collection)
+        self.retention_seconds = retention_seconds
+
+    def _expire_at(self) -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.retention_seconds)
 
     def create(self, job: Job) -> None:
         try:
-            self.jobs.document(job.job_id).create(job.to_doc())
+            self.jobs.document(job.job_id).create({**job.to_doc(), "expire_at": self._expire_at()})
         except gexc.AlreadyExists:
             raise Duplicate(f"Already Exists: Job {job.project}:{job.job_id}") from None
 
@@ -55,7 +65,7 @@ class FirestoreJobStore:
 
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
-            {"index": index, "start": start, "rows": rows_json}
+            {"index": index, "start": start, "rows": rows_json, "expire_at": self._expire_at()}
         )
 
     def get_pages(self, job_id: str, first: int, last: int) -> list[tuple[int, str]]:

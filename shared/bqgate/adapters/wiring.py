@@ -67,7 +67,8 @@ def bigquery_client() -> Any:
 def job_store() -> Any:
     from bqgate.adapters.firestore_store import FirestoreJobStore
 
-    return FirestoreJobStore(firestore_client())
+    return FirestoreJobStore(firestore_client(),
+                             retention_seconds=policy().sessions.retention_seconds)
 
 
 @functools.cache

@@ -235,6 +235,7 @@ class DevIssuerServer(ThreadingHTTPServer):
     """The dev issuer's HTTP server; ``issuer_url`` is the ``iss`` of its tokens."""
 
     daemon_threads = True
+    request_queue_size = 64  # bursts of token fetches from many agents at once
 
     def __init__(self, host: str, port: int, key_dir: Path, issuer_url: str | None) -> None:
         if host not in LOOPBACK_HOSTS:

@@ -100,7 +100,6 @@ class Executor:
         self.recorder = recorder
         self.config = config or ExecutorConfig()
         self.clock = clock
-        self._schemas: dict[str, list[dict[str, Any]]] = {}
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -139,7 +138,9 @@ class Executor:
                     },
                 )
         elif job.state == PENDING:
-            estimate = self._estimate(job)
+            estimate = self._upper_bound(job)
+            if estimate is None or cost_decision(estimate, self.policy)[0] != "allow":
+                estimate = self._estimate(job)  # the bound does not settle it: ask BigQuery
             if estimate is None:
                 return "failed"
             decision, why = cost_decision(estimate, self.policy)
@@ -148,6 +149,25 @@ class Executor:
             if decision == "approve":
                 return self._request_approval(job, why, estimate)
         return self._execute(job_id)
+
+    def _upper_bound(self, job: Job) -> int | None:
+        """Bytes the job can process at most: the sum of its tables' stored sizes.
+
+        A statement cannot scan more than every table it references, so when that sum is
+        within the policy's limits the dry run is skipped. None (dry run needed) when a
+        table's size does not bound its scan (views, external tables, wildcards, table
+        functions, INFORMATION_SCHEMA) or the classifier listed no tables.
+        """
+        tables = job.classification.get("tables")
+        if not isinstance(tables, list) or not tables:
+            return None
+        total = 0
+        for table in tables:
+            size = self.warehouse.table_size(str(table))
+            if size is None:
+                return None
+            total += size
+        return total
 
     def _estimate(self, job: Job) -> int | None:
         """Dry-run the job (None, with the job failed, if BigQuery rejects it)."""
@@ -282,11 +302,6 @@ class Executor:
         self._record(job, "execution_finished", {"error": err})
         return "failed"
 
-    def _schema_of(self, table: str) -> list[dict[str, Any]]:
-        if table not in self._schemas:
-            self._schemas[table] = self.warehouse.table_schema(table)
-        return self._schemas[table]
-
     def masker_for(self, job: Job, schema: Sequence[Mapping[str, Any]]) -> Masker:
         """Plan masking for the job's output columns by lineage (fail closed).
 
@@ -302,7 +317,7 @@ class Executor:
         default = job.default_dataset or {}
         lineage = output_lineage(
             job.sql,
-            schemas=self._schema_of,
+            schemas=self.warehouse.table_schema,
             default_project=default.get("projectId") or job.project,
             default_dataset=default.get("datasetId"),
         )

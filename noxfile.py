@@ -34,7 +34,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict on the library."""
     session.install("-e", ".", "ruff>=0.5", "mypy>=1.10", "types-PyYAML", "types-requests")
-    session.run("ruff", "check", "shared", "functions", "tests", "noxfile.py")
+    session.run("ruff", "check", "shared", "functions", "tests", "bench", "infra", "noxfile.py")
     session.run("mypy")
 
 

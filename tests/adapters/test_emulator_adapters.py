@@ -147,11 +147,15 @@ def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse)
     the adapter attaches to the existing job instead of running the INSERT again."""
     marker = f"retry-{uuid.uuid4().hex[:8]}"
     table = f"demo-project.analytics.scratch_{marker.replace('-', '_')}"
-    warehouse.client.create_table(bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")]))
+    warehouse.client.create_table(
+        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")])
+    )
     wjid = warehouse_job_id(marker)
     sql = f"INSERT INTO `{table}` (name) VALUES ('{marker}')"
     for _ in range(2):
-        outcome = warehouse.run(wjid, sql, default_dataset=None, labels={}, maximum_bytes_billed=None)
+        outcome = warehouse.run(
+            wjid, sql, default_dataset=None, labels={}, maximum_bytes_billed=None
+        )
         assert outcome.error is None
     count = warehouse.client.query(f"SELECT COUNT(*) AS n FROM `{table}`").result(timeout=30)
     assert next(iter(count)).n == 1
@@ -172,8 +176,10 @@ def test_jobs_and_pages_carry_a_ttl_timestamp(stack: Stack) -> None:
     job = new_job()
     store.create(job)
     store.put_page(job.job_id, 0, 0, "[]")
-    now = dt.datetime.now(dt.timezone.utc)
-    for ref in (client.collection("jobs").document(job.job_id),
-                client.collection("jobs").document(job.job_id).collection("pages").document("000000")):
+    now = dt.datetime.now(dt.UTC)
+    for ref in (
+        client.collection("jobs").document(job.job_id),
+        client.collection("jobs").document(job.job_id).collection("pages").document("000000"),
+    ):
         expire_at = ref.get().to_dict()["expire_at"]
         assert dt.timedelta(minutes=59) < expire_at - now <= dt.timedelta(hours=1)

@@ -195,12 +195,19 @@ def test_page_token_from_another_gateway_is_invalid() -> None:
 def test_unanswered_approval_expires_when_the_agent_polls() -> None:
     clock = {"now": 1000.0}
     store, queue = MemoryJobStore(), MemoryQueue()
-    gw = Gateway(store=store, queue=queue, classify=verdict_for,
-                 config=GatewayConfig(max_wait_ms=0, approval_ttl_ms=60_000),
-                 sleep=lambda s: None, clock=lambda: clock["now"])
+    gw = Gateway(
+        store=store,
+        queue=queue,
+        classify=verdict_for,
+        config=GatewayConfig(max_wait_ms=0, approval_ttl_ms=60_000),
+        sleep=lambda s: None,
+        clock=lambda: clock["now"],
+    )
     insert(gw, "SELECT * FROM finance.ledger")
     assert gw.get_query_results(ALICE, "demo-project", "j1", {})["jobComplete"] is False
     clock["now"] += 61
     with pytest.raises(AccessDenied, match="expired"):
         gw.get_query_results(ALICE, "demo-project", "j1", {})
-    assert gw.get_job(ALICE, "demo-project", "j1")["status"]["errorResult"]["reason"] == "accessDenied"
+    assert (
+        gw.get_job(ALICE, "demo-project", "j1")["status"]["errorResult"]["reason"] == "accessDenied"
+    )

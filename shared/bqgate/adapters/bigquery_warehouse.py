@@ -82,7 +82,9 @@ class BigQueryWarehouse:
             resource["labels"] = dict(labels)
         if dry_run:
             resource["dryRun"] = True
-        return bigquery.QueryJobConfig.from_api_repr(resource)
+        config = bigquery.QueryJobConfig.from_api_repr(resource)
+        assert isinstance(config, bigquery.QueryJobConfig)
+        return config
 
     def dry_run(
         self,
@@ -117,7 +119,10 @@ class BigQueryWarehouse:
             )
         except gexc.Conflict:
             # Redelivery or retry: the statement already runs (or ran) under this id.
-            job = self.client.get_job(job_id, location=self.location)
+            found = self.client.get_job(job_id, location=self.location)
+            if not isinstance(found, bigquery.QueryJob):
+                raise BqgateError(f"job {job_id} exists and is not a query job") from None
+            job = found
         except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
             return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
         deadline = time.monotonic() + self.job_timeout_s

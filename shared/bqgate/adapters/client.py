@@ -46,7 +46,7 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         ttl_seconds: int = DEV_TOKEN_TTL,
         timeout: float = 5.0,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self._issuer_url = issuer_url.rstrip("/")
         self._principal = principal
         self._groups = groups
@@ -79,7 +79,7 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
                 timeout=self._timeout,
             )
         except google.auth.exceptions.TransportError as exc:
-            raise google.auth.exceptions.RefreshError(  # type: ignore[no-untyped-call]
+            raise google.auth.exceptions.RefreshError(
                 f"dev issuer at {self._issuer_url} is unreachable: {type(exc).__name__}"
             ) from None
         try:
@@ -89,7 +89,7 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         token = answer.get("id_token") if isinstance(answer, dict) else None
         if response.status != 200 or not isinstance(token, str):
             error = answer.get("error") if isinstance(answer, dict) else None
-            raise google.auth.exceptions.RefreshError(  # type: ignore[no-untyped-call]
+            raise google.auth.exceptions.RefreshError(
                 f"dev issuer refused a token (HTTP {response.status}): {error or 'no id_token'}"
             )
         expires_in = int(answer.get("expires_in", self._ttl))
@@ -133,7 +133,7 @@ def gateway_client(
         import google.auth.transport.requests
         import google.oauth2.id_token
 
-        credentials = google.oauth2.id_token.fetch_id_token_credentials(  # type: ignore[no-untyped-call]
+        credentials = google.oauth2.id_token.fetch_id_token_credentials(
             audience, request=google.auth.transport.requests.Request()
         )
     assert url is not None

@@ -67,7 +67,7 @@ def open_client(
             return firestore.Client(
                 project=project,
                 database=database,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                credentials=AnonymousCredentials(),
             )
         finally:
             if saved is None:

@@ -25,14 +25,15 @@ class FirestoreJobStore:
     Firestore's TTL policy deletes by (see infra/terraform/firestore.tf): retention comes from
     the policy's ``sessions.retention``."""
 
-    def __init__(self, client: firestore.Client, collection: str = JOBS,
-                 retention_seconds: int = 30 * 86400) -> None:
+    def __init__(
+        self, client: firestore.Client, collection: str = JOBS, retention_seconds: int = 30 * 86400
+    ) -> None:
         self.client = client
         self.jobs = client.collection(collection)
         self.retention_seconds = retention_seconds
 
     def _expire_at(self) -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.retention_seconds)
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.retention_seconds)
 
     def create(self, job: Job) -> None:
         try:
@@ -61,7 +62,8 @@ class FirestoreJobStore:
                 job = Job.from_doc(doc)
             return job
 
-        return run(self.client.transaction())
+        result: Job = run(self.client.transaction())
+        return result
 
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(

@@ -41,7 +41,7 @@ def firestore_client() -> Any:
 
 @functools.cache
 def publisher() -> Any:
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     return pubsub_v1.PublisherClient()
 
@@ -57,9 +57,12 @@ def bigquery_client() -> Any:
 
         # A local emulator: only ever used in dev mode, never with real credentials.
         creds = AnonymousCredentials() if s.dev_mode else None
-        return bigquery.Client(project=s.warehouse_project, credentials=creds,
-                               location=s.location,
-                               client_options=ClientOptions(api_endpoint=s.bigquery_endpoint))
+        return bigquery.Client(
+            project=s.warehouse_project,
+            credentials=creds,
+            location=s.location,
+            client_options=ClientOptions(api_endpoint=s.bigquery_endpoint),
+        )
     return bigquery.Client(project=s.warehouse_project, location=s.location)
 
 
@@ -67,8 +70,9 @@ def bigquery_client() -> Any:
 def job_store() -> Any:
     from bqgate.adapters.firestore_store import FirestoreJobStore
 
-    return FirestoreJobStore(firestore_client(),
-                             retention_seconds=policy().sessions.retention_seconds)
+    return FirestoreJobStore(
+        firestore_client(), retention_seconds=policy().sessions.retention_seconds
+    )
 
 
 @functools.cache
@@ -91,7 +95,9 @@ def verifier() -> Any:
     from bqgate.adapters.oidc import OidcVerifier
 
     s = settings()
-    return OidcVerifier.from_policy(policy(), dev_mode=s.dev_mode, dev_issuer_url=s.dev_issuer or None)
+    return OidcVerifier.from_policy(
+        policy(), dev_mode=s.dev_mode, dev_issuer_url=s.dev_issuer or None
+    )
 
 
 @functools.cache
@@ -99,8 +105,11 @@ def recorder() -> Any:
     from bqgate.adapters.firestore_audit import FirestoreRecorder
 
     sessions = policy().sessions
-    return FirestoreRecorder(firestore_client(), retention_seconds=sessions.retention_seconds,
-                             record_rows=sessions.record_rows)
+    return FirestoreRecorder(
+        firestore_client(),
+        retention_seconds=sessions.retention_seconds,
+        record_rows=sessions.record_rows,
+    )
 
 
 def _classifier() -> Any:
@@ -119,10 +128,16 @@ def gateway() -> Gateway:
     s = settings()
     pol = policy()
     return Gateway(
-        store=job_store(), queue=queue(), classify=_classifier(),
-        config=GatewayConfig(execute_topic=s.execute_topic, approvals_topic=s.approvals_topic,
-                             location=s.location, max_wait_ms=s.max_wait_ms,
-                             approval_ttl_ms=pol.approvals.ttl_seconds * 1000),
+        store=job_store(),
+        queue=queue(),
+        classify=_classifier(),
+        config=GatewayConfig(
+            execute_topic=s.execute_topic,
+            approvals_topic=s.approvals_topic,
+            location=s.location,
+            max_wait_ms=s.max_wait_ms,
+            approval_ttl_ms=pol.approvals.ttl_seconds * 1000,
+        ),
         recorder=recorder(),
         dispatch=direct_executor(),
     )
@@ -136,8 +151,13 @@ def direct_executor() -> Any:
     from bqgate.adapters.executor_client import DirectExecutor, google_id_token
 
     token = (lambda: None) if s.dev_mode else google_id_token(s.executor_url)
-    return DirectExecutor(s.executor_url, queue=queue(), topic=s.execute_topic,
-                          timeout_s=s.max_wait_ms / 1000 + 20, token=token)
+    return DirectExecutor(
+        s.executor_url,
+        queue=queue(),
+        topic=s.execute_topic,
+        timeout_s=s.max_wait_ms / 1000 + 20,
+        token=token,
+    )
 
 
 @functools.cache
@@ -145,9 +165,15 @@ def executor() -> Executor:
     from bqgate.service.executor import Executor
 
     s = settings()
-    return Executor(store=job_store(), warehouse=warehouse(), policy=policy(),
-                    hmac_key=s.hmac_key, queue=queue(), approvals_topic=s.approvals_topic,
-                    recorder=recorder())
+    return Executor(
+        store=job_store(),
+        warehouse=warehouse(),
+        policy=policy(),
+        hmac_key=s.hmac_key,
+        queue=queue(),
+        approvals_topic=s.approvals_topic,
+        recorder=recorder(),
+    )
 
 
 @functools.cache
@@ -173,8 +199,12 @@ def _pending_approval_jobs(limit: int) -> list[Any]:
 
     from bqgate.jobs import PENDING_APPROVAL, Job
 
-    query = (firestore_client().collection("jobs")
-             .where(filter=FieldFilter("state", "==", PENDING_APPROVAL)).limit(limit))
+    query = (
+        firestore_client()
+        .collection("jobs")
+        .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+        .limit(limit)
+    )
     return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream(timeout=10)]
 
 
@@ -184,9 +214,16 @@ def approval_service() -> Any:
 
     s = settings()
     return ApprovalService(
-        store=job_store(), queue=queue(), policy=policy(), notifier=notifier, verifier=verifier,
-        list_pending=_pending_approval_jobs, signing_secret=s.slack_signing_secret,
-        slack_channel=s.slack_channel, execute_topic=s.execute_topic, recorder=recorder(),
+        store=job_store(),
+        queue=queue(),
+        policy=policy(),
+        notifier=notifier,
+        verifier=verifier,
+        list_pending=_pending_approval_jobs,
+        signing_secret=s.slack_signing_secret,
+        slack_channel=s.slack_channel,
+        execute_topic=s.execute_topic,
+        recorder=recorder(),
     )
 
 

@@ -415,7 +415,7 @@ class Stack:
     def create_topics(self) -> None:
         """Topics and push subscriptions: execute -> executor, approvals -> slack_notify."""
         from google.api_core import exceptions as gexc
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         with _env(PUBSUB_EMULATOR_HOST=f"127.0.0.1:{self.ports['pubsub']}"):
             publisher = pubsub_v1.PublisherClient()

@@ -309,10 +309,18 @@ class Executor:
         can derive from one: lineage is skipped (content detectors still run).
         """
         tables = job.classification.get("tables")
-        if isinstance(tables, list) and tables and job.classification.get("decision") in (
-                "allow", "approve") and not any(self.policy.sensitive_for(t) for t in tables):
-            plan = MaskPlan(tuple(ColumnMask(str(f.get("name", "")), None,
-                                             "no sensitive source table") for f in schema))
+        if (
+            isinstance(tables, list)
+            and tables
+            and job.classification.get("decision") in ("allow", "approve")
+            and not any(self.policy.sensitive_for(t) for t in tables)
+        ):
+            plan = MaskPlan(
+                tuple(
+                    ColumnMask(str(f.get("name", "")), None, "no sensitive source table")
+                    for f in schema
+                )
+            )
             return Masker(plan, schema, hmac_key=self.hmac_key)
         default = job.default_dataset or {}
         lineage = output_lineage(

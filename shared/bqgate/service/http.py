@@ -89,10 +89,10 @@ class IngressApp:
             message = f"The gateway failed to handle the request (incident {incident})."
             # Not a retryable reason: an unexplained failure must not start a retry loop.
             errors = [{"reason": "gatewayError", "message": message}]
-            body = {
+            answer = {
                 "error": {"code": 500, "status": "INTERNAL", "message": message, "errors": errors}
             }
-            return Response(500, body)
+            return Response(500, answer)
 
     def _handle(
         self,

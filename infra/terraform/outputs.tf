@@ -44,7 +44,7 @@ output "service_account_emails" {
 
 output "slack_interactivity_url" {
   description = "Request URL for the Slack app's Interactivity settings (slack-app-manifest.yaml)."
-  value       = "${google_cloudfunctions2_function.approvals.url}/slack/interactivity"
+  value       = "${google_cloudfunctions2_function.approvals.url}/slack/interactions"
 }
 
 output "topic_names" {

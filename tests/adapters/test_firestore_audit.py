@@ -212,3 +212,29 @@ def test_session_ids_unfit_for_a_document_id_are_stored_under_a_digest(
     assert head is not None and head.session_id == s
     assert [e.session_id for e in rec.events(s)] == [s]
     assert client.collection(SESSIONS).document(audit.session_doc_id(s)).get().exists
+
+
+def test_record_many_appends_in_order_in_one_commit_and_keeps_the_chain(
+        client: firestore.Client) -> None:
+    rec = recorder(client)
+    s = sid()
+    rec.record(job(s), "request", {"request_kind": "jobs.insert"})
+    rec.record_many(job(s), [("classification", {"decision": "allow", "reasons": []}),
+                             ("execution_finished", {"error": None}),
+                             ("result", {"schema": [], "rows": [], "total_rows": 0})])
+    threads = [threading.Thread(target=rec.record_many, args=(job(s, f"j{i}"), [
+        ("request", {"request_kind": "jobs.query"}), ("classification", {"decision": "allow"})]))
+        for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = rec.events(s)
+    assert [e.kind for e in events[:4]] == ["request", "classification", "execution_finished",
+                                           "result"]
+    assert len(events) == 4 + 12
+    # Each pair stays adjacent: one commit, one link after the other.
+    for first, second in zip(events[4::2], events[5::2], strict=True):
+        assert (first.kind, second.kind) == ("request", "classification")
+        assert first.job_id == second.job_id
+    assert audit.verify_chain(events, head=rec.head(s), now_ms=0) is None

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -118,13 +118,17 @@ class FirestoreRecorder:
 
     def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
         """Append one event about ``job`` to its session. Raises if it cannot be stored."""
-        self.append(
+        self.record_many(job, [(kind, data)])
+
+    def record_many(self, job: Job, items: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Append several events about ``job``, in order, in one atomic commit."""
+        self.append_many(
             job.session_id or f"job-{job.job_id}",
-            kind=kind,
+            [(kind, audit.event_data(job, kind, data, record_rows=self.record_rows))
+             for kind, data in items],
             job_id=job.job_id,
             principal=job.owner,
             issuer=job.issuer,
-            data=audit.event_data(job, kind, data, record_rows=self.record_rows),
         )
 
     def append(
@@ -138,11 +142,24 @@ class FirestoreRecorder:
         data: Mapping[str, Any],
     ) -> audit.Event:
         """Append an event to ``session_id`` in a transaction; return the stored event."""
+        return self.append_many(session_id, [(kind, data)], job_id=job_id,
+                                principal=principal, issuer=issuer)[-1]
+
+    def append_many(
+        self,
+        session_id: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        job_id: str,
+        principal: str,
+        issuer: str,
+    ) -> list[audit.Event]:
+        """Append events to ``session_id`` in one atomic commit; return the stored events."""
         head_ref = self.sessions.document(audit.session_doc_id(session_id))
         events = head_ref.collection(EVENTS)
-        plain = audit.to_plain(data)
+        plain_items = [(kind, audit.to_plain(data)) for kind, data in items]
 
-        def attempt() -> audit.Event:
+        def attempt() -> list[audit.Event]:
             snap = head_ref.get()
             head = (
                 audit.SessionHead.from_doc(snap.to_dict() or {})
@@ -151,35 +168,40 @@ class FirestoreRecorder:
             )
             # Keep times non-decreasing along the chain even if writers' clocks differ.
             at_ms = max(int(self.clock() * 1000), head.last_ms)
-            event = audit.seal(
-                session_id=session_id,
-                seq=head.last_seq + 1,
-                kind=kind,
-                at_ms=at_ms,
-                job_id=job_id,
-                principal=principal,
-                data=plain,
-                prev=None,
-                prev_hash=head.last_hash,
-                prev_expire_at_ms=head.last_expire_at_ms,
-                expire_at_ms=at_ms + self.retention_ms,
-            )
-            new_head = head.advanced(event, issuer)
-            head_doc = {**new_head.to_doc(), "expire_at": timestamp(new_head.expire_at_ms)}
-            # One atomic commit: the event slot must be free and the head unchanged since
-            # it was read, or nothing is written and the append starts over.
             batch = self.client.batch()
-            batch.create(
-                events.document(event.event_id),
-                {**event.to_doc(), "expire_at": timestamp(event.expire_at_ms)},
-            )
+            sealed: list[audit.Event] = []
+            new_head = head
+            for kind, plain in plain_items:
+                event = audit.seal(
+                    session_id=session_id,
+                    seq=new_head.last_seq + 1,
+                    kind=kind,
+                    at_ms=at_ms,
+                    job_id=job_id,
+                    principal=principal,
+                    data=plain,
+                    prev=None,
+                    prev_hash=new_head.last_hash,
+                    prev_expire_at_ms=new_head.last_expire_at_ms,
+                    expire_at_ms=at_ms + self.retention_ms,
+                )
+                new_head = new_head.advanced(event, issuer)
+                sealed.append(event)
+                # Every event slot must be free (create), or nothing is written.
+                batch.create(
+                    events.document(event.event_id),
+                    {**event.to_doc(), "expire_at": timestamp(event.expire_at_ms)},
+                )
+            head_doc = {**new_head.to_doc(), "expire_at": timestamp(new_head.expire_at_ms)}
+            # One atomic commit: the head must be unchanged since it was read, or nothing
+            # is written and the append starts over.
             if snap.exists:
                 option = self.client.write_option(last_update_time=snap.update_time)
                 batch.update(head_ref, head_doc, option=option)
             else:
                 batch.create(head_ref, head_doc)
             batch.commit(timeout=self.rpc_timeout_s)
-            return event
+            return sealed
 
         # Writers in this process take turns (no point racing each other in Firestore);
         # writers in other processes are serialised by the commit's preconditions.

@@ -26,7 +26,7 @@ from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse
 from bqgate.masking import ColumnMask, Masker, MaskPlan, plan_masking
 from bqgate.policy import Policy
 from bqgate.ports import JobStore, QueryOutcome, Queue, Warehouse
-from bqgate.service.gateway import Recorder
+from bqgate.service.gateway import NullRecorder, Recorder, record_all
 from bqgate.sql.classify import classify
 from bqgate.sql.lineage import output_lineage
 
@@ -394,29 +394,25 @@ class Executor:
             "timings": timings,
             "detector_hits": hits,
         }
-        done = self.store.transition(job.job_id, lambda j: None if j.done else fields)
-        self._record(
-            done,
-            "execution_finished",
-            {
+        # Record before the job is marked DONE: the agent cannot read rows the session record
+        # does not hold (a failed write raises, and the redelivery runs this again).
+        record_all(self.recorder or NullRecorder(), job, [
+            ("execution_finished", {
                 "warehouse_job_id": wjid,
                 "total_bytes_processed": outcome.total_bytes_processed,
                 "duration_ms": timings["warehouse_ms"],
                 "error": None,
-            },
-        )
-        self._record(
-            done,
-            "result",
-            {
+            }),
+            ("result", {
                 "schema": schema,
                 "total_rows": total,
                 "truncated": truncated,
                 "masking": masking,
                 "detector_hits": hits,
                 "rows": sample,
-            },
-        )
+            }),
+        ])
+        self.store.transition(job.job_id, lambda j: None if j.done else fields)
         return "done"
 
 

@@ -67,6 +67,17 @@ class NullRecorder:
         return None
 
 
+def record_all(recorder: Recorder, job: Job, items: list[tuple[str, Mapping[str, Any]]]) -> None:
+    """Record several events about ``job`` in order: in one write when the recorder can
+    (``record_many``), else one by one."""
+    many = getattr(recorder, "record_many", None)
+    if many is not None:
+        many(job, items)
+        return
+    for kind, data in items:
+        recorder.record(job, kind, data)
+
+
 @dataclass
 class GatewayConfig:
     execute_topic: str = "execute"
@@ -182,10 +193,12 @@ class Gateway:
                 f"how a statement would be judged (this one: {decision})"
             )
         self.store.create(job)
-        self.recorder.record(job, "request", {"request_kind": request_kind})
-        self.recorder.record(job, "classification", verdict)
+        events: list[tuple[str, Mapping[str, Any]]] = [
+            ("request", {"request_kind": request_kind}), ("classification", verdict)]
         if job.state == DONE:
-            self.recorder.record(job, "blocked", job.error or {})
+            events.append(("blocked", job.error or {}))
+        record_all(self.recorder, job, events)
+        if job.state == DONE:
             raise AccessDenied(job.error["message"] if job.error else reasons)
         # Both allowed and approval-bound jobs go to the executor first: it alone holds
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and

@@ -1,7 +1,7 @@
 """``python -m bench`` (what ``nox -s bench`` runs): every benchmark, JSON in bench/results/,
 a short table on stdout. Benchmarks report targets as met or not; they never fail on timing.
 
-Usage: python -m bench [--only classify,masking,gateway] [--runs N] [--out DIR]
+Usage: python -m bench [--only classify,masking,memory,gateway] [--runs N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _met(ok: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--only", default="classify,masking,gateway")
+    parser.add_argument("--only", default="classify,masking,memory,gateway")
     parser.add_argument("--runs", type=int, default=50, help="runs per gateway measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
                 :2000
             ]
         )
+    if "memory" in only:
+        import bench_executor_memory
+
+        m = bench_executor_memory.main(args.out)
+        lines.append(f"executor peak memory, {m['rows']:,}-row result: {m['peak_rss_mib']} MiB "
+                     f"(after imports {m['rss_after_imports_mib']} MiB; {m['pages']} pages, "
+                     f"{m['seconds']} s); target < {m['target_mib']} MiB: {_met(m['met'])}")
     if "gateway" in only:
         import bench_gateway
 

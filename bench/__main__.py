@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         import bench_executor_memory
 
         m = bench_executor_memory.main(args.out)
-        lines.append(f"executor peak memory, {m['rows']:,}-row result: {m['peak_rss_mib']} MiB "
-                     f"(after imports {m['rss_after_imports_mib']} MiB; {m['pages']} pages, "
-                     f"{m['seconds']} s); target < {m['target_mib']} MiB: {_met(m['met'])}")
+        lines.append(
+            f"executor peak memory, {m['rows']:,}-row result: {m['peak_rss_mib']} MiB "
+            f"(after imports {m['rss_after_imports_mib']} MiB; {m['pages']} pages, "
+            f"{m['seconds']} s); target < {m['target_mib']} MiB: {_met(m['met'])}"
+        )
     if "gateway" in only:
         import bench_gateway
 

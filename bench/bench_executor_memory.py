@@ -36,7 +36,8 @@ from bqgate.service.executor import Executor
 
 bq_url, rows = sys.argv[1], int(sys.argv[2])
 policy = load_policy("policies/default.yaml")
-policy = dataclasses.replace(policy, cost=dataclasses.replace(policy.cost, max_result_rows=rows * 2))
+cost = dataclasses.replace(policy.cost, max_result_rows=rows * 2)
+policy = dataclasses.replace(policy, cost=cost)
 store = FirestoreJobStore(firestore.Client(project="demo-project"))
 client = bigquery.Client(project="demo-project", credentials=AnonymousCredentials(),
                          client_options=ClientOptions(api_endpoint=bq_url))
@@ -55,7 +56,8 @@ seconds = time.perf_counter() - t0
 done = store.get(job.job_id)
 print(json.dumps({"outcome": outcome, "rows": done.total_rows, "pages": len(done.page_starts),
                   "seconds": round(seconds, 2), "rss_after_imports_mib": round(before, 1),
-                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                  "peak_rss_mib": round(
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
 
 
@@ -64,12 +66,20 @@ def main(out_dir: Path, rows: int = ROWS) -> dict[str, Any]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(state_dir=Path(tmp), ports={n: free_port() for n in DEFAULT_PORTS}, seed=False)
+        stack = Stack(
+            state_dir=Path(tmp), ports={n: free_port() for n in DEFAULT_PORTS}, seed=False
+        )
         stack.start()
         try:
             env = {**os.environ, **stack.function_env()}
-            proc = subprocess.run([sys.executable, "-c", CHILD, stack.url("bigquery"), str(rows)],
-                                  capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, stack.url("bigquery"), str(rows)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+                timeout=1800,
+            )
         finally:
             stack.stop()
     if proc.returncode != 0:
@@ -82,5 +92,8 @@ def main(out_dir: Path, rows: int = ROWS) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results"),
-                     indent=2))
+    print(
+        json.dumps(
+            main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results"), indent=2
+        )
+    )

@@ -36,8 +36,14 @@ def warehouse(stack: Stack) -> BigQueryWarehouse:
 
 
 def new_job(**kw: object) -> Job:
-    fields: dict[str, object] = {"job_id": uuid.uuid4().hex, "project": PROJECT, "location": "US",
-                                 "sql": "SELECT 1", "owner": "a@example.com", "now_ms": 1}
+    fields: dict[str, object] = {
+        "job_id": uuid.uuid4().hex,
+        "project": PROJECT,
+        "location": "US",
+        "sql": "SELECT 1",
+        "owner": "a@example.com",
+        "now_ms": 1,
+    }
     fields.update(kw)
     return Job.new(**fields)
 
@@ -181,7 +187,8 @@ def test_jobs_and_pages_carry_a_ttl_timestamp(stack: Stack) -> None:
 
 
 def test_killed_then_retried_executor_runs_the_statement_once(
-        stack: Stack, store: FirestoreJobStore, warehouse: BigQueryWarehouse) -> None:
+    stack: Stack, store: FirestoreJobStore, warehouse: BigQueryWarehouse
+) -> None:
     """The executor died after starting the BigQuery job (state RUNNING, job id taken):
     the retry attaches to that job; and a retry after BigQuery finished changes nothing."""
     from bqgate.policy import load_policy
@@ -190,16 +197,23 @@ def test_killed_then_retried_executor_runs_the_statement_once(
     marker = f"killed_{uuid.uuid4().hex[:8]}"
     table = f"demo-project.analytics.scratch_{marker}"
     warehouse.client.create_table(
-        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")]))
+        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")])
+    )
     sql = f"INSERT INTO `{table}` (name) VALUES ('{marker}')"
     job = new_job(sql=sql, classification={"decision": "allow", "tables": [table]})
     store.create(job)
     # The first executor got this far before it was killed:
-    warehouse.run(warehouse_job_id(job.job_id), sql, default_dataset=None, labels={},
-                  maximum_bytes_billed=None)
+    warehouse.run(
+        warehouse_job_id(job.job_id),
+        sql,
+        default_dataset=None,
+        labels={},
+        maximum_bytes_billed=None,
+    )
     store.transition(job.job_id, lambda j: {"state": RUNNING, "executions": 1})
-    executor = Executor(store=store, warehouse=warehouse, hmac_key=b"k",
-                        policy=load_policy("policies/default.yaml"))
+    executor = Executor(
+        store=store, warehouse=warehouse, hmac_key=b"k", policy=load_policy("policies/default.yaml")
+    )
     assert executor.run(job.job_id) == "done"
     # Killed again after BigQuery finished but before DONE was written: retried once more.
     store.transition(job.job_id, lambda j: {"state": RUNNING})

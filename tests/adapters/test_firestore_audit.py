@@ -33,9 +33,16 @@ def recorder(client: firestore.Client, **kwargs: object) -> FirestoreRecorder:
 
 def job(session: str, job_id: str = "j1", owner: str = "agent@x.com") -> Job:
     return Job.new(
-        job_id=job_id, project="demo-project", location="US", sql="SELECT 1 AS x", owner=owner,
-        groups=["ai-coding-agents"], issuer="dev", session_id=session,
-        labels={"session_id": session}, now_ms=0,
+        job_id=job_id,
+        project="demo-project",
+        location="US",
+        sql="SELECT 1 AS x",
+        owner=owner,
+        groups=["ai-coding-agents"],
+        issuer="dev",
+        session_id=session,
+        labels={"session_id": session},
+        now_ms=0,
     )
 
 
@@ -48,8 +55,9 @@ def test_events_chain_and_head_track_the_tip(client: firestore.Client) -> None:
     s = sid()
     rec.record(job(s), "request", {"request_kind": "jobs.query"})
     rec.record(job(s), "classification", {"decision": "allow", "reasons": []})
-    rec.record(job(s), "result", {"schema": [{"name": "x"}], "rows": [[1], [2], [3]],
-                                  "total_rows": 3})
+    rec.record(
+        job(s), "result", {"schema": [{"name": "x"}], "rows": [[1], [2], [3]], "total_rows": 3}
+    )
     events = rec.events(s)
     head = rec.head(s)
     assert head is not None
@@ -72,8 +80,15 @@ def test_every_doc_has_an_expire_at_timestamp_for_ttl(client: firestore.Client) 
     rec.record(job(s), "request", {})
     expected = dt.datetime.fromtimestamp(now + 30 * DAY, tz=dt.UTC)
     head_doc = client.collection(SESSIONS).document(s).get().to_dict() or {}
-    event_doc = (client.collection(SESSIONS).document(s).collection(EVENTS)
-                 .document("00000001").get().to_dict() or {})
+    event_doc = (
+        client.collection(SESSIONS)
+        .document(s)
+        .collection(EVENTS)
+        .document("00000001")
+        .get()
+        .to_dict()
+        or {}
+    )
     assert head_doc["expire_at"] == expected
     assert event_doc["expire_at"] == expected
     assert event_doc["expire_at_ms"] == int((now + 30 * DAY) * 1000)
@@ -81,7 +96,8 @@ def test_every_doc_has_an_expire_at_timestamp_for_ttl(client: firestore.Client) 
 
 @pytest.mark.parametrize("instances", [1, 20], ids=["one-recorder", "twenty-recorders"])
 def test_twenty_concurrent_writers_make_one_unbroken_chain(
-        client: firestore.Client, instances: int) -> None:
+    client: firestore.Client, instances: int
+) -> None:
     # twenty-recorders: no shared in-process lock, so only Firestore serialises them
     # (like twenty function instances); one-recorder: one instance, twenty threads.
     recs = [recorder(client) for _ in range(instances)]
@@ -111,8 +127,7 @@ def test_twenty_concurrent_writers_make_one_unbroken_chain(
     assert audit.verify_chain(events, head=head) is None
 
 
-def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(
-        client: firestore.Client) -> None:
+def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firestore.Client) -> None:
     other = recorder(client)
     s = sid()
     raced = []
@@ -157,9 +172,17 @@ def test_editing_an_event_names_that_event(client: firestore.Client) -> None:
 
 def test_rehashing_an_edited_event_breaks_the_next_link(client: firestore.Client) -> None:
     rec, s = _session_of_three(client)
-    forged = audit.seal(session_id=s, seq=1, kind="request", at_ms=1, job_id="j1",
-                        principal="agent@x.com", data={"statement": "SELECT 2"}, prev=None,
-                        expire_at_ms=2)
+    forged = audit.seal(
+        session_id=s,
+        seq=1,
+        kind="request",
+        at_ms=1,
+        job_id="j1",
+        principal="agent@x.com",
+        data={"statement": "SELECT 2"},
+        prev=None,
+        expire_at_ms=2,
+    )
     _event_ref(client, s, 1).set(forged.to_doc())
     broken = _verify(rec, s)
     assert broken is not None and broken.event_id == "00000002"
@@ -199,12 +222,15 @@ def test_list_sessions_filters_by_principal_and_time(client: firestore.Client) -
     assert rec.list_sessions(principal=who, since_ms=int(t[0] * 1000))[0].session_id == b
     assert len(rec.list_sessions(principal=who, since_ms=int(t[0] * 1000))) == 1
     assert b in [h.session_id for h in rec.list_sessions(since_ms=int(t[0] * 1000))]
-    assert rec.list_sessions(principal="other@x.com", since_ms=int(t[0] * 1000))[0].principals \
-        == (who, "other@x.com")
+    assert rec.list_sessions(principal="other@x.com", since_ms=int(t[0] * 1000))[0].principals == (
+        who,
+        "other@x.com",
+    )
 
 
 def test_session_ids_unfit_for_a_document_id_are_stored_under_a_digest(
-        client: firestore.Client) -> None:
+    client: firestore.Client,
+) -> None:
     rec = recorder(client)
     s = f"a/b/{uuid.uuid4().hex}"
     rec.record(job(s), "request", {})
@@ -215,23 +241,43 @@ def test_session_ids_unfit_for_a_document_id_are_stored_under_a_digest(
 
 
 def test_record_many_appends_in_order_in_one_commit_and_keeps_the_chain(
-        client: firestore.Client) -> None:
+    client: firestore.Client,
+) -> None:
     rec = recorder(client)
     s = sid()
     rec.record(job(s), "request", {"request_kind": "jobs.insert"})
-    rec.record_many(job(s), [("classification", {"decision": "allow", "reasons": []}),
-                             ("execution_finished", {"error": None}),
-                             ("result", {"schema": [], "rows": [], "total_rows": 0})])
-    threads = [threading.Thread(target=rec.record_many, args=(job(s, f"j{i}"), [
-        ("request", {"request_kind": "jobs.query"}), ("classification", {"decision": "allow"})]))
-        for i in range(6)]
+    rec.record_many(
+        job(s),
+        [
+            ("classification", {"decision": "allow", "reasons": []}),
+            ("execution_finished", {"error": None}),
+            ("result", {"schema": [], "rows": [], "total_rows": 0}),
+        ],
+    )
+    threads = [
+        threading.Thread(
+            target=rec.record_many,
+            args=(
+                job(s, f"j{i}"),
+                [
+                    ("request", {"request_kind": "jobs.query"}),
+                    ("classification", {"decision": "allow"}),
+                ],
+            ),
+        )
+        for i in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     events = rec.events(s)
-    assert [e.kind for e in events[:4]] == ["request", "classification", "execution_finished",
-                                           "result"]
+    assert [e.kind for e in events[:4]] == [
+        "request",
+        "classification",
+        "execution_finished",
+        "result",
+    ]
     assert len(events) == 4 + 12
     # Each pair stays adjacent: one commit, one link after the other.
     for first, second in zip(events[4::2], events[5::2], strict=True):

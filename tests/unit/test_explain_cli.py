@@ -162,8 +162,7 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_installed_script(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("bqgate")
     exe = str(script) if script.exists() else shutil.which("bqgate")
-    if exe is None:
-        pytest.skip("the bqgate script is not installed")
+    assert exe is not None, "`pip install -e .` installs the bqgate script"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     proc = subprocess.run(
         [exe, "explain", "--json", "DROP TABLE demo-project.analytics.events"],

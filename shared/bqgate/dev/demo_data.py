@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -248,35 +247,19 @@ def tables() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _chunks(rows: list[dict[str, Any]], n: int) -> Iterator[list[dict[str, Any]]]:
-    for i in range(0, len(rows), n):
-        yield rows[i : i + n]
-
-
 def seed(bigquery_url: str, state_dir: Path, force: bool = False) -> None:
     """Create the demo datasets and tables in the emulator and load their rows (once)."""
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
+    from bqgate.adapters.emulators import load_tables
 
     marker = state_dir / "bigquery" / f"seeded-v{DATA_VERSION}"
     if marker.exists() and not force:
         return
-    client = bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options=ClientOptions(api_endpoint=bigquery_url),
+    rows = tables()
+    load_tables(
+        bigquery_url,
+        PROJECT,
+        list(DATASET_TIERS),
+        {name: (SCHEMAS[name], rows[name]) for name in SCHEMAS},
     )
-    for dataset in DATASET_TIERS:
-        client.create_dataset(f"{PROJECT}.{dataset}", exists_ok=True)
-    for name, rows in tables().items():
-        table_id = f"{PROJECT}.{name}"
-        client.delete_table(table_id, not_found_ok=True)
-        schema = [bigquery.SchemaField(c, t) for c, t in SCHEMAS[name]]
-        client.create_table(bigquery.Table(table_id, schema=schema))
-        for chunk in _chunks(rows, 2500):
-            errors = client.insert_rows_json(table_id, chunk)
-            if errors:
-                raise RuntimeError(f"seeding {table_id}: {errors[:3]}")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("ok\n")

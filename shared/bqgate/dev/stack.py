@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -414,37 +414,13 @@ class Stack:
 
     def create_topics(self) -> None:
         """Topics and push subscriptions: execute -> executor, approvals -> slack_notify."""
-        from google.api_core import exceptions as gexc
-        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+        from bqgate.adapters.emulators import create_push_topics
 
-        with _env(PUBSUB_EMULATOR_HOST=f"127.0.0.1:{self.ports['pubsub']}"):
-            publisher = pubsub_v1.PublisherClient()
-            subscriber = pubsub_v1.SubscriberClient()
-            for topic, target in (("execute", "executor"), ("approvals", "slack_notify")):
-                for t in (topic, f"{topic}-dead-letter"):
-                    with contextlib.suppress(gexc.AlreadyExists):
-                        publisher.create_topic(name=publisher.topic_path(PROJECT, t))
-                sub = subscriber.subscription_path(PROJECT, f"{topic}-push")
-                with contextlib.suppress(gexc.AlreadyExists):
-                    subscriber.create_subscription(
-                        request={
-                            "name": sub,
-                            "topic": publisher.topic_path(PROJECT, topic),
-                            "push_config": {"push_endpoint": self.url(target) + "/"},
-                            "ack_deadline_seconds": 60,
-                            "retry_policy": {
-                                "minimum_backoff": {"seconds": 1},
-                                "maximum_backoff": {"seconds": 10},
-                            },
-                            "dead_letter_policy": {
-                                "dead_letter_topic": publisher.topic_path(
-                                    PROJECT, f"{topic}-dead-letter"
-                                ),
-                                "max_delivery_attempts": 5,
-                            },
-                        }
-                    )
-            subscriber.close()
+        create_push_topics(
+            f"127.0.0.1:{self.ports['pubsub']}",
+            PROJECT,
+            {"execute": self.url("executor") + "/", "approvals": self.url("slack_notify") + "/"},
+        )
 
     def write_endpoints(self) -> Path:
         path = self.state_dir / "endpoints.json"
@@ -484,20 +460,6 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load_endpoints(state_dir: Path | str | None = None) -> dict[str, str]:

@@ -48,6 +48,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
+    "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
+                             "sends signed interaction payloads."),
+    "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
+                              "(default in dev: minted by the dev issuer)."),
+    "BQGATE_CACHE": ("~/.cache/bqgate", "Dev only: where the BigQuery emulator's venv is installed."),
     "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (dev and tests)."),
 }

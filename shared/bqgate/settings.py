@@ -52,7 +52,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
                               "(default in dev: minted by the dev issuer)."),
-    "BQGATE_CACHE": ("~/.cache/bqgate", "Dev only: where the BigQuery emulator's venv is installed."),
+    "BQGATE_CACHE": ("~/.cache/bqgate",
+                     "Dev only: where the BigQuery emulator's venv is installed."),
     "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (dev and tests)."),
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bqgate import settings as settings_mod
@@ -112,12 +114,32 @@ def recorder() -> Any:
     )
 
 
-def _classifier() -> Any:
-    from bqgate.sql.classify import classify
+class Lazy:
+    """Stands in for an object built on first use (attribute access), so a request that
+    does not need a client never pays for importing or connecting it."""
 
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._obj: Any = None
+
+    def _get(self) -> Any:
+        if self._obj is None:
+            with self._lock:
+                if self._obj is None:
+                    self._obj = self._factory()
+        return self._obj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+def _classifier() -> Any:
     pol = policy()
 
     def run(sql: str, **kwargs: Any) -> dict[str, Any]:
+        from bqgate.sql.classify import classify  # imported by the first classification
+
         return classify(sql, policy=pol, **kwargs).to_dict()
 
     return run
@@ -129,7 +151,7 @@ def gateway() -> Gateway:
     pol = policy()
     return Gateway(
         store=job_store(),
-        queue=queue(),
+        queue=Lazy(queue),  # with the fast path, only needed for fallbacks
         classify=_classifier(),
         config=GatewayConfig(
             execute_topic=s.execute_topic,
@@ -153,7 +175,7 @@ def direct_executor() -> Any:
     token = (lambda: None) if s.dev_mode else google_id_token(s.executor_url)
     return DirectExecutor(
         s.executor_url,
-        queue=queue(),
+        queue=Lazy(queue),
         topic=s.execute_topic,
         timeout_s=s.max_wait_ms / 1000 + 20,
         token=token,
@@ -167,10 +189,10 @@ def executor() -> Executor:
     s = settings()
     return Executor(
         store=job_store(),
-        warehouse=warehouse(),
+        warehouse=Lazy(warehouse),  # built by the first job that runs
         policy=policy(),
         hmac_key=s.hmac_key,
-        queue=queue(),
+        queue=Lazy(queue),
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
     )

@@ -18,17 +18,17 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bqgate.approvals import check_binding, needs_approval
 from bqgate.errors import BqgateError
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
-from bqgate.masking import ColumnMask, Masker, MaskPlan, plan_masking
 from bqgate.policy import Policy
 from bqgate.ports import JobStore, QueryOutcome, Queue, Warehouse
 from bqgate.service.gateway import NullRecorder, Recorder, record_all
-from bqgate.sql.classify import classify
-from bqgate.sql.lineage import output_lineage
+
+if TYPE_CHECKING:
+    from bqgate.masking import Masker
 
 log = logging.getLogger("bqgate.executor")
 
@@ -234,6 +234,8 @@ class Executor:
 
     def _approval_problem(self, job: Job) -> str | None:
         """Why the job's approval does not cover the statement as stored now (None: it does)."""
+        from bqgate.sql.classify import classify
+
         default = job.default_dataset or {}
         verdict = classify(
             job.sql,
@@ -308,6 +310,10 @@ class Executor:
         When none of the tables the classifier resolved has a sensitive column, no output
         can derive from one: lineage is skipped (content detectors still run).
         """
+        # sqlglot-heavy modules load with the first job, not with the function.
+        from bqgate.masking import ColumnMask, Masker, MaskPlan, plan_masking
+        from bqgate.sql.lineage import output_lineage
+
         tables = job.classification.get("tables")
         if (
             isinstance(tables, list)

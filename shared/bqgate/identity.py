@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bqgate.errors import Unauthenticated
+from bqgate.policy import Issuer
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 """Google's ID-token issuer; its tokens must also carry ``email_verified: true``."""
@@ -60,16 +61,8 @@ class IssuerConfig(Protocol):
     def dev_only(self) -> bool: ...
 
 
-@dataclass(frozen=True)
-class IssuerSettings:
-    """A plain :class:`IssuerConfig`, for tests and for resolved (runtime) issuers."""
-
-    issuer: str
-    audiences: tuple[str, ...]
-    jwks_uri: str
-    principal_claim: str = "email"
-    groups_claim: str | None = None
-    dev_only: bool = False
+#: A plain :class:`IssuerConfig` (for tests and resolved runtime issuers) is the policy's own.
+IssuerSettings = Issuer
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ Sessions reuse their virtualenvs (``reuse_venv``) so a second run starts fast, a
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["lint", "tests", "tf"]
@@ -23,9 +26,21 @@ def dev(session: nox.Session) -> None:
     session.run("bqgate", "dev", *session.posargs)
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    """The Slack stand-in's browser test drives headless Chromium (Debian's packages)."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    session.log("installing Debian's chromium and chromium-driver for the browser test")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    session.run(*sudo, "apt-get", "update", "-qq", external=True)
+    session.run(*sudo, "apt-get", "install", "-y", "-qq", "chromium", "chromium-driver",
+                external=True)
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit, adapter, function and end-to-end tests; starts and stops the emulators itself."""
+    _ensure_chromium(session)
     session.install("-e", ".", *TEST_DEPS)
     session.run("pytest", *(session.posargs or ["-q"]))
 

@@ -388,7 +388,6 @@ class Masker:
                 mask = ColumnMask(str(fld.get("name", "")), "nullify", "not in plan")
             fns.append(self._compile(mask, fld, str(fld.get("name", f"f{i}_"))))
         self._fns = fns
-        self._width = len(fns)
 
     # -- compilation -------------------------------------------------------------------
 

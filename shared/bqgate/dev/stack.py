@@ -462,19 +462,6 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def load_endpoints(state_dir: Path | str | None = None) -> dict[str, str]:
-    """The running dev stack's endpoints (``.bqgate-dev/endpoints.json``)."""
-    base = Path(state_dir or os.environ.get("BQGATE_DEV_DIR") or ".bqgate-dev")
-    path = base / "endpoints.json"
-    try:
-        data: dict[str, str] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StackError(
-            f"no running dev stack: {path} not found (start it with `nox -s dev`)"
-        ) from None
-    return data
-
-
 def snippet(endpoints: Mapping[str, str]) -> str:
     """The copy-paste Python snippet the banner prints."""
     return (

@@ -9,7 +9,7 @@ from typing import Any
 
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import Job
-from bqgate.ports import QueryOutcome
+from bqgate.ports import DryRunOutcome, QueryOutcome
 
 
 class MemoryJobStore:
@@ -69,6 +69,7 @@ class FakeWarehouse:
         self.sizes: dict[str, int] = {}
         self.dry_runs = 0
         self.estimate = 1000
+        self.last_run: dict[str, Any] = {}
 
     def dry_run(
         self,
@@ -80,8 +81,19 @@ class FakeWarehouse:
         self.dry_runs += 1
         return self.estimate
 
+    def dry_run_details(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRunOutcome:
+        self.dry_runs += 1
+        return DryRunOutcome(self.estimate, list(self.schema), "SELECT", ())
+
     def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
         self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
+        self.last_run = dict(kwargs)
         return QueryOutcome(self.schema, len(self.rows), "SELECT", None, 123)
 
     def pages(

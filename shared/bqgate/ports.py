@@ -48,6 +48,16 @@ class QueryOutcome:
     error: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class DryRunOutcome:
+    """What BigQuery's dry run of a statement reports."""
+
+    total_bytes_processed: int
+    schema: list[dict[str, Any]]
+    statement_type: str | None
+    referenced_tables: tuple[str, ...] = ()
+
+
 class Warehouse(Protocol):
     """BigQuery, run with the gateway's own credentials."""
 
@@ -60,6 +70,15 @@ class Warehouse(Protocol):
     ) -> int:
         """Bytes the query would process."""
 
+    def dry_run_details(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRunOutcome:
+        """BigQuery's whole dry-run answer (bytes, schema, statement type, tables)."""
+
     def run(
         self,
         job_id: str,
@@ -69,6 +88,7 @@ class Warehouse(Protocol):
         labels: Mapping[str, str],
         maximum_bytes_billed: int | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
+        priority: str | None = None,
     ) -> QueryOutcome:
         """Start (or attach to, if ``job_id`` exists) a query job and wait for it."""
 

@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from bqgate.errors import RETRYABLE_REASONS, BqgateError, InvalidQuery
-from bqgate.ports import QueryOutcome
+from bqgate.ports import DryRunOutcome, QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
@@ -67,8 +67,11 @@ class BigQueryWarehouse:
         maximum_bytes_billed: int | None,
         labels: Mapping[str, str],
         dry_run: bool = False,
+        priority: str | None = None,
     ) -> bigquery.QueryJobConfig:
         query: dict[str, Any] = {"useLegacySql": False}
+        if priority:
+            query["priority"] = priority
         if default_dataset:
             query["defaultDataset"] = dict(default_dataset)
         if maximum_bytes_billed:
@@ -100,6 +103,32 @@ class BigQueryWarehouse:
             raise InvalidQuery(_error_of(exc)["message"]) from None
         return int(job.total_bytes_processed or 0)
 
+    def dry_run_details(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRunOutcome:
+        config = self._query_config(sql, default_dataset, query_parameters, None, {}, dry_run=True)
+        try:
+            job = self.client.query(sql, job_config=config, location=self.location)
+        except (gexc.BadRequest, gexc.NotFound) as exc:
+            raise InvalidQuery(_error_of(exc)["message"]) from None
+        stats = (job._properties.get("statistics") or {}).get("query") or {}
+        schema = (stats.get("schema") or {}).get("fields") or []
+        tables = tuple(
+            f"{t.get('projectId')}.{t.get('datasetId')}.{t.get('tableId')}"
+            for t in stats.get("referencedTables") or []
+            if isinstance(t, dict)
+        )
+        return DryRunOutcome(
+            total_bytes_processed=int(job.total_bytes_processed or 0),
+            schema=list(schema),
+            statement_type=stats.get("statementType") or None,
+            referenced_tables=tables,
+        )
+
     def run(
         self,
         job_id: str,
@@ -109,9 +138,11 @@ class BigQueryWarehouse:
         labels: Mapping[str, str],
         maximum_bytes_billed: int | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
+        priority: str | None = None,
     ) -> QueryOutcome:
         config = self._query_config(
-            sql, default_dataset, query_parameters, maximum_bytes_billed, labels
+            sql, default_dataset, query_parameters, maximum_bytes_billed, labels,
+            priority=priority,
         )
         try:
             job = self.client.query(

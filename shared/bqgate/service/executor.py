@@ -71,6 +71,49 @@ def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
     return "allow", "within the policy's cost limits"
 
 
+#: BigQuery bills at least 10 MiB for a query that scans anything, in whole MiB.
+MIN_BILLED_BYTES = 10 * 1024 * 1024
+
+
+def billed_bytes(processed: int) -> int:
+    """What BigQuery would bill for ``processed`` bytes.
+
+    >>> billed_bytes(0), billed_bytes(1), billed_bytes(11 * 1024 * 1024 + 1)
+    (0, 10485760, 12582912)
+    """
+    if processed <= 0:
+        return 0
+    mib = 1024 * 1024
+    return max(MIN_BILLED_BYTES, -(-processed // mib) * mib)
+
+
+def lower_cap(policy_cap: int | None, client_cap: int | None) -> int | None:
+    """The ``maximumBytesBilled`` a job runs with: the lower of the policy's and the client's.
+
+    >>> lower_cap(10, None), lower_cap(None, 5), lower_cap(10, 5), lower_cap(None, None)
+    (10, 5, 5, None)
+    """
+    caps = [c for c in (policy_cap, client_cap) if c is not None]
+    return min(caps) if caps else None
+
+
+def over_client_cap(estimate: int, job: Job) -> bool:
+    """Would the job bill more than the ``maximumBytesBilled`` its client set?"""
+    cap = job.maximum_bytes_billed
+    return bool(cap) and billed_bytes(estimate) > (cap or 0)
+
+
+def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
+    """BigQuery's own error for a query over the client's ``maximumBytesBilled``."""
+    return {
+        "reason": "bytesBilledLimitExceeded",
+        "message": (
+            f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
+            f"{billed_bytes(estimate)} or higher required."
+        ),
+    }
+
+
 @dataclass
 class ExecutorConfig:
     page_bytes: int = PAGE_BYTES
@@ -125,6 +168,8 @@ class Executor:
             return "unknown"
         if job.state == DONE:
             return "skipped"
+        if job.dry_run:
+            return self._dry_run(job)
         if job.state == PENDING_APPROVAL:
             return self._request_approval(job, None)
         if needs_approval(job):
@@ -139,10 +184,16 @@ class Executor:
                 )
         elif job.state == PENDING:
             estimate = self._upper_bound(job)
-            if estimate is None or cost_decision(estimate, self.policy)[0] != "allow":
+            if (
+                estimate is None
+                or cost_decision(estimate, self.policy)[0] != "allow"
+                or over_client_cap(estimate, job)
+            ):
                 estimate = self._estimate(job)  # the bound does not settle it: ask BigQuery
             if estimate is None:
                 return "failed"
+            if over_client_cap(estimate, job):
+                return self._fail(job, client_cap_error(estimate, job))
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
                 return self._fail(job, {"reason": "quotaExceeded", "message": why})
@@ -194,6 +245,8 @@ class Executor:
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
                 return self._fail(job, {"reason": "quotaExceeded", "message": why})
+        if over_client_cap(estimate, job):
+            return self._fail(job, client_cap_error(estimate, job))
         now = self._now_ms()
         ttl_ms = self.policy.approvals.ttl_seconds * 1000
         fields: dict[str, Any] = {
@@ -282,8 +335,11 @@ class Executor:
                     "bqgate_job": label_value(job.job_id),
                     "bqgate_principal": label_value(job.owner),
                 },
-                maximum_bytes_billed=self.policy.cost.max_bytes_billed,
+                maximum_bytes_billed=lower_cap(
+                    self.policy.cost.max_bytes_billed, job.maximum_bytes_billed
+                ),
                 query_parameters=job.query_parameters,
+                priority=job.priority,
             )
         except BqgateError as err:
             return self._fail(job, {"reason": err.reason, "message": err.message})
@@ -291,6 +347,28 @@ class Executor:
         if outcome.error:
             return self._fail(job, outcome.error)
         return self._store_results(job, wjid, outcome, run_ms)
+
+    def _dry_run(self, job: Job) -> str:
+        """Answer a dry run like BigQuery (bytes, schema, statement type, tables); run nothing."""
+        try:
+            info = self.warehouse.dry_run_details(
+                job.sql, default_dataset=job.default_dataset, query_parameters=job.query_parameters
+            )
+        except BqgateError as err:
+            return self._fail(job, {"reason": err.reason, "message": err.message})
+        now = self._now_ms()
+        fields = {
+            "state": DONE,
+            "started_ms": now,
+            "ended_ms": now,
+            "schema": info.schema,
+            "statement_type": info.statement_type,
+            "total_bytes_processed": info.total_bytes_processed,
+            "referenced_tables": list(info.referenced_tables),
+        }
+        self.store.transition(job.job_id, lambda j: None if j.done else fields)
+        self._record(job, "dry_run", {"total_bytes_processed": info.total_bytes_processed})
+        return "dry-run"
 
     def _fail(self, job: Job, error: Mapping[str, str]) -> str:
         err = {

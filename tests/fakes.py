@@ -38,6 +38,17 @@ class MemoryJobStore:
                 self.docs[job_id].update(copy.deepcopy(fields))
             return Job.from_doc(copy.deepcopy(self.docs[job_id]))
 
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]:
+        jobs = [
+            Job.from_doc(copy.deepcopy(d))
+            for d in self.docs.values()
+            if d["owner"] == owner
+            and (created_before_ms is None or d["created_ms"] < created_before_ms)
+        ]
+        return sorted(jobs, key=lambda j: -j.created_ms)[:limit]
+
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.pages[(job_id, index)] = (start, rows_json)
 

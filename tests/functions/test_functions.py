@@ -116,7 +116,7 @@ CE_HEADERS = {
 
 
 def test_executor_function_acks_malformed_and_unknown_messages(stack: Stack) -> None:
-    client = app("executor", "executor", "cloudevent")
+    client = app("executor", "executor", "http")
     for body in (_event(None, b"not json"), _event("no-such-job"), {"message": {}}):
         resp = client.post("/", json=body, headers=CE_HEADERS)
         assert resp.status_code == 200, resp.get_data(as_text=True)

@@ -439,7 +439,7 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
         for i in cfg.resources("google_firestore_index")
     }
     assert indexes == {
-        "jobs": [("owner", "ASCENDING"), ("created_at", "DESCENDING")],
+        "jobs": [("owner", "ASCENDING"), ("created_ms", "DESCENDING")],  # jobs.list
         "sessions": [("principal", "ASCENDING"), ("started_at", "DESCENDING")],
     }
 

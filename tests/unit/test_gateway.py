@@ -170,10 +170,11 @@ def test_failed_job_raises_its_error_on_results() -> None:
 
 
 def test_blocked_dry_run_says_it_is_blocked() -> None:
-    gw, store, queue = make()
+    gw, _, queue = make()
     with pytest.raises(AccessDenied, match="Blocked by bqgate policy"):
-        gw.query(ALICE, "demo-project", {"query": "DROP TABLE x", "useLegacySql": False,
-                                         "dryRun": True})
+        gw.query(
+            ALICE, "demo-project", {"query": "DROP TABLE x", "useLegacySql": False, "dryRun": True}
+        )
     assert queue.messages == []
 
 
@@ -185,21 +186,40 @@ def test_dry_run_is_answered_by_the_executor_like_bigquery() -> None:
     store, queue = MemoryJobStore(), MemoryQueue()
     wh = FakeWarehouse([{"name": "x", "type": "INTEGER"}], [["1"]])
     wh.estimate = 4242
-    ex = Executor(store=store, warehouse=wh, policy=load_policy("policies/default.yaml"),
-                  hmac_key=b"k", queue=queue)
-    gw = Gateway(store=store, queue=queue, classify=verdict_for,
-                 config=GatewayConfig(max_wait_ms=0), sleep=lambda s: None,
-                 dispatch=lambda job: ex.run(job.job_id))
+    ex = Executor(
+        store=store,
+        warehouse=wh,
+        policy=load_policy("policies/default.yaml"),
+        hmac_key=b"k",
+        queue=queue,
+    )
+    gw = Gateway(
+        store=store,
+        queue=queue,
+        classify=verdict_for,
+        config=GatewayConfig(max_wait_ms=0),
+        sleep=lambda s: None,
+        dispatch=lambda job: ex.run(job.job_id),
+    )
     # Even a statement that needs approval is dry-run at once: nothing runs.
-    res = gw.insert_job(ALICE, "demo-project", {"configuration": {"dryRun": True, "query": {
-        "query": "SELECT x FROM finance.ledger", "useLegacySql": False}}})
+    res = gw.insert_job(
+        ALICE,
+        "demo-project",
+        {
+            "configuration": {
+                "dryRun": True,
+                "query": {"query": "SELECT x FROM finance.ledger", "useLegacySql": False},
+            }
+        },
+    )
     assert res["status"] == {"state": "DONE"}
     stats = res["statistics"]["query"]
     assert stats["totalBytesProcessed"] == "4242" and stats["statementType"] == "SELECT"
     assert stats["schema"] == {"fields": [{"name": "x", "type": "INTEGER"}]}
     assert wh.jobs == {} and not [m for m in queue.messages if m[0] == "approvals"]
-    body = gw.query(ALICE, "demo-project", {"query": "SELECT 1", "useLegacySql": False,
-                                             "dryRun": True})
+    body = gw.query(
+        ALICE, "demo-project", {"query": "SELECT 1", "useLegacySql": False, "dryRun": True}
+    )
     assert body["jobComplete"] is True and body["totalBytesProcessed"] == "4242"
     assert "rows" not in body and "totalRows" not in body
 

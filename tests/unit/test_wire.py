@@ -98,7 +98,7 @@ def test_legacy_sql_is_refused_and_absent_means_legacy_like_bigquery() -> None:
         wire.parse_insert({"configuration": {"query": {"query": "SELECT 1", "useLegacySql": True}}})
     # BigQuery reads a request without useLegacySql as legacy SQL: so does the gateway, and
     # it says what to do about it.
-    with pytest.raises(InvalidQuery, match="useLegacySql is not set.*--nouse_legacy_sql"):
+    with pytest.raises(InvalidQuery, match=r"useLegacySql is not set.*--nouse_legacy_sql"):
         wire.parse_query({"query": "SELECT 1"})
     with pytest.raises(InvalidQuery, match="#legacySQL"):
         wire.parse_query({"query": "#legacySQL\nSELECT 1"})
@@ -113,11 +113,13 @@ def test_client_options_are_parsed_or_refused_clearly() -> None:
         _q(maximumBytesBilled="1", priority="batch", writeDisposition="WRITE_TRUNCATE")
     )
     assert (req.maximum_bytes_billed, req.priority, req.write_disposition) == (
-        1, "BATCH", "WRITE_TRUNCATE"
+        1,
+        "BATCH",
+        "WRITE_TRUNCATE",
     )
     with pytest.raises(InvalidRequest, match="priority"):
         wire.parse_insert(_q(priority="URGENT"))
-    with pytest.raises(InvalidRequest, match="createSession.*sessions are not offered"):
+    with pytest.raises(InvalidRequest, match=r"createSession.*sessions are not offered"):
         wire.parse_insert(_q(createSession=True))
     with pytest.raises(InvalidRequest, match="createSession"):
         wire.parse_query({"query": "SELECT 1", "useLegacySql": False, "createSession": True})
@@ -135,9 +137,17 @@ def test_load_copy_extract_jobs_are_refused_with_a_403_that_says_why(kind: str) 
 
 
 def test_job_resource_always_has_a_statement_type_and_echoes_options() -> None:
-    job = Job.new(job_id="j", project="p", location="US", sql="SELECT 1", owner="a@x", now_ms=5,
-                  classification={"statements": ["SELECT"]}, maximum_bytes_billed=7,
-                  priority="BATCH")
+    job = Job.new(
+        job_id="j",
+        project="p",
+        location="US",
+        sql="SELECT 1",
+        owner="a@x",
+        now_ms=5,
+        classification={"statements": ["SELECT"]},
+        maximum_bytes_billed=7,
+        priority="BATCH",
+    )
     res = wire.job_resource(job)  # still PENDING: bq reads statementType off every job
     assert res["statistics"]["query"]["statementType"] == "SELECT"
     assert res["configuration"]["query"]["maximumBytesBilled"] == "7"

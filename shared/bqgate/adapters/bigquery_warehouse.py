@@ -141,7 +141,11 @@ class BigQueryWarehouse:
         priority: str | None = None,
     ) -> QueryOutcome:
         config = self._query_config(
-            sql, default_dataset, query_parameters, maximum_bytes_billed, labels,
+            sql,
+            default_dataset,
+            query_parameters,
+            maximum_bytes_billed,
+            labels,
             priority=priority,
         )
         try:

@@ -347,8 +347,10 @@ class Gateway:
         total = job.total_rows or 0
         start = params.start_index
         if job.schema is None or params.max_results == 0 or start >= total or not job.page_starts:
-            rows = [] if job.schema is not None and params.max_results != 0 else None
-            return rows, None
+            empty: list[dict[str, Any]] | None = (
+                [] if job.schema is not None and params.max_results != 0 else None
+            )
+            return empty, None
         first = bisect.bisect_right(job.page_starts, start) - 1
         if params.max_results is None:
             # One stored page (from ``start``) per call, as BigQuery pages by size.

@@ -125,18 +125,19 @@ def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
     Like BigQuery, a request that does not set ``useLegacySql`` is legacy SQL unless
     the query starts with ``#standardSQL``; legacy SQL is refused with what to do.
 
-    >>> _sql("#standardSQL\nSELECT 1", "query", None)
-    '#standardSQL\nSELECT 1'
+    >>> _sql("#standardSQL SELECT 1", "query", None)
+    '#standardSQL SELECT 1'
     >>> _sql("SELECT 1", "query", None)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    bqgate.errors.InvalidQuery: bqgate runs GoogleSQL only, and this request asks for legacy SQL (useLegacySql is not set, ...
+    bqgate.errors.InvalidQuery: bqgate runs GoogleSQL only, and this request asks for ...
     """
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"Invalid value at '{path}': a query is required")
     if use_legacy_sql is not None and not isinstance(use_legacy_sql, bool):
-        raise InvalidRequest(f"Invalid value at '{path[: path.rfind('.') + 1]}useLegacySql'"
-                             ": expected true or false")
+        raise InvalidRequest(
+            f"Invalid value at '{path[: path.rfind('.') + 1]}useLegacySql': expected true or false"
+        )
     prefix = _DIALECT_PREFIX.match(value)
     said = prefix.group(1).lower() if prefix else None
     if use_legacy_sql is False and said == "legacysql":
@@ -186,9 +187,7 @@ def _refuse_unsupported(query: Mapping[str, Any], prefix: str) -> None:
         )
     for key in ("connectionProperties", "tableDefinitions", "userDefinedFunctionResources"):
         if query.get(key):
-            raise InvalidRequest(
-                f"Invalid value at '{prefix}{key}': not supported by bqgate"
-            )
+            raise InvalidRequest(f"Invalid value at '{prefix}{key}': not supported by bqgate")
 
 
 def _int(value: Any, path: str) -> int | None:
@@ -282,8 +281,12 @@ def parse_query(body: Mapping[str, Any]) -> QueryRequest:
         raise InvalidRequest("Invalid value at 'requestId': letters, digits, _ and - only")
     location = body.get("location")
     _refuse_unsupported(body, "")
-    if body.get("jobCreationMode") not in (None, "JOB_CREATION_MODE_UNSPECIFIED",
-                                           "JOB_CREATION_REQUIRED", "JOB_CREATION_OPTIONAL"):
+    if body.get("jobCreationMode") not in (
+        None,
+        "JOB_CREATION_MODE_UNSPECIFIED",
+        "JOB_CREATION_REQUIRED",
+        "JOB_CREATION_OPTIONAL",
+    ):
         raise InvalidRequest("Invalid value at 'jobCreationMode'")
     return QueryRequest(
         sql=_sql(body.get("query"), "query", body.get("useLegacySql")),
@@ -374,13 +377,34 @@ _STATEMENT_TYPES: Mapping[str, str] = {
     "ALTER": "ALTER_TABLE",
     "CREATE_SCHEMA": "CREATE_SCHEMA",
 }
-_BIGQUERY_STATEMENT_TYPES = frozenset({
-    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE_TABLE", "CREATE_TABLE",
-    "CREATE_VIEW", "CREATE_MATERIALIZED_VIEW", "CREATE_FUNCTION", "CREATE_TABLE_FUNCTION",
-    "CREATE_PROCEDURE", "CREATE_SCHEMA", "CREATE_MODEL", "DROP_TABLE", "DROP_VIEW",
-    "DROP_SCHEMA", "ALTER_TABLE", "ALTER_VIEW", "EXPORT_DATA", "LOAD_DATA", "ASSERT",
-    "CREATE_TABLE_AS_SELECT", "SCRIPT",
-})
+_BIGQUERY_STATEMENT_TYPES = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "TRUNCATE_TABLE",
+        "CREATE_TABLE",
+        "CREATE_VIEW",
+        "CREATE_MATERIALIZED_VIEW",
+        "CREATE_FUNCTION",
+        "CREATE_TABLE_FUNCTION",
+        "CREATE_PROCEDURE",
+        "CREATE_SCHEMA",
+        "CREATE_MODEL",
+        "DROP_TABLE",
+        "DROP_VIEW",
+        "DROP_SCHEMA",
+        "ALTER_TABLE",
+        "ALTER_VIEW",
+        "EXPORT_DATA",
+        "LOAD_DATA",
+        "ASSERT",
+        "CREATE_TABLE_AS_SELECT",
+        "SCRIPT",
+    }
+)
 
 
 def statement_type(job: Job) -> str:

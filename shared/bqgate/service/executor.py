@@ -71,20 +71,27 @@ def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
     return "allow", "within the policy's cost limits"
 
 
-#: BigQuery bills at least 10 MiB for a query that scans anything, in whole MiB.
+#: BigQuery bills at least 10 MiB for each table a query references, in whole MiB.
 MIN_BILLED_BYTES = 10 * 1024 * 1024
 
 
-def billed_bytes(processed: int) -> int:
-    """What BigQuery would bill for ``processed`` bytes.
+def billed_bytes(processed: int, tables: int = 0) -> int:
+    """What BigQuery would bill for ``processed`` bytes over ``tables`` referenced tables.
 
     >>> billed_bytes(0), billed_bytes(1), billed_bytes(11 * 1024 * 1024 + 1)
     (0, 10485760, 12582912)
+    >>> billed_bytes(0, tables=2)
+    20971520
     """
-    if processed <= 0:
+    if processed <= 0 and tables <= 0:
         return 0
     mib = 1024 * 1024
-    return max(MIN_BILLED_BYTES, -(-processed // mib) * mib)
+    return max(MIN_BILLED_BYTES * max(tables, 1), -(-processed // mib) * mib)
+
+
+def _tables_of(job: Job) -> int:
+    tables = job.classification.get("tables")
+    return len(tables) if isinstance(tables, list) else 0
 
 
 def lower_cap(policy_cap: int | None, client_cap: int | None) -> int | None:
@@ -100,7 +107,7 @@ def lower_cap(policy_cap: int | None, client_cap: int | None) -> int | None:
 def over_client_cap(estimate: int, job: Job) -> bool:
     """Would the job bill more than the ``maximumBytesBilled`` its client set?"""
     cap = job.maximum_bytes_billed
-    return bool(cap) and billed_bytes(estimate) > (cap or 0)
+    return bool(cap) and billed_bytes(estimate, _tables_of(job)) > (cap or 0)
 
 
 def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
@@ -109,7 +116,7 @@ def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
         "reason": "bytesBilledLimitExceeded",
         "message": (
             f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
-            f"{billed_bytes(estimate)} or higher required."
+            f"{billed_bytes(estimate, _tables_of(job))} or higher required."
         ),
     }
 

@@ -60,6 +60,8 @@ class MetadataApi:
                 "id": p,
                 "projectReference": {"projectId": p},
                 "friendlyName": p,
+                # The project number is not the gateway's to tell; clients require the key.
+                "numericId": "0",
             }
             for p in shapes.visible_projects(self.policy, self._groups(principal))
         ]

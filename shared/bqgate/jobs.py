@@ -62,6 +62,7 @@ class Job:
     maximum_bytes_billed: int | None = None
     priority: str | None = None
     write_disposition: str | None = None
+    use_query_cache: bool | None = None
     classification: dict[str, Any] = field(default_factory=dict)
     state: str = PENDING
     error: dict[str, str] | None = None

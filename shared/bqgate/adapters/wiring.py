@@ -222,7 +222,9 @@ def _no_catalog(request: Any) -> Any:
 def metadata_api() -> Any:
     from bqgate.service.metadata import MetadataApi
 
-    return MetadataApi(catalog=catalog(), policy=policy(), jobs=job_store())
+    return MetadataApi(
+        catalog=catalog(), policy=policy(), jobs=job_store(), owned_job=gateway()._owned
+    )
 
 
 @functools.cache

@@ -78,12 +78,12 @@ def _token(args: argparse.Namespace) -> tuple[str, str]:
         from bqgate.adapters.oidc import _is_loopback
 
         if not _is_loopback(args.gateway):
-            import google.auth.transport.requests
-            import google.oauth2.id_token
+            from bqgate.adapters.executor_client import google_id_token
 
-            request = google.auth.transport.requests.Request()
-            token = google.oauth2.id_token.fetch_id_token(request, args.audience)
-            return args.gateway, str(token)
+            token = google_id_token(args.audience)()
+            if not token:
+                raise ValueError("no ID token from Application Default Credentials")
+            return args.gateway, token
     dev_dir = issuer.find_dev_dir(args.dev_dir)
     endpoints = issuer.read_endpoints(dev_dir)
     url = args.gateway or endpoints.get("gateway")

@@ -172,6 +172,7 @@ class Gateway:
             maximum_bytes_billed=req.maximum_bytes_billed,
             priority=req.priority,
             write_disposition=req.write_disposition,
+            use_query_cache=req.use_query_cache,
             classification=verdict,
             now_ms=self._now_ms(),
         )

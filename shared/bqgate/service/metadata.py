@@ -9,13 +9,13 @@ executor (:mod:`bqgate.service.catalog`); ``jobs.list`` lists the caller's own j
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bqgate import catalog as shapes
 from bqgate.errors import AccessDenied, InvalidRequest, NotFound
 from bqgate.identity import Principal
-from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING
+from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.policy import Policy
 from bqgate.ports import Catalog, JobLister
 from bqgate.wire import bigquery as wire
@@ -39,10 +39,18 @@ def _page(
 
 
 class MetadataApi:
-    def __init__(self, *, catalog: Catalog, policy: Policy, jobs: JobLister) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        policy: Policy,
+        jobs: JobLister,
+        owned_job: Callable[[Principal, str, str], Job] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.policy = policy
         self.jobs = jobs
+        self.owned_job = owned_job  # Gateway._owned: the caller's job, else NotFound
 
     def _groups(self, principal: Principal) -> frozenset[str]:
         return self.policy.groups_for(principal.email, principal.groups)
@@ -125,6 +133,12 @@ class MetadataApi:
     def get_table(
         self, principal: Principal, project: str, dataset: str, table: str
     ) -> dict[str, Any]:
+        job_id = wire.anonymous_job_id(dataset, table)
+        if job_id is not None and self.owned_job is not None:
+            job = self.owned_job(principal, project, job_id)
+            if not job.done or job.error or job.schema is None:
+                raise NotFound(f"Not found: Table {project}:{dataset}.{table}")
+            return wire.anonymous_table(job)
         self._visible(principal, project, dataset)
         found = self.catalog.get_table(project, dataset, table)
         if found is None:

@@ -90,9 +90,14 @@ class TableDataApi:
         params: Mapping[str, str],
     ) -> dict[str, Any]:
         token = params.get("pageToken")
+        anonymous = wire.anonymous_job_id(dataset, table)
         if token:
             job_id, start = _tabledata_decode(token)
             job = self.gateway._owned(principal, project, job_id)
+        elif anonymous is not None:
+            # A job's anonymous destination table: its (masked) results, owner only.
+            job = self.gateway._owned(principal, project, anonymous)
+            start = wire._int(params.get("startIndex"), "startIndex") or 0
         else:
             schema = self._schema(principal, project, dataset, table)  # 404 if invisible
             columns = _selected(params.get("selectedFields"), schema)

@@ -48,6 +48,7 @@ class QueryRequest:
     maximum_bytes_billed: int | None = None
     priority: str | None = None
     write_disposition: str | None = None
+    use_query_cache: bool | None = None
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -254,6 +255,9 @@ def parse_insert(body: Mapping[str, Any]) -> QueryRequest:
             "configuration.query.writeDisposition",
             WRITE_DISPOSITIONS,
         ),
+        use_query_cache=query.get("useQueryCache")
+        if isinstance(query.get("useQueryCache"), bool)
+        else None,
     )
 
 
@@ -301,6 +305,9 @@ def parse_query(body: Mapping[str, Any]) -> QueryRequest:
         max_results=_int(body.get("maxResults"), "maxResults"),
         request_id=request_id,
         maximum_bytes_billed=_int(body.get("maximumBytesBilled"), "maximumBytesBilled"),
+        use_query_cache=body.get("useQueryCache")
+        if isinstance(body.get("useQueryCache"), bool)
+        else None,
     )
 
 
@@ -439,6 +446,78 @@ def table_reference(fqn: str) -> dict[str, str]:
     return {"projectId": project, "datasetId": dataset, "tableId": table}
 
 
+#: The dataset named in the few destination tables the gateway reports. It exists only in
+#: the gateway: nothing in the warehouse can be read around it.
+ANONYMOUS_DATASET = "_bqgate_anonymous"
+
+
+def anonymous_destination(job: Job) -> dict[str, str] | None:
+    """The destination table a finished job reports, where a client needs one.
+
+    BigQuery names an anonymous table for every query. The gateway keeps results in its own
+    store and serves that table itself (``tables.get``, ``tabledata.list``, owner only), but
+    names it only for the clients that need it, because a client holding a destination
+    table tries the Storage Read API on it (unreachable through the gateway):
+
+    * dbt (jobs labelled ``dbt_invocation_id``) reads ``numRows`` off it after every SELECT;
+    * ibis reads its session dataset off an uncached, table-less ``SELECT 1``.
+    """
+    dbt = "dbt_invocation_id" in job.labels
+    ibis_probe = (
+        job.use_query_cache is False
+        and (job.total_rows or 0) <= 1
+        and not job.classification.get("tables")
+    )
+    if (
+        not (dbt or ibis_probe)
+        or job.state != DONE
+        or job.error
+        or job.dry_run
+        or job.schema is None
+        or statement_type(job) != "SELECT"
+    ):
+        return None
+    return {
+        "projectId": job.project,
+        "datasetId": ANONYMOUS_DATASET,
+        "tableId": ANONYMOUS_PREFIX + job.job_id,
+    }
+
+
+ANONYMOUS_PREFIX = "anon_"
+
+
+def anonymous_job_id(dataset: str, table: str) -> str | None:
+    """The job whose results ``dataset.table`` names, if it is an anonymous table.
+
+    >>> anonymous_job_id("_bqgate_anonymous", "anon_j1"), anonymous_job_id("sales", "anon_j1")
+    ('j1', None)
+    """
+    if dataset != ANONYMOUS_DATASET or not table.startswith(ANONYMOUS_PREFIX):
+        return None
+    job_id = table[len(ANONYMOUS_PREFIX) :]
+    return job_id if JOB_ID_RE.match(job_id) else None
+
+
+def anonymous_table(job: Job) -> dict[str, Any]:
+    """The Table resource of a job's anonymous destination table (its masked results)."""
+    ref = anonymous_destination(job) or {
+        "projectId": job.project,
+        "datasetId": ANONYMOUS_DATASET,
+        "tableId": ANONYMOUS_PREFIX + job.job_id,
+    }
+    return {
+        "kind": "bigquery#table",
+        "id": f"{ref['projectId']}:{ref['datasetId']}.{ref['tableId']}",
+        "tableReference": ref,
+        "type": "TABLE",
+        "schema": {"fields": job.schema or []},
+        "numRows": str(job.total_rows or 0),
+        "creationTime": _ms(job.ended_ms or job.created_ms),
+        "location": job.location,
+    }
+
+
 def job_resource(job: Job) -> dict[str, Any]:
     """A BigQuery Job resource for ``jobs.insert``/``jobs.get``. Never a destination table:
     the gateway keeps results in its own store, so no table exists that the agent could
@@ -455,6 +534,11 @@ def job_resource(job: Job) -> dict[str, Any]:
     query["priority"] = job.priority or "INTERACTIVE"
     if job.write_disposition:
         query["writeDisposition"] = job.write_disposition
+    if job.use_query_cache is not None:
+        query["useQueryCache"] = job.use_query_cache
+    destination = anonymous_destination(job)
+    if destination:
+        query["destinationTable"] = destination
     status: dict[str, Any] = {"state": job.bigquery_state}
     if job.error:
         status["errorResult"] = dict(job.error)

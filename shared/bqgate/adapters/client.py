@@ -29,7 +29,7 @@ _EXPIRY_MARGIN = datetime.timedelta(seconds=30)
 __all__ = ["BigQueryClient", "DevIdTokenCredentials", "gateway_client"]
 
 
-class BigQueryClient(bigquery.Client):  # type: ignore[misc]
+class BigQueryClient(bigquery.Client):
     """The standard client, except that it never builds a BigQuery Storage client.
 
     The gateway serves rows over REST only (the Storage Read API would read tables around

@@ -87,7 +87,7 @@ def _versions() -> dict[str, str]:
     try:
         from bqgate.commands.bq import find_bq
 
-        python, bq_py = find_bq()
+        _, bq_py = find_bq()
         version = Path(bq_py).with_name("VERSION").read_text().strip()
         found["bq CLI"] = f"{version} (Google Cloud SDK)"
     except (FileNotFoundError, OSError):

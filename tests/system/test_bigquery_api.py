@@ -71,7 +71,7 @@ def test_get_table_outside_the_policy_is_404_like_a_missing_table(
         with pytest.raises(gexc.NotFound) as err:
             gateway_client.get_table(name)
         assert "Not found: Dataset" in err.value.message
-    with pytest.raises(gexc.NotFound, match="Not found: Table demo-project:sales.nope"):
+    with pytest.raises(gexc.NotFound, match=r"Not found: Table demo-project:sales\.nope"):
         gateway_client.get_table("demo-project.sales.nope")
 
 

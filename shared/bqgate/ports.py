@@ -49,17 +49,29 @@ class QueryOutcome:
 
 
 @dataclass(frozen=True)
-class DryRunOutcome:
-    """What BigQuery's dry run of a statement reports."""
+class DryRun:
+    """What BigQuery's dry run says about a statement (the classifier's second opinion).
+
+    ``referenced_tables`` is ``None`` when the warehouse did not say.
+    """
 
     total_bytes_processed: int
-    schema: list[dict[str, Any]]
-    statement_type: str | None
-    referenced_tables: tuple[str, ...] = ()
+    statement_type: str | None = None
+    referenced_tables: tuple[str, ...] | None = None
+    schema: tuple[Mapping[str, Any], ...] = ()
 
 
 class Warehouse(Protocol):
     """BigQuery, run with the gateway's own credentials."""
+
+    def dry_run_info(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRun:
+        """Dry-run the statement: bytes, statement type, referenced tables."""
 
     def dry_run(
         self,
@@ -69,15 +81,6 @@ class Warehouse(Protocol):
         query_parameters: Sequence[Mapping[str, Any]] = (),
     ) -> int:
         """Bytes the query would process."""
-
-    def dry_run_details(
-        self,
-        sql: str,
-        *,
-        default_dataset: Mapping[str, str] | None,
-        query_parameters: Sequence[Mapping[str, Any]] = (),
-    ) -> DryRunOutcome:
-        """BigQuery's whole dry-run answer (bytes, schema, statement type, tables)."""
 
     def run(
         self,

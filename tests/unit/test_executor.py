@@ -179,7 +179,11 @@ def test_client_byte_cap_is_applied_as_the_lower_of_client_and_policy() -> None:
 def test_dry_run_job_runs_nothing_and_stores_what_bigquery_said() -> None:
     ex, store, wh, queue = make(estimate=777)
     wh.statement_type = "SELECT"
-    cls = {"decision": "approve", "statements": ["SELECT"], "tables": ["demo-project.sales.customers"]}
+    cls = {
+        "decision": "approve",
+        "statements": ["SELECT"],
+        "tables": ["demo-project.sales.customers"],
+    }
     store.create(job(dry_run=True, classification=cls))
     assert ex.run("j1") == "dry-run"
     done = store.get("j1")

@@ -81,7 +81,10 @@ def test_ingress_errors_are_bigquery_shaped(stack: Stack, ingress: Any) -> None:
             headers=auth,
             json={
                 "configuration": {
-                    "query": {"query": "DELETE FROM `demo-project.analytics.events` WHERE 1=1"}
+                    "query": {
+                        "query": "DELETE FROM `demo-project.analytics.events` WHERE 1=1",
+                        "useLegacySql": False,
+                    }
                 }
             },
         ),

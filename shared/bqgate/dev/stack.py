@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bqgate.chain import load_or_create_dev_key
+
 PROJECT = "demo-project"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
 LOCATION = "US"
@@ -284,6 +286,7 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / ".gitignore").write_text("*\n")
         self._secret("hmac.key", 32)
+        load_or_create_dev_key(self.state_dir)
         try:
             self._start(out)
         except BaseException:

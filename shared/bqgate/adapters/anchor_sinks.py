@@ -45,6 +45,7 @@ __all__ = [
     "GcsSink",
     "LogSink",
     "Sink",
+    "open_gcs_sink",
 ]
 
 
@@ -120,6 +121,13 @@ class GcsSink:
             if blob.name.endswith("/"):
                 continue
             yield blob.name, blob.download_as_text(timeout=60)
+
+
+def open_gcs_sink(project: str | None, bucket: str) -> GcsSink:
+    """A :class:`GcsSink` with the caller's application default credentials (the CLI)."""
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+    return GcsSink(storage.Client(project=project), bucket)
 
 
 class LogSink:

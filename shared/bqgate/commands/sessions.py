@@ -280,22 +280,20 @@ def open_evidence(args: argparse.Namespace) -> Evidence:
         keys = Keyring(ChainKey.from_text(t) for t in texts) if texts else None
     except ChainKeyError as exc:
         raise InvalidRequest(str(exc)) from None
-    ring = keys or Keyring([ChainKey(b"\0" * 32)])  # reads nothing trusted without a key
+    if keys is None:
+        return _Evidence(None, AnchorIndex())
     bucket = args.anchor_bucket or (
         os.environ.get("BQGATE_ANCHOR_BUCKET") if args.project else None
     )
     folder = args.anchor_dir or (dev / "anchors" if dev is not None else None)
     if bucket:
-        from google.cloud import storage  # type: ignore[attr-defined]
+        from bqgate.adapters.anchor_sinks import open_gcs_sink
 
-        from bqgate.adapters.anchor_sinks import GcsSink
-
-        sink = GcsSink(storage.Client(project=args.project), bucket)
-        anchors = AnchorIndex.read(sink.read(), ring)
+        anchors = AnchorIndex.read(open_gcs_sink(args.project, bucket).read(), keys)
     elif folder is not None:
         from bqgate.adapters.anchor_sinks import FolderSink
 
-        anchors = AnchorIndex.read(FolderSink(folder).read(), ring)
+        anchors = AnchorIndex.read(FolderSink(folder).read(), keys)
     else:
         anchors = AnchorIndex()
     return _Evidence(keys, anchors)

@@ -362,8 +362,11 @@ def test_a_label_naming_another_principals_session_does_not_touch_it(
     from bqgate.adapters.client import DevIdTokenCredentials
     from google.api_core.client_options import ClientOptions
 
+    from bqgate.dev.issuer import OIDC_SUBDIR, load_secret
+
     creds = DevIdTokenCredentials(stack.url("oidc_issuer"), "eve@example.com",
-                                  groups=("ai-coding-agents",))
+                                  groups=("ai-coding-agents",),
+                                  secret=load_secret(stack.state_dir / OIDC_SUBDIR))
     eve = bigquery.Client(project=PROJECT, credentials=creds,
                           client_options=ClientOptions(api_endpoint=stack.url("gateway")))
     labels = (victim_label, victim.replace(".", "_"))

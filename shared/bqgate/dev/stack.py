@@ -176,6 +176,7 @@ class Proc:
     cwd: Path | None = None
     health_url: str | None = None
     restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
     failed_starts: int = 0
     next_start_at: float = 0.0
 
@@ -321,6 +322,7 @@ class Stack:
             self._wait_http(proc, proc.health_url)
         if proc.name == "pubsub":
             self.create_topics()  # a new emulator has no topics or subscriptions
+        proc.started_at = time.monotonic()
         proc.restarts += 1
 
     def _supervise(self) -> None:

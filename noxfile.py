@@ -46,6 +46,18 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Load (4-32 agents) and fault injection on a supervised stack of its own; results in
+    bench/results/reliability.json. ``-- --short`` runs the short version CI runs."""
+    session.install("-e", ".", *TEST_DEPS)
+    args = list(session.posargs)
+    short = "--short" in args
+    args = [a for a in args if a != "--short"]
+    session.env["BQGATE_RELIABILITY"] = "short" if short else "full"
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/reliability", *args)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy --strict on the library."""
     session.install("-e", ".", "ruff>=0.5", "mypy>=1.10", "types-PyYAML", "types-requests")

@@ -150,5 +150,5 @@ def test_dev_credentials_report_issuer_refusal(stack: tuple[Path, GatewayServer]
     with pytest.raises(google.auth.exceptions.RefreshError, match="HTTP 400"):
         credentials.refresh(google.auth.transport.requests.Request())
     without = DevIdTokenCredentials(issuer_url, "alice@example.com", groups=("data-approvers",))
-    with pytest.raises(google.auth.exceptions.RefreshError, match="HTTP 401.*token secret"):
+    with pytest.raises(google.auth.exceptions.RefreshError, match=r"HTTP 401.*token secret"):
         without.refresh(google.auth.transport.requests.Request())

@@ -13,9 +13,9 @@ from bqgate import audit
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
 from bqgate.anchors import Checkpoint
 from bqgate.chain import ChainKey, Keyring
-from bqgate.verification import Finding, verify_chain
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.jobs import Job
+from bqgate.verification import Finding, verify_chain
 from google.cloud import firestore
 
 pytestmark = pytest.mark.emulators

@@ -16,7 +16,7 @@ from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
 
 sys.path.insert(0, str(Path(__file__).parent))  # harness
 
-from harness import MODE  # noqa: E402
+from harness import MODE
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the results go: ``BQGATE_RELIABILITY_OUT``, else bench/results/ in full mode only.

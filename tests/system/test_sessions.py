@@ -360,9 +360,8 @@ def test_a_label_naming_another_principals_session_does_not_touch_it(
     victim_label = (record.head(victim) or audit.SessionHead(victim)).label
     before = record.events(victim)
     from bqgate.adapters.client import DevIdTokenCredentials
-    from google.api_core.client_options import ClientOptions
-
     from bqgate.dev.issuer import OIDC_SUBDIR, load_secret
+    from google.api_core.client_options import ClientOptions
 
     creds = DevIdTokenCredentials(stack.url("oidc_issuer"), "eve@example.com",
                                   groups=("ai-coding-agents",),

@@ -18,7 +18,7 @@ from bqgate.chain import ChainKey, Keyring
 from bqgate.cli import main
 from bqgate.commands import sessions as cmd
 from bqgate.jobs import Job
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]

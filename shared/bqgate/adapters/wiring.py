@@ -136,8 +136,9 @@ def checkpointer() -> Checkpointer:
     if s.anchor_dir is not None:
         batched.append(FolderSink(s.anchor_dir))
     if not batched:
-        log.warning("no BQGATE_ANCHOR_BUCKET or BQGATE_ANCHOR_DIR: session checkpoints go to "
-                    "the log only")
+        log.warning(
+            "no BQGATE_ANCHOR_BUCKET or BQGATE_ANCHOR_DIR: session checkpoints go to the log only"
+        )
     cp = Checkpointer(
         chain_key(),
         immediate=[LogSink()] if s.anchor_log else [],

@@ -210,7 +210,9 @@ def request_token(
             error = json.loads(exc.read()).get("error")
         except (ValueError, AttributeError):
             error = None
-        raise ValueError(f"the dev issuer refused (HTTP {exc.code}): {error or exc.reason}") from None
+        raise ValueError(
+            f"the dev issuer refused (HTTP {exc.code}): {error or exc.reason}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"the dev issuer at {issuer_url} is unreachable: {exc}") from None
     token = answer.get("id_token") if isinstance(answer, dict) else None
@@ -381,8 +383,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is left unread
             self._send(
                 HTTPStatus.UNAUTHORIZED,
-                {"error": "the dev token endpoint needs the token secret from the dev state "
-                 "folder (oidc/token-secret) as a bearer token; `bqgate token` sends it"},
+                {
+                    "error": "the dev token endpoint needs the token secret from the dev state "
+                    "folder (oidc/token-secret) as a bearer token; `bqgate token` sends it"
+                },
             )
             return
         try:

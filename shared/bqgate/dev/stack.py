@@ -345,7 +345,7 @@ class Stack:
                 except (StackError, OSError) as exc:
                     # Crash-loop backoff: the n-th failed start in a row waits 2^n s (max 30).
                     proc.failed_starts += 1
-                    delay = min(2.0 ** proc.failed_starts, 30.0)
+                    delay = min(2.0**proc.failed_starts, 30.0)
                     proc.next_start_at = time.monotonic() + delay
                     self._note(f"{proc.name} did not come back ({exc}); next try in {delay:.0f}s")
             if (
@@ -472,10 +472,12 @@ class Stack:
                 "SDK (gcloud components); they were not found under /usr/lib/google-cloud-sdk"
             )
         p = self.ports
-        fs = self._spawn("firestore", self._firestore_argv(),
-                         health_url=self.url("firestore") + "/")
+        fs = self._spawn(
+            "firestore", self._firestore_argv(), health_url=self.url("firestore") + "/"
+        )
         ps = self._spawn(
-            "pubsub", [java, "-jar", pubsub_jar[-1], "--host=127.0.0.1", f"--port={p['pubsub']}"],
+            "pubsub",
+            [java, "-jar", pubsub_jar[-1], "--host=127.0.0.1", f"--port={p['pubsub']}"],
             health_url=self.url("pubsub") + "/",
         )
         bq_data = self.state_dir / "bigquery"

@@ -6,17 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
-
-sys.path.insert(0, str(Path(__file__).parent))  # harness
-
-from harness import MODE
+from reliability.harness import MODE  # tests/ is on sys.path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the results go: ``BQGATE_RELIABILITY_OUT``, else bench/results/ in full mode only.

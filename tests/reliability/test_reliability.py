@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from bqgate.dev.stack import Stack
 from google.cloud import bigquery
-from harness import (
+from reliability.harness import (
     BOUND_S,
     MODE,
     Outcome,

@@ -16,7 +16,13 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8", "hypothesis>=6", "python-hcl2==8.1.4", "selenium>=4.20"]
+TEST_DEPS = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "python-hcl2==8.1.4",
+    "selenium>=4.20",
+    "gcp-storage-emulator==2026.7.19",  # a Cloud Storage stand-in for the checkpoint sink
+]
 
 
 @nox.session(python=PYTHON)

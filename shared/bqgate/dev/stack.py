@@ -319,7 +319,7 @@ class Stack:
         argv = self._firestore_argv() if proc.name == "firestore" else proc.argv
         proc.popen = self._popen(proc.log_path, argv, proc.env, proc.cwd)
         if proc.health_url:
-            self._wait_http(proc, proc.health_url)
+            self._wait_http(proc, proc.health_url, retries=0)  # the loop retries, with backoff
         if proc.name == "pubsub":
             self.create_topics()  # a new emulator has no topics or subscriptions
         proc.started_at = time.monotonic()
@@ -425,14 +425,29 @@ class Stack:
                 shutil.rmtree(old, ignore_errors=True)
             return found[0]
 
-    def _wait_http(self, proc: Proc, url: str, timeout: float = 60.0) -> None:
+    def _wait_http(
+        self, proc: Proc, url: str, timeout: float = 60.0, retries: int | None = None
+    ) -> None:
+        """Wait until ``url`` answers. A process that dies while starting is started again
+        (twice at most when supervised) before the start counts as failed."""
         deadline = time.monotonic() + timeout
+        left = (2 if self.supervise else 0) if retries is None else retries
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
-                raise StackError(
-                    f"{proc.name} exited with {proc.popen.returncode}; "
-                    f"see {proc.log_path}:\n{_tail(proc.log_path)}"
+                if left <= 0:
+                    raise StackError(
+                        f"{proc.name} exited with {proc.popen.returncode}; "
+                        f"see {proc.log_path}:\n{_tail(proc.log_path)}"
+                    )
+                left -= 1
+                self._note(
+                    f"{proc.name} exited ({proc.popen.returncode}) while starting; starting again"
                 )
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                argv = self._firestore_argv() if proc.name == "firestore" else proc.argv
+                proc.popen = self._popen(proc.log_path, argv, proc.env, proc.cwd)
+                continue
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     resp.read()

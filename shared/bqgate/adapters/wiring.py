@@ -244,6 +244,7 @@ def executor() -> Executor:
         queue=Lazy(queue),
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
+        warehouse_project=s.warehouse_project,
     )
 
 

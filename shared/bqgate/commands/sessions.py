@@ -457,7 +457,7 @@ def events_from_jsonl(text: str) -> list[audit.Event]:
     """Events back from an ``export`` (a line that is not an object becomes a defect).
 
     >>> e = audit.seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
-    ...                data={"a": [1]}, prev=None, expire_at_ms=2)
+    ...                data={"a": [1]}, prev=None, expire_at_ms=2, key=ChainKey(b"k" * 32))
     >>> events_from_jsonl(audit.canonical_json(e.to_export()) + "\\n") == [e]
     True
     """

@@ -771,8 +771,14 @@ def recorded_requests(events: Iterable[Event]) -> list[RecordedRequest]:
                 sql=str(d.get("statement", "")),
                 principal=str(d.get("principal") or e.principal),
                 groups=tuple(str(g) for g in d.get("groups") or ()),
-                default_project=str(d.get("default_project") or d.get("project") or ""),
-                default_dataset=d.get("default_dataset"),
+                # As BigQuery resolves names: `dataset.table` in the job's project, a bare
+                # `table` in the default dataset (which may live in another project).
+                default_project=str(d.get("project") or d.get("default_project") or ""),
+                default_dataset=(
+                    f"{d.get('default_project') or d.get('project')}.{d['default_dataset']}"
+                    if d.get("default_dataset")
+                    else None
+                ),
                 decision=str(v.get("decision", "unknown")),
                 reasons=tuple(str(r) for r in v.get("reasons") or ()),
             )

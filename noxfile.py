@@ -16,7 +16,13 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8", "hypothesis>=6", "python-hcl2==8.1.4", "selenium>=4.20"]
+TEST_DEPS = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "python-hcl2==8.1.4",
+    "selenium>=4.20",
+    "gcp-storage-emulator==2026.7.19",  # a Cloud Storage stand-in for the checkpoint sink
+]
 # The client matrix (tests/clients): pinned, so the README's "Works with" table is reproducible.
 CLIENT_DEPS = [
     "google-cloud-bigquery[pandas,bqstorage]==3.47.0",
@@ -75,6 +81,18 @@ def clients(session: nox.Session) -> None:
         "pytest", "tests/clients", *(args or ["-q"]), success_codes=[0, 1] if write else [0]
     )
     session.run("python", "tools/works_with.py", "--write" if write else "--check")
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Load (4-32 agents) and fault injection on a supervised stack of its own; results in
+    bench/results/reliability.json. ``-- --short`` runs the short version CI runs."""
+    session.install("-e", ".", *TEST_DEPS)
+    args = list(session.posargs)
+    short = "--short" in args
+    args = [a for a in args if a != "--short"]
+    session.env["BQGATE_RELIABILITY"] = "short" if short else "full"
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/reliability", *args)
 
 
 @nox.session(python=PYTHON)

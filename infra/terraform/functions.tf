@@ -40,6 +40,13 @@ resource "google_cloudfunctions2_function" "ingress" {
     environment_variables = merge(local.common_env, {
       BQGATE_EXECUTOR_URL = google_cloudfunctions2_function.executor.service_config[0].uri
     })
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
   }
 
   lifecycle {
@@ -53,6 +60,7 @@ resource "google_cloudfunctions2_function" "ingress" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
   ]
 }
 
@@ -88,6 +96,13 @@ resource "google_cloudfunctions2_function" "executor" {
     environment_variables          = local.common_env
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_HMAC_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.masking_hmac_key.secret_id
@@ -99,6 +114,7 @@ resource "google_cloudfunctions2_function" "executor" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.executor_hmac_key,
   ]
 }
@@ -134,6 +150,13 @@ resource "google_cloudfunctions2_function" "approvals" {
     environment_variables          = local.common_env
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -153,6 +176,7 @@ resource "google_cloudfunctions2_function" "approvals" {
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
     google_secret_manager_secret_iam_member.approvals_slack_bot_token,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.approvals_slack_signing_secret,
   ]
 }
@@ -189,6 +213,13 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     })
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -200,6 +231,7 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
   ]
 }

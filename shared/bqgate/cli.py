@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from bqgate.errors import BqgateError
 
 # Subcommand modules, in the order `bqgate --help` lists them.
-COMMANDS = ("dev", "token", "explain", "approvals", "sessions", "bq")
+COMMANDS = ("dev", "token", "explain", "approvals", "sessions", "bq", "mcp")
 
 
 def build_parser() -> argparse.ArgumentParser:

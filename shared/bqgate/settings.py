@@ -63,6 +63,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_ANCHOR_LOG": ("1", "1 also writes each checkpoint as a structured log line "
                           "(Cloud Logging)."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
+    "BQGATE_MCP_WAIT_MS": ("30000", "Longest an MCP execute_sql call waits for its job (an "
+                           "approval) before it answers with the pending request."),
     "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
@@ -100,6 +102,7 @@ class Settings:
     anchor_dir: Path | None = None
     anchor_flush_ms: int = 1000
     anchor_log: bool = True
+    mcp_wait_ms: int = 30_000
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -160,4 +163,5 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         anchor_dir=anchor_dir,
         anchor_flush_ms=integer("BQGATE_ANCHOR_FLUSH_MS"),
         anchor_log=get("BQGATE_ANCHOR_LOG").lower() in {"1", "true", "yes"},
+        mcp_wait_ms=integer("BQGATE_MCP_WAIT_MS"),
     )

@@ -26,7 +26,7 @@ DEFAULT_LOCAL_PRINCIPAL = "agent@demo-project.iam.gserviceaccount.com"
 DEV_TOKEN_TTL = 3600
 _EXPIRY_MARGIN = datetime.timedelta(seconds=30)
 
-__all__ = ["BigQueryClient", "DevIdTokenCredentials", "gateway_client"]
+__all__ = ["BigQueryClient", "DevIdTokenCredentials", "gateway_client", "gateway_credentials"]
 
 
 class BigQueryClient(bigquery.Client):
@@ -116,20 +116,20 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         self.expiry = now + datetime.timedelta(seconds=expires_in) - _EXPIRY_MARGIN
 
 
-def gateway_client(
+def gateway_credentials(
     url: str | None = None,
     *,
-    project: str = "demo-project",
     principal: str | None = None,
     audience: str = "bqgate",
     dev_dir: Path | None = None,
-) -> BigQueryClient:
-    """A BigQuery client whose every call goes through the gateway at ``url``.
+    endpoint: str = "gateway",
+) -> tuple[str, google.auth.credentials.Credentials]:
+    """The URL to call and refreshing ID-token credentials for it.
 
     Local (a dev dir is given, a ``principal`` is given, ``url`` is omitted or on
     loopback): the dev stack is found through ``endpoints.json`` (``url`` defaults to
-    its ``gateway``) and tokens for ``principal`` (default the demo agent) are minted by
-    the dev issuer. Otherwise: ID tokens for ``audience`` from ADC.
+    its ``endpoint`` entry) and tokens for ``principal`` (default the demo agent) are
+    minted by the dev issuer. Otherwise: ID tokens for ``audience`` from ADC.
 
     Raises:
         DevStackNotFound: local use but no dev stack state.
@@ -138,11 +138,11 @@ def gateway_client(
     credentials: google.auth.credentials.Credentials
     if local:
         endpoints = dev_issuer.read_endpoints(dev_issuer.find_dev_dir(dev_dir))
-        url = url or endpoints.get("gateway")
+        url = url or endpoints.get(endpoint)
         issuer_url = endpoints.get("oidc_issuer")
         if not url or not issuer_url:
             raise dev_issuer.DevStackNotFound(
-                "endpoints.json lacks 'gateway' or 'oidc_issuer'; is the dev stack running?"
+                f"endpoints.json lacks {endpoint!r} or 'oidc_issuer'; is the dev stack running?"
             )
         dev_dir = dev_issuer.find_dev_dir(dev_dir)
         state = Path(endpoints.get("state_dir") or dev_dir)
@@ -161,6 +161,27 @@ def gateway_client(
             audience, request=google.auth.transport.requests.Request()
         )
     assert url is not None
+    return url, credentials
+
+
+def gateway_client(
+    url: str | None = None,
+    *,
+    project: str = "demo-project",
+    principal: str | None = None,
+    audience: str = "bqgate",
+    dev_dir: Path | None = None,
+) -> BigQueryClient:
+    """A BigQuery client whose every call goes through the gateway at ``url``.
+
+    Credentials and the URL as :func:`gateway_credentials` finds them.
+
+    Raises:
+        DevStackNotFound: local use but no dev stack state.
+    """
+    url, credentials = gateway_credentials(
+        url, principal=principal, audience=audience, dev_dir=dev_dir
+    )
     return BigQueryClient(
         project=project,
         credentials=credentials,

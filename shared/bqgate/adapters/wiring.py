@@ -292,6 +292,27 @@ def ingress_app() -> Any:
 
 
 @functools.cache
+def mcp_tools() -> Any:
+    """The MCP tools (functions/mcp): the ingress's own gateway and metadata cores."""
+    from bqgate.service.mcp import McpConfig, McpTools
+
+    return McpTools(
+        gateway=gateway(),
+        metadata=metadata_api(),
+        config=McpConfig(
+            wait_ms=settings().mcp_wait_ms, required_approvals=policy().approvals.required
+        ),
+    )
+
+
+@functools.cache
+def mcp_app() -> Any:
+    from bqgate.adapters.mcp_server import McpHttpApp
+
+    return McpHttpApp(mcp_tools, verifier)
+
+
+@functools.cache
 def catalog_app() -> Any:
     """Executor side: the catalog endpoint the ingress calls (BigQuery metadata)."""
     from bqgate.service.catalog import CatalogApp, CatalogService

@@ -49,6 +49,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "approvals": 8181,
     "executor": 8182,
     "slack_notify": 8183,
+    "mcp": 8184,
     "slack": 8190,
     "oidc_issuer": 8191,
     "bigquery": 9050,
@@ -213,6 +214,8 @@ class Stack:
             "approvals": self.url("approvals"),
             "executor": self.url("executor"),
             "slack_notify": self.url("slack_notify"),
+            # The MCP endpoint itself (Streamable HTTP), as an agent's MCP config names it.
+            "mcp": self.url("mcp") + "/mcp",
             "slack": self.url("slack"),
             "oidc_issuer": self.url("oidc_issuer"),
             "bigquery": self.url("bigquery"),
@@ -566,6 +569,7 @@ class Stack:
             ("approvals", "approvals", "approvals", "http"),
             ("executor", "executor", "executor", "http"),
             ("slack_notify", "slack_notify", "slack_notify", "cloudevent"),
+            ("mcp", "mcp", "mcp", "http"),
         ]
         started = []
         for port_name, folder, target, sig in functions:
@@ -679,6 +683,7 @@ def banner(endpoints: Mapping[str, str]) -> str:
         "bqgate dev stack is up (loopback only). Ctrl-C stops everything.",
         f"Gateway: {endpoints['gateway']}",
         f"Approvals: {endpoints['approvals']}   Slack stand-in: {endpoints['slack']}",
+        f"MCP (Streamable HTTP): {endpoints['mcp']}   stdio for agents: bqgate mcp",
         f"BigQuery emulator: {endpoints['bigquery']}   OIDC issuer: {endpoints['oidc_issuer']}",
         f"Firestore: {endpoints['firestore']}   Pub/Sub: {endpoints['pubsub']}",
         f"State and logs: {endpoints['state_dir']}",

@@ -264,7 +264,12 @@ datasetId, pageSize, pageToken
             else isinstance(value, int) and not isinstance(value, bool) and value >= 0
         )
         if not ok:
-            raise InvalidRequest(f"Invalid value at '{name}': expected {kind}")
+            want = "a non-negative integer" if kind == "integer" else f"a {kind}"
+            raise InvalidRequest(f"Invalid value at '{name}': expected {want}")
+        if kind == "integer" and value < props[name].get("minimum", 0):
+            raise InvalidRequest(
+                f"Invalid value at '{name}': must be at least {props[name]['minimum']}"
+            )
         out[name] = value
     for name in spec.input_schema["required"]:
         if name not in out or out[name] == "":

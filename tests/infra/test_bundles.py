@@ -153,20 +153,40 @@ def test_package_cli_builds_each_function(name: str, tmp_path: Path) -> None:
 
 
 PROBE = r"""
-import json, sys
+import asyncio, json, sys
 import bqgate
 from functions_framework import _function_registry, create_app
 
 target = sys.argv[1]
 app = create_app(target, "main.py")
 kind = _function_registry.get_func_signature_type(target, None)
-client = app.test_client()
-if kind == "http":
-    status = client.get("/").status_code
-else:
-    status = client.post("/", json={}).status_code  # not an event: the framework answers 400
-print(json.dumps({"kind": kind, "status": status, "bqgate": bqgate.__file__}))
+asgi = not hasattr(app, "test_client")
+body = b""
+if asgi:  # an ASGI function (functions_framework.aio): one GET / through the ASGI app
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+             "query_string": b"", "headers": [(b"host", b"localhost")],
+             "server": ("localhost", 80), "client": ("127.0.0.1", 1)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+elif kind == "http":
+    status = app.test_client().get("/").status_code
+else:  # not an event: the framework answers 400
+    status = app.test_client().post("/", json={}).status_code
+print(json.dumps({"kind": kind, "status": status, "bqgate": bqgate.__file__, "asgi": asgi,
+                  "body": body.decode()}))
 """
+#: ASGI functions (functions_framework.aio), with what their health check answers.
+ASGI_FUNCTIONS = {"mcp": {"status": "ok", "service": "bqgate-mcp", "endpoint": "/mcp"}}
 
 
 @pytest.mark.parametrize("name", REAL_FUNCTIONS)
@@ -200,6 +220,9 @@ def test_bundle_loads_alone_and_answers(name: str, tmp_path: Path) -> None:
     assert Path(result["bqgate"]).resolve().is_relative_to(bundle.resolve())
     assert result["kind"] == ("cloudevent" if name in CLOUDEVENT_FUNCTIONS else "http")
     assert result["status"] < 500, done.stderr
+    assert result["asgi"] == (name in ASGI_FUNCTIONS)
+    if name in ASGI_FUNCTIONS:
+        assert result["status"] == 200 and json.loads(result["body"]) == ASGI_FUNCTIONS[name]
 
 
 def test_pubsub_push_reaches_a_cloud_event_function_like_eventarc(tmp_path: Path) -> None:

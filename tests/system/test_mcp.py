@@ -42,8 +42,7 @@ T = TypeVar("T")
 ATTACKS = Path(__file__).parents[1] / "fixtures" / "attacks" / "masking.sql"
 HEADER = re.compile(r"^-- (\w+):\s*(.*?)\s*$")
 LEDGER_SQL = (
-    "SELECT entry_id, account, amount FROM `demo-project.finance.ledger` "
-    "ORDER BY entry_id LIMIT 3"
+    "SELECT entry_id, account, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 )
 GOOGLE_TOOLS = {
     "list_dataset_ids": ["projectId"],
@@ -118,8 +117,12 @@ def test_without_a_valid_token_nothing_is_served(stack: Stack) -> None:
         assert resp.json()["error"]["message"].startswith("unauthorized: ")
     # A web page cannot drive it, even with a token.
     token = mint_token_for(stack, AGENT)
-    resp = requests.post(url, json=body, timeout=30, headers={
-        **headers, "Authorization": f"Bearer {token}", "Origin": "https://evil.example"})
+    resp = requests.post(
+        url,
+        json=body,
+        timeout=30,
+        headers={**headers, "Authorization": f"Bearer {token}", "Origin": "https://evil.example"},
+    )
     assert resp.status_code == 403 and "Origin" in resp.json()["error"]["message"]
     # Health needs no token; anything but /mcp is not found.
     assert requests.get(url.removesuffix("/mcp") + "/", timeout=30).json()["status"] == "ok"
@@ -130,8 +133,11 @@ def test_datasets_are_only_those_the_policy_lets_the_agent_read(
     stack: Stack, agent_token: str
 ) -> None:
     # A dataset the policy does not name exists in the warehouse, and is never shown.
-    direct = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                             client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    direct = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
     direct.create_dataset(f"{PROJECT}.mcp_unlisted", exists_ok=True)
     assert "mcp_unlisted" in {d.dataset_id for d in direct.list_datasets()}
     stranger = mint_token_for(stack, "stranger@example.com")
@@ -139,25 +145,40 @@ def test_datasets_are_only_those_the_policy_lets_the_agent_read(
     async def go() -> tuple[Any, ...]:
         async with connect(stack, agent_token) as client:
             datasets = ok(await call(client, "list_dataset_ids", {"projectId": PROJECT}))
-            tables = ok(await call(client, "list_table_ids",
-                                   {"projectId": PROJECT, "datasetId": "sales"}))
-            info = ok(await call(client, "get_dataset_info",
-                                 {"project_id": PROJECT, "dataset_id": "analytics"}))
-            hidden = error_of(await call(client, "get_dataset_info",
-                                         {"projectId": PROJECT, "datasetId": "mcp_unlisted"}))
-            typo = error_of(await call(client, "list_table_ids",
-                                       {"projectId": PROJECT, "dataset": "sales"}))
+            tables = ok(
+                await call(client, "list_table_ids", {"projectId": PROJECT, "datasetId": "sales"})
+            )
+            info = ok(
+                await call(
+                    client, "get_dataset_info", {"project_id": PROJECT, "dataset_id": "analytics"}
+                )
+            )
+            hidden = error_of(
+                await call(
+                    client, "get_dataset_info", {"projectId": PROJECT, "datasetId": "mcp_unlisted"}
+                )
+            )
+            typo = error_of(
+                await call(client, "list_table_ids", {"projectId": PROJECT, "dataset": "sales"})
+            )
         async with connect(stack, stranger) as client:
             nothing = ok(await call(client, "list_dataset_ids", {"projectId": PROJECT}))
-            denied = error_of(await call(client, "list_table_ids",
-                                         {"projectId": PROJECT, "datasetId": "sales"}))
+            denied = error_of(
+                await call(client, "list_table_ids", {"projectId": PROJECT, "datasetId": "sales"})
+            )
         return datasets, tables, info, hidden, typo, nothing, denied
 
     datasets, tables, info, hidden, typo, nothing, denied = run(go)
-    assert datasets == {"datasets": [{"id": f"{PROJECT}:analytics"}, {"id": f"{PROJECT}:finance"},
-                                     {"id": f"{PROJECT}:sales"}]}
-    assert tables == {"tables": [{"id": f"{PROJECT}:sales.customers"},
-                                 {"id": f"{PROJECT}:sales.orders"}]}
+    assert datasets == {
+        "datasets": [
+            {"id": f"{PROJECT}:analytics"},
+            {"id": f"{PROJECT}:finance"},
+            {"id": f"{PROJECT}:sales"},
+        ]
+    }
+    assert tables == {
+        "tables": [{"id": f"{PROJECT}:sales.customers"}, {"id": f"{PROJECT}:sales.orders"}]
+    }
     assert info["datasetReference"] == {"projectId": PROJECT, "datasetId": "analytics"}
     assert "access" not in info
     assert hidden == {"reason": "notFound", "message": f"Not found: Dataset {PROJECT}:mcp_unlisted"}
@@ -169,12 +190,20 @@ def test_datasets_are_only_those_the_policy_lets_the_agent_read(
 def test_table_schema_says_which_columns_are_masked(stack: Stack, agent_token: str) -> None:
     async def go() -> dict[str, Any]:
         async with connect(stack, agent_token) as client:
-            return ok(await call(client, "get_table_info", {
-                "projectId": PROJECT, "datasetId": "sales", "tableId": "customers"}))
+            return ok(
+                await call(
+                    client,
+                    "get_table_info",
+                    {"projectId": PROJECT, "datasetId": "sales", "tableId": "customers"},
+                )
+            )
 
     table = run(go)
-    assert table["tableReference"] == {"projectId": PROJECT, "datasetId": "sales",
-                                       "tableId": "customers"}
+    assert table["tableReference"] == {
+        "projectId": PROJECT,
+        "datasetId": "sales",
+        "tableId": "customers",
+    }
     assert table["numRows"] == "1000"
     fields = {f["name"]: f for f in table["schema"]["fields"]}
     assert fields["ssn"]["description"] == "masked by bqgate: last4"
@@ -187,20 +216,30 @@ def test_table_schema_says_which_columns_are_masked(stack: Stack, agent_token: s
 
 
 def test_masked_query_on_customers(stack: Stack, agent_token: str) -> None:
-    sql = ("SELECT customer_id, full_name, email, ssn, birth_date "
-           "FROM `demo-project.sales.customers` ORDER BY customer_id LIMIT 20")
+    sql = (
+        "SELECT customer_id, full_name, email, ssn, birth_date "
+        "FROM `demo-project.sales.customers` ORDER BY customer_id LIMIT 20"
+    )
 
     async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         async with connect(stack, agent_token) as client:
             answer = ok(await call(client, "execute_sql", {"projectId": PROJECT, "query": sql}))
-            dry = ok(await call(client, "execute_sql",
-                                {"projectId": PROJECT, "query": sql, "dryRun": True}))
+            dry = ok(
+                await call(
+                    client, "execute_sql", {"projectId": PROJECT, "query": sql, "dryRun": True}
+                )
+            )
             return answer, dry
 
     answer, dry = run(go)
     assert answer["jobComplete"] is True and answer["totalRows"] == "20"
     assert [f["name"] for f in answer["schema"]["fields"]] == [
-        "customer_id", "full_name", "email", "ssn", "birth_date"]
+        "customer_id",
+        "full_name",
+        "email",
+        "ssn",
+        "birth_date",
+    ]
     rows = answer["rows"]
     assert [r["customer_id"] for r in rows] == [str(i) for i in range(1, 21)]
     for row in rows:
@@ -212,9 +251,15 @@ def test_masked_query_on_customers(stack: Stack, agent_token: str) -> None:
     # (The emulator's dry runs estimate 0 bytes; BigQuery's estimate passes through as is.)
     assert dry["totalBytesProcessed"].isdigit() and dry["statementType"] == "SELECT"
     assert [f["name"] for f in dry["schema"]["fields"]] == [
-        "customer_id", "full_name", "email", "ssn", "birth_date"]
+        "customer_id",
+        "full_name",
+        "email",
+        "ssn",
+        "birth_date",
+    ]
     assert dry["referencedTables"] == [
-        {"projectId": PROJECT, "datasetId": "sales", "tableId": "customers"}]
+        {"projectId": PROJECT, "datasetId": "sales", "tableId": "customers"}
+    ]
     # The session record has the request, as an MCP request.
     store = FirestoreJobStore(firestore.Client(project=PROJECT))
     job = store.get(answer["jobReference"]["jobId"])
@@ -225,8 +270,13 @@ def test_masked_query_on_customers(stack: Stack, agent_token: str) -> None:
 def test_blocked_drop_is_a_tool_error_with_the_reason(stack: Stack, agent_token: str) -> None:
     async def go() -> dict[str, Any]:
         async with connect(stack, agent_token) as client:
-            return error_of(await call(client, "execute_sql", {
-                "projectId": PROJECT, "query": "DROP TABLE `demo-project.sales.customers`"}))
+            return error_of(
+                await call(
+                    client,
+                    "execute_sql",
+                    {"projectId": PROJECT, "query": "DROP TABLE `demo-project.sales.customers`"},
+                )
+            )
 
     entry = run(go)
     assert entry["reason"] == "accessDenied"
@@ -239,8 +289,11 @@ def test_approval_bound_query_returns_rows_after_bqgate_approve(
 ) -> None:
     async def ask() -> CallToolResult:
         async with connect(stack, agent_token) as client:
-            return await call(client, "execute_sql",
-                              {"projectId": PROJECT, "query": LEDGER_SQL, "timeoutMs": 2000})
+            return await call(
+                client,
+                "execute_sql",
+                {"projectId": PROJECT, "query": LEDGER_SQL, "timeoutMs": 2000},
+            )
 
     started = time.monotonic()
     first = run(ask)
@@ -260,19 +313,41 @@ def test_approval_bound_query_returns_rows_after_bqgate_approve(
     assert text.startswith(f"Waiting for approval: job {job_id}") and job_id in text
 
     approve = subprocess.run(
-        [sys.executable, "-m", "bqgate.cli", "approve", job_id, "--principal",
-         "alice@example.com", "--dev-dir", str(stack.state_dir)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "bqgate.cli",
+            "approve",
+            job_id,
+            "--principal",
+            "alice@example.com",
+            "--dev-dir",
+            str(stack.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert approve.returncode == 0, approve.stderr
 
     async def collect() -> dict[str, Any]:
         async with connect(stack, agent_token) as client:
             # Someone else's query under this job id is refused; the right one waits for it.
-            other = error_of(await call(client, "execute_sql", {
-                "projectId": PROJECT, "query": "SELECT 1", "jobId": job_id}))
+            other = error_of(
+                await call(
+                    client,
+                    "execute_sql",
+                    {"projectId": PROJECT, "query": "SELECT 1", "jobId": job_id},
+                )
+            )
             assert other["reason"] == "invalid" and "another query" in other["message"]
-            return ok(await call(client, "execute_sql",
-                                 {"projectId": PROJECT, "query": LEDGER_SQL, "jobId": job_id}))
+            return ok(
+                await call(
+                    client,
+                    "execute_sql",
+                    {"projectId": PROJECT, "query": LEDGER_SQL, "jobId": job_id},
+                )
+            )
 
     rows = run(collect)
     assert rows["jobComplete"] is True and rows["jobReference"]["jobId"] == job_id
@@ -282,9 +357,13 @@ def test_approval_bound_query_returns_rows_after_bqgate_approve(
 
     async def steal() -> dict[str, Any]:
         async with connect(stack, bob) as client:
-            return error_of(await call(client, "execute_sql",
-                                       {"projectId": PROJECT, "query": LEDGER_SQL,
-                                        "jobId": job_id}))
+            return error_of(
+                await call(
+                    client,
+                    "execute_sql",
+                    {"projectId": PROJECT, "query": LEDGER_SQL, "jobId": job_id},
+                )
+            )
 
     assert run(steal) == {"reason": "notFound", "message": f"Not found: Job {PROJECT}:{job_id}"}
 
@@ -294,13 +373,28 @@ def test_rows_page_with_the_token_of_the_job(stack: Stack, agent_token: str) -> 
 
     async def go() -> list[dict[str, Any]]:
         async with connect(stack, agent_token) as client:
-            first = ok(await call(client, "execute_sql",
-                                  {"projectId": PROJECT, "query": sql, "maxResults": 10}))
+            first = ok(
+                await call(
+                    client, "execute_sql", {"projectId": PROJECT, "query": sql, "maxResults": 10}
+                )
+            )
             pages = [first]
             while "pageToken" in pages[-1]:
-                pages.append(ok(await call(client, "execute_sql", {
-                    "projectId": PROJECT, "query": sql, "maxResults": 10,
-                    "jobId": first["jobReference"]["jobId"], "pageToken": pages[-1]["pageToken"]})))
+                pages.append(
+                    ok(
+                        await call(
+                            client,
+                            "execute_sql",
+                            {
+                                "projectId": PROJECT,
+                                "query": sql,
+                                "maxResults": 10,
+                                "jobId": first["jobReference"]["jobId"],
+                                "pageToken": pages[-1]["pageToken"],
+                            },
+                        )
+                    )
+                )
             return pages
 
     pages = run(go)
@@ -342,9 +436,18 @@ def rest_answer(stack: Stack, token: str, sql: str) -> dict[str, Any]:
     as objects, or the error's reason and message."""
     api = f"{stack.url('gateway')}/bigquery/v2/projects/{PROJECT}/queries"
     headers = {"Authorization": f"Bearer {token}"}
-    resp = requests.post(api, headers=headers, timeout=120, json={
-        "query": sql, "useLegacySql": False, "timeoutMs": 60000, "maxResults": 10000,
-        "formatOptions": {"useInt64Timestamp": True}})
+    resp = requests.post(
+        api,
+        headers=headers,
+        timeout=120,
+        json={
+            "query": sql,
+            "useLegacySql": False,
+            "timeoutMs": 60000,
+            "maxResults": 10000,
+            "formatOptions": {"useInt64Timestamp": True},
+        },
+    )
     body = resp.json()
     deadline = time.monotonic() + 120
     rows: list[dict[str, Any]] = []
@@ -356,8 +459,11 @@ def rest_answer(stack: Stack, token: str, sql: str) -> dict[str, Any]:
             if not body.get("pageToken"):
                 return {"schema": body["schema"], "rows": rows}
         job_id = body["jobReference"]["jobId"]
-        params: dict[str, str] = {"timeoutMs": "10000", "maxResults": "10000",
-                                  "formatOptions.useInt64Timestamp": "true"}
+        params: dict[str, str] = {
+            "timeoutMs": "10000",
+            "maxResults": "10000",
+            "formatOptions.useInt64Timestamp": "true",
+        }
         if body.get("pageToken"):
             params["pageToken"] = body["pageToken"]
         resp = requests.get(f"{api}/{job_id}", headers=headers, params=params, timeout=120)
@@ -375,9 +481,18 @@ async def mcp_answer(client: Client, sql: str) -> dict[str, Any]:
     assert body["jobComplete"] is True, body
     rows = list(body["rows"])
     while "pageToken" in body:
-        body = ok(await call(client, "execute_sql", {
-            "projectId": PROJECT, "query": sql, "jobId": body["jobReference"]["jobId"],
-            "pageToken": body["pageToken"]}))
+        body = ok(
+            await call(
+                client,
+                "execute_sql",
+                {
+                    "projectId": PROJECT,
+                    "query": sql,
+                    "jobId": body["jobReference"]["jobId"],
+                    "pageToken": body["pageToken"],
+                },
+            )
+        )
         rows += body["rows"]
     return {"schema": body["schema"], "rows": rows}
 
@@ -386,12 +501,12 @@ def test_masking_attacks_answer_the_same_through_execute_sql_and_rest(
     stack: Stack, agent_token: str
 ) -> None:
     cases = subset(load_attacks())
-    assert len(cases) >= 50 and {c["class"] for c in cases} == {c["class"]
-                                                                 for c in load_attacks()}
+    assert len(cases) >= 50 and {c["class"] for c in cases} == {c["class"] for c in load_attacks()}
 
     async def through_mcp() -> list[dict[str, Any]]:
         gate = asyncio.Semaphore(4)
         async with connect(stack, agent_token) as client:
+
             async def one(sql: str) -> dict[str, Any]:
                 async with gate:
                     return await mcp_answer(client, sql)
@@ -401,8 +516,9 @@ def test_masking_attacks_answer_the_same_through_execute_sql_and_rest(
     mcp_answers = run(through_mcp)
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         rest_answers = list(pool.map(lambda c: rest_answer(stack, agent_token, c["sql"]), cases))
-    differ = [(c["sql"], m, r) for c, m, r in zip(cases, mcp_answers, rest_answers, strict=True)
-              if m != r]
+    differ = [
+        (c["sql"], m, r) for c, m, r in zip(cases, mcp_answers, rest_answers, strict=True) if m != r
+    ]
     assert not differ, differ[:3]
     # Both kinds of answer are represented: rows and refusals.
     assert sum("rows" in a for a in rest_answers) >= 20
@@ -423,18 +539,33 @@ def test_bqgate_mcp_forwards_over_stdio_with_a_dev_token(stack: Stack) -> None:
         async with Client(params) as client:
             tools = await client.list_tools()
             datasets = ok(await call(client, "list_dataset_ids", {"projectId": PROJECT}))
-            answer = ok(await call(client, "execute_sql", {
-                "projectId": PROJECT,
-                "query": f"SELECT '{marker}' AS m, ssn FROM `demo-project.sales.customers` "
-                         "ORDER BY customer_id LIMIT 2"}))
-            blocked = error_of(await call(client, "execute_sql", {
-                "projectId": PROJECT, "query": "DROP TABLE `demo-project.sales.orders`"}))
+            answer = ok(
+                await call(
+                    client,
+                    "execute_sql",
+                    {
+                        "projectId": PROJECT,
+                        "query": f"SELECT '{marker}' AS m, ssn FROM `demo-project.sales.customers` "
+                        "ORDER BY customer_id LIMIT 2",
+                    },
+                )
+            )
+            blocked = error_of(
+                await call(
+                    client,
+                    "execute_sql",
+                    {"projectId": PROJECT, "query": "DROP TABLE `demo-project.sales.orders`"},
+                )
+            )
             return tools, datasets, answer, blocked
 
     tools, datasets, answer, blocked = run(go)
     assert {t.name for t in tools.tools} == set(GOOGLE_TOOLS)
     assert [d["id"] for d in datasets["datasets"]] == [
-        f"{PROJECT}:analytics", f"{PROJECT}:finance", f"{PROJECT}:sales"]
+        f"{PROJECT}:analytics",
+        f"{PROJECT}:finance",
+        f"{PROJECT}:sales",
+    ]
     assert [r["m"] for r in answer["rows"]] == [marker, marker]
     assert all(re.fullmatch(r"XXX-XX-\d{4}", r["ssn"]) for r in answer["rows"])
     assert blocked["reason"] == "accessDenied"

@@ -79,8 +79,14 @@ def _unexpected(name: str) -> ToolResult:
     incident = uuid.uuid4().hex[:12]
     log.exception("unhandled error (incident %s) in MCP tool %s", incident, name[:64])
     message = f"The gateway failed to handle the request (incident {incident})."
-    body = {"error": {"code": 500, "status": "INTERNAL", "message": message,
-                      "errors": [{"reason": "gatewayError", "message": message}]}}
+    body = {
+        "error": {
+            "code": 500,
+            "status": "INTERNAL",
+            "message": message,
+            "errors": [{"reason": "gatewayError", "message": message}],
+        }
+    }
     return ToolResult(body, is_error=True, summary=f"gatewayError: {message}")
 
 
@@ -116,13 +122,22 @@ def build_server(tools: Callable[[], McpTools]) -> Server[Any]:
     )
 
 
-async def _json(send: Send, status: int, body: dict[str, Any],
-                headers: dict[str, str] | None = None) -> None:
+async def _json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
     raw = json.dumps(body, separators=(",", ":")).encode()
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-        *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": raw})
 
 
@@ -143,34 +158,46 @@ class McpHttpApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "/")
         method = scope.get("method", "GET").upper()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers") or []}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []
+        }
         if path in ("/", "/healthz") and method in ("GET", "HEAD"):
-            await _json(send, 200, {"status": "ok", "service": "bqgate-mcp",
-                                    "endpoint": MCP_PATH})
+            await _json(send, 200, {"status": "ok", "service": "bqgate-mcp", "endpoint": MCP_PATH})
             return
         if path.rstrip("/") != MCP_PATH:
-            await _json(send, 404, _rpc_error(f"Not found: {path[:100]}; the MCP endpoint "
-                                              f"is {MCP_PATH}", -32601))
+            await _json(
+                send,
+                404,
+                _rpc_error(f"Not found: {path[:100]}; the MCP endpoint is {MCP_PATH}", -32601),
+            )
             return
         if "origin" in headers:
-            await _json(send, 403, _rpc_error(
-                "Requests from web pages (an Origin header) are refused by bqgate"))
+            await _json(
+                send,
+                403,
+                _rpc_error("Requests from web pages (an Origin header) are refused by bqgate"),
+            )
             return
         try:
             token = bearer_token(headers.get("authorization"))
-            principal: Principal = await anyio.to_thread.run_sync(
-                self._verifier().verify, token)
+            principal: Principal = await anyio.to_thread.run_sync(self._verifier().verify, token)
         except BqgateError as err:
             status = 401 if isinstance(err, Unauthenticated) else err.http_status
-            await _json(send, status, _rpc_error(f"{err.reason}: {err.message}"),
-                        {"WWW-Authenticate": 'Bearer realm="bqgate"'} if status == 401 else None)
+            await _json(
+                send,
+                status,
+                _rpc_error(f"{err.reason}: {err.message}"),
+                {"WWW-Authenticate": 'Bearer realm="bqgate"'} if status == 401 else None,
+            )
             return
         except Exception:
             incident = uuid.uuid4().hex[:12]
             log.exception("token verification failed unexpectedly (incident %s)", incident)
-            await _json(send, 500, _rpc_error(
-                f"The gateway failed to verify the token (incident {incident})", -32603))
+            await _json(
+                send,
+                500,
+                _rpc_error(f"The gateway failed to verify the token (incident {incident})", -32603),
+            )
             return
         manager = StreamableHTTPSessionManager(self._server, stateless=True, json_response=True)
         async with manager.run():
@@ -189,5 +216,11 @@ class AsgiResponse(Response):
         await self._app(scope, receive, send)
 
 
-__all__ = ["MCP_PATH", "AsgiResponse", "McpHttpApp", "build_server", "call_result",
-           "tool_definition"]
+__all__ = [
+    "MCP_PATH",
+    "AsgiResponse",
+    "McpHttpApp",
+    "build_server",
+    "call_result",
+    "tool_definition",
+]

@@ -95,9 +95,7 @@ class Forwarder:
         self.auth = CredentialsAuth(credentials)
 
     def _client(self) -> Client:
-        http = httpx2.AsyncClient(
-            auth=self.auth, timeout=httpx2.Timeout(30.0, read=CALL_TIMEOUT_S)
-        )
+        http = httpx2.AsyncClient(auth=self.auth, timeout=httpx2.Timeout(30.0, read=CALL_TIMEOUT_S))
         return Client(streamable_http_client(self.url, http_client=http))
 
     async def list_tools(self) -> types.ListToolsResult:
@@ -107,8 +105,12 @@ class Forwarder:
         except Exception as exc:
             # The agent reads its tool list once, at start: offer bqgate's own tool list
             # (every call still goes to the gateway, and says so if it cannot get there).
-            print(f"bqgate mcp: cannot list the gateway's tools at {self.url} "
-                  f"({_why(exc)}); offering bqgate's own list", file=sys.stderr, flush=True)
+            print(
+                f"bqgate mcp: cannot list the gateway's tools at {self.url} "
+                f"({_why(exc)}); offering bqgate's own list",
+                file=sys.stderr,
+                flush=True,
+            )
             return types.ListToolsResult(tools=[tool_definition(spec) for spec in TOOLS])
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:

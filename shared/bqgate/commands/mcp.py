@@ -28,8 +28,9 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--url", default=None,
-                        help="the gateway's MCP endpoint (default: the dev stack's)")
+    parser.add_argument(
+        "--url", default=None, help="the gateway's MCP endpoint (default: the dev stack's)"
+    )
     parser.add_argument("--principal", default=None, help="dev only: whom the token is for")
     parser.add_argument("--audience", default=issuer.DEFAULT_AUDIENCE, help="the token's aud")
     parser.add_argument("--dev-dir", type=Path, default=None, help="dev state folder")
@@ -53,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"bqgate: {exc} (or pass --url)", file=sys.stderr)
         return 2
     except Exception as exc:  # ADC missing or refusing: say so, briefly
-        print(f"bqgate: no credentials for {args.url}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        print(
+            f"bqgate: no credentials for {args.url}: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
         return 2
     print(f"bqgate mcp: forwarding to {url}", file=sys.stderr, flush=True)
     serve(url, credentials)

@@ -108,8 +108,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         name="get_dataset_info",
         title="Get dataset metadata",
         description="Get metadata information about a BigQuery dataset.",
-        input_schema=_input({"projectId": _PROJECT, "datasetId": _DATASET},
-                            ["projectId", "datasetId"]),
+        input_schema=_input(
+            {"projectId": _PROJECT, "datasetId": _DATASET}, ["projectId", "datasetId"]
+        ),
         output_schema=_RESOURCE,
         read_only=True,
     ),
@@ -137,7 +138,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         title="Get table metadata",
         description=(
             "Get metadata information about a BigQuery table, its schema included. A column "
-            "whose values bqgate masks says so in its description (\"masked by bqgate: last4\")."
+            'whose values bqgate masks says so in its description ("masked by bqgate: last4").'
         ),
         input_schema=_input(
             {"projectId": _PROJECT, "datasetId": _DATASET, "tableId": _TABLE},
@@ -332,9 +333,7 @@ def _cell(value: Any, fld: Mapping[str, Any]) -> Any:
     if fld.get("type") in ("RECORD", "STRUCT"):
         subs = fld.get("fields") or []
         cells = value.get("f", []) if isinstance(value, dict) else []
-        return {
-            str(f.get("name")): _cell(c.get("v"), f) for c, f in zip(cells, subs, strict=False)
-        }
+        return {str(f.get("name")): _cell(c.get("v"), f) for c, f in zip(cells, subs, strict=False)}
     if fld.get("type") == "TIMESTAMP" and isinstance(value, str):
         return _timestamp(value)
     return value
@@ -357,10 +356,7 @@ def rows_to_objects(
     for row in rows:
         cells = row.get("f", [])
         out.append(
-            {
-                str(f.get("name")): _cell(c.get("v"), f)
-                for c, f in zip(cells, schema, strict=False)
-            }
+            {str(f.get("name")): _cell(c.get("v"), f) for c, f in zip(cells, schema, strict=False)}
         )
     return out
 
@@ -508,9 +504,7 @@ class McpTools:
             req = wire.parse_query(
                 {"query": args["query"], "useLegacySql": False, "dryRun": args.get("dryRun")}
             )
-            job = self.gateway.submit(
-                principal, project, req, self.gateway.new_id(), REQUEST_KIND
-            )
+            job = self.gateway.submit(principal, project, req, self.gateway.new_id(), REQUEST_KIND)
             if job.dry_run:
                 if job.error:
                     raise job_error(job)
@@ -577,9 +571,7 @@ class McpTools:
             "queryId": job_id,
             "jobComplete": False,
         }
-        again = (
-            f"call execute_sql again with the same projectId and query and jobId={job_id!r}"
-        )
+        again = f"call execute_sql again with the same projectId and query and jobId={job_id!r}"
         if job.state == PENDING_APPROVAL:
             out["pending"] = pending_request(
                 job,
@@ -620,9 +612,7 @@ def _decode_token(token: str, job_id: str) -> str:
         if prefix != "bqgate-mcp" or owner != job_id or int(offset) < 0:
             raise ValueError(raw)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest(
-            "Invalid value at 'pageToken': not a token of this job"
-        ) from None
+        raise InvalidRequest("Invalid value at 'pageToken': not a token of this job") from None
     return wire.encode_page_token(int(offset))
 
 

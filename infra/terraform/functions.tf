@@ -1,4 +1,4 @@
-# The four Cloud Functions (gen2). Each runs as its own service account (iam.tf)
+# The five Cloud Functions (gen2). Each runs as its own service account (iam.tf)
 # from its own bundle (bundles.tf).
 #
 # executor and slack_notify are fed by Pub/Sub, but they are deployed without an
@@ -34,6 +34,64 @@ resource "google_cloudfunctions2_function" "ingress" {
     service_account_email          = google_service_account.function["ingress"].email
     available_memory               = "512Mi"
     timeout_seconds                = 120
+    max_instance_count             = var.max_instance_count
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables = merge(local.common_env, {
+      BQGATE_EXECUTOR_URL = google_cloudfunctions2_function.executor.service_config[0].uri
+    })
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = !var.require_cloud_run_iam || length(var.ingress_invokers) > 0
+      error_message = "require_cloud_run_iam = true needs at least one member in ingress_invokers."
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
+  ]
+}
+
+# The MCP endpoint (<url>/mcp) for agents that speak MCP: the ingress's core behind the
+# MCP SDK's Streamable HTTP transport, in its own function because that transport is ASGI
+# (the ingress is WSGI) and its dependencies stay out of the ingress's bundle. Public at the
+# network level like the ingress, with the same optional Cloud Run IAM front; it calls the
+# executor like the ingress does. execute_sql waits up to BQGATE_MCP_WAIT_MS (30 s).
+resource "google_cloudfunctions2_function" "mcp" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.mcp
+  description = local.functions.mcp.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = "mcp"
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["mcp"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["mcp"].email
+    available_memory               = "512Mi"
+    timeout_seconds                = 300
     max_instance_count             = var.max_instance_count
     ingress_settings               = "ALLOW_ALL"
     all_traffic_on_latest_revision = true

@@ -74,7 +74,8 @@ resource "google_secret_manager_secret_iam_member" "executor_hmac_key" {
   member    = google_service_account.function["executor"].member
 }
 
-# Pub/Sub pushes to the executor, and ingress calls it directly for allowed queries.
+# Pub/Sub pushes to the executor, and ingress and mcp call it directly (allowed queries,
+# metadata).
 resource "google_cloud_run_v2_service_iam_member" "executor_push" {
   project  = var.project_id
   location = var.region
@@ -89,6 +90,14 @@ resource "google_cloud_run_v2_service_iam_member" "executor_from_ingress" {
   name     = google_cloudfunctions2_function.executor.name
   role     = "roles/run.invoker"
   member   = google_service_account.function["ingress"].member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "executor_from_mcp" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.executor.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.function["mcp"].member
 }
 
 # --- ingress: publishes to both topics; public at the network level (README).
@@ -112,6 +121,24 @@ resource "google_cloud_run_v2_service_iam_member" "ingress_invoker" {
   project  = var.project_id
   location = var.region
   name     = google_cloudfunctions2_function.ingress.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# --- mcp: publishes to execute (the fallback of the direct path); public like the ingress.
+
+resource "google_pubsub_topic_iam_member" "mcp_execute" {
+  project = var.project_id
+  topic   = google_pubsub_topic.execute.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function["mcp"].member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "mcp_invoker" {
+  for_each = var.require_cloud_run_iam ? toset(var.ingress_invokers) : toset(["allUsers"])
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.mcp.name
   role     = "roles/run.invoker"
   member   = each.value
 }

@@ -1,7 +1,7 @@
 # Values derived from the variables, shared by several files.
 
 locals {
-  # The four functions, by folder name (functions/<name>/main.py); each
+  # The five functions, by folder name (functions/<name>/main.py); each
   # folder's functions-framework target has the same name (functions.tf).
   functions = {
     approvals = {
@@ -12,6 +12,9 @@ locals {
     }
     ingress = {
       description = "BigQuery REST API for AI coding agents: authenticate, classify, record, route."
+    }
+    mcp = {
+      description = "MCP server (Streamable HTTP) for AI coding agents: BigQuery MCP tools through the gateway."
     }
     slack_notify = {
       description = "Posts approval requests to Slack."

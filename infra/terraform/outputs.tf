@@ -33,6 +33,11 @@ output "gateway_url" {
   value       = google_cloudfunctions2_function.ingress.url
 }
 
+output "mcp_url" {
+  description = "MCP endpoint (Streamable HTTP) to give agents that speak MCP."
+  value       = "${google_cloudfunctions2_function.mcp.url}/mcp"
+}
+
 output "secret_ids" {
   description = "Secret Manager secrets to add values to, by purpose."
   value = {

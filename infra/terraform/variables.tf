@@ -63,7 +63,7 @@ variable "firestore_location" {
 }
 
 variable "ingress_invokers" {
-  description = "Members granted roles/run.invoker on the ingress function when require_cloud_run_iam is true, e.g. serviceAccount:agent@p.iam.gserviceaccount.com."
+  description = "Members granted roles/run.invoker on the ingress and mcp functions when require_cloud_run_iam is true, e.g. serviceAccount:agent@p.iam.gserviceaccount.com."
   type        = list(string)
   default     = []
   validation {
@@ -141,7 +141,7 @@ variable "region" {
 }
 
 variable "require_cloud_run_iam" {
-  description = "When true, the ingress function is not public: only ingress_invokers get roles/run.invoker, and agents must send a Google-signed ID token for it. When false (default) anyone can reach it and the gateway authenticates every request itself."
+  description = "When true, the ingress and mcp functions are not public: only ingress_invokers get roles/run.invoker, and agents must send a Google-signed ID token for them. When false (default) anyone can reach them and the gateway authenticates every request itself."
   type        = bool
   default     = false
 }

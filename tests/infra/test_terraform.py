@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TF_DIR = REPO / "infra" / "terraform"
 
-FUNCTIONS = ("approvals", "executor", "ingress", "slack_notify")
+FUNCTIONS = ("approvals", "executor", "ingress", "mcp", "slack_notify")
 
 # Names the functions read (shared/bqgate/settings.py), as Terraform may set them.
 ALLOWED_ENV = {
@@ -62,6 +62,7 @@ EXPECTED_ENV = {
     ),
     "executor": (set(), {"BQGATE_AUDIT_KEY", "BQGATE_HMAC_KEY"}),
     "ingress": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
+    "mcp": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
     "slack_notify": ({"BQGATE_SLACK_CHANNEL"}, {"BQGATE_AUDIT_KEY", "BQGATE_SLACK_BOT_TOKEN"}),
 }
 FORBIDDEN_TYPES = {
@@ -431,7 +432,7 @@ def test_configuration_is_clean(cfg: Config, name: str) -> None:
     assert CHECKERS[name](cfg) == []
 
 
-def test_the_four_functions_exist_with_their_entry_points(cfg: Config) -> None:
+def test_the_five_functions_exist_with_their_entry_points(cfg: Config) -> None:
     assert set(functions(cfg)) == set(FUNCTIONS)
 
 

@@ -58,6 +58,7 @@ def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path
             "firestore",
             "pubsub",
             "oidc_issuer",
+            "mcp",
         ):
             assert str(ports[name]) in endpoints[name]
         assert _processes_mentioning(str(state)), "the stack's processes should be running"

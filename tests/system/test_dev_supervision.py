@@ -138,4 +138,4 @@ def test_the_token_endpoint_refuses_a_caller_without_the_secret(
 def test_endpoints_keep_their_keys(own: Stack) -> None:
     names = json.loads(Path(own.state_dir / "endpoints.json").read_text())
     assert {"gateway", "approvals", "executor", "slack_notify", "slack", "oidc_issuer",
-            "bigquery", "firestore", "pubsub"} <= set(names)
+            "bigquery", "firestore", "pubsub", "mcp"} <= set(names)

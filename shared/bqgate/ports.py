@@ -83,3 +83,26 @@ class Warehouse(Protocol):
     def table_size(self, table_fqn: str) -> int | None:
         """Stored bytes of a plain table; None for views, external tables and anything
         whose scan size the table's own size does not bound."""
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    """Which decided approval requests to list (every filter is optional).
+
+    ``principal`` matches the requester or anyone who decided; ``status`` is
+    ``approved``, ``denied`` or ``expired``; times are epoch ms of the decision
+    (``since_ms`` inclusive, ``before_ms`` exclusive).
+    """
+
+    principal: str | None = None
+    table: str | None = None
+    status: str | None = None
+    since_ms: int | None = None
+    before_ms: int | None = None
+    limit: int = 50
+
+
+class DecisionHistory(Protocol):
+    """Decided approval requests, latest decision first (the approver console's history)."""
+
+    def decided(self, query: DecisionQuery) -> list[Job]: ...

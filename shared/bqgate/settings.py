@@ -18,6 +18,11 @@ from pathlib import Path
 
 from bqgate.errors import BqgateError
 
+#: The dev issuer's OAuth client for the console, and where the dev stack keeps its secrets.
+DEV_CONSOLE_CLIENT_ID = "bqgate"
+DEV_CONSOLE_SECRET_FILE = "console-client-secret"
+DEV_CONSOLE_SESSION_KEY_FILE = "console-session.key"
+
 #: name -> (default, description). The README table is generated from this.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_PROJECT": ("demo-project", "Gateway project: Firestore and Pub/Sub live here."),
@@ -52,6 +57,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
                               "(default in dev: minted by the dev issuer)."),
+    "BQGATE_CONSOLE_ISSUER": ("", "OIDC issuer the approver console signs people in with (e.g. "
+                              "https://accounts.google.com); dev: the dev issuer."),
+    "BQGATE_CONSOLE_CLIENT_ID": ("", "The console's OAuth client id; it must be one of that issuer's "
+                                 "audiences in the policy. Empty: the console is off (dev: bqgate)."),
+    "BQGATE_CONSOLE_CLIENT_SECRET": ("", "The console's OAuth client secret (secret); dev: read from "
+                                     "the dev state folder."),
+    "BQGATE_CONSOLE_SESSION_KEY": ("", "Key that signs the console's session cookie (secret); dev: "
+                                   "read from the dev state folder."),
     "BQGATE_CACHE": ("~/.cache/bqgate",
                      "Dev only: where the BigQuery emulator's venv is installed."),
     "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
@@ -79,6 +92,10 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
+    console_issuer: str = ""
+    console_client_id: str = ""
+    console_client_secret: str = field(default="", repr=False)
+    console_session_key: bytes = field(default=b"", repr=False)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,11 +108,17 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     project = get("BQGATE_PROJECT")
     dev_dir = Path(get("BQGATE_DEV_DIR"))
     dev_mode = get("BQGATE_DEV_MODE").lower() in {"1", "true", "yes"}
-    hmac_key = get("BQGATE_HMAC_KEY").encode()
-    if not hmac_key and dev_mode:
-        key_file = dev_dir / "hmac.key"
-        if key_file.exists():
-            hmac_key = key_file.read_bytes().strip()
+
+    def secret(name: str, dev_file: str) -> bytes:
+        """A secret from the environment; in dev mode, else from the dev state folder."""
+        value = get(name).encode()
+        if not value and dev_mode and (dev_dir / dev_file).exists():
+            value = (dev_dir / dev_file).read_bytes().strip()
+        return value
+
+    hmac_key = secret("BQGATE_HMAC_KEY", "hmac.key")
+    console_issuer = get("BQGATE_CONSOLE_ISSUER") or (get("BQGATE_DEV_ISSUER") if dev_mode else "")
+    console_client_id = get("BQGATE_CONSOLE_CLIENT_ID") or (DEV_CONSOLE_CLIENT_ID if dev_mode else "")
     try:
         max_wait_ms = int(get("BQGATE_MAX_WAIT_MS"))
     except ValueError as exc:
@@ -119,4 +142,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
         hmac_key=hmac_key,
         max_wait_ms=max_wait_ms,
+        console_issuer=console_issuer.rstrip("/"),
+        console_client_id=console_client_id,
+        console_client_secret=secret("BQGATE_CONSOLE_CLIENT_SECRET", DEV_CONSOLE_SECRET_FILE).decode(),
+        console_session_key=secret("BQGATE_CONSOLE_SESSION_KEY", DEV_CONSOLE_SESSION_KEY_FILE),
     )

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bqgate.settings import DEV_CONSOLE_SECRET_FILE, DEV_CONSOLE_SESSION_KEY_FILE
+
 PROJECT = "demo-project"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
 LOCATION = "US"
@@ -183,6 +185,7 @@ class Stack:
         return {
             "gateway": self.url("gateway"),
             "approvals": self.url("approvals"),
+            "console": self.url("approvals") + "/console/",
             "executor": self.url("executor"),
             "slack_notify": self.url("slack_notify"),
             "slack": self.url("slack"),
@@ -284,6 +287,10 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / ".gitignore").write_text("*\n")
         self._secret("hmac.key", 32)
+        # The approver console's OAuth client secret (shared with the dev issuer, which
+        # reads it from here) and the key signing its session cookie.
+        self._secret(DEV_CONSOLE_SECRET_FILE, 32)
+        self._secret(DEV_CONSOLE_SESSION_KEY_FILE, 32)
         try:
             self._start(out)
         except BaseException:
@@ -479,6 +486,7 @@ def banner(endpoints: Mapping[str, str]) -> str:
         "",
         "bqgate dev stack is up (loopback only). Ctrl-C stops everything.",
         f"Gateway: {endpoints['gateway']}",
+        f"Approver console: {endpoints['console']}   (sign in as alice or bob)",
         f"Approvals: {endpoints['approvals']}   Slack stand-in: {endpoints['slack']}",
         f"BigQuery emulator: {endpoints['bigquery']}   OIDC issuer: {endpoints['oidc_issuer']}",
         f"Firestore: {endpoints['firestore']}   Pub/Sub: {endpoints['pubsub']}",

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bqgate.audit import Event, SessionHead
 from bqgate.jobs import Job
 
 
@@ -106,3 +107,15 @@ class DecisionHistory(Protocol):
     """Decided approval requests, latest decision first (the approver console's history)."""
 
     def decided(self, query: DecisionQuery) -> list[Job]: ...
+
+
+class SessionReader(Protocol):
+    """The session record, read back (``FirestoreRecorder`` implements it)."""
+
+    def head(self, session_id: str) -> SessionHead | None: ...
+
+    def events(self, session_id: str) -> list[Event]: ...
+
+    def list_sessions(
+        self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[SessionHead]: ...

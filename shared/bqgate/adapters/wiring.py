@@ -254,3 +254,33 @@ def approvals_app() -> Any:
     from bqgate.service.approvals import ApprovalsApp
 
     return ApprovalsApp(approval_service)
+
+
+# --- the approver console (served by the approvals function under /console) ---------------
+
+
+@functools.cache
+def job_history() -> Any:
+    return job_store()  # FirestoreJobStore.decided answers the console's history
+
+
+@functools.cache
+def console_app() -> Any:
+    from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
+
+    s = settings()
+    config = ConsoleConfig(
+        issuer=s.console_issuer,
+        client_id=s.console_client_id,
+        client_secret=s.console_client_secret,
+        session_key=s.console_session_key,
+        dev_mode=s.dev_mode,
+    )
+    deps = ConsoleDeps(
+        service=approval_service,
+        verifier=verifier,
+        policy=policy(),
+        history=job_history,
+        sessions=recorder,
+    )
+    return ConsoleApp(config, deps)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import io
 import logging
 import re
 import time
@@ -141,8 +142,15 @@ class ConsoleApp:
         self.app = create_app(config, deps)
 
     def respond(self, request: flask.Request) -> flask.Response:
-        """Answer one request of the outer (functions-framework) app with the console."""
-        return flask.Response.from_app(self.app, request.environ, buffered=True)
+        """Answer one request of the outer (functions-framework) app with the console.
+
+        The body is read through the outer request (functions-framework reads it again
+        after the function returns) and handed to the console as a fresh stream.
+        """
+        body = request.get_data(cache=True)
+        environ = {**request.environ, "wsgi.input": io.BytesIO(body),
+                   "CONTENT_LENGTH": str(len(body))}
+        return flask.Response.from_app(self.app, environ, buffered=True)
 
 
 def _principal(data: Any, now: float) -> Principal | None:

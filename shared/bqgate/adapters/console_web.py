@@ -445,6 +445,16 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
     return app
 
 
+def _breakable(text: object) -> Markup:
+    """Escaped text with line-break opportunities after ``@`` and ``.`` (long emails).
+
+    >>> str(_breakable("agent@demo-project.iam.x<y"))
+    'agent@<wbr>demo-project.<wbr>iam.<wbr>x&lt;y'
+    """
+    escaped = str(Markup.escape(str(text)))
+    return Markup(re.sub(r"([@.])", r"\1<wbr>", escaped))
+
+
 def _filters(app: flask.Flask) -> None:
     env = app.jinja_env
     env.filters["sql"] = lambda text: Markup(sql_html.highlight(str(text or "")))
@@ -455,6 +465,7 @@ def _filters(app: flask.Flask) -> None:
     env.filters["via"] = views.via_name
     env.filters["short"] = lambda text, n=12: str(text)[:n]
     env.filters["session_doc"] = audit.session_doc_id
+    env.filters["breakable"] = _breakable
     env.globals["poll_ms"] = POLL_MS
     env.trim_blocks = True
     env.lstrip_blocks = True

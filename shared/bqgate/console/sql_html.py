@@ -5,9 +5,12 @@ tokenizer the classifier reads the statement with, so what shows as a string, a 
 or a name is what bqgate took it for. Every character of the input is kept and escaped;
 the only markup added is ``<span class="sql-...">``.
 
->>> highlight("SELECT 'a<b' -- hi")
-'<span class="sql-k">SELECT</span> <span class="sql-s">&#x27;a&lt;b&#x27;</span> \
-<span class="sql-c">-- hi</span>'
+>>> highlight("SELECT 'a<b' -- hi") == (
+...     '<span class="sql-k">SELECT</span> <span class="sql-s">&#x27;a&lt;b&#x27;</span> '
+...     '<span class="sql-c">-- hi</span>')
+True
+>>> highlight("ORDER  BY x")
+'<span class="sql-k">ORDER  BY</span> x'
 >>> print(formatted("select a from t where b=1"))
 SELECT
   a
@@ -43,7 +46,7 @@ _CLASSES = {
     TokenType.PARAMETER: "p",
     TokenType.VAR: "",  # an unquoted name: no style
 }
-_WORD = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
+_WORD = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*(?:\s+[A-Za-z_][A-Za-z_0-9]*)*$")  # ORDER BY
 _COMMENT = re.compile(r"--[^\n]*|#[^\n]*|/\*.*?(?:\*/|$)", re.S)
 
 

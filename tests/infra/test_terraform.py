@@ -29,6 +29,10 @@ FUNCTIONS = ("approvals", "executor", "ingress", "slack_notify")
 # Names the functions read (shared/bqgate/settings.py), as Terraform may set them.
 ALLOWED_ENV = {
     "BQGATE_APPROVALS_TOPIC",
+    "BQGATE_CONSOLE_CLIENT_ID",
+    "BQGATE_CONSOLE_CLIENT_SECRET",
+    "BQGATE_CONSOLE_ISSUER",
+    "BQGATE_CONSOLE_SESSION_KEY",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_EXECUTOR_URL",
     "BQGATE_FIRESTORE_DATABASE",
@@ -52,7 +56,15 @@ COMMON_ENV = {
 }
 # entry point -> (plain env beyond COMMON_ENV, env from Secret Manager)
 EXPECTED_ENV = {
-    "approvals": (set(), {"BQGATE_SLACK_BOT_TOKEN", "BQGATE_SLACK_SIGNING_SECRET"}),
+    "approvals": (
+        {"BQGATE_CONSOLE_CLIENT_ID", "BQGATE_CONSOLE_ISSUER"},
+        {
+            "BQGATE_CONSOLE_CLIENT_SECRET",
+            "BQGATE_CONSOLE_SESSION_KEY",
+            "BQGATE_SLACK_BOT_TOKEN",
+            "BQGATE_SLACK_SIGNING_SECRET",
+        },
+    ),
     "executor": (set(), {"BQGATE_HMAC_KEY"}),
     "ingress": ({"BQGATE_EXECUTOR_URL"}, set()),
     "slack_notify": ({"BQGATE_SLACK_CHANNEL"}, {"BQGATE_SLACK_BOT_TOKEN"}),
@@ -433,14 +445,24 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
         '"sessions"',
     }
     indexes = {
-        literal(i.body["collection"]): [
-            (literal(f["field_path"]), literal(f["order"])) for f in i.body["fields"]
-        ]
+        (
+            literal(i.body["collection"]),
+            tuple(
+                (literal(f["field_path"]), literal(f.get("order") or f.get("array_config")))
+                for f in i.body["fields"]
+            ),
+        )
         for i in cfg.resources("google_firestore_index")
     }
+    decided = ("approval.decided_at_ms", "DESCENDING")
     assert indexes == {
-        "jobs": [("owner", "ASCENDING"), ("created_at", "DESCENDING")],
-        "sessions": [("principal", "ASCENDING"), ("started_at", "DESCENDING")],
+        ("jobs", (("owner", "ASCENDING"), ("created_at", "DESCENDING"))),
+        ("sessions", (("principal", "ASCENDING"), ("started_at", "DESCENDING"))),
+        # The console's history (FirestoreJobStore.decided).
+        ("jobs", (("owner", "ASCENDING"), decided)),
+        ("jobs", (("approval.status", "ASCENDING"), decided)),
+        ("jobs", (("classification.tables", "CONTAINS"), decided)),
+        ("jobs", (("approval.deciders", "CONTAINS"), decided)),
     }
 
 

@@ -8,6 +8,7 @@ console's pages under ``/console`` (OIDC sign-in, session cookie).
 from __future__ import annotations
 
 import flask
+import flask.typing
 import functions_framework
 from bqgate.adapters import wiring
 from bqgate.console import is_console_path
@@ -15,10 +16,9 @@ from bqgate.wire.bigquery import dumps
 
 
 @functions_framework.http
-def approvals(request: flask.Request) -> flask.Response:
+def approvals(request: flask.Request) -> flask.typing.ResponseReturnValue:
     if is_console_path(request.path):
-        response: flask.Response = wiring.console_app().respond(request)
-        return response
+        return wiring.console_app().respond(request)
     resp = wiring.approvals_app().handle(
         request.method, request.path, request.headers, request.get_data(cache=False))
     return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")

@@ -57,14 +57,25 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
                               "(default in dev: minted by the dev issuer)."),
-    "BQGATE_CONSOLE_ISSUER": ("", "OIDC issuer the approver console signs people in with (e.g. "
-                              "https://accounts.google.com); dev: the dev issuer."),
-    "BQGATE_CONSOLE_CLIENT_ID": ("", "The console's OAuth client id; it must be one of that issuer's "
-                                 "audiences in the policy. Empty: the console is off (dev: bqgate)."),
-    "BQGATE_CONSOLE_CLIENT_SECRET": ("", "The console's OAuth client secret (secret); dev: read from "
-                                     "the dev state folder."),
-    "BQGATE_CONSOLE_SESSION_KEY": ("", "Key that signs the console's session cookie (secret); dev: "
-                                   "read from the dev state folder."),
+    "BQGATE_CONSOLE_ISSUER": (
+        "",
+        "OIDC issuer the approver console signs people in with (e.g. "
+        "https://accounts.google.com); dev: the dev issuer.",
+    ),
+    "BQGATE_CONSOLE_CLIENT_ID": (
+        "",
+        "The console's OAuth client id; it must be one of that issuer's audiences in the "
+        "policy. Empty: the console is off (dev: bqgate).",
+    ),
+    "BQGATE_CONSOLE_CLIENT_SECRET": (
+        "",
+        "The console's OAuth client secret (secret); dev: read from the dev state folder.",
+    ),
+    "BQGATE_CONSOLE_SESSION_KEY": (
+        "",
+        "Key that signs the console's session cookie (secret); dev: read from the dev "
+        "state folder.",
+    ),
     "BQGATE_CACHE": ("~/.cache/bqgate",
                      "Dev only: where the BigQuery emulator's venv is installed."),
     "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
@@ -117,8 +128,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         return value
 
     hmac_key = secret("BQGATE_HMAC_KEY", "hmac.key")
+    # Dev mode signs approvers in with the dev issuer, as its registered client.
     console_issuer = get("BQGATE_CONSOLE_ISSUER") or (get("BQGATE_DEV_ISSUER") if dev_mode else "")
-    console_client_id = get("BQGATE_CONSOLE_CLIENT_ID") or (DEV_CONSOLE_CLIENT_ID if dev_mode else "")
+    console_client_id = get("BQGATE_CONSOLE_CLIENT_ID") or (
+        DEV_CONSOLE_CLIENT_ID if dev_mode else ""
+    )
     try:
         max_wait_ms = int(get("BQGATE_MAX_WAIT_MS"))
     except ValueError as exc:
@@ -144,6 +158,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         max_wait_ms=max_wait_ms,
         console_issuer=console_issuer.rstrip("/"),
         console_client_id=console_client_id,
-        console_client_secret=secret("BQGATE_CONSOLE_CLIENT_SECRET", DEV_CONSOLE_SECRET_FILE).decode(),
+        console_client_secret=secret(
+            "BQGATE_CONSOLE_CLIENT_SECRET", DEV_CONSOLE_SECRET_FILE
+        ).decode(),
         console_session_key=secret("BQGATE_CONSOLE_SESSION_KEY", DEV_CONSOLE_SESSION_KEY_FILE),
     )

@@ -28,8 +28,10 @@ pytestmark = pytest.mark.emulators
 
 LEDGER_SQL = "SELECT entry_id, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _clear_wiring() -> None:
@@ -50,7 +52,8 @@ def wired(stack: Stack) -> Iterator[Stack]:
 
 def new_client(stack: Stack) -> Any:
     app = functions_framework.create_app(
-        "approvals", str(stack.repo_root / "functions/approvals/main.py"), "http")
+        "approvals", str(stack.repo_root / "functions/approvals/main.py"), "http"
+    )
     return app.test_client()
 
 
@@ -65,15 +68,27 @@ def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "") -> Job:
 
     pol = wiring.policy()
     groups = pol.groups_for(AGENT)
-    classification = wiring._classifier()(sql, principal=AGENT, groups=groups,
-                                          default_project="demo-project", default_dataset=None)
+    classification = wiring._classifier()(
+        sql, principal=AGENT, groups=groups, default_project="demo-project", default_dataset=None
+    )
     assert classification["decision"] == "approve", classification
     now = int(time.time() * 1000)
-    job = Job.new(job_id="con-" + uuid.uuid4().hex, project="demo-project", location="US",
-                  sql=sql, owner=AGENT, groups=sorted(groups), classification=classification,
-                  state=PENDING_APPROVAL, expire_at_ms=now + 900_000, now_ms=now,
-                  needs_approval=True, bytes_estimate=4096, approval_requested_ms=now,
-                  session_id=session_id)
+    job = Job.new(
+        job_id="con-" + uuid.uuid4().hex,
+        project="demo-project",
+        location="US",
+        sql=sql,
+        owner=AGENT,
+        groups=sorted(groups),
+        classification=classification,
+        state=PENDING_APPROVAL,
+        expire_at_ms=now + 900_000,
+        now_ms=now,
+        needs_approval=True,
+        bytes_estimate=4096,
+        approval_requested_ms=now,
+        session_id=session_id,
+    )
     wiring.job_store().create(job)
     return job
 
@@ -110,9 +125,12 @@ def sign_in(client: Any, stack: Stack, principal: str) -> None:
     page = requests.get(authorize, timeout=10)
     assert page.status_code == 200 and principal in page.text
     request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
-    picked = requests.post(stack.url("oidc_issuer") + "/authorize",
-                           data={"request_id": request_id, "principal": principal},
-                           allow_redirects=False, timeout=10)
+    picked = requests.post(
+        stack.url("oidc_issuer") + "/authorize",
+        data={"request_id": request_id, "principal": principal},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert picked.status_code == 303
     callback = urllib.parse.urlsplit(picked.headers["Location"])
     assert callback.path == "/console/auth/callback"
@@ -162,7 +180,8 @@ def test_signed_out_visitor_sees_the_sign_in_page(console: Any) -> None:
 
 
 def test_sign_in_sets_a_short_signed_httponly_lax_cookie_holding_no_token(
-        wired: Stack, console: Any) -> None:
+    wired: Stack, console: Any
+) -> None:
     sign_in(console, wired, "alice@example.com")
     inbox = console.get("/console/")
     assert inbox.status_code == 200 and "Signed in as" in text_of(inbox)
@@ -195,12 +214,17 @@ def test_tampered_or_expired_cookies_sign_you_out(wired: Stack, console: Any) ->
     from bqgate.adapters import wiring
 
     key = wiring.settings().console_session_key
-    who = {"email": "alice@example.com", "groups": ["data-approvers"], "issuer": "x",
-           "subject": "alice@example.com"}
+    who = {
+        "email": "alice@example.com",
+        "groups": ["data-approvers"],
+        "issuer": "x",
+        "subject": "alice@example.com",
+    }
     console.set_cookie("bqgate-console", forge_cookie({"who": {**who, "exp": 1}}, key))
     assert "Sign in to decide" in text_of(console.get("/console/"))
-    console.set_cookie("bqgate-console", forge_cookie(
-        {"who": {**who, "exp": int(time.time()) + 600}}, b"x" * 32))  # not our key
+    console.set_cookie(
+        "bqgate-console", forge_cookie({"who": {**who, "exp": int(time.time()) + 600}}, b"x" * 32)
+    )  # not our key
     assert "Sign in to decide" in text_of(console.get("/console/"))
     valid = forge_cookie({"who": {**who, "exp": int(time.time()) + 600}}, key)
     console.set_cookie("bqgate-console", valid)
@@ -223,9 +247,12 @@ def test_after_sign_in_you_land_where_you_were_going(wired: Stack, console: Any)
     authorize = start.headers["Location"]
     page = requests.get(authorize, timeout=10)
     request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
-    picked = requests.post(wired.url("oidc_issuer") + "/authorize",
-                           data={"request_id": request_id, "principal": "alice@example.com"},
-                           allow_redirects=False, timeout=10)
+    picked = requests.post(
+        wired.url("oidc_issuer") + "/authorize",
+        data={"request_id": request_id, "principal": "alice@example.com"},
+        allow_redirects=False,
+        timeout=10,
+    )
     callback = urllib.parse.urlsplit(picked.headers["Location"])
     done = console.get(f"{callback.path}?{callback.query}")
     assert done.headers["Location"].endswith("/console/history?decision=denied")
@@ -260,7 +287,7 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
     job = new_pending_job(session_id="sess-console-inbox")
     sign_in(console, wired, "alice@example.com")
     body = text_of(console.get("/console/"))
-    item = body[body.index(f'id="req-{job.job_id}"'):]
+    item = body[body.index(f'id="req-{job.job_id}"') :]
     item = item[: item.index("</article>")]
     assert body.index(f'id="req-{job.job_id}"') < body.index(f'id="req-{older.job_id}"')
     assert AGENT in item and "ai-coding-agents" in item
@@ -277,8 +304,7 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
     assert f'data-job-id="{job.job_id}"' in fragment and "<html" not in fragment
 
 
-def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack,
-                                                                 console: Any) -> None:
+def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack, console: Any) -> None:
     from bqgate.adapters import wiring
 
     job = new_pending_job()
@@ -295,31 +321,38 @@ def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack,
     messages = requests.get(wired.url("slack") + "/_test/messages", timeout=10).json()["messages"]
     (msg,) = [m for m in messages if m["ts"] == rec.slack_ts]
     outcome = msg["blocks"][-1]["text"]["text"]
-    assert outcome.startswith(":white_check_mark: Approved by alice@example.com in the bqgate "
-                              "console at ")
+    assert outcome.startswith(
+        ":white_check_mark: Approved by alice@example.com in the bqgate console at "
+    )
     assert all(b["type"] != "actions" for b in msg["blocks"])  # no more buttons in Slack
     again = console.post(f"/console/requests/{job.job_id}/approve", data={"csrf_token": token})
     assert again.status_code == 303
     assert "Already approved by alice@example.com; nothing changed" in text_of(
-        console.get("/console/"))
+        console.get("/console/")
+    )
 
 
 def test_deny_needs_a_reason_and_the_agent_sees_it(wired: Stack, console: Any) -> None:
     job = new_pending_job()
     sign_in(console, wired, "bob@example.com")
     token = csrf_of(text_of(console.get("/console/")))
-    blank = console.post(f"/console/requests/{job.job_id}/deny",
-                         data={"csrf_token": token, "reason": "   "})
+    blank = console.post(
+        f"/console/requests/{job.job_id}/deny", data={"csrf_token": token, "reason": "   "}
+    )
     assert blank.status_code == 303
     assert "A reason is required to deny a request" in text_of(console.get("/console/"))
     assert stored(job.job_id).state == PENDING_APPROVAL
-    resp = console.post(f"/console/requests/{job.job_id}/deny",
-                        data={"csrf_token": token, "reason": "use finance.monthly_totals"})
+    resp = console.post(
+        f"/console/requests/{job.job_id}/deny",
+        data={"csrf_token": token, "reason": "use finance.monthly_totals"},
+    )
     assert resp.status_code == 303
     job = stored(job.job_id)
     assert job.state == DONE
-    assert job.error == {"reason": "accessDenied",
-                         "message": "Denied by bob@example.com: use finance.monthly_totals"}
+    assert job.error == {
+        "reason": "accessDenied",
+        "message": "Denied by bob@example.com: use finance.monthly_totals",
+    }
     assert ApprovalRecord.from_doc(job.approval).denied_via == "console"
 
 
@@ -342,14 +375,19 @@ def test_forged_posts_without_a_valid_csrf_token_are_refused(wired: Stack, conso
 def test_bad_paths_and_bodies_get_pages_not_errors(wired: Stack, console: Any) -> None:
     sign_in(console, wired, "alice@example.com")
     token = csrf_of(text_of(console.get("/console/")))
-    for path in ("/console/requests/__x__/approve", "/console/requests/j/launch",
-                 "/console/requests/..%2F../approve"):
+    for path in (
+        "/console/requests/__x__/approve",
+        "/console/requests/j/launch",
+        "/console/requests/..%2F../approve",
+    ):
         resp = console.post(path, data={"csrf_token": token})
         assert resp.status_code == 404 and resp.mimetype == "text/html", path
     unknown = console.post("/console/requests/no-such-job/approve", data={"csrf_token": token})
     assert unknown.status_code == 303
     assert "Not found: Job no-such-job" in text_of(console.get("/console/"))
-    big = console.post("/console/requests/x/deny", data={"csrf_token": token, "reason": "r" * 70_000})
+    big = console.post(
+        "/console/requests/x/deny", data={"csrf_token": token, "reason": "r" * 70_000}
+    )
     assert big.status_code == 413 and big.mimetype == "text/html"
     assert console.get("/console/nope").status_code == 404
     assert console.get("/console/sessions/__x__").status_code == 404
@@ -362,20 +400,29 @@ def test_bad_paths_and_bodies_get_pages_not_errors(wired: Stack, console: Any) -
 
 def test_a_slack_decision_shows_in_the_console_history(wired: Stack, console: Any) -> None:
     job = new_pending_job()
-    payload = {"type": "block_actions", "user": {"id": "U_BOB"}, "trigger_id": "t",
-               "container": {"channel_id": "C_APPROVALS", "message_ts": "0"},
-               "actions": [{"action_id": "bqgate_approve", "value": job.job_id}]}
+    payload = {
+        "type": "block_actions",
+        "user": {"id": "U_BOB"},
+        "trigger_id": "t",
+        "container": {"channel_id": "C_APPROVALS", "message_ts": "0"},
+        "actions": [{"action_id": "bqgate_approve", "value": job.job_id}],
+    }
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
     stamp = str(int(time.time()))
-    resp = console.post("/slack/interactions", data=body,
-                        content_type="application/x-www-form-urlencoded",
-                        headers={"X-Slack-Request-Timestamp": stamp,
-                                 "X-Slack-Signature": sign(wired.signing_secret(), stamp, body)})
+    resp = console.post(
+        "/slack/interactions",
+        data=body,
+        content_type="application/x-www-form-urlencoded",
+        headers={
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": sign(wired.signing_secret(), stamp, body),
+        },
+    )
     assert resp.get_json()["text"] == "Approved by bob@example.com"
     sign_in(console, wired, "alice@example.com")
     assert f'data-job-id="{job.job_id}"' not in text_of(console.get("/console/inbox/items"))
     history = text_of(console.get("/console/history?principal=bob@example.com"))
-    row = history[history.index(f'id="hist-{job.job_id}"'):]
+    row = history[history.index(f'id="hist-{job.job_id}"') :]
     row = row[: row.index("</tr>")]
     assert "approved" in row and "bob@example.com" in row and "Slack" in row
 
@@ -385,12 +432,22 @@ def test_history_search_by_principal_table_decision_and_time(wired: Stack, conso
 
     service = wiring.approval_service()
     approved, denied = new_pending_job(), new_pending_job()
-    service.decide(approved.job_id, approver="alice@example.com",
-                   groups=frozenset({"data-approvers"}), action="approve", reason=None,
-                   via="api")
-    service.decide(denied.job_id, approver="bob@example.com",
-                   groups=frozenset({"data-approvers"}), action="deny",
-                   reason="not this quarter", via="console")
+    service.decide(
+        approved.job_id,
+        approver="alice@example.com",
+        groups=frozenset({"data-approvers"}),
+        action="approve",
+        reason=None,
+        via="api",
+    )
+    service.decide(
+        denied.job_id,
+        approver="bob@example.com",
+        groups=frozenset({"data-approvers"}),
+        action="deny",
+        reason="not this quarter",
+        via="console",
+    )
     sign_in(console, wired, "alice@example.com")
 
     def ids(query: str) -> set[str]:
@@ -406,18 +463,19 @@ def test_history_search_by_principal_table_decision_and_time(wired: Stack, conso
     assert ids("table=demo-project.sales.orders") & mine == set()
     assert ids("until=2000-01-01") & mine == set()
     page = text_of(console.get("/console/history?principal=bob@example.com&decision=denied"))
-    row = page[page.index(f'id="hist-{denied.job_id}"'):]
+    row = page[page.index(f'id="hist-{denied.job_id}"') :]
     assert "not this quarter" in row[: row.index("</tr>")]
     bad = console.get("/console/history?since=yesterday&decision=maybe")
     assert bad.status_code == 400
-    assert "Since: expected a duration" in text_of(bad) and "Decision: expected one of" in text_of(bad)
+    assert "Since: expected a duration" in text_of(bad) and "Decision: expected one of" in text_of(
+        bad
+    )
 
 
 # --------------------------------------------------------------------------- sessions
 
 
-def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack,
-                                                                  console: Any) -> None:
+def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, console: Any) -> None:
     from bqgate.adapters import wiring
     from bqgate.audit import verify_chain
     from bqgate.commands.sessions import events_from_jsonl
@@ -455,12 +513,22 @@ def test_an_unconfigured_console_says_so(wired: Stack) -> None:
     from bqgate.adapters import wiring
     from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
 
-    deps = ConsoleDeps(service=wiring.approval_service, verifier=wiring.verifier,
-                       policy=wiring.policy(), history=wiring.job_history,
-                       sessions=wiring.recorder)
-    app = ConsoleApp(ConsoleConfig(issuer="https://accounts.google.com", client_id="",
-                                   client_secret="", session_key=b""), deps).app
+    deps = ConsoleDeps(
+        service=wiring.approval_service,
+        verifier=wiring.verifier,
+        policy=wiring.policy(),
+        history=wiring.job_history,
+        sessions=wiring.recorder,
+    )
+    app = ConsoleApp(
+        ConsoleConfig(
+            issuer="https://accounts.google.com", client_id="", client_secret="", session_key=b""
+        ),
+        deps,
+    ).app
     resp = app.test_client().get("/console/")
     assert resp.status_code == 503
-    assert "not configured: set BQGATE_CONSOLE_CLIENT_ID, BQGATE_CONSOLE_CLIENT_SECRET" in \
-        html.unescape(resp.get_data(as_text=True))
+    assert (
+        "not configured: set BQGATE_CONSOLE_CLIENT_ID, BQGATE_CONSOLE_CLIENT_SECRET"
+        in html.unescape(resp.get_data(as_text=True))
+    )

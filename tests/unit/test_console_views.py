@@ -19,8 +19,20 @@ def plain(markup: str) -> str:
     return html.unescape(TAG.sub("", markup))
 
 
-PIECES = [*"`'\"\\-#/*@?;,.()=<>&\n\t abc123_", "--", "/*", "*/", "r'", 'b"', "'''",
-          "SELECT ", " FROM ", "ORDER BY", "\u00e9", "\U0001f600"]
+PIECES = [
+    *"`'\"\\-#/*@?;,.()=<>&\n\t abc123_",
+    "--",
+    "/*",
+    "*/",
+    "r'",
+    'b"',
+    "'''",
+    "SELECT ",
+    " FROM ",
+    "ORDER BY",
+    "\u00e9",
+    "\U0001f600",
+]
 SQLISH = st.lists(st.sampled_from(PIECES), max_size=60).map("".join)
 
 
@@ -52,12 +64,20 @@ def test_formatting_gives_up_on_what_it_cannot_parse() -> None:
 
 def test_inbox_items_are_newest_first_and_carry_the_rewrite_only_when_it_differs() -> None:
     base = {"owner": "a@x", "sql": "SELECT 1", "tables": [], "approvals": [], "required": 2}
-    items = views.inbox_items([
-        {**base, "job_id": "old", "created_ms": 1},
-        {**base, "job_id": "new", "created_ms": 2, "rewritten_sql": "SELECT 1 /* masked */",
-         "approvals": [{"approver": "b@x", "at_ms": 3, "via": "slack"}]},
-        {**base, "job_id": "same", "created_ms": 0, "rewritten_sql": "SELECT 1"},
-    ], lambda p, d: None)
+    items = views.inbox_items(
+        [
+            {**base, "job_id": "old", "created_ms": 1},
+            {
+                **base,
+                "job_id": "new",
+                "created_ms": 2,
+                "rewritten_sql": "SELECT 1 /* masked */",
+                "approvals": [{"approver": "b@x", "at_ms": 3, "via": "slack"}],
+            },
+            {**base, "job_id": "same", "created_ms": 0, "rewritten_sql": "SELECT 1"},
+        ],
+        lambda p, d: None,
+    )
     assert [i.job_id for i in items] == ["new", "old", "same"]
     assert items[0].to_run == "SELECT 1 /* masked */" and items[2].to_run is None
     assert [(v.approver, v.via) for v in items[0].approvals] == [("b@x", "slack")]
@@ -65,29 +85,64 @@ def test_inbox_items_are_newest_first_and_carry_the_rewrite_only_when_it_differs
 
 
 def test_history_row_of_an_approved_job_that_ran() -> None:
-    job = Job(job_id="j", project="p", location="US", sql="SELECT 1", owner="agent@x",
-              state="DONE", total_rows=12, session_id="s1",
-              classification={"tables": ["p.d.t"]},
-              approval={"status": "approved", "decided_at_ms": 9, "approvals": [
-                  {"approver": "a@x", "at_ms": 8, "via": "slack"},
-                  {"approver": "b@x", "at_ms": 9, "via": "console"}]})
+    job = Job(
+        job_id="j",
+        project="p",
+        location="US",
+        sql="SELECT 1",
+        owner="agent@x",
+        state="DONE",
+        total_rows=12,
+        session_id="s1",
+        classification={"tables": ["p.d.t"]},
+        approval={
+            "status": "approved",
+            "decided_at_ms": 9,
+            "approvals": [
+                {"approver": "a@x", "at_ms": 8, "via": "slack"},
+                {"approver": "b@x", "at_ms": 9, "via": "console"},
+            ],
+        },
+    )
     row = views.history_row(job)
     assert row.deciders == ("a@x", "b@x") and row.via == "console"
     assert row.outcome == "ran: 12 rows" and row.tables == ("p.d.t",)
-    assert views.history_row(Job(**{**job.__dict__, "state": "PENDING"})).outcome == \
-        "approved, waiting to run"
+    assert (
+        views.history_row(Job(**{**job.__dict__, "state": "PENDING"})).outcome
+        == "approved, waiting to run"
+    )
 
 
 def _chain() -> list[audit.Event]:
     events: list[audit.Event] = []
     for seq, kind in enumerate(["request", "classification", "result"], start=1):
-        data = {"statement": "SELECT 1"} if kind == "request" else (
-            {"schema": [{"name": "x"}], "rows": [[1], [None]], "total_rows": 2,
-             "masking": [{"column": "x", "strategy": "last4"}]} if kind == "result"
-            else {"decision": "allow", "reasons": []})
-        events.append(audit.seal(session_id="s", seq=seq, kind=kind, at_ms=1000 + seq,
-                                 job_id="j1", principal="a@x", data=data,
-                                 prev=events[-1] if events else None, expire_at_ms=10**15))
+        data = (
+            {"statement": "SELECT 1"}
+            if kind == "request"
+            else (
+                {
+                    "schema": [{"name": "x"}],
+                    "rows": [[1], [None]],
+                    "total_rows": 2,
+                    "masking": [{"column": "x", "strategy": "last4"}],
+                }
+                if kind == "result"
+                else {"decision": "allow", "reasons": []}
+            )
+        )
+        events.append(
+            audit.seal(
+                session_id="s",
+                seq=seq,
+                kind=kind,
+                at_ms=1000 + seq,
+                job_id="j1",
+                principal="a@x",
+                data=data,
+                prev=events[-1] if events else None,
+                expire_at_ms=10**15,
+            )
+        )
     return events
 
 
@@ -105,7 +160,8 @@ def test_the_chain_seam_names_a_removed_event() -> None:
     events = _chain()
     check = views.check_chain(None, [events[0], events[2]], now_ms=5000)
     assert not check.intact
-    assert check.text == ("chain BROKEN at event 00000003 (index 1): event 00000002 is "
-                          "missing before it")
+    assert check.text == (
+        "chain BROKEN at event 00000003 (index 1): event 00000002 is missing before it"
+    )
     lines = views.export_jsonl(events).splitlines()
     assert len(lines) == 3 and '"kind":"result"' in lines[2]

@@ -35,22 +35,30 @@ def server(tmp_path: Path) -> Iterator[issuer.DevIssuerServer]:
 
 def authorize_params(**change: Any) -> dict[str, Any]:
     verifier = change.pop("verifier", "v" * 50)
-    params = {"response_type": "code", "client_id": "bqgate", "redirect_uri": CALLBACK,
-              "scope": "openid email", "state": "st-1", "nonce": "n-1",
-              "code_challenge": issuer.pkce_challenge(verifier),
-              "code_challenge_method": "S256"}
+    params = {
+        "response_type": "code",
+        "client_id": "bqgate",
+        "redirect_uri": CALLBACK,
+        "scope": "openid email",
+        "state": "st-1",
+        "nonce": "n-1",
+        "code_challenge": issuer.pkce_challenge(verifier),
+        "code_challenge_method": "S256",
+    }
     params.update(change)
     return {k: v for k, v in params.items() if v is not None}
 
 
 def pick(srv: issuer.DevIssuerServer, principal: str, **change: Any) -> requests.Response:
-    page = requests.get(srv.issuer_url + "/authorize", params=authorize_params(**change),
-                        timeout=5)
+    page = requests.get(srv.issuer_url + "/authorize", params=authorize_params(**change), timeout=5)
     assert page.status_code == 200, page.text
     request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
-    return requests.post(srv.issuer_url + "/authorize",
-                         data={"request_id": request_id, "principal": principal},
-                         allow_redirects=False, timeout=5)
+    return requests.post(
+        srv.issuer_url + "/authorize",
+        data={"request_id": request_id, "principal": principal},
+        allow_redirects=False,
+        timeout=5,
+    )
 
 
 def code_of(resp: requests.Response) -> str:
@@ -59,11 +67,25 @@ def code_of(resp: requests.Response) -> str:
     return query["code"][0]
 
 
-def exchange(srv: issuer.DevIssuerServer, code: str, *, verifier: str = "v" * 50,
-             secret: str = SECRET, redirect_uri: str = CALLBACK) -> requests.Response:
-    return requests.post(srv.issuer_url + "/token", auth=("bqgate", secret), timeout=5, data={
-        "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-        "code_verifier": verifier})
+def exchange(
+    srv: issuer.DevIssuerServer,
+    code: str,
+    *,
+    verifier: str = "v" * 50,
+    secret: str = SECRET,
+    redirect_uri: str = CALLBACK,
+) -> requests.Response:
+    return requests.post(
+        srv.issuer_url + "/token",
+        auth=("bqgate", secret),
+        timeout=5,
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+        },
+    )
 
 
 def test_discovery_describes_the_code_flow(server: issuer.DevIssuerServer) -> None:
@@ -77,14 +99,18 @@ def test_discovery_describes_the_code_flow(server: issuer.DevIssuerServer) -> No
 def test_the_sign_in_page_offers_alice_bob_and_the_agent(server: issuer.DevIssuerServer) -> None:
     page = requests.get(server.issuer_url + "/authorize", params=authorize_params(), timeout=5)
     assert page.status_code == 200 and page.headers["X-Frame-Options"] == "DENY"
-    for who in ("alice@example.com", "bob@example.com",
-                "agent@demo-project.iam.gserviceaccount.com"):
+    for who in (
+        "alice@example.com",
+        "bob@example.com",
+        "agent@demo-project.iam.gserviceaccount.com",
+    ):
         assert f'value="{who}"' in page.text
     assert "<legend>Sign in as</legend>" in page.text
 
 
 def test_code_flow_gives_a_verifiable_id_token_with_the_nonce(
-        server: issuer.DevIssuerServer) -> None:
+    server: issuer.DevIssuerServer,
+) -> None:
     picked = pick(server, "alice@example.com")
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(picked.headers["Location"]).query)
     assert query["state"] == ["st-1"] and query["iss"] == [server.issuer_url]
@@ -102,9 +128,18 @@ def test_code_flow_gives_a_verifiable_id_token_with_the_nonce(
 
 def test_client_secret_post_works_too(server: issuer.DevIssuerServer) -> None:
     code = code_of(pick(server, "bob@example.com"))
-    answer = requests.post(server.issuer_url + "/token", timeout=5, data={
-        "grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
-        "code_verifier": "v" * 50, "client_id": "bqgate", "client_secret": SECRET})
+    answer = requests.post(
+        server.issuer_url + "/token",
+        timeout=5,
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": CALLBACK,
+            "code_verifier": "v" * 50,
+            "client_id": "bqgate",
+            "client_secret": SECRET,
+        },
+    )
     assert answer.status_code == 200 and answer.json()["id_token"]
 
 
@@ -119,7 +154,9 @@ def test_a_wrong_verifier_burns_the_code(server: issuer.DevIssuerServer) -> None
     code = code_of(pick(server, "alice@example.com"))
     wrong = exchange(server, code, verifier="w" * 50)
     assert wrong.status_code == 400 and wrong.json() == {
-        "error": "invalid_grant", "error_description": "the PKCE code_verifier does not match"}
+        "error": "invalid_grant",
+        "error_description": "the PKCE code_verifier does not match",
+    }
     assert exchange(server, code).json()["error"] == "invalid_grant"
 
 
@@ -132,39 +169,58 @@ def test_wrong_client_secret_or_redirect_uri_is_refused(server: issuer.DevIssuer
     other = exchange(server, code, redirect_uri="http://127.0.0.1:9/elsewhere")
     assert other.status_code == 400 and other.json()["error"] == "invalid_grant"
     basic = base64.b64encode(b"bqgate:" + SECRET.encode()).decode()
-    grant = requests.post(server.issuer_url + "/token", timeout=5,
-                          headers={"Authorization": "Basic " + basic},
-                          data={"grant_type": "password", "code": "x"})
+    grant = requests.post(
+        server.issuer_url + "/token",
+        timeout=5,
+        headers={"Authorization": "Basic " + basic},
+        data={"grant_type": "password", "code": "x"},
+    )
     assert grant.json()["error"] == "unsupported_grant_type"
 
 
-@pytest.mark.parametrize("change, error", [
-    ({"code_challenge_method": "plain"}, "invalid_request"),
-    ({"code_challenge": None}, "invalid_request"),
-    ({"response_type": "token"}, "unsupported_response_type"),
-    ({"scope": "email"}, "invalid_scope"),
-    ({"state": None}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"code_challenge": None}, "invalid_request"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"scope": "email"}, "invalid_scope"),
+        ({"state": None}, "invalid_request"),
+    ],
+)
 def test_bad_authorization_requests_go_back_with_an_error(
-        server: issuer.DevIssuerServer, change: dict[str, Any], error: str) -> None:
-    resp = requests.get(server.issuer_url + "/authorize", params=authorize_params(**change),
-                        allow_redirects=False, timeout=5)
+    server: issuer.DevIssuerServer, change: dict[str, Any], error: str
+) -> None:
+    resp = requests.get(
+        server.issuer_url + "/authorize",
+        params=authorize_params(**change),
+        allow_redirects=False,
+        timeout=5,
+    )
     assert resp.status_code == 303
     assert resp.headers["Location"].startswith(CALLBACK + "?")
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(resp.headers["Location"]).query)
     assert query["error"] == [error] and "code" not in query
 
 
-@pytest.mark.parametrize("change", [
-    {"redirect_uri": "https://evil.example/cb"},
-    {"redirect_uri": "http://127.0.0.1:9/cb#frag"},
-    {"redirect_uri": None},
-    {"client_id": "someone-else"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"redirect_uri": "https://evil.example/cb"},
+        {"redirect_uri": "http://127.0.0.1:9/cb#frag"},
+        {"redirect_uri": None},
+        {"client_id": "someone-else"},
+    ],
+)
 def test_unknown_clients_and_foreign_redirects_get_a_page_not_a_redirect(
-        server: issuer.DevIssuerServer, change: dict[str, Any]) -> None:
-    resp = requests.get(server.issuer_url + "/authorize", params=authorize_params(**change),
-                        allow_redirects=False, timeout=5)
+    server: issuer.DevIssuerServer, change: dict[str, Any]
+) -> None:
+    resp = requests.get(
+        server.issuer_url + "/authorize",
+        params=authorize_params(**change),
+        allow_redirects=False,
+        timeout=5,
+    )
     assert resp.status_code == 400 and "Location" not in resp.headers
     assert "Sign-in error" in resp.text
 
@@ -172,9 +228,12 @@ def test_unknown_clients_and_foreign_redirects_get_a_page_not_a_redirect(
 def test_only_the_offered_identities_can_sign_in(server: issuer.DevIssuerServer) -> None:
     resp = pick(server, "mallory@example.com")
     assert resp.status_code == 400 and "pick one of the identities" in resp.text
-    stale = requests.post(server.issuer_url + "/authorize", allow_redirects=False, timeout=5,
-                          data={"request_id": secrets.token_urlsafe(24),
-                                "principal": "alice@example.com"})
+    stale = requests.post(
+        server.issuer_url + "/authorize",
+        allow_redirects=False,
+        timeout=5,
+        data={"request_id": secrets.token_urlsafe(24), "principal": "alice@example.com"},
+    )
     assert stale.status_code == 400 and "expired" in stale.text
 
 

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import flask
 from authlib.integrations.base_client.errors import OAuthError
@@ -40,6 +40,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
 
 from bqgate import approvals as core
 from bqgate import audit
@@ -63,16 +64,18 @@ SESSIONS_LIMIT = 50
 _JOB_ID = re.compile(r"^(?!\.{1,2}$)(?!__.*__$)[A-Za-z0-9_.\-]{1,1024}$")
 _SESSION_DOC_ID = re.compile(r"^(?!\.{1,2}$)(?!__.*__$)[A-Za-z0-9_.@:+=-]{1,200}$")
 
-CSP = "; ".join([
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self'",
-    "connect-src 'self'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-    "base-uri 'none'",
-])
+CSP = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,22 @@ class ConsoleConfig:
 
     def problem(self) -> str | None:
         """Why the console cannot run (None: it can)."""
-        missing = [name for name, value in (
-            ("BQGATE_CONSOLE_ISSUER", self.issuer), ("BQGATE_CONSOLE_CLIENT_ID", self.client_id),
-            ("BQGATE_CONSOLE_CLIENT_SECRET", self.client_secret)) if not value]
+        missing = [
+            name
+            for name, value in (
+                ("BQGATE_CONSOLE_ISSUER", self.issuer),
+                ("BQGATE_CONSOLE_CLIENT_ID", self.client_id),
+                ("BQGATE_CONSOLE_CLIENT_SECRET", self.client_secret),
+            )
+            if not value
+        ]
         if missing:
             return f"the approver console is not configured: set {', '.join(missing)}"
         if len(self.session_key) < 32:
-            return "the approver console is not configured: BQGATE_CONSOLE_SESSION_KEY must " \
-                   "hold at least 32 bytes"
+            return (
+                "the approver console is not configured: BQGATE_CONSOLE_SESSION_KEY must "
+                "hold at least 32 bytes"
+            )
         return None
 
 
@@ -141,15 +152,18 @@ class ConsoleApp:
         self.deps = deps
         self.app = create_app(config, deps)
 
-    def respond(self, request: flask.Request) -> flask.Response:
+    def respond(self, request: flask.Request) -> Response:
         """Answer one request of the outer (functions-framework) app with the console.
 
         The body is read through the outer request (functions-framework reads it again
         after the function returns) and handed to the console as a fresh stream.
         """
         body = request.get_data(cache=True)
-        environ = {**request.environ, "wsgi.input": io.BytesIO(body),
-                   "CONTENT_LENGTH": str(len(body))}
+        environ = {
+            **request.environ,
+            "wsgi.input": io.BytesIO(body),
+            "CONTENT_LENGTH": str(len(body)),
+        }
         return flask.Response.from_app(self.app, environ, buffered=True)
 
 
@@ -164,14 +178,23 @@ def _principal(data: Any, now: float) -> Principal | None:
         return None
     if exp <= now or not email:
         return None
-    return Principal(email=email, groups=groups, issuer=str(data.get("issuer", "")),
-                     subject=str(data.get("subject", "")), expires_at=exp)
+    return Principal(
+        email=email,
+        groups=groups,
+        issuer=str(data.get("issuer", "")),
+        subject=str(data.get("subject", "")),
+        expires_at=exp,
+    )
 
 
 def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
     """The console as a Flask app (mounted at :data:`bqgate.console.PREFIX`)."""
-    app = flask.Flask("bqgate.console", template_folder=str(TEMPLATES),
-                      static_folder=str(STATIC), static_url_path=PREFIX + "/static")
+    app = flask.Flask(
+        "bqgate.console",
+        template_folder=str(TEMPLATES),
+        static_folder=str(STATIC),
+        static_url_path=PREFIX + "/static",
+    )
     problem = config.problem()
     secure = not config.dev_mode
     app.config.update(
@@ -199,8 +222,11 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
             client_id=config.client_id,
             client_secret=config.client_secret,
             server_metadata_url=config.issuer + "/.well-known/openid-configuration",
-            client_kwargs={"scope": "openid email", "code_challenge_method": "S256",
-                           "default_timeout": 5},
+            client_kwargs={
+                "scope": "openid email",
+                "code_challenge_method": "S256",
+                "default_timeout": 5,
+            },
         )
     _filters(app)
     bp = flask.Blueprint("console", __name__, url_prefix=PREFIX)
@@ -214,19 +240,21 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
             flask.session.pop("who", None)
         return principal
 
-    def page(template: str, status: int = 200, **context: Any) -> flask.Response:
+    def page(template: str, status: int = 200, **context: Any) -> Response:
         html = flask.render_template(template, who=who(), now_ms=now_ms(), **context)
         return flask.Response(html, status=status, mimetype="text/html")
 
-    def error_page(status: int, title: str, message: str) -> flask.Response:
+    def error_page(status: int, title: str, message: str) -> Response:
         return page("error.html", status=status, title=title, message=message)
 
-    def signed_in(*, fragment: bool = False) -> Callable[[Callable[..., flask.Response]],
-                                                           Callable[..., flask.Response]]:
+    def signed_in(
+        *, fragment: bool = False
+    ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
         """Views that need a signed-in person; others are sent to sign in (or get 401)."""
-        def wrap(view: Callable[..., flask.Response]) -> Callable[..., flask.Response]:
+
+        def wrap(view: Callable[..., Response]) -> Callable[..., Response]:
             @functools.wraps(view)
-            def inner(**kwargs: Any) -> flask.Response:
+            def inner(**kwargs: Any) -> Response:
                 principal = who()
                 if principal is None:
                     if fragment:
@@ -237,21 +265,23 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
                     status = 200 if flask.request.method == "GET" else 403
                     return page("signin.html", status=status, issuer=config.issuer)
                 return view(principal, **kwargs)
+
             return inner
+
         return wrap
 
     def require_approver(principal: Principal) -> None:
         core.require_approver(principal.email, principal.groups, deps.policy, action="review")
 
     @app.before_request
-    def configured() -> flask.Response | None:
+    def configured() -> Response | None:
         if problem is not None and flask.request.endpoint != "static":
             log.error("console request refused: %s", problem)
             return error_page(503, "Console not configured", problem)
         return None
 
     @app.after_request
-    def headers(resp: flask.Response) -> flask.Response:
+    def headers(resp: Response) -> Response:
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["X-Frame-Options"] = "DENY"
@@ -275,33 +305,41 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
         return oauth.oidc.authorize_redirect(redirect_uri)
 
     @bp.get("/auth/callback")
-    def callback() -> flask.Response:
+    def callback() -> Response:
         try:
             token = oauth.oidc.authorize_access_token()
         except OAuthError as exc:
             log.warning("sign-in failed: %s", exc.error)
-            return error_page(400, "Sign-in failed", "The sign-in could not be completed ("
-                              f"{exc.description or exc.error}). Start again from the console.")
+            return error_page(
+                400,
+                "Sign-in failed",
+                "The sign-in could not be completed ("
+                f"{exc.description or exc.error}). Start again from the console.",
+            )
         id_token = token.get("id_token") if isinstance(token, dict) else None
         if not isinstance(id_token, str):
             return error_page(400, "Sign-in failed", "The identity provider sent no ID token.")
         principal = deps.verifier().verify(id_token)  # the approver API's own check
         if principal.issuer.rstrip("/") != config.issuer:
-            raise Unauthenticated(f"the token was issued by {principal.issuer}, "
-                                  f"not the console's issuer {config.issuer}")
+            raise Unauthenticated(
+                f"the token was issued by {principal.issuer}, "
+                f"not the console's issuer {config.issuer}"
+            )
         target = safe_next(flask.session.get("next"))
         flask.session.clear()  # a fresh session (and CSRF token) for the signed-in person
         flask.session.permanent = True
         flask.session["who"] = {
-            "email": principal.email, "groups": sorted(principal.groups),
-            "issuer": principal.issuer, "subject": principal.subject,
+            "email": principal.email,
+            "groups": sorted(principal.groups),
+            "issuer": principal.issuer,
+            "subject": principal.subject,
             "exp": min(principal.expires_at, int(deps.clock()) + config.session_seconds),
         }
         log.info("console sign-in: %s", principal.email)
         return flask.redirect(target or flask.url_for("console.inbox"), 303)
 
     @bp.post("/auth/logout")
-    def logout() -> flask.Response:
+    def logout() -> Response:
         flask.session.clear()
         flask.flash("You are signed out.", "info")
         return flask.redirect(flask.url_for("console.inbox"), 303)
@@ -315,25 +353,29 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
 
     @bp.get("/")
     @signed_in()
-    def inbox(principal: Principal) -> flask.Response:
+    def inbox(principal: Principal) -> Response:
         return page("inbox.html", items=pending(principal), poll_ms=POLL_MS)
 
     @bp.get("/inbox/items")
     @signed_in(fragment=True)
-    def inbox_items(principal: Principal) -> flask.Response:
+    def inbox_items(principal: Principal) -> Response:
         return page("_inbox_items.html", items=pending(principal))
 
     @bp.post("/requests/<job_id>/<action>")
     @signed_in()
-    def decide(principal: Principal, job_id: str, action: str) -> flask.Response:
+    def decide(principal: Principal, job_id: str, action: str) -> Response:
         if action not in ("approve", "deny") or not valid_job_id(job_id):
             return error_page(404, "Not found", "There is no such request.")
         reason = flask.request.form.get("reason") if action == "deny" else None
         try:
             outcome = deps.service().decide(
-                job_id, approver=principal.email, groups=principal.groups,
-                action="approve" if action == "approve" else "deny", reason=reason,
-                via="console")
+                job_id,
+                approver=principal.email,
+                groups=principal.groups,
+                action="approve" if action == "approve" else "deny",
+                reason=reason,
+                via="console",
+            )
         except (InvalidRequest, NotFound) as err:
             flask.flash(err.message, "error")
         else:
@@ -344,23 +386,30 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
 
     @bp.get("/history")
     @signed_in()
-    def history(principal: Principal) -> flask.Response:
+    def history(principal: Principal) -> Response:
         require_approver(principal)
         search = views.parse_history_search(flask.request.args, now_ms())
         rows: list[views.HistoryRow] = []
         if not search.errors:
-            rows = [views.history_row(j) for j in deps.history().decided(
-                search.query(HISTORY_LIMIT))]
+            rows = [
+                views.history_row(j) for j in deps.history().decided(search.query(HISTORY_LIMIT))
+            ]
         older = None
         if len(rows) == HISTORY_LIMIT and rows[-1].decided_at_ms is not None:
-            older = flask.url_for("console.history",
-                                  **search.args(before=rows[-1].decided_at_ms))
-        return page("history.html", search=search, rows=rows, older=older,
-                    decisions=views.DECISIONS, status=400 if search.errors else 200)
+            args = search.args(before=rows[-1].decided_at_ms)
+            older = flask.url_for("console.history") + "?" + urlencode(args)
+        return page(
+            "history.html",
+            search=search,
+            rows=rows,
+            older=older,
+            decisions=views.DECISIONS,
+            status=400 if search.errors else 200,
+        )
 
     @bp.get("/sessions")
     @signed_in()
-    def sessions(principal: Principal) -> flask.Response:
+    def sessions(principal: Principal) -> Response:
         require_approver(principal)
         args = flask.request.args
         who_filter = " ".join(str(args.get("principal") or "").split())[:320]
@@ -371,10 +420,21 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
                 since_ms = views.parse_when(since_text, now_ms())
             except ValueError as exc:
                 errors.append(f"Since: {exc}")
-        heads = [] if errors else deps.sessions().list_sessions(
-            principal=who_filter.lower() or None, since_ms=since_ms, limit=SESSIONS_LIMIT)
-        return page("sessions.html", heads=heads, principal_filter=who_filter,
-                    since=since_text, errors=errors, status=400 if errors else 200)
+        heads = (
+            []
+            if errors
+            else deps.sessions().list_sessions(
+                principal=who_filter.lower() or None, since_ms=since_ms, limit=SESSIONS_LIMIT
+            )
+        )
+        return page(
+            "sessions.html",
+            heads=heads,
+            principal_filter=who_filter,
+            since=since_text,
+            errors=errors,
+            status=400 if errors else 200,
+        )
 
     def load_session(session_id: str) -> tuple[Any, list[Any]]:
         if not _SESSION_DOC_ID.match(session_id):
@@ -387,15 +447,14 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
 
     @bp.get("/sessions/<session_id>")
     @signed_in()
-    def session_view(principal: Principal, session_id: str) -> flask.Response:
+    def session_view(principal: Principal, session_id: str) -> Response:
         require_approver(principal)
         head, events = load_session(session_id)
-        return page("session.html", t=views.timeline(head, events, now_ms()),
-                    doc_id=session_id)
+        return page("session.html", t=views.timeline(head, events, now_ms()), doc_id=session_id)
 
     @bp.get("/sessions/<session_id>/export.jsonl")
     @signed_in()
-    def session_export(principal: Principal, session_id: str) -> flask.Response:
+    def session_export(principal: Principal, session_id: str) -> Response:
         require_approver(principal)
         _, events = load_session(session_id)
         resp = flask.Response(views.export_jsonl(events), mimetype="application/jsonl")
@@ -407,40 +466,49 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
     # --- errors: one place, always a page, never data ---------------------------------
 
     @app.errorhandler(CSRFError)
-    def csrf_error(err: CSRFError) -> flask.Response:
+    def csrf_error(err: CSRFError) -> Response:
         log.warning("console form refused: %s", err.description)
-        return error_page(400, "Form refused", "This form was not sent by your console page, "
-                          "or it expired (the CSRF check failed). Reload the page and try again.")
+        return error_page(
+            400,
+            "Form refused",
+            "This form was not sent by your console page, "
+            "or it expired (the CSRF check failed). Reload the page and try again.",
+        )
 
     @app.errorhandler(AccessDenied)
-    def denied(err: AccessDenied) -> flask.Response:
+    def denied(err: AccessDenied) -> Response:
         return page("forbidden.html", status=403, message=err.message)
 
     @app.errorhandler(Unauthenticated)
-    def unauthenticated(err: Unauthenticated) -> flask.Response:
+    def unauthenticated(err: Unauthenticated) -> Response:
         log.warning("console sign-in refused: %s", err.message)
         return error_page(401, "Sign-in refused", f"Your sign-in was not accepted: {err.message}.")
 
     @app.errorhandler(NotFound)
-    def not_found(err: NotFound) -> flask.Response:
+    def not_found(err: NotFound) -> Response:
         return error_page(404, "Not found", err.message)
 
     @app.errorhandler(BqgateError)
-    def bqgate_error(err: BqgateError) -> flask.Response:
+    def bqgate_error(err: BqgateError) -> Response:
         return error_page(err.http_status, "Request failed", err.message)
 
     @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException) -> flask.Response:
+    def http_error(err: HTTPException) -> Response:
         code = err.code or 400
         return error_page(code, err.name, err.description or err.name)
 
     @app.errorhandler(Exception)
-    def unexpected(err: Exception) -> flask.Response:
+    def unexpected(err: Exception) -> Response:
         incident = uuid.uuid4().hex[:12]
-        log.exception("console failure (incident %s) on %s %s", incident,
-                      flask.request.method, flask.request.path)
-        return error_page(500, "Something went wrong",
-                          f"The console failed to answer (incident {incident}).")
+        log.exception(
+            "console failure (incident %s) on %s %s",
+            incident,
+            flask.request.method,
+            flask.request.path,
+        )
+        return error_page(
+            500, "Something went wrong", f"The console failed to answer (incident {incident})."
+        )
 
     return app
 
@@ -471,5 +539,13 @@ def _filters(app: flask.Flask) -> None:
     env.lstrip_blocks = True
 
 
-__all__ = ["CSP", "SESSION_SECONDS", "ConsoleApp", "ConsoleConfig", "ConsoleDeps", "create_app",
-           "safe_next", "valid_job_id"]
+__all__ = [
+    "CSP",
+    "SESSION_SECONDS",
+    "ConsoleApp",
+    "ConsoleConfig",
+    "ConsoleDeps",
+    "create_app",
+    "safe_next",
+    "valid_job_id",
+]

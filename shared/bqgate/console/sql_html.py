@@ -28,7 +28,7 @@ import re
 from sqlglot import exp, parse
 from sqlglot.dialects.bigquery import BigQuery
 from sqlglot.errors import SqlglotError
-from sqlglot.tokens import Token, TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 
 log = logging.getLogger("bqgate.console")
 
@@ -36,9 +36,15 @@ log = logging.getLogger("bqgate.console")
 MAX_CHARS = 200_000
 
 _STRINGS = {
-    TokenType.STRING, TokenType.RAW_STRING, TokenType.BYTE_STRING, TokenType.BIT_STRING,
-    TokenType.HEX_STRING, TokenType.NATIONAL_STRING, TokenType.NATIONAL_RAW_STRING,
-    TokenType.HEREDOC_STRING, TokenType.UNICODE_STRING,
+    TokenType.STRING,
+    TokenType.RAW_STRING,
+    TokenType.BYTE_STRING,
+    TokenType.BIT_STRING,
+    TokenType.HEX_STRING,
+    TokenType.NATIONAL_STRING,
+    TokenType.NATIONAL_RAW_STRING,
+    TokenType.HEREDOC_STRING,
+    TokenType.UNICODE_STRING,
 }
 _CLASSES = {
     TokenType.NUMBER: "n",
@@ -62,7 +68,7 @@ def _gap(text: str) -> str:
     """Text between tokens: whitespace and comments (styled as comments)."""
     out, at = [], 0
     for m in _COMMENT.finditer(text):
-        out.append(html.escape(text[at:m.start()]))
+        out.append(html.escape(text[at : m.start()]))
         out.append(f'<span class="sql-c">{html.escape(m.group())}</span>')
         at = m.end()
     out.append(html.escape(text[at:]))

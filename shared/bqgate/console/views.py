@@ -4,8 +4,9 @@ search filters and a session's timeline.
 Pure: built from what the approvals service, the job store and the session record
 return; the Flask app (``bqgate.adapters.console_web``) only renders these.
 
->>> item = inbox_items([{"job_id": "j1", "owner": "agent@x", "groups": ["agents"], "sql": "SELECT 1",
-...     "session_id": "s1", "tables": ["p.finance.ledger"], "reasons": ["restricted read"],
+>>> item = inbox_items([{"job_id": "j1", "owner": "agent@x", "groups": ["agents"],
+...     "sql": "SELECT 1", "session_id": "s1", "tables": ["p.finance.ledger"],
+...     "reasons": ["restricted read"],
 ...     "bytes_estimate": 2048, "created_ms": 0, "expire_at_ms": 900_000,
 ...     "approvals": [], "required": 1}], lambda project, dataset: "restricted")[0]
 >>> item.tables[0].tier, item.bytes_text, describe_left(item.left_ms(60_000))
@@ -147,22 +148,24 @@ def inbox_items(pending: Sequence[Mapping[str, Any]], tier_of: TierOf) -> list[I
     for p in pending:
         sql = str(p.get("sql") or "")
         rewritten = p.get("rewritten_sql")  # issue 12's statement that will run, when present
-        items.append(InboxItem(
-            job_id=str(p["job_id"]),
-            owner=str(p.get("owner") or ""),
-            groups=tuple(str(g) for g in p.get("groups") or ()),
-            session_id=str(p.get("session_id") or f"job-{p['job_id']}"),
-            tables=table_refs([str(t) for t in p.get("tables") or ()], tier_of),
-            reasons=tuple(str(r) for r in p.get("reasons") or ()),
-            bytes_estimate=p.get("bytes_estimate"),
-            sql=sql,
-            to_run=str(rewritten) if rewritten and str(rewritten) != sql else None,
-            statement_hash=str(p.get("statement_hash") or ""),
-            created_ms=int(p.get("created_ms") or 0),
-            expire_at_ms=p.get("expire_at_ms"),
-            approvals=_votes(p.get("approvals")),
-            required=int(p.get("required") or 1),
-        ))
+        items.append(
+            InboxItem(
+                job_id=str(p["job_id"]),
+                owner=str(p.get("owner") or ""),
+                groups=tuple(str(g) for g in p.get("groups") or ()),
+                session_id=str(p.get("session_id") or f"job-{p['job_id']}"),
+                tables=table_refs([str(t) for t in p.get("tables") or ()], tier_of),
+                reasons=tuple(str(r) for r in p.get("reasons") or ()),
+                bytes_estimate=p.get("bytes_estimate"),
+                sql=sql,
+                to_run=str(rewritten) if rewritten and str(rewritten) != sql else None,
+                statement_hash=str(p.get("statement_hash") or ""),
+                created_ms=int(p.get("created_ms") or 0),
+                expire_at_ms=p.get("expire_at_ms"),
+                approvals=_votes(p.get("approvals")),
+                required=int(p.get("required") or 1),
+            )
+        )
     items.sort(key=lambda i: (i.created_ms, i.job_id), reverse=True)
     return items
 
@@ -248,8 +251,9 @@ def parse_when(text: str, now_ms: int) -> int:
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"expected a duration (24h, 7d) or a date and time "
-                         f"(2025-01-31T09:00), got {text!r}") from None
+        raise ValueError(
+            f"expected a duration (24h, 7d) or a date and time (2025-01-31T09:00), got {text!r}"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
@@ -284,8 +288,13 @@ class HistorySearch:
 
     def args(self, **change: Any) -> dict[str, str]:
         """The search as URL query arguments (for "older" links)."""
-        values = {"principal": self.principal, "table": self.table, "decision": self.decision,
-                  "since": self.since, "until": self.until}
+        values = {
+            "principal": self.principal,
+            "table": self.table,
+            "decision": self.decision,
+            "since": self.since,
+            "until": self.until,
+        }
         values.update({k: str(v) for k, v in change.items() if v is not None})
         return {k: v for k, v in values.items() if v}
 
@@ -301,6 +310,7 @@ since_ms=3600000, before_ms=None, limit=50)
     ("Decision: expected one of approved, denied, expired, got 'maybe'", \
 "Until: expected a duration (24h, 7d) or a date and time (2025-01-31T09:00), got 'soon'")
     """
+
     def text(name: str, limit: int = 320) -> str:
         return " ".join(str(args.get(name) or "").split())[:limit]
 
@@ -325,9 +335,15 @@ since_ms=3600000, before_ms=None, limit=50)
         except ValueError:
             errors.append("Older than: not a time")
     return HistorySearch(
-        principal=text("principal"), table=text("table", 1100), decision=decision,
-        since=text("since", 64), until=text("until", 64), before_ms=before,
-        errors=tuple(errors), since_ms=times["since"], until_ms=times["until"],
+        principal=text("principal"),
+        table=text("table", 1100),
+        decision=decision,
+        since=text("since", 64),
+        until=text("until", 64),
+        before_ms=before,
+        errors=tuple(errors),
+        since_ms=times["since"],
+        until_ms=times["until"],
     )
 
 
@@ -342,8 +358,9 @@ class ChainCheck:
     text: str
 
 
-def check_chain(head: audit.SessionHead | None, events: Sequence[audit.Event],
-                now_ms: int) -> ChainCheck:
+def check_chain(
+    head: audit.SessionHead | None, events: Sequence[audit.Event], now_ms: int
+) -> ChainCheck:
     """Verify a session's record: the console's one call into the chain's verification.
 
     >>> e = audit.seal(session_id="s", seq=1, kind="request", at_ms=1, job_id="j",
@@ -451,8 +468,11 @@ def _result(d: Mapping[str, Any]) -> ResultTable:
         rows=tuple(tuple(cell(v) for v in r) for r in rows),
         total_rows=int(d.get("total_rows") or 0),
         truncated=bool(d.get("truncated")),
-        masked=tuple(f"{m.get('column')} ({m.get('strategy')})"
-                     for m in d.get("masking") or () if isinstance(m, Mapping)),
+        masked=tuple(
+            f"{m.get('column')} ({m.get('strategy')})"
+            for m in d.get("masking") or ()
+            if isinstance(m, Mapping)
+        ),
     )
 
 
@@ -460,33 +480,51 @@ def _details(e: audit.Event) -> tuple[tuple[str, str], ...]:
     d = e.data
     pairs: list[tuple[str, Any]] = []
     if e.kind == "request":
-        pairs = [("Request", (d.get("client") or {}).get("request_kind")),
-                 ("Groups", ", ".join(d.get("groups") or ()) or None),
-                 ("Default dataset", d.get("default_dataset"))]
+        pairs = [
+            ("Request", (d.get("client") or {}).get("request_kind")),
+            ("Groups", ", ".join(d.get("groups") or ()) or None),
+            ("Default dataset", d.get("default_dataset")),
+        ]
     elif e.kind == "classification":
-        pairs = [("Decision", d.get("decision")),
-                 ("Reasons", "; ".join(d.get("reasons") or ()) or None),
-                 ("Tables", ", ".join(d.get("tables") or ()) or None)]
+        pairs = [
+            ("Decision", d.get("decision")),
+            ("Reasons", "; ".join(d.get("reasons") or ()) or None),
+            ("Tables", ", ".join(d.get("tables") or ()) or None),
+        ]
     elif e.kind == "approval_requested":
-        pairs = [("Estimated bytes", human_bytes(d.get("bytes_estimate"))),
-                 ("Reasons", "; ".join(d.get("reasons") or ()) or None)]
+        pairs = [
+            ("Estimated bytes", human_bytes(d.get("bytes_estimate"))),
+            ("Reasons", "; ".join(d.get("reasons") or ()) or None),
+        ]
     elif e.kind == "approval_decided":
-        pairs = [("Outcome", d.get("outcome")), ("By", d.get("approver")),
-                 ("Via", via_name(d.get("via"))), ("Message", d.get("message"))]
+        pairs = [
+            ("Outcome", d.get("outcome")),
+            ("By", d.get("approver")),
+            ("Via", via_name(d.get("via"))),
+            ("Message", d.get("message")),
+        ]
     elif e.kind == "denied":
-        pairs = [("By", d.get("approver")), ("Via", via_name(d.get("via"))),
-                 ("Reason", d.get("reason") or d.get("message"))]
+        pairs = [
+            ("By", d.get("approver")),
+            ("Via", via_name(d.get("via"))),
+            ("Reason", d.get("reason") or d.get("message")),
+        ]
     elif e.kind in ("expired", "blocked"):
         pairs = [("Message", d.get("message"))]
     elif e.kind == "execution_started":
         pairs = [("BigQuery job", d.get("warehouse_job_id")), ("Attempt", d.get("attempt"))]
     elif e.kind == "execution_finished":
         err = d.get("error") or {}
-        pairs = [("Bytes processed", human_bytes(d.get("total_bytes_processed"))
-                  if d.get("total_bytes_processed") is not None else None),
-                 ("Duration", f"{d['duration_ms']} ms" if d.get("duration_ms") is not None
-                  else None),
-                 ("Error", f"{err.get('reason')}: {err.get('message')}" if err else None)]
+        pairs = [
+            (
+                "Bytes processed",
+                human_bytes(d.get("total_bytes_processed"))
+                if d.get("total_bytes_processed") is not None
+                else None,
+            ),
+            ("Duration", f"{d['duration_ms']} ms" if d.get("duration_ms") is not None else None),
+            ("Error", f"{err.get('reason')}: {err.get('message')}" if err else None),
+        ]
     return tuple((k, str(v)) for k, v in pairs if v not in (None, ""))
 
 
@@ -497,16 +535,22 @@ def _step(e: audit.Event, start_ms: int) -> Step:
     if e.kind == "approval_decided" and e.data.get("outcome") == "recorded":
         tone = "wait"
     return Step(
-        seq=e.seq, kind=e.kind, label=label, tone="bad" if e.defect else tone, at_ms=e.at_ms,
-        offset_ms=max(e.at_ms - start_ms, 0), summary=audit.summarize(e),
+        seq=e.seq,
+        kind=e.kind,
+        label=label,
+        tone="bad" if e.defect else tone,
+        at_ms=e.at_ms,
+        offset_ms=max(e.at_ms - start_ms, 0),
+        summary=audit.summarize(e),
         details=_details(e) if not e.defect else (),
         result=_result(e.data) if e.kind == "result" and not e.defect else None,
         defect=e.defect,
     )
 
 
-def timeline(head: audit.SessionHead | None, events: Sequence[audit.Event],
-             now_ms: int) -> Timeline:
+def timeline(
+    head: audit.SessionHead | None, events: Sequence[audit.Event], now_ms: int
+) -> Timeline:
     """The session as statements in the order they arrived, each with its events.
 
     >>> a = audit.seal(session_id="s", seq=1, kind="request", at_ms=1000, job_id="j1",
@@ -521,9 +565,17 @@ def timeline(head: audit.SessionHead | None, events: Sequence[audit.Event],
     start = events[0].at_ms if events else 0
     blocks: dict[str, dict[str, Any]] = {}
     for e in events:
-        block = blocks.setdefault(e.job_id, {
-            "job_id": e.job_id, "principal": e.principal, "at_ms": e.at_ms, "sql": None,
-            "decision": None, "steps": []})
+        block = blocks.setdefault(
+            e.job_id,
+            {
+                "job_id": e.job_id,
+                "principal": e.principal,
+                "at_ms": e.at_ms,
+                "sql": None,
+                "decision": None,
+                "steps": [],
+            },
+        )
         if e.kind == "request" and block["sql"] is None:
             block["sql"] = str(e.data.get("statement", ""))
             block["at_ms"] = e.at_ms
@@ -531,9 +583,15 @@ def timeline(head: audit.SessionHead | None, events: Sequence[audit.Event],
             block["decision"] = e.data.get("decision")
         block["steps"].append(_step(e, start))
     statements = tuple(
-        StatementBlock(number=i, job_id=b["job_id"], principal=b["principal"],
-                       at_ms=b["at_ms"], sql=b["sql"], decision=b["decision"],
-                       steps=tuple(b["steps"]))
+        StatementBlock(
+            number=i,
+            job_id=b["job_id"],
+            principal=b["principal"],
+            at_ms=b["at_ms"],
+            sql=b["sql"],
+            decision=b["decision"],
+            steps=tuple(b["steps"]),
+        )
         for i, b in enumerate(blocks.values(), start=1)
     )
     principals = head.principals if head else tuple(dict.fromkeys(e.principal for e in events))
@@ -556,8 +614,25 @@ def export_jsonl(events: Sequence[audit.Event]) -> str:
 
 
 __all__ = [
-    "DECISIONS", "ChainCheck", "HistoryRow", "HistorySearch", "InboxItem", "ResultTable", "Step",
-    "StatementBlock", "TableRef", "Timeline", "check_chain", "describe_left", "export_jsonl",
-    "history_row", "inbox_items", "parse_history_search", "parse_when", "table_refs",
-    "timeline", "utc", "via_name",
+    "DECISIONS",
+    "ChainCheck",
+    "HistoryRow",
+    "HistorySearch",
+    "InboxItem",
+    "ResultTable",
+    "StatementBlock",
+    "Step",
+    "TableRef",
+    "Timeline",
+    "check_chain",
+    "describe_left",
+    "export_jsonl",
+    "history_row",
+    "inbox_items",
+    "parse_history_search",
+    "parse_when",
+    "table_refs",
+    "timeline",
+    "utc",
+    "via_name",
 ]

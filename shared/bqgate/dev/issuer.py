@@ -404,7 +404,9 @@ class DevIssuerServer(ThreadingHTTPServer):
         with self.sign_in_lock:
             grant = self.grants.pop(code, None)
         if grant is None or grant.expires_at <= time.time():
-            raise OAuthFailure("invalid_grant", "the authorization code is unknown, used or expired")
+            raise OAuthFailure(
+                "invalid_grant", "the authorization code is unknown, used or expired"
+            )
         return grant
 
 
@@ -661,7 +663,9 @@ class _Handler(BaseHTTPRequestHandler):
         form = self._form()
         try:
             if form is None:
-                raise OAuthFailure("invalid_request", "a form body without repeated fields is required")
+                raise OAuthFailure(
+                    "invalid_request", "a form body without repeated fields is required"
+                )
             client_id = self._client(form)
             if form.get("grant_type") != "authorization_code":
                 raise OAuthFailure("unsupported_grant_type", "only authorization_code is supported")

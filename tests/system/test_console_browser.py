@@ -255,6 +255,41 @@ def test_bob_denies_with_a_reason_and_the_agent_sees_it(
     )
 
 
+def test_a_decision_in_slack_greys_the_request_out_in_the_open_inbox(
+    stack: Stack, gateway_client: bigquery.Client, browser: webdriver.Chrome
+) -> None:
+    sign_in(browser, stack, "alice@example.com")
+    job = labelled(LEDGER_SQL, gateway_client, "console-slack-" + uuid.uuid4().hex[:8])
+    item = f"li.request[data-job-id='{job.job_id}']"
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, item))
+    )
+    browser.find_element(By.CSS_SELECTOR, f"{item} textarea").send_keys("half-typed")
+    posted = wait_for("the Slack request", lambda: slack_message(stack, job.job_id))
+    clicked = requests.post(
+        stack.url("slack") + "/_ui/click",
+        headers={"Accept": "application/json"},
+        timeout=30,
+        data={
+            "user": "U_BOB",
+            "channel": posted["channel"],
+            "ts": posted["ts"],
+            "action_id": "bqgate_approve",
+            "value": job.job_id,
+        },
+    ).json()
+    assert clicked["response"]["text"] == "Approved by bob@example.com"
+    WebDriverWait(browser, 30, poll_frequency=0.5).until(
+        lambda d: "gone" in d.find_element(By.CSS_SELECTOR, item).get_attribute("class")
+    )
+    card = browser.find_element(By.CSS_SELECTOR, item)
+    assert "No longer pending" in card.text
+    assert not card.find_element(By.CSS_SELECTOR, "button.approve").is_enabled()
+    assert card.find_element(By.CSS_SELECTOR, "textarea").get_attribute("value") == "half-typed"
+    assert "no longer pending" in browser.find_element(By.ID, "live-status").text
+    assert [r.entry_id for r in job.result(timeout=180)] == [1, 2]
+
+
 def test_the_agent_identity_cannot_see_the_inbox(
     stack: Stack, gateway_client: bigquery.Client, browser: webdriver.Chrome
 ) -> None:

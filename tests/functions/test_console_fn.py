@@ -290,7 +290,8 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
     item = body[body.index(f'id="req-{job.job_id}"') :]
     item = item[: item.index("</article>")]
     assert body.index(f'id="req-{job.job_id}"') < body.index(f'id="req-{older.job_id}"')
-    assert AGENT in item and "ai-coding-agents" in item
+    words = re.sub(r"<[^>]+>", "", item)
+    assert AGENT in words and "ai-coding-agents" in words
     assert "sess-console-inbox" in item and 'href="/console/sessions/sess-console-inbox"' in item
     assert "demo-project.finance.ledger" in item and "restricted" in item
     for reason in job.classification["reasons"]:
@@ -299,7 +300,7 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
     assert re.search(r"1[45] min \d+ s left", item)
     assert "0 of 1 required" in item
     assert '<span class="sql-k">SELECT</span>' in item.replace("&quot;", '"')
-    assert "Exact text the agent sent" in item and LEDGER_SQL in re.sub(r"<[^>]+>", "", item)
+    assert "Exact text the agent sent" in item and LEDGER_SQL in words
     fragment = text_of(console.get("/console/inbox/items"))
     assert f'data-job-id="{job.job_id}"' in fragment and "<html" not in fragment
 
@@ -532,3 +533,27 @@ def test_an_unconfigured_console_says_so(wired: Stack) -> None:
         "not configured: set BQGATE_CONSOLE_CLIENT_ID, BQGATE_CONSOLE_CLIENT_SECRET"
         in html.unescape(resp.get_data(as_text=True))
     )
+
+
+def test_an_unreachable_identity_provider_gets_a_page(wired: Stack) -> None:
+    from bqgate.adapters import wiring
+    from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
+    from bqgate.dev.stack import free_port
+
+    deps = ConsoleDeps(
+        service=wiring.approval_service,
+        verifier=wiring.verifier,
+        policy=wiring.policy(),
+        history=wiring.job_history,
+        sessions=wiring.recorder,
+    )
+    config = ConsoleConfig(
+        issuer=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        client_id="bqgate",
+        client_secret="s",
+        session_key=b"k" * 32,
+        dev_mode=True,
+    )
+    resp = ConsoleApp(config, deps).app.test_client().get("/console/auth/login")
+    assert resp.status_code == 503
+    assert "cannot be reached right now" in html.unescape(resp.get_data(as_text=True))

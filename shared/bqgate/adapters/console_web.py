@@ -34,9 +34,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import flask
+import requests
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.flask_client import OAuth
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from joserfc.errors import JoseError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -302,13 +305,25 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
     def login() -> Any:
         flask.session.permanent = True
         redirect_uri = flask.url_for("console.callback", _external=True)
-        return oauth.oidc.authorize_redirect(redirect_uri)
+        try:
+            return oauth.oidc.authorize_redirect(redirect_uri)
+        except (requests.RequestException, ValueError, AuthlibBaseError) as exc:
+            return provider_unavailable(exc)
+
+    def provider_unavailable(exc: Exception) -> Response:
+        log.warning("identity provider %s unavailable: %s", config.issuer, type(exc).__name__)
+        return error_page(
+            503,
+            "Sign-in unavailable",
+            f"The identity provider ({config.issuer}) cannot be reached right now. "
+            "Try again in a minute.",
+        )
 
     @bp.get("/auth/callback")
     def callback() -> Response:
         try:
             token = oauth.oidc.authorize_access_token()
-        except OAuthError as exc:
+        except OAuthError as exc:  # state, code or the provider's refusal
             log.warning("sign-in failed: %s", exc.error)
             return error_page(
                 400,
@@ -316,6 +331,13 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
                 "The sign-in could not be completed ("
                 f"{exc.description or exc.error}). Start again from the console.",
             )
+        except (AuthlibBaseError, JoseError) as exc:  # the ID token's signature or claims
+            log.warning("sign-in refused: %s", type(exc).__name__)
+            return error_page(
+                401, "Sign-in refused", "The identity provider's ID token was not valid."
+            )
+        except (requests.RequestException, ValueError) as exc:
+            return provider_unavailable(exc)
         id_token = token.get("id_token") if isinstance(token, dict) else None
         if not isinstance(id_token, str):
             return error_page(400, "Sign-in failed", "The identity provider sent no ID token.")

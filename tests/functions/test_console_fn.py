@@ -62,7 +62,7 @@ def console(wired: Stack) -> Any:
     return new_client(wired)
 
 
-def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "") -> Job:
+def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "", **fields: Any) -> Job:
     """A PENDING_APPROVAL job written straight to Firestore, as the gateway leaves it."""
     from bqgate.adapters import wiring
 
@@ -88,6 +88,7 @@ def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "") -> Job:
         bytes_estimate=4096,
         approval_requested_ms=now,
         session_id=session_id,
+        **fields,
     )
     wiring.job_store().create(job)
     return job
@@ -284,7 +285,20 @@ def test_the_agent_identity_gets_403_pages_and_cannot_decide(wired: Stack, conso
 
 def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> None:
     older = new_pending_job()
-    job = new_pending_job(session_id="sess-console-inbox")
+    rewritten = "SELECT entry_id, amount FROM (SELECT * FROM `demo-project.finance.ledger`) AS l"
+    blast = [
+        {
+            "statement": 1,
+            "target": "demo-project.finance.ledger",
+            "touched": 1200,
+            "total": 2000,
+            "limits": "at most 100 rows (above: approve)",
+            "over": "over the limit of 100 rows",
+        }
+    ]
+    job = new_pending_job(
+        session_id="sess-console-inbox", rewritten_sql=rewritten, blast_radius=blast
+    )
     sign_in(console, wired, "alice@example.com")
     body = text_of(console.get("/console/"))
     item = body[body.index(f'id="req-{job.job_id}"') :]
@@ -301,6 +315,18 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
     assert "0 of 1 required" in item
     assert '<span class="sql-k">SELECT</span>' in item.replace("&quot;", '"')
     assert "Exact text the agent sent" in item and LEDGER_SQL in words
+    assert "Statement that will run" in words
+    assert "FROM ( SELECT * FROM `demo-project.finance.ledger` ) AS l" in " ".join(words.split())
+    assert (
+        "touches 1,200 of 2,000 rows of demo-project.finance.ledger (60%): over the limit "
+        "of 100 rows"
+    ) in words
+    assert (
+        "Statement that will run"
+        not in text_of(console.get("/console/"))
+        .split(f'id="req-{older.job_id}"')[1]
+        .split("</article>")[0]
+    )
     fragment = text_of(console.get("/console/inbox/items"))
     assert f'data-job-id="{job.job_id}"' in fragment and "<html" not in fragment
 

@@ -129,6 +129,8 @@ class InboxItem:
     expire_at_ms: int | None
     approvals: tuple[core.Vote, ...]
     required: int
+    #: What the executor measured each write would touch (see bqgate.sql.blast).
+    blast_radius: tuple[str, ...] = ()
 
     @property
     def bytes_text(self) -> str:
@@ -136,6 +138,29 @@ class InboxItem:
 
     def left_ms(self, now_ms: int) -> int | None:
         return None if self.expire_at_ms is None else self.expire_at_ms - now_ms
+
+
+def blast_lines(record: Any) -> tuple[str, ...]:
+    """The measured blast radius of a write, one line per target.
+
+    >>> blast_lines([{"statement": 1, "target": "p.d.t", "touched": 1200, "total": 5000,
+    ...               "limits": "at most 100 rows (above: approve)",
+    ...               "over": "over the limit of 100 rows"}])
+    ('touches 1,200 of 5,000 rows of p.d.t (24%): over the limit of 100 rows',)
+    >>> blast_lines(None)
+    ()
+    """
+    lines = []
+    for entry in record or ():
+        if not isinstance(entry, Mapping):
+            continue
+        touched, total = int(entry.get("touched") or 0), int(entry.get("total") or 0)
+        share = f" ({touched / total:.0%})" if total else ""
+        line = f"touches {touched:,} of {total:,} rows of {entry.get('target', '?')}{share}"
+        if entry.get("over"):
+            line += f": {entry['over']}"
+        lines.append(line)
+    return tuple(lines)
 
 
 def _votes(raw: Any) -> tuple[core.Vote, ...]:
@@ -147,7 +172,7 @@ def inbox_items(pending: Sequence[Mapping[str, Any]], tier_of: TierOf) -> list[I
     items = []
     for p in pending:
         sql = str(p.get("sql") or "")
-        rewritten = p.get("rewritten_sql")  # issue 12's statement that will run, when present
+        rewritten = p.get("rewritten_sql")  # the masking rewrite: the statement that runs
         items.append(
             InboxItem(
                 job_id=str(p["job_id"]),
@@ -164,6 +189,7 @@ def inbox_items(pending: Sequence[Mapping[str, Any]], tier_of: TierOf) -> list[I
                 expire_at_ms=p.get("expire_at_ms"),
                 approvals=_votes(p.get("approvals")),
                 required=int(p.get("required") or 1),
+                blast_radius=blast_lines(p.get("blast_radius")),
             )
         )
     items.sort(key=lambda i: (i.created_ms, i.job_id), reverse=True)
@@ -404,6 +430,8 @@ class Step:
     details: tuple[tuple[str, str], ...] = ()
     result: ResultTable | None = None
     defect: str | None = None
+    #: The statement that runs, when bqgate rewrote it (masking at the source).
+    rewritten_sql: str | None = None
 
 
 @dataclass(frozen=True)
@@ -440,6 +468,7 @@ _LABELS = {
     "approval_decided": ("Approval", "ok"),
     "denied": ("Denied", "bad"),
     "expired": ("Expired", "bad"),
+    "blast_radius": ("Blast radius measured", "info"),
     "execution_started": ("Execution started", "info"),
     "execution_finished": ("Execution finished", "ok"),
     "result": ("Result", "ok"),
@@ -495,7 +524,10 @@ def _details(e: audit.Event) -> tuple[tuple[str, str], ...]:
         pairs = [
             ("Estimated bytes", human_bytes(d.get("bytes_estimate"))),
             ("Reasons", "; ".join(d.get("reasons") or ()) or None),
+            ("Blast radius", "; ".join(blast_lines(d.get("blast_radius"))) or None),
         ]
+    elif e.kind == "blast_radius":
+        pairs = [("Writes", "; ".join(blast_lines(d.get("writes"))) or None)]
     elif e.kind == "approval_decided":
         pairs = [
             ("Outcome", d.get("outcome")),
@@ -545,6 +577,7 @@ def _step(e: audit.Event, start_ms: int) -> Step:
         details=_details(e) if not e.defect else (),
         result=_result(e.data) if e.kind == "result" and not e.defect else None,
         defect=e.defect,
+        rewritten_sql=str(e.data["rewritten_sql"]) if e.data.get("rewritten_sql") else None,
     )
 
 
@@ -624,6 +657,7 @@ __all__ = [
     "Step",
     "TableRef",
     "Timeline",
+    "blast_lines",
     "check_chain",
     "describe_left",
     "export_jsonl",

@@ -372,6 +372,7 @@ class ApprovalService:
             out.append({
                 "job_id": job.job_id, "owner": job.owner, "groups": job.groups, "sql": job.sql,
                 "session_id": job.session_id or f"job-{job.job_id}",
+                "rewritten_sql": job.rewritten_sql, "blast_radius": job.blast_radius,
                 "tables": cls.get("tables") or [], "reasons": cls.get("reasons") or [],
                 "statement_hash": cls.get("statement_hash"), "bytes_estimate": job.bytes_estimate,
                 "created_ms": job.created_ms, "expire_at_ms": job.expire_at_ms,

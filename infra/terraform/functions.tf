@@ -39,6 +39,13 @@ resource "google_cloudfunctions2_function" "ingress" {
     environment_variables = merge(local.common_env, {
       BQGATE_EXECUTOR_URL = google_cloudfunctions2_function.executor.service_config[0].uri
     })
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
   }
 
   lifecycle {
@@ -52,6 +59,7 @@ resource "google_cloudfunctions2_function" "ingress" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
   ]
 }
 
@@ -87,6 +95,13 @@ resource "google_cloudfunctions2_function" "executor" {
     environment_variables          = local.common_env
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_HMAC_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.masking_hmac_key.secret_id
@@ -98,6 +113,7 @@ resource "google_cloudfunctions2_function" "executor" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.executor_hmac_key,
   ]
 }
@@ -137,6 +153,13 @@ resource "google_cloudfunctions2_function" "approvals" {
     })
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -172,6 +195,7 @@ resource "google_cloudfunctions2_function" "approvals" {
     google_secret_manager_secret_iam_member.approvals_console_client_secret,
     google_secret_manager_secret_iam_member.approvals_console_session_key,
     google_secret_manager_secret_iam_member.approvals_slack_bot_token,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.approvals_slack_signing_secret,
   ]
 }
@@ -208,6 +232,13 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     })
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -219,6 +250,7 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
   ]
 }

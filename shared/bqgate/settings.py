@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bqgate.chain import DEV_KEY_FILE
 from bqgate.errors import BqgateError
 
 #: The dev issuer's OAuth client for the console, and where the dev stack keeps its secrets.
@@ -52,6 +53,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_BOT_TOKEN": ("", "Slack bot token (secret)."),
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
+    "BQGATE_AUDIT_KEY": ("", "Session record chain key (secret, 32+ bytes, hex); dev: read from "
+                         "the dev state folder."),
+    "BQGATE_ANCHOR_BUCKET": ("", "Cloud Storage bucket (retention policy) the session "
+                             "checkpoints are written to."),
+    "BQGATE_ANCHOR_DIR": ("", "Folder the session checkpoints are written to (dev default: "
+                          "`anchors/` in the dev state folder)."),
+    "BQGATE_ANCHOR_FLUSH_MS": ("1000", "Longest a session checkpoint waits before it is "
+                               "written to the bucket/folder (0: at once, on the request path)."),
+    "BQGATE_ANCHOR_LOG": ("1", "1 also writes each checkpoint as a structured log line "
+                          "(Cloud Logging)."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
     "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
                              "sends signed interaction payloads."),
@@ -103,6 +114,11 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
+    audit_key: str = field(default="", repr=False)
+    anchor_bucket: str = ""
+    anchor_dir: Path | None = None
+    anchor_flush_ms: int = 1000
+    anchor_log: bool = True
     console_issuer: str = ""
     console_client_id: str = ""
     console_client_secret: str = field(default="", repr=False)
@@ -128,15 +144,29 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         return value
 
     hmac_key = secret("BQGATE_HMAC_KEY", "hmac.key")
+    audit_key = get("BQGATE_AUDIT_KEY")
+    anchor_dir = Path(get("BQGATE_ANCHOR_DIR")) if get("BQGATE_ANCHOR_DIR") else None
+    if dev_mode:
+        key_file = dev_dir / DEV_KEY_FILE
+        if not audit_key and key_file.exists():
+            audit_key = key_file.read_text().strip()
+        anchor_dir = anchor_dir or dev_dir / "anchors"
     # Dev mode signs approvers in with the dev issuer, as its registered client.
     console_issuer = get("BQGATE_CONSOLE_ISSUER") or (get("BQGATE_DEV_ISSUER") if dev_mode else "")
     console_client_id = get("BQGATE_CONSOLE_CLIENT_ID") or (
         DEV_CONSOLE_CLIENT_ID if dev_mode else ""
     )
-    try:
-        max_wait_ms = int(get("BQGATE_MAX_WAIT_MS"))
-    except ValueError as exc:
-        raise BqgateError(f"BQGATE_MAX_WAIT_MS: not an integer: {exc}") from None
+
+    def integer(name: str) -> int:
+        try:
+            value = int(get(name))
+        except ValueError as exc:
+            raise BqgateError(f"{name}: not an integer: {exc}") from None
+        if value < 0:
+            raise BqgateError(f"{name}: must not be negative")
+        return value
+
+    max_wait_ms = integer("BQGATE_MAX_WAIT_MS")
     return Settings(
         project=project,
         warehouse_project=get("BQGATE_WAREHOUSE_PROJECT") or project,
@@ -156,6 +186,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
         hmac_key=hmac_key,
         max_wait_ms=max_wait_ms,
+        audit_key=audit_key,
+        anchor_bucket=get("BQGATE_ANCHOR_BUCKET"),
+        anchor_dir=anchor_dir,
+        anchor_flush_ms=integer("BQGATE_ANCHOR_FLUSH_MS"),
+        anchor_log=get("BQGATE_ANCHOR_LOG").lower() in {"1", "true", "yes"},
         console_issuer=console_issuer.rstrip("/"),
         console_client_id=console_client_id,
         console_client_secret=secret(

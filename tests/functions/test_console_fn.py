@@ -113,6 +113,13 @@ def wait_job(job_id: str, pred: Any, timeout: float = 60) -> Job:
         time.sleep(0.2)
 
 
+def key_of(stack: Stack) -> str:
+    """The dev issuer's sign-in key (what the developer types once per browser)."""
+    from bqgate.dev.stack import sign_in_key
+
+    return sign_in_key(stack.endpoints())
+
+
 def sign_in(client: Any, stack: Stack, principal: str) -> None:
     """The authorization-code flow, as a browser does it: console -> issuer page -> pick
     who you are -> back to the console's callback."""
@@ -128,7 +135,7 @@ def sign_in(client: Any, stack: Stack, principal: str) -> None:
     request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
     picked = requests.post(
         stack.url("oidc_issuer") + "/authorize",
-        data={"request_id": request_id, "principal": principal},
+        data={"request_id": request_id, "principal": principal, "sign_in_key": key_of(stack)},
         allow_redirects=False,
         timeout=10,
     )
@@ -250,7 +257,11 @@ def test_after_sign_in_you_land_where_you_were_going(wired: Stack, console: Any)
     request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
     picked = requests.post(
         wired.url("oidc_issuer") + "/authorize",
-        data={"request_id": request_id, "principal": "alice@example.com"},
+        data={
+            "request_id": request_id,
+            "principal": "alice@example.com",
+            "sign_in_key": key_of(wired),
+        },
         allow_redirects=False,
         timeout=10,
     )
@@ -504,8 +515,9 @@ def test_history_search_by_principal_table_decision_and_time(wired: Stack, conso
 
 def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, console: Any) -> None:
     from bqgate.adapters import wiring
-    from bqgate.audit import verify_chain
+    from bqgate.chain import Keyring
     from bqgate.commands.sessions import events_from_jsonl
+    from bqgate.verification import verify_session
 
     session = "sess-" + uuid.uuid4().hex[:12]
     job = new_pending_job(session_id=session)
@@ -521,6 +533,7 @@ def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, co
     assert page.status_code == 200
     body = text_of(page)
     assert "chain verified" in body
+    assert 'id="chain-status"' in body and "chain-ok" in body
     kinds = re.findall(r'data-kind="([a-z_]+)"', body)
     assert kinds[0] == "approval_decided" and kinds[-1] == "result"
     assert {"execution_started", "execution_finished"} <= set(kinds)
@@ -533,7 +546,10 @@ def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, co
     assert f'filename="session-{session}.jsonl"' in export.headers["Content-Disposition"]
     events = events_from_jsonl(export.get_data(as_text=True))
     assert [e.kind for e in events] == kinds
-    assert verify_chain(events, now_ms=int(time.time() * 1000)) is None
+    report = verify_session(
+        session, None, events, keys=Keyring([wiring.chain_key()]), now_ms=int(time.time() * 1000)
+    )
+    assert report.ok, report.findings
 
 
 def test_an_unconfigured_console_says_so(wired: Stack) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import requests
-from bqgate.dev.stack import Stack
+from bqgate.dev.stack import Stack, sign_in_key
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 from selenium import webdriver
@@ -79,9 +79,13 @@ def sign_in(browser: webdriver.Chrome, stack: Stack, who: str) -> None:
     """Click "Sign in" on the console, then the identity on the dev issuer's page."""
     browser.get(console_url(stack))
     WebDriverWait(browser, 20).until(ec.element_to_be_clickable((By.ID, "sign-in"))).click()
-    WebDriverWait(browser, 20).until(
+    button = WebDriverWait(browser, 20).until(
         ec.element_to_be_clickable((By.ID, f"sign-in-{who.split('@')[0]}"))
-    ).click()
+    )
+    # The dev issuer asks for its sign-in key once per browser (the banner prints it).
+    for field in browser.find_elements(By.ID, "sign_in_key"):
+        field.send_keys(sign_in_key(stack.endpoints()))
+    button.click()
     WebDriverWait(browser, 30).until(ec.text_to_be_present_in_element((By.ID, "signed-in-as"), who))
 
 

@@ -7,11 +7,13 @@ import html
 import re
 
 from bqgate import audit
+from bqgate.chain import ChainKey, Keyring
 from bqgate.console import sql_html, views
 from bqgate.jobs import Job
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+KEY = ChainKey(b"console-views-test-chain-key-0123456789")
 TAG = re.compile(r'<span class="sql-[a-z]">|</span>')
 
 
@@ -141,27 +143,33 @@ def _chain() -> list[audit.Event]:
                 data=data,
                 prev=events[-1] if events else None,
                 expire_at_ms=10**15,
+                key=KEY,
             )
         )
     return events
 
 
 def test_timeline_groups_events_by_statement_with_result_tables() -> None:
-    t = views.timeline(None, _chain(), now_ms=5000)
+    events = _chain()
+    chain = views.check_chain("s", None, events, keys=Keyring([KEY]), anchors=(), now_ms=5000)
+    t = views.timeline(None, events, chain)
     (block,) = t.statements
     assert block.sql == "SELECT 1" and block.decision == "allow"
     result = block.steps[-1].result
     assert result is not None and result.columns == ("x",)
     assert result.rows == (("1",), ("NULL",)) and result.masked == ("x (last4)",)
-    assert t.chain == views.ChainCheck(True, "chain verified: 3 events")
-
-
-def test_the_chain_seam_names_a_removed_event() -> None:
-    events = _chain()
-    check = views.check_chain(None, [events[0], events[2]], now_ms=5000)
-    assert not check.intact
-    assert check.text == (
-        "chain BROKEN at event 00000003 (index 1): event 00000002 is missing before it"
+    assert t.chain == views.ChainCheck(
+        True, "chain verified: 3 events, events 1 to 3 not yet checkpointed"
     )
+
+
+def test_the_chain_seam_names_a_removed_event_and_a_foreign_key() -> None:
+    events = _chain()
+    ring = Keyring([KEY])
+    check = views.check_chain("s", None, [events[0], events[2]], keys=ring, anchors=(), now_ms=5000)
+    assert not check.intact
+    assert check.text.startswith("chain BROKEN: ") and "00000002" in check.text
+    other = Keyring([ChainKey(b"not-the-key-that-sealed-these-events!")])
+    assert not views.check_chain("s", None, events, keys=other, anchors=(), now_ms=5000).intact
     lines = views.export_jsonl(events).splitlines()
     assert len(lines) == 3 and '"kind":"result"' in lines[2]

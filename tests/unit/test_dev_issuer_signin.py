@@ -49,13 +49,30 @@ def authorize_params(**change: Any) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def pick(srv: issuer.DevIssuerServer, principal: str, **change: Any) -> requests.Response:
-    page = requests.get(srv.issuer_url + "/authorize", params=authorize_params(**change), timeout=5)
+def pick(
+    srv: issuer.DevIssuerServer,
+    principal: str,
+    *,
+    key: str | None = "",
+    cookies: dict[str, str] | None = None,
+    **change: Any,
+) -> requests.Response:
+    """Show the sign-in page, then pick ``principal`` (with the sign-in key by default)."""
+    page = requests.get(
+        srv.issuer_url + "/authorize",
+        params=authorize_params(**change),
+        cookies=cookies,
+        timeout=5,
+    )
     assert page.status_code == 200, page.text
     request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    form = {"request_id": request_id, "principal": principal}
+    if key is not None:
+        form["sign_in_key"] = key or srv.sign_in_key
     return requests.post(
         srv.issuer_url + "/authorize",
-        data={"request_id": request_id, "principal": principal},
+        data=form,
+        cookies=cookies,
         allow_redirects=False,
         timeout=5,
     )
@@ -232,7 +249,11 @@ def test_only_the_offered_identities_can_sign_in(server: issuer.DevIssuerServer)
         server.issuer_url + "/authorize",
         allow_redirects=False,
         timeout=5,
-        data={"request_id": secrets.token_urlsafe(24), "principal": "alice@example.com"},
+        data={
+            "request_id": secrets.token_urlsafe(24),
+            "principal": "alice@example.com",
+            "sign_in_key": server.sign_in_key,
+        },
     )
     assert stale.status_code == 400 and "expired" in stale.text
 
@@ -245,3 +266,35 @@ def test_without_a_client_secret_file_the_sign_in_is_off(tmp_path: Path) -> None
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_picking_an_identity_takes_the_sign_in_key(server: issuer.DevIssuerServer) -> None:
+    """Reaching loopback is not enough to sign in as an approver (as for /token)."""
+    page = requests.get(server.issuer_url + "/authorize", params=authorize_params(), timeout=5)
+    assert 'name="sign_in_key" type="password"' in page.text
+    assert '<label for="sign_in_key">' in page.text
+    for key in (None, "guess"):
+        refused = pick(server, "alice@example.com", key=key)
+        assert refused.status_code == 401 and "Location" not in refused.headers
+        assert "sign-in key is missing or wrong" in refused.text
+    assert (server.key_dir / issuer.SIGN_IN_KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_browser_that_gave_the_key_keeps_a_cookie_not_the_key(
+    server: issuer.DevIssuerServer,
+) -> None:
+    first = pick(server, "bob@example.com")
+    assert first.status_code == 303
+    cookie = first.cookies.get(issuer.SIGN_IN_COOKIE)
+    assert cookie and server.sign_in_key not in cookie
+    header = first.headers["Set-Cookie"]
+    assert "HttpOnly" in header and "SameSite=Strict" in header and "Max-Age=43200" in header
+    jar = {issuer.SIGN_IN_COOKIE: cookie}
+    page = requests.get(
+        server.issuer_url + "/authorize", params=authorize_params(), cookies=jar, timeout=5
+    )
+    assert "sign_in_key" not in page.text
+    again = pick(server, "alice@example.com", key=None, cookies=jar)
+    assert again.status_code == 303 and "Set-Cookie" not in again.headers
+    forged = pick(server, "alice@example.com", key=None, cookies={issuer.SIGN_IN_COOKIE: "0" * 64})
+    assert forged.status_code == 401

@@ -26,6 +26,7 @@ import functools
 import io
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from werkzeug.wrappers import Response
 
 from bqgate import approvals as core
 from bqgate import audit
+from bqgate.anchors import AnchorIndex
+from bqgate.chain import Keyring
 from bqgate.console import PREFIX, STATIC, TEMPLATES, sql_html, views
 from bqgate.errors import AccessDenied, BqgateError, InvalidRequest, NotFound, Unauthenticated
 from bqgate.identity import Principal, TokenVerifier
@@ -122,6 +125,9 @@ class ConsoleDeps:
     policy: Policy
     history: Callable[[], DecisionHistory]
     sessions: Callable[[], SessionReader]
+    #: What verifying a session takes besides its record: the chain keys (None: none
+    #: configured) and the checkpoints kept outside Firestore.
+    evidence: Callable[[], tuple[Keyring | None, AnchorIndex]] = lambda: (None, AnchorIndex())
     clock: Callable[[], float] = time.time
 
 
@@ -201,7 +207,8 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
     problem = config.problem()
     secure = not config.dev_mode
     app.config.update(
-        SECRET_KEY=config.session_key or b"unconfigured",
+        # Unconfigured, every page is refused (below); a random key signs nothing lasting.
+        SECRET_KEY=config.session_key or secrets.token_bytes(32),
         SESSION_COOKIE_NAME="__Host-bqgate-console" if secure else "bqgate-console",
         SESSION_COOKIE_PATH="/",
         SESSION_COOKIE_HTTPONLY=True,
@@ -435,6 +442,7 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
         require_approver(principal)
         args = flask.request.args
         who_filter = " ".join(str(args.get("principal") or "").split())[:320]
+        label = " ".join(str(args.get("label") or "").split())[:200]
         since_text = " ".join(str(args.get("since") or "").split())[:64]
         errors, since_ms = [], None
         if since_text:
@@ -442,17 +450,25 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
                 since_ms = views.parse_when(since_text, now_ms())
             except ValueError as exc:
                 errors.append(f"Since: {exc}")
-        heads = (
-            []
-            if errors
-            else deps.sessions().list_sessions(
+        heads: list[audit.SessionHead] = []
+        if errors:
+            pass
+        elif label:  # the client's session label: one session per principal that used it
+            heads = [
+                h
+                for h in deps.sessions().by_label(label, limit=SESSIONS_LIMIT)
+                if (not who_filter or who_filter.lower() in h.principals)
+                and (since_ms is None or h.last_ms >= since_ms)
+            ]
+        else:
+            heads = deps.sessions().list_sessions(
                 principal=who_filter.lower() or None, since_ms=since_ms, limit=SESSIONS_LIMIT
             )
-        )
         return page(
             "sessions.html",
             heads=heads,
             principal_filter=who_filter,
+            label=label,
             since=since_text,
             errors=errors,
             status=400 if errors else 200,
@@ -472,7 +488,12 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
     def session_view(principal: Principal, session_id: str) -> Response:
         require_approver(principal)
         head, events = load_session(session_id)
-        return page("session.html", t=views.timeline(head, events, now_ms()), doc_id=session_id)
+        stored_id = head.session_id if head else events[0].session_id
+        keys, anchors = deps.evidence()
+        chain = views.check_chain(
+            stored_id, head, events, keys=keys, anchors=anchors.of(stored_id), now_ms=now_ms()
+        )
+        return page("session.html", t=views.timeline(head, events, chain), doc_id=session_id)
 
     @bp.get("/sessions/<session_id>/export.jsonl")
     @signed_in()

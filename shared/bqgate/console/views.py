@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bqgate import approvals as core
-from bqgate import audit
+from bqgate import audit, verification
+from bqgate.anchors import Checkpoint
+from bqgate.chain import Keyring
 from bqgate.jobs import DONE, Job
 from bqgate.policy import parse_duration
 from bqgate.ports import DecisionQuery
@@ -385,24 +387,48 @@ class ChainCheck:
 
 
 def check_chain(
-    head: audit.SessionHead | None, events: Sequence[audit.Event], now_ms: int
+    session_id: str,
+    head: audit.SessionHead | None,
+    events: Sequence[audit.Event],
+    *,
+    keys: Keyring | None,
+    anchors: Sequence[Checkpoint],
+    now_ms: int,
 ) -> ChainCheck:
-    """Verify a session's record: the console's one call into the chain's verification.
+    """Verify a session's record: the console's one call into the session record's
+    verification (MAC chain, head and the checkpoints kept outside Firestore).
 
+    >>> from bqgate.chain import ChainKey
+    >>> key = ChainKey(b"k" * 32)
     >>> e = audit.seal(session_id="s", seq=1, kind="request", at_ms=1, job_id="j",
-    ...                principal="a@x", data={}, prev=None, expire_at_ms=10**15)
-    >>> check_chain(None, [e], now_ms=2)
-    ChainCheck(intact=True, text='chain verified: 1 events')
-    >>> check_chain(None, [audit.replace(e, data={"x": 1})], now_ms=2).text
-    'chain BROKEN at event 00000001 (index 0): content does not match its hash (edited after \
-it was written)'
+    ...                principal="a@x", data={}, prev=None, expire_at_ms=10**15, key=key)
+    >>> check_chain("s", None, [e], keys=Keyring([key]), anchors=(), now_ms=2).text
+    'chain verified: 1 events, event 1 not yet checkpointed'
+    >>> check_chain("s", None, [audit.replace(e, data={"x": 1})], keys=Keyring([key]),
+    ...             anchors=(), now_ms=2).text  # doctest: +ELLIPSIS
+    'chain BROKEN: edited: event 00000001: ...'
+    >>> check_chain("s", None, [e], keys=None, anchors=(), now_ms=2)
+    ChainCheck(intact=False, text='chain not verified: the console has no chain key')
     """
-    broken = audit.verify_chain(events, head=head, now_ms=now_ms)
-    if broken is not None:
-        return ChainCheck(False, f"chain BROKEN at {broken.describe()}")
-    expired = audit.expired_prefix(events, now_ms)
-    note = f"; events 1 to {expired} removed by retention" if expired else ""
-    return ChainCheck(True, f"chain verified: {len(events)} events{note}")
+    if keys is None:
+        return ChainCheck(False, "chain not verified: the console has no chain key")
+    report = verification.verify_session(
+        session_id, head, events, keys=keys, anchors=anchors, now_ms=now_ms
+    )
+    if not report.ok:
+        return ChainCheck(
+            False, "chain BROKEN: " + "; ".join(f.describe() for f in report.findings)
+        )
+    parts = [f"{report.stored} events"]
+    if report.expired:
+        parts.append(f"events 1 to {report.expired} removed by retention")
+    if report.anchored_seq:
+        parts.append(f"checkpointed through event {report.anchored_seq}")
+    if report.unanchored:
+        first, last = report.unanchored
+        span = f"event {first}" if first == last else f"events {first} to {last}"
+        parts.append(f"{span} not yet checkpointed")
+    return ChainCheck(True, "chain verified: " + ", ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -458,6 +484,7 @@ class Timeline:
     statements: tuple[StatementBlock, ...]
     chain: ChainCheck
     counts: Mapping[str, int] = field(default_factory=dict)
+    label: str = ""
 
 
 _LABELS = {
@@ -582,16 +609,19 @@ def _step(e: audit.Event, start_ms: int) -> Step:
 
 
 def timeline(
-    head: audit.SessionHead | None, events: Sequence[audit.Event], now_ms: int
+    head: audit.SessionHead | None, events: Sequence[audit.Event], chain: ChainCheck
 ) -> Timeline:
     """The session as statements in the order they arrived, each with its events.
 
+    >>> from bqgate.chain import ChainKey
+    >>> key = ChainKey(b"k" * 32)
     >>> a = audit.seal(session_id="s", seq=1, kind="request", at_ms=1000, job_id="j1",
     ...                principal="a@x", data={"statement": "SELECT 1"}, prev=None,
-    ...                expire_at_ms=10**15)
+    ...                expire_at_ms=10**15, key=key)
     >>> b = audit.seal(session_id="s", seq=2, kind="blocked", at_ms=1250, job_id="j1",
-    ...                principal="a@x", data={"message": "no"}, prev=a, expire_at_ms=10**15)
-    >>> t = timeline(None, [a, b], now_ms=2000)
+    ...                principal="a@x", data={"message": "no"}, prev=a, expire_at_ms=10**15,
+    ...                key=key)
+    >>> t = timeline(None, [a, b], ChainCheck(True, "chain verified: 2 events"))
     >>> [(s.label, s.offset_ms) for s in t.statements[0].steps], t.chain.intact
     ([('Request', 0), ('Blocked', 250)], True)
     """
@@ -636,8 +666,9 @@ def timeline(
         last_ms=head.last_ms if head else (events[-1].at_ms if events else 0),
         event_count=len(events),
         statements=statements,
-        chain=check_chain(head, events, now_ms),
+        chain=chain,
         counts=dict(head.counts) if head else {},
+        label=head.label if head else "",
     )
 
 

@@ -7,9 +7,10 @@ to loopback only and serves::
     GET  /.well-known/openid-configuration
     GET  /jwks                      (Cache-Control: max-age=300)
     POST /token  {"principal", "groups", "ttl"}  ->  {"id_token", "expires_in"}   (JSON body)
+                 Authorization: Bearer <the token secret>
     GET  /authorize?response_type=code&client_id&redirect_uri&scope=openid&state&nonce
                    &code_challenge&code_challenge_method=S256   ->  a page: pick who you are
-    POST /authorize  (the page's form)  ->  303 to redirect_uri?code&state&iss
+    POST /authorize  (the page's form, with the sign-in key)  ->  303 to redirect_uri?code&state
     POST /token  grant_type=authorization_code&code&redirect_uri&code_verifier   (form body,
                  client_secret_basic or client_secret_post)  ->  {"id_token", "access_token"}
     GET  /healthz
@@ -17,10 +18,19 @@ to loopback only and serves::
 The key is generated once into ``<state-dir>/oidc/dev-key.pem``; its ``kid`` is the
 RFC 7638 thumbprint of the public key. The gateway trusts this issuer only in dev mode.
 
+``/token`` mints a token for any principal and any groups, so it answers only a caller
+that shows the *token secret*, ``<state-dir>/oidc/token-secret`` (mode 0600, made once):
+whoever can read the dev state folder (the developer) can mint tokens; an agent that can
+reach loopback ports but was handed only its own token cannot mint an approver's token
+and approve its own request. Without the secret: 401.
+
 The sign-in knows one client, the console (``bqgate``, whose secret the dev stack keeps in
 ``<state-dir>/console-client-secret``). It is strict where a real provider is: PKCE with
 S256 is required, a code is good for one exchange within a minute, bound to its client,
-redirect URI and verifier, and redirect URIs must be on loopback.
+redirect URI and verifier, and redirect URIs must be on loopback. For the same reason as
+the token secret, picking an identity takes the *sign-in key*,
+``<state-dir>/oidc/sign-in-key`` (the dev stack's banner prints it); a browser that gave
+it once keeps an HttpOnly cookie for :data:`SIGN_IN_COOKIE_TTL_S` and is not asked again.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -55,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bqgate.settings import DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
 
 KEY_FILE = "dev-key.pem"
+SECRET_FILE = "token-secret"
 OIDC_SUBDIR = "oidc"
 DEFAULT_AUDIENCE = "bqgate"
 MAX_TTL_SECONDS = 12 * 3600
@@ -73,6 +85,10 @@ SIGN_IN_IDENTITIES: tuple[tuple[str, str], ...] = (
     ("bob@example.com", "approver (data-approvers)"),
     ("agent@demo-project.iam.gserviceaccount.com", "the demo agent (ai-coding-agents)"),
 )
+#: The sign-in key file (in the oidc folder), and the cookie a browser keeps once it gave it.
+SIGN_IN_KEY_FILE = "sign-in-key"
+SIGN_IN_COOKIE = "bqgate_dev_sign_in"
+SIGN_IN_COOKIE_TTL_S = 12 * 3600
 #: How long a sign-in page and an authorization code stay usable.
 AUTH_REQUEST_TTL_S = 600
 CODE_TTL_S = 60
@@ -176,6 +192,97 @@ def load_or_create_key(key_dir: Path) -> rsa.RSAPrivateKey:
     return load_key(key_dir)
 
 
+def secret_path(key_dir: Path) -> Path:
+    """Where the token endpoint's secret lives inside ``key_dir``."""
+    return Path(key_dir) / SECRET_FILE
+
+
+def load_secret(key_dir: Path) -> str:
+    """The token endpoint's secret. Raises FileNotFoundError if the issuer never made it."""
+    return secret_path(key_dir).read_text(encoding="ascii").strip()
+
+
+def load_or_create_secret(key_dir: Path) -> str:
+    """The token endpoint's secret (32 random bytes, hex, mode 0600), made on first use."""
+    return _load_or_create_hex(secret_path(key_dir))
+
+
+def load_or_create_sign_in_key(key_dir: Path) -> str:
+    """The sign-in page's key (32 random bytes, hex, mode 0600), made on first use."""
+    return _load_or_create_hex(Path(key_dir) / SIGN_IN_KEY_FILE)
+
+
+def _load_or_create_hex(path: Path) -> str:
+    """A random hex secret in ``path`` (mode 0600), made once; safe against races."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text(encoding="ascii").strip()
+
+
+def request_token(
+    issuer_url: str,
+    principal: str,
+    groups: Sequence[str],
+    ttl_seconds: int,
+    audience: str = DEFAULT_AUDIENCE,
+    *,
+    secret: str,
+    timeout: float = 5.0,
+    claims: Mapping[str, str] | None = None,
+) -> str:
+    """A token from a running dev issuer's ``/token`` endpoint (what ``bqgate token`` does).
+
+    ``claims`` are custom claims to carry (``{"env": "production"}``).
+
+    Raises:
+        ValueError: the issuer refused (its error message), or is unreachable.
+    """
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(
+        {
+            "principal": principal,
+            "groups": list(groups),
+            "ttl": ttl_seconds,
+            "audience": audience,
+            "claims": dict(claims or {}),
+        }
+    ).encode("utf-8")
+    req = urllib.request.Request(
+        issuer_url.rstrip("/") + "/token",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        raise ValueError(
+            f"the dev issuer refused (HTTP {exc.code}): {error or exc.reason}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the dev issuer at {issuer_url} is unreachable: {exc}") from None
+    token = answer.get("id_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str):
+        raise ValueError("the dev issuer answered without an id_token")
+    return token
+
+
 def mint_token(
     principal: str,
     groups: Sequence[str],
@@ -185,13 +292,14 @@ def mint_token(
     issuer_url: str,
     key_dir: Path,
     now: float | None = None,
-    extra_claims: Mapping[str, Any] | None = None,
+    extra_claims: Mapping[str, str] | None = None,
 ) -> str:
     """An RS256 ID token for ``principal`` signed by the dev key in ``key_dir``.
 
     Claims: ``iss`` (``issuer_url``), ``aud``, ``sub`` and ``email`` (the principal),
     ``email_verified``, ``groups``, ``iat``, ``nbf``, ``exp``, ``jti``, plus
-    ``extra_claims`` (e.g. the sign-in's ``nonce``).
+    ``extra_claims`` (custom claims such as ``env: production``, or the sign-in's
+    ``nonce``; registered names refused).
 
     Raises:
         FileNotFoundError: no dev key in ``key_dir`` (the dev issuer creates it).
@@ -215,8 +323,11 @@ def mint_token(
         "nbf": issued,
         "exp": issued + ttl,
         "jti": secrets.token_urlsafe(12),
-        **(extra_claims or {}),
     }
+    for name, value in (extra_claims or {}).items():
+        if name in claims or not name:
+            raise ValueError(f"claim {name!r} cannot be set")
+        claims[name] = value
     kid = public_jwk(key)["kid"]
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
 
@@ -352,6 +463,8 @@ class DevIssuerServer(ThreadingHTTPServer):
             raise ValueError(f"the dev issuer binds to loopback only, not {host!r}")
         self.key_dir = Path(key_dir)
         self.key = load_or_create_key(self.key_dir)
+        self.secret = load_or_create_secret(self.key_dir)
+        self.sign_in_key = load_or_create_sign_in_key(self.key_dir)
         self.jwks = {"keys": [public_jwk(self.key)]}
         self.client_secret_file = client_secret_file
         self.auth_requests: dict[str, AuthRequest] = {}
@@ -362,6 +475,10 @@ class DevIssuerServer(ThreadingHTTPServer):
         shown = "127.0.0.1" if host == "localhost" else host
         shown = f"[{shown}]" if ":" in shown else shown
         self.issuer_url = (issuer_url or f"http://{shown}:{bound_port}").rstrip("/")
+
+    def sign_in_cookie_value(self) -> str:
+        """What a browser that gave the sign-in key keeps (not the key itself)."""
+        return hmac.new(self.sign_in_key.encode(), b"bqgate-dev-sign-in", "sha256").hexdigest()
 
     def client_secret(self, client_id: str) -> str | None:
         """The secret of a known client (read on each use: the dev stack may write it late)."""
@@ -420,8 +537,19 @@ _PAGE_STYLE = (
 )
 
 
-def sign_in_page(request_id: str, client_id: str, redirect_uri: str) -> str:
-    """The page where a developer picks who signs in (one button per identity)."""
+def sign_in_page(request_id: str, client_id: str, redirect_uri: str, *, ask_key: bool) -> str:
+    """The page where a developer picks who signs in (one button per identity), with the
+    sign-in key field when this browser has not shown the key yet."""
+    key_field = (
+        '<p><label for="sign_in_key">Dev sign-in key</label><br>'
+        '<input id="sign_in_key" name="sign_in_key" type="password" required size="40" '
+        'autocomplete="current-password" aria-describedby="key-help"><br>'
+        f'<small id="key-help">From the dev stack\'s banner, or the file '
+        f"{OIDC_SUBDIR}/{SIGN_IN_KEY_FILE} in the dev state folder. This browser remembers it "
+        "for 12 hours.</small></p>"
+        if ask_key
+        else ""
+    )
     buttons = "".join(
         f'<button type="submit" name="principal" value="{html.escape(who)}" '
         f'id="sign-in-{html.escape(who.split("@")[0])}">'
@@ -438,6 +566,7 @@ def sign_in_page(request_id: str, client_id: str, redirect_uri: str) -> str:
         "pick an identity (no password).</p>"
         '<form method="post" action="/authorize">'
         f'<input type="hidden" name="request_id" value="{html.escape(request_id)}">'
+        f"{key_field}"
         f'<fieldset><legend>Sign in as</legend>{buttons}</fieldset></form>'
         f'<p class="note">You will be sent back to {html.escape(redirect_uri)}</p>'
         "</main></body></html>"
@@ -497,9 +626,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _redirect(self, location: str) -> None:
+    def _redirect(self, location: str, cookie: str | None = None) -> None:
         self.send_response(HTTPStatus.SEE_OTHER)
         self.send_header("Location", location)
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
         self.send_header("Content-Length", "0")
         self.send_header("Cache-Control", "no-store")
         self.send_header("Referrer-Policy", "no-referrer")
@@ -600,7 +731,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OAuthFailure as exc:
             self._send_html(exc.status, _error_page(exc.description))
             return
-        self._send_html(HTTPStatus.OK, sign_in_page(request_id, client_id, redirect_uri))
+        self._send_html(HTTPStatus.OK, sign_in_page(
+            request_id, client_id, redirect_uri, ask_key=not self._signed_in_browser()))
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -627,19 +759,43 @@ class _Handler(BaseHTTPRequestHandler):
         form = dict(pairs)
         return form if len(form) == len(pairs) else None
 
+    def _signed_in_browser(self) -> bool:
+        """Whether this browser showed the sign-in key before (its cookie)."""
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(self.headers.get("Cookie") or "")
+        shown = cookies.get(SIGN_IN_COOKIE)
+        return shown is not None and hmac.compare_digest(
+            shown.value.encode(), self.server.sign_in_cookie_value().encode()
+        )
+
     def _authorize_submit(self) -> None:
         form = self._form()
         principal = (form or {}).get("principal", "")
         if form is None or principal not in {who for who, _ in SIGN_IN_IDENTITIES}:
             self._send_html(HTTPStatus.BAD_REQUEST, _error_page("pick one of the identities"))
             return
+        remember = False
+        if not self._signed_in_browser():
+            key = form.get("sign_in_key", "").strip()
+            if not hmac.compare_digest(key.encode(), self.server.sign_in_key.encode()):
+                self._send_html(HTTPStatus.UNAUTHORIZED, _error_page(
+                    "the dev sign-in key is missing or wrong: it is in the dev state folder "
+                    f"({OIDC_SUBDIR}/{SIGN_IN_KEY_FILE}), and the dev stack's banner prints it. "
+                    "Go back, enter it and pick again."))
+                return
+            remember = True
         try:
             request, code = self.server.grant(form.get("request_id", ""), principal)
         except OAuthFailure as exc:
             self._send_html(exc.status, _error_page(exc.description))
             return
+        cookie = None
+        if remember:
+            cookie = (f"{SIGN_IN_COOKIE}={self.server.sign_in_cookie_value()}; Path=/; HttpOnly; "
+                      f"SameSite=Strict; Max-Age={SIGN_IN_COOKIE_TTL_S}")
         self._redirect(_with_query(request.redirect_uri, {
-            "code": code, "state": request.state, "iss": self.server.issuer_url}))
+            "code": code, "state": request.state, "iss": self.server.issuer_url}), cookie=cookie)
 
     def _client(self, form: Mapping[str, str]) -> str:
         """The authenticated client id (client_secret_basic or client_secret_post)."""
@@ -702,6 +858,18 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _mint(self) -> None:
+        auth = self.headers.get("Authorization") or ""
+        shown = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(shown.encode(), self.server.secret.encode()):
+            self.close_connection = True  # the body is left unread
+            self._send(
+                HTTPStatus.UNAUTHORIZED,
+                {
+                    "error": "the dev token endpoint needs the token secret from the dev state "
+                    "folder (oidc/token-secret) as a bearer token; `bqgate token` sends it"
+                },
+            )
+            return
         body = self._body()
         if body is None:
             self._send(HTTPStatus.BAD_REQUEST, {"error": "a JSON body is required"})
@@ -720,6 +888,11 @@ class _Handler(BaseHTTPRequestHandler):
             audience = request.get("audience", DEFAULT_AUDIENCE)
             if not isinstance(audience, str) or not audience:
                 raise ValueError("'audience' must be a string")
+            claims = request.get("claims") or {}
+            if not isinstance(claims, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in claims.items()
+            ):
+                raise ValueError("'claims' must be an object of strings")
             token = mint_token(
                 principal,
                 groups,
@@ -727,6 +900,7 @@ class _Handler(BaseHTTPRequestHandler):
                 audience,
                 issuer_url=self.server.issuer_url,
                 key_dir=self.server.key_dir,
+                extra_claims=claims,
             )
         except (ValueError, TypeError) as exc:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})

@@ -24,7 +24,7 @@ resource "google_firestore_field" "expire_at" {
   index_config {}
 }
 
-# An agent's or approver's job list, newest first.
+# An agent's or approver's job list, newest first (jobs.list).
 resource "google_firestore_index" "jobs_by_owner" {
   project     = var.project_id
   database    = google_firestore_database.gateway.name
@@ -37,7 +37,7 @@ resource "google_firestore_index" "jobs_by_owner" {
   }
 
   fields {
-    field_path = "created_at"
+    field_path = "created_ms"
     order      = "DESCENDING"
   }
 }

@@ -1,14 +1,15 @@
 # The four Cloud Functions (gen2). Each runs as its own service account (iam.tf)
 # from its own bundle (bundles.tf).
 #
-# executor and slack_notify are CloudEvent functions fed by Pub/Sub, but they are
-# deployed without an `event_trigger`: the subscription an Eventarc trigger
-# creates is managed by Eventarc and cannot carry a dead-letter policy. Instead
-# pubsub.tf declares push subscriptions to the functions' URLs (authenticated
-# with an OIDC token of a dedicated push service account) that do have a
-# dead-letter topic and a retry policy. functions-framework turns the Pub/Sub
-# push body into the same CloudEvent an Eventarc trigger would deliver
-# (`event.data["message"]["data"]`), so the code is the same either way.
+# executor and slack_notify are fed by Pub/Sub, but they are deployed without an
+# `event_trigger`: the subscription an Eventarc trigger creates is managed by
+# Eventarc and cannot carry a dead-letter policy. Instead pubsub.tf declares push
+# subscriptions to the functions' URLs (authenticated with an OIDC token of a
+# dedicated push service account) that do have a dead-letter topic and a retry
+# policy. slack_notify is a CloudEvent function (functions-framework turns the push
+# body into the CloudEvent an Eventarc trigger would deliver); the executor is an HTTP
+# function that reads the same push body itself, so it can also answer the ingress's
+# metadata requests (POST /bqgate/catalog).
 
 resource "google_cloudfunctions2_function" "ingress" {
   project     = var.project_id

@@ -92,6 +92,7 @@ class Warehouse(Protocol):
         labels: Mapping[str, str],
         maximum_bytes_billed: int | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
+        priority: str | None = None,
     ) -> QueryOutcome:
         """Start (or attach to, if ``job_id`` exists) a query job and wait for it."""
 
@@ -106,6 +107,27 @@ class Warehouse(Protocol):
     def table_size(self, table_fqn: str) -> int | None:
         """Stored bytes of a plain table; None for views, external tables and anything
         whose scan size the table's own size does not bound."""
+
+
+class Catalog(Protocol):
+    """Warehouse metadata as REST resources (read with the executor's rights)."""
+
+    def get_dataset(self, project: str, dataset: str) -> dict[str, Any] | None:
+        """The Dataset resource, or None if it does not exist."""
+
+    def list_tables(self, project: str, dataset: str) -> list[dict[str, Any]] | None:
+        """The dataset's tables.list items, or None if the dataset does not exist."""
+
+    def get_table(self, project: str, dataset: str, table: str) -> dict[str, Any] | None:
+        """The Table resource, or None if it does not exist."""
+
+
+class JobLister(Protocol):
+    """A principal's own jobs, newest first (``jobs.list``)."""
+
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]: ...
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Executor HTTPS URL for the direct fast path of allowed queries "
         "(empty: allowed queries go through the execute topic).",
     ),
+    "BQGATE_CATALOG_URL": (
+        "",
+        "Executor URL the ingress reads table metadata from (default: BQGATE_EXECUTOR_URL).",
+    ),
     "BQGATE_BIGQUERY_ENDPOINT": ("", "BigQuery API endpoint override (dev: the local emulator)."),
     "BQGATE_DEV_MODE": ("", "1 trusts the local dev issuer. Never set in the cloud."),
     "BQGATE_DEV_ISSUER": ("", "URL of the local dev OIDC issuer (dev mode only)."),
@@ -104,6 +108,7 @@ class Settings:
     location: str
     firestore_database: str
     executor_url: str
+    catalog_url: str
     bigquery_endpoint: str
     dev_mode: bool
     dev_issuer: str
@@ -176,6 +181,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         location=get("BQGATE_LOCATION"),
         firestore_database=get("BQGATE_FIRESTORE_DATABASE"),
         executor_url=get("BQGATE_EXECUTOR_URL"),
+        catalog_url=get("BQGATE_CATALOG_URL") or get("BQGATE_EXECUTOR_URL"),
         bigquery_endpoint=get("BQGATE_BIGQUERY_ENDPOINT"),
         dev_mode=dev_mode,
         dev_issuer=get("BQGATE_DEV_ISSUER"),

@@ -33,7 +33,9 @@ SHARED = REPO / "shared" / "bqgate"
 POLICY = REPO / "policies" / "default.yaml"
 MODULE = REPO / "infra" / "terraform" / "modules" / "bundle-files"
 REAL_FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/main.py"))
-CLOUDEVENT_FUNCTIONS = {"executor", "slack_notify"}  # fed by Pub/Sub push (pubsub.tf)
+# Fed by Pub/Sub push (pubsub.tf). The executor is an HTTP function: it also answers the
+# ingress's catalog requests, and reads the push body (the same for both paths) itself.
+CLOUDEVENT_FUNCTIONS = {"slack_notify"}
 
 
 def _load_package() -> ModuleType:

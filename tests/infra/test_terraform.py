@@ -498,7 +498,7 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
     }
     decided = ("approval.decided_at_ms", "DESCENDING")
     assert indexes == {
-        ("jobs", (("owner", "ASCENDING"), ("created_at", "DESCENDING"))),
+        ("jobs", (("owner", "ASCENDING"), ("created_ms", "DESCENDING"))),  # jobs.list
         ("sessions", (("principal", "ASCENDING"), ("started_at", "DESCENDING"))),
         # The console's history (FirestoreJobStore.decided).
         ("jobs", (("owner", "ASCENDING"), decided)),

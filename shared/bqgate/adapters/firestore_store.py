@@ -69,6 +69,18 @@ class FirestoreJobStore:
         result: Job = run(self.client.transaction())
         return result
 
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]:
+        """The owner's jobs, newest first (index ``jobs_by_owner`` in firestore.tf)."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self.jobs.where(filter=FieldFilter("owner", "==", owner))
+        if created_before_ms is not None:
+            query = query.where(filter=FieldFilter("created_ms", "<", created_before_ms))
+        query = query.order_by("created_ms", direction=firestore.Query.DESCENDING).limit(limit)
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream(timeout=10)]
+
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
             {"index": index, "start": start, "rows": rows_json, "expire_at": self._expire_at()}

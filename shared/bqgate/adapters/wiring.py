@@ -249,10 +249,59 @@ def executor() -> Executor:
 
 
 @functools.cache
+def catalog() -> Any:
+    """Ingress side: table metadata read by the executor, in a bounded cache."""
+    from bqgate.service.catalog import CachedCatalog, CatalogClient
+
+    s = settings()
+    if not s.catalog_url:
+        return CachedCatalog(CatalogClient(_no_catalog))
+    from bqgate.adapters.executor_client import catalog_transport, google_id_token
+
+    token = (lambda: None) if s.dev_mode else google_id_token(s.catalog_url)
+    return CachedCatalog(CatalogClient(catalog_transport(s.catalog_url, token=token)))
+
+
+def _no_catalog(request: Any) -> Any:
+    from bqgate.errors import Unavailable
+
+    raise Unavailable("Table metadata is not configured on this gateway (BQGATE_EXECUTOR_URL)")
+
+
+@functools.cache
+def metadata_api() -> Any:
+    from bqgate.service.metadata import MetadataApi
+
+    return MetadataApi(
+        catalog=catalog(), policy=policy(), jobs=job_store(), owned_job=gateway()._owned
+    )
+
+
+@functools.cache
+def tabledata_api() -> Any:
+    from bqgate.service.tables import TableDataApi
+
+    return TableDataApi(gateway=gateway(), catalog=catalog(), metadata=metadata_api())
+
+
+@functools.cache
 def ingress_app() -> Any:
     from bqgate.service.http import IngressApp
 
-    return IngressApp(gateway, verifier)
+    return IngressApp(gateway, verifier, metadata_api, tabledata_api)
+
+
+@functools.cache
+def catalog_app() -> Any:
+    """Executor side: the catalog endpoint the ingress calls (BigQuery metadata)."""
+    from bqgate.service.catalog import CatalogApp, CatalogService
+
+    def service() -> CatalogService:
+        from bqgate.adapters.bigquery_catalog import BigQueryCatalog
+
+        return CatalogService(BigQueryCatalog(bigquery_client()), policy())
+
+    return CatalogApp(functools.cache(service))
 
 
 # --- approvals (Slack interactions, approver API, slack_notify) ---------------------------

@@ -243,6 +243,8 @@ class Stack:
             "BQGATE_SLACK_SIGNING_SECRET": self.signing_secret(),
             "BQGATE_APPROVALS_URL": self.url("approvals"),
             "BQGATE_EXECUTOR_URL": self.url("executor") if self.fast_path else "",
+            # Metadata always comes from the executor, whichever way jobs reach it.
+            "BQGATE_CATALOG_URL": self.url("executor"),
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
             "GOOGLE_CLOUD_PROJECT": PROJECT,
@@ -571,7 +573,7 @@ class Stack:
         functions = [
             ("gateway", "ingress", "ingress", "http"),
             ("approvals", "approvals", "approvals", "http"),
-            ("executor", "executor", "executor", "cloudevent"),
+            ("executor", "executor", "executor", "http"),
             ("slack_notify", "slack_notify", "slack_notify", "cloudevent"),
         ]
         started = []

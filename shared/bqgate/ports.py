@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bqgate.audit import Event, SessionHead
 from bqgate.jobs import Job
 
 
@@ -127,3 +128,40 @@ class JobLister(Protocol):
     def list_owned(
         self, owner: str, *, limit: int, created_before_ms: int | None = None
     ) -> list[Job]: ...
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    """Which decided approval requests to list (every filter is optional).
+
+    ``principal`` matches the requester or anyone who decided; ``status`` is
+    ``approved``, ``denied`` or ``expired``; times are epoch ms of the decision
+    (``since_ms`` inclusive, ``before_ms`` exclusive).
+    """
+
+    principal: str | None = None
+    table: str | None = None
+    status: str | None = None
+    since_ms: int | None = None
+    before_ms: int | None = None
+    limit: int = 50
+
+
+class DecisionHistory(Protocol):
+    """Decided approval requests, latest decision first (the approver console's history)."""
+
+    def decided(self, query: DecisionQuery) -> list[Job]: ...
+
+
+class SessionReader(Protocol):
+    """The session record, read back (``FirestoreRecorder`` implements it)."""
+
+    def head(self, session_id: str) -> SessionHead | None: ...
+
+    def events(self, session_id: str) -> list[Event]: ...
+
+    def list_sessions(
+        self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[SessionHead]: ...
+
+    def by_label(self, label: str, limit: int = 20) -> list[SessionHead]: ...

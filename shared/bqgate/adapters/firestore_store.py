@@ -8,12 +8,16 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import Job
+from bqgate.ports import DecisionQuery
 
 JOBS = "jobs"
 PAGES = "pages"
+#: The job field a decided approval request is ordered by (see firestore.tf's indexes).
+DECIDED_AT = "approval.decided_at_ms"
 
 
 def page_id(index: int) -> str:
@@ -93,3 +97,43 @@ class FirestoreJobStore:
                 raise NotFound(f"Not found: result page {i} of job {job_id}")
             out.append((int(doc["start"]), str(doc["rows"])))
         return out
+
+    def decided(self, query: DecisionQuery) -> list[Job]:
+        """Decided approval requests, latest decision first (``DecisionHistory``).
+
+        Every filter runs in Firestore beside the range on the decision time (served by
+        the composite indexes in firestore.tf). A principal is matched as requester and
+        as decider by two queries, merged here; Firestore allows one ``array_contains``
+        per query, so the decider query checks the table here.
+        """
+        Filter = tuple[str, str, Any]
+
+        def run(filters: list[Filter]) -> list[Job]:
+            q: Any = self.jobs.where(filter=FieldFilter(DECIDED_AT, ">=", query.since_ms or 0))
+            if query.before_ms is not None:
+                q = q.where(filter=FieldFilter(DECIDED_AT, "<", query.before_ms))
+            if query.status:
+                q = q.where(filter=FieldFilter("approval.status", "==", query.status))
+            for path, op, value in filters:
+                q = q.where(filter=FieldFilter(path, op, value))
+            q = q.order_by(DECIDED_AT, direction=firestore.Query.DESCENDING).limit(query.limit)
+            return [Job.from_doc(snap.to_dict() or {}) for snap in q.stream(timeout=30)]
+
+        table: list[Filter] = (
+            [("classification.tables", "array_contains", query.table)] if query.table else []
+        )
+        if query.principal:
+            jobs = run([("owner", "==", query.principal), *table])
+            jobs += run([("approval.deciders", "array_contains", query.principal)])
+        else:
+            jobs = run(table)
+        found = {
+            j.job_id: j
+            for j in jobs
+            if not query.table or query.table in (j.classification or {}).get("tables", [])
+        }
+        ordered = sorted(
+            found.values(),
+            key=lambda j: (-int((j.approval or {}).get("decided_at_ms") or 0), j.job_id),
+        )
+        return ordered[: query.limit]

@@ -374,3 +374,56 @@ def approvals_app() -> Any:
     from bqgate.service.approvals import ApprovalsApp
 
     return ApprovalsApp(approval_service)
+
+
+# --- the approver console (served by the approvals function under /console) ---------------
+
+
+@functools.cache
+def job_history() -> Any:
+    return job_store()  # FirestoreJobStore.decided answers the console's history
+
+
+def console_evidence() -> tuple[Any, Any]:
+    """The chain keys and every checkpoint, for the console's session viewer (read each
+    time: checkpoints keep arriving). No chain key: ``(None, empty index)``."""
+    from bqgate.adapters.anchor_sinks import FolderSink, GcsSink
+    from bqgate.anchors import AnchorIndex
+    from bqgate.chain import ChainKeyError, Keyring
+    from bqgate.errors import BqgateError
+
+    s = settings()
+    try:
+        keys = Keyring([chain_key()])
+    except (BqgateError, ChainKeyError):
+        return None, AnchorIndex()
+    if s.anchor_bucket:
+        sources: Any = GcsSink(storage_client(), s.anchor_bucket).read()
+    elif s.anchor_dir is not None:
+        sources = FolderSink(s.anchor_dir).read()
+    else:
+        sources = ()
+    return keys, AnchorIndex.read(sources, keys)
+
+
+@functools.cache
+def console_app() -> Any:
+    from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
+
+    s = settings()
+    config = ConsoleConfig(
+        issuer=s.console_issuer,
+        client_id=s.console_client_id,
+        client_secret=s.console_client_secret,
+        session_key=s.console_session_key,
+        dev_mode=s.dev_mode,
+    )
+    deps = ConsoleDeps(
+        service=approval_service,
+        verifier=verifier,
+        policy=policy(),
+        history=job_history,
+        sessions=recorder,
+        evidence=console_evidence,
+    )
+    return ConsoleApp(config, deps)

@@ -26,8 +26,8 @@ is HMAC-SHA256 computed in SQL: ``SHA256(opad || SHA256(ipad || value))``.
 
 >>> import sqlglot
 >>> col = sqlglot.exp.column("ssn")
->>> mask_sql("last4", col, {"name": "ssn", "type": "STRING"})[:31]
-'IF(LENGTH(REGEXP_REPLACE(ssn, r'
+>>> mask_sql("last4", col, {"name": "ssn", "type": "STRING"})[:40]
+'COALESCE(CONCAT(SUBSTR(IF(BYTE_LENGTH(ss'
 >>> mask_sql("year", sqlglot.exp.column("d"), {"name": "d", "type": "DATE"})
 'DATE_TRUNC(d, YEAR)'
 """
@@ -72,8 +72,45 @@ DEFAULT_SQL: Mapping[str, str] = {
 
 # Letters and digits (any script): what last4/first4 keep or replace.
 _ALNUM = r"\pL\pN"
-_LAST4 = rf"[{_ALNUM}](?:[^{_ALNUM}]*[{_ALNUM}]){{3}}[^{_ALNUM}]*$"
-_FIRST4 = rf"^[^{_ALNUM}]*[{_ALNUM}](?:[^{_ALNUM}]*[{_ALNUM}]){{3}}"
+
+
+def _keep4_parts(strategy: str, v: str, a: str) -> tuple[str, str]:
+    """The two costly pieces of last4/first4 with letter/digit class ``a``: ``v`` with every
+    letter and digit X-ed (the same length), and the kept four with the fifth beside them
+    (NULL when there are four or fewer).
+
+    No capturing groups (engines disagree on what REGEXP_EXTRACT returns with one): the
+    match includes the fifth letter/digit, which a short replace on it drops.
+    """
+    x_all = f"REGEXP_REPLACE({v}, r'[{a}]', 'X')"
+    if strategy == "last4":
+        near = f"REGEXP_EXTRACT({v}, r'[{a}][^{a}]*[{a}](?:[^{a}]*[{a}]){{3}}[^{a}]*$')"
+    else:
+        near = f"REGEXP_EXTRACT({v}, r'^[^{a}]*[{a}](?:[^{a}]*[{a}]){{3}}[^{a}]*[{a}]')"
+    return x_all, near
+
+
+def _keep4_from(strategy: str, v: str, x_all: str, near: str) -> str:
+    """last4/first4 of ``v`` from its two pieces (see :func:`_keep4_parts`)."""
+    a = _ALNUM
+    if strategy == "last4":
+        keep = f"REGEXP_REPLACE({near}, r'^[{a}][^{a}]*', '')"
+        spliced = f"CONCAT(SUBSTR({x_all}, 1, LENGTH({v}) - LENGTH({keep})), {keep})"
+    else:
+        keep = f"REGEXP_REPLACE({near}, r'[^{a}]*[{a}]$', '')"
+        spliced = f"CONCAT({keep}, SUBSTR({x_all}, LENGTH({keep}) + 1))"
+    return f"COALESCE({spliced}, {x_all})"
+
+
+def _keep4_pieces(strategy: str, v: str) -> tuple[str, str]:
+    """The two pieces, with fast ASCII classes for ASCII values (bytes = characters)."""
+    ascii_ = _keep4_parts(strategy, v, "0-9A-Za-z")
+    unicode_ = _keep4_parts(strategy, v, _ALNUM)
+    test = f"BYTE_LENGTH({v}) = LENGTH({v})"
+    return (
+        f"IF({test}, {ascii_[0]}, {unicode_[0]})",
+        f"IF({test}, {ascii_[1]}, {unicode_[1]})",
+    )
 
 
 def field_type(fld: Mapping[str, Any]) -> str:
@@ -144,17 +181,8 @@ def _scalar(strategy: str, typ: str, v: str) -> str:
     if strategy in ("last4", "first4"):
         if typ != "STRING":
             return to_default
-        x_all = f"REGEXP_REPLACE({v}, r'[{_ALNUM}]', 'X')"
-        short = f"LENGTH(REGEXP_REPLACE({v}, r'[^{_ALNUM}]', '')) <= 4"
-        if strategy == "last4":
-            keep = f"REGEXP_EXTRACT({v}, r'{_LAST4}')"
-            rest = f"SUBSTR({v}, 1, LENGTH({v}) - LENGTH({keep}))"
-            masked = f"CONCAT(REGEXP_REPLACE({rest}, r'[{_ALNUM}]', 'X'), {keep})"
-        else:
-            keep = f"REGEXP_EXTRACT({v}, r'{_FIRST4}')"
-            rest = f"SUBSTR({v}, LENGTH({keep}) + 1)"
-            masked = f"CONCAT({keep}, REGEXP_REPLACE({rest}, r'[{_ALNUM}]', 'X'))"
-        return f"IF({short}, {x_all}, {masked})"
+        x_all, near = _keep4_pieces(strategy, v)
+        return _keep4_from(strategy, v, x_all, near)
     if strategy == "email":
         if typ != "STRING":
             return to_default
@@ -196,6 +224,21 @@ def mask_sql(strategy: str, column: exp.Expr, fld: Mapping[str, Any]) -> str:
             "WITH OFFSET AS __bqgate_o ORDER BY __bqgate_o)"
         )
     return _scalar(strategy, typ, v)
+
+
+def mask_with_helpers(
+    strategy: str, column: exp.Expr, fld: Mapping[str, Any], prefix: str
+) -> tuple[str, list[tuple[str, str]]]:
+    """:func:`mask_sql` with its costly pieces as helper columns ``(name, sql)`` that a
+    derived table computes once per row (last4/first4 on a scalar STRING); other strategies
+    have none. The mask expression refers to the helpers by name.
+    """
+    v = column.sql(dialect=DIALECT)
+    if strategy in ("last4", "first4") and field_type(fld) == "STRING" and not repeated(fld):
+        x_all, near = _keep4_pieces(strategy, v)
+        helpers = [(f"{prefix}x", x_all), (f"{prefix}n", near)]
+        return _keep4_from(strategy, v, helpers[0][0], helpers[1][0]), helpers
+    return mask_sql(strategy, column, fld), []
 
 
 def mask_expression(strategy: str, column: exp.Expr, fld: Mapping[str, Any]) -> exp.Expr:

@@ -27,7 +27,9 @@ list in the order of the ``?`` marks in the rewritten text).
 ...               schema_for=schema.__getitem__)
 >>> out.changed, out.masked
 (True, (('p.s.c', 'ssn', 'last4'),))
->>> out.sql.startswith("SELECT c.ssn FROM (SELECT * REPLACE (IF(LENGTH(REGEXP_REPLACE(`ssn`")
+>>> out.sql.startswith("SELECT c.ssn FROM (SELECT * EXCEPT (__bqgate_h0x, __bqgate_h0n) REPLACE (")
+True
+>>> out.sql.endswith(" FROM s.c)) AS c WHERE c.id = 1")
 True
 """
 
@@ -229,7 +231,6 @@ def _replace(
             f"{ref.fqn} is read with {', '.join(unexpected)}, which the masking rewrite "
             "does not support"
         )
-    projection, needs_key = _projection(tuple(chosen), ref.kind == "wildcard")
     for name, strategy, _, _ in chosen:
         masked[(ref.fqn, name.lower(), strategy)] = None
     base = exp.Table(
@@ -240,8 +241,11 @@ def _replace(
     for key in _INNER_ARGS:
         if table.args.get(key):
             base.set(key, table.args[key].copy())
+    derived, needs_key = _projection(
+        tuple(chosen), ref.kind == "wildcard", base.sql(dialect=DIALECT)
+    )
     marker = f"__bqgate_masked_{_MARK_SALT}_{len(splices)}__"
-    splices[marker] = f"(SELECT {projection} FROM {base.sql(dialect=DIALECT)})"
+    splices[marker] = derived
     placeholder = exp.Table(this=exp.to_identifier(marker))
     if table.args.get("alias") is not None:
         placeholder.set("alias", table.args["alias"].copy())
@@ -256,20 +260,32 @@ def _replace(
 
 
 @functools.lru_cache(maxsize=1024)
-def _projection(chosen: tuple[tuple[str, str, str, str], ...], wildcard: bool) -> tuple[str, bool]:
-    """``* REPLACE (<mask> AS col, ...)`` for the chosen (name, strategy, type, mode)."""
+def _projection(
+    chosen: tuple[tuple[str, str, str, str], ...], wildcard: bool, base: str
+) -> tuple[str, bool]:
+    """``(SELECT * REPLACE (<mask> AS col, ...) FROM base)`` for the chosen (name, strategy,
+    type, mode); costly pieces of a mask are helper columns of an inner derived table,
+    computed once per row and dropped again (``* EXCEPT``)."""
     parts = []
+    helpers: list[tuple[str, str]] = []
     needs_key = False
-    for name, strategy, typ, mode in chosen:
+    for i, (name, strategy, typ, mode) in enumerate(chosen):
         fld = {"name": name, "type": typ, "mode": mode}
         ident = exp.to_identifier(name, quoted=True)
-        text = masks.mask_sql(strategy, exp.column(ident), fld)
+        text, extra = masks.mask_with_helpers(strategy, exp.column(ident), fld, f"__bqgate_h{i}")
         parts.append(f"{text} AS {ident.sql(dialect=DIALECT)}")
+        helpers.extend(extra)
         needs_key = needs_key or masks.uses_key(strategy, fld)
-    projection = "* REPLACE (" + ", ".join(parts) + ")"
-    if wildcard:
-        projection += ", _TABLE_SUFFIX AS _TABLE_SUFFIX"
-    return projection, needs_key
+    suffix = ", _TABLE_SUFFIX AS _TABLE_SUFFIX" if wildcard else ""
+    replace = "REPLACE (" + ", ".join(parts) + ")"
+    if not helpers:
+        return f"(SELECT * {replace}{suffix} FROM {base})", needs_key
+    inner = ", ".join(f"{sql} AS {name}" for name, sql in helpers)
+    dropped = ", ".join(name for name, _ in helpers)
+    return (
+        f"(SELECT * EXCEPT ({dropped}) {replace} FROM (SELECT *{suffix}, {inner} FROM {base}))",
+        needs_key,
+    )
 
 
 def _splice(text: str, splices: Mapping[str, str]) -> str:

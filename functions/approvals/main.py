@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate.adapters import wiring
-from bqgate.wire.bigquery import dumps
+from bqgate.adapters import http_edge, wiring
+
+http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
 
 @functions_framework.http
 def approvals(request: flask.Request) -> flask.Response:
-    resp = wiring.approvals_app().handle(
-        request.method, request.path, request.headers, request.get_data(cache=False))
-    return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")
+    return http_edge.serve(
+        request,
+        lambda method, path, params, headers, body: wiring.approvals_app().handle(
+            method, path, headers, body
+        ),
+    )

@@ -48,6 +48,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
+    "BQGATE_CALL_TIMEOUT_MS": ("5000", "Deadline of each Firestore and Pub/Sub call, the client "
+                               "library's retries included (an outage answers 503 after it)."),
+    "BQGATE_JOB_TIMEOUT_MS": ("480000", "Longest the executor waits for one BigQuery job before "
+                              "cancelling it; keep it under the executor function's timeout."),
     "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
@@ -79,6 +83,8 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
+    call_timeout_ms: int = 5000
+    job_timeout_ms: int = 480_000
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,10 +102,16 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         key_file = dev_dir / "hmac.key"
         if key_file.exists():
             hmac_key = key_file.read_bytes().strip()
-    try:
-        max_wait_ms = int(get("BQGATE_MAX_WAIT_MS"))
-    except ValueError as exc:
-        raise BqgateError(f"BQGATE_MAX_WAIT_MS: not an integer: {exc}") from None
+    def milliseconds(name: str) -> int:
+        try:
+            value = int(get(name))
+        except ValueError as exc:
+            raise BqgateError(f"{name}: not an integer: {exc}") from None
+        if value <= 0:
+            raise BqgateError(f"{name}: must be a positive number of milliseconds")
+        return value
+
+    max_wait_ms = milliseconds("BQGATE_MAX_WAIT_MS")
     return Settings(
         project=project,
         warehouse_project=get("BQGATE_WAREHOUSE_PROJECT") or project,
@@ -119,4 +131,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
         hmac_key=hmac_key,
         max_wait_ms=max_wait_ms,
+        call_timeout_ms=milliseconds("BQGATE_CALL_TIMEOUT_MS"),
+        job_timeout_ms=milliseconds("BQGATE_JOB_TIMEOUT_MS"),
     )

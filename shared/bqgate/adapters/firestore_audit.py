@@ -32,6 +32,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate import audit
+from bqgate.adapters.google_errors import outage_as_unavailable, unavailable
 from bqgate.jobs import Job
 
 #: Collection (group) of session heads.
@@ -160,7 +161,7 @@ class FirestoreRecorder:
         plain_items = [(kind, audit.to_plain(data)) for kind, data in items]
 
         def attempt() -> list[audit.Event]:
-            snap = head_ref.get()
+            snap = head_ref.get(timeout=self.rpc_timeout_s)
             head = (
                 audit.SessionHead.from_doc(snap.to_dict() or {})
                 if snap.exists
@@ -208,13 +209,13 @@ class FirestoreRecorder:
         lock = self._locks[zlib.crc32(session_id.encode("utf-8")) % LOCK_STRIPES]
         deadline = time.monotonic() + self.deadline_s
         tries = 0
-        with lock:
+        with lock, outage_as_unavailable("Firestore"):
             while True:
                 try:
                     return attempt()
                 except CONTENTION:
                     if time.monotonic() >= deadline:
-                        raise
+                        raise unavailable("Firestore", TimeoutError()) from None
                 # Jittered exponential backoff spreads out the next round of contenders.
                 tries += 1
                 pause = self._rng.uniform(0, min(0.01 * 2**tries, 1.0))

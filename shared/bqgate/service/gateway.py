@@ -22,7 +22,7 @@ from bqgate.errors import (
     InvalidQuery,
     InvalidRequest,
     NotFound,
-    QuotaExceeded,
+    for_job,
 )
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
@@ -33,14 +33,6 @@ from bqgate.wire import bigquery as wire
 DEFAULT_PAGE_ROWS = 10_000
 #: Most rows served per call whatever the client asks (keeps responses small).
 MAX_PAGE_ROWS = 50_000
-
-ERRORS_BY_REASON: dict[str, type[BqgateError]] = {
-    "accessDenied": AccessDenied,
-    "invalidQuery": InvalidQuery,
-    "invalid": InvalidRequest,
-    "notFound": NotFound,
-    "quotaExceeded": QuotaExceeded,
-}
 
 
 class Classifier(Protocol):
@@ -88,12 +80,37 @@ class GatewayConfig:
 
 
 def job_error(job: Job) -> BqgateError:
-    """The exception that a finished, failed job raises on getQueryResults."""
+    """The exception that a finished, failed job raises on getQueryResults: always a client
+    error with a reason no client retries (:func:`bqgate.errors.for_job` clamps)."""
     assert job.error is not None
-    cls = ERRORS_BY_REASON.get(job.error.get("reason", ""), InvalidQuery)
-    err = cls(job.error.get("message", "the job failed"))
-    err.reason = job.error.get("reason", err.reason)
-    return err
+    return for_job(job.error.get("reason"), job.error.get("message"))
+
+
+def block_error(verdict: Mapping[str, Any]) -> BqgateError:
+    """Why a blocked statement does not run: ``invalidQuery`` when every blocked statement
+    is one the gateway cannot parse or whose names do not resolve (BigQuery would reject it
+    too), else the policy's ``accessDenied``.
+
+    >>> block_error({"reasons": ["statement 1 (UNPARSEABLE): x"], "per_statement": [
+    ...     {"kind": "UNPARSEABLE", "decision": "block", "reasons": ["x"]}]}).reason
+    'invalidQuery'
+    >>> block_error({"reasons": ["DROP is blocked"], "per_statement": [
+    ...     {"kind": "DROP_TABLE", "decision": "block", "reasons": ["DROP is blocked"]}]}).reason
+    'accessDenied'
+    """
+    reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
+    blocked = [
+        s
+        for s in verdict.get("per_statement") or ()
+        if isinstance(s, Mapping) and s.get("decision") == "block"
+    ]
+    if blocked and all(
+        s.get("kind") == "UNPARSEABLE"
+        or any(str(r).endswith("(unresolved)") for r in s.get("reasons") or ())
+        for s in blocked
+    ):
+        return InvalidQuery(f"Invalid query: {reasons}")
+    return AccessDenied(f"Blocked by bqgate policy: {reasons}")
 
 
 class Gateway:
@@ -179,12 +196,10 @@ class Gateway:
             job.needs_approval = True
             job.expire_at_ms = job.created_ms + self.config.approval_ttl_ms
         else:
+            blocked = block_error(verdict)
             job.state = DONE
             job.ended_ms = job.created_ms
-            job.error = {
-                "reason": "accessDenied",
-                "message": f"Blocked by bqgate policy: {reasons}",
-            }
+            job.error = blocked.to_error_proto()
         if req.dry_run and job.state != DONE:
             # Dry runs need BigQuery rights the ingress does not hold; answer with the
             # gateway's own judgement instead of pretending to know the byte count.
@@ -199,7 +214,7 @@ class Gateway:
             events.append(("blocked", job.error or {}))
         record_all(self.recorder, job, events)
         if job.state == DONE:
-            raise AccessDenied(job.error["message"] if job.error else reasons)
+            raise job_error(job)
         # Both allowed and approval-bound jobs go to the executor first: it alone holds
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
         # sends approval-bound jobs on to the approvals topic with their estimate.

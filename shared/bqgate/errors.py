@@ -124,9 +124,10 @@ class QuotaExceeded(BqgateError):
 
 
 class NotImplementedApi(BqgateError):
-    """An API method the gateway deliberately does not offer."""
+    """An API method the gateway deliberately does not offer. A client error (400, not
+    BigQuery's 501): a request is never answered with a 5xx for what the client sent."""
 
-    http_status = 501
+    http_status = 400
     reason = "notImplemented"
     status = "UNIMPLEMENTED"
 
@@ -229,8 +230,9 @@ _KEPT_REASONS: dict[str, int] = {
 _RATE_LIMITS = frozenset({"rateLimitExceeded", "jobRateLimitExceeded"})
 
 
-def from_warehouse(reason: str | None, message: str | None, http_status: int | None = None
-                   ) -> BqgateError:
+def from_warehouse(
+    reason: str | None, message: str | None, http_status: int | None = None
+) -> BqgateError:
     """The gateway error for what BigQuery said (a failed API call, or a job's errorResult).
 
     The one place a warehouse error is translated: the result always suits a *finished*
@@ -260,7 +262,7 @@ def from_warehouse(reason: str | None, message: str | None, http_status: int | N
     err: BqgateError
     if reason in _RATE_LIMITS:
         err = QuotaExceeded(f"BigQuery rate limit: {text}")
-    elif reason in RETRYABLE_REASONS or reason not in JOB_ERRORS and reason not in _KEPT_REASONS:
+    elif reason in RETRYABLE_REASONS or (reason not in JOB_ERRORS and reason not in _KEPT_REASONS):
         err = JobFailed(f"BigQuery failed the job: {text}")
     elif reason in JOB_ERRORS:
         err = JOB_ERRORS[reason](text)

@@ -66,8 +66,9 @@ class BigQueryWarehouse:
         self._first_pages: dict[str, dict[str, Any]] = {}
         self._tables: dict[str, tuple[float, bigquery.Table]] = {}
 
-    def _api(self, method: str, path: str, *, timeout: float | None = None,
-             **kwargs: Any) -> dict[str, Any]:
+    def _api(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         # The client's own authenticated connection (same credentials, endpoint), with the
         # bounded retry and a deadline per attempt.
         call = self.retry(self.client._connection.api_request)
@@ -190,7 +191,7 @@ class BigQueryWarehouse:
             slice_ms = int(max(1.0, min(WAIT_SLICE_MS / 1000, deadline - time.monotonic())) * 1000)
             try:
                 # No retry here: a failed job answers with its own error, which is final.
-                resp = self.client._connection.api_request(
+                resp: dict[str, Any] = self.client._connection.api_request(
                     method="GET",
                     path=path,
                     timeout=slice_ms / 1000 + self.call_timeout_s,
@@ -217,7 +218,9 @@ class BigQueryWarehouse:
             if time.monotonic() > deadline:
                 with contextlib.suppress(Exception):  # best effort: the job ends either way
                     self.client.cancel_job(
-                        job_id, location=self.location, retry=self.retry,
+                        job_id,
+                        location=self.location,
+                        retry=self.retry,
                         timeout=self.call_timeout_s,
                     )
                 err = from_warehouse(

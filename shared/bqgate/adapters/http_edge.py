@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import flask
 
-from bqgate.errors import BqgateError, TooLarge
+from bqgate.errors import BqgateError, InvalidRequest, TooLarge
 from bqgate.service.http import (
     MAX_BODY_BYTES,
     Response,
@@ -50,15 +50,21 @@ def _drain(stream: Any) -> None:
 
 
 def read_body(request: flask.Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, or :class:`TooLarge` (the rest is drained, not kept)."""
+    """The request body, or :class:`TooLarge` (the rest is drained, not kept), or
+    ``InvalidRequest`` when the body's framing is broken (a bad chunk, a short body)."""
     too_large = TooLarge(f"The request body is over the gateway's limit of {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        _drain(request.stream)
-        raise too_large
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        _drain(request.stream)
-        raise too_large
+    try:
+        if request.content_length is not None and request.content_length > limit:
+            _drain(request.stream)
+            raise too_large
+        data = request.stream.read(limit + 1)
+        if len(data) > limit:
+            _drain(request.stream)
+            raise too_large
+    except BqgateError:
+        raise
+    except Exception:  # the web server's body parser: the client's framing is broken
+        raise InvalidRequest("The request body is malformed (its length or chunks)") from None
     return bytes(data)
 
 
@@ -83,7 +89,8 @@ def serve(request: flask.Request, handle: Handler) -> flask.Response:
         return json_response(error_response(err))
     except Exception:
         return json_response(internal_error("gateway", request.method, request.path))
-    return json_response(handle(request.method, request.path, params, request.headers, body))
+    headers = cast(Mapping[str, str], request.headers)
+    return json_response(handle(request.method, request.path, params, headers, body))
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:

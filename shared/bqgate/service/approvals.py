@@ -31,7 +31,6 @@ import logging
 import re
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol

@@ -188,7 +188,6 @@ class Gateway:
             now_ms=self._now_ms(),
         )
         job.timings["classify_ms"] = round(classify_ms, 3)
-        reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
         if decision == "allow":
             job.state = PENDING
         elif decision == "approve":

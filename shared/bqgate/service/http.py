@@ -71,8 +71,9 @@ def route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
     return None
 
 
-def check_request_limits(url_bytes: int, headers: Mapping[str, str] | list[tuple[str, str]]
-                         ) -> None:
+def check_request_limits(
+    url_bytes: int, headers: Mapping[str, str] | list[tuple[str, str]]
+) -> None:
     """Raise :class:`TooLarge` (414 or 431) for a URL or headers over the limits.
 
     >>> check_request_limits(100, {"Host": "x"})

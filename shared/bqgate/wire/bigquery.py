@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from bqgate.errors import InvalidQuery, InvalidRequest, TooLarge
 from bqgate.jobs import DONE, Job
@@ -61,9 +61,25 @@ FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 #: Scalar parameter types (standard SQL names and the legacy names clients still send).
 SCALAR_TYPES = frozenset(
     {
-        "BIGNUMERIC", "BOOL", "BOOLEAN", "BYTES", "DATE", "DATETIME", "FLOAT", "FLOAT64",
-        "GEOGRAPHY", "INT64", "INTEGER", "INTERVAL", "JSON", "NUMERIC", "STRING", "TIME",
-        "TIMESTAMP", "BIGDECIMAL", "DECIMAL",
+        "BIGNUMERIC",
+        "BOOL",
+        "BOOLEAN",
+        "BYTES",
+        "DATE",
+        "DATETIME",
+        "FLOAT",
+        "FLOAT64",
+        "GEOGRAPHY",
+        "INT64",
+        "INTEGER",
+        "INTERVAL",
+        "JSON",
+        "NUMERIC",
+        "STRING",
+        "TIME",
+        "TIMESTAMP",
+        "BIGDECIMAL",
+        "DECIMAL",
     }
 )
 PARAMETER_MODES = frozenset({"NAMED", "POSITIONAL"})
@@ -106,10 +122,10 @@ def check_job_id(value: Any, path: str) -> str:
     return value
 
 
-def is_job_id(value: Any) -> bool:
+def is_job_id(value: Any) -> TypeGuard[str]:
     """True for an id :func:`check_job_id` accepts."""
-    return isinstance(value, str) and bool(JOB_ID_RE.match(value)) and not RESERVED_ID_RE.match(
-        value
+    return (
+        isinstance(value, str) and bool(JOB_ID_RE.match(value)) and not RESERVED_ID_RE.match(value)
     )
 
 
@@ -150,10 +166,11 @@ def loads(raw: bytes | str, *, limit: int = MAX_BODY_BYTES) -> Any:
     """
     if len(raw) > limit:
         raise TooLarge(f"The request body is over the gateway's limit of {limit} bytes")
-    text = raw if isinstance(raw, str) else None
-    if text is None:
+    if isinstance(raw, str):
+        text = raw
+    else:
         try:
-            text = bytes(raw).decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequest("Invalid JSON payload received: the body is not UTF-8") from None
     try:
@@ -184,6 +201,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     ...
     bqgate.errors.InvalidRequest: Invalid JSON payload received: Expecting property name ...
     """
+    if len(raw) > MAX_BODY_BYTES:
+        raise TooLarge(f"The request body is over the gateway's limit of {MAX_BODY_BYTES} bytes")
     if not raw.strip():
         return {}
     body = loads(raw)
@@ -220,8 +239,12 @@ def _dataset_ref(value: Any, path: str) -> dict[str, str] | None:
     ref = _obj(value, path)
     if not ref:
         return None
-    dataset_id = _str(ref.get("datasetId"), f"{path}.datasetId", DATASET_RE,
-                      "a dataset id is letters, digits and _ only")
+    dataset_id = _str(
+        ref.get("datasetId"),
+        f"{path}.datasetId",
+        DATASET_RE,
+        "a dataset id is letters, digits and _ only",
+    )
     if dataset_id is None:
         raise InvalidRequest(f"Invalid value at '{path}.datasetId': required")
     out = {"datasetId": dataset_id}
@@ -265,6 +288,19 @@ def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
     return value
 
 
+def _integral(value: Any) -> int | None:
+    """The integer a JSON number or decimal string holds exactly, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and len(value) <= 20 and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    return None
+
+
 def _int(value: Any, path: str, maximum: int = MAX_INT) -> int | None:
     """An int64 field as JSON carries it (a number or a decimal string), range-checked.
 
@@ -277,19 +313,9 @@ def _int(value: Any, path: str, maximum: int = MAX_INT) -> int | None:
     """
     if value is None:
         return None
-    n: int | None = None
-    if isinstance(value, bool):
-        n = None
-    elif isinstance(value, int):
-        n = value
-    elif isinstance(value, float) and value.is_integer():
-        n = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) <= 20:
-        n = int(value)
+    n = _integral(value)
     if n is None or n > maximum:
-        raise InvalidRequest(
-            f"Invalid value at '{path}': expected an integer from 0 to {maximum}"
-        )
+        raise InvalidRequest(f"Invalid value at '{path}': expected an integer from 0 to {maximum}")
     if n < 0:
         raise InvalidRequest(f"Invalid value at '{path}': must not be negative")
     return n
@@ -298,8 +324,9 @@ def _int(value: Any, path: str, maximum: int = MAX_INT) -> int | None:
 def _param_type(value: Any, path: str, depth: int) -> dict[str, Any]:
     t = _obj(value, path)
     kind = t.get("type")
-    if not isinstance(kind, str) or not (kind in SCALAR_TYPES or kind in ("ARRAY", "STRUCT",
-                                                                        "RECORD", "RANGE")):
+    if not isinstance(kind, str) or not (
+        kind in SCALAR_TYPES or kind in ("ARRAY", "STRUCT", "RECORD", "RANGE")
+    ):
         raise InvalidRequest(f"Invalid value at '{path}.type': not a query parameter type")
     if depth > MAX_PARAMETER_NESTING and kind in ("ARRAY", "STRUCT", "RECORD", "RANGE"):
         raise InvalidRequest(
@@ -320,6 +347,8 @@ def _param_type(value: Any, path: str, depth: int) -> dict[str, Any]:
             f = _obj(f, fp)
             sub: dict[str, Any] = {"type": _param_type(f.get("type"), f"{fp}.type", depth + 1)}
             name = _str(f.get("name"), f"{fp}.name", FIELD_NAME_RE, "not a field name")
+            if name is not None and RESERVED_ID_RE.match(name):
+                raise InvalidRequest(f"Invalid value at '{fp}.name': __name__ is reserved")
             if name is not None:
                 sub["name"] = name
             description = f.get("description")
@@ -396,11 +425,14 @@ def _params(body: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
         ptype = _param_type(p.get("parameterType"), f"{pp}.parameterType", 1)
         param: dict[str, Any] = {
             "parameterType": ptype,
-            "parameterValue": _param_value(p.get("parameterValue"), ptype,
-                                           f"{pp}.parameterValue"),
+            "parameterValue": _param_value(p.get("parameterValue"), ptype, f"{pp}.parameterValue"),
         }
-        name = _str(p.get("name"), f"{pp}.name", PARAM_NAME_RE,
-                    "a parameter name is letters, digits and _, not starting with a digit")
+        name = _str(
+            p.get("name"),
+            f"{pp}.name",
+            PARAM_NAME_RE,
+            "a parameter name is letters, digits and _, not starting with a digit",
+        )
         if name is not None:
             param["name"] = name
         out.append(param)

@@ -25,6 +25,7 @@ locals {
   # BQGATE_DEV_MODE is never set in the cloud.
   common_env = {
     BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.approvals.name
+    BQGATE_CALL_TIMEOUT_MS    = tostring(var.call_timeout_ms)
     BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.execute.name
     BQGATE_FIRESTORE_DATABASE = google_firestore_database.gateway.name
     BQGATE_LOCATION           = var.bigquery_location
@@ -32,6 +33,12 @@ locals {
     BQGATE_PROJECT            = var.project_id
     BQGATE_WAREHOUSE_PROJECT  = local.warehouse_project_id
   }
+
+  # The executor's timeout (under the execute subscription's 600 s ack deadline), and
+  # the longest it waits for one BigQuery job before cancelling it: a minute less, so a
+  # slow job still ends with an error instead of a killed function and a redelivery.
+  executor_timeout_seconds = 540
+  executor_job_timeout_ms  = (local.executor_timeout_seconds - 60) * 1000
 
   # Firestore collection groups whose documents carry an `expire_at` timestamp
   # that the TTL policy deletes them at.

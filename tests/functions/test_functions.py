@@ -49,16 +49,17 @@ def test_ingress_errors_are_bigquery_shaped(stack: Stack, ingress: Any) -> None:
         401,
         "unauthorized",
     )
+    # A syntax error is the query's fault, as BigQuery says: 400 invalidQuery, not a denial.
     err = bq_error(
         ingress.post(
             JOBS,
             headers=auth,
             json={"configuration": {"query": {"query": "SELEC 1 FRM", "useLegacySql": False}}},
         ),
-        403,
-        "accessDenied",
+        400,
+        "invalidQuery",
     )
-    assert "Blocked by bqgate policy" in err["message"]
+    assert "cannot parse" in err["message"]
     err = bq_error(
         ingress.post(
             JOBS,

@@ -29,6 +29,8 @@ FUNCTIONS = ("approvals", "executor", "ingress", "slack_notify")
 # Names the functions read (shared/bqgate/settings.py), as Terraform may set them.
 ALLOWED_ENV = {
     "BQGATE_APPROVALS_TOPIC",
+    "BQGATE_CALL_TIMEOUT_MS",
+    "BQGATE_JOB_TIMEOUT_MS",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_EXECUTOR_URL",
     "BQGATE_FIRESTORE_DATABASE",
@@ -43,6 +45,7 @@ ALLOWED_ENV = {
 }
 COMMON_ENV = {
     "BQGATE_APPROVALS_TOPIC",
+    "BQGATE_CALL_TIMEOUT_MS",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_FIRESTORE_DATABASE",
     "BQGATE_LOCATION",
@@ -53,7 +56,7 @@ COMMON_ENV = {
 # entry point -> (plain env beyond COMMON_ENV, env from Secret Manager)
 EXPECTED_ENV = {
     "approvals": (set(), {"BQGATE_SLACK_BOT_TOKEN", "BQGATE_SLACK_SIGNING_SECRET"}),
-    "executor": (set(), {"BQGATE_HMAC_KEY"}),
+    "executor": ({"BQGATE_JOB_TIMEOUT_MS"}, {"BQGATE_HMAC_KEY"}),
     "ingress": ({"BQGATE_EXECUTOR_URL"}, set()),
     "slack_notify": ({"BQGATE_SLACK_CHANNEL"}, {"BQGATE_SLACK_BOT_TOKEN"}),
 }

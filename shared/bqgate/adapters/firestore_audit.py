@@ -32,7 +32,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate import audit
-from bqgate.adapters.google_errors import outage_as_unavailable, unavailable
+from bqgate.adapters.google_errors import outage_as_unavailable, retry, unavailable
 from bqgate.jobs import Job
 
 #: Collection (group) of session heads.
@@ -44,6 +44,8 @@ EMULATOR_ENV = "FIRESTORE_EMULATOR_HOST"
 CONTENTION = (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict)
 #: Longest an append keeps retrying on contention before it fails (and the request with it).
 APPEND_DEADLINE_S = 60.0
+#: Deadline of reading a whole session or the session list back (the CLI, verification).
+READ_DEADLINE_S = 120.0
 #: In-process lock stripes: appends to one session from one process never race each other.
 LOCK_STRIPES = 64
 
@@ -159,9 +161,11 @@ class FirestoreRecorder:
         head_ref = self.sessions.document(audit.session_doc_id(session_id))
         events = head_ref.collection(EVENTS)
         plain_items = [(kind, audit.to_plain(data)) for kind, data in items]
+        # Every call within rpc_timeout_s: an outage fails the append in seconds.
+        bounded = retry(self.rpc_timeout_s)
 
         def attempt() -> list[audit.Event]:
-            snap = head_ref.get(timeout=self.rpc_timeout_s)
+            snap = head_ref.get(retry=bounded, timeout=self.rpc_timeout_s)
             head = (
                 audit.SessionHead.from_doc(snap.to_dict() or {})
                 if snap.exists
@@ -201,7 +205,7 @@ class FirestoreRecorder:
                 batch.update(head_ref, head_doc, option=option)
             else:
                 batch.create(head_ref, head_doc)
-            batch.commit(timeout=self.rpc_timeout_s)
+            batch.commit(retry=None, timeout=self.rpc_timeout_s)
             return sealed
 
         # Writers in this process take turns (no point racing each other in Firestore);
@@ -225,13 +229,15 @@ class FirestoreRecorder:
 
     def head(self, session_id: str) -> audit.SessionHead | None:
         """The session's head document, or ``None`` if there is no such session."""
-        snap = self.sessions.document(audit.session_doc_id(session_id)).get()
+        snap = self.sessions.document(audit.session_doc_id(session_id)).get(
+            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s)
         return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
 
     def events(self, session_id: str) -> list[audit.Event]:
         """Every stored event of the session, in chain order (malformed ones included)."""
         ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
-        stored = [(snap.id, snap.to_dict() or {}) for snap in ref.stream()]
+        stored = [(snap.id, snap.to_dict() or {})
+                  for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
         events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
 
@@ -248,7 +254,8 @@ class FirestoreRecorder:
             query = query.where(filter=FieldFilter("principals", "array_contains", principal))
         elif since_ms is not None:
             query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
-        heads = [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream()]
+        heads = [audit.SessionHead.from_doc(s.to_dict() or {})
+                 for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
         if since_ms is not None:
             heads = [h for h in heads if h.last_ms >= since_ms]
         heads.sort(key=lambda h: (h.last_ms, h.session_id), reverse=True)

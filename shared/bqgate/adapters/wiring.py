@@ -228,7 +228,7 @@ def _pending_approval_jobs(limit: int) -> list[Any]:
     """Jobs awaiting approval (an equality filter: no composite index needed)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    from bqgate.adapters.google_errors import outage_as_unavailable
+    from bqgate.adapters.google_errors import outage_as_unavailable, retry
     from bqgate.jobs import PENDING_APPROVAL, Job
 
     query = (
@@ -237,8 +237,9 @@ def _pending_approval_jobs(limit: int) -> list[Any]:
         .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
         .limit(limit)
     )
+    deadline_s = settings().call_timeout_ms / 1000
     with outage_as_unavailable("Firestore"):
-        snaps = list(query.stream(timeout=settings().call_timeout_ms / 1000))
+        snaps = list(query.stream(retry=retry(deadline_s), timeout=deadline_s))
     return [Job.from_doc(snap.to_dict() or {}) for snap in snaps]
 
 

@@ -21,12 +21,16 @@ from bqgate.sql.classify import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import always_true
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "classify"
 BENCH = ROOT / "bench" / "bench_classify.py"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
-HEADERS = ("principal", "groups", "project", "dataset", "statements", "tables", "reason", "note")
+HEADERS = (
+    "principal", "groups", "project", "dataset", "statements", "tables", "reason", "note",
+    "measured", "second_opinion",
+)
 EXPECT = re.compile(r"^-- expect:\s*(\w+)\s*$")
 HEADER = re.compile(r"^-- (\w+):\s*(.*?)\s*$")
 
@@ -112,6 +116,10 @@ def test_fixture_case(case: Case, policy: Policy) -> None:
         assert list(result.tables) == sorted(_split(h["tables"])), detail
     if "reason" in h:
         assert any(h["reason"] in r for r in result.reasons), detail
+    if "measured" in h:
+        assert bool(result.writes) == (h["measured"] == "yes"), detail
+    if "second_opinion" in h:
+        assert result.second_opinion == (h["second_opinion"] == "yes"), detail
     assert result.reasons, "every decision carries a reason"
     for reason in result.reasons:
         assert re.match(r"^statement \d+ \([A-Z_:A-Za-z]+\): ", reason), reason
@@ -337,3 +345,23 @@ def _fuzz_policy() -> Policy:
     if not _POLICY_CACHE:
         _POLICY_CACHE.append(load_policy(ROOT / "policies" / "default.yaml"))
     return _POLICY_CACHE[0]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(predicate=always_true(), verb=st.sampled_from(["DELETE", "UPDATE", "MERGE"]))
+def test_always_true_predicates_are_blocked_or_measured(predicate: str, verb: str) -> None:
+    """Whatever folding makes of it, a whole-table write is never judged safe: it is blocked
+    or carries a blast-radius check the executor runs before it commits."""
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    table = "analytics.events"
+    sql = {
+        "DELETE": f"DELETE FROM {table} WHERE {predicate}",
+        "UPDATE": f"UPDATE {table} SET name = 'x' WHERE {predicate}",
+        "MERGE": f"MERGE {table} T USING {table} S ON T.event_id = S.event_id AND ({predicate})"
+        " WHEN MATCHED THEN DELETE",
+    }[verb]
+    result = classify_uncached(sql, policy=policy, principal=AGENT, groups=(),
+                               default_project="demo-project")
+    assert result.decision == "block" or (
+        result.writes and result.writes[0].target == "demo-project.analytics.events"
+    ), result.reasons

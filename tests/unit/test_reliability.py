@@ -17,7 +17,6 @@ from bqgate import errors
 from bqgate.errors import (
     RETRYABLE_REASONS,
     BqgateError,
-    InvalidQuery,
     JobFailed,
     NotFound,
     Unavailable,
@@ -25,7 +24,7 @@ from bqgate.errors import (
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, RUNNING, Job
 from bqgate.policy import load_policy
-from bqgate.ports import QueryOutcome
+from bqgate.ports import DryRun, QueryOutcome
 from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig, block_error, job_error
 from bqgate.service.http import IngressApp
@@ -213,10 +212,6 @@ def test_an_outage_answers_503_retryable_only_when_a_retry_is_safe(
     ("per_statement", "reason"),
     [
         (
-            [{"kind": "UNPARSEABLE", "decision": "block", "reasons": ["cannot parse"]}],
-            "invalidQuery",
-        ),
-        (
             [
                 {
                     "kind": "SELECT",
@@ -229,13 +224,40 @@ def test_an_outage_answers_503_retryable_only_when_a_retry_is_safe(
             "invalidQuery",
         ),
         (
+            [
+                {
+                    "kind": "SELECT",
+                    "decision": "block",
+                    "reasons": [
+                        "table name a.b.c.d has too many parts (unresolved)",
+                        "read on demo-project.analytics.events is allowed",
+                    ],
+                }
+            ],
+            "invalidQuery",
+        ),
+        # Unparseable SQL that reaches a block names something the policy denies.
+        (
+            [
+                {
+                    "kind": "UNPARSEABLE",
+                    "decision": "block",
+                    "reasons": [
+                        "cannot parse; routine e.ds.f: dataset e.ds is not in the policy "
+                        "(deny by default)"
+                    ],
+                }
+            ],
+            "accessDenied",
+        ),
+        (
             [{"kind": "DROP_TABLE", "decision": "block", "reasons": ["DROP is blocked"]}],
             "accessDenied",
         ),
         (
             [
-                {"kind": "UNPARSEABLE", "decision": "block", "reasons": ["cannot parse"]},
-                {"kind": "DELETE", "decision": "block", "reasons": ["always true"]},
+                {"kind": "SELECT", "decision": "block", "reasons": ["t x (unresolved)"]},
+                {"kind": "DELETE", "decision": "block", "reasons": ["always true: blocked"]},
             ],
             "accessDenied",
         ),
@@ -267,10 +289,10 @@ class ScriptedWarehouse(FakeWarehouse):
         self.run_errors = list(run or [])
         self.outcome_error = outcome_error
 
-    def dry_run(self, sql: str, **kwargs: Any) -> int:
+    def dry_run_info(self, sql: str, **kwargs: Any) -> DryRun:
         if self.dry_run_errors:
             raise self.dry_run_errors.pop(0)
-        return super().dry_run(sql, **kwargs)
+        return super().dry_run_info(sql, **kwargs)
 
     def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
         self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
@@ -415,13 +437,3 @@ def test_the_job_ends_even_when_its_first_store_write_is_the_failure() -> None:
     after = store.get("j1")
     assert after is not None and after.state in (PENDING, RUNNING)
     assert ex.run("j1") == "done"
-
-
-def test_syntax_errors_reach_the_client_as_invalid_query() -> None:
-    err = block_error(
-        {
-            "reasons": ["statement 1 (UNPARSEABLE): x"],
-            "per_statement": [{"kind": "UNPARSEABLE", "decision": "block"}],
-        }
-    )
-    assert isinstance(err, InvalidQuery) and err.to_body()["error"]["code"] == 400

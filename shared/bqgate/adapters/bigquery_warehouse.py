@@ -23,7 +23,7 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from bqgate.adapters.google_errors import bigquery_calls
 from bqgate.errors import BqgateError, from_warehouse
-from bqgate.ports import QueryOutcome
+from bqgate.ports import DryRun, QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
@@ -111,6 +111,18 @@ class BigQueryWarehouse:
         default_dataset: Mapping[str, str] | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
     ) -> int:
+        info = self.dry_run_info(
+            sql, default_dataset=default_dataset, query_parameters=query_parameters
+        )
+        return info.total_bytes_processed
+
+    def dry_run_info(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRun:
         config = self._query_config(sql, default_dataset, query_parameters, None, {}, dry_run=True)
         with bigquery_calls():
             job = self.client.query(
@@ -121,7 +133,24 @@ class BigQueryWarehouse:
                 timeout=self.call_timeout_s,
                 job_retry=None,
             )
-        return int(job.total_bytes_processed or 0)
+        stats = (job._properties.get("statistics") or {}).get("query") or {}
+        refs = stats.get("referencedTables")
+        tables = (
+            tuple(
+                f"{r.get('projectId')}.{r.get('datasetId')}.{r.get('tableId')}"
+                for r in refs
+                if isinstance(r, dict)
+            )
+            if isinstance(refs, list)
+            else ()
+        )
+        schema = tuple((stats.get("schema") or {}).get("fields") or ())
+        return DryRun(
+            total_bytes_processed=int(job.total_bytes_processed or 0),
+            statement_type=stats.get("statementType"),
+            referenced_tables=tables,
+            schema=schema,
+        )
 
     def run(
         self,

@@ -204,6 +204,7 @@ def executor() -> Executor:
         queue=Lazy(queue),
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
+        warehouse_project=s.warehouse_project,
     )
 
 

@@ -27,6 +27,7 @@ from bqgate.errors import (
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.ports import JobStore, Queue
+from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
 
 #: Rows served per getQueryResults call when the client does not say.
@@ -44,8 +45,13 @@ class Classifier(Protocol):
         groups: frozenset[str],
         default_project: str,
         default_dataset: str | None,
+        claims: Mapping[str, Any],
     ) -> Mapping[str, Any]:
-        """Return the classification as a dict with at least ``decision`` and ``reasons``."""
+        """Return the classification as a dict with at least ``decision`` and ``reasons``.
+
+        ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
+        May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
+        """
 
 
 class Recorder(Protocol):
@@ -86,13 +92,25 @@ def job_error(job: Job) -> BqgateError:
     return for_job(job.error.get("reason"), job.error.get("message"))
 
 
+_DENIAL_WORDS = ("policy", "blocked", "deny by default", "not allowed")
+
+
+def _unresolved_only(reasons: Any) -> bool:
+    """True when a blocked statement's reasons name unresolved names and no denial."""
+    parts = [p.strip() for r in reasons or () for p in str(r).split("; ")]
+    return any(p.endswith("(unresolved)") for p in parts) and not any(
+        w in p for p in parts for w in _DENIAL_WORDS
+    )
+
+
 def block_error(verdict: Mapping[str, Any]) -> BqgateError:
     """Why a blocked statement does not run: ``invalidQuery`` when every blocked statement
-    is one the gateway cannot parse or whose names do not resolve (BigQuery would reject it
-    too), else the policy's ``accessDenied``.
+    only names something that does not resolve (BigQuery would reject it too), else the
+    policy's ``accessDenied``. (SQL sqlglot cannot parse goes to the executor's dry run,
+    which answers BigQuery's own syntax error, unless it names what the policy denies.)
 
-    >>> block_error({"reasons": ["statement 1 (UNPARSEABLE): x"], "per_statement": [
-    ...     {"kind": "UNPARSEABLE", "decision": "block", "reasons": ["x"]}]}).reason
+    >>> block_error({"reasons": ["r"], "per_statement": [{"kind": "SELECT", "decision":
+    ...     "block", "reasons": ["table t has no dataset (unresolved)"]}]}).reason
     'invalidQuery'
     >>> block_error({"reasons": ["DROP is blocked"], "per_statement": [
     ...     {"kind": "DROP_TABLE", "decision": "block", "reasons": ["DROP is blocked"]}]}).reason
@@ -104,11 +122,7 @@ def block_error(verdict: Mapping[str, Any]) -> BqgateError:
         for s in verdict.get("per_statement") or ()
         if isinstance(s, Mapping) and s.get("decision") == "block"
     ]
-    if blocked and all(
-        s.get("kind") == "UNPARSEABLE"
-        or any(str(r).endswith("(unresolved)") for r in s.get("reasons") or ())
-        for s in blocked
-    ):
+    if blocked and all(_unresolved_only(s.get("reasons")) for s in blocked):
         return InvalidQuery(f"Invalid query: {reasons}")
     return AccessDenied(f"Blocked by bqgate policy: {reasons}")
 
@@ -153,14 +167,24 @@ class Gateway:
         """Classify, record and route one query. Returns the stored job."""
         default_project = (req.default_dataset or {}).get("projectId") or project
         default_dataset = (req.default_dataset or {}).get("datasetId")
+        for param in req.query_parameters:
+            name = str(param.get("name") or "")
+            if name.lower().startswith(RESERVED_PARAMETER_PREFIX):
+                raise InvalidRequest(
+                    f"Query parameter name {name!r} is reserved by the gateway "
+                    f"(names starting with {RESERVED_PARAMETER_PREFIX!r})"
+                )
         t0 = time.perf_counter()
         verdict = dict(
             self.classify(
                 req.sql,
                 principal=principal.email,
                 groups=principal.groups,
-                default_project=default_project,
-                default_dataset=default_dataset,
+                # BigQuery resolves `dataset.table` in the job's project and a bare `table`
+                # in the default dataset (which may live in another project).
+                default_project=project,
+                default_dataset=f"{default_project}.{default_dataset}" if default_dataset else None,
+                claims=principal.claims,
             )
         )
         classify_ms = (time.perf_counter() - t0) * 1000
@@ -172,6 +196,7 @@ class Gateway:
             sql=req.sql,
             owner=principal.email,
             groups=sorted(principal.groups),
+            claims=dict(principal.claims),
             issuer=principal.issuer,
             default_dataset=(
                 {"projectId": default_project, "datasetId": default_dataset}
@@ -188,7 +213,9 @@ class Gateway:
             now_ms=self._now_ms(),
         )
         job.timings["classify_ms"] = round(classify_ms, 3)
-        if decision == "allow":
+        if decision == "allow" or (decision == "block" and verdict.get("second_opinion")):
+            # A statement sqlglot cannot parse may still be a plain query over readable,
+            # non-sensitive tables: the executor's dry run is the second opinion.
             job.state = PENDING
         elif decision == "approve":
             job.state = PENDING_APPROVAL

@@ -46,6 +46,17 @@ def _timed(fn: object) -> tuple[BaseException, float]:
     raise AssertionError("no error was raised")
 
 
+@pytest.fixture(scope="module")
+def warm(stack: Stack) -> None:
+    """One query first: the bound is about the error path, not a function's cold start
+    (which the benchmarks measure)."""
+    from bqgate.client import gateway_client
+
+    client = gateway_client(stack.url("gateway"), dev_dir=stack.state_dir)
+    assert [tuple(r.values()) for r in client.query_and_wait("SELECT 1 AS x")] == [(1,)]
+
+
+@pytest.mark.usefixtures("warm")
 @pytest.mark.parametrize(
     ("sql", "error", "needle"),
     [
@@ -56,7 +67,8 @@ def _timed(fn: object) -> tuple[BaseException, float]:
             gexc.BadRequest,
             "no_such_column",
         ),
-        ("SELEC name FRM events", gexc.BadRequest, "parse"),
+        # sqlglot cannot parse it: BigQuery's dry run (the second opinion) gives its error.
+        ("SELEC name FRM events", gexc.BadRequest, "Syntax error"),
         ("SELECT * FROM nope", gexc.BadRequest, "unresolved"),
     ],
 )
@@ -72,8 +84,10 @@ def test_unknown_names_raise_not_found_or_bad_request_within_seconds(
         assert isinstance(exc, error), repr(exc)
         assert needle in str(exc)
         assert elapsed < ANSWER_S, f"{type(exc).__name__} after {elapsed:.2f}s"
+        print(f"\n{sql[:50]!r}: {type(exc).__name__} in {elapsed:.2f}s")
 
 
+@pytest.mark.usefixtures("warm")
 def test_a_dataset_outside_the_policy_is_denied_by_policy(
     gateway_client: bigquery.Client,
 ) -> None:

@@ -157,6 +157,7 @@ def test_a_finished_job_with_any_stored_reason_never_answers_5xx(reason: str) ->
     got = app.handle("GET", "/bigquery/v2/projects/demo-project/jobs/j1", {}, AUTH, b"")
     assert got.status == 200
     assert got.body["status"]["state"] == "DONE"
+    assert got.body["status"]["errorResult"]["reason"] not in CLIENT_RETRIES
 
 
 class DownStore(MemoryJobStore):

@@ -21,7 +21,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from bqgate.adapters.google_errors import bigquery_calls
+from bqgate.adapters.google_errors import bigquery_calls, warehouse_error
 from bqgate.errors import BqgateError, from_warehouse
 from bqgate.ports import DryRun, QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
@@ -37,8 +37,6 @@ JOB_TIMEOUT_S = 480.0
 
 
 def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
-    from bqgate.adapters.google_errors import warehouse_error
-
     return warehouse_error(exc).to_error_proto()
 
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from bqgate.errors import InvalidQuery, InvalidRequest, TooLarge
+from bqgate.errors import JOB_ERRORS, InvalidQuery, InvalidRequest, TooLarge, for_job
 from bqgate.jobs import DONE, Job
 
 #: BigQuery's job id pattern (letters, digits, ``_`` and ``-``, at most 1024).
@@ -582,6 +582,20 @@ def _ms(value: float | int | None) -> str | None:
     return None if value is None else str(int(value))
 
 
+def finished_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished job's ``errorResult`` as the agent sees it: the stored reason, unless a
+    client would retry it (an error stored before reasons were clamped).
+
+    >>> finished_error({"reason": "backendError", "message": "m"})
+    {'reason': 'jobFailed', 'message': 'BigQuery failed the job: m'}
+    >>> finished_error({"reason": "notFound", "message": "Not found: Table p:d.t"})
+    {'reason': 'notFound', 'message': 'Not found: Table p:d.t'}
+    """
+    if error.get("reason") in JOB_ERRORS:
+        return dict(error)
+    return for_job(error.get("reason"), error.get("message")).to_error_proto()
+
+
 def job_reference(job: Job) -> dict[str, str]:
     return {"projectId": job.project, "jobId": job.job_id, "location": job.location}
 
@@ -597,8 +611,9 @@ def job_resource(job: Job) -> dict[str, Any]:
             query["parameterMode"] = job.parameter_mode
     status: dict[str, Any] = {"state": job.bigquery_state}
     if job.error:
-        status["errorResult"] = dict(job.error)
-        status["errors"] = [dict(job.error)]
+        error = finished_error(job.error)
+        status["errorResult"] = error
+        status["errors"] = [dict(error)]
     stats: dict[str, Any] = {"creationTime": _ms(job.created_ms)}
     if job.started_ms:
         stats["startTime"] = _ms(job.started_ms)
@@ -693,7 +708,7 @@ def query_results(
     if not job.done:
         return body
     if job.error:
-        body["errors"] = [dict(job.error)]
+        body["errors"] = [finished_error(job.error)]
     body["cacheHit"] = False
     if job.total_bytes_processed is not None:
         body["totalBytesProcessed"] = str(job.total_bytes_processed)

@@ -275,3 +275,31 @@ def test_query_text_limit_is_utf8_bytes() -> None:
         wire.parse_query({"query": "é" * (wire.MAX_QUERY_BYTES // 2 + 1), "useLegacySql": False})
     ok = wire.parse_query({"query": "SELECT 1 -- " + "x" * 1000, "useLegacySql": False})
     assert ok.sql.startswith("SELECT 1")
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        {"callback_id": "bqgate_deny_reason", "private_metadata": [[[]]]},
+        {"callback_id": "bqgate_deny_reason", "private_metadata": 7},
+        {"callback_id": "bqgate_deny_reason", "private_metadata": "[" * 100_000},
+        {"callback_id": "bqgate_deny_reason", "private_metadata": '{"job_id": ".."}'},
+        {"callback_id": "bqgate_deny_reason", "private_metadata": '{"job_id": ["x"]}'},
+    ],
+)
+def test_a_damaged_deny_form_gets_slack_s_form_error(view: dict[str, Any]) -> None:
+    from bqgate.policy import load_policy
+    from bqgate.service.approvals import ApprovalService
+
+    service = ApprovalService(
+        store=StrictStore(),
+        queue=MemoryQueue(),
+        policy=load_policy("policies/default.yaml"),
+        notifier=lambda: None,  # type: ignore[arg-type, return-value]
+        verifier=StaticVerifier,
+        list_pending=lambda n: [],
+        signing_secret="s",
+        slack_channel="#c",
+    )
+    resp = service._view_submission({"type": "view_submission", "view": view})
+    assert resp.status == 200 and resp.body["response_action"] == "errors"

@@ -470,8 +470,9 @@ class ApprovalService:
         view = payload.get("view") or {}
         if not isinstance(view, Mapping) or view.get("callback_id") != blocks.DENY_CALLBACK:
             return Response(200, {})
+        raw_meta = view.get("private_metadata")
         try:
-            meta = wire.loads(view.get("private_metadata") or "{}")
+            meta = wire.loads(raw_meta) if isinstance(raw_meta, str) and raw_meta else {}
             job_id = meta["job_id"]
         except (ValueError, KeyError, TypeError, InvalidRequest):
             job_id = None

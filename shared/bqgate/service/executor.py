@@ -202,8 +202,8 @@ class Executor:
         return self._fail_id(
             job_id,
             JobFailed(
-                f"A service the gateway depends on stayed unavailable for {limit} attempts "
-                f"(incident {incident}); submit the query again later."
+                f"The job failed {limit} times on a transient error of a service the gateway "
+                f"depends on (incident {incident}); submit the query again later."
             ),
         )
 

@@ -270,6 +270,15 @@ def test_a_body_over_the_limit_is_413() -> None:
     assert err.value.http_status == 413
 
 
+def test_parameters_over_their_byte_limit_are_refused() -> None:
+    params = [
+        {"parameterType": {"type": "STRING"}, "parameterValue": {"value": "x" * 1000}}
+        for _ in range(200)
+    ]
+    with pytest.raises(InvalidRequest, match="bytes of parameters"):
+        wire.parse_query({"query": "SELECT ?", "useLegacySql": False, "queryParameters": params})
+
+
 def test_query_text_limit_is_utf8_bytes() -> None:
     with pytest.raises(InvalidQuery, match="too large"):
         wire.parse_query({"query": "é" * (wire.MAX_QUERY_BYTES // 2 + 1), "useLegacySql": False})

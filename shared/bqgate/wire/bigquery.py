@@ -47,8 +47,10 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 #: Longest SQL text, in UTF-8 bytes. BigQuery's own limit is 1 MiB; the gateway keeps the
 #: statement, its normalised form and its session record in Firestore documents (1 MiB
-#: each), so it accepts a quarter of that.
+#: each: a 700 KiB statement fails to store), so it accepts a quarter of that.
 MAX_QUERY_BYTES = 256 * 1024
+#: Most bytes of query parameters (as JSON), stored in the same job document.
+MAX_PARAMETER_BYTES = 128 * 1024
 #: Largest integer a count or a timeout may be (BigQuery's int64).
 MAX_INT = 2**63 - 1
 #: Query parameters: how many, how deeply ARRAY/STRUCT types nest (Firestore documents
@@ -282,8 +284,8 @@ def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
     size = len(value.encode("utf-8"))
     if size > MAX_QUERY_BYTES:
         raise InvalidQuery(
-            f"The query is too large: {size} bytes; the gateway accepts at most "
-            f"{MAX_QUERY_BYTES} bytes of SQL"
+            f"The query is too large: {size:,} bytes of SQL; the gateway's limit is "
+            f"{MAX_QUERY_BYTES:,} bytes"
         )
     return value
 
@@ -436,6 +438,11 @@ def _params(body: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
         if name is not None:
             param["name"] = name
         out.append(param)
+    if len(json.dumps(out, separators=(",", ":"))) > MAX_PARAMETER_BYTES:
+        raise InvalidRequest(
+            f"Invalid value at '{where}': over the gateway's limit of "
+            f"{MAX_PARAMETER_BYTES:,} bytes of parameters"
+        )
     named = {"name" in p for p in out}
     if len(named) > 1:
         raise InvalidRequest(f"Invalid value at '{where}': mixes named and positional parameters")

@@ -39,6 +39,13 @@ resource "google_cloudfunctions2_function" "ingress" {
     environment_variables = merge(local.common_env, {
       BQGATE_EXECUTOR_URL = google_cloudfunctions2_function.executor.service_config[0].uri
     })
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
   }
 
   lifecycle {
@@ -52,6 +59,7 @@ resource "google_cloudfunctions2_function" "ingress" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
   ]
 }
 
@@ -89,6 +97,13 @@ resource "google_cloudfunctions2_function" "executor" {
     })
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_HMAC_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.masking_hmac_key.secret_id
@@ -100,6 +115,7 @@ resource "google_cloudfunctions2_function" "executor" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.executor_hmac_key,
   ]
 }
@@ -135,6 +151,13 @@ resource "google_cloudfunctions2_function" "approvals" {
     environment_variables          = local.common_env
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -154,6 +177,7 @@ resource "google_cloudfunctions2_function" "approvals" {
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
     google_secret_manager_secret_iam_member.approvals_slack_bot_token,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.approvals_slack_signing_secret,
   ]
 }
@@ -190,6 +214,13 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     })
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -201,6 +232,7 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
   ]
 }

@@ -24,6 +24,7 @@ locals {
   # Settings every function reads (see shared/bqgate/settings.py).
   # BQGATE_DEV_MODE is never set in the cloud.
   common_env = {
+    BQGATE_ANCHOR_BUCKET      = google_storage_bucket.audit_anchors.name
     BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.approvals.name
     BQGATE_CALL_TIMEOUT_MS    = tostring(var.call_timeout_ms)
     BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.execute.name
@@ -39,6 +40,9 @@ locals {
   # slow job still ends with an error instead of a killed function and a redelivery.
   executor_timeout_seconds = 540
   executor_job_timeout_ms  = (local.executor_timeout_seconds - 60) * 1000
+
+  # The log lines that carry session checkpoints (bqgate.adapters.anchor_sinks.LogSink).
+  audit_anchor_log_filter = "jsonPayload.bqgate_anchor:*"
 
   # Firestore collection groups whose documents carry an `expire_at` timestamp
   # that the TTL policy deletes them at.

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bqgate.chain import DEV_KEY_FILE
 from bqgate.errors import BqgateError
 
 #: name -> (default, description). The README table is generated from this.
@@ -47,6 +48,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_BOT_TOKEN": ("", "Slack bot token (secret)."),
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
+    "BQGATE_AUDIT_KEY": ("", "Session record chain key (secret, 32+ bytes, hex); dev: read from "
+                         "the dev state folder."),
+    "BQGATE_ANCHOR_BUCKET": ("", "Cloud Storage bucket (retention policy) the session "
+                             "checkpoints are written to."),
+    "BQGATE_ANCHOR_DIR": ("", "Folder the session checkpoints are written to (dev default: "
+                          "`anchors/` in the dev state folder)."),
+    "BQGATE_ANCHOR_FLUSH_MS": ("1000", "Longest a session checkpoint waits before it is "
+                               "written to the bucket/folder (0: at once, on the request path)."),
+    "BQGATE_ANCHOR_LOG": ("1", "1 also writes each checkpoint as a structured log line "
+                          "(Cloud Logging)."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
     "BQGATE_CALL_TIMEOUT_MS": ("5000", "Deadline of each Firestore and Pub/Sub call, the client "
                                "library's retries included (an outage answers 503 after it)."),
@@ -85,6 +96,11 @@ class Settings:
     max_wait_ms: int
     call_timeout_ms: int = 5000
     job_timeout_ms: int = 480_000
+    audit_key: str = field(default="", repr=False)
+    anchor_bucket: str = ""
+    anchor_dir: Path | None = None
+    anchor_flush_ms: int = 1000
+    anchor_log: bool = True
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,16 +118,30 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         key_file = dev_dir / "hmac.key"
         if key_file.exists():
             hmac_key = key_file.read_bytes().strip()
-    def milliseconds(name: str) -> int:
+    audit_key = get("BQGATE_AUDIT_KEY")
+    anchor_dir = Path(get("BQGATE_ANCHOR_DIR")) if get("BQGATE_ANCHOR_DIR") else None
+    if dev_mode:
+        key_file = dev_dir / DEV_KEY_FILE
+        if not audit_key and key_file.exists():
+            audit_key = key_file.read_text().strip()
+        anchor_dir = anchor_dir or dev_dir / "anchors"
+
+    def integer(name: str) -> int:
         try:
             value = int(get(name))
         except ValueError as exc:
             raise BqgateError(f"{name}: not an integer: {exc}") from None
-        if value <= 0:
+        if value < 0:
+            raise BqgateError(f"{name}: must not be negative")
+        return value
+
+    def milliseconds(name: str) -> int:
+        value = integer(name)
+        if value == 0:
             raise BqgateError(f"{name}: must be a positive number of milliseconds")
         return value
 
-    max_wait_ms = milliseconds("BQGATE_MAX_WAIT_MS")
+    max_wait_ms = integer("BQGATE_MAX_WAIT_MS")
     return Settings(
         project=project,
         warehouse_project=get("BQGATE_WAREHOUSE_PROJECT") or project,
@@ -133,4 +163,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         max_wait_ms=max_wait_ms,
         call_timeout_ms=milliseconds("BQGATE_CALL_TIMEOUT_MS"),
         job_timeout_ms=milliseconds("BQGATE_JOB_TIMEOUT_MS"),
+        audit_key=audit_key,
+        anchor_bucket=get("BQGATE_ANCHOR_BUCKET"),
+        anchor_dir=anchor_dir,
+        anchor_flush_ms=integer("BQGATE_ANCHOR_FLUSH_MS"),
+        anchor_log=get("BQGATE_ANCHOR_LOG").lower() in {"1", "true", "yes"},
     )

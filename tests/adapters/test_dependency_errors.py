@@ -53,8 +53,14 @@ def fails_unavailable_in_time(call: Callable[[], Any], limit: float) -> float:
 
 
 def job(**kw: Any) -> Job:
-    fields: dict[str, Any] = {"job_id": uuid.uuid4().hex, "project": PROJECT, "location": "US",
-                              "sql": "SELECT 1", "owner": "a@example.com", "now_ms": 1}
+    fields: dict[str, Any] = {
+        "job_id": uuid.uuid4().hex,
+        "project": PROJECT,
+        "location": "US",
+        "sql": "SELECT 1",
+        "owner": "a@example.com",
+        "now_ms": 1,
+    }
     fields.update(kw)
     return Job.new(**fields)
 
@@ -75,10 +81,10 @@ def test_a_silent_firestore_fails_every_store_call_within_its_deadline(silent_po
 
 def test_a_silent_firestore_fails_a_session_append_within_its_deadline(silent_port: int) -> None:
     client = open_client(PROJECT, emulator_host=f"127.0.0.1:{silent_port}")
-    recorder = FirestoreRecorder(client, retention_seconds=60, record_rows=1,
-                                 rpc_timeout_s=DEADLINE_S)
-    fails_unavailable_in_time(lambda: recorder.record(job(), "request", {}),
-                              DEADLINE_S + SLACK_S)
+    recorder = FirestoreRecorder(
+        client, retention_seconds=60, record_rows=1, rpc_timeout_s=DEADLINE_S
+    )
+    fails_unavailable_in_time(lambda: recorder.record(job(), "request", {}), DEADLINE_S + SLACK_S)
 
 
 def test_a_silent_pubsub_fails_a_publish_within_its_deadline(
@@ -87,26 +93,38 @@ def test_a_silent_pubsub_fails_a_publish_within_its_deadline(
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{silent_port}")
     publisher = pubsub_v1.PublisherClient()
     queue = PubSubQueue(publisher, PROJECT, timeout_s=DEADLINE_S)
-    fails_unavailable_in_time(lambda: queue.publish("execute", {"job_id": "j"}),
-                              DEADLINE_S + SLACK_S)
+    fails_unavailable_in_time(
+        lambda: queue.publish("execute", {"job_id": "j"}), DEADLINE_S + SLACK_S
+    )
 
 
 def test_a_silent_bigquery_fails_within_its_deadline_as_a_transient_error(
     silent_port: int,
 ) -> None:
-    client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                             client_options=ClientOptions(
-                                 api_endpoint=f"http://127.0.0.1:{silent_port}"))
-    wh = BigQueryWarehouse(client, project=PROJECT, location="US",
-                           call_timeout_s=DEADLINE_S, call_deadline_s=DEADLINE_S)
-    fails_unavailable_in_time(lambda: wh.dry_run("SELECT 1", default_dataset=None),
-                              2 * DEADLINE_S + SLACK_S)
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=f"http://127.0.0.1:{silent_port}"),
+    )
+    wh = BigQueryWarehouse(
+        client,
+        project=PROJECT,
+        location="US",
+        call_timeout_s=DEADLINE_S,
+        call_deadline_s=DEADLINE_S,
+    )
+    fails_unavailable_in_time(
+        lambda: wh.dry_run("SELECT 1", default_dataset=None), 2 * DEADLINE_S + SLACK_S
+    )
 
 
 @pytest.fixture()
 def warehouse(stack: Stack) -> BigQueryWarehouse:
-    client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                             client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
     return BigQueryWarehouse(client, project=PROJECT, location="US")
 
 
@@ -124,8 +142,13 @@ def test_the_emulator_s_rejections_arrive_as_gateway_leaves(
     with pytest.raises(leaf) as err:
         warehouse.dry_run(sql, default_dataset=None)
     assert err.value.reason == reason and not err.value.transient
-    outcome = warehouse.run(warehouse_job_id(uuid.uuid4().hex), sql, default_dataset=None,
-                            labels={}, maximum_bytes_billed=None)
+    outcome = warehouse.run(
+        warehouse_job_id(uuid.uuid4().hex),
+        sql,
+        default_dataset=None,
+        labels={},
+        maximum_bytes_billed=None,
+    )
     assert outcome.error is not None and outcome.error["reason"] == reason
 
 
@@ -151,11 +174,14 @@ def test_a_dataset_the_policy_allows_but_bigquery_lacks_ends_the_job_not_found(
     """The acceptance's unknown dataset: allowed by policy, missing in the warehouse."""
     policy = parse_policy(GHOST_POLICY)
     store = FirestoreJobStore(firestore.Client(project=PROJECT))
-    j = job(sql="SELECT * FROM `demo-project.ghost.t`",
-            classification={"decision": "allow", "tables": ["demo-project.ghost.t"]})
+    j = job(
+        sql="SELECT * FROM `demo-project.ghost.t`",
+        classification={"decision": "allow", "tables": ["demo-project.ghost.t"]},
+    )
     store.create(j)
-    ex = Executor(store=store, warehouse=warehouse, policy=policy, hmac_key=b"k",
-                  queue=MemoryQueue())
+    ex = Executor(
+        store=store, warehouse=warehouse, policy=policy, hmac_key=b"k", queue=MemoryQueue()
+    )
     t0 = time.monotonic()
     assert ex.run(j.job_id) == "failed"
     print(f"\nunknown dataset: job failed in {time.monotonic() - t0:.2f}s")

@@ -17,7 +17,8 @@ written), and checks every answer:
 payloads are signed, so they reach the payload parser). The result::
 
     {"requests": n, "seed": seed, "elapsed_s": float,
-     "by_status": {"400": 812, ...}, "by_target": {"gateway": ..., "approvals": ...},
+     "by_status": {"400": 812, ...}, "status_5xx": 0,
+     "by_target": {"gateway": ..., "approvals": ...},
      "by_route": {"gateway jobs.query": {"200": 40, "400": 310, ...}, ...},
      "slowest": [{"seconds", "request"}, ...],  # the five slowest answers
      "failures": [{"target", "method", "path", "status", "problem", "body"}, ...]}
@@ -825,6 +826,7 @@ def run_fuzz(urls: dict[str, str], tokens: dict[str, str], n: int, seed: int) ->
         "seed": seed,
         "elapsed_s": round(time.monotonic() - t0, 2),
         "by_status": dict(sorted(by_status.items())),
+        "status_5xx": sum(c for status, c in by_status.items() if int(status) >= 500),
         "by_target": dict(sorted(by_target.items())),
         "by_route": {r: dict(sorted(c.items())) for r, c in sorted(by_route.items())},
         "slowest": [{"seconds": round(t, 3), "request": what} for t, what in slowest],

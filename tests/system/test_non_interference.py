@@ -14,6 +14,7 @@ The table is restored afterwards, row for row, in its original storage order.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
 import decimal
 import hmac
@@ -147,7 +148,13 @@ def answer(client: bigquery.Client, sql: str) -> str:
 
 
 def run_all(client: bigquery.Client, cases: list[dict[str, str]]) -> list[str]:
-    return [answer(client, case["sql"]) for case in cases]
+    """Every case's answer, in order (four at a time: the answers do not depend on it)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda case: answer(client, case["sql"]), cases))
+
+
+# A query that names no full_name (and no whole row or star) cannot see a renaming.
+MAY_SEE_NAMES = re.compile(r"full_name|\*|\bc\b|TO_JSON|FORMAT\(", re.I)
 
 
 # --------------------------------------------------------------------------- leaks
@@ -176,14 +183,17 @@ def spellings(value: str) -> set[str]:
     return {f.lower() for f in forms}
 
 
+#: Columns whose raw values are searched for in every answer. Birth dates are left to the
+#: differential: a date computed from the masked one (DATE_ADD(birth_date, INTERVAL 1 DAY))
+#: is routinely another customer's real birth date, so a search would only find coincidences.
+SEARCHED = ("full_name", "email", "phone", "ssn", "card_number")
+
+
 def forbidden_spellings(rows: list[dict[str, Any]]) -> set[str]:
     out: set[str] = set()
     for row in rows:
-        for col in SENSITIVE:
-            value = str(row[col])
-            if col == "birth_date" and value.endswith("-01-01"):
-                continue  # `year` masking of a Jan 1 date is the date itself
-            out |= spellings(value)
+        for col in SEARCHED:
+            out |= spellings(str(row[col]))
     return out
 
 
@@ -242,6 +252,9 @@ def test_answers_do_not_depend_on_hidden_values(
     original_rows: list[dict[str, Any]],
 ) -> None:
     key = (stack.state_dir / "hmac.key").read_bytes().strip()
+    # Every pass starts from a table written the same way, so storage order (which decides
+    # e.g. which row's ERROR() fires first) is the same in all of them.
+    _load(direct, original_rows)
     before = run_all(gateway_client, ATTACKS)
 
     changed = [change_hidden(r) for r in original_rows]
@@ -254,7 +267,11 @@ def test_answers_do_not_depend_on_hidden_values(
 
     renamed = [rename(r) for r in changed]
     _load(direct, renamed)
-    renamed_answers = run_all(gateway_client, ATTACKS)
+    named = [i for i, case in enumerate(ATTACKS) if MAY_SEE_NAMES.search(case["sql"])]
+    renamed_answers = list(after)
+    for i, text in zip(named, run_all(gateway_client, [ATTACKS[i] for i in named]),
+                       strict=True):
+        renamed_answers[i] = text
 
     differ = [
         (case["sql"], a, b)
@@ -281,10 +298,11 @@ def test_answers_do_not_depend_on_hidden_values(
 
     for rows, answers in ((original_rows, before), (changed, after), (renamed, renamed_answers)):
         forbidden = forbidden_spellings(rows)
+        # A value the query itself spells out (a literal) is the agent's own, not a leak.
         found = {
             case["sql"]: sorted(hits)[:5]
             for case, text in zip(ATTACKS, answers, strict=True)
-            if (hits := leaks(text, forbidden))
+            if (hits := leaks(text, forbidden) - leaks(case["sql"], forbidden))
         }
         assert not found, f"raw values came back: {dict(list(found.items())[:5])}"
     # Not vacuous: the same check finds the raw values in the table itself.

@@ -54,6 +54,9 @@ COMPARED_STATEMENT_TYPES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "M
 
 _VERB = {"DELETE": "deletes", "UPDATE": "updates", "MERGE": "changes"}
 
+#: Reference kinds whose code runs with the query (their bodies are invisible to sqlglot).
+CODE_KINDS = frozenset({"routine", "table_function", "procedure", "model"})
+
 
 def _stricter(a: str, b: str) -> str:
     order = {"allow": 0, "approve": 1, "block": 2}
@@ -520,6 +523,11 @@ class Executor:
         tables = job.classification.get("tables")
         if not isinstance(tables, list) or not tables:
             return None
+        for verdict in job.classification.get("per_statement") or []:
+            if any(r.get("kind") in CODE_KINDS for r in verdict.get("refs") or []):
+                # A routine's body may read tables the statement does not name: only the
+                # dry run (and its agreement with the classifier) can show them.
+                return None
         total = 0
         for table in tables:
             size = self.warehouse.table_size(str(table))

@@ -530,7 +530,7 @@ class _Walker:
         stack: list[_Frame],
     ) -> bool:
         this = table.this
-        shown = table.sql(dialect=DIALECT, comments=False)
+        shown = _Shown(table)
         if self.grant_on_dataset and table is self.stmt.args.get("securable"):
             # GRANT ... ON SCHEMA p.d: sqlglot reads "p.d" as db.table.
             parts = split_path([table.catalog, table.db, table.name])
@@ -599,7 +599,7 @@ class _Walker:
         self,
         kind: RefKind,
         parts: list[str],
-        shown: str,
+        shown: object,
         target: bool,
         node: exp.Expr,
         alias: str = "",
@@ -612,7 +612,7 @@ class _Walker:
             return
         self._add(kind, placed, target, node, alias=alias)
 
-    def _dataset(self, parts: list[str], shown: str, target: bool, node: exp.Expr) -> bool:
+    def _dataset(self, parts: list[str], shown: object, target: bool, node: exp.Expr) -> bool:
         if len(parts) == 1:
             self._add("dataset", (self.defaults.project, parts[0], ""), target, node)
         elif len(parts) == 2:
@@ -622,7 +622,7 @@ class _Walker:
         return False
 
     def _information_schema(
-        self, table: exp.Table, parts: list[str], upper: list[str], shown: str, target: bool
+        self, table: exp.Table, parts: list[str], upper: list[str], shown: object, target: bool
     ) -> None:
         """``[project.]dataset|region-x.INFORMATION_SCHEMA.VIEW``."""
         at = upper.index("INFORMATION_SCHEMA")
@@ -644,7 +644,7 @@ class _Walker:
             )
             return
         else:
-            self._problem(f"cannot resolve {shown.split(' AS ')[0]} (too many parts)")
+            self._problem(f"cannot resolve {str(shown).split(' AS ')[0]} (too many parts)")
             return
         level = "region" if qualifier.lower().startswith("region-") else "dataset"
         placed = (project, qualifier, "INFORMATION_SCHEMA." + view)
@@ -679,9 +679,9 @@ class _Walker:
         assert isinstance(call, exp.Func)
         qualifier = _qualifier_parts(dot.this)
         name = function_name(call)
-        shown = dot.sql(dialect=DIALECT)
+        shown = _Shown(dot)
         if qualifier is None:
-            self._problem(f"cannot resolve the function in {shown[:80]}")
+            self._problem(f"cannot resolve the function in {str(shown)[:80]}")
             stack.append((dot.this, ctes, target, ""))
             stack.append((call, ctes, target, ""))
             return False
@@ -695,7 +695,7 @@ class _Walker:
             # Walk the call itself (arguments, models) but not as an anonymous routine.
             self._push_args(call, ctes, target, stack)
             return False
-        self._placed("routine", parts, shown[:80], target, dot)
+        self._placed("routine", parts, _Shown(dot, 80), target, dot)
         self._push_args(call, ctes, target, stack)
         return False
 
@@ -749,6 +749,22 @@ class _Walker:
                     name = param.this.name.lower()
                 if name in RESOLUTION_VARIABLES:
                     self._problem(f"SET @@{name} changes how names resolve and is not allowed")
+
+
+class _Shown:
+    """A node's SQL, generated only if a problem message needs it (generation is costly)."""
+
+    __slots__ = ("limit", "node")
+
+    def __init__(self, node: exp.Expr, limit: int = 200) -> None:
+        self.node = node
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return self.node.sql(dialect=DIALECT, comments=False)[: self.limit]
+
+    def __repr__(self) -> str:
+        return repr(str(self))
 
 
 def _created_object(stmt: exp.Create) -> exp.Expr | None:

@@ -33,6 +33,8 @@ True
 
 from __future__ import annotations
 
+import functools
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,9 @@ DIALECT = "bigquery"
 
 SensitiveFor = Callable[[str], Mapping[str, str]]
 SchemaFor = Callable[[str], Sequence[Mapping[str, Any]]]
+
+#: Placeholder names for derived tables are salted per process: agent SQL cannot guess them.
+_MARK_SALT = secrets.token_hex(8)
 
 #: Prefix of the markers positional ``?`` parameters become while the statement is rewritten.
 _POS_MARK = "bqgate_pos_"
@@ -135,6 +140,7 @@ def rewrite(
         raise RewriteError(f"the statement cannot be parsed for masking: {exc}") from None
 
     masked: dict[tuple[str, str, str], None] = {}
+    splices: dict[str, str] = {}
     needs_key = False
     changed = False
     rendered: list[str] = []
@@ -163,10 +169,10 @@ def rewrite(
                 )
             if not columns:
                 continue
-            used_key = _replace(ref, columns, schema_for, masked)
+            used_key = _replace(ref, columns, schema_for, masked, splices)
             needs_key = needs_key or used_key
             touched = changed = True
-        rendered.append(stmt.sql(dialect=DIALECT) if touched else "")
+        rendered.append(_splice(stmt.sql(dialect=DIALECT), splices) if touched else "")
     if needs_key and hmac_key is None:
         raise RewriteError("an hmac-masked column is read but the gateway has no masking key")
     marked = _join_script(text, statements, rendered) if changed else text
@@ -195,26 +201,25 @@ def _replace(
     columns: Mapping[str, str],
     schema_for: SchemaFor,
     masked: dict[tuple[str, str, str], None],
+    splices: dict[str, str],
 ) -> bool:
-    """Replace ``ref``'s Table node with the masking derived table; True if it needs the key."""
+    """Replace ``ref``'s Table node with the masking derived table; True if it needs the key.
+
+    The node becomes a placeholder name; its derived-table text (cached per table schema
+    and policy) is spliced into the generated statement, so generation costs only what the
+    agent wrote.
+    """
     table = ref.node
     assert isinstance(table, exp.Table)
     fields = _schema(ref, schema_for)
     by_name = {str(f.get("name", "")).lower(): f for f in fields}
-    replacements: list[exp.Expr] = []
-    needs_key = False
+    chosen: list[tuple[str, str, str, str]] = []
     for column, strategy in sorted(columns.items()):
         fld = by_name.get(column.lower())
         if fld is None:
             continue  # the policy names a column this table does not have
-        name = str(fld["name"])
-        col = exp.column(exp.to_identifier(name, quoted=True))
-        replacements.append(
-            exp.alias_(masks.mask_expression(strategy, col, fld), name, quoted=True)
-        )
-        masked[(ref.fqn, name.lower(), strategy)] = None
-        needs_key = needs_key or masks.uses_key(strategy, fld)
-    if not replacements:
+        chosen.append((str(fld["name"]), strategy, masks.field_type(fld), str(fld.get("mode", ""))))
+    if not chosen:
         return False
     unexpected = [
         k for k, v in table.args.items() if v and k not in (*_NAME_ARGS, *_INNER_ARGS, *_OUTER_ARGS)
@@ -224,6 +229,9 @@ def _replace(
             f"{ref.fqn} is read with {', '.join(unexpected)}, which the masking rewrite "
             "does not support"
         )
+    projection, needs_key = _projection(tuple(chosen), ref.kind == "wildcard")
+    for name, strategy, _, _ in chosen:
+        masked[(ref.fqn, name.lower(), strategy)] = None
     base = exp.Table(
         this=table.this.copy() if table.this else None,
         db=table.args["db"].copy() if table.args.get("db") else None,
@@ -232,22 +240,42 @@ def _replace(
     for key in _INNER_ARGS:
         if table.args.get(key):
             base.set(key, table.args[key].copy())
-    star = exp.Star(replace=replacements)
-    projections: list[exp.Expr] = [star]
-    if ref.kind == "wildcard":
-        projections.append(exp.alias_(exp.column("_TABLE_SUFFIX"), "_TABLE_SUFFIX"))
-    select = exp.select(*projections).from_(base)
-    derived = exp.Subquery(this=select)
+    marker = f"__bqgate_masked_{_MARK_SALT}_{len(splices)}__"
+    splices[marker] = f"(SELECT {projection} FROM {base.sql(dialect=DIALECT)})"
+    placeholder = exp.Table(this=exp.to_identifier(marker))
     if table.args.get("alias") is not None:
-        derived.set("alias", table.args["alias"].copy())
+        placeholder.set("alias", table.args["alias"].copy())
     elif ref.kind == "table":
         # Keep the implicit alias (the table's name), so `customers.ssn` still resolves.
-        derived.set("alias", exp.TableAlias(this=exp.to_identifier(ref.alias)))
+        placeholder.set("alias", exp.TableAlias(this=exp.to_identifier(ref.alias)))
     for key in _OUTER_ARGS:
         if table.args.get(key):
-            derived.set(key, [x.copy() for x in table.args[key]])
-    table.replace(derived)
+            placeholder.set(key, [x.copy() for x in table.args[key]])
+    table.replace(placeholder)
     return needs_key
+
+
+@functools.lru_cache(maxsize=1024)
+def _projection(chosen: tuple[tuple[str, str, str, str], ...], wildcard: bool) -> tuple[str, bool]:
+    """``* REPLACE (<mask> AS col, ...)`` for the chosen (name, strategy, type, mode)."""
+    parts = []
+    needs_key = False
+    for name, strategy, typ, mode in chosen:
+        fld = {"name": name, "type": typ, "mode": mode}
+        ident = exp.to_identifier(name, quoted=True)
+        text = masks.mask_sql(strategy, exp.column(ident), fld)
+        parts.append(f"{text} AS {ident.sql(dialect=DIALECT)}")
+        needs_key = needs_key or masks.uses_key(strategy, fld)
+    projection = "* REPLACE (" + ", ".join(parts) + ")"
+    if wildcard:
+        projection += ", _TABLE_SUFFIX AS _TABLE_SUFFIX"
+    return projection, needs_key
+
+
+def _splice(text: str, splices: Mapping[str, str]) -> str:
+    for marker, derived in splices.items():
+        text = text.replace(marker, derived)
+    return text
 
 
 def _schema(ref: Ref, schema_for: SchemaFor) -> list[Mapping[str, Any]]:

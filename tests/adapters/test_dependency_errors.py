@@ -15,6 +15,7 @@ from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
 from bqgate.adapters.firestore_audit import FirestoreRecorder, open_client
 from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.adapters.pubsub_queue import PubSubQueue
+from bqgate.chain import ChainKey
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.errors import InvalidQuery, NotFound, Unavailable
 from bqgate.jobs import DONE, Job, warehouse_job_id
@@ -82,7 +83,11 @@ def test_a_silent_firestore_fails_every_store_call_within_its_deadline(silent_po
 def test_a_silent_firestore_fails_a_session_append_within_its_deadline(silent_port: int) -> None:
     client = open_client(PROJECT, emulator_host=f"127.0.0.1:{silent_port}")
     recorder = FirestoreRecorder(
-        client, retention_seconds=60, record_rows=1, rpc_timeout_s=DEADLINE_S
+        client,
+        retention_seconds=60,
+        record_rows=1,
+        rpc_timeout_s=DEADLINE_S,
+        key=ChainKey(b"k" * 32),
     )
     fails_unavailable_in_time(lambda: recorder.record(job(), "request", {}), DEADLINE_S + SLACK_S)
 

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from bqgate import audit
 from bqgate.adapters.firestore_audit import FirestoreRecorder
+from bqgate.chain import Keyring, load_or_create_dev_key
 from bqgate.dev.stack import PROJECT, Stack
+from bqgate.verification import verify_chain
 from conftest import AGENT, mint_token_for
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery, firestore
@@ -176,11 +177,13 @@ def test_with_firestore_paused_requests_answer_503_within_seconds_and_nothing_is
     recorder = FirestoreRecorder(
         firestore.Client(project=PROJECT), retention_seconds=3600, record_rows=10
     )
-    events = recorder.events(sid)
+    # The stored session id derives from the principal and the label.
+    (head,) = [h for h in recorder.by_label(sid) if h.principals == (AGENT,)]
+    events = recorder.events(head.session_id)
     assert [e.kind for e in events].count("result") == 2
-    assert (
-        audit.verify_chain(events, head=recorder.head(sid), now_ms=int(time.time() * 1000)) is None
-    )
+    keys = Keyring([load_or_create_dev_key(stack.state_dir)])
+    now_ms = int(time.time() * 1000)
+    assert verify_chain(events, keys=keys, head=head, now_ms=now_ms) is None
 
 
 # --- limits on requests: JSON, never HTML ------------------------------------------------

@@ -1,4 +1,5 @@
-"""Approvals: Slack's interactivity endpoint and the approver API (HTTP). Thin.
+"""Approvals: Slack's interactivity endpoint, the approver API (HTTP) and the approver
+console (``/console``, HTML pages). Thin.
 
 ``POST /slack/interactions`` (Slack-signed), ``GET /v1/approvals``,
 ``POST /v1/approvals/{job_id}:approve`` and ``:deny`` (OIDC bearer token).
@@ -9,12 +10,15 @@ from __future__ import annotations
 import flask
 import functions_framework
 from bqgate.adapters import http_edge, wiring
+from bqgate.console import is_console_path
 
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
 
 @functions_framework.http
-def approvals(request: flask.Request) -> flask.Response:
+def approvals(request: flask.Request) -> flask.typing.ResponseReturnValue:
+    if is_console_path(request.path):
+        return wiring.console_app().respond(request)
     return http_edge.serve(
         request,
         lambda method, path, params, headers, body: wiring.approvals_app().handle(

@@ -218,6 +218,7 @@ _KEPT_REASONS: dict[str, int] = {
     "billingNotEnabled": 403,
     "billingTierLimitExceeded": 400,
     "blocked": 403,
+    "bytesBilledLimitExceeded": 400,
     "policyViolation": 403,
     "resourceInUse": 400,
     "resourcesExceeded": 400,

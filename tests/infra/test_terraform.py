@@ -32,6 +32,10 @@ ALLOWED_ENV = {
     "BQGATE_APPROVALS_TOPIC",
     "BQGATE_AUDIT_KEY",
     "BQGATE_CALL_TIMEOUT_MS",
+    "BQGATE_CONSOLE_CLIENT_ID",
+    "BQGATE_CONSOLE_CLIENT_SECRET",
+    "BQGATE_CONSOLE_ISSUER",
+    "BQGATE_CONSOLE_SESSION_KEY",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_EXECUTOR_URL",
     "BQGATE_FIRESTORE_DATABASE",
@@ -60,8 +64,14 @@ COMMON_ENV = {
 # Every function appends to the session record, so every one holds the chain key.
 EXPECTED_ENV = {
     "approvals": (
-        set(),
-        {"BQGATE_AUDIT_KEY", "BQGATE_SLACK_BOT_TOKEN", "BQGATE_SLACK_SIGNING_SECRET"},
+        {"BQGATE_CONSOLE_CLIENT_ID", "BQGATE_CONSOLE_ISSUER"},
+        {
+            "BQGATE_AUDIT_KEY",
+            "BQGATE_CONSOLE_CLIENT_SECRET",
+            "BQGATE_CONSOLE_SESSION_KEY",
+            "BQGATE_SLACK_BOT_TOKEN",
+            "BQGATE_SLACK_SIGNING_SECRET",
+        },
     ),
     "executor": ({"BQGATE_JOB_TIMEOUT_MS"}, {"BQGATE_AUDIT_KEY", "BQGATE_HMAC_KEY"}),
     "ingress": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
@@ -480,14 +490,24 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
         '"sessions"',
     }
     indexes = {
-        literal(i.body["collection"]): [
-            (literal(f["field_path"]), literal(f["order"])) for f in i.body["fields"]
-        ]
+        (
+            literal(i.body["collection"]),
+            tuple(
+                (literal(f["field_path"]), literal(f.get("order") or f.get("array_config")))
+                for f in i.body["fields"]
+            ),
+        )
         for i in cfg.resources("google_firestore_index")
     }
+    decided = ("approval.decided_at_ms", "DESCENDING")
     assert indexes == {
-        "jobs": [("owner", "ASCENDING"), ("created_at", "DESCENDING")],
-        "sessions": [("principal", "ASCENDING"), ("started_at", "DESCENDING")],
+        ("jobs", (("owner", "ASCENDING"), ("created_ms", "DESCENDING"))),  # jobs.list
+        ("sessions", (("principal", "ASCENDING"), ("started_at", "DESCENDING"))),
+        # The console's history (FirestoreJobStore.decided).
+        ("jobs", (("owner", "ASCENDING"), decided)),
+        ("jobs", (("approval.status", "ASCENDING"), decided)),
+        ("jobs", (("classification.tables", "CONTAINS"), decided)),
+        ("jobs", (("approval.deciders", "CONTAINS"), decided)),
     }
 
 

@@ -199,7 +199,7 @@ def test_a_good_parameter_is_stored_as_known_keys_only() -> None:
     ]
 
 
-@pytest.mark.parametrize("job_id", [".", "..", "__x__", "__name__", "a.b", "a%2Fb", "x" * 1025])
+@pytest.mark.parametrize("job_id", [".", "..", "__x__", "__name__", "a.b", "x" * 1025])
 @pytest.mark.parametrize("what", ["jobs", "queries", "cancel"])
 def test_job_ids_firestore_or_bigquery_reject_are_invalid_on_every_route(
     job_id: str, what: str

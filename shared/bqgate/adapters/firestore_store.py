@@ -18,16 +18,22 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate.adapters.google_errors import outage_as_unavailable, retry
 from bqgate.errors import Duplicate, NotFound, Unavailable
 from bqgate.jobs import Job
+from bqgate.ports import DecisionQuery
 from bqgate.wire.bigquery import is_job_id
 
 JOBS = "jobs"
 PAGES = "pages"
+#: The job field a decided approval request is ordered by (see firestore.tf's indexes).
+DECIDED_AT = "approval.decided_at_ms"
 #: Seconds per Firestore call (with the library's retries of a refused connection).
 CALL_TIMEOUT_S = 5.0
+#: Seconds a console query over decided requests may take (not on an agent's request path).
+HISTORY_TIMEOUT_S = 30.0
 #: Longest a transition keeps retrying when other writers keep changing the job.
 CONTENTION_DEADLINE_S = 10.0
 #: What a lost compare-and-set looks like.
@@ -116,6 +122,20 @@ class FirestoreJobStore:
             doc.update(fields)
             return Job.from_doc(doc)
 
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]:
+        """The owner's jobs, newest first (index ``jobs_by_owner`` in firestore.tf)."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self.jobs.where(filter=FieldFilter("owner", "==", owner))
+        if created_before_ms is not None:
+            query = query.where(filter=FieldFilter("created_ms", "<", created_before_ms))
+        query = query.order_by("created_ms", direction=firestore.Query.DESCENDING).limit(limit)
+        with outage_as_unavailable("Firestore"):
+            snaps = list(query.stream(retry=self.retry, timeout=self.timeout))
+        return [Job.from_doc(snap.to_dict() or {}) for snap in snaps]
+
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         with outage_as_unavailable("Firestore"):
             self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
@@ -140,3 +160,45 @@ class FirestoreJobStore:
                 raise NotFound(f"Not found: result page {i} of job {job_id}")
             out.append((int(doc["start"]), str(doc["rows"])))
         return out
+
+    def decided(self, query: DecisionQuery) -> list[Job]:
+        """Decided approval requests, latest decision first (``DecisionHistory``).
+
+        Every filter runs in Firestore beside the range on the decision time (served by
+        the composite indexes in firestore.tf). A principal is matched as requester and
+        as decider by two queries, merged here; Firestore allows one ``array_contains``
+        per query, so the decider query checks the table here.
+        """
+        Filter = tuple[str, str, Any]
+
+        def run(filters: list[Filter]) -> list[Job]:
+            q: Any = self.jobs.where(filter=FieldFilter(DECIDED_AT, ">=", query.since_ms or 0))
+            if query.before_ms is not None:
+                q = q.where(filter=FieldFilter(DECIDED_AT, "<", query.before_ms))
+            if query.status:
+                q = q.where(filter=FieldFilter("approval.status", "==", query.status))
+            for path, op, value in filters:
+                q = q.where(filter=FieldFilter(path, op, value))
+            q = q.order_by(DECIDED_AT, direction=firestore.Query.DESCENDING).limit(query.limit)
+            with outage_as_unavailable("Firestore"):
+                snaps = list(q.stream(retry=retry(HISTORY_TIMEOUT_S), timeout=HISTORY_TIMEOUT_S))
+            return [Job.from_doc(snap.to_dict() or {}) for snap in snaps]
+
+        table: list[Filter] = (
+            [("classification.tables", "array_contains", query.table)] if query.table else []
+        )
+        if query.principal:
+            jobs = run([("owner", "==", query.principal), *table])
+            jobs += run([("approval.deciders", "array_contains", query.principal)])
+        else:
+            jobs = run(table)
+        found = {
+            j.job_id: j
+            for j in jobs
+            if not query.table or query.table in (j.classification or {}).get("tables", [])
+        }
+        ordered = sorted(
+            found.values(),
+            key=lambda j: (-int((j.approval or {}).get("decided_at_ms") or 0), j.job_id),
+        )
+        return ordered[: query.limit]

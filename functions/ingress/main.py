@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate.adapters import wiring
-from bqgate.wire.bigquery import dumps
+from bqgate.adapters import http_edge, wiring
+
+http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
 
 @functions_framework.http
 def ingress(request: flask.Request) -> flask.Response:
-    resp = wiring.ingress_app().handle(
-        request.method,
-        request.path,
-        request.args.to_dict(),
-        request.headers,
-        request.get_data(cache=False),
-    )
-    return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")
+    return http_edge.serve(request, lambda *args: wiring.ingress_app().handle(*args))

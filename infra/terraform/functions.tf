@@ -147,11 +147,13 @@ resource "google_cloudfunctions2_function" "executor" {
   service_config {
     service_account_email          = google_service_account.function["executor"].email
     available_memory               = "1Gi"
-    timeout_seconds                = 540
+    timeout_seconds                = local.executor_timeout_seconds
     max_instance_count             = var.max_instance_count
     ingress_settings               = "ALLOW_ALL"
     all_traffic_on_latest_revision = true
-    environment_variables          = local.common_env
+    environment_variables = merge(local.common_env, {
+      BQGATE_JOB_TIMEOUT_MS = tostring(local.executor_job_timeout_ms)
+    })
 
     secret_environment_variables {
       key        = "BQGATE_AUDIT_KEY"

@@ -29,6 +29,7 @@ locals {
   common_env = {
     BQGATE_ANCHOR_BUCKET      = google_storage_bucket.audit_anchors.name
     BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.approvals.name
+    BQGATE_CALL_TIMEOUT_MS    = tostring(var.call_timeout_ms)
     BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.execute.name
     BQGATE_FIRESTORE_DATABASE = google_firestore_database.gateway.name
     BQGATE_LOCATION           = var.bigquery_location
@@ -36,6 +37,12 @@ locals {
     BQGATE_PROJECT            = var.project_id
     BQGATE_WAREHOUSE_PROJECT  = local.warehouse_project_id
   }
+
+  # The executor's timeout (under the execute subscription's 600 s ack deadline), and
+  # the longest it waits for one BigQuery job before cancelling it: a minute less, so a
+  # slow job still ends with an error instead of a killed function and a redelivery.
+  executor_timeout_seconds = 540
+  executor_job_timeout_ms  = (local.executor_timeout_seconds - 60) * 1000
 
   # The log lines that carry session checkpoints (bqgate.adapters.anchor_sinks.LogSink).
   audit_anchor_log_filter = "jsonPayload.bqgate_anchor:*"

@@ -36,6 +36,16 @@ variable "bigquery_location" {
   }
 }
 
+variable "call_timeout_ms" {
+  description = "Deadline of each Firestore and Pub/Sub call in the functions, retries included (BQGATE_CALL_TIMEOUT_MS): an outage answers 503 after it."
+  type        = number
+  default     = 5000
+  validation {
+    condition     = var.call_timeout_ms >= 500 && var.call_timeout_ms <= 30000 && floor(var.call_timeout_ms) == var.call_timeout_ms
+    error_message = "call_timeout_ms must be a whole number of milliseconds between 500 and 30000 (well under the functions' timeouts)."
+  }
+}
+
 variable "console_oidc_client_id" {
   description = "OAuth client id the approver console signs approvers in with (BQGATE_CONSOLE_CLIENT_ID), e.g. a Google \"Web application\" client. It must also be one of that issuer's audiences in the policy. Empty leaves the console off."
   type        = string

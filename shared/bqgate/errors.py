@@ -3,7 +3,13 @@
 Every error the gateway can answer with is a :class:`BqgateError` leaf that knows
 its HTTP status and its BigQuery error ``reason``. None of them uses a reason the
 BigQuery client retries (``backendError``, ``rateLimitExceeded``,
-``internalError``): a denial must end the call, not start a retry loop.
+``internalError``): a denial must end the call, not start a retry loop. The one
+exception is deliberate: a dependency outage (:class:`Unavailable`) on a request that
+is idempotent by job id or requestId is answered as ``backendError`` by the HTTP
+layer, so the client's own retry resumes it (see :func:`unavailable_reason`).
+
+What BigQuery says about a statement reaches the agent only through
+:func:`from_warehouse`, which clamps it to a leaf that a finished job may carry.
 
 >>> err = AccessDenied("DROP is blocked by policy")
 >>> err.http_status, err.reason, err.status
@@ -16,15 +22,18 @@ from __future__ import annotations
 
 from typing import Any
 
-# Reasons the google-cloud-bigquery client treats as retryable. Never used for a denial.
+#: Reasons a BigQuery client retries: the Python client's ``_RETRYABLE_REASONS`` (HTTP
+#: calls) and ``job_retry_reasons`` (whole jobs), which the Java and Go clients share.
+#: Never used for a denial, and never carried by a finished job.
 RETRYABLE_REASONS = frozenset(
     {
         "backendError",
-        "rateLimitExceeded",
+        "badGateway",
         "internalError",
-        "jobRateLimitExceeded",
+        "rateLimitExceeded",
         "jobBackendError",
         "jobInternalError",
+        "jobRateLimitExceeded",
     }
 )
 
@@ -35,6 +44,8 @@ class BqgateError(Exception):
     http_status: int = 400
     reason: str = "invalid"
     status: str = "INVALID_ARGUMENT"
+    #: True when the same request may succeed later (a dependency failed, not the request).
+    transient: bool = False
 
     def __init__(self, message: str, *, location: str | None = None) -> None:
         super().__init__(message)
@@ -113,22 +124,67 @@ class QuotaExceeded(BqgateError):
 
 
 class NotImplementedApi(BqgateError):
-    """An API method the gateway deliberately does not offer."""
+    """An API method the gateway deliberately does not offer. A client error (400, not
+    BigQuery's 501): a request is never answered with a 5xx for what the client sent."""
 
-    http_status = 501
+    http_status = 400
     reason = "notImplemented"
     status = "UNIMPLEMENTED"
 
 
 class Unavailable(BqgateError):
-    """A dependency of the gateway (JWKS, Firestore) failed; the request fails closed.
+    """A dependency of the gateway (JWKS, Firestore, Pub/Sub, BigQuery's API) failed or did
+    not answer in time; the request fails closed, within seconds.
 
-    Uses ``accessDenied`` semantics for the reason so clients do not spin on retries.
+    Its own reason is not one a client retries; :func:`unavailable_reason` says when the
+    HTTP answer may invite a retry. Never stored on a job: a job that keeps failing this
+    way ends with :class:`JobFailed`.
     """
 
     http_status = 503
     reason = "unavailable"
     status = "UNAVAILABLE"
+    transient = True
+
+
+class TooLarge(BqgateError):
+    """The request (body, URL or headers) is over the gateway's limits."""
+
+    http_status = 413
+    reason = "invalid"
+    status = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, http_status: int = 413) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class Stopped(BqgateError):
+    """The job was cancelled (by its owner, or in BigQuery)."""
+
+    http_status = 400
+    reason = "stopped"
+    status = "CANCELLED"
+
+
+class JobFailed(BqgateError):
+    """A job ended by a failure that retrying the same job cannot fix: BigQuery's transient
+    errors once a job has finished with them, an outage that outlasted the executor's
+    bounded retries, or an unexpected error (the message names an incident, never data)."""
+
+    http_status = 400
+    reason = "jobFailed"
+    status = "ABORTED"
+
+
+class WarehouseError(BqgateError):
+    """Any other BigQuery reason (resourcesExceeded, responseTooLarge, billingTierLimitExceeded,
+    ...): the reason is kept, the status is a client error."""
+
+    def __init__(self, message: str, *, reason: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.http_status = http_status
 
 
 class PolicyError(BqgateError):
@@ -142,3 +198,119 @@ class PolicyError(BqgateError):
         self.problems = list(problems)
         self.source = source
         super().__init__("; ".join(f"{source}: {p}" for p in self.problems))
+
+
+#: The leaf a stored job error with this reason is raised as (a finished job's reasons).
+JOB_ERRORS: dict[str, type[BqgateError]] = {
+    "accessDenied": AccessDenied,
+    "duplicate": Duplicate,
+    "invalid": InvalidRequest,
+    "invalidQuery": InvalidQuery,
+    "jobFailed": JobFailed,
+    "notFound": NotFound,
+    "quotaExceeded": QuotaExceeded,
+    "stopped": Stopped,
+}
+
+#: Other BigQuery reasons a finished job keeps as they are, with the HTTP status BigQuery's
+#: own clients map them to (all client errors: none is retried).
+_KEPT_REASONS: dict[str, int] = {
+    "billingNotEnabled": 403,
+    "billingTierLimitExceeded": 400,
+    "blocked": 403,
+    "bytesBilledLimitExceeded": 400,
+    "policyViolation": 403,
+    "resourceInUse": 400,
+    "resourcesExceeded": 400,
+    "responseTooLarge": 403,
+    "tableUnavailable": 400,
+    "timeout": 400,
+}
+
+#: Rate limits end a finished job as a quota problem: the agent may submit it again later.
+_RATE_LIMITS = frozenset({"rateLimitExceeded", "jobRateLimitExceeded"})
+
+
+def from_warehouse(
+    reason: str | None, message: str | None, http_status: int | None = None
+) -> BqgateError:
+    """The gateway error for what BigQuery said (a failed API call, or a job's errorResult).
+
+    The one place a warehouse error is translated: the result always suits a *finished*
+    job (a client error whose reason no client retries). ``transient`` is set when the
+    API call itself failed in a way a later identical call may not (``http_status`` 5xx or
+    a retryable reason on a call): the executor retries those a bounded number of times
+    under the same derived BigQuery job id. A job BigQuery *finished* with a retryable
+    reason (``http_status`` None) is not transient: its id is spent.
+
+    >>> err = from_warehouse("notFound", "Not found: Table p:d.t", 404)
+    >>> type(err).__name__, err.http_status, err.transient
+    ('NotFound', 404, False)
+    >>> err = from_warehouse("rateLimitExceeded", "Exceeded rate limits")
+    >>> err.reason, err.http_status, err.transient
+    ('quotaExceeded', 403, False)
+    >>> err = from_warehouse("backendError", "Backend error", 503)
+    >>> err.reason, err.http_status, err.transient
+    ('jobFailed', 400, True)
+    >>> from_warehouse("stopped", "Job cancelled").reason
+    'stopped'
+    """
+    reason = reason or ""
+    text = message or "BigQuery failed the query"
+    transient = http_status is not None and (
+        http_status >= 500 or http_status == 429 or reason in RETRYABLE_REASONS
+    )
+    err: BqgateError
+    if reason in _RATE_LIMITS:
+        err = QuotaExceeded(f"BigQuery rate limit: {text}")
+    elif reason in RETRYABLE_REASONS or (reason not in JOB_ERRORS and reason not in _KEPT_REASONS):
+        err = JobFailed(f"BigQuery failed the job: {text}")
+    elif reason in JOB_ERRORS:
+        err = JOB_ERRORS[reason](text)
+    else:
+        err = WarehouseError(text, reason=reason, http_status=_KEPT_REASONS[reason])
+    err.transient = transient
+    return err
+
+
+def for_job(reason: str | None, message: str | None) -> BqgateError:
+    """The error a finished job with this stored ``errorResult`` raises when read.
+
+    Reasons the gateway wrote itself come back as their leaf; anything else (an error
+    stored before reasons were clamped) is clamped as :func:`from_warehouse` would.
+
+    >>> for_job("accessDenied", "Blocked by bqgate policy").http_status
+    403
+    >>> err = for_job("backendError", "old")
+    >>> err.reason, err.http_status
+    ('jobFailed', 400)
+    """
+    cls = JOB_ERRORS.get(reason or "")
+    if cls is not None:
+        return cls(message or "the job failed")
+    return from_warehouse(reason, message)
+
+
+def finished(err: BqgateError) -> BqgateError:
+    """``err`` as a finished job may carry it: a client error with a reason no client
+    retries (a 5xx or retryable leaf becomes :class:`JobFailed` with its message).
+
+    >>> finished(Unavailable("Firestore did not answer")).reason
+    'jobFailed'
+    >>> finished(NotFound("Not found: Table p:d.t")).reason
+    'notFound'
+    """
+    if err.http_status < 500 and err.reason not in RETRYABLE_REASONS:
+        return err
+    return JobFailed(err.message)
+
+
+def unavailable_reason(idempotent: bool) -> str:
+    """The reason an HTTP 503 answers with: ``backendError`` (clients retry it) only when
+    the request is idempotent (by job id or requestId), so the retry cannot start a second
+    job; else ``unavailable``, which no client retries.
+
+    >>> unavailable_reason(True), unavailable_reason(False)
+    ('backendError', 'unavailable')
+    """
+    return "backendError" if idempotent else "unavailable"

@@ -89,6 +89,8 @@ class Job:
     blast_radius: list[dict[str, Any]] = field(default_factory=list)
     detector_hits: dict[str, int] = field(default_factory=dict)
     executions: int = 0
+    #: Deliveries that failed on a dependency outage (the executor gives up after a few).
+    transient_failures: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     # Approval state (see bqgate.approvals). ``needs_approval`` is set by the classifier's
     # ``approve`` decision or by the executor's cost guard; ``approval`` is the decision record.

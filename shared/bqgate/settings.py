@@ -70,6 +70,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
     "BQGATE_MCP_WAIT_MS": ("30000", "Longest an MCP execute_sql call waits for its job (an "
                            "approval) before it answers with the pending request."),
+    "BQGATE_CALL_TIMEOUT_MS": ("5000", "Deadline of each Firestore and Pub/Sub call, the client "
+                               "library's retries included (an outage answers 503 after it)."),
+    "BQGATE_JOB_TIMEOUT_MS": ("480000", "Longest the executor waits for one BigQuery job before "
+                              "cancelling it; keep it under the executor function's timeout."),
     "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
@@ -121,6 +125,8 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
+    call_timeout_ms: int = 5000
+    job_timeout_ms: int = 480_000
     audit_key: str = field(default="", repr=False)
     anchor_bucket: str = ""
     anchor_dir: Path | None = None
@@ -174,6 +180,12 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             raise BqgateError(f"{name}: must not be negative")
         return value
 
+    def milliseconds(name: str) -> int:
+        value = integer(name)
+        if value == 0:
+            raise BqgateError(f"{name}: must be a positive number of milliseconds")
+        return value
+
     max_wait_ms = integer("BQGATE_MAX_WAIT_MS")
     return Settings(
         project=project,
@@ -195,6 +207,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
         hmac_key=hmac_key,
         max_wait_ms=max_wait_ms,
+        call_timeout_ms=milliseconds("BQGATE_CALL_TIMEOUT_MS"),
+        job_timeout_ms=milliseconds("BQGATE_JOB_TIMEOUT_MS"),
         audit_key=audit_key,
         anchor_bucket=get("BQGATE_ANCHOR_BUCKET"),
         anchor_dir=anchor_dir,

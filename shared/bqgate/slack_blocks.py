@@ -365,9 +365,11 @@ def verify_signature(secret: str, timestamp: str | None, signature: str | None, 
     if not timestamp or not signature:
         raise Unauthenticated("missing Slack signature headers")
     try:
-        ts = int(timestamp)
+        ts = int(timestamp) if len(timestamp) <= 20 else None
     except ValueError:
-        raise Unauthenticated("bad Slack request timestamp") from None
+        ts = None
+    if ts is None:
+        raise Unauthenticated("bad Slack request timestamp")
     if abs(now - ts) > max_age_s:
         raise Unauthenticated(
             f"stale Slack request: timestamp is {abs(int(now) - ts)}s away from now")

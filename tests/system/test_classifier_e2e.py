@@ -162,9 +162,15 @@ def test_routines_models_and_connections_are_judged_by_name(
 
 
 def test_statements_over_the_limits_get_a_400(gateway_client: bigquery.Client) -> None:
+    # The gateway's own SQL limit (its job documents hold the statement) comes first; a
+    # body over its request limit is a 413, never parsed.
+    long = "SELECT 1 AS x -- " + "y" * (300 * 1024)
+    with pytest.raises(gexc.BadRequest, match=r"limit is 262,144 bytes"):
+        gateway_client.query(long).result(timeout=30)
     huge = "SELECT 1 AS x -- " + "y" * (2 * 1024 * 1024)
-    with pytest.raises(gexc.BadRequest, match=r"limit is 1,048,576 bytes"):
+    with pytest.raises(gexc.GoogleAPICallError, match=r"limit of 2097152 bytes") as err:
         gateway_client.query(huge).result(timeout=30)
+    assert err.value.code == 413
     deep = "SELECT " + "(" * 1000 + "1" + ")" * 1000
     with pytest.raises(gexc.BadRequest, match="nests brackets 1000 deep"):
         gateway_client.query(deep).result(timeout=30)

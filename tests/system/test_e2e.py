@@ -125,7 +125,7 @@ def test_bad_requests_get_bigquery_shaped_errors(stack: Stack) -> None:
     _assert_bq_error(_raw(stack, "GET", "/no/such/path", token), 404, "notFound", "Not found")
     _assert_bq_error(
         _raw(stack, "GET", "/bigquery/v2/projects/demo-project/models", token),
-        501,
+        400,
         "notImplemented",
         "is not offered by the bqgate gateway",
     )

@@ -3,33 +3,41 @@
 Rows are read with ``jobs.getQueryResults`` in BigQuery's own REST shape (through the
 client's authenticated connection) and turned into compact rows, so values reach the
 masking layer exactly as BigQuery wrote them, with int64 timestamps.
+
+Every API call has a deadline (``call_timeout_s`` per attempt, ``call_deadline_s`` with the
+library's retries) and a job is waited for at most ``job_timeout_s`` (then cancelled), so
+the executor always answers well within its function's timeout. Every error BigQuery
+returns goes through :func:`bqgate.errors.from_warehouse` (``google_errors``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
+from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from bqgate.errors import RETRYABLE_REASONS, BqgateError, InvalidQuery, NotFound
+from bqgate.adapters.google_errors import bigquery_calls, warehouse_error
+from bqgate.errors import BqgateError, from_warehouse
 from bqgate.ports import DryRun, QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
 #: How long table metadata (schema, size) is reused before it is read again.
 TABLE_TTL_S = 60.0
+#: Seconds per BigQuery API call attempt, and for one call with the client's retries.
+CALL_TIMEOUT_S = 30.0
+CALL_DEADLINE_S = 60.0
+#: Longest wait for one BigQuery job (under the executor function's 540 s timeout).
+JOB_TIMEOUT_S = 480.0
 
 
 def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
-    errors = getattr(exc, "errors", None) or []
-    reason = (
-        errors[0].get("reason") if errors and isinstance(errors[0], dict) else None
-    ) or "invalidQuery"
-    message = getattr(exc, "message", None) or str(exc)
-    return {"reason": reason, "message": message}
+    return warehouse_error(exc).to_error_proto()
 
 
 class BigQueryWarehouse:
@@ -39,23 +47,31 @@ class BigQueryWarehouse:
         *,
         project: str,
         location: str,
-        job_timeout_s: float = 3600.0,
+        job_timeout_s: float = JOB_TIMEOUT_S,
         first_page_rows: int = 5_000,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        call_deadline_s: float = CALL_DEADLINE_S,
     ) -> None:
         self.client = client
         self.project = project
         self.location = location
         self.job_timeout_s = job_timeout_s
         self.first_page_rows = first_page_rows
+        self.call_timeout_s = call_timeout_s
+        self.retry = DEFAULT_RETRY.with_deadline(call_deadline_s)
         # The wait call's answer carries the first page of rows: ``pages`` starts from it
         # instead of asking BigQuery for the same rows again.
         self._first_pages: dict[str, dict[str, Any]] = {}
         self._tables: dict[str, tuple[float, bigquery.Table]] = {}
 
-    def _api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        # The client's own authenticated connection (same credentials, endpoint, retries).
-        result: dict[str, Any] = self.client._connection.api_request(
-            method=method, path=path, **kwargs
+    def _api(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        # The client's own authenticated connection (same credentials, endpoint), with the
+        # bounded retry and a deadline per attempt.
+        call = self.retry(self.client._connection.api_request)
+        result: dict[str, Any] = call(
+            method=method, path=path, timeout=timeout or self.call_timeout_s, **kwargs
         )
         return result
 
@@ -109,12 +125,15 @@ class BigQueryWarehouse:
         query_parameters: Sequence[Mapping[str, Any]] = (),
     ) -> DryRun:
         config = self._query_config(sql, default_dataset, query_parameters, None, {}, dry_run=True)
-        try:
-            job = self.client.query(sql, job_config=config, location=self.location)
-        except gexc.BadRequest as exc:
-            raise InvalidQuery(_error_of(exc)["message"]) from None
-        except gexc.NotFound as exc:
-            raise NotFound(_error_of(exc)["message"]) from None
+        with bigquery_calls():
+            job = self.client.query(
+                sql,
+                job_config=config,
+                location=self.location,
+                retry=self.retry,
+                timeout=self.call_timeout_s,
+                job_retry=None,
+            )
         stats = (job._properties.get("statistics") or {}).get("query") or {}
         refs = stats.get("referencedTables")
         tables = (
@@ -153,55 +172,40 @@ class BigQueryWarehouse:
             labels,
             priority=priority,
         )
-        try:
-            job = self.client.query(
-                sql, job_config=config, job_id=job_id, location=self.location, job_retry=None
-            )
-        except gexc.Conflict:
-            # Redelivery or retry: the statement already runs (or ran) under this id.
-            found = self.client.get_job(job_id, location=self.location)
-            if not isinstance(found, bigquery.QueryJob):
-                raise BqgateError(f"job {job_id} exists and is not a query job") from None
-            job = found
-        except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
-            return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
-        deadline = time.monotonic() + self.job_timeout_s
-        path = f"/projects/{job.project}/queries/{job.job_id}"
-        while True:
+        with bigquery_calls():
             try:
-                resp = self._api(
-                    "GET",
-                    path,
-                    query_params={
-                        "maxResults": self.first_page_rows,
-                        "timeoutMs": WAIT_SLICE_MS,
-                        "location": self.location,
-                        "formatOptions.useInt64Timestamp": True,
-                    },
+                job = self.client.query(
+                    sql,
+                    job_config=config,
+                    job_id=job_id,
+                    location=self.location,
+                    job_retry=None,
+                    retry=self.retry,
+                    timeout=self.call_timeout_s,
                 )
+            except gexc.Conflict:
+                # Redelivery or retry: the statement already runs (or ran) under this id.
+                found = self.client.get_job(
+                    job_id, location=self.location, retry=self.retry, timeout=self.call_timeout_s
+                )
+                if not isinstance(found, bigquery.QueryJob):
+                    raise BqgateError(f"job {job_id} exists and is not a query job") from None
+                job = found
             except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
                 return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
-            if resp.get("jobComplete"):
-                break
-            if time.monotonic() > deadline:
-                raise BqgateError(f"BigQuery job {job_id} did not finish in {self.job_timeout_s}s")
-        statement_type = None
-        if resp.get("errors") or "schema" not in resp:
-            # Only then is the job resource needed (errors, or a statement without rows).
-            job.reload()
-            statement_type = getattr(job, "statement_type", None)
+            resp = self._wait(job, job_id)
+            if isinstance(resp, QueryOutcome):
+                return resp
+            statement_type = None
+            if resp.get("errors") or "schema" not in resp:
+                # Only then is the job resource needed (errors, or a statement without rows).
+                job.reload(retry=self.retry, timeout=self.call_timeout_s)
+                statement_type = getattr(job, "statement_type", None)
         if job.error_result:
-            reason = job.error_result.get("reason", "invalidQuery")
-            if reason in RETRYABLE_REASONS:
-                raise RuntimeError(f"BigQuery job {job_id} failed transiently: {job.error_result}")
-            return QueryOutcome(
-                [],
-                0,
-                None,
-                None,
-                None,
-                error={"reason": reason, "message": job.error_result.get("message", "")},
-            )
+            # A finished job: its reason is clamped (a retryable one cannot be retried under
+            # the same job id, so it is not transient either).
+            err = from_warehouse(job.error_result.get("reason"), job.error_result.get("message"))
+            return QueryOutcome([], 0, None, None, None, error=err.to_error_proto())
         schema = (resp.get("schema") or {}).get("fields") or []
         dml = resp.get("numDmlAffectedRows")
         self._first_pages[job.job_id] = resp
@@ -214,6 +218,52 @@ class BigQueryWarehouse:
                 resp.get("totalBytesProcessed") or job.total_bytes_processed or 0
             ),
         )
+
+    def _wait(self, job: bigquery.QueryJob, job_id: str) -> dict[str, Any] | QueryOutcome:
+        """Wait for the job (``getQueryResults`` in slices); cancel it past the deadline."""
+        deadline = time.monotonic() + self.job_timeout_s
+        path = f"/projects/{job.project}/queries/{job.job_id}"
+        while True:
+            slice_ms = int(max(1.0, min(WAIT_SLICE_MS / 1000, deadline - time.monotonic())) * 1000)
+            try:
+                # No retry here: a failed job answers with its own error, which is final.
+                resp: dict[str, Any] = self.client._connection.api_request(
+                    method="GET",
+                    path=path,
+                    timeout=slice_ms / 1000 + self.call_timeout_s,
+                    query_params={
+                        "maxResults": self.first_page_rows,
+                        "timeoutMs": slice_ms,
+                        "location": self.location,
+                        "formatOptions.useInt64Timestamp": True,
+                    },
+                )
+            except gexc.GoogleAPICallError as exc:
+                # Did the job fail (final), or did the call (a retry may help)?
+                job.reload(retry=self.retry, timeout=self.call_timeout_s)
+                if job.state == "DONE" and job.error_result:
+                    err = from_warehouse(
+                        job.error_result.get("reason"), job.error_result.get("message")
+                    )
+                    return QueryOutcome([], 0, None, None, None, error=err.to_error_proto())
+                if isinstance(exc, (gexc.BadRequest, gexc.Forbidden, gexc.NotFound)):
+                    return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
+                raise
+            if resp.get("jobComplete"):
+                return resp
+            if time.monotonic() > deadline:
+                with contextlib.suppress(Exception):  # best effort: the job ends either way
+                    self.client.cancel_job(
+                        job_id,
+                        location=self.location,
+                        retry=self.retry,
+                        timeout=self.call_timeout_s,
+                    )
+                err = from_warehouse(
+                    "timeout",
+                    f"The query did not finish within {self.job_timeout_s:.0f} s and was cancelled",
+                )
+                return QueryOutcome([], 0, None, None, None, error=err.to_error_proto())
 
     def pages(
         self, job_id: str, *, page_size: int, max_rows: int | None
@@ -244,7 +294,8 @@ class BigQueryWarehouse:
             }
             if token:
                 params["pageToken"] = token
-            resp = self._api("GET", path, query_params=params)
+            with bigquery_calls():
+                resp = self._api("GET", path, query_params=params)
             schema = (resp.get("schema") or {}).get("fields") or []
             rows = rest_to_compact(resp.get("rows") or [], schema)
             if rows:
@@ -260,9 +311,16 @@ class BigQueryWarehouse:
         if hit is not None and now - hit[0] < TABLE_TTL_S:
             return hit[1]
         try:
-            table = self.client.get_table(table_fqn)
-        except (gexc.NotFound, gexc.BadRequest, ValueError):
+            with bigquery_calls():
+                table = self.client.get_table(
+                    table_fqn, retry=self.retry, timeout=self.call_timeout_s
+                )
+        except ValueError:
             raise KeyError(table_fqn) from None
+        except BqgateError as err:
+            if err.transient:
+                raise
+            raise KeyError(table_fqn) from None  # unknown, or not ours to read
         self._tables[table_fqn] = (now, table)
         return table
 

@@ -37,6 +37,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate import audit
+from bqgate.adapters.google_errors import outage_as_unavailable, retry, unavailable
 from bqgate.anchors import Checkpoint
 from bqgate.chain import ChainKey
 from bqgate.jobs import Job
@@ -52,6 +53,8 @@ CONTENTION = (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Co
 APPEND_DEADLINE_S = 60.0
 #: In-process lock stripes: appends to one session from one process never race each other.
 LOCK_STRIPES = 64
+#: Deadline of reading a whole session or the session list back (the CLI, verification).
+READ_DEADLINE_S = 120.0
 
 
 _ENV_LOCK = threading.Lock()
@@ -178,9 +181,11 @@ class FirestoreRecorder:
         head_ref = self.sessions.document(audit.session_doc_id(session_id))
         events = head_ref.collection(EVENTS)
         plain_items = [(kind, audit.to_plain(data)) for kind, data in items]
+        # Every call within rpc_timeout_s: an outage fails the append in seconds.
+        bounded = retry(self.rpc_timeout_s)
 
         def attempt() -> list[audit.Event]:
-            snap = head_ref.get()
+            snap = head_ref.get(retry=bounded, timeout=self.rpc_timeout_s)
             head = (
                 audit.SessionHead.from_doc(snap.to_dict() or {})
                 if snap.exists
@@ -221,7 +226,7 @@ class FirestoreRecorder:
                 batch.update(head_ref, head_doc, option=option)
             else:
                 batch.create(head_ref, head_doc)
-            batch.commit(timeout=self.rpc_timeout_s)
+            batch.commit(retry=None, timeout=self.rpc_timeout_s)
             return sealed
 
         # Writers in this process take turns (no point racing each other in Firestore);
@@ -229,13 +234,13 @@ class FirestoreRecorder:
         lock = self._locks[zlib.crc32(session_id.encode("utf-8")) % LOCK_STRIPES]
         deadline = time.monotonic() + self.deadline_s
         tries = 0
-        with lock:
+        with lock, outage_as_unavailable("Firestore"):
             while True:
                 try:
                     sealed = attempt()
                 except CONTENTION:
                     if time.monotonic() >= deadline:
-                        raise
+                        raise unavailable("Firestore", TimeoutError()) from None
                     # Jittered exponential backoff spreads out the next round of contenders.
                     tries += 1
                     pause = self._rng.uniform(0, min(0.01 * 2**tries, 1.0))
@@ -259,20 +264,23 @@ class FirestoreRecorder:
 
     def head(self, session_id: str) -> audit.SessionHead | None:
         """The session's head document, or ``None`` if there is no such session."""
-        snap = self.sessions.document(audit.session_doc_id(session_id)).get()
+        snap = self.sessions.document(audit.session_doc_id(session_id)).get(
+            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s)
         return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
 
     def events(self, session_id: str) -> list[audit.Event]:
         """Every stored event of the session, in chain order (malformed ones included)."""
         ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
-        stored = [(snap.id, snap.to_dict() or {}) for snap in ref.stream()]
+        stored = [(snap.id, snap.to_dict() or {})
+                  for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
         events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
 
     def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]:
         """Sessions grouping the client label ``label`` (one per principal that used it)."""
         query = self.sessions.where(filter=FieldFilter("label", "==", label)).limit(limit)
-        return [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream()]
+        return [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream(
+            retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
 
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
@@ -287,7 +295,8 @@ class FirestoreRecorder:
             query = query.where(filter=FieldFilter("principals", "array_contains", principal))
         elif since_ms is not None:
             query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
-        heads = [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream()]
+        heads = [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream(
+            retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
         if since_ms is not None:
             heads = [h for h in heads if h.last_ms >= since_ms]
         heads.sort(key=lambda h: (h.last_ms, h.session_id), reverse=True)

@@ -1,4 +1,9 @@
-"""The queue on Pub/Sub: one JSON message per job hand-off."""
+"""The queue on Pub/Sub: one JSON message per job hand-off.
+
+A publish waits for the server's ack at most ``timeout_s`` (the library's own retry is
+bounded to the same), then fails as :class:`bqgate.errors.Unavailable`. A message whose
+ack was merely late may still be delivered: the executor is idempotent, so that is safe.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,28 @@ from typing import Any
 
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-PUBLISH_TIMEOUT_S = 30.0
+from bqgate.adapters.google_errors import outage_as_unavailable, retry
+
+#: Seconds a publish may take, retries included.
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class PubSubQueue:
-    def __init__(self, publisher: pubsub_v1.PublisherClient, project: str) -> None:
+    def __init__(
+        self,
+        publisher: pubsub_v1.PublisherClient,
+        project: str,
+        timeout_s: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
         self.publisher = publisher
         self.project = project
+        self.timeout_s = timeout_s
+        self.retry = retry(timeout_s)
 
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:
         path = self.publisher.topic_path(self.project, topic)
         data = json.dumps(dict(message), separators=(",", ":")).encode()
         # Wait for the server's ack: a job must not be reported as queued before it is.
-        self.publisher.publish(path, data).result(timeout=PUBLISH_TIMEOUT_S)
+        with outage_as_unavailable("Pub/Sub"):
+            future = self.publisher.publish(path, data, retry=self.retry, timeout=self.timeout_s)
+            future.result(timeout=self.timeout_s)

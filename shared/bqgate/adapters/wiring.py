@@ -76,7 +76,9 @@ def job_store() -> Any:
     from bqgate.adapters.firestore_store import FirestoreJobStore
 
     return FirestoreJobStore(
-        firestore_client(), retention_seconds=policy().sessions.retention_seconds
+        firestore_client(),
+        retention_seconds=policy().sessions.retention_seconds,
+        call_timeout_s=settings().call_timeout_ms / 1000,
     )
 
 
@@ -84,7 +86,8 @@ def job_store() -> Any:
 def queue() -> Any:
     from bqgate.adapters.pubsub_queue import PubSubQueue
 
-    return PubSubQueue(publisher(), settings().project)
+    s = settings()
+    return PubSubQueue(publisher(), s.project, timeout_s=s.call_timeout_ms / 1000)
 
 
 @functools.cache
@@ -92,7 +95,12 @@ def warehouse() -> Any:
     from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
 
     s = settings()
-    return BigQueryWarehouse(bigquery_client(), project=s.warehouse_project, location=s.location)
+    return BigQueryWarehouse(
+        bigquery_client(),
+        project=s.warehouse_project,
+        location=s.location,
+        job_timeout_s=s.job_timeout_ms / 1000,
+    )
 
 
 @functools.cache
@@ -160,6 +168,7 @@ def recorder() -> Any:
         checkpoint=checkpointer().note,
         retention_seconds=sessions.retention_seconds,
         record_rows=sessions.record_rows,
+        rpc_timeout_s=settings().call_timeout_ms / 1000,
     )
 
 
@@ -339,6 +348,7 @@ def _pending_approval_jobs(limit: int) -> list[Any]:
     """Jobs awaiting approval (an equality filter: no composite index needed)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
+    from bqgate.adapters.google_errors import outage_as_unavailable, retry
     from bqgate.jobs import PENDING_APPROVAL, Job
 
     query = (
@@ -347,7 +357,10 @@ def _pending_approval_jobs(limit: int) -> list[Any]:
         .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
         .limit(limit)
     )
-    return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream(timeout=10)]
+    deadline_s = settings().call_timeout_ms / 1000
+    with outage_as_unavailable("Firestore"):
+        snaps = list(query.stream(retry=retry(deadline_s), timeout=deadline_s))
+    return [Job.from_doc(snap.to_dict() or {}) for snap in snaps]
 
 
 @functools.cache

@@ -31,7 +31,6 @@ import logging
 import re
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -44,13 +43,15 @@ from bqgate.errors import (
     InvalidRequest,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from bqgate.identity import TokenVerifier, bearer_token
 from bqgate.jobs import PENDING_APPROVAL, Job
 from bqgate.policy import Policy
 from bqgate.ports import JobStore, Queue
 from bqgate.service.gateway import Recorder
-from bqgate.service.http import Response, error_response
+from bqgate.service.http import Response, error_response, internal_error
+from bqgate.wire import bigquery as wire
 
 log = logging.getLogger("bqgate.approvals")
 
@@ -61,7 +62,9 @@ EMAIL_CACHE_S = 600
 #: Most pending requests listed by the approver API.
 LIST_LIMIT = 200
 
-_API = re.compile(r"^/v1/approvals/([A-Za-z0-9_.\-]{1,1024}):(approve|deny)/?$")
+_API = re.compile(r"^/v1/approvals/([^/]+):(approve|deny)/?$")
+#: What an approver sees when a dependency (Firestore, Pub/Sub, Slack) is down.
+UNAVAILABLE_NOTE = "bqgate is briefly unavailable; nothing was decided. Try again in a minute."
 
 
 class Notifier(Protocol):
@@ -92,7 +95,7 @@ def route_api(method: str, path: str) -> tuple[str, str | None, str | None] | No
         return "list", None, None
     m = _API.match(path)
     if m and method.upper() == "POST":
-        return "decide", m.group(1), m.group(2)
+        return "decide", wire.check_job_id(m.group(1), "jobId"), m.group(2)
     return None
 
 
@@ -131,12 +134,17 @@ def parse_interaction(body: bytes) -> dict[str, Any]:
     """
     try:
         form = urllib.parse.parse_qs(body.decode("utf-8"), strict_parsing=False)
-        payload = json.loads(form["payload"][0])
-    except (KeyError, IndexError, UnicodeDecodeError, ValueError):
+        payload = wire.loads(form["payload"][0])
+    except (KeyError, IndexError, UnicodeDecodeError, ValueError, InvalidRequest):
         raise InvalidRequest("not a Slack interaction payload") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("not a Slack interaction payload")
     return payload
+
+
+def _field(value: Any, key: str) -> Any:
+    """``value[key]`` when ``value`` is an object, else None (Slack payloads are untrusted)."""
+    return value.get(key) if isinstance(value, Mapping) else None
 
 
 @dataclass(frozen=True)
@@ -322,7 +330,7 @@ class ApprovalService:
         except BqgateError as err:
             return error_response(err)
         except Exception:  # the one place an unexpected failure becomes an answer
-            return _internal_error(method, path)
+            return internal_error("approvals service", method, path)
 
     # --- approver API ------------------------------------------------------------------
 
@@ -335,12 +343,7 @@ class ApprovalService:
         assert job_id is not None and action in ("approve", "deny")
         reason = None
         if action == "deny":
-            try:
-                data = json.loads(body or b"{}")
-            except ValueError:
-                raise InvalidRequest("the request body is not JSON") from None
-            if not isinstance(data, dict):
-                raise InvalidRequest("the request body must be a JSON object")
+            data = wire.parse_json_body(body or b"{}")
             reason = data.get("reason")
             if reason is not None and not isinstance(reason, str):
                 raise InvalidRequest("reason must be a string")
@@ -416,10 +419,10 @@ class ApprovalService:
 
     def _tell(self, payload: Mapping[str, Any], text: str) -> Response:
         """An ephemeral note to the clicking user (posted, and as the HTTP answer)."""
-        channel = ((payload.get("container") or {}).get("channel_id")
-                   or (payload.get("channel") or {}).get("id"))
-        user = (payload.get("user") or {}).get("id")
-        if channel and user:
+        channel = (_field(payload.get("container"), "channel_id")
+                   or _field(payload.get("channel"), "id"))
+        user = _field(payload.get("user"), "id")
+        if isinstance(channel, str) and isinstance(user, str) and channel and user:
             try:
                 self._notifier().post_ephemeral(channel, user, text)
             except Exception:
@@ -427,12 +430,15 @@ class ApprovalService:
         return ephemeral(text)
 
     def _block_actions(self, payload: Mapping[str, Any]) -> Response:
-        actions = payload.get("actions") or []
-        action = actions[0] if actions and isinstance(actions[0], Mapping) else {}
+        actions = payload.get("actions")
+        action = (actions[0] if isinstance(actions, list) and actions
+                  and isinstance(actions[0], Mapping) else {})
         action_id, job_id = action.get("action_id"), action.get("value")
         known = (blocks.APPROVE_ACTION, blocks.DENY_ACTION)
-        if action_id not in known or not isinstance(job_id, str):
+        if action_id not in known:
             return Response(200, {})
+        if not wire.is_job_id(job_id):
+            return self._tell(payload, "This button does not name an approval request")
         try:
             approver = self._approver(payload)
             groups = self.policy.groups_for(approver)
@@ -458,17 +464,22 @@ class ApprovalService:
             self._notifier().open_modal(trigger, blocks.deny_modal(
                 job_id, channel=rec.slack_channel, ts=rec.slack_ts, sql_preview=job.sql))
             return Response(200, {})
-        except (AccessDenied, InvalidRequest, NotFound) as err:
+        except (AccessDenied, InvalidRequest, NotFound, Unauthenticated) as err:
             return self._tell(payload, err.message)
+        except Unavailable:
+            return self._tell(payload, UNAVAILABLE_NOTE)
 
     def _view_submission(self, payload: Mapping[str, Any]) -> Response:
         view = payload.get("view") or {}
         if not isinstance(view, Mapping) or view.get("callback_id") != blocks.DENY_CALLBACK:
             return Response(200, {})
+        raw_meta = view.get("private_metadata")
         try:
-            meta = json.loads(view.get("private_metadata") or "{}")
+            meta = wire.loads(raw_meta) if isinstance(raw_meta, str) and raw_meta else {}
             job_id = meta["job_id"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, InvalidRequest):
+            job_id = None
+        if not wire.is_job_id(job_id):
             return _view_error("This form is damaged; close it and click Deny again")
         try:
             approver = self._approver(payload)
@@ -477,17 +488,11 @@ class ApprovalService:
                                   reason=blocks.modal_reason(view), via="slack")
         except (AccessDenied, InvalidRequest, NotFound, Unauthenticated) as err:
             return _view_error(err.message)
+        except Unavailable:
+            return _view_error(UNAVAILABLE_NOTE)
         if outcome.decision.outcome not in ("denied",):
             return _view_error(outcome.decision.message)
         return Response(200, {"response_action": "clear"})
-
-
-def _internal_error(method: str, path: str) -> Response:
-    incident = uuid.uuid4().hex[:12]
-    log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
-    message = f"The approvals service failed (incident {incident})."
-    return Response(500, {"error": {"code": 500, "status": "INTERNAL", "message": message,
-                                    "errors": [{"reason": "gatewayError", "message": message}]}})
 
 
 class ApprovalsApp:
@@ -505,7 +510,7 @@ class ApprovalsApp:
         except BqgateError as err:
             return error_response(err)
         except Exception:
-            return _internal_error(method, path)
+            return internal_error("approvals service", method, path)
         return service.handle(method, path, headers, body)
 
 

@@ -8,6 +8,12 @@ execute message and may be called by a direct fast path too. It is idempotent:
   (:func:`bqgate.jobs.warehouse_job_id`), so a redelivery or a retry after a crash
   attaches to the same BigQuery job instead of running the statement twice;
 * result pages have deterministic ids, so rewriting them is harmless.
+
+Every job it is handed ends (see :meth:`Executor.run`): BigQuery's answer becomes the
+job's error through :func:`bqgate.errors.from_warehouse`; a dependency outage
+(:class:`bqgate.errors.Unavailable`, or a transient BigQuery API failure) is retried by
+redelivery at most ``ExecutorConfig.transient_attempts`` times; anything unexpected ends
+the job at once with ``jobFailed`` and an incident id.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bqgate.approvals import check_binding, needs_approval
-from bqgate.errors import BqgateError
+from bqgate.errors import BqgateError, JobFailed, finished, for_job
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.policy import Policy
 from bqgate.ports import DryRun, JobStore, QueryOutcome, Queue, Warehouse
@@ -102,6 +109,10 @@ def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
     return "allow", "within the policy's cost limits"
 
 
+#: Deliveries of one job that may fail on a dependency outage before the job is failed.
+TRANSIENT_ATTEMPTS = 3
+
+
 #: BigQuery bills at least 10 MiB for each table a query references, in whole MiB.
 MIN_BILLED_BYTES = 10 * 1024 * 1024
 
@@ -156,6 +167,7 @@ def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
 class ExecutorConfig:
     page_bytes: int = PAGE_BYTES
     fetch_rows: int = FETCH_ROWS
+    transient_attempts: int = TRANSIENT_ATTEMPTS
 
 
 class Executor:
@@ -193,7 +205,69 @@ class Executor:
             self.recorder.record(job, kind, data)
 
     def run(self, job_id: str) -> str:
-        """Handle one execute message for ``job_id``. Returns what happened (for logs and tests).
+        """Handle one execute message for ``job_id``; the job reaches a terminal state unless
+        a retry may help. Returns what happened (for logs and tests).
+
+        * a :class:`BqgateError` (BigQuery rejected the statement, a policy check failed)
+          ends the job with that error, clamped by :func:`bqgate.errors.finished`;
+        * a transient one (a dependency outage) is raised again, so the message is
+          redelivered, until the job has failed this way ``transient_attempts`` times; then
+          the job ends with ``jobFailed``;
+        * any other exception ends the job with ``jobFailed`` and an incident id (logged
+          with its traceback); the message says nothing else.
+
+        If the job store itself is down the error propagates (nothing can be recorded);
+        the redelivery, or the dead-letter consumer, finishes the job.
+        """
+        try:
+            return self._run(job_id)
+        except BqgateError as err:
+            if err.transient:
+                return self._transient(job_id, err)
+            return self._fail_id(job_id, err)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("job %s: unexpected executor error (incident %s)", job_id, incident)
+            return self._fail_id(
+                job_id,
+                JobFailed(f"The gateway failed to run the job (incident {incident})."),
+            )
+
+    def _transient(self, job_id: str, err: BqgateError) -> str:
+        """Count one transient failure; raise ``err`` (redelivery) while attempts remain."""
+        limit = self.config.transient_attempts
+
+        def count(job: Job) -> dict[str, Any] | None:
+            return None if job.done else {"transient_failures": job.transient_failures + 1}
+
+        job = self.store.transition(job_id, count)
+        if job.done:
+            return "skipped"
+        if job.transient_failures < limit:
+            log.warning(
+                "job %s: transient failure %d of %d (%s): redelivery will retry",
+                job_id, job.transient_failures, limit, err.message,
+            )
+            raise err
+        incident = uuid.uuid4().hex[:12]
+        log.error("job %s: gave up after %d transient failures (incident %s): %s",
+                  job_id, limit, incident, err.message)
+        return self._fail_id(
+            job_id,
+            JobFailed(
+                f"The job failed {limit} times on a transient error of a service the gateway "
+                f"depends on (incident {incident}); submit the query again later."
+            ),
+        )
+
+    def _fail_id(self, job_id: str, err: BqgateError) -> str:
+        job = self.store.get(job_id)
+        if job is None:
+            return "unknown"
+        return self._fail(job, err)
+
+    def _run(self, job_id: str) -> str:
+        """Handle one execute message for ``job_id``.
 
         * every statement is first rewritten so that it reads masked values only
           (:mod:`bqgate.sql.rewrite`); that rewritten statement is what is dry-run,
@@ -314,7 +388,9 @@ class Executor:
                 sql, default_dataset=job.default_dataset, query_parameters=params
             )
         except BqgateError as err:
-            self._fail(job, {"reason": err.reason, "message": err.message})
+            if err.transient:
+                raise  # run() counts it and lets the redelivery try again
+            self._fail(job, err)
             return None
         job.timings["dry_run_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return info
@@ -488,7 +564,9 @@ class Executor:
                 query_parameters=params,
             )
         except BqgateError as err:
-            self._fail(job, {"reason": err.reason, "message": err.message})
+            if err.transient:
+                raise  # run() counts it and lets the redelivery try again
+            self._fail(job, err)
             return None
         if outcome.error:
             self._fail(job, outcome.error)
@@ -686,7 +764,9 @@ class Executor:
                 priority=job.priority,
             )
         except BqgateError as err:
-            return self._fail(job, {"reason": err.reason, "message": err.message})
+            if err.transient:
+                raise  # the redelivery attaches to the same BigQuery job id
+            return self._fail(job, err)
         run_ms = (time.perf_counter() - t0) * 1000
         if outcome.error:
             return self._fail(job, outcome.error)
@@ -718,15 +798,18 @@ class Executor:
         self._record(job, "dry_run", {"total_bytes_processed": info.total_bytes_processed})
         return "dry-run"
 
-    def _fail(self, job: Job, error: Mapping[str, str]) -> str:
-        """Finish the job with a BigQuery-shaped error whose message carries no data."""
+    def _fail(self, job: Job, error: BqgateError | Mapping[str, str]) -> str:
+        """Finish the job with a BigQuery-shaped error whose message carries no data, and
+        whose reason and status suit a finished job (:func:`bqgate.errors.finished`: never a
+        reason a client retries, never a 5xx)."""
         from bqgate.scrub import scrub
 
+        if not isinstance(error, BqgateError):
+            error = for_job(error.get("reason"), error.get("message", "the query failed"))
+        proto = finished(error).to_error_proto()
         err = {
-            "reason": error.get("reason", "invalidQuery"),
-            "message": scrub(
-                error.get("message", "the query failed"), self.warehouse_project, job.project
-            ),
+            "reason": proto["reason"],
+            "message": scrub(proto["message"], self.warehouse_project, job.project),
         }
         now = self._now_ms()
         self.store.transition(

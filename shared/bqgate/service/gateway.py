@@ -22,8 +22,8 @@ from bqgate.errors import (
     InvalidQuery,
     InvalidRequest,
     NotFound,
-    QuotaExceeded,
     Unavailable,
+    for_job,
 )
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
@@ -35,15 +35,6 @@ from bqgate.wire import bigquery as wire
 DEFAULT_PAGE_ROWS = 10_000
 #: Most rows served per call whatever the client asks (keeps responses small).
 MAX_PAGE_ROWS = 50_000
-
-ERRORS_BY_REASON: dict[str, type[BqgateError]] = {
-    "accessDenied": AccessDenied,
-    "invalidQuery": InvalidQuery,
-    "invalid": InvalidRequest,
-    "notFound": NotFound,
-    "quotaExceeded": QuotaExceeded,
-    "bytesBilledLimitExceeded": InvalidQuery,
-}
 
 
 class Classifier(Protocol):
@@ -96,12 +87,45 @@ class GatewayConfig:
 
 
 def job_error(job: Job) -> BqgateError:
-    """The exception that a finished, failed job raises on getQueryResults."""
+    """The exception that a finished, failed job raises on getQueryResults: always a client
+    error with a reason no client retries (:func:`bqgate.errors.for_job` clamps)."""
     assert job.error is not None
-    cls = ERRORS_BY_REASON.get(job.error.get("reason", ""), InvalidQuery)
-    err = cls(job.error.get("message", "the job failed"))
-    err.reason = job.error.get("reason", err.reason)
-    return err
+    return for_job(job.error.get("reason"), job.error.get("message"))
+
+
+_DENIAL_WORDS = ("policy", "blocked", "deny by default", "not allowed")
+
+
+def _unresolved_only(reasons: Any) -> bool:
+    """True when a blocked statement's reasons name unresolved names and no denial."""
+    parts = [p.strip() for r in reasons or () for p in str(r).split("; ")]
+    return any(p.endswith("(unresolved)") for p in parts) and not any(
+        w in p for p in parts for w in _DENIAL_WORDS
+    )
+
+
+def block_error(verdict: Mapping[str, Any]) -> BqgateError:
+    """Why a blocked statement does not run: ``invalidQuery`` when every blocked statement
+    only names something that does not resolve (BigQuery would reject it too), else the
+    policy's ``accessDenied``. (SQL sqlglot cannot parse goes to the executor's dry run,
+    which answers BigQuery's own syntax error, unless it names what the policy denies.)
+
+    >>> block_error({"reasons": ["r"], "per_statement": [{"kind": "SELECT", "decision":
+    ...     "block", "reasons": ["table t has no dataset (unresolved)"]}]}).reason
+    'invalidQuery'
+    >>> block_error({"reasons": ["DROP is blocked"], "per_statement": [
+    ...     {"kind": "DROP_TABLE", "decision": "block", "reasons": ["DROP is blocked"]}]}).reason
+    'accessDenied'
+    """
+    reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
+    blocked = [
+        s
+        for s in verdict.get("per_statement") or ()
+        if isinstance(s, Mapping) and s.get("decision") == "block"
+    ]
+    if blocked and all(_unresolved_only(s.get("reasons")) for s in blocked):
+        return InvalidQuery(f"Invalid query: {reasons}")
+    return AccessDenied(f"Blocked by bqgate policy: {reasons}")
 
 
 class Gateway:
@@ -194,7 +218,6 @@ class Gateway:
             now_ms=self._now_ms(),
         )
         job.timings["classify_ms"] = round(classify_ms, 3)
-        reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
         if (
             decision == "allow"
             or (decision == "block" and verdict.get("second_opinion"))
@@ -209,12 +232,10 @@ class Gateway:
             job.needs_approval = True
             job.expire_at_ms = job.created_ms + self.config.approval_ttl_ms
         else:
+            blocked = block_error(verdict)
             job.state = DONE
             job.ended_ms = job.created_ms
-            job.error = {
-                "reason": "accessDenied",
-                "message": f"Blocked by bqgate policy: {reasons}",
-            }
+            job.error = blocked.to_error_proto()
         self.store.create(job)
         events: list[tuple[str, Mapping[str, Any]]] = [
             ("request", {"request_kind": request_kind}), ("classification", verdict)]
@@ -222,7 +243,7 @@ class Gateway:
             events.append(("blocked", job.error or {}))
         record_all(self.recorder, job, events)
         if job.state == DONE:
-            raise AccessDenied(job.error["message"] if job.error else reasons)
+            raise job_error(job)
         # Both allowed and approval-bound jobs go to the executor first: it alone holds
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
         # sends approval-bound jobs on to the approvals topic with their estimate.

@@ -1,5 +1,6 @@
-"""HTTP onto the ingress core: routing, authentication, and the one place errors map to
-responses. Framework-free: the function's ``main.py`` passes plain values in and out.
+"""HTTP onto the ingress core: routing, authentication, request limits, and the one place
+errors map to responses. Framework-free: the function's ``main.py`` passes plain values in
+and out (through :mod:`bqgate.adapters.http_edge`, which enforces the limits below).
 
 >>> route("GET", "/bigquery/v2/projects/p/queries/j1")
 ('get_query_results', {'project': 'p', 'job_id': 'j1'})
@@ -18,12 +19,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bqgate.errors import AccessDenied, BqgateError, NotFound, NotImplementedApi
+from bqgate.errors import (
+    AccessDenied,
+    BqgateError,
+    InvalidRequest,
+    NotFound,
+    NotImplementedApi,
+    TooLarge,
+    Unavailable,
+    unavailable_reason,
+)
 from bqgate.identity import Principal, TokenVerifier, bearer_token
 from bqgate.service.gateway import Gateway
 from bqgate.wire import bigquery as wire
 
 log = logging.getLogger("bqgate.ingress")
+
+#: Longest URL (path and query string) served; BigQuery's own front end stops near 16 KiB.
+MAX_URL_BYTES = 8 * 1024
+#: Most header bytes (names and values together) and header fields served.
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADER_FIELDS = 100
+#: Largest request body (the limit :func:`bqgate.wire.bigquery.loads` enforces too).
+MAX_BODY_BYTES = wire.MAX_BODY_BYTES
 
 _SEG = r"([A-Za-z0-9_.:\-]+)"
 _P = r"^/bigquery/v2/projects"
@@ -61,6 +79,21 @@ _ARGS = {
     "list_rows": ("project", "dataset", "table"),
     "insert_all": ("project", "dataset", "table"),
 }
+#: Handlers a client may repeat without starting a second job.
+_IDEMPOTENT = frozenset(
+    {
+        "get_job",
+        "cancel_job",
+        "get_query_results",
+        "list_jobs",
+        "list_projects",
+        "list_datasets",
+        "get_dataset",
+        "list_tables",
+        "get_table",
+        "list_rows",
+    }
+)
 #: Where BigQuery clients look for the discovery document (bq: ``/$discovery/rest``).
 DISCOVERY_PATHS = ("/$discovery/rest", "/discovery/v1/apis/bigquery/v2/rest")
 #: Writes to metadata BigQuery offers and the gateway refuses, with what to do instead.
@@ -78,14 +111,68 @@ def route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
     return None
 
 
+def check_request_limits(
+    url_bytes: int, headers: Mapping[str, str] | list[tuple[str, str]]
+) -> None:
+    """Raise :class:`TooLarge` (414 or 431) for a URL or headers over the limits.
+
+    >>> check_request_limits(100, {"Host": "x"})
+    >>> check_request_limits(MAX_URL_BYTES + 1, {})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.TooLarge: The request URL is over the gateway's limit of 8192 bytes
+    """
+    if url_bytes > MAX_URL_BYTES:
+        raise TooLarge(
+            f"The request URL is over the gateway's limit of {MAX_URL_BYTES} bytes",
+            http_status=414,
+        )
+    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    size = sum(len(k) + len(v) + 4 for k, v in items)
+    if size > MAX_HEADER_BYTES or len(items) > MAX_HEADER_FIELDS:
+        raise TooLarge(
+            f"The request headers are over the gateway's limit of {MAX_HEADER_BYTES} bytes "
+            f"in {MAX_HEADER_FIELDS} fields",
+            http_status=431,
+        )
+
+
+def _check_args(args: Mapping[str, str]) -> None:
+    """Path arguments as BigQuery allows them; a job id Firestore can store."""
+    if "project" in args and not wire.PROJECT_RE.match(args["project"]):
+        raise InvalidRequest("Invalid value at 'projectId': not a project id")
+    if "job_id" in args:
+        wire.check_job_id(args["job_id"], "jobId")
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
     body: dict[str, Any]
 
 
-def error_response(err: BqgateError) -> Response:
-    return Response(err.http_status, err.to_body())
+def error_response(err: BqgateError, *, idempotent: bool = False) -> Response:
+    """The BigQuery-shaped answer for ``err``. A dependency outage answers 503 with a reason
+    a client retries only when ``idempotent`` (see :func:`bqgate.errors.unavailable_reason`).
+    """
+    body = err.to_body()
+    if isinstance(err, Unavailable):
+        reason = unavailable_reason(idempotent)
+        for entry in body["error"]["errors"]:
+            entry["reason"] = reason
+    return Response(err.http_status, body)
+
+
+def internal_error(service: str, method: str, path: str) -> Response:
+    """The answer to an unexpected failure: 500 with an incident id, no data, and a reason
+    no client retries (an unexplained failure must not start a retry loop)."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unhandled error (incident %s) on %s %s", incident, method, path[:200])
+    message = f"The {service} failed to handle the request (incident {incident})."
+    errors = [{"reason": "gatewayError", "message": message}]
+    return Response(
+        500, {"error": {"code": 500, "status": "INTERNAL", "message": message, "errors": errors}}
+    )
 
 
 class IngressApp:
@@ -112,20 +199,13 @@ class IngressApp:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Response:
+        idempotent = {"flag": False}
         try:
-            return self._handle(method, path, params, headers, body)
+            return self._handle(method, path, params, headers, body, idempotent)
         except BqgateError as err:
-            return error_response(err)
+            return error_response(err, idempotent=idempotent["flag"])
         except Exception:  # the one place an unexpected failure becomes an answer
-            incident = uuid.uuid4().hex[:12]
-            log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
-            message = f"The gateway failed to handle the request (incident {incident})."
-            # Not a retryable reason: an unexplained failure must not start a retry loop.
-            errors = [{"reason": "gatewayError", "message": message}]
-            answer = {
-                "error": {"code": 500, "status": "INTERNAL", "message": message, "errors": errors}
-            }
-            return Response(500, answer)
+            return internal_error("gateway", method, path)
 
     def _handle(
         self,
@@ -134,6 +214,7 @@ class IngressApp:
         params: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        idempotent: dict[str, bool],
     ) -> Response:
         verb = method.upper()
         if verb == "GET" and path in ("/", "/healthz"):
@@ -146,13 +227,26 @@ class IngressApp:
         if found is None:
             raise _unrouted(verb, path)
         name, args = found
+        _check_args(args)
+        # Safe to retry: reads, and submissions that name their job (a repeat finds it).
+        idempotent["flag"] = name in _IDEMPOTENT
         principal = self._verifier().verify(bearer_token(headers.get("Authorization")))
         if name in _GATEWAY_CALLS:
             gateway = self._gateway()
+            data = wire.parse_json_body(body) if name in ("insert_job", "query") else {}
+            ref = data.get("jobReference")
+            idempotent["flag"] = idempotent["flag"] or bool(
+                (
+                    name == "insert_job"
+                    and isinstance(ref, dict)
+                    and wire.is_job_id(ref.get("jobId"))
+                )
+                or (name == "query" and wire.is_job_id(data.get("requestId")))
+            )
             if name == "insert_job":
-                answer = gateway.insert_job(principal, args["project"], wire.parse_json_body(body))
+                answer = gateway.insert_job(principal, args["project"], data)
             elif name == "query":
-                answer = gateway.query(principal, args["project"], wire.parse_json_body(body))
+                answer = gateway.query(principal, args["project"], data)
             elif name == "get_job":
                 answer = gateway.get_job(principal, args["project"], args["job_id"])
             elif name == "cancel_job":
@@ -192,16 +286,16 @@ def _unrouted(verb: str, path: str) -> BqgateError:
         )
     if verb in ("POST", "PUT", "PATCH", "DELETE") and _METADATA_WRITES.match(path):
         return AccessDenied(
-            f"{verb} {path}: bqgate changes datasets and tables only through SQL (CREATE, "
+            f"{verb} {path[:200]}: bqgate changes datasets and tables only through SQL (CREATE, "
             "ALTER, DROP statements), which the policy judges as DDL"
         )
     if path.startswith("/bigquery/v2/"):
         return NotImplementedApi(
-            f"{verb} {path} is not offered by the bqgate gateway: it serves queries "
+            f"{verb} {path[:200]} is not offered by the bqgate gateway: it serves queries "
             "(jobs.*), table rows (tabledata.list, tabledata.insertAll) and metadata "
             "(projects.list, datasets.list/get, tables.list/get); see /$discovery/rest"
         )
-    return NotFound(f"Not found: {verb} {path}")
+    return NotFound(f"Not found: {verb} {path[:200]}")
 
 
 def root_url(headers: Mapping[str, str]) -> str:
@@ -224,4 +318,12 @@ def root_url(headers: Mapping[str, str]) -> str:
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
-__all__ = ["IngressApp", "Principal", "Response", "error_response", "route"]
+__all__ = [
+    "IngressApp",
+    "Principal",
+    "Response",
+    "check_request_limits",
+    "error_response",
+    "internal_error",
+    "route",
+]

@@ -18,16 +18,81 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
-from bqgate.errors import AccessDenied, InvalidQuery, InvalidRequest
+from bqgate.errors import (
+    JOB_ERRORS,
+    AccessDenied,
+    InvalidQuery,
+    InvalidRequest,
+    TooLarge,
+    for_job,
+)
 from bqgate.jobs import DONE, Job
 
+#: BigQuery's job id pattern (letters, digits, ``_`` and ``-``, at most 1024).
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
-LABEL_RE = re.compile(r"^[\w-]{0,63}$")
+#: Firestore reserves document ids of this form (``.`` and ``..`` BigQuery's pattern excludes).
+RESERVED_ID_RE = re.compile(r"^__.*__$")
+#: BigQuery label keys start with a lower-case letter; keys and values are lower-case
+#: letters (international ones too), digits, ``_`` and ``-``, at most 63 characters.
+LABEL_KEY_RE = re.compile(r"^[^\W\d_][\w-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[\w-]{0,63}$")
+MAX_LABELS = 64
+#: Project ids (with an optional ``domain:`` prefix), dataset ids and locations.
+PROJECT_RE = re.compile(r"^(?:[a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{0,62}$")
+DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+LOCATION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+
+#: Largest request body read at all (413 above it).
+MAX_BODY_BYTES = 2 * 1024 * 1024
+#: Deepest JSON nesting accepted (a query with STRUCT/ARRAY parameters needs about 12).
+MAX_JSON_DEPTH = 32
+#: Longest SQL text, in UTF-8 bytes. BigQuery's own limit is 1 MiB; the gateway keeps the
+#: statement, its normalised form and its session record in Firestore documents (1 MiB
+#: each: a 700 KiB statement fails to store), so it accepts a quarter of that.
+MAX_QUERY_BYTES = 256 * 1024
+#: Most bytes of query parameters (as JSON), stored in the same job document.
+MAX_PARAMETER_BYTES = 128 * 1024
+#: Largest integer a count or a timeout may be (BigQuery's int64).
+MAX_INT = 2**63 - 1
+#: Query parameters: how many, how deeply ARRAY/STRUCT types nest (Firestore documents
+#: nest at most 20 levels, and a parameter is stored a few levels down).
+MAX_PARAMETERS = 10_000
+MAX_PARAMETER_NESTING = 4
+#: BigQuery's parameter and STRUCT field names.
+PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+#: Scalar parameter types (standard SQL names and the legacy names clients still send).
+SCALAR_TYPES = frozenset(
+    {
+        "BIGNUMERIC",
+        "BOOL",
+        "BOOLEAN",
+        "BYTES",
+        "DATE",
+        "DATETIME",
+        "FLOAT",
+        "FLOAT64",
+        "GEOGRAPHY",
+        "INT64",
+        "INTEGER",
+        "INTERVAL",
+        "JSON",
+        "NUMERIC",
+        "STRING",
+        "TIME",
+        "TIMESTAMP",
+        "BIGDECIMAL",
+        "DECIMAL",
+    }
+)
+PARAMETER_MODES = frozenset({"NAMED", "POSITIONAL"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -51,6 +116,94 @@ class QueryRequest:
     use_query_cache: bool | None = None
 
 
+def check_job_id(value: Any, path: str) -> str:
+    """A job id as BigQuery allows it and Firestore can store it, or ``InvalidRequest``.
+
+    >>> check_job_id("job_1-a", "jobId")
+    'job_1-a'
+    >>> check_job_id("__x__", "jobId")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidRequest: Invalid value at 'jobId': ids of the form __name__ are reserved
+    """
+    if not isinstance(value, str) or not JOB_ID_RE.match(value):
+        raise InvalidRequest(
+            f"Invalid value at '{path}': a job id is 1 to 1024 letters, digits, _ and - only"
+        )
+    if RESERVED_ID_RE.match(value):
+        raise InvalidRequest(f"Invalid value at '{path}': ids of the form __name__ are reserved")
+    return value
+
+
+def is_job_id(value: Any) -> TypeGuard[str]:
+    """True for an id :func:`check_job_id` accepts."""
+    return (
+        isinstance(value, str) and bool(JOB_ID_RE.match(value)) and not RESERVED_ID_RE.match(value)
+    )
+
+
+def _check_tree(root: Any) -> None:
+    """Depth and Unicode checks over a decoded JSON value (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if not node.isascii() and _SURROGATE.search(node):
+                raise InvalidRequest(
+                    "Invalid JSON payload received: a string holds a lone UTF-16 surrogate"
+                )
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(
+                f"Invalid JSON payload received: nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        if isinstance(node, dict):
+            stack.extend((k, depth) for k in node)
+            stack.extend((v, depth + 1) for v in node.values())
+        else:
+            stack.extend((v, depth + 1) for v in node)
+
+
+def loads(raw: bytes | str, *, limit: int = MAX_BODY_BYTES) -> Any:
+    """Decode untrusted JSON within limits (size, depth, valid Unicode), or raise
+    ``InvalidRequest`` / ``TooLarge``. Any JSON value, not only objects.
+
+    >>> loads(b'[1, "a"]')
+    [1, 'a']
+    >>> loads(b"[" * 100_000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidRequest: Invalid JSON payload received: nested deeper than 32 levels
+    """
+    if len(raw) > limit:
+        raise TooLarge(f"The request body is over the gateway's limit of {limit} bytes")
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest("Invalid JSON payload received: the body is not UTF-8") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidRequest(
+            f"Invalid JSON payload received: nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    except ValueError as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        where = (
+            f" at line {exc.lineno} column {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise InvalidRequest(f"Invalid JSON payload received: {msg}{where}") from None
+    _check_tree(value)
+    return value
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """Decode a request body, or raise a BigQuery-shaped ``invalid`` error.
 
@@ -61,18 +214,11 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     ...
     bqgate.errors.InvalidRequest: Invalid JSON payload received: Expecting property name ...
     """
+    if len(raw) > MAX_BODY_BYTES:
+        raise TooLarge(f"The request body is over the gateway's limit of {MAX_BODY_BYTES} bytes")
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        where = (
-            f" at line {exc.lineno} column {exc.colno}"
-            if isinstance(exc, json.JSONDecodeError)
-            else ""
-        )
-        raise InvalidRequest(f"Invalid JSON payload received: {msg}{where}") from None
+    body = loads(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("Invalid JSON payload received: the body must be a JSON object")
     return body
@@ -86,27 +232,58 @@ def _obj(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
+def _str(value: Any, path: str, pattern: re.Pattern[str], what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InvalidRequest(f"Invalid value at '{path}': {what}")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"Invalid value at '{path}': expected true or false")
+    return value
+
+
 def _dataset_ref(value: Any, path: str) -> dict[str, str] | None:
     ref = _obj(value, path)
     if not ref:
         return None
-    dataset_id = ref.get("datasetId")
-    if not isinstance(dataset_id, str) or not dataset_id:
+    dataset_id = _str(
+        ref.get("datasetId"),
+        f"{path}.datasetId",
+        DATASET_RE,
+        "a dataset id is letters, digits and _ only",
+    )
+    if dataset_id is None:
         raise InvalidRequest(f"Invalid value at '{path}.datasetId': required")
-    project_id = ref.get("projectId")
     out = {"datasetId": dataset_id}
+    project_id = _str(ref.get("projectId"), f"{path}.projectId", PROJECT_RE, "not a project id")
     if project_id is not None:
-        if not isinstance(project_id, str):
-            raise InvalidRequest(f"Invalid value at '{path}.projectId': expected a string")
         out["projectId"] = project_id
     return out
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:
     labels = _obj(value, path)
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequest(f"Invalid value at '{path}': at most {MAX_LABELS} labels")
     for k, v in labels.items():
-        if not isinstance(v, str) or not LABEL_RE.match(k) or not LABEL_RE.match(v):
-            raise InvalidRequest(f"Invalid value at '{path}': bad label {k!r}")
+        if (
+            not LABEL_KEY_RE.match(k)
+            or k != k.lower()
+            or not isinstance(v, str)
+            or not LABEL_VALUE_RE.match(v)
+            or v != v.lower()
+        ):
+            shown = k if LABEL_KEY_RE.match(k.lower()) else "(key)"
+            raise InvalidRequest(
+                f"Invalid value at '{path}': bad label {shown}: keys start with a lower-case "
+                "letter; keys and values are lower-case letters, digits, _ and -, at most 63"
+            )
     return dict(labels)
 
 
@@ -135,6 +312,12 @@ def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"Invalid value at '{path}': a query is required")
+    size = len(value.encode("utf-8"))
+    if size > MAX_QUERY_BYTES:
+        raise InvalidQuery(
+            f"The query is too large: {size:,} bytes of SQL; the gateway's limit is "
+            f"{MAX_QUERY_BYTES:,} bytes"
+        )
     if use_legacy_sql is not None and not isinstance(use_legacy_sql, bool):
         raise InvalidRequest(
             f"Invalid value at '{path[: path.rfind('.') + 1]}useLegacySql': expected true or false"
@@ -191,23 +374,175 @@ def _refuse_unsupported(query: Mapping[str, Any], prefix: str) -> None:
             raise InvalidRequest(f"Invalid value at '{prefix}{key}': not supported by bqgate")
 
 
-def _int(value: Any, path: str) -> int | None:
+def _integral(value: Any) -> int | None:
+    """The integer a JSON number or decimal string holds exactly, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and len(value) <= 20 and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    return None
+
+
+def _int(value: Any, path: str, maximum: int = MAX_INT) -> int | None:
+    """An int64 field as JSON carries it (a number or a decimal string), range-checked.
+
+    >>> _int("10", "maxResults"), _int(7.0, "x"), _int(None, "x")
+    (10, 7, None)
+    >>> _int(1e999, "timeoutMs")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidRequest: Invalid value at 'timeoutMs': expected an integer ...
+    """
     if value is None:
         return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"Invalid value at '{path}': expected an integer") from None
+    n = _integral(value)
+    if n is None or n > maximum:
+        raise InvalidRequest(f"Invalid value at '{path}': expected an integer from 0 to {maximum}")
     if n < 0:
         raise InvalidRequest(f"Invalid value at '{path}': must not be negative")
     return n
 
 
+def _param_type(value: Any, path: str, depth: int) -> dict[str, Any]:
+    t = _obj(value, path)
+    kind = t.get("type")
+    if not isinstance(kind, str) or not (
+        kind in SCALAR_TYPES or kind in ("ARRAY", "STRUCT", "RECORD", "RANGE")
+    ):
+        raise InvalidRequest(f"Invalid value at '{path}.type': not a query parameter type")
+    if depth > MAX_PARAMETER_NESTING and kind in ("ARRAY", "STRUCT", "RECORD", "RANGE"):
+        raise InvalidRequest(
+            f"Invalid value at '{path}': parameter types nest at most "
+            f"{MAX_PARAMETER_NESTING} levels through the gateway"
+        )
+    out: dict[str, Any] = {"type": kind}
+    if kind in ("ARRAY", "RANGE"):
+        key = "arrayType" if kind == "ARRAY" else "rangeElementType"
+        out[key] = _param_type(t.get(key), f"{path}.{key}", depth + 1)
+    elif kind in ("STRUCT", "RECORD"):
+        fields = t.get("structTypes")
+        if not isinstance(fields, list) or not fields:
+            raise InvalidRequest(f"Invalid value at '{path}.structTypes': expected a list")
+        subs = []
+        for i, f in enumerate(fields):
+            fp = f"{path}.structTypes[{i}]"
+            f = _obj(f, fp)
+            sub: dict[str, Any] = {"type": _param_type(f.get("type"), f"{fp}.type", depth + 1)}
+            name = _str(f.get("name"), f"{fp}.name", FIELD_NAME_RE, "not a field name")
+            if name is not None and RESERVED_ID_RE.match(name):
+                raise InvalidRequest(f"Invalid value at '{fp}.name': __name__ is reserved")
+            if name is not None:
+                sub["name"] = name
+            description = f.get("description")
+            if description is not None:
+                if not isinstance(description, str) or len(description) > 1024:
+                    raise InvalidRequest(f"Invalid value at '{fp}.description'")
+                sub["description"] = description
+            subs.append(sub)
+        out["structTypes"] = subs
+    return out
+
+
+def _param_value(value: Any, ptype: Mapping[str, Any], path: str) -> dict[str, Any]:
+    v = _obj(value, path)
+    out: dict[str, Any] = {}
+    kind = ptype["type"]
+    if kind == "ARRAY":
+        items = v.get("arrayValues")
+        if items is not None:
+            if not isinstance(items, list):
+                raise InvalidRequest(f"Invalid value at '{path}.arrayValues': expected a list")
+            out["arrayValues"] = [
+                _param_value(item, ptype["arrayType"], f"{path}.arrayValues[{i}]")
+                for i, item in enumerate(items)
+            ]
+    elif kind in ("STRUCT", "RECORD"):
+        values = _obj(v.get("structValues"), f"{path}.structValues")
+        types = {f.get("name"): f["type"] for f in ptype["structTypes"]}
+        struct: dict[str, Any] = {}
+        for name, item in values.items():
+            if name not in types:
+                raise InvalidRequest(
+                    f"Invalid value at '{path}.structValues': a field the type does not name"
+                )
+            struct[name] = _param_value(item, types[name], f"{path}.structValues.{name}")
+        if struct:
+            out["structValues"] = struct
+    elif kind == "RANGE":
+        rng = _obj(v.get("rangeValue"), f"{path}.rangeValue")
+        out["rangeValue"] = {
+            end: _param_value(rng[end], ptype["rangeElementType"], f"{path}.rangeValue.{end}")
+            for end in ("start", "end")
+            if rng.get(end) is not None
+        }
+    scalar = v.get("value")
+    if scalar is not None:
+        if kind not in SCALAR_TYPES or not isinstance(scalar, (str, int, float, bool)):
+            raise InvalidRequest(f"Invalid value at '{path}.value': expected a scalar value")
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            raise InvalidRequest(f"Invalid value at '{path}.value': not a finite number")
+        out["value"] = scalar if isinstance(scalar, str) else json.dumps(scalar)
+    return out
+
+
 def _params(body: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
-    params = body.get("queryParameters") or []
-    if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
-        raise InvalidRequest(f"Invalid value at '{path}.queryParameters': expected a list")
-    return list(params)
+    """Query parameters, type-checked and rebuilt from known keys only (what is stored).
+
+    >>> _params({"queryParameters": [{"name": "n", "parameterType": {"type": "INT64"},
+    ...          "parameterValue": {"value": "3"}}]}, "")
+    [{'parameterType': {'type': 'INT64'}, 'parameterValue': {'value': '3'}, 'name': 'n'}]
+    """
+    where = f"{path}.queryParameters" if path else "queryParameters"
+    params = body.get("queryParameters")
+    if params is None:
+        return []
+    if not isinstance(params, list) or len(params) > MAX_PARAMETERS:
+        raise InvalidRequest(
+            f"Invalid value at '{where}': expected a list of at most {MAX_PARAMETERS}"
+        )
+    out = []
+    for i, raw in enumerate(params):
+        pp = f"{where}[{i}]"
+        p = _obj(raw, pp)
+        ptype = _param_type(p.get("parameterType"), f"{pp}.parameterType", 1)
+        param: dict[str, Any] = {
+            "parameterType": ptype,
+            "parameterValue": _param_value(p.get("parameterValue"), ptype, f"{pp}.parameterValue"),
+        }
+        name = _str(
+            p.get("name"),
+            f"{pp}.name",
+            PARAM_NAME_RE,
+            "a parameter name is letters, digits and _, not starting with a digit",
+        )
+        if name is not None:
+            param["name"] = name
+        out.append(param)
+    if len(json.dumps(out, separators=(",", ":"))) > MAX_PARAMETER_BYTES:
+        raise InvalidRequest(
+            f"Invalid value at '{where}': over the gateway's limit of "
+            f"{MAX_PARAMETER_BYTES:,} bytes of parameters"
+        )
+    named = {"name" in p for p in out}
+    if len(named) > 1:
+        raise InvalidRequest(f"Invalid value at '{where}': mixes named and positional parameters")
+    return out
+
+
+def _parameter_mode(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.upper() not in PARAMETER_MODES:
+        raise InvalidRequest(f"Invalid value at '{path}': NAMED or POSITIONAL")
+    return value.upper()
+
+
+def _location(value: Any, path: str) -> str | None:
+    return _str(value, path, LOCATION_RE, "not a BigQuery location")
 
 
 def parse_insert(body: Mapping[str, Any]) -> QueryRequest:
@@ -232,20 +567,21 @@ def parse_insert(body: Mapping[str, Any]) -> QueryRequest:
     _refuse_unsupported(query, "configuration.query.")
     ref = _obj(body.get("jobReference"), "jobReference")
     job_id = ref.get("jobId")
-    if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
-        raise InvalidRequest("Invalid value at 'jobReference.jobId': letters, digits, _ and - only")
-    location = ref.get("location")
+    if job_id is not None:
+        job_id = check_job_id(job_id, "jobReference.jobId")
     return QueryRequest(
         sql=_sql(query.get("query"), "configuration.query.query", query.get("useLegacySql")),
         job_id=job_id,
-        location=location if isinstance(location, str) else None,
+        location=_location(ref.get("location"), "jobReference.location"),
         default_dataset=_dataset_ref(
             query.get("defaultDataset"), "configuration.query.defaultDataset"
         ),
         labels=_labels(config.get("labels"), "configuration.labels"),
-        dry_run=bool(config.get("dryRun")),
+        dry_run=_bool(config.get("dryRun"), "configuration.dryRun"),
         query_parameters=_params(query, "configuration.query"),
-        parameter_mode=query.get("parameterMode"),
+        parameter_mode=_parameter_mode(
+            query.get("parameterMode"), "configuration.query.parameterMode"
+        ),
         maximum_bytes_billed=_int(
             query.get("maximumBytesBilled"), "configuration.query.maximumBytesBilled"
         ),
@@ -279,11 +615,8 @@ def parse_query(body: Mapping[str, Any]) -> QueryRequest:
     10
     """
     request_id = body.get("requestId")
-    if request_id is not None and (
-        not isinstance(request_id, str) or not JOB_ID_RE.match(request_id)
-    ):
-        raise InvalidRequest("Invalid value at 'requestId': letters, digits, _ and - only")
-    location = body.get("location")
+    if request_id is not None:
+        request_id = check_job_id(request_id, "requestId")
     _refuse_unsupported(body, "")
     if body.get("jobCreationMode") not in (
         None,
@@ -295,12 +628,12 @@ def parse_query(body: Mapping[str, Any]) -> QueryRequest:
     return QueryRequest(
         sql=_sql(body.get("query"), "query", body.get("useLegacySql")),
         job_id=None,
-        location=location if isinstance(location, str) else None,
+        location=_location(body.get("location"), "location"),
         default_dataset=_dataset_ref(body.get("defaultDataset"), "defaultDataset"),
         labels=_labels(body.get("labels"), "labels"),
-        dry_run=bool(body.get("dryRun")),
+        dry_run=_bool(body.get("dryRun"), "dryRun"),
         query_parameters=_params(body, ""),
-        parameter_mode=body.get("parameterMode"),
+        parameter_mode=_parameter_mode(body.get("parameterMode"), "parameterMode"),
         timeout_ms=_int(body.get("timeoutMs"), "timeoutMs"),
         max_results=_int(body.get("maxResults"), "maxResults"),
         request_id=request_id,
@@ -370,6 +703,20 @@ def decode_page_token(token: str) -> int:
 
 def _ms(value: float | int | None) -> str | None:
     return None if value is None else str(int(value))
+
+
+def finished_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished job's ``errorResult`` as the agent sees it: the stored reason, unless a
+    client would retry it (an error stored before reasons were clamped).
+
+    >>> finished_error({"reason": "backendError", "message": "m"})
+    {'reason': 'jobFailed', 'message': 'BigQuery failed the job: m'}
+    >>> finished_error({"reason": "notFound", "message": "Not found: Table p:d.t"})
+    {'reason': 'notFound', 'message': 'Not found: Table p:d.t'}
+    """
+    if error.get("reason") in JOB_ERRORS:
+        return dict(error)
+    return for_job(error.get("reason"), error.get("message")).to_error_proto()
 
 
 def job_reference(job: Job) -> dict[str, str]:
@@ -541,8 +888,9 @@ def job_resource(job: Job) -> dict[str, Any]:
         query["destinationTable"] = destination
     status: dict[str, Any] = {"state": job.bigquery_state}
     if job.error:
-        status["errorResult"] = dict(job.error)
-        status["errors"] = [dict(job.error)]
+        error = finished_error(job.error)
+        status["errorResult"] = error
+        status["errors"] = [dict(error)]
     stats: dict[str, Any] = {"creationTime": _ms(job.created_ms)}
     if job.started_ms:
         stats["startTime"] = _ms(job.started_ms)
@@ -645,7 +993,7 @@ def query_results(
     if not job.done:
         return body
     if job.error:
-        body["errors"] = [dict(job.error)]
+        body["errors"] = [finished_error(job.error)]
     body["cacheHit"] = False
     if job.total_bytes_processed is not None:
         body["totalBytesProcessed"] = str(job.total_bytes_processed)

@@ -15,5 +15,6 @@ from bqgate.wire.bigquery import dumps
 @functions_framework.http
 def approvals(request: flask.Request) -> flask.Response:
     resp = wiring.approvals_app().handle(
-        request.method, request.path, request.headers, request.get_data(cache=False))
+        request.method, request.path, request.headers, request.get_data(cache=False),
+        request.args.to_dict())
     return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")

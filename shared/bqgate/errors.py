@@ -105,7 +105,8 @@ class Duplicate(BqgateError):
 
 
 class QuotaExceeded(BqgateError):
-    """Cost guard: the query would bill more bytes than the policy allows (not retried)."""
+    """A policy limit: the query would bill more bytes than allowed (cost guard), or its
+    principal has too many requests awaiting approval. Not retried by clients."""
 
     http_status = 403
     reason = "quotaExceeded"
@@ -129,6 +130,11 @@ class Unavailable(BqgateError):
     http_status = 503
     reason = "unavailable"
     status = "UNAVAILABLE"
+
+
+class Rejected(Unavailable):
+    """A dependency answered that it did not do what was asked (Slack's ``ok: false``):
+    unlike a timeout, the call certainly had no effect, so repeating it is safe."""
 
 
 class PolicyError(BqgateError):

@@ -48,6 +48,19 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
+    "BQGATE_DISPATCH_TIMEOUT_MS": (
+        "2000",
+        "Longest a hand-off publish waits on a request path (an Approve click, jobs.insert) "
+        "before the outbox's reconciler takes over.",
+    ),
+    "BQGATE_REDISPATCH_AFTER_MS": (
+        "20000",
+        "Outbox deadline: a hand-off not marked sent after this is re-published by the sweeper.",
+    ),
+    "BQGATE_RUNNING_DEADLINE_MS": (
+        "1200000",
+        "The sweeper fails a job still RUNNING this long after it started (its executor died).",
+    ),
     "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
@@ -79,6 +92,9 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
+    dispatch_timeout_ms: int = 2000
+    redispatch_after_ms: int = 20000
+    running_deadline_ms: int = 1_200_000
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,10 +112,16 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         key_file = dev_dir / "hmac.key"
         if key_file.exists():
             hmac_key = key_file.read_bytes().strip()
-    try:
-        max_wait_ms = int(get("BQGATE_MAX_WAIT_MS"))
-    except ValueError as exc:
-        raise BqgateError(f"BQGATE_MAX_WAIT_MS: not an integer: {exc}") from None
+    def positive(name: str) -> int:
+        try:
+            value = int(get(name))
+        except ValueError as exc:
+            raise BqgateError(f"{name}: not an integer: {exc}") from None
+        if value <= 0:
+            raise BqgateError(f"{name}: must be positive, got {value}")
+        return value
+
+    max_wait_ms = positive("BQGATE_MAX_WAIT_MS")
     return Settings(
         project=project,
         warehouse_project=get("BQGATE_WAREHOUSE_PROJECT") or project,
@@ -119,4 +141,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
         hmac_key=hmac_key,
         max_wait_ms=max_wait_ms,
+        dispatch_timeout_ms=positive("BQGATE_DISPATCH_TIMEOUT_MS"),
+        redispatch_after_ms=positive("BQGATE_REDISPATCH_AFTER_MS"),
+        running_deadline_ms=positive("BQGATE_RUNNING_DEADLINE_MS"),
     )

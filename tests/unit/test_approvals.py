@@ -261,18 +261,44 @@ class FakeNotifier:
         self.modals: list[tuple[str, Mapping[str, Any]]] = []
         self.lookups = 0
         self.fail_post = False
+        #: Slack posts the message but the answer never arrives (a timeout).
+        self.lose_answer = False
+        #: Slack does not answer at all (a hang): calls time out, and change nothing.
+        self.down = False
+        self.finds = 0
+        self.deleted: list[tuple[str, str]] = []
         self.users = {"U_ALICE": "alice@x.io", "U_BOB": "bob@x.io", "U_CAROL": "carol@x.io",
                       "U_MALLORY": "mallory@x.io"}
 
-    def post_request(self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]]
-                     ) -> tuple[str, str]:
+    def post_request(self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]],
+                     metadata: Mapping[str, Any] | None = None) -> tuple[str, str]:
         if self.fail_post:
             raise RuntimeError("slack is down")
-        self.posted.append({"channel": channel, "text": text, "blocks": list(blocks)})
+        if self.down:
+            raise TimeoutError("slack hangs")
+        self.posted.append({"channel": channel, "text": text, "blocks": list(blocks),
+                            "metadata": dict(metadata or {}), "ts": f"1.{len(self.posted) + 1}"})
+        if self.lose_answer:
+            raise TimeoutError("the answer never came")
         return "C1", f"1.{len(self.posted)}"
+
+    def find_messages(self, channel: str, event_type: str, key: str, value: str,
+                      oldest_ms: int) -> list[tuple[str, str]]:
+        self.finds += 1
+        if self.down:
+            raise TimeoutError("slack hangs")
+        return [("C1", m["ts"]) for m in self.posted
+                if m["metadata"].get("event_type") == event_type
+                and m["metadata"].get("event_payload", {}).get(key) == value
+                and (m["channel"], m["ts"]) not in {("#approvals", d[1]) for d in self.deleted}]
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        self.deleted.append((channel, ts))
 
     def update_message(self, channel: str, ts: str, text: str,
                        blocks: Sequence[Mapping[str, Any]]) -> None:
+        if self.down:
+            raise TimeoutError("slack hangs")
         self.updated.append({"channel": channel, "ts": ts, "text": text, "blocks": list(blocks)})
 
     def post_ephemeral(self, channel: str, user: str, text: str) -> None:
@@ -319,10 +345,7 @@ def env() -> dict[str, Any]:
     clock, recorder = Clock(), Recorder()
     service = ApprovalService(
         store=store, queue=queue, policy=policy(), notifier=lambda: notifier,
-        verifier=FakeVerifier, list_pending=lambda n: [
-            j for j in (store.get(k) for k in list(store.docs)) if j and j.state == PENDING_APPROVAL
-        ][:n],
-        signing_secret=SECRET, slack_channel="#approvals", recorder=recorder, clock=clock)
+        verifier=FakeVerifier, signing_secret=SECRET, slack_channel="#approvals", recorder=recorder, clock=clock)
     store.create(pending_job())
     return {"store": store, "queue": queue, "notifier": notifier, "clock": clock,
             "service": service, "recorder": recorder}

@@ -1,23 +1,60 @@
-"""The job store on Firestore: ``jobs/{job_id}`` and ``jobs/{job_id}/pages/{n}``."""
+"""The job store on Firestore.
+
+Layout (every document carries ``expire_at``, the timestamp Firestore's TTL deletes by)::
+
+    jobs/{job_id}                  the job (bqgate.jobs.Job.to_doc)
+    jobs/{job_id}/pages/{n:06d}    masked result pages
+    outbox/{job_id}~{event}        hand-offs written with the job's state changes
+                                   (bqgate.outbox.OutboxRecord)
+    approval_quotas/{principal}    the principal's open approval requests (job ids), the
+                                   counter behind approvals.max_pending_per_principal
+
+Writes that count against a quota are optimistic: read the counter, then commit the job
+write and the new counter together, on the condition that the counter did not change
+since it was read (its ``update_time``); a loser starts over. Concurrent submissions of
+one principal therefore serialise on its counter, and never overshoot the quota.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
+from bqgate.approvals import holds_quota_slot
 from bqgate.errors import Duplicate, NotFound
-from bqgate.jobs import Job
+from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
+from bqgate.outbox import OutboxRecord
+from bqgate.ports import Dispatches, OpenRequestQuota, PendingCursor, QuotaFull
 
 JOBS = "jobs"
 PAGES = "pages"
+OUTBOX = "outbox"
+QUOTAS = "approval_quotas"
+#: What a lost race looks like: the counter (or job) moved, or a create found its slot taken.
+CONTENTION = (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict)
+#: Longest a quota-counted write keeps retrying on contention.
+QUOTA_DEADLINE_S = 30.0
+#: Timeout of each query.
+QUERY_TIMEOUT_S = 10.0
+
+_DESC = firestore.Query.DESCENDING
 
 
 def page_id(index: int) -> str:
     return f"{index:06d}"
+
+
+def quota_doc_id(principal: str) -> str:
+    """The counter document of a principal (hashed: emails are not reserved-id safe)."""
+    return hashlib.sha256(principal.strip().lower().encode()).hexdigest()[:40]
 
 
 class FirestoreJobStore:
@@ -26,26 +63,79 @@ class FirestoreJobStore:
     the policy's ``sessions.retention``."""
 
     def __init__(
-        self, client: firestore.Client, collection: str = JOBS, retention_seconds: int = 30 * 86400
+        self,
+        client: firestore.Client,
+        collection: str = JOBS,
+        retention_seconds: int = 30 * 86400,
+        *,
+        outbox_collection: str = OUTBOX,
+        quota_collection: str = QUOTAS,
     ) -> None:
         self.client = client
         self.jobs = client.collection(collection)
+        self.outbox = client.collection(outbox_collection)
+        self.quotas = client.collection(quota_collection)
         self.retention_seconds = retention_seconds
+        self._rng = random.Random()
 
     def _expire_at(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.retention_seconds)
 
-    def create(self, job: Job) -> None:
-        try:
-            self.jobs.document(job.job_id).create({**job.to_doc(), "expire_at": self._expire_at()})
-        except gexc.AlreadyExists:
-            raise Duplicate(f"Already Exists: Job {job.project}:{job.job_id}") from None
+    def _write_outbox(self, writer: Any, records: Sequence[OutboxRecord]) -> None:
+        """Add the records to a batch or transaction (``set``: a rewrite is harmless)."""
+        for rec in records:
+            writer.set(self.outbox.document(rec.record_id),
+                       {**rec.to_doc(), "expire_at": self._expire_at()})
+
+    # --- writing -------------------------------------------------------------------
+
+    def create(
+        self,
+        job: Job,
+        *,
+        dispatch: Sequence[OutboxRecord] = (),
+        quota: OpenRequestQuota | None = None,
+    ) -> None:
+        ref = self.jobs.document(job.job_id)
+        doc = {**job.to_doc(), "expire_at": self._expire_at()}
+
+        def write(batch: Any) -> None:
+            batch.create(ref, doc)
+            self._write_outbox(batch, dispatch)
+
+        duplicate = Duplicate(f"Already Exists: Job {job.project}:{job.job_id}")
+        if quota is None or not holds_quota_slot(job, quota.now_ms):
+            batch = self.client.batch()
+            write(batch)
+            try:
+                batch.commit()
+            except gexc.AlreadyExists:
+                raise duplicate from None
+            return
+
+        def attempt() -> None:
+            self._counted_commit(quota, job.job_id, write)
+
+        def lost() -> None:
+            if ref.get().exists:  # the job's own slot was taken: not contention
+                raise duplicate
+
+        self._retry(attempt, lost)
 
     def get(self, job_id: str) -> Job | None:
         snap = self.jobs.document(job_id).get()
         return Job.from_doc(snap.to_dict() or {}) if snap.exists else None
 
-    def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+    def transition(
+        self,
+        job_id: str,
+        change: Callable[[Job], dict[str, Any] | None],
+        *,
+        dispatch: Dispatches | None = None,
+        quota: OpenRequestQuota | None = None,
+    ) -> Job:
+        if quota is not None:
+            return self._counted_transition(job_id, change, dispatch, quota)
         ref = self.jobs.document(job_id)
 
         @firestore.transactional
@@ -60,10 +150,98 @@ class FirestoreJobStore:
                 doc = job.to_doc()
                 doc.update(fields)
                 job = Job.from_doc(doc)
+                if dispatch is not None:
+                    self._write_outbox(txn, dispatch(job))
             return job
 
         result: Job = run(self.client.transaction())
         return result
+
+    def _counted_transition(
+        self,
+        job_id: str,
+        change: Callable[[Job], dict[str, Any] | None],
+        dispatch: Dispatches | None,
+        quota: OpenRequestQuota,
+    ) -> Job:
+        """A transition that counts the job against ``quota`` if it then holds a slot:
+        optimistic on both the job (its update_time) and the principal's counter."""
+        ref = self.jobs.document(job_id)
+        result: dict[str, Job] = {}
+
+        def attempt() -> None:
+            snap = ref.get()
+            if not snap.exists:
+                raise NotFound(f"Not found: Job {job_id}")
+            job = Job.from_doc(snap.to_dict() or {})
+            fields = change(job)
+            if not fields:
+                result["job"] = job
+                return
+            new = Job.from_doc({**job.to_doc(), **fields})
+
+            def write(batch: Any) -> None:
+                option = self.client.write_option(last_update_time=snap.update_time)
+                batch.update(ref, fields, option=option)
+                if dispatch is not None:
+                    self._write_outbox(batch, dispatch(new))
+
+            if holds_quota_slot(new, quota.now_ms):
+                self._counted_commit(quota, job_id, write)
+            else:
+                batch = self.client.batch()
+                write(batch)
+                batch.commit()
+            result["job"] = new
+
+        self._retry(attempt, lambda: None)
+        return result["job"]
+
+    def _counted_commit(
+        self, quota: OpenRequestQuota, job_id: str, write: Callable[[Any], None]
+    ) -> None:
+        """Commit ``write`` with ``job_id`` added to the principal's open requests, if the
+        principal has room; raise QuotaFull otherwise. Raises CONTENTION on a lost race."""
+        counter = self.quotas.document(quota_doc_id(quota.principal))
+        snap = counter.get()
+        listed = [str(i) for i in ((snap.to_dict() or {}).get("open") or [])] if snap.exists else []
+        others = [i for i in listed if i != job_id]
+        live: dict[str, Job] = {}
+        if others:
+            refs = [self.jobs.document(i) for i in others]
+            live = {s.id: Job.from_doc(s.to_dict() or {})
+                    for s in self.client.get_all(refs) if s.exists}
+        # Requests that ended (decided, expired, cancelled) give their slot back here: a
+        # job never returns to awaiting approval, so a stale read can only be conservative.
+        still = [i for i in others if i in live and holds_quota_slot(live[i], quota.now_ms)]
+        if len(still) >= quota.limit:
+            raise QuotaFull(still)
+        batch = self.client.batch()
+        write(batch)
+        body = {"principal": quota.principal, "open": [*still, job_id],
+                "updated_ms": quota.now_ms, "expire_at": self._expire_at()}
+        if snap.exists:
+            batch.update(counter, body,
+                         option=self.client.write_option(last_update_time=snap.update_time))
+        else:
+            batch.create(counter, body)
+        batch.commit()
+
+    def _retry(self, attempt: Callable[[], None], lost: Callable[[], None]) -> None:
+        """Run ``attempt`` until it commits; after each lost race call ``lost`` (which may
+        raise the real error), then back off with jitter."""
+        deadline = time.monotonic() + QUOTA_DEADLINE_S
+        tries = 0
+        while True:
+            try:
+                attempt()
+                return
+            except CONTENTION:
+                lost()
+                if time.monotonic() >= deadline:
+                    raise
+            tries += 1
+            time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
 
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
@@ -81,3 +259,93 @@ class FirestoreJobStore:
                 raise NotFound(f"Not found: result page {i} of job {job_id}")
             out.append((int(doc["start"]), str(doc["rows"])))
         return out
+
+    # --- queries -------------------------------------------------------------------
+
+    def _stream(self, query: Any) -> list[Job]:
+        return [Job.from_doc(s.to_dict() or {}) for s in query.stream(timeout=QUERY_TIMEOUT_S)]
+
+    def pending_approvals(
+        self, *, now_ms: int, limit: int, after: PendingCursor | None = None
+    ) -> list[Job]:
+        """Newest first; expired requests excluded by the query (composite index
+        ``state, created_ms desc, expire_at_ms desc, __name__ desc``: firestore.tf)."""
+        query = (
+            self.jobs.where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+            .where(filter=FieldFilter("expire_at_ms", ">", now_ms))
+            .order_by("created_ms", direction=_DESC)
+            .order_by("expire_at_ms", direction=_DESC)
+            .order_by("__name__", direction=_DESC)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.start_after({"created_ms": after.created_ms,
+                                       "expire_at_ms": after.expire_at_ms,
+                                       "__name__": after.job_id})
+        return self._stream(query)
+
+    def similar_pending(
+        self, *, owner: str, statement_hash: str, now_ms: int, limit: int
+    ) -> list[Job]:
+        query = (
+            self.jobs.where(filter=FieldFilter("owner", "==", owner))
+            .where(filter=FieldFilter("classification.statement_hash", "==", statement_hash))
+            .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+            .where(filter=FieldFilter("expire_at_ms", ">", now_ms))
+            .limit(limit)
+        )
+        return self._stream(query)
+
+    def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:
+        query = (
+            self.jobs.where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+            .where(filter=FieldFilter("expire_at_ms", "<=", now_ms))
+            .limit(limit)
+        )
+        return self._stream(query)
+
+    def stale_running(self, *, started_before_ms: int, limit: int) -> list[Job]:
+        query = (
+            self.jobs.where(filter=FieldFilter("state", "==", RUNNING))
+            .where(filter=FieldFilter("started_ms", "<=", started_before_ms))
+            .limit(limit)
+        )
+        return self._stream(query)
+
+    # --- outbox --------------------------------------------------------------------
+
+    def outbox_of(self, job_id: str) -> list[OutboxRecord]:
+        query = self.outbox.where(filter=FieldFilter("job_id", "==", job_id))
+        return [OutboxRecord.from_doc(s.to_dict() or {})
+                for s in query.stream(timeout=QUERY_TIMEOUT_S)]
+
+    def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
+        """Unfinished records (a finished one has ``due_ms`` null, which a range never
+        matches) due by now, most overdue first: a single-field index."""
+        query = (
+            self.outbox.where(filter=FieldFilter("due_ms", "<=", now_ms))
+            .order_by("due_ms")
+            .limit(limit)
+        )
+        return [OutboxRecord.from_doc(s.to_dict() or {})
+                for s in query.stream(timeout=QUERY_TIMEOUT_S)]
+
+    def outbox_transition(
+        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
+    ) -> OutboxRecord | None:
+        ref = self.outbox.document(record_id)
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> OutboxRecord | None:
+            snap = ref.get(transaction=txn)
+            if not snap.exists:
+                return None
+            rec = OutboxRecord.from_doc(snap.to_dict() or {})
+            fields = change(rec)
+            if fields:
+                txn.update(ref, fields)
+                rec = OutboxRecord.from_doc({**rec.to_doc(), **fields})
+            return rec
+
+        result: OutboxRecord | None = run(self.client.transaction())
+        return result

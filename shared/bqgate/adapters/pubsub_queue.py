@@ -12,12 +12,22 @@ PUBLISH_TIMEOUT_S = 30.0
 
 
 class PubSubQueue:
-    def __init__(self, publisher: pubsub_v1.PublisherClient, project: str) -> None:
+    """Publishes and waits for the server's ack, at most ``timeout_s`` (the outbox makes a
+    publish that timed out harmless: its record stays due and is re-sent)."""
+
+    def __init__(
+        self,
+        publisher: pubsub_v1.PublisherClient,
+        project: str,
+        *,
+        timeout_s: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
         self.publisher = publisher
         self.project = project
+        self.timeout_s = timeout_s
 
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:
         path = self.publisher.topic_path(self.project, topic)
         data = json.dumps(dict(message), separators=(",", ":")).encode()
         # Wait for the server's ack: a job must not be reported as queued before it is.
-        self.publisher.publish(path, data).result(timeout=PUBLISH_TIMEOUT_S)
+        self.publisher.publish(path, data).result(timeout=self.timeout_s)

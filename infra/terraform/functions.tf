@@ -1,4 +1,4 @@
-# The four Cloud Functions (gen2). Each runs as its own service account (iam.tf)
+# The five Cloud Functions (gen2). Each runs as its own service account (iam.tf)
 # from its own bundle (bundles.tf).
 #
 # executor and slack_notify are CloudEvent functions fed by Pub/Sub, but they are
@@ -200,5 +200,44 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
     google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
+  ]
+}
+
+# Called by Cloud Scheduler (scheduler.tf) and by Pub/Sub push of the dead-letter
+# topics (pubsub.tf); only those two identities may invoke it (iam.tf). Needs no
+# secrets: it never talks to Slack or BigQuery, it publishes to the work topics.
+resource "google_cloudfunctions2_function" "sweeper" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.sweeper
+  description = local.functions.sweeper.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = "sweeper"
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["sweeper"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["sweeper"].email
+    available_memory               = "256Mi"
+    timeout_seconds                = 300
+    max_instance_count             = 2
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables          = local.common_env
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
   ]
 }

@@ -1,7 +1,7 @@
 # Values derived from the variables, shared by several files.
 
 locals {
-  # The four functions, by folder name (functions/<name>/main.py); each
+  # The five functions, by folder name (functions/<name>/main.py); each
   # folder's functions-framework target has the same name (functions.tf).
   functions = {
     approvals = {
@@ -15,6 +15,9 @@ locals {
     }
     slack_notify = {
       description = "Posts approval requests to Slack."
+    }
+    sweeper = {
+      description = "Outbox reconciler, approval expiry, orphaned jobs (Cloud Scheduler) and dead-letter consumer."
     }
   }
 
@@ -35,7 +38,7 @@ locals {
 
   # Firestore collection groups whose documents carry an `expire_at` timestamp
   # that the TTL policy deletes them at.
-  firestore_ttl_collections = ["events", "jobs", "pages", "sessions"]
+  firestore_ttl_collections = ["approval_quotas", "events", "jobs", "outbox", "pages", "sessions"]
 
   # Pub/Sub's own service agent: it publishes dead letters and acks the
   # messages it forwarded, so it needs rights on both sides.

@@ -40,8 +40,10 @@ NOTIFY = "notify"  # executor -> slack_notify: post the approval request
 CLOSE = "close"  # anyone -> slack_notify: show the outcome on the request's message
 EVENTS = (ACCEPTED, APPROVED, NOTIFY, CLOSE)
 
-#: Longest pause between two re-publishes of one record.
-MAX_RETRY_MS = 10 * 60 * 1000
+#: Longest pause between two re-publishes of a notification (``until_done``) record; a
+#: hand-off to the executor is retried every ``retry_ms``, so it goes out within one
+#: reconciler pass after Pub/Sub recovers.
+MAX_RETRY_MS = 5 * 60 * 1000
 #: A record still unfinished this long after it was written is given up (the job is
 #: failed with a clear error if it is still waiting for it).
 GIVE_UP_MS = 60 * 60 * 1000
@@ -117,12 +119,18 @@ def new_record(
     return OutboxRecord(job_id, event, topic, now_ms, now_ms + deadline_ms, until_done)
 
 
-def retry_delay_ms(attempts: int, retry_ms: int) -> int:
-    """Exponential backoff between re-publishes, capped at :data:`MAX_RETRY_MS`.
+def retry_delay_ms(attempts: int, retry_ms: int, until_done: bool = False) -> int:
+    """The pause before the next re-publish: ``retry_ms`` for a hand-off (publishing is
+    cheap, and a job waits for it), exponential up to :data:`MAX_RETRY_MS` for a
+    notification (each retry asks Slack).
 
-    >>> [retry_delay_ms(n, 20_000) for n in (0, 1, 2, 3, 10)]
-    [20000, 20000, 40000, 80000, 600000]
+    >>> [retry_delay_ms(n, 20_000) for n in (1, 5)]
+    [20000, 20000]
+    >>> [retry_delay_ms(n, 20_000, until_done=True) for n in (0, 1, 2, 3, 10)]
+    [20000, 20000, 40000, 80000, 300000]
     """
+    if not until_done:
+        return retry_ms
     return int(min(retry_ms * 2 ** max(attempts - 1, 0), MAX_RETRY_MS))
 
 
@@ -131,7 +139,7 @@ def published(rec: OutboxRecord, now_ms: int, *, retry_ms: int) -> dict[str, Any
     if rec.finished:
         return None
     attempts = rec.attempts + 1
-    due = now_ms + retry_delay_ms(attempts, retry_ms) if rec.until_done else None
+    due = now_ms + retry_delay_ms(attempts, retry_ms, True) if rec.until_done else None
     return {"attempts": attempts, "sent_ms": now_ms, "due_ms": due, "last_error": None}
 
 
@@ -140,7 +148,8 @@ def failed(rec: OutboxRecord, now_ms: int, error: str, *, retry_ms: int) -> dict
     if rec.finished:
         return None
     attempts = rec.attempts + 1
-    return {"attempts": attempts, "due_ms": now_ms + retry_delay_ms(attempts, retry_ms),
+    return {"attempts": attempts,
+            "due_ms": now_ms + retry_delay_ms(attempts, retry_ms, rec.until_done),
             "last_error": error[:300]}
 
 

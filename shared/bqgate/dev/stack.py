@@ -38,6 +38,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "approvals": 8181,
     "executor": 8182,
     "slack_notify": 8183,
+    "sweeper": 8184,
     "slack": 8190,
     "oidc_issuer": 8191,
     "bigquery": 9050,
@@ -171,8 +172,14 @@ class Stack:
     seed: bool = True
     #: Allowed jobs reach the executor by a direct call (True) or via the execute topic.
     fast_path: bool = True
+    #: Seconds between two calls of the sweeper (Cloud Scheduler calls it every minute).
+    sweep_interval_s: float = 5.0
+    #: Put a FaultProxy (bqgate.dev.faults) in front of Pub/Sub for every publisher, so
+    #: tests can make publishing fail (``stack.pubsub_faults.refuse()``).
+    faults: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    pubsub_faults: Any = None
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -185,6 +192,7 @@ class Stack:
             "approvals": self.url("approvals"),
             "executor": self.url("executor"),
             "slack_notify": self.url("slack_notify"),
+            "sweeper": self.url("sweeper"),
             "slack": self.url("slack"),
             "oidc_issuer": self.url("oidc_issuer"),
             "bigquery": self.url("bigquery"),
@@ -212,7 +220,11 @@ class Stack:
             "BQGATE_APPROVALS_URL": self.url("approvals"),
             "BQGATE_EXECUTOR_URL": self.url("executor") if self.fast_path else "",
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
-            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
+            "PUBSUB_EMULATOR_HOST": (
+                self.pubsub_faults.address
+                if self.pubsub_faults is not None
+                else f"127.0.0.1:{self.ports['pubsub']}"
+            ),
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             **self.extra_env,
         }
@@ -284,6 +296,10 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / ".gitignore").write_text("*\n")
         self._secret("hmac.key", 32)
+        if self.faults and self.pubsub_faults is None:
+            from bqgate.dev.faults import FaultProxy
+
+            self.pubsub_faults = FaultProxy(("127.0.0.1", self.ports["pubsub"]))
         try:
             self._start(out)
         except BaseException:
@@ -382,6 +398,7 @@ class Stack:
             ("approvals", "approvals", "approvals", "http"),
             ("executor", "executor", "executor", "cloudevent"),
             ("slack_notify", "slack_notify", "slack_notify", "cloudevent"),
+            ("sweeper", "sweeper", "sweeper", "http"),
         ]
         started = []
         for port_name, folder, target, sig in functions:
@@ -411,15 +428,24 @@ class Stack:
         for proc, port_name in started:
             self._wait_http(proc, self.url(port_name) + "/")
         self.create_topics()
+        # Cloud Scheduler's part: call the sweeper (outbox reconciler, expiry, orphans).
+        self._spawn("scheduler", [py, "-m", "bqgate.dev.scheduler", "--url",
+                                  self.url("sweeper") + "/", "--every",
+                                  str(self.sweep_interval_s)])
 
     def create_topics(self) -> None:
-        """Topics and push subscriptions: execute -> executor, approvals -> slack_notify."""
+        """Topics and push subscriptions: execute -> executor, approvals -> slack_notify,
+        and each one's dead-letter topic -> the sweeper's dead-letter consumer."""
         from bqgate.adapters.emulators import create_push_topics
 
         create_push_topics(
             f"127.0.0.1:{self.ports['pubsub']}",
             PROJECT,
             {"execute": self.url("executor") + "/", "approvals": self.url("slack_notify") + "/"},
+            dead_letter_push={
+                "execute": self.url("sweeper") + "/dead-letter/execute",
+                "approvals": self.url("sweeper") + "/dead-letter/approvals",
+            },
         )
 
     def write_endpoints(self) -> Path:
@@ -444,6 +470,9 @@ class Stack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=2)
         self.procs.clear()
+        if self.pubsub_faults is not None:
+            self.pubsub_faults.close()
+            self.pubsub_faults = None
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "endpoints.json").unlink()
 
@@ -480,6 +509,7 @@ def banner(endpoints: Mapping[str, str]) -> str:
         "bqgate dev stack is up (loopback only). Ctrl-C stops everything.",
         f"Gateway: {endpoints['gateway']}",
         f"Approvals: {endpoints['approvals']}   Slack stand-in: {endpoints['slack']}",
+        f"Sweeper: {endpoints['sweeper']} (outbox reconciler, expiry, dead letters)",
         f"BigQuery emulator: {endpoints['bigquery']}   OIDC issuer: {endpoints['oidc_issuer']}",
         f"Firestore: {endpoints['firestore']}   Pub/Sub: {endpoints['pubsub']}",
         f"State and logs: {endpoints['state_dir']}",

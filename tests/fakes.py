@@ -142,10 +142,17 @@ class MemoryJobStore:
 
 
 class MemoryQueue:
+    """Published messages in a list; ``down = True`` makes every publish fail."""
+
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.down = False
+        self.refused = 0
 
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        if self.down:
+            self.refused += 1
+            raise ConnectionRefusedError("pubsub is down")
         self.messages.append((topic, dict(message)))
 
 

@@ -459,7 +459,9 @@ class ApprovalService:
 
             self.store.transition(job_id, release)
             raise
-        job = self._remember(job_id, channel, ts, found_existing=bool(found))
+        # A message found instead of posted: this claim made no post, so it is not counted.
+        job = self._remember(job_id, channel, ts, found_existing=bool(found),
+                             attempts=earlier if found else None)
         self.dispatcher.complete(job_id, outbox.NOTIFY)
         if job.state != PENDING_APPROVAL:
             # Decided (API) while the message was being posted: show the outcome now.
@@ -485,10 +487,12 @@ class ApprovalService:
                 log.exception("deleting a duplicate Slack message of job %s failed", job.job_id)
         return found[:1]
 
-    def _remember(self, job_id: str, channel: str, ts: str, *, found_existing: bool) -> Job:
+    def _remember(self, job_id: str, channel: str, ts: str, *, found_existing: bool,
+                  attempts: int | None = None) -> Job:
         def remember(j: Job) -> dict[str, Any]:
-            rec = replace(core.record_of(j), slack_channel=channel, slack_ts=ts,
-                          notified_at_ms=None)
+            rec = core.record_of(j)
+            rec = replace(rec, slack_channel=channel, slack_ts=ts, notified_at_ms=None,
+                          post_attempts=rec.post_attempts if attempts is None else attempts)
             return {"approval": rec.to_doc()}
 
         job = self.store.transition(job_id, remember)

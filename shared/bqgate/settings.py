@@ -49,7 +49,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
     "BQGATE_DISPATCH_TIMEOUT_MS": (
-        "2000",
+        "1500",
         "Longest a hand-off publish waits on a request path (an Approve click, jobs.insert) "
         "before the outbox's reconciler takes over.",
     ),
@@ -92,7 +92,7 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
-    dispatch_timeout_ms: int = 2000
+    dispatch_timeout_ms: int = 1500
     redispatch_after_ms: int = 20000
     running_deadline_ms: int = 1_200_000
 

@@ -345,7 +345,8 @@ def env() -> dict[str, Any]:
     clock, recorder = Clock(), Recorder()
     service = ApprovalService(
         store=store, queue=queue, policy=policy(), notifier=lambda: notifier,
-        verifier=FakeVerifier, signing_secret=SECRET, slack_channel="#approvals", recorder=recorder, clock=clock)
+        verifier=FakeVerifier, signing_secret=SECRET, slack_channel="#approvals",
+        recorder=recorder, clock=clock)
     store.create(pending_job())
     return {"store": store, "queue": queue, "notifier": notifier, "clock": clock,
             "service": service, "recorder": recorder}
@@ -625,7 +626,8 @@ def test_the_outcome_reaches_a_message_posted_while_the_request_was_decided(
     notifier.lose_answer = False
     status, body = api(env, "POST", "/v1/approvals/j1:deny", "bob@x.io:approvers",
                        {"reason": "not today"})
-    assert body["outcome"] == "denied" and not notifier.updated  # no message known yet
+    assert status == 200 and body["outcome"] == "denied"
+    assert not notifier.updated  # no message known yet
     assert not record_of_event(env, "j1", "close").finished
     assert svc.notify("j1") == "closed"  # the reconciler's redelivery of the close record
     assert notifier.updated[-1]["ts"] == "1.1" and "Denied" in notifier.updated[-1]["text"]
@@ -683,7 +685,7 @@ def test_the_list_is_newest_first_paged_and_leaves_expired_requests_out(
     assert listed == ["zzz-newest", *reversed(ids), "j1"]
     assert "000-expired" not in listed
     status, body = api(env, "GET", "/v1/approvals", "alice@x.io:approvers")
-    assert body["next_cursor"] is None and len(body["approvals"]) == 14
+    assert status == 200 and body["next_cursor"] is None and len(body["approvals"]) == 14
     resp = env["service"].handle("GET", "/v1/approvals",
                                  {"Authorization": "Bearer alice@x.io:approvers"}, b"",
                                  {"cursor": "garbage"})

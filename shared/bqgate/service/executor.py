@@ -244,14 +244,14 @@ class Executor:
             return self._fail(job, {"reason": "quotaExceeded", "message": message})
         if not won["ok"]:
             return "awaiting-approval"
-        # The request and its notification were committed together; if this publish fails
-        # the outbox reconciler sends it (the approvers see the request meanwhile).
-        dispatcher.send_all(notify)
         self._record(
             job,
             "approval_requested",
             {"reasons": job.classification.get("reasons"), "bytes_estimate": estimate},
         )
+        # The request and its notification were committed together; if this publish fails
+        # the outbox reconciler sends it (the approvers see the request meanwhile).
+        dispatcher.send_all(notify)
         return "sent-for-approval"
 
     def _approval_problem(self, job: Job) -> str | None:

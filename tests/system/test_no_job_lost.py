@@ -220,7 +220,7 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
     hung_at = time.monotonic()
     try:
         job = gateway_client.query(LEDGER_SQL + " -- slack hangs")
-        rows = pool.submit(lambda: list(job.result(timeout=900)))
+        rows = pool.submit(lambda: list(job.result(timeout=SLACK_HANG_S + 300)))
         # slack_notify tried while Slack hung: one post went out (never answered), and
         # every retry since looked the message up instead of posting a second one.
         until("a post attempt", lambda: approval(store, job.job_id).post_attempts >= 1, 60)

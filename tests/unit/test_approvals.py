@@ -598,6 +598,7 @@ def test_while_slack_hangs_nothing_is_posted_twice(env: dict[str, Any]) -> None:
     assert len(notifier.posted) == 1 and notifier.finds == 5
     notifier.down = False
     assert svc.notify("j1") == "found-existing" and len(notifier.posted) == 1
+    assert ApprovalRecord.from_doc(env["store"].get("j1").approval).post_attempts == 1
 
 
 def test_duplicates_found_are_deleted_and_a_refused_post_is_not_counted(

@@ -411,8 +411,10 @@ class ApprovalService:
                 state["what"] = "in-progress"  # another delivery is posting it right now
                 return None
             state["what"], state["earlier_attempts"] = "post", rec.post_attempts
-            claimed = replace(rec, notified_at_ms=now, post_attempts=rec.post_attempts + 1,
-                              first_post_ms=rec.first_post_ms or now)
+            # The first attempt posts straight away, so it is counted with the claim; a later
+            # one first looks for the message an earlier attempt may have posted.
+            claimed = (replace(rec, notified_at_ms=now, post_attempts=1, first_post_ms=now)
+                       if rec.post_attempts == 0 else replace(rec, notified_at_ms=now))
             return {"approval": claimed.to_doc()}
 
         def records(j: Job) -> list[OutboxRecord]:
@@ -440,6 +442,9 @@ class ApprovalService:
             if found:
                 channel, ts = found[0]
             else:
+                if earlier:  # counted before the call: a crash mid-post must not go unseen
+                    self.store.transition(job_id, lambda j: {"approval": replace(
+                        core.record_of(j), post_attempts=earlier + 1).to_doc()})
                 msg = blocks.request_message(job)
                 posting = True
                 channel, ts = self._notifier().post_request(
@@ -447,7 +452,8 @@ class ApprovalService:
         except Exception as exc:
             # Release the claim so a redelivery (or the reconciler) tries again. A post whose
             # answer never came stays counted, so the next try looks for it before posting;
-            # one Slack refused (ok: false) certainly posted nothing.
+            # one Slack refused (ok: false) certainly posted nothing; a failed lookup made
+            # no post and counted none.
             refused = posting and isinstance(exc, Rejected)
 
             def release(j: Job) -> dict[str, Any]:
@@ -459,9 +465,7 @@ class ApprovalService:
 
             self.store.transition(job_id, release)
             raise
-        # A message found instead of posted: this claim made no post, so it is not counted.
-        job = self._remember(job_id, channel, ts, found_existing=bool(found),
-                             attempts=earlier if found else None)
+        job = self._remember(job_id, channel, ts, found_existing=bool(found))
         self.dispatcher.complete(job_id, outbox.NOTIFY)
         if job.state != PENDING_APPROVAL:
             # Decided (API) while the message was being posted: show the outcome now.
@@ -487,12 +491,10 @@ class ApprovalService:
                 log.exception("deleting a duplicate Slack message of job %s failed", job.job_id)
         return found[:1]
 
-    def _remember(self, job_id: str, channel: str, ts: str, *, found_existing: bool,
-                  attempts: int | None = None) -> Job:
+    def _remember(self, job_id: str, channel: str, ts: str, *, found_existing: bool) -> Job:
         def remember(j: Job) -> dict[str, Any]:
-            rec = core.record_of(j)
-            rec = replace(rec, slack_channel=channel, slack_ts=ts, notified_at_ms=None,
-                          post_attempts=rec.post_attempts if attempts is None else attempts)
+            rec = replace(core.record_of(j), slack_channel=channel, slack_ts=ts,
+                          notified_at_ms=None)
             return {"approval": rec.to_doc()}
 
         job = self.store.transition(job_id, remember)

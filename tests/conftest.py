@@ -55,8 +55,9 @@ def _no_leftover_approval_requests(request: pytest.FixtureRequest) -> Iterator[N
     store = FirestoreJobStore(firestore.Client(project=PROJECT))
     now = int(time.time() * 1000)
     for job in store.pending_approvals(now_ms=now, limit=1000):
-        store.transition(job.job_id, lambda j: {"expire_at_ms": now - 1}
-                         if j.state == PENDING_APPROVAL else None)
+        store.transition(
+            job.job_id, lambda j: {"expire_at_ms": now - 1} if j.state == PENDING_APPROVAL else None
+        )
 
 
 def mint_token_for(

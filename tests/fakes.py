@@ -27,8 +27,10 @@ class MemoryJobStore:
         if quota is None or not holds_quota_slot(job, quota.now_ms):
             return
         open_ids = [
-            k for k, d in self.docs.items()
-            if k != job.job_id and d.get("owner") == quota.principal
+            k
+            for k, d in self.docs.items()
+            if k != job.job_id
+            and d.get("owner") == quota.principal
             and holds_quota_slot(Job.from_doc(d), quota.now_ms)
         ]
         if len(open_ids) >= quota.limit:
@@ -84,7 +86,8 @@ class MemoryJobStore:
         self, *, now_ms: int, limit: int, after: PendingCursor | None = None
     ) -> list[Job]:
         jobs = [
-            j for j in self._jobs()
+            j
+            for j in self._jobs()
             if j.state == PENDING_APPROVAL and (j.expire_at_ms or 0) > now_ms
         ]
         jobs.sort(key=lambda j: (j.created_ms, j.expire_at_ms or 0, j.job_id), reverse=True)
@@ -97,20 +100,24 @@ class MemoryJobStore:
         self, *, owner: str, statement_hash: str, now_ms: int, limit: int
     ) -> list[Job]:
         return [
-            j for j in self.pending_approvals(now_ms=now_ms, limit=10**9)
+            j
+            for j in self.pending_approvals(now_ms=now_ms, limit=10**9)
             if j.owner == owner and statement_hash_of(j) == statement_hash
         ][:limit]
 
     def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:
         return [
-            j for j in self._jobs()
-            if j.state == PENDING_APPROVAL and j.expire_at_ms is not None
+            j
+            for j in self._jobs()
+            if j.state == PENDING_APPROVAL
+            and j.expire_at_ms is not None
             and j.expire_at_ms <= now_ms
         ][:limit]
 
     def stale_running(self, *, started_before_ms: int, limit: int) -> list[Job]:
         return [
-            j for j in self._jobs()
+            j
+            for j in self._jobs()
             if j.state == RUNNING and (j.started_ms or 0) <= started_before_ms
         ][:limit]
 
@@ -118,8 +125,11 @@ class MemoryJobStore:
         return [OutboxRecord.from_doc(d) for d in self.outbox.values() if d["job_id"] == job_id]
 
     def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
-        due = [OutboxRecord.from_doc(d) for d in self.outbox.values()
-               if d["due_ms"] is not None and d["due_ms"] <= now_ms]
+        due = [
+            OutboxRecord.from_doc(d)
+            for d in self.outbox.values()
+            if d["due_ms"] is not None and d["due_ms"] <= now_ms
+        ]
         return sorted(due, key=lambda r: r.due_ms or 0)[:limit]
 
     def outbox_transition(

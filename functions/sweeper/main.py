@@ -12,6 +12,7 @@ from bqgate.wire.bigquery import dumps
 @functions_framework.http
 def sweeper(request: flask.Request) -> flask.Response:
     body = request.get_json(silent=True, cache=False)
-    resp = wiring.sweeper_app().handle(request.method, request.path,
-                                       body if isinstance(body, dict) else None)
+    resp = wiring.sweeper_app().handle(
+        request.method, request.path, body if isinstance(body, dict) else None
+    )
     return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")

@@ -148,9 +148,11 @@ def failed(rec: OutboxRecord, now_ms: int, error: str, *, retry_ms: int) -> dict
     if rec.finished:
         return None
     attempts = rec.attempts + 1
-    return {"attempts": attempts,
-            "due_ms": now_ms + retry_delay_ms(attempts, retry_ms, rec.until_done),
-            "last_error": error[:300]}
+    return {
+        "attempts": attempts,
+        "due_ms": now_ms + retry_delay_ms(attempts, retry_ms, rec.until_done),
+        "last_error": error[:300],
+    }
 
 
 def completed(rec: OutboxRecord, now_ms: int) -> dict[str, Any] | None:
@@ -177,7 +179,20 @@ def overdue(rec: OutboxRecord, now_ms: int) -> bool:
 
 
 __all__ = [
-    "ACCEPTED", "APPROVED", "CLOSE", "EVENTS", "GIVE_UP_MS", "MAX_RETRY_MS", "NOTIFY",
-    "OutboxRecord", "abandoned", "completed", "failed", "new_record", "overdue", "published",
-    "record_id", "retry_delay_ms",
+    "ACCEPTED",
+    "APPROVED",
+    "CLOSE",
+    "EVENTS",
+    "GIVE_UP_MS",
+    "MAX_RETRY_MS",
+    "NOTIFY",
+    "OutboxRecord",
+    "abandoned",
+    "completed",
+    "failed",
+    "new_record",
+    "overdue",
+    "published",
+    "record_id",
+    "retry_delay_ms",
 ]

@@ -555,15 +555,19 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
 
 
 def _approvals(c: _Checker, raw: object, declared_groups: set[str]) -> ApprovalSettings:
-    spec = c.mapping(raw, "approvals", ("approver_groups", "required", "ttl", "owners",
-                                        "max_pending_per_principal"))
+    spec = c.mapping(
+        raw,
+        "approvals",
+        ("approver_groups", "required", "ttl", "owners", "max_pending_per_principal"),
+    )
     approver_groups = c.strings(spec.get("approver_groups"), "approvals.approver_groups")
     for g in approver_groups:
         if g not in declared_groups:
             c.add("approvals.approver_groups", f'unknown group "{g}" (declare it under groups)')
     required = c.integer(spec.get("required"), "approvals.required", 1, minimum=1)
-    max_pending = c.integer(spec.get("max_pending_per_principal"),
-                            "approvals.max_pending_per_principal", 10, minimum=1)
+    max_pending = c.integer(
+        spec.get("max_pending_per_principal"), "approvals.max_pending_per_principal", 10, minimum=1
+    )
     ttl = c.convert(spec.get("ttl"), "approvals.ttl", parse_duration, 900)
     owners: dict[str, str] = {}
     for agent, owner in c.mapping(spec.get("owners"), "approvals.owners").items():

@@ -96,8 +96,9 @@ class JobStore(Protocol):
         """Unexpired jobs awaiting approval, newest first by creation time, after ``after``.
         Expired requests are excluded by the query itself."""
 
-    def similar_pending(self, *, owner: str, statement_hash: str, now_ms: int,
-                        limit: int) -> list[Job]:
+    def similar_pending(
+        self, *, owner: str, statement_hash: str, now_ms: int, limit: int
+    ) -> list[Job]:
         """Unexpired jobs awaiting approval of ``owner`` with the same statement hash."""
 
     def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:

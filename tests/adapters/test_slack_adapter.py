@@ -50,10 +50,12 @@ def test_posted_messages_are_found_by_their_metadata_and_deleted(slack: SlackNot
     slack.post_request("#bqgate-approvals", "other", [], meta("someone-else"))
     # By #name (resolved through conversations.list) or by id: the same one message.
     assert slack.find_messages("#bqgate-approvals", META, "job_id", job_id, since) == [
-        (CHANNEL_ID, ts)]
+        (CHANNEL_ID, ts)
+    ]
     assert slack.find_messages(CHANNEL_ID, META, "job_id", job_id, since) == [(CHANNEL_ID, ts)]
-    assert slack.find_messages(CHANNEL_ID, META, "job_id", job_id,
-                               int(float(ts) * 1000) + 1000) == []
+    assert (
+        slack.find_messages(CHANNEL_ID, META, "job_id", job_id, int(float(ts) * 1000) + 1000) == []
+    )
     slack.delete_message(channel, ts)
     assert slack.find_messages(CHANNEL_ID, META, "job_id", job_id, since) == []
     with pytest.raises(Rejected, match="message_not_found"):
@@ -68,7 +70,8 @@ def test_slack_saying_no_is_rejected_not_unknown(slack: SlackNotifier) -> None:
 
 
 def test_a_post_during_a_hang_times_out_and_is_carried_out_when_it_ends(
-        stack: Stack, slack: SlackNotifier) -> None:
+    stack: Stack, slack: SlackNotifier
+) -> None:
     job_id = "hang-" + uuid.uuid4().hex
     since = int(time.time() * 1000) - 1000
     assert hang(stack, 10)["hanging"] is True

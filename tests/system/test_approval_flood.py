@@ -34,10 +34,14 @@ GENUINE = [f"genuine-{i}@demo-project.iam.gserviceaccount.com" for i in range(4)
 
 def insert(stack: Stack, token: str, job_id: str, sql: str) -> requests.Response:
     return requests.post(
-        f"{stack.url('gateway')}/bigquery/v2/projects/{PROJECT}/jobs", timeout=120,
+        f"{stack.url('gateway')}/bigquery/v2/projects/{PROJECT}/jobs",
+        timeout=120,
         headers={"Authorization": f"Bearer {token}"},
-        json={"jobReference": {"jobId": job_id},
-              "configuration": {"query": {"query": sql, "useLegacySql": False}}})
+        json={
+            "jobReference": {"jobId": job_id},
+            "configuration": {"query": {"query": sql, "useLegacySql": False}},
+        },
+    )
 
 
 def walk(stack: Stack, approver_token: str, limit: int) -> list[dict[str, Any]]:
@@ -46,8 +50,12 @@ def walk(stack: Stack, approver_token: str, limit: int) -> list[dict[str, Any]]:
     cursor: str | None = None
     for _ in range(200):
         params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
-        resp = requests.get(f"{stack.url('approvals')}/v1/approvals", params=params, timeout=60,
-                            headers={"Authorization": f"Bearer {approver_token}"})
+        resp = requests.get(
+            f"{stack.url('approvals')}/v1/approvals",
+            params=params,
+            timeout=60,
+            headers={"Authorization": f"Bearer {approver_token}"},
+        )
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert len(body["approvals"]) <= limit
@@ -58,8 +66,9 @@ def walk(stack: Stack, approver_token: str, limit: int) -> list[dict[str, Any]]:
     raise AssertionError("the list never ended")
 
 
-def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_flood_cannot_hide_genuine_requests(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = FirestoreJobStore(firestore.Client(project=PROJECT))
     run = uuid.uuid4().hex[:6]
     agent = mint_token_for(stack, AGENT)
@@ -69,9 +78,13 @@ def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
     def genuine_request(i: int) -> str:
         who = GENUINE[i % len(GENUINE)]
         job_id = f"zz-genuine-{run}-{i}"
-        resp = insert(stack, tokens[who], job_id,
-                      f"SELECT account, SUM(amount) AS total FROM `demo-project.finance.ledger` "
-                      f"WHERE entry_id > {i} GROUP BY account")
+        resp = insert(
+            stack,
+            tokens[who],
+            job_id,
+            f"SELECT account, SUM(amount) AS total FROM `demo-project.finance.ledger` "
+            f"WHERE entry_id > {i} GROUP BY account",
+        )
         assert resp.status_code == 200, resp.text
         return job_id
 
@@ -92,8 +105,10 @@ def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
     for resp in refused:
         err = resp.json()["error"]
         assert resp.status_code == 403 and err["errors"][0]["reason"] == "quotaExceeded"
-        assert err["message"].startswith(f"Too many open approval requests: {AGENT} already "
-                                         f"has {QUOTA} requests awaiting approval")
+        assert err["message"].startswith(
+            f"Too many open approval requests: {AGENT} already "
+            f"has {QUOTA} requests awaiting approval"
+        )
         assert f"approvals.max_pending_per_principal = {QUOTA}" in err["message"]
 
     alice = mint_token_for(stack, "alice@example.com")
@@ -109,8 +124,7 @@ def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
     assert expired_id not in members  # expired: never in the list
     # The flood's accepted requests are one group of near-identical requests.
     flood_items = [i for i in items if i["owner"] == AGENT and i["job_id"] in accepted]
-    assert len(flood_items) == 1 and sorted(flood_items[0]["group"]["job_ids"]) == sorted(
-        accepted)
+    assert len(flood_items) == 1 and sorted(flood_items[0]["group"]["job_ids"]) == sorted(accepted)
     assert not set(listed) & (set(flood_ids) - set(accepted))
 
     # The session record says why the flood was refused.
@@ -118,10 +132,12 @@ def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
     job = store.get(sample)
     assert job is not None and job.state == DONE and job.error is not None
     assert job.error["reason"] == "quotaExceeded"
-    recorder = FirestoreRecorder(firestore.Client(project=PROJECT), retention_seconds=86400,
-                                 record_rows=0)
-    blocked = [e for e in recorder.events(job.session_id)
-               if e.job_id == sample and e.kind == "blocked"]
+    recorder = FirestoreRecorder(
+        firestore.Client(project=PROJECT), retention_seconds=86400, record_rows=0
+    )
+    blocked = [
+        e for e in recorder.events(job.session_id) if e.job_id == sample and e.kind == "blocked"
+    ]
     assert len(blocked) == 1 and blocked[0].data["reason"] == "quotaExceeded"
     assert blocked[0].data["quota"] == "approvals.max_pending_per_principal"
 
@@ -129,8 +145,9 @@ def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
     from bqgate.cli import main
 
     capsys.readouterr()
-    assert main(["approvals", "list", "--all", "--limit", "7", "--dev-dir",
-                 str(stack.state_dir)]) == 0
+    assert (
+        main(["approvals", "list", "--all", "--limit", "7", "--dev-dir", str(stack.state_dir)]) == 0
+    )
     listing = capsys.readouterr().out
     assert all(job_id in listing for job_id in genuine) and expired_id not in listing
     assert f"{QUOTA - 1} more pending request(s) of this statement" in listing
@@ -139,15 +156,18 @@ def test_a_flood_cannot_hide_genuine_requests(stack: Stack,
     # waiting for the sweeper), the agent may ask again.
     now = int(time.time() * 1000)
     for job_id in accepted:
-        store.transition(job_id, lambda j: {"expire_at_ms": now - 1}
-                         if j.state == PENDING_APPROVAL else None)
+        store.transition(
+            job_id, lambda j: {"expire_at_ms": now - 1} if j.state == PENDING_APPROVAL else None
+        )
     again = insert(stack, agent, f"000-flood-{run}-again", FLOOD_SQL)
     assert again.status_code == 200, again.text
     assert not {i["job_id"] for i in walk(stack, alice, limit=50)} & set(accepted)
     with capsys.disabled():
-        print(f"\n[issue 21] {FLOOD} flood requests in {flood_s:.1f} s: {len(accepted)} accepted, "
-              f"{len(refused)} refused by the quota; {len(items)} list items in "
-              f"{-(-len(items) // 5)} pages of 5, all {len(genuine)} genuine requests reachable")
+        print(
+            f"\n[issue 21] {FLOOD} flood requests in {flood_s:.1f} s: {len(accepted)} accepted, "
+            f"{len(refused)} refused by the quota; {len(items)} list items in "
+            f"{-(-len(items) // 5)} pages of 5, all {len(genuine)} genuine requests reachable"
+        )
 
 
 def test_stored_refusal_answers_the_retry(stack: Stack) -> None:

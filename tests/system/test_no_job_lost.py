@@ -32,8 +32,9 @@ from google.cloud import bigquery, firestore
 
 pytestmark = pytest.mark.system
 
-LEDGER_SQL = ("SELECT entry_id, account, amount FROM `demo-project.finance.ledger` "
-              "ORDER BY entry_id LIMIT 3")
+LEDGER_SQL = (
+    "SELECT entry_id, account, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
+)
 #: The acceptance bound: after publishing recovers, the approved job runs within this.
 RECOVERY_BOUND_S = 60
 #: How long Slack hangs in the Slack test (issue 20's outage: two minutes).
@@ -88,18 +89,29 @@ def messages_of(stack: Stack, job_id: str) -> list[dict[str, Any]]:
 
 
 def click(stack: Stack, user: str, msg: dict[str, Any], job_id: str) -> dict[str, Any]:
-    resp = requests.post(stack.url("slack") + "/_ui/click", timeout=30,
-                         headers={"Accept": "application/json"},
-                         data={"user": user, "channel": msg["channel"], "ts": msg["ts"],
-                               "action_id": "bqgate_approve", "value": job_id})
+    resp = requests.post(
+        stack.url("slack") + "/_ui/click",
+        timeout=30,
+        headers={"Accept": "application/json"},
+        data={
+            "user": user,
+            "channel": msg["channel"],
+            "ts": msg["ts"],
+            "action_id": "bqgate_approve",
+            "value": job_id,
+        },
+    )
     resp.raise_for_status()
     result: dict[str, Any] = resp.json()
     return result
 
 
 def direct(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    return bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
 
 
 def outbox_record(store: FirestoreJobStore, job_id: str, event: str) -> outbox.OutboxRecord:
@@ -107,8 +119,12 @@ def outbox_record(store: FirestoreJobStore, job_id: str, event: str) -> outbox.O
 
 
 def test_approve_while_publishing_fails_runs_once_after_recovery(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore,
-        pubsub: FaultProxy) -> None:
+    stack: Stack,
+    gateway_client: bigquery.Client,
+    pool: Any,
+    store: FirestoreJobStore,
+    pubsub: FaultProxy,
+) -> None:
     job = gateway_client.query(LEDGER_SQL)
     rows = pool.submit(lambda: list(job.result(timeout=600)))  # the agent waits, as agents do
     msg = until("the approval message", lambda: messages_of(stack, job.job_id), 90)[0]
@@ -120,8 +136,11 @@ def test_approve_while_publishing_fails_runs_once_after_recovery(
     handoff = outbox_record(store, job.job_id, outbox.APPROVED)
     assert handoff.sent_ms is None and handoff.attempts == 1 and not handoff.finished
     # Keep Pub/Sub down past the outbox deadline: the reconciler's retries fail too.
-    until("a failed reconciler retry",
-          lambda: outbox_record(store, job.job_id, outbox.APPROVED).attempts >= 2, 90)
+    until(
+        "a failed reconciler retry",
+        lambda: outbox_record(store, job.job_id, outbox.APPROVED).attempts >= 2,
+        90,
+    )
     stuck = store.get(job.job_id)
     assert stuck is not None and stuck.state == PENDING and stuck.executions == 0
     assert not rows.done()
@@ -161,17 +180,21 @@ def executor_down(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fau
 
 
 def test_a_retried_insert_of_a_stored_undispatched_job_runs_it_once(
-        stack: Stack, store: FirestoreJobStore, pubsub: FaultProxy,
-        executor_down: FaultProxy) -> None:
-    ingress = create_app("ingress", str(REPO_ROOT / "functions/ingress/main.py"), "http"
-                         ).test_client()
+    stack: Stack, store: FirestoreJobStore, pubsub: FaultProxy, executor_down: FaultProxy
+) -> None:
+    ingress = create_app(
+        "ingress", str(REPO_ROOT / "functions/ingress/main.py"), "http"
+    ).test_client()
     marker = "retry-" + uuid.uuid4().hex[:12]
     table = f"demo-project.analytics.scratch_{marker.replace('-', '_')}"
     direct(stack).create_table(
-        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")]))
+        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")])
+    )
     sql = f"INSERT INTO `{table}` (name) VALUES ('{marker}')"
-    body = {"jobReference": {"jobId": marker},
-            "configuration": {"query": {"query": sql, "useLegacySql": False}}}
+    body = {
+        "jobReference": {"jobId": marker},
+        "configuration": {"query": {"query": sql, "useLegacySql": False}},
+    }
     auth = {"Authorization": f"Bearer {mint_token_for(stack, AGENT)}"}
     path = f"/bigquery/v2/projects/{PROJECT}/jobs"
     executor_down.refuse()
@@ -197,8 +220,9 @@ def test_a_retried_insert_of_a_stored_undispatched_job_runs_it_once(
     job = store.get(marker)
     assert job is not None and job.state == DONE and job.error is None
     assert job.executions == 1 and job.num_dml_affected_rows == 1
-    count = next(iter(direct(stack).query(f"SELECT COUNT(*) AS n FROM `{table}`"
-                                          ).result(timeout=60))).n
+    count = next(
+        iter(direct(stack).query(f"SELECT COUNT(*) AS n FROM `{table}`").result(timeout=60))
+    ).n
     assert count == 1
 
 
@@ -208,14 +232,13 @@ def approval(store: FirestoreJobStore, job_id: str) -> ApprovalRecord:
 
 
 def hang_slack(stack: Stack, seconds: float) -> None:
-    resp = requests.post(stack.url("slack") + "/_test/hang", json={"seconds": seconds},
-                         timeout=10)
+    resp = requests.post(stack.url("slack") + "/_test/hang", json={"seconds": seconds}, timeout=10)
     resp.raise_for_status()
 
 
 def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any,
-        store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     hang_slack(stack, SLACK_HANG_S)
     hung_at = time.monotonic()
     try:
@@ -225,8 +248,11 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
         # every retry since looked the message up instead of posting a second one.
         until("a post attempt", lambda: approval(store, job.job_id).post_attempts >= 1, 60)
         # Approvers can see, and decide, the request while Slack is down.
-        listing = requests.get(stack.url("approvals") + "/v1/approvals", timeout=30, headers={
-            "Authorization": "Bearer " + mint_token_for(stack, "alice@example.com")}).json()
+        listing = requests.get(
+            stack.url("approvals") + "/v1/approvals",
+            timeout=30,
+            headers={"Authorization": "Bearer " + mint_token_for(stack, "alice@example.com")},
+        ).json()
         assert job.job_id in [j for a in listing["approvals"] for j in a["group"]["job_ids"]]
         stuck = store.get(job.job_id)
         assert stuck is not None and stuck.state == PENDING_APPROVAL
@@ -235,16 +261,21 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
     finally:
         hang_slack(stack, 0)
     back = time.monotonic()
-    linked = until("the request to be linked to its message",
-                   lambda: approval(store, job.job_id).slack_ts, 240)
+    linked = until(
+        "the request to be linked to its message", lambda: approval(store, job.job_id).slack_ts, 240
+    )
     took = time.monotonic() - back
     mine = messages_of(stack, job.job_id)
     rec = approval(store, job.job_id)
-    print(f"\n[issue 20] Slack hung {SLACK_HANG_S} s: {len(mine)} message(s), linked "
-          f"{took:.1f} s after Slack came back, {rec.post_attempts} chat.postMessage call(s)")
+    print(
+        f"\n[issue 20] Slack hung {SLACK_HANG_S} s: {len(mine)} message(s), linked "
+        f"{took:.1f} s after Slack came back, {rec.post_attempts} chat.postMessage call(s)"
+    )
     assert len(mine) == 1 and mine[0]["ts"] == linked
-    assert mine[0]["metadata"] == {"event_type": "bqgate_approval_request",
-                                   "event_payload": {"job_id": job.job_id}}
+    assert mine[0]["metadata"] == {
+        "event_type": "bqgate_approval_request",
+        "event_payload": {"job_id": job.job_id},
+    }
     assert rec.post_attempts == 1
     # A decision updates that one message (buttons removed) and releases the agent.
     clicked = click(stack, "U_BOB", mine[0], job.job_id)
@@ -254,8 +285,9 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
     assert len(final) == 1 and final[0]["updates"] >= 1
     assert "Approved by bob@example.com" in json.dumps(final[0]["blocks"])
     assert all(b["type"] != "actions" for b in final[0]["blocks"])
-    recorder = FirestoreRecorder(firestore.Client(project=PROJECT), retention_seconds=86400,
-                                 record_rows=0)
+    recorder = FirestoreRecorder(
+        firestore.Client(project=PROJECT), retention_seconds=86400, record_rows=0
+    )
     stored = store.get(job.job_id)
     assert stored is not None
     kinds = [e.kind for e in recorder.events(stored.session_id) if e.job_id == job.job_id]

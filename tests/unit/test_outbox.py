@@ -18,10 +18,20 @@ from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.service.sweeper import Sweeper, SweeperConfig
 from fakes import MemoryJobStore, MemoryQueue
 
-AGENT = Principal(email="agent@x", groups=frozenset({"ai-coding-agents"}), issuer="dev",
-                  subject="agent@x", expires_at=2**31)
-OTHER = Principal(email="other@x", groups=frozenset({"ai-coding-agents"}), issuer="dev",
-                  subject="other@x", expires_at=2**31)
+AGENT = Principal(
+    email="agent@x",
+    groups=frozenset({"ai-coding-agents"}),
+    issuer="dev",
+    subject="agent@x",
+    expires_at=2**31,
+)
+OTHER = Principal(
+    email="other@x",
+    groups=frozenset({"ai-coding-agents"}),
+    issuer="dev",
+    subject="other@x",
+    expires_at=2**31,
+)
 
 
 class Clock:
@@ -42,8 +52,12 @@ class Recorder:
 
 def verdict_for(sql: str, **_: Any) -> Mapping[str, Any]:
     decision = "approve" if "finance" in sql else "allow"
-    return {"decision": decision, "reasons": [f"test says {decision}"], "tables": [],
-            "statement_hash": "h-" + sql}
+    return {
+        "decision": decision,
+        "reasons": [f"test says {decision}"],
+        "tables": [],
+        "statement_hash": "h-" + sql,
+    }
 
 
 class Direct:
@@ -65,17 +79,35 @@ class Direct:
 def make(*, direct: bool = False, quota: int = 10) -> dict[str, Any]:
     store, queue, clock, recorder = MemoryJobStore(), MemoryQueue(), Clock(), Recorder()
     fast = Direct(queue) if direct else None
-    gw = Gateway(store=store, queue=queue, classify=verdict_for, recorder=recorder,
-                 config=GatewayConfig(max_wait_ms=0, max_pending_per_principal=quota),
-                 dispatch=fast, clock=clock, sleep=lambda s: None)
-    return {"gw": gw, "store": store, "queue": queue, "clock": clock, "recorder": recorder,
-            "direct": fast}
+    gw = Gateway(
+        store=store,
+        queue=queue,
+        classify=verdict_for,
+        recorder=recorder,
+        config=GatewayConfig(max_wait_ms=0, max_pending_per_principal=quota),
+        dispatch=fast,
+        clock=clock,
+        sleep=lambda s: None,
+    )
+    return {
+        "gw": gw,
+        "store": store,
+        "queue": queue,
+        "clock": clock,
+        "recorder": recorder,
+        "direct": fast,
+    }
 
 
 def insert(gw: Gateway, sql: str, job_id: str, who: Principal = AGENT) -> dict[str, Any]:
-    return gw.insert_job(who, "demo-project", {
-        "jobReference": {"jobId": job_id},
-        "configuration": {"query": {"query": sql, "useLegacySql": False}}})
+    return gw.insert_job(
+        who,
+        "demo-project",
+        {
+            "jobReference": {"jobId": job_id},
+            "configuration": {"query": {"query": sql, "useLegacySql": False}},
+        },
+    )
 
 
 def record(store: MemoryJobStore, job_id: str, event: str) -> outbox.OutboxRecord:
@@ -86,10 +118,12 @@ def record(store: MemoryJobStore, job_id: str, event: str) -> outbox.OutboxRecor
 
 
 def test_record_lifecycle_and_unknown_fields() -> None:
-    rec = outbox.new_record("j", outbox.NOTIFY, "approvals", now_ms=0, deadline_ms=10,
-                            until_done=True)
-    sent = outbox.OutboxRecord.from_doc({**rec.to_doc(), **(outbox.published(rec, 5,
-                                                                             retry_ms=10) or {})})
+    rec = outbox.new_record(
+        "j", outbox.NOTIFY, "approvals", now_ms=0, deadline_ms=10, until_done=True
+    )
+    sent = outbox.OutboxRecord.from_doc(
+        {**rec.to_doc(), **(outbox.published(rec, 5, retry_ms=10) or {})}
+    )
     assert not sent.finished and sent.due_ms == 15  # a notification waits for its consumer
     done = outbox.OutboxRecord.from_doc({**sent.to_doc(), **(outbox.completed(sent, 7) or {})})
     assert done.finished and done.done_ms == 7
@@ -175,8 +209,10 @@ def test_quota_refuses_approval_requests_past_the_limit_and_records_why() -> Non
     insert(env["gw"], "SELECT 1", "ok")
     insert(env["gw"], "SELECT 1 FROM finance.ledger", "other", who=OTHER)
     # A retry of the refused job answers with the stored refusal, it is not re-judged.
-    assert insert(env["gw"], "SELECT 9 FROM finance.ledger", "j9")["status"]["errorResult"][
-        "reason"] == "quotaExceeded"
+    assert (
+        insert(env["gw"], "SELECT 9 FROM finance.ledger", "j9")["status"]["errorResult"]["reason"]
+        == "quotaExceeded"
+    )
 
 
 def test_expired_and_decided_requests_free_their_slots() -> None:
@@ -219,8 +255,9 @@ def test_concurrent_submissions_never_overshoot_the_quota() -> None:
 def test_sweeper_expires_requests_and_asks_for_their_messages_to_close() -> None:
     env = make()
     insert(env["gw"], "SELECT 1 FROM finance.ledger", "j1")
-    sweeper = Sweeper(store=env["store"], queue=env["queue"], clock=env["clock"],
-                      recorder=env["recorder"])
+    sweeper = Sweeper(
+        store=env["store"], queue=env["queue"], clock=env["clock"], recorder=env["recorder"]
+    )
     assert sweeper.sweep()["expired"] == 0
     env["clock"].now += 15 * 60
     assert sweeper.sweep()["expired"] == 1
@@ -236,11 +273,26 @@ def test_sweeper_fails_orphaned_running_jobs_and_a_late_executor_changes_nothing
     env = make()
     store = env["store"]
     now_ms = int(env["clock"].now * 1000)
-    store.create(Job.new(job_id="orphan", project="p", location="US", sql="SELECT 1",
-                         owner="a@x", now_ms=now_ms, state=RUNNING, started_ms=now_ms,
-                         executions=1, warehouse_job_id="bqgate_x"))
-    sweeper = Sweeper(store=store, queue=env["queue"], clock=env["clock"],
-                      config=SweeperConfig(running_deadline_ms=60_000))
+    store.create(
+        Job.new(
+            job_id="orphan",
+            project="p",
+            location="US",
+            sql="SELECT 1",
+            owner="a@x",
+            now_ms=now_ms,
+            state=RUNNING,
+            started_ms=now_ms,
+            executions=1,
+            warehouse_job_id="bqgate_x",
+        )
+    )
+    sweeper = Sweeper(
+        store=store,
+        queue=env["queue"],
+        clock=env["clock"],
+        config=SweeperConfig(running_deadline_ms=60_000),
+    )
     assert sweeper.sweep()["orphans_failed"] == 0
     env["clock"].now += 61
     assert sweeper.sweep()["orphans_failed"] == 1
@@ -260,8 +312,10 @@ def test_dead_letters_fail_execute_jobs_and_leave_notifications_to_the_reconcile
     assert sweeper.dead_letter("execute", "j1", 5) == "failed"
     job = env["store"].get("j1")
     assert job.error["reason"] == "gatewayError"
-    assert job.error["message"] == ("bqgate could not run this job: its executor failed on all "
-                                    "5 deliveries. Nothing ran in BigQuery")
+    assert job.error["message"] == (
+        "bqgate could not run this job: its executor failed on all "
+        "5 deliveries. Nothing ran in BigQuery"
+    )
     assert sweeper.dead_letter("execute", "j1", 5) == "already-done"
     assert sweeper.dead_letter("approvals", "j2", 5) == "left-to-reconciler"
     assert env["store"].get("j2").state == PENDING_APPROVAL
@@ -287,9 +341,13 @@ def test_a_hand_off_that_never_happens_ends_the_job_within_the_bound() -> None:
 def test_dispatcher_marks_failures_with_backoff_only_for_notifications() -> None:
     store, queue, clock = MemoryJobStore(), MemoryQueue(), Clock(0)
     d = Dispatcher(store=store, queue=queue, clock=clock, redispatch_after_ms=1000)
-    store.create(Job.new(job_id="j", project="p", location="US", sql="", owner="a", now_ms=0),
-                 dispatch=[d.record("j", outbox.NOTIFY, "approvals", until_done=True),
-                           d.record("j", outbox.ACCEPTED, "execute")])
+    store.create(
+        Job.new(job_id="j", project="p", location="US", sql="", owner="a", now_ms=0),
+        dispatch=[
+            d.record("j", outbox.NOTIFY, "approvals", until_done=True),
+            d.record("j", outbox.ACCEPTED, "execute"),
+        ],
+    )
     queue.down = True
     for attempt in range(1, 4):
         for rec in store.outbox_of("j"):

@@ -84,8 +84,10 @@ class FirestoreJobStore:
     def _write_outbox(self, writer: Any, records: Sequence[OutboxRecord]) -> None:
         """Add the records to a batch or transaction (``set``: a rewrite is harmless)."""
         for rec in records:
-            writer.set(self.outbox.document(rec.record_id),
-                       {**rec.to_doc(), "expire_at": self._expire_at()})
+            writer.set(
+                self.outbox.document(rec.record_id),
+                {**rec.to_doc(), "expire_at": self._expire_at()},
+            )
 
     # --- writing -------------------------------------------------------------------
 
@@ -209,8 +211,9 @@ class FirestoreJobStore:
         live: dict[str, Job] = {}
         if others:
             refs = [self.jobs.document(i) for i in others]
-            live = {s.id: Job.from_doc(s.to_dict() or {})
-                    for s in self.client.get_all(refs) if s.exists}
+            live = {
+                s.id: Job.from_doc(s.to_dict() or {}) for s in self.client.get_all(refs) if s.exists
+            }
         # Requests that ended (decided, expired, cancelled) give their slot back here: a
         # job never returns to awaiting approval, so a stale read can only be conservative.
         still = [i for i in others if i in live and holds_quota_slot(live[i], quota.now_ms)]
@@ -218,11 +221,16 @@ class FirestoreJobStore:
             raise QuotaFull(still)
         batch = self.client.batch()
         write(batch)
-        body = {"principal": quota.principal, "open": [*still, job_id],
-                "updated_ms": quota.now_ms, "expire_at": self._expire_at()}
+        body = {
+            "principal": quota.principal,
+            "open": [*still, job_id],
+            "updated_ms": quota.now_ms,
+            "expire_at": self._expire_at(),
+        }
         if snap.exists:
-            batch.update(counter, body,
-                         option=self.client.write_option(last_update_time=snap.update_time))
+            batch.update(
+                counter, body, option=self.client.write_option(last_update_time=snap.update_time)
+            )
         else:
             batch.create(counter, body)
         batch.commit()
@@ -279,9 +287,13 @@ class FirestoreJobStore:
             .limit(limit)
         )
         if after is not None:
-            query = query.start_after({"created_ms": after.created_ms,
-                                       "expire_at_ms": after.expire_at_ms,
-                                       "__name__": after.job_id})
+            query = query.start_after(
+                {
+                    "created_ms": after.created_ms,
+                    "expire_at_ms": after.expire_at_ms,
+                    "__name__": after.job_id,
+                }
+            )
         return self._stream(query)
 
     def similar_pending(
@@ -316,8 +328,9 @@ class FirestoreJobStore:
 
     def outbox_of(self, job_id: str) -> list[OutboxRecord]:
         query = self.outbox.where(filter=FieldFilter("job_id", "==", job_id))
-        return [OutboxRecord.from_doc(s.to_dict() or {})
-                for s in query.stream(timeout=QUERY_TIMEOUT_S)]
+        return [
+            OutboxRecord.from_doc(s.to_dict() or {}) for s in query.stream(timeout=QUERY_TIMEOUT_S)
+        ]
 
     def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
         """Unfinished records (a finished one has ``due_ms`` null, which a range never
@@ -327,8 +340,9 @@ class FirestoreJobStore:
             .order_by("due_ms")
             .limit(limit)
         )
-        return [OutboxRecord.from_doc(s.to_dict() or {})
-                for s in query.stream(timeout=QUERY_TIMEOUT_S)]
+        return [
+            OutboxRecord.from_doc(s.to_dict() or {}) for s in query.stream(timeout=QUERY_TIMEOUT_S)
+        ]
 
     def outbox_transition(
         self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]

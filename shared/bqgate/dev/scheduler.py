@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,9 +16,12 @@ import urllib.request
 
 def tick(url: str, timeout_s: float) -> str:
     """One scheduled call; returns a log line."""
-    req = urllib.request.Request(url, data=b"{}", method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "User-Agent": "Google-Cloud-Scheduler"})
+    req = urllib.request.Request(
+        url,
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "Google-Cloud-Scheduler"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return f"{resp.status} {resp.read().decode('utf-8', 'replace')[:500]}"
@@ -42,4 +44,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -429,9 +429,18 @@ class Stack:
             self._wait_http(proc, self.url(port_name) + "/")
         self.create_topics()
         # Cloud Scheduler's part: call the sweeper (outbox reconciler, expiry, orphans).
-        self._spawn("scheduler", [py, "-m", "bqgate.dev.scheduler", "--url",
-                                  self.url("sweeper") + "/", "--every",
-                                  str(self.sweep_interval_s)])
+        self._spawn(
+            "scheduler",
+            [
+                py,
+                "-m",
+                "bqgate.dev.scheduler",
+                "--url",
+                self.url("sweeper") + "/",
+                "--every",
+                str(self.sweep_interval_s),
+            ],
+        )
 
     def create_topics(self) -> None:
         """Topics and push subscriptions: execute -> executor, approvals -> slack_notify,

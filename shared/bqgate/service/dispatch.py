@@ -39,8 +39,11 @@ class Reconciled:
     given_up: list[str] = field(default_factory=list)
 
     def to_body(self) -> dict[str, int]:
-        return {"published": len(self.published), "failed": len(self.failed),
-                "given_up": len(self.given_up)}
+        return {
+            "published": len(self.published),
+            "failed": len(self.failed),
+            "given_up": len(self.given_up),
+        }
 
 
 class Dispatcher:
@@ -72,11 +75,18 @@ class Dispatcher:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def record(self, job_id: str, event: str, topic: str, *, until_done: bool = False
-               ) -> OutboxRecord:
+    def record(
+        self, job_id: str, event: str, topic: str, *, until_done: bool = False
+    ) -> OutboxRecord:
         """A new record to write with a state change."""
-        return outbox.new_record(job_id, event, topic, now_ms=self._now_ms(),
-                                 deadline_ms=self.redispatch_after_ms, until_done=until_done)
+        return outbox.new_record(
+            job_id,
+            event,
+            topic,
+            now_ms=self._now_ms(),
+            deadline_ms=self.redispatch_after_ms,
+            until_done=until_done,
+        )
 
     def send(self, rec: OutboxRecord, *, fast: bool = True) -> bool:
         """Publish one record (the direct path for ``accepted`` when ``fast``) and mark it.
@@ -88,13 +98,22 @@ class Dispatcher:
                 self.queue.publish(rec.topic, rec.message)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("hand-off %s to %s failed (%s); the reconciler will retry",
-                        rec.record_id, rec.topic, error[:200])
-            self._mark(rec, lambda r: outbox.failed(r, self._now_ms(), error,
-                                                     retry_ms=self.redispatch_after_ms))
+            log.warning(
+                "hand-off %s to %s failed (%s); the reconciler will retry",
+                rec.record_id,
+                rec.topic,
+                error[:200],
+            )
+            self._mark(
+                rec,
+                lambda r: outbox.failed(
+                    r, self._now_ms(), error, retry_ms=self.redispatch_after_ms
+                ),
+            )
             return False
-        self._mark(rec, lambda r: outbox.published(r, self._now_ms(),
-                                                    retry_ms=self.redispatch_after_ms))
+        self._mark(
+            rec, lambda r: outbox.published(r, self._now_ms(), retry_ms=self.redispatch_after_ms)
+        )
         return True
 
     def send_all(self, records: Iterable[OutboxRecord], *, fast: bool = True) -> bool:
@@ -103,8 +122,9 @@ class Dispatcher:
 
     def complete(self, job_id: str, event: str) -> None:
         """The consumer did what the record asked (or it is moot): finish it."""
-        self._mark_id(outbox.record_id(job_id, event),
-                      lambda r: outbox.completed(r, self._now_ms()))
+        self._mark_id(
+            outbox.record_id(job_id, event), lambda r: outbox.completed(r, self._now_ms())
+        )
 
     def give_up(self, rec: OutboxRecord) -> None:
         self._mark(rec, lambda r: outbox.abandoned(r, self._now_ms()))
@@ -112,8 +132,10 @@ class Dispatcher:
     def pending(self, job_id: str, event: str) -> OutboxRecord | None:
         """The job's unfinished record for ``event``, if any."""
         wanted = outbox.record_id(job_id, event)
-        return next((r for r in self.store.outbox_of(job_id)
-                     if r.record_id == wanted and not r.finished), None)
+        return next(
+            (r for r in self.store.outbox_of(job_id) if r.record_id == wanted and not r.finished),
+            None,
+        )
 
     def _mark(self, rec: OutboxRecord, change: RecordChange) -> None:
         self._mark_id(rec.record_id, change)

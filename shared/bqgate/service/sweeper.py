@@ -104,8 +104,10 @@ def dead_letter_error(job: Job, attempts: int | None) -> dict[str, str]:
     tries = f"all {attempts} deliveries" if attempts else "every delivery"
     message = f"bqgate could not run this job: its executor failed on {tries}"
     if job.executions and job.warehouse_job_id:
-        message += (f". It had started as BigQuery job {job.warehouse_job_id}, whose outcome is "
-                    "unknown: check before running the statement again")
+        message += (
+            f". It had started as BigQuery job {job.warehouse_job_id}, whose outcome is "
+            "unknown: check before running the statement again"
+        )
     else:
         message += ". Nothing ran in BigQuery"
     return {"reason": "gatewayError", "message": message}
@@ -113,18 +115,24 @@ def dead_letter_error(job: Job, attempts: int | None) -> dict[str, str]:
 
 def orphan_error(deadline_ms: int, job: Job) -> dict[str, str]:
     """The error of a RUNNING job that outlived the gateway's deadline."""
-    message = (f"The job did not finish within bqgate's deadline of "
-               f"{core.describe_duration(deadline_ms)}: its executor stopped")
+    message = (
+        f"The job did not finish within bqgate's deadline of "
+        f"{core.describe_duration(deadline_ms)}: its executor stopped"
+    )
     if job.warehouse_job_id:
-        message += (f"; BigQuery job {job.warehouse_job_id} may have run: check before running "
-                    "the statement again")
+        message += (
+            f"; BigQuery job {job.warehouse_job_id} may have run: check before running "
+            "the statement again"
+        )
     return {"reason": "timeout", "message": message}
 
 
 def undeliverable_error() -> dict[str, str]:
-    return {"reason": "gatewayError",
-            "message": "bqgate could not hand this job to its executor within "
-                       f"{core.describe_duration(outbox.GIVE_UP_MS)}; nothing ran in BigQuery"}
+    return {
+        "reason": "gatewayError",
+        "message": "bqgate could not hand this job to its executor within "
+        f"{core.describe_duration(outbox.GIVE_UP_MS)}; nothing ran in BigQuery",
+    }
 
 
 class Sweeper:
@@ -141,8 +149,12 @@ class Sweeper:
         self.config = config or SweeperConfig()
         self.recorder = recorder
         self.clock = clock
-        self.dispatcher = Dispatcher(store=store, queue=queue, clock=clock,
-                                     redispatch_after_ms=self.config.redispatch_after_ms)
+        self.dispatcher = Dispatcher(
+            store=store,
+            queue=queue,
+            clock=clock,
+            redispatch_after_ms=self.config.redispatch_after_ms,
+        )
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -160,18 +172,22 @@ class Sweeper:
     def sweep(self) -> dict[str, Any]:
         """One pass of everything above; returns what it did (counts)."""
         t0 = time.perf_counter()
-        reconciled = self.dispatcher.reconcile(limit=self.config.batch,
-                                               on_give_up=self._gave_up)
+        reconciled = self.dispatcher.reconcile(limit=self.config.batch, on_give_up=self._gave_up)
         expired = self.expire_requests()
         orphans = self.fail_orphans()
-        done = {"outbox": reconciled.to_body(), "expired": expired, "orphans_failed": orphans,
-                "ms": round((time.perf_counter() - t0) * 1000, 1)}
+        done = {
+            "outbox": reconciled.to_body(),
+            "expired": expired,
+            "orphans_failed": orphans,
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
+        }
         if reconciled.published or reconciled.given_up or expired or orphans:
             log.info("sweep: %s", done)
         return done
 
-    def _end(self, job_id: str, may_end: Callable[[Job], bool], error: Mapping[str, str]
-             ) -> Job | None:
+    def _end(
+        self, job_id: str, may_end: Callable[[Job], bool], error: Mapping[str, str]
+    ) -> Job | None:
         """End the job with ``error`` if ``may_end`` still holds in the transaction."""
         now = self._now_ms()
         ended: dict[str, bool] = {}
@@ -193,8 +209,11 @@ class Sweeper:
         """A hand-off that never happened: the job it was for ends with a clear error."""
         if rec.event not in (outbox.ACCEPTED, outbox.APPROVED):
             return  # a notification: the request expires on its own
-        self._end(rec.job_id, lambda j: j.state in (PENDING, PENDING_APPROVAL)
-                  and j.executions == 0, undeliverable_error())
+        self._end(
+            rec.job_id,
+            lambda j: j.state in (PENDING, PENDING_APPROVAL) and j.executions == 0,
+            undeliverable_error(),
+        )
 
     def expire_requests(self) -> int:
         """Expire every request past its TTL; their Slack messages get closed."""
@@ -206,13 +225,17 @@ class Sweeper:
         close: list[OutboxRecord] = []
 
         def records(j: Job) -> list[OutboxRecord]:
-            close[:] = [self.dispatcher.record(j.job_id, outbox.CLOSE,
-                                               self.config.approvals_topic, until_done=True)]
+            close[:] = [
+                self.dispatcher.record(
+                    j.job_id, outbox.CLOSE, self.config.approvals_topic, until_done=True
+                )
+            ]
             return close
 
         try:
-            expired = self.store.transition(job_id, lambda j: core.expire_fields(j, now),
-                                            dispatch=records)
+            expired = self.store.transition(
+                job_id, lambda j: core.expire_fields(j, now), dispatch=records
+            )
         except NotFound:
             return False
         if not close:
@@ -227,8 +250,11 @@ class Sweeper:
         cutoff = self._now_ms() - deadline
         count = 0
         for job in self.store.stale_running(started_before_ms=cutoff, limit=self.config.batch):
-            still = self._end(job.job_id, lambda j: j.state == RUNNING
-                              and (j.started_ms or 0) <= cutoff, orphan_error(deadline, job))
+            still = self._end(
+                job.job_id,
+                lambda j: j.state == RUNNING and (j.started_ms or 0) <= cutoff,
+                orphan_error(deadline, job),
+            )
             count += still is not None
         return count
 
@@ -248,8 +274,11 @@ class Sweeper:
             return "left-to-reconciler"
         if job.state == PENDING_APPROVAL and job.approval_requested_ms:
             return "awaiting-approval"  # estimated and sent for approval: not stuck
-        ended = self._end(job_id, lambda j: j.state in (PENDING, PENDING_APPROVAL, RUNNING),
-                          dead_letter_error(job, attempts))
+        ended = self._end(
+            job_id,
+            lambda j: j.state in (PENDING, PENDING_APPROVAL, RUNNING),
+            dead_letter_error(job, attempts),
+        )
         return "failed" if ended is not None else "already-done"
 
     # --- HTTP ----------------------------------------------------------------------
@@ -279,9 +308,17 @@ class Sweeper:
             incident = uuid.uuid4().hex[:12]
             log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
             message = f"The sweeper failed (incident {incident})."
-            return Response(500, {"error": {"code": 500, "status": "INTERNAL", "message": message,
-                                            "errors": [{"reason": "gatewayError",
-                                                        "message": message}]}})
+            return Response(
+                500,
+                {
+                    "error": {
+                        "code": 500,
+                        "status": "INTERNAL",
+                        "message": message,
+                        "errors": [{"reason": "gatewayError", "message": message}],
+                    }
+                },
+            )
 
 
 class SweeperApp:
@@ -301,5 +338,13 @@ class SweeperApp:
         return service.handle(method, path, body)
 
 
-__all__ = ["RUNNING_DEADLINE_MS", "Sweeper", "SweeperApp", "SweeperConfig", "dead_letter_error",
-           "delivery_attempts", "orphan_error", "route_sweeper"]
+__all__ = [
+    "RUNNING_DEADLINE_MS",
+    "Sweeper",
+    "SweeperApp",
+    "SweeperConfig",
+    "dead_letter_error",
+    "delivery_attempts",
+    "orphan_error",
+    "route_sweeper",
+]

@@ -132,6 +132,12 @@ class MemoryJobStore:
         ]
         return sorted(due, key=lambda r: r.due_ms or 0)[:limit]
 
+    def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        with self.lock:
+            if record_id not in self.outbox:
+                raise NotFound(record_id)
+            self.outbox[record_id].update(fields)
+
     def outbox_transition(
         self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
     ) -> OutboxRecord | None:

@@ -120,6 +120,9 @@ class JobStore(Protocol):
     ) -> OutboxRecord | None:
         """Atomically update one record (None if there is no such record)."""
 
+    def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Write ``fields`` to one record without reading it (one round trip)."""
+
 
 class Queue(Protocol):
     def publish(self, topic: str, message: Mapping[str, Any]) -> None: ...

@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -343,6 +343,9 @@ class FirestoreJobStore:
         return [
             OutboxRecord.from_doc(s.to_dict() or {}) for s in query.stream(timeout=QUERY_TIMEOUT_S)
         ]
+
+    def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        self.outbox.document(record_id).update(dict(fields))
 
     def outbox_transition(
         self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]

@@ -111,9 +111,19 @@ class Dispatcher:
                 ),
             )
             return False
-        self._mark(
-            rec, lambda r: outbox.published(r, self._now_ms(), retry_ms=self.redispatch_after_ms)
-        )
+        if rec.until_done:
+            self._mark(
+                rec,
+                lambda r: outbox.published(r, self._now_ms(), retry_ms=self.redispatch_after_ms),
+            )
+        else:
+            # Finished by this publish: one blind write, not a transaction, on the hot path.
+            # (A concurrent failure mark can only make it due once more: one more publish.)
+            fields = outbox.published(rec, self._now_ms(), retry_ms=self.redispatch_after_ms)
+            try:
+                self.store.outbox_update(rec.record_id, fields or {})
+            except Exception:
+                log.exception("marking outbox record %s sent failed", rec.record_id)
         return True
 
     def send_all(self, records: Iterable[OutboxRecord], *, fast: bool = True) -> bool:

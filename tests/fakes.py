@@ -11,7 +11,16 @@ from bqgate.approvals import holds_quota_slot, statement_hash_of
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import Dispatches, OpenRequestQuota, PendingCursor, QueryOutcome, QuotaFull
+from bqgate.ports import (
+    Dispatches,
+    DryRun,
+    OpenRequestQuota,
+    PendingCursor,
+    QueryOutcome,
+    QuotaFull,
+)
+
+_COUNT_SCHEMA = [{"name": "touched", "type": "INTEGER"}, {"name": "total", "type": "INTEGER"}]
 
 
 class MemoryJobStore:
@@ -188,6 +197,13 @@ class FakeWarehouse:
         self.sizes: dict[str, int] = {}
         self.dry_runs = 0
         self.estimate = 1000
+        #: What the fake dry run reports: statement type and referenced tables (None: unsaid).
+        self.statement_type: str | None = None
+        self.referenced: tuple[str, ...] | None = None
+        #: Rows a blast-radius count query returns, as (touched, total).
+        self.counts: tuple[int, int] = (0, 0)
+        self.sqls: list[str] = []
+        self.params: list[list[Mapping[str, Any]]] = []
 
     def dry_run(
         self,
@@ -199,13 +215,31 @@ class FakeWarehouse:
         self.dry_runs += 1
         return self.estimate
 
+    def dry_run_info(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRun:
+        self.dry_runs += 1
+        self.sqls.append(sql)
+        return DryRun(self.estimate, self.statement_type, self.referenced)
+
     def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
         self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
+        self.sqls.append(sql)
+        self.params.append(list(kwargs.get("query_parameters") or ()))
+        if "AS touched" in sql:
+            return QueryOutcome(_COUNT_SCHEMA, 1, "SELECT", None, 0)
         return QueryOutcome(self.schema, len(self.rows), "SELECT", None, 123)
 
     def pages(
         self, job_id: str, *, page_size: int, max_rows: int | None
     ) -> Iterator[list[list[Any]]]:
+        if job_id.endswith(tuple(f"_m{i}" for i in range(1, 10))):
+            yield [[str(self.counts[0]), str(self.counts[1])]]
+            return
         rows = self.rows if max_rows is None else self.rows[:max_rows]
         for i in range(0, len(rows), page_size):
             yield [list(r) for r in rows[i : i + page_size]]

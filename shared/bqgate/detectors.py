@@ -25,6 +25,9 @@ __all__ = ["KINDS", "Hit", "iban_ok", "luhn_ok", "may_contain", "redact", "scan"
 
 KINDS = ("email", "card", "ssn", "iban", "phone")
 
+#: What the ``email`` mask writes in place of a local part: ``XXXXX@domain`` is not a leak.
+MASKED_EMAIL_PREFIX = "XXXXX@"
+
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@(?:[A-Za-z0-9-]++\.)+[A-Za-z]{2,63}(?![A-Za-z0-9-])"
 )
@@ -135,7 +138,11 @@ def scan(text: str) -> list[Hit]:
         return []
     found: list[Hit] = []
     if has_at:
-        found.extend(Hit(m.start(), m.end(), "email") for m in _EMAIL.finditer(text))
+        found.extend(
+            Hit(m.start(), m.end(), "email")
+            for m in _EMAIL.finditer(text)
+            if not m.group(0).startswith(MASKED_EMAIL_PREFIX)  # the email mask's own output
+        )
     if _TWO_DIGITS.match(text):
         found.extend(_iban_hits(text))
         if _EIGHT_DIGITS.match(text):
@@ -160,6 +167,8 @@ def redact(text: str) -> tuple[str, list[str]]:
     ('no secrets here', [])
     >>> redact("card 4111-1111-1111-1111")
     ('card [REDACTED:card]', ['card'])
+    >>> redact("masked XXXXX@example.com, raw ann@example.com")
+    ('masked XXXXX@example.com, raw [REDACTED:email]', ['email'])
     """
     hits = scan(text)
     if not hits:

@@ -75,6 +75,8 @@ class Principal:
         issuer: The token's ``iss``.
         subject: The token's ``sub``.
         expires_at: The token's ``exp`` (epoch seconds).
+        claims: The token's custom scalar claims (``env: production`` ...), which policy
+            rules may match with ``when: {claims: ...}``; registered claims are left out.
     """
 
     email: str
@@ -82,6 +84,7 @@ class Principal:
     issuer: str = ""
     subject: str = ""
     expires_at: int = 0
+    claims: Mapping[str, str | int | float | bool] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready record for jobs and sessions (never holds the token).
@@ -225,4 +228,36 @@ def principal_from_claims(
         issuer=issuer if isinstance(issuer, str) else issuer_cfg.issuer,
         subject=subject,
         expires_at=int(expires_at),
+        claims=custom_claims(claims, {claim, issuer_cfg.groups_claim or ""}),
     )
+
+
+#: Claims every OIDC token may carry; they are never policy claims.
+REGISTERED_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "auth_time", "nonce", "at_hash",
+     "c_hash", "acr", "amr", "sid", "email", "email_verified", "hd", "name", "picture",
+     "given_name", "family_name", "locale", "groups", "scope", "scp", "ver", "uid", "cid"}
+)
+#: Most custom claims kept per principal, and the longest value kept.
+MAX_CLAIMS = 32
+MAX_CLAIM_CHARS = 256
+
+
+def custom_claims(
+    claims: Mapping[str, Any], also_skip: set[str]
+) -> dict[str, str | int | float | bool]:
+    """The token's custom scalar claims (at most :data:`MAX_CLAIMS`, short values only).
+
+    >>> custom_claims({"sub": "1", "env": "production", "n": 2, "x": [1], "e": "a@b"}, {"e"})
+    {'env': 'production', 'n': 2}
+    """
+    out: dict[str, str | int | float | bool] = {}
+    for name in sorted(claims):
+        if name in REGISTERED_CLAIMS or name in also_skip or len(out) >= MAX_CLAIMS:
+            continue
+        value = claims[name]
+        if isinstance(value, bool | int | float) or (
+            isinstance(value, str) and len(value) <= MAX_CLAIM_CHARS and value.isprintable()
+        ):
+            out[name] = value
+    return out

@@ -49,6 +49,7 @@ class Job:
     sql: str
     owner: str
     groups: list[str] = field(default_factory=list)
+    claims: dict[str, Any] = field(default_factory=dict)
     issuer: str = ""
     default_dataset: dict[str, str] | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -74,6 +75,10 @@ class Job:
     bytes_estimate: int | None = None
     warehouse_job_id: str | None = None
     masking: list[dict[str, Any]] = field(default_factory=list)
+    # The statement that ran after the masking rewrite (None: nothing was rewritten), and
+    # the measured blast radius of a write (see bqgate.sql.blast).
+    rewritten_sql: str | None = None
+    blast_radius: list[dict[str, Any]] = field(default_factory=list)
     detector_hits: dict[str, int] = field(default_factory=dict)
     executions: int = 0
     timings: dict[str, float] = field(default_factory=dict)

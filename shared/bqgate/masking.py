@@ -45,6 +45,7 @@ import base64
 import calendar
 import hashlib
 import hmac as _hmac
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,12 +154,16 @@ class ColumnMask:
     strategy: str | None
     reason: str
     fields: tuple[ColumnMask, ...] = ()
+    #: The value was masked at the source by the rewrite: it is checked, not masked again.
+    at_source: bool = False
 
     def describe(self) -> dict[str, Any]:
         """This mask as a plain dict for the audit record."""
         entry: dict[str, Any] = {
             "column": self.column, "strategy": self.strategy, "reason": self.reason,
         }
+        if self.at_source:
+            entry["at_source"] = True
         if self.fields:
             entry["fields"] = [f.describe() for f in self.fields if f.strategy is not None]
         return entry
@@ -199,15 +204,16 @@ class _Sensitivity:
         return self._tables[table].get(column.lower())
 
 
-def _decide(lin: ColumnLineage, fld: Mapping[str, Any], sens: _Sensitivity) -> ColumnMask:
+def _decide(lin: ColumnLineage, fld: Mapping[str, Any], sens: _Sensitivity,
+            premasked: frozenset[str] = frozenset()) -> ColumnMask:
     name = str(fld.get("name", lin.name))
     if lin.unknown is not None:
         return ColumnMask(name, "nullify", f"lineage unknown: {lin.unknown}")
-    if lin.counting:
-        return ColumnMask(name, None, "counting aggregate")
     sub_fields = list(fld.get("fields") or ())
-    if _type_of(fld) == "RECORD" and lin.fields and len(lin.fields) == len(sub_fields):
-        masks = tuple(_decide(f, s, sens) for f, s in zip(lin.fields, sub_fields, strict=True))
+    if (not lin.counting and _type_of(fld) == "RECORD" and lin.fields
+            and len(lin.fields) == len(sub_fields)):
+        masks = tuple(_decide(f, s, sens, premasked)
+                      for f, s in zip(lin.fields, sub_fields, strict=True))
         if any(m.strategy is not None for m in masks):
             return ColumnMask(name, PER_FIELD, "struct with sensitive fields", masks)
     hits = sorted((src, strat) for src in lin.sources if (strat := sens.of(src)) is not None)
@@ -216,21 +222,38 @@ def _decide(lin: ColumnLineage, fld: Mapping[str, Any], sens: _Sensitivity) -> C
             m.unknown for m in lin.fields
         ):
             return ColumnMask(name, "nullify", "struct field lineage unknown")
-        return ColumnMask(name, None, "not sensitive")
+        return ColumnMask(name, None, "counting aggregate" if lin.counting else "not sensitive")
     names = ", ".join(src for src, _ in hits)
+    if all(src.lower() in premasked for src, _ in hits):
+        # The rewrite replaced these sources by their masked values before the query ran:
+        # whatever the query computed from them, it computed from masked values.
+        if lin.direct:
+            strategy = strictest([s for _, s in hits])
+            return ColumnMask(name, strategy, f"masked at the source: {names}", at_source=True)
+        return ColumnMask(name, None, f"computed from values masked at the source: {names}")
+    if lin.counting:
+        return ColumnMask(name, "nullify", f"counts computed from sensitive values of {names}")
     if lin.direct:
         strategy = strictest([s for _, s in hits])
+        if strategy == "hmac":
+            # Tokens are computed in SQL on source values only; never on a value the query
+            # could have chosen (a literal UNION-ed in would otherwise get its token).
+            why = f"direct reference to {names} not masked at the source"
+            return ColumnMask(name, "nullify", why)
         return ColumnMask(name, strategy, f"direct reference to {names}")
     return ColumnMask(name, "nullify", f"derived from {names}")
 
 
 def plan_masking(lineage: Sequence[ColumnLineage], schema_fields: Sequence[Mapping[str, Any]],
-                 sensitive_for: Callable[[str], Mapping[str, str]]) -> MaskPlan:
+                 sensitive_for: Callable[[str], Mapping[str, str]],
+                 premasked: frozenset[str] = frozenset()) -> MaskPlan:
     """Decide the mask of every output column.
 
     Lineage is matched to the schema by position. When the lengths differ (lineage
     failed or is partial) a position only matches if the names agree too; every
-    unmatched column is nullified (fail closed).
+    unmatched column is nullified (fail closed). ``premasked`` lists the sources
+    (``project.dataset.table.column``) the masking rewrite masked before the query ran:
+    outputs computed only from those are checked, not masked twice.
 
     >>> schema = [{"name": "a", "type": "STRING"}, {"name": "b", "type": "STRING"}]
     >>> plan = plan_masking([], schema, lambda t: {})
@@ -246,7 +269,7 @@ def plan_masking(lineage: Sequence[ColumnLineage], schema_fields: Sequence[Mappi
         if lin is None or (not same_width and lin.name.lower() != name.lower()):
             masks.append(ColumnMask(name, "nullify", "no lineage for column"))
             continue
-        masks.append(_decide(lin, fld, sens))
+        masks.append(_decide(lin, fld, sens, premasked))
     return MaskPlan(tuple(masks))
 
 
@@ -367,6 +390,30 @@ def _strategy_fn(strategy: str, typ: str, key: bytes) -> CellFn:
     return to_default
 
 
+_TOKEN = re.compile(r"tok_[0-9a-f]{24}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_fn(strategy: str, typ: str, key: bytes) -> CellFn:
+    """A check of a value the rewrite masked at the source (None passes through).
+
+    Idempotent strategies are simply applied again (a masked value comes out unchanged).
+    A keyed or hashed value is kept only if it has the strategy's format, else nullified:
+    the second line never computes a token itself.
+    """
+    if strategy == "hmac" and typ in ("STRING", "BYTES", "INT64"):
+        if typ == "STRING":
+            return lambda v: v if v is None or _TOKEN.fullmatch(v) else None
+        if typ == "BYTES":
+            return lambda v: v if v is None or len(base64.b64decode(v)) == 12 else None
+        return lambda v: v if v is None or (v.isdigit() and int(v) < 2**56) else None
+    if strategy == "sha256" and typ in ("STRING", "BYTES"):
+        if typ == "STRING":
+            return lambda v: v if v is None or _HEX64.fullmatch(v) else None
+        return lambda v: v if v is None or len(base64.b64decode(v)) == 32 else None
+    return _strategy_fn(strategy, typ, key)
+
+
 class Masker:
     """Applies a :class:`MaskPlan` to compact rows, with detectors on unmasked strings.
 
@@ -423,6 +470,8 @@ class Masker:
                 inner = self._record([None] * len(sub_fields), sub_fields, column)
             else:
                 return None
+        elif mask is not None and mask.at_source and strategy in STRATEGIES:
+            inner = _check_fn(strategy, typ, self._key)
         elif strategy == PER_FIELD and mask is not None and typ == "RECORD":
             sub = list(mask.fields) + [None] * (len(sub_fields) - len(mask.fields))
             inner = self._record(sub, sub_fields, column)

@@ -35,16 +35,34 @@ ACTIONS = ("allow", "approve", "block")
 # Strictness order of actions: the larger wins when several apply.
 ACTION_RANK: Mapping[str, int] = MappingProxyType({"allow": 0, "approve": 1, "block": 2})
 
+#: A tier's ``writes.max_fraction`` when the policy does not set one: a write touching more
+#: than half of its target table is never automatic.
+DEFAULT_MAX_FRACTION = 0.5
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
 class Rule:
-    """What ``groups`` may do on ``tiers``: statement class -> action (omitted classes block)."""
+    """What ``groups`` may do on ``tiers``: statement class -> action (omitted classes block).
+
+    ``claims`` (from ``when: {claims: {...}}``) limits the rule to principals whose token
+    carries every named claim with one of the listed values.
+    """
 
     groups: tuple[str, ...]
     tiers: tuple[str, ...]
     actions: Mapping[str, str]
+    claims: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def matches_claims(self, claims: Mapping[str, object]) -> bool:
+        """Whether the principal's token claims satisfy ``when.claims``.
+
+        >>> r = Rule(("g",), ("t",), {}, {"env": ("production",)})
+        >>> [r.matches_claims(c) for c in ({"env": "production"}, {"env": "dev"}, {})]
+        [True, False, False]
+        """
+        return all(claim_text(claims.get(k)) in wanted for k, wanted in self.claims.items())
 
     def action(self, statement_class: str) -> str:
         """The action for one statement class.
@@ -53,6 +71,71 @@ class Rule:
         'block'
         """
         return self.actions.get(statement_class, "block")
+
+
+def claim_text(value: object) -> str | None:
+    """A claim value as policy compares it (``True`` -> ``"true"``; lists/None -> None).
+
+    >>> claim_text("prod"), claim_text(True), claim_text(3), claim_text(None)
+    ('prod', 'true', '3', None)
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    """Blast-radius limits of one tier: a DELETE/UPDATE/MERGE whose measured rows exceed
+    ``max_rows`` or ``max_fraction`` of its target table goes to ``above`` (approve/block).
+
+    ``None`` means no limit of that kind.
+    """
+
+    max_rows: int | None = None
+    max_fraction: float | None = DEFAULT_MAX_FRACTION
+    above: str = "approve"
+
+    def exceeded(self, touched: int, total: int) -> str | None:
+        """Why ``touched`` of ``total`` rows is over the limits (``None``: within them).
+
+        >>> WriteLimits(max_rows=10, max_fraction=0.5).exceeded(3, 100) is None
+        True
+        >>> WriteLimits(max_rows=10, max_fraction=0.5).exceeded(60, 100)
+        'over the limit of 10 rows; over the limit of 50% of the table'
+        >>> WriteLimits().exceeded(0, 0) is None
+        True
+        """
+        why = []
+        if self.max_rows is not None and touched > self.max_rows:
+            why.append(f"over the limit of {self.max_rows:,} rows")
+        if self.max_fraction is not None and total > 0 and touched / total > self.max_fraction:
+            why.append(f"over the limit of {self.max_fraction:.0%} of the table")
+        return "; ".join(why) or None
+
+    def describe(self) -> str:
+        """One line for explain and the approver.
+
+        >>> WriteLimits(100, 0.1).describe()
+        'at most 100 rows and at most 10% of the target table (above: approve)'
+        """
+        parts = []
+        if self.max_rows is not None:
+            parts.append(f"at most {self.max_rows:,} rows")
+        if self.max_fraction is not None:
+            parts.append(f"at most {self.max_fraction:.0%} of the target table")
+        return (" and ".join(parts) or "no limit") + f" (above: {self.above})"
+
+
+@dataclass(frozen=True)
+class UnmaskedGrant:
+    """Unmasked reads of ``columns`` (all sensitive ones when empty) of ``table`` for ``groups``."""
+
+    groups: tuple[str, ...]
+    table: str
+    columns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -121,6 +204,43 @@ class Policy:
     sessions: SessionSettings
     source: str
     digest: str
+    writes: Mapping[str, WriteLimits] = field(default_factory=lambda: MappingProxyType({}))
+    connections: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    agent_groups: frozenset[str] = frozenset()
+    unmasked: tuple[UnmaskedGrant, ...] = ()
+
+    def write_limits(self, tier: str) -> WriteLimits:
+        """The blast-radius limits of ``tier`` (the defaults when the policy sets none)."""
+        return self.writes.get(tier) or WriteLimits()
+
+    def connection_tier(self, fqn: str) -> str | None:
+        """The tier of connection ``project.location.connection`` (None: not in the policy).
+
+        >>> parse_policy(_MINIMAL).connection_tier("p.us.c") is None
+        True
+        """
+        return self.connections.get(fqn.lower())
+
+    def is_agent(self, principal: str, groups: Iterable[str]) -> bool:
+        """Agents are members of an ``agents: true`` group or identities with an owner."""
+        return bool(self.agent_groups.intersection(groups)) or (
+            principal.strip().lower() in self.approvals.owners
+        )
+
+    def unmasked_for(self, principal: str, groups: Iterable[str], table_fqn: str) -> frozenset[str]:
+        """Sensitive columns of ``table_fqn`` the principal may read unmasked (agents: none).
+
+        ``{"*"}`` stands for every sensitive column of the table.
+        """
+        wanted = set(groups)
+        if not self.unmasked or self.is_agent(principal, wanted):
+            return frozenset()
+        key = table_fqn.lower()
+        out: set[str] = set()
+        for grant in self.unmasked:
+            if grant.table == key and wanted.intersection(grant.groups):
+                out |= grant.columns or {"*"}
+        return frozenset(out)
 
     def groups_for(self, principal: str, claimed: Iterable[str] = ()) -> frozenset[str]:
         """Static group membership of ``principal`` (emails case-insensitive) plus claimed.
@@ -174,8 +294,15 @@ class Policy:
         names.update(self.approvals.approver_groups)
         return frozenset(names)
 
-    def action_for(self, groups: Iterable[str], tier: str, statement_class: str) -> str | None:
-        """Strictest action of the rules matching ``groups`` on ``tier`` (``None``: no rule).
+    def action_for(
+        self,
+        groups: Iterable[str],
+        tier: str,
+        statement_class: str,
+        claims: Mapping[str, object] | None = None,
+    ) -> str | None:
+        """Strictest action of the rules matching ``groups`` (and ``claims``) on ``tier``
+        (``None``: no rule).
 
         >>> p = parse_policy(_MINIMAL)
         >>> p.action_for({"agents"}, "dev", "read"), p.action_for({"agents"}, "dev", "ddl")
@@ -184,9 +311,14 @@ class Policy:
         True
         """
         wanted = set(groups)
+        claims = claims or {}
         best: str | None = None
         for rule in self.rules:
-            if tier in rule.tiers and wanted.intersection(rule.groups):
+            if (
+                tier in rule.tiers
+                and wanted.intersection(rule.groups)
+                and rule.matches_claims(claims)
+            ):
                 action = rule.action(statement_class)
                 if best is None or ACTION_RANK[action] > ACTION_RANK[best]:
                     best = action
@@ -420,9 +552,12 @@ _TOP_KEYS = (
     "cost",
     "identity",
     "sessions",
+    "connections",
+    "unmasked",
 )
 _REQUIRED_TOP = ("version", "tiers", "datasets", "groups", "rules")
-_RULE_KEYS = ("groups", "tiers", *STATEMENT_CLASSES)
+_RULE_KEYS = ("groups", "tiers", "when", *STATEMENT_CLASSES)
+_CONNECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*\.[A-Za-z0-9_]+$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*\.[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")
 
@@ -456,7 +591,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     if version != 1:
         c.add("version", f"unsupported version {version} (expected 1)")
 
-    tiers = c.strings(top.get("tiers"), "tiers")
+    tiers, writes = _tiers(c, top.get("tiers"))
     if "tiers" in top and not tiers:
         c.add("tiers", "at least one tier is required")
     for dup in sorted({t for t in tiers if tiers.count(t) > 1}):
@@ -476,10 +611,13 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
             datasets[name] = tier
 
     groups: dict[str, tuple[str, ...]] = {}
+    agent_groups: set[str] = set()
     for name, body in c.mapping(top.get("groups"), "groups").items():
-        spec = c.mapping(body, _join("groups", name), ("members",))
+        spec = c.mapping(body, _join("groups", name), ("members", "agents"))
         members = c.strings(spec.get("members"), _join(_join("groups", name), "members"))
         groups[name] = tuple(sorted({m.lower() for m in members}))
+        if c.boolean(spec.get("agents"), _join(_join("groups", name), "agents"), False):
+            agent_groups.add(name)
     declared_groups = set(groups)
 
     rules: list[Rule] = []
@@ -510,7 +648,8 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
                     c.add(f"{path}.{cls}", f"expected allow, approve or block, got {_show(action)}")
                 else:
                     actions[cls] = action
-        rules.append(Rule(rule_groups, rule_tiers, MappingProxyType(actions)))
+        claims = _when(c, spec.get("when"), f"{path}.when")
+        rules.append(Rule(rule_groups, rule_tiers, MappingProxyType(actions), claims))
 
     sensitive: dict[str, Mapping[str, str]] = {}
     for table, columns in c.mapping(top.get("sensitive_columns"), "sensitive_columns").items():
@@ -531,6 +670,19 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
                 cols[column.lower()] = str(strategy)
         sensitive[table.lower()] = MappingProxyType(cols)
 
+    connections: dict[str, str] = {}
+    for name, tier in c.mapping(top.get("connections"), "connections").items():
+        path = _join("connections", name)
+        if not _CONNECTION_RE.match(name) or name.count(".") != 2:
+            c.add(path, 'expected a connection name like "project.location.connection"')
+        elif not isinstance(tier, str):
+            c.add(path, f"expected a tier name, got {_show(tier)}")
+        elif tier not in tier_set:
+            c.add(path, f'unknown tier "{tier}"')
+        else:
+            connections[name.lower()] = tier
+
+    unmasked = _unmasked(c, top.get("unmasked"), declared_groups, agent_groups, sensitive)
     approvals = _approvals(c, top.get("approvals"), declared_groups)
     cost = _cost(c, top.get("cost"))
     identity = _identity(c, top.get("identity"))
@@ -551,7 +703,120 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         sessions=sessions,
         source=source,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        writes=MappingProxyType(writes),
+        connections=MappingProxyType(connections),
+        agent_groups=frozenset(agent_groups),
+        unmasked=unmasked,
     )
+
+
+_WRITES_KEYS = ("max_rows", "max_fraction", "above")
+
+
+def _tiers(c: _Checker, raw: object) -> tuple[tuple[str, ...], dict[str, WriteLimits]]:
+    """``tiers`` as a list of names, or a mapping of name -> ``{writes: {...}}``."""
+    if not isinstance(raw, dict):
+        return c.strings(raw, "tiers"), {}
+    names: list[str] = []
+    writes: dict[str, WriteLimits] = {}
+    for name, body in c.mapping(raw, "tiers").items():
+        names.append(name)
+        spec = c.mapping(body, _join("tiers", name), ("writes",))
+        if "writes" in spec:
+            writes[name] = _write_limits(
+                c, spec.get("writes"), _join(_join("tiers", name), "writes")
+            )
+    return tuple(names), writes
+
+
+def _write_limits(c: _Checker, raw: object, path: str) -> WriteLimits:
+    spec = c.mapping(raw, path, _WRITES_KEYS)
+    max_rows = spec.get("max_rows")
+    rows: int | None = None
+    if max_rows is not None:
+        rows = c.integer(max_rows, f"{path}.max_rows", 0)
+    fraction: float | None = DEFAULT_MAX_FRACTION
+    if "max_fraction" in spec:
+        value = spec.get("max_fraction")
+        if value is None:
+            fraction = None
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and 0 <= float(value) <= 1
+        ):
+            fraction = float(value)
+        else:
+            c.add(f"{path}.max_fraction", f"expected a number from 0 to 1, got {_show(value)}")
+    above = spec.get("above", "approve")
+    if above not in ("approve", "block"):
+        c.add(f"{path}.above", f"expected approve or block, got {_show(above)}")
+        above = "approve"
+    return WriteLimits(max_rows=rows, max_fraction=fraction, above=str(above))
+
+
+def _when(c: _Checker, raw: object, path: str) -> Mapping[str, tuple[str, ...]]:
+    """``when: {claims: {name: value | [values]}}`` of a rule."""
+    if raw is None:
+        return MappingProxyType({})
+    spec = c.mapping(raw, path, ("claims",))
+    out: dict[str, tuple[str, ...]] = {}
+    for name, value in c.mapping(spec.get("claims"), f"{path}.claims").items():
+        values = value if isinstance(value, list) else [value]
+        texts = [claim_text(v) for v in values]
+        if not values or any(t is None for t in texts):
+            c.add(
+                _join(f"{path}.claims", name),
+                f"expected a string, number or boolean (or a list of them), got {_show(value)}",
+            )
+            continue
+        out[name] = tuple(t for t in texts if t is not None)
+    if "claims" in spec and not out and not c.problems:
+        c.add(f"{path}.claims", "at least one claim is required")
+    return MappingProxyType(out)
+
+
+def _unmasked(
+    c: _Checker,
+    raw: object,
+    declared_groups: set[str],
+    agent_groups: set[str],
+    sensitive: Mapping[str, Mapping[str, str]],
+) -> tuple[UnmaskedGrant, ...]:
+    """``unmasked: [{groups: [...], tables: [...], columns: [...]}]`` (agents never)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        c.add("unmasked", f"expected a list of grants, got {_show(raw)}")
+        return ()
+    grants: list[UnmaskedGrant] = []
+    for i, body in enumerate(raw):
+        path = f"unmasked[{i}]"
+        spec = c.mapping(body, path, ("groups", "tables", "columns"))
+        groups = c.strings(spec.get("groups"), f"{path}.groups")
+        tables = c.strings(spec.get("tables"), f"{path}.tables")
+        columns = frozenset(
+            col.lower() for col in c.strings(spec.get("columns"), f"{path}.columns")
+        )
+        if not groups:
+            c.add(f"{path}.groups", "at least one group is required")
+        if not tables:
+            c.add(f"{path}.tables", "at least one table is required")
+        for g in groups:
+            if g not in declared_groups:
+                c.add(f"{path}.groups", f'unknown group "{g}" (declare it under groups)')
+            elif g in agent_groups:
+                c.add(f"{path}.groups", f'"{g}" is an agents group: agents never read unmasked')
+        for table in tables:
+            key = table.lower()
+            if key not in sensitive:
+                c.add(f"{path}.tables", f'"{table}" has no sensitive_columns entry')
+                continue
+            unknown = sorted(columns - set(sensitive[key]))
+            if unknown:
+                c.add(f"{path}.columns", f"not sensitive columns of {table}: {', '.join(unknown)}")
+            grants.append(UnmaskedGrant(groups, key, columns))
+    return tuple(grants)
 
 
 def _approvals(c: _Checker, raw: object, declared_groups: set[str]) -> ApprovalSettings:

@@ -140,8 +140,30 @@ class QueryOutcome:
     error: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What BigQuery's dry run says about a statement (the classifier's second opinion).
+
+    ``referenced_tables`` is ``None`` when the warehouse did not say.
+    """
+
+    total_bytes_processed: int
+    statement_type: str | None = None
+    referenced_tables: tuple[str, ...] | None = None
+    schema: tuple[Mapping[str, Any], ...] = ()
+
+
 class Warehouse(Protocol):
     """BigQuery, run with the gateway's own credentials."""
+
+    def dry_run_info(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRun:
+        """Dry-run the statement: bytes, statement type, referenced tables."""
 
     def dry_run(
         self,

@@ -49,16 +49,32 @@ def test_ingress_errors_are_bigquery_shaped(stack: Stack, ingress: Any) -> None:
         401,
         "unauthorized",
     )
+    # SQL neither sqlglot nor BigQuery can parse gets BigQuery's own syntax error (the dry
+    # run is the second opinion on what sqlglot cannot parse): a finished job, invalidQuery.
+    resp = ingress.post(
+        JOBS,
+        headers=auth,
+        json={"configuration": {"query": {"query": "SELEC 1 FRM", "useLegacySql": False}}},
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    status = resp.get_json()["status"]
+    assert status["state"] == "DONE"
+    assert status["errorResult"]["reason"] == "invalidQuery"
+    assert status["errorResult"]["message"].startswith("Syntax error"), status
+    assert "http" not in status["errorResult"]["message"]
+    # Unparseable SQL that names what the dry run cannot show is blocked at once.
     err = bq_error(
         ingress.post(
             JOBS,
             headers=auth,
-            json={"configuration": {"query": {"query": "SELEC 1 FRM", "useLegacySql": False}}},
+            json={"configuration": {"query": {
+                "query": "SELEC `evil-project.ds.exfil`(1) FRM", "useLegacySql": False}}},
         ),
         403,
         "accessDenied",
     )
     assert "Blocked by bqgate policy" in err["message"]
+    assert "evil-project.ds" in err["message"]
     err = bq_error(
         ingress.post(
             JOBS,

@@ -21,12 +21,24 @@ from bqgate.sql.classify import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import always_true
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "classify"
 BENCH = ROOT / "bench" / "bench_classify.py"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
-HEADERS = ("principal", "groups", "project", "dataset", "statements", "tables", "reason", "note")
+HEADERS = (
+    "principal",
+    "groups",
+    "project",
+    "dataset",
+    "statements",
+    "tables",
+    "reason",
+    "note",
+    "measured",
+    "second_opinion",
+)
 EXPECT = re.compile(r"^-- expect:\s*(\w+)\s*$")
 HEADER = re.compile(r"^-- (\w+):\s*(.*?)\s*$")
 
@@ -112,6 +124,10 @@ def test_fixture_case(case: Case, policy: Policy) -> None:
         assert list(result.tables) == sorted(_split(h["tables"])), detail
     if "reason" in h:
         assert any(h["reason"] in r for r in result.reasons), detail
+    if "measured" in h:
+        assert bool(result.writes) == (h["measured"] == "yes"), detail
+    if "second_opinion" in h:
+        assert result.second_opinion == (h["second_opinion"] == "yes"), detail
     assert result.reasons, "every decision carries a reason"
     for reason in result.reasons:
         assert re.match(r"^statement \d+ \([A-Z_:A-Za-z]+\): ", reason), reason
@@ -337,3 +353,107 @@ def _fuzz_policy() -> Policy:
     if not _POLICY_CACHE:
         _POLICY_CACHE.append(load_policy(ROOT / "policies" / "default.yaml"))
     return _POLICY_CACHE[0]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(predicate=always_true(), verb=st.sampled_from(["DELETE", "UPDATE", "MERGE"]))
+def test_always_true_predicates_are_blocked_or_measured(predicate: str, verb: str) -> None:
+    """Whatever folding makes of it, a whole-table write is never judged safe: it is blocked
+    or carries a blast-radius check the executor runs before it commits."""
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    table = "analytics.events"
+    sql = {
+        "DELETE": f"DELETE FROM {table} WHERE {predicate}",
+        "UPDATE": f"UPDATE {table} SET name = 'x' WHERE {predicate}",
+        "MERGE": f"MERGE {table} T USING {table} S ON T.event_id = S.event_id AND ({predicate})"
+        " WHEN MATCHED THEN DELETE",
+    }[verb]
+    result = classify_uncached(
+        sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
+    )
+    assert result.decision == "block" or (
+        result.writes and result.writes[0].target == "demo-project.analytics.events"
+    ), result.reasons
+
+
+CLAIMS_POLICY = """
+version: 1
+tiers: [non-production, production]
+datasets: {demo-project.analytics: non-production, demo-project.sales: production}
+groups: {ai-coding-agents: {members: [agent@demo-project.iam.gserviceaccount.com]}}
+rules:
+  - {groups: [ai-coding-agents], tiers: [non-production], read: allow}
+  - groups: [ai-coding-agents]
+    tiers: [production]
+    read: allow
+    when: {claims: {env: production}}
+"""
+
+
+def test_rules_can_require_token_claims() -> None:
+    policy = parse_policy(CLAIMS_POLICY)
+    sql = "SELECT order_id FROM sales.orders"
+    prod = classify_uncached(
+        sql,
+        policy=policy,
+        principal=AGENT,
+        groups=(),
+        default_project="demo-project",
+        claims={"env": "production"},
+    )
+    dev = classify_uncached(
+        sql,
+        policy=policy,
+        principal=AGENT,
+        groups=(),
+        default_project="demo-project",
+        claims={"env": "development"},
+    )
+    none = classify_uncached(
+        sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
+    )
+    assert prod.decision == "allow"
+    assert dev.decision == none.decision == "block"
+    assert "no policy rule" in dev.reasons[0]
+
+
+def test_explain_shows_the_effect_of_claims(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(CLAIMS_POLICY)
+
+    def explain(*extra: str) -> str:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bqgate.cli",
+                "explain",
+                "--policy",
+                str(policy),
+                *extra,
+                "SELECT order_id FROM sales.orders",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "decision:   allow" in explain("--claims", "env=production")
+    assert "decision:   block" in explain()
+
+
+def test_limits_are_a_400_before_any_parsing() -> None:
+    from bqgate.errors import InvalidQuery
+
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    for sql, why in [
+        ("SELECT 1 -- " + "x" * (2 * 1024 * 1024), "limit is 1,048,576 bytes"),
+        ("SELECT " + "(" * 1000 + "1" + ")" * 1000, "nests brackets 1000 deep"),
+    ]:
+        with pytest.raises(InvalidQuery, match=why):
+            classify_uncached(
+                sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
+            )

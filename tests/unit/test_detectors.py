@@ -73,7 +73,9 @@ def test_precheck() -> None:
 def test_no_catastrophic_backtracking(text: str) -> None:
     start = time.perf_counter()
     scan(text)
-    assert time.perf_counter() - start < 2.0
+    # A guard against catastrophic backtracking (minutes), not a performance target: the
+    # bound is loose so a busy machine cannot fail it.
+    assert time.perf_counter() - start < 20.0
 
 
 @settings(max_examples=500, deadline=None)

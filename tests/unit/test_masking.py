@@ -150,11 +150,47 @@ def test_plan_rules() -> None:
         lin("e", unknown="weird"),
         lin("f", "country"),
     ], schema, sensitive_for)
-    assert [c.strategy for c in plan.columns] == ["email", "email", "nullify", None,
+    # d: a count computed from a sensitive value says something about it (COUNTIF(ssn <
+    # '5')): on its own, the second line nullifies it.
+    assert [c.strategy for c in plan.columns] == ["email", "email", "nullify", "nullify",
                                                   "nullify", None]
     described = plan.describe()
-    assert [d["column"] for d in described] == ["a", "b", "c", "e"]
+    assert [d["column"] for d in described] == ["a", "b", "c", "d", "e"]
     assert "weird" in described[-1]["reason"]
+    counting = lin("g", direct=False, counting=True)  # COUNT(*): no source at all
+    (mask,) = plan_masking([counting], [{"name": "g", "type": "INTEGER"}],
+                           sensitive_for).columns
+    assert mask.strategy is None and mask.reason == "counting aggregate"
+
+
+def test_plan_trusts_values_masked_at_the_source() -> None:
+    """With the rewrite, values derived from masked sources pass; direct ones are checked."""
+    schema = [{"name": n, "type": "STRING"} for n in "abcd"]
+    premasked = frozenset(
+        {"demo-project.sales.customers.email", "demo-project.sales.customers.ssn"}
+    )
+    plan = plan_masking([
+        lin("a", "email"),
+        lin("b", "email", direct=False),
+        lin("c", "email", direct=False, counting=True),
+        lin("d", "email", "phone", direct=False),  # phone not masked at the source
+    ], schema, sensitive_for, premasked=premasked)
+    assert [(c.strategy, c.at_source) for c in plan.columns] == [
+        ("email", True), (None, False), (None, False), ("nullify", False)]
+
+
+def test_checks_of_values_masked_at_the_source() -> None:
+    """A keyed token passes only in its format (the second line never computes one)."""
+    schema = [{"name": "t", "type": "STRING"}, {"name": "e", "type": "STRING"}]
+    plan = MaskPlan((ColumnMask("t", "hmac", "x", at_source=True),
+                     ColumnMask("e", "email", "x", at_source=True)))
+    rows = Masker(plan, schema, hmac_key=KEY).mask_rows([
+        ["tok_0123456789abcdef01234567", "XXXXX@example.com"],
+        ["Some Name", "ann@example.com"],
+        [None, None],
+    ])
+    assert rows == [["tok_0123456789abcdef01234567", "XXXXX@example.com"],
+                    [None, "XXXXX@example.com"], [None, None]]
 
 
 def test_plan_length_mismatch_fails_closed() -> None:
@@ -260,7 +296,8 @@ def test_derived_columns_are_nullified_on_rows() -> None:
     plan = plan_masking(cols, schema, sensitive_for)
     out = Masker(plan, schema, hmac_key=KEY).mask_rows(
         [["ANN@X.COM", "9876-54-321", "Ann Lee", "12", "US"]])
-    assert out == [[None, None, None, "12", "US"]]
+    # the count of distinct emails is computed from email: nullified when not masked at source
+    assert out == [[None, None, None, None, "US"]]
 
 
 # -- properties -----------------------------------------------------------------------

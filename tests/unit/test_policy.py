@@ -270,3 +270,61 @@ def test_parse_duration(value: object, expected: int) -> None:
 def test_parse_duration_rejects(value: object) -> None:
     with pytest.raises(ValueError, match="expected a duration like 15m"):
         parse_duration(value)
+
+
+# -- issue: judge every name, measure every write; mask at the source ----------------------
+
+NEW_KEYS = """
+version: 1
+tiers:
+  dev: {writes: {max_rows: 10, max_fraction: 0.2, above: block}}
+  prod: {}
+datasets: {p.d: dev, p.e: prod}
+groups:
+  agents: {members: [a@x.com], agents: true}
+  stewards: {members: [s@x.com]}
+rules:
+  - {groups: [agents], tiers: [dev], read: allow, write: allow}
+  - {groups: [agents], tiers: [prod], read: allow, when: {claims: {env: [production, prod]}}}
+connections: {p.us.vertex: prod}
+sensitive_columns: {p.e.people: {email: email, ssn: last4}}
+unmasked:
+  - {groups: [stewards], tables: [p.e.people], columns: [email]}
+"""
+
+
+def test_tiers_writes_connections_claims_and_unmasked_grants_parse() -> None:
+    p = parse_policy(NEW_KEYS)
+    assert p.tiers == ("dev", "prod")
+    assert p.write_limits("dev").describe() == (
+        "at most 10 rows and at most 20% of the target table (above: block)"
+    )
+    assert p.write_limits("prod").max_fraction == 0.5  # the safe default
+    assert p.connection_tier("p.us.vertex") == "prod"
+    assert p.action_for({"agents"}, "prod", "read", {"env": "production"}) == "allow"
+    assert p.action_for({"agents"}, "prod", "read", {"env": "dev"}) is None
+    assert p.action_for({"agents"}, "prod", "read") is None
+    assert p.unmasked_for("s@x.com", {"stewards"}, "p.e.people") == {"email"}
+    assert p.unmasked_for("a@x.com", {"agents", "stewards"}, "p.e.people") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("max_fraction: 0.2", "max_fraction: 2"),
+        ("above: block", "above: sometimes"),
+        ("env: [production, prod]", "env: {x: 1}"),
+        ("p.us.vertex: prod", "p.vertex: prod"),
+        ("groups: [stewards], tables", "groups: [agents], tables"),
+        ("columns: [email]", "columns: [phone]"),
+    ],
+)
+def test_new_keys_are_validated(change: str, problem: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(NEW_KEYS.replace(change, problem))
+    assert info.value.problems, info.value
+
+
+def test_agents_never_get_unmasked_grants() -> None:
+    with pytest.raises(PolicyError, match="agents never read unmasked"):
+        parse_policy(NEW_KEYS.replace("groups: [stewards], tables", "groups: [agents], tables"))

@@ -14,8 +14,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from bqgate.errors import RETRYABLE_REASONS, BqgateError, InvalidQuery
-from bqgate.ports import QueryOutcome
+from bqgate.errors import RETRYABLE_REASONS, BqgateError, InvalidQuery, NotFound
+from bqgate.ports import DryRun, QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
@@ -93,12 +93,43 @@ class BigQueryWarehouse:
         default_dataset: Mapping[str, str] | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
     ) -> int:
+        info = self.dry_run_info(
+            sql, default_dataset=default_dataset, query_parameters=query_parameters
+        )
+        return info.total_bytes_processed
+
+    def dry_run_info(
+        self,
+        sql: str,
+        *,
+        default_dataset: Mapping[str, str] | None,
+        query_parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> DryRun:
         config = self._query_config(sql, default_dataset, query_parameters, None, {}, dry_run=True)
         try:
             job = self.client.query(sql, job_config=config, location=self.location)
         except gexc.BadRequest as exc:
             raise InvalidQuery(_error_of(exc)["message"]) from None
-        return int(job.total_bytes_processed or 0)
+        except gexc.NotFound as exc:
+            raise NotFound(_error_of(exc)["message"]) from None
+        stats = (job._properties.get("statistics") or {}).get("query") or {}
+        refs = stats.get("referencedTables")
+        tables = (
+            tuple(
+                f"{r.get('projectId')}.{r.get('datasetId')}.{r.get('tableId')}"
+                for r in refs
+                if isinstance(r, dict)
+            )
+            if isinstance(refs, list)
+            else ()
+        )
+        schema = tuple((stats.get("schema") or {}).get("fields") or ())
+        return DryRun(
+            total_bytes_processed=int(job.total_bytes_processed or 0),
+            statement_type=stats.get("statementType"),
+            referenced_tables=tables,
+            schema=schema,
+        )
 
     def run(
         self,

@@ -87,8 +87,10 @@ def load_tables(
     datasets: Sequence[str],
     tables: Mapping[str, tuple[Sequence[tuple[str, str]], list[dict[str, Any]]]],
     chunk: int = 2500,
+    routines: Sequence[str] = (),
 ) -> None:
-    """Create ``datasets`` and (re)create each ``dataset.table -> (schema, rows)`` with its rows."""
+    """Create ``datasets``, (re)create each ``dataset.table -> (schema, rows)`` with its rows,
+    and run each ``CREATE OR REPLACE FUNCTION`` statement of ``routines``."""
     client = bigquery.Client(
         project=project,
         credentials=AnonymousCredentials(),
@@ -105,3 +107,20 @@ def load_tables(
             errors = client.insert_rows_json(table_id, rows[i : i + chunk])
             if errors:
                 raise RuntimeError(f"loading {table_id}: {errors[:3]}")
+    for ddl in routines:
+        client.query(ddl).result(timeout=60)
+
+
+def emulator_table_schema(bigquery_url: str, table_fqn: str) -> list[dict[str, Any]]:
+    """REST schema fields of a table on the local BigQuery emulator (KeyError if unknown)."""
+    project = table_fqn.split(".", 1)[0]
+    client = bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=bigquery_url),
+    )
+    try:
+        table = client.get_table(table_fqn, timeout=5)
+    except (gexc.NotFound, gexc.BadRequest, ValueError):
+        raise KeyError(table_fqn) from None
+    return [f.to_api_repr() for f in table.schema]

@@ -201,6 +201,7 @@ def executor() -> Executor:
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
         config=ExecutorConfig(redispatch_after_ms=s.redispatch_after_ms),
+        warehouse_project=s.warehouse_project,
     )
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from bqgate.errors import InvalidRequest, PolicyError
+from bqgate.errors import InvalidQuery, InvalidRequest, PolicyError
 from bqgate.policy import Policy, load_policy
-from bqgate.sql.classify import Classification, classify
+from bqgate.sql.classify import Classification, StatementVerdict, classify
 
 DEFAULT_POLICY = Path("policies") / "default.yaml"
 DEFAULT_PRINCIPAL = "agent@demo-project.iam.gserviceaccount.com"
@@ -57,7 +58,28 @@ def register(subparsers: Any) -> None:
         metavar="P",
         help=f"default project (default: {DEFAULT_PROJECT})",
     )
-    parser.add_argument("--dataset", metavar="D", help="default dataset (default: none)")
+    parser.add_argument(
+        "--dataset", metavar="D", help="default dataset, D or PROJECT.D (default: none)"
+    )
+    parser.add_argument(
+        "--claims",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="token claims of the principal, e.g. env=production (repeatable)",
+    )
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="also print the statement that will run (every read of a protected table "
+        "rewritten so it sees masked values only)",
+    )
+    parser.add_argument(
+        "--schemas",
+        metavar="FILE",
+        help="JSON {table: [REST schema fields]} for --rewrite (default: the dev stack's "
+        "BigQuery emulator when it runs, else STRING is assumed for sensitive columns)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object")
     output.add_argument(
@@ -83,12 +105,132 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
                 stdout.flush()
         return 0
     sql = stdin.read() if args.sql == "-" else args.sql
-    result = _classify(sql, policy, args.principal, args.groups, args.project, args.dataset)
+    claims = parse_claims(args.claims)
+    result = _classify(sql, policy, args.principal, args.groups, args.project, args.dataset, claims)
+    rewritten: dict[str, Any] | None = None
+    if args.rewrite:
+        rewritten = explain_rewrite(sql, policy, args)
     if args.json:
-        stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        body = result.to_dict()
+        if rewritten is not None:
+            body["rewrite"] = rewritten
+        stdout.write(json.dumps(body, indent=2) + "\n")
     else:
         stdout.write(format_text(result))
+        if rewritten is not None:
+            stdout.write(format_rewrite(rewritten))
     return 0
+
+
+def parse_claims(values: list[str]) -> dict[str, str]:
+    """``["env=production", "a=1,b=2"]`` -> ``{"env": "production", "a": "1", "b": "2"}``.
+
+    >>> parse_claims(["env=production", "team=data,tier=gold"])
+    {'env': 'production', 'team': 'data', 'tier': 'gold'}
+    >>> parse_claims(["oops"])
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidRequest: --claims expects K=V pairs, got "oops"
+    """
+    out: dict[str, str] = {}
+    for value in values:
+        for pair in value.split(","):
+            key, sep, text = pair.partition("=")
+            if not sep or not key.strip():
+                raise InvalidRequest(f'--claims expects K=V pairs, got "{pair}"')
+            out[key.strip()] = text.strip()
+    return out
+
+
+def explain_rewrite(sql: str, policy: Policy, args: argparse.Namespace) -> dict[str, Any]:
+    """The statement that will run, as the executor would rewrite it."""
+    from bqgate.sql.names import Defaults
+    from bqgate.sql.rewrite import RewriteError, rewrite
+
+    schema_for, note = _schema_source(args.schemas, policy)
+    dataset = args.dataset
+    if dataset and "." not in dataset:
+        dataset = f"{args.project}.{dataset}"
+    groups = policy.groups_for(args.principal, args.groups)
+    try:
+        out = rewrite(
+            sql,
+            defaults=Defaults(args.project, dataset),
+            sensitive_for=policy.sensitive_for,
+            schema_for=schema_for,
+            hmac_key=b"explain: the real key reaches BigQuery only as query parameters",
+            unmasked_for=lambda fqn: policy.unmasked_for(args.principal, groups, fqn),
+        )
+    except RewriteError as exc:
+        return {"error": str(exc), "schemas": note}
+    return {
+        "sql": out.sql,
+        "changed": out.changed,
+        "masked": [{"table": t, "column": c, "strategy": s} for t, c, s in out.masked],
+        "key_parameters": sorted(
+            {
+                str(p.get("name"))
+                for p in out.parameters
+                if str(p.get("name", "")).startswith("bqgate_")
+            }
+        ),
+        "schemas": note,
+    }
+
+
+def _schema_source(path: str | None, policy: Policy) -> tuple[Any, str]:
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict):
+            raise InvalidRequest("--schemas: expected a JSON object {table: [fields]}")
+        return (lambda fqn: data[fqn]), f"column types from {path}"
+    try:
+        from bqgate.dev.issuer import find_dev_dir, read_endpoints
+
+        endpoints = read_endpoints(find_dev_dir())
+        url = endpoints.get("bigquery")
+    except Exception:  # no dev stack: fall back below
+        url = None
+    if url:
+        from bqgate.adapters.emulators import emulator_table_schema
+
+        return (
+            lambda fqn: emulator_table_schema(str(url), fqn),
+            f"column types from the dev stack's BigQuery emulator ({url})",
+        )
+
+    def assumed(fqn: str) -> list[dict[str, str]]:
+        columns = policy.sensitive_for(fqn)
+        if not columns:
+            raise KeyError(fqn)
+        return [{"name": c, "type": "STRING"} for c in columns]
+
+    return assumed, "column types unknown (no --schemas, no dev stack): STRING assumed"
+
+
+def format_rewrite(rewritten: Mapping[str, Any]) -> str:
+    """The rewrite part of the human-readable report."""
+    if "error" in rewritten:
+        return f"rewrite:    cannot rewrite: {rewritten['error']}\n"
+    if not rewritten.get("changed"):
+        return "rewrite:    unchanged (reads no protected table)\n"
+    masked = ", ".join(
+        f"{m['table']}.{m['column']} ({m['strategy']})" for m in rewritten.get("masked", [])
+    )
+    lines = [
+        f"masked:     {masked}",
+        f"schemas:    {rewritten.get('schemas')}",
+        "will run:",
+        f"  {rewritten['sql']}",
+    ]
+    if rewritten.get("key_parameters"):
+        lines.append(
+            "  (the hmac key is passed as the query parameters "
+            + ", ".join("@" + k for k in rewritten["key_parameters"])
+            + "; it never appears in SQL text)"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def format_text(result: Classification) -> str:
@@ -111,6 +253,15 @@ def format_text(result: Classification) -> str:
         "reasons:",
         *(f"  - {reason}" for reason in result.reasons),
     ]
+    others = sorted({(k, n) for v in result.per_statement for k, n, _ in v.refs})
+    if others:
+        lines.append("objects:    " + ", ".join(f"{k} {n}" for k, n in others))
+    if result.writes:
+        lines.append("writes:")
+        lines.extend(f"  - {w.describe()}" for w in result.writes)
+    if result.notes:
+        lines.append("notes:")
+        lines.extend(f"  - {n}" for n in result.notes)
     return "\n".join(lines) + "\n"
 
 
@@ -141,8 +292,11 @@ def _jsonl_line(line: str, policy: Policy, args: argparse.Namespace) -> dict[str
             return {"error": f'"{key}" must be a string'}
     if not fields["principal"] or not fields["project"]:
         return {"error": '"principal" and "project" must not be empty'}
+    claims = request.get("claims", parse_claims(args.claims))
+    if not isinstance(claims, dict):
+        return {"error": '"claims" must be an object'}
     result = _classify(
-        sql, policy, fields["principal"], groups, fields["project"], fields["dataset"]
+        sql, policy, fields["principal"], groups, fields["project"], fields["dataset"], claims
     )
     return result.to_dict()
 
@@ -154,15 +308,28 @@ def _classify(
     claimed: list[str],
     project: str,
     dataset: str | None,
+    claims: Mapping[str, Any] | None = None,
 ) -> Classification:
-    return classify(
-        sql,
-        policy=policy,
-        principal=principal,
-        groups=policy.groups_for(principal, claimed),
-        default_project=project,
-        default_dataset=dataset or None,
-    )
+    if dataset and "." not in dataset:
+        dataset = f"{project}.{dataset}"
+    try:
+        return classify(
+            sql,
+            policy=policy,
+            principal=principal,
+            groups=policy.groups_for(principal, claimed),
+            default_project=project,
+            default_dataset=dataset or None,
+            claims=claims,
+        )
+    except InvalidQuery as exc:
+        return _refused(sql, exc.message)
+
+
+def _refused(sql: str, message: str) -> Classification:
+    """A statement refused before classification (over the size or nesting limits)."""
+    verdict = StatementVerdict("INVALID", "block", (f"invalidQuery: {message}",), ())
+    return Classification("block", verdict.reasons, ("INVALID",), (), (), sql[:200], "", (verdict,))
 
 
 def _load(path: str | None) -> Policy:

@@ -29,12 +29,30 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--group", action="append", default=[], dest="groups", help="a groups claim (repeatable)"
     )
+    parser.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        dest="claims",
+        metavar="K=V",
+        help="a custom claim, e.g. env=production (repeatable; policy rules can match it)",
+    )
     parser.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h ... (max 12h)")
     parser.add_argument("--audience", default=issuer.DEFAULT_AUDIENCE, help="the aud claim")
     parser.add_argument(
         "--dev-dir", type=Path, default=None, help="dev state folder (default .bqgate-dev)"
     )
     parser.set_defaults(func=run)
+
+
+def _claims(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f'--claim expects K=V, got "{pair}"')
+        out[key.strip()] = value.strip()
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             args.audience,
             issuer_url=issuer_url,
             key_dir=dev_dir / issuer.OIDC_SUBDIR,
+            extra_claims=_claims(args.claims),
         )
     except FileNotFoundError:
         print("bqgate: the dev issuer key is missing; is the dev stack running?", file=sys.stderr)

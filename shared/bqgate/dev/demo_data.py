@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 SEED = 20261123
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 PROJECT = "demo-project"
 
 FIRST = [
@@ -129,6 +129,20 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 DATASET_TIERS = {"analytics": "non-production", "sales": "production", "finance": "restricted"}
+
+#: Persistent routines of the demo warehouse (SQL UDFs): one in a non-production dataset,
+#: one in the restricted finance dataset (calling it needs approval, like reading it).
+ROUTINES: dict[str, str] = {
+    "analytics.normalize_name": (
+        "CREATE OR REPLACE FUNCTION `demo-project.analytics.normalize_name`(s STRING) "
+        "RETURNS STRING AS (LOWER(TRIM(s)))"
+    ),
+    "finance.fx_rate": (
+        "CREATE OR REPLACE FUNCTION `demo-project.finance.fx_rate`(currency STRING) "
+        "RETURNS FLOAT64 AS (CASE currency WHEN 'EUR' THEN 1.08 WHEN 'GBP' THEN 1.27 "
+        "WHEN 'JPY' THEN 0.0067 ELSE 1.0 END)"
+    ),
+}
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -260,6 +274,7 @@ def seed(bigquery_url: str, state_dir: Path, force: bool = False) -> None:
         PROJECT,
         list(DATASET_TIERS),
         {name: (SCHEMAS[name], rows[name]) for name in SCHEMAS},
+        routines=list(ROUTINES.values()),
     )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("ok\n")

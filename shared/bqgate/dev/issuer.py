@@ -148,11 +148,13 @@ def mint_token(
     issuer_url: str,
     key_dir: Path,
     now: float | None = None,
+    extra_claims: Mapping[str, str] | None = None,
 ) -> str:
     """An RS256 ID token for ``principal`` signed by the dev key in ``key_dir``.
 
     Claims: ``iss`` (``issuer_url``), ``aud``, ``sub`` and ``email`` (the principal),
-    ``email_verified``, ``groups``, ``iat``, ``nbf``, ``exp``, ``jti``.
+    ``email_verified``, ``groups``, ``iat``, ``nbf``, ``exp``, ``jti``, plus
+    ``extra_claims`` (custom claims such as ``env: production``; registered names refused).
 
     Raises:
         FileNotFoundError: no dev key in ``key_dir`` (the dev issuer creates it).
@@ -177,6 +179,10 @@ def mint_token(
         "exp": issued + ttl,
         "jti": secrets.token_urlsafe(12),
     }
+    for name, value in (extra_claims or {}).items():
+        if name in claims or not name:
+            raise ValueError(f"claim {name!r} cannot be set")
+        claims[name] = value
     kid = public_jwk(key)["kid"]
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
 

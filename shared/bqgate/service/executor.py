@@ -12,6 +12,7 @@ execute message and may be called by a direct fast path too. It is idempotent:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import re
@@ -26,12 +27,21 @@ from bqgate.errors import BqgateError
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
-from bqgate.ports import JobStore, OpenRequestQuota, QueryOutcome, Queue, QuotaFull, Warehouse
+from bqgate.ports import (
+    DryRun,
+    JobStore,
+    OpenRequestQuota,
+    QueryOutcome,
+    Queue,
+    QuotaFull,
+    Warehouse,
+)
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
 from bqgate.service.gateway import NullRecorder, Recorder, record_all
 
 if TYPE_CHECKING:
     from bqgate.masking import Masker
+    from bqgate.sql.rewrite import Rewrite
 
 log = logging.getLogger("bqgate.executor")
 
@@ -41,6 +51,35 @@ PAGE_BYTES = 512 * 1024
 FETCH_ROWS = 5_000
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
+
+#: BigQuery statement types the dry run is compared with (DDL and scripting are judged
+#: by the classifier alone).
+COMPARED_STATEMENT_TYPES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "SCRIPT"})
+
+_VERB = {"DELETE": "deletes", "UPDATE": "updates", "MERGE": "changes"}
+
+#: Reference kinds whose code runs with the query (their bodies are invisible to sqlglot).
+CODE_KINDS = frozenset({"routine", "table_function", "procedure", "model"})
+
+
+def _stricter(a: str, b: str) -> str:
+    order = {"allow": 0, "approve": 1, "block": 2}
+    return a if order.get(a, 2) >= order.get(b, 2) else b
+
+
+def classify_defaults(job: Job) -> dict[str, Any]:
+    """The classifier's name defaults for a job: its project, and its default dataset as
+    ``project.dataset`` (bare table names resolve there, ``dataset.table`` in the job's
+    project, exactly as BigQuery does)."""
+    default = job.default_dataset or {}
+    dataset = default.get("datasetId")
+    return {
+        "default_project": job.project,
+        "default_dataset": f"{default.get('projectId') or job.project}.{dataset}"
+        if dataset
+        else None,
+        "claims": job.claims,
+    }
 
 
 def label_value(text: str) -> str:
@@ -95,6 +134,7 @@ class Executor:
         recorder: Recorder | None = None,
         config: ExecutorConfig | None = None,
         clock: Callable[[], float] = time.time,
+        warehouse_project: str | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -106,10 +146,17 @@ class Executor:
         self.config = config or ExecutorConfig()
         self.clock = clock
         self.dispatcher = (
-            Dispatcher(store=store, queue=queue, clock=clock,
-                       redispatch_after_ms=self.config.redispatch_after_ms)
-            if queue is not None else None
+            Dispatcher(
+                store=store,
+                queue=queue,
+                clock=clock,
+                redispatch_after_ms=self.config.redispatch_after_ms,
+            )
+            if queue is not None
+            else None
         )
+        #: The project BigQuery jobs run in; error messages never name it to the agent.
+        self.warehouse_project = warehouse_project
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -121,10 +168,18 @@ class Executor:
     def run(self, job_id: str) -> str:
         """Handle one execute message for ``job_id``. Returns what happened (for logs and tests).
 
+        * every statement is first rewritten so that it reads masked values only
+          (:mod:`bqgate.sql.rewrite`); that rewritten statement is what is dry-run,
+          measured and run;
         * an approval-bound job not yet sent for approval is dry-run (cost guard, byte
-          estimate) and published to the approvals topic;
-        * an allowed job is dry-run; over the policy's thresholds it is blocked or sent
-          for approval instead of running;
+          estimate), its writes measured, and published to the approvals topic;
+        * an allowed job is dry-run (unless table sizes settle its cost); BigQuery's
+          statement type and tables must agree with the classifier's; over the policy's
+          thresholds it is blocked or sent for approval instead of running;
+        * an allowed DELETE/UPDATE/MERGE has its blast radius measured first: over its
+          tier's ``writes`` limits it is sent for approval (or blocked);
+        * a statement sqlglot could not parse runs only if the dry run shows a plain query
+          over readable tables without sensitive columns;
         * an approved job has its approval binding re-checked against the statement as
           stored now;
         * then the job is claimed in a transaction and run exactly once.
@@ -135,8 +190,13 @@ class Executor:
             return "unknown"
         if job.state == DONE:
             return "skipped"
+        if job.classification.get("second_opinion"):
+            return self._second_opinion(job)
+        plan = self._plan(job)
+        if plan is None:
+            return "failed"
         if job.state == PENDING_APPROVAL:
-            return self._request_approval(job, None)
+            return self._request_approval(job, None, plan=plan)
         if needs_approval(job):
             problem = self._approval_problem(job)
             if problem:
@@ -148,17 +208,254 @@ class Executor:
                     },
                 )
         elif job.state == PENDING:
-            estimate = self._upper_bound(job)
+            writes = job.classification.get("writes") or []
+            estimate = None if writes else self._upper_bound(job)
             if estimate is None or cost_decision(estimate, self.policy)[0] != "allow":
-                estimate = self._estimate(job)  # the bound does not settle it: ask BigQuery
+                estimate = self._estimate(job, plan)  # the bound does not settle it: ask BigQuery
             if estimate is None:
                 return "failed"
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
                 return self._fail(job, {"reason": "quotaExceeded", "message": why})
             if decision == "approve":
-                return self._request_approval(job, why, estimate)
-        return self._execute(job_id)
+                return self._request_approval(job, why, estimate, plan=plan)
+            if writes:
+                measured = self._blast_radius(job, plan)
+                if measured is None:
+                    return "failed"
+                verdict, message, record = measured
+                if verdict == "block":
+                    return self._fail(
+                        job,
+                        {
+                            "reason": "accessDenied",
+                            "message": f"Blocked by bqgate policy: {message}",
+                        },
+                    )
+                if verdict == "approve":
+                    return self._request_approval(job, message, estimate, plan=plan, blast=record)
+        return self._execute(job_id, plan)
+
+    # --- the masking rewrite, the second opinion, the blast radius --------------------
+
+    def _plan(self, job: Job) -> Rewrite | None:
+        """The job's statement rewritten to read masked values only (None: job failed)."""
+        from bqgate.sql.names import Defaults
+        from bqgate.sql.rewrite import RewriteError, rewrite
+
+        groups = self.policy.groups_for(job.owner, job.groups)
+        try:
+            return rewrite(
+                job.sql,
+                defaults=Defaults.of(job.project, job.default_dataset),
+                sensitive_for=self.policy.sensitive_for,
+                schema_for=self.warehouse.table_schema,
+                parameters=job.query_parameters,
+                parameter_mode=job.parameter_mode,
+                hmac_key=self.hmac_key,
+                unmasked_for=lambda fqn: self.policy.unmasked_for(job.owner, groups, fqn),
+            )
+        except RewriteError as exc:
+            text = str(exc)
+            reason = "notFound" if "schema of" in text else "accessDenied"
+            prefix = "Not found: " if reason == "notFound" else "Blocked by bqgate policy: "
+            self._fail(job, {"reason": reason, "message": prefix + text})
+            return None
+
+    def _dry_run(self, job: Job, sql: str, params: Sequence[Mapping[str, Any]]) -> DryRun | None:
+        """Dry-run ``sql`` (None, with the job failed, if BigQuery rejects it)."""
+        t0 = time.perf_counter()
+        try:
+            info = self.warehouse.dry_run_info(
+                sql, default_dataset=job.default_dataset, query_parameters=params
+            )
+        except BqgateError as err:
+            self._fail(job, {"reason": err.reason, "message": err.message})
+            return None
+        job.timings["dry_run_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return info
+
+    def _second_opinion(self, job: Job) -> str:
+        """A statement sqlglot cannot parse: run it only if BigQuery's dry run shows a plain
+        query whose tables are all readable (``allow``) and carry no sensitive columns."""
+        info = self._dry_run(job, job.sql, job.query_parameters)
+        if info is None:
+            return "failed"
+        problems: list[str] = []
+        if info.statement_type != "SELECT":
+            problems.append(
+                f"BigQuery reads it as {info.statement_type or 'an unknown statement'}, "
+                "and only plain queries get a second opinion"
+            )
+        tables = list(info.referenced_tables or ())
+        groups = self.policy.groups_for(job.owner, job.groups)
+        for table in tables:
+            problems.extend(self._readable_problems(table, groups, job))
+        if problems:
+            reasons = [*job.classification.get("reasons", []), *problems]
+            return self._fail(
+                job,
+                {
+                    "reason": "accessDenied",
+                    "message": "Blocked by bqgate policy: " + "; ".join(reasons),
+                },
+            )
+        verdict = dict(job.classification)
+        verdict["tables"] = sorted(tables)
+        verdict["decision"] = "allow"
+        verdict["reasons"] = [
+            *verdict.get("reasons", []),
+            "BigQuery's dry run shows a plain query over readable tables without sensitive "
+            "columns: allowed on the second opinion",
+        ]
+        self.store.transition(job.job_id, lambda j: {"classification": verdict})
+        self._record(
+            job,
+            "second_opinion",
+            {"statement_type": info.statement_type, "referenced_tables": sorted(tables)},
+        )
+        estimate_ok, why = cost_decision(info.total_bytes_processed, self.policy)
+        if estimate_ok != "allow":
+            return self._fail(job, {"reason": "quotaExceeded", "message": why})
+        from bqgate.sql.rewrite import Rewrite
+
+        plan = Rewrite(
+            sql=job.sql,
+            changed=False,
+            parameters=tuple(job.query_parameters),
+            parameter_mode=job.parameter_mode,
+            tables=tuple(tables),
+        )
+        return self._execute(job.job_id, plan)
+
+    def _readable_problems(self, table: str, groups: frozenset[str], job: Job) -> list[str]:
+        """Why the caller may not read ``table`` unseen by the classifier (empty: fine)."""
+        project, dataset, _ = [*table.split("."), "", ""][:3]
+        tier = self.policy.tier_of(project, dataset)
+        if tier is None:
+            return [f"{table}: dataset {project}.{dataset} is not in the policy (deny by default)"]
+        action = self.policy.action_for(groups, tier, "read", job.claims)
+        if action != "allow":
+            return [f"read on {table} ({tier}) is not allowed without approval"]
+        if self.policy.sensitive_for(table):
+            return [
+                f"{table} has sensitive columns and is read where the masking rewrite cannot "
+                "reach (a view or routine body, or SQL sqlglot cannot parse)"
+            ]
+        return []
+
+    def _disagreement(self, job: Job, info: DryRun) -> str | None:
+        """Where BigQuery's dry run contradicts the classifier (None: they agree)."""
+        kinds = [str(k) for k in job.classification.get("statements") or []]
+        expected = kinds[0] if len(kinds) == 1 else "SCRIPT"
+        if (
+            info.statement_type
+            and expected in COMPARED_STATEMENT_TYPES
+            and info.statement_type != expected
+        ):
+            return (
+                f"the classifier read a {expected} statement but BigQuery reads "
+                f"{info.statement_type}"
+            )
+        if info.referenced_tables is None:
+            return None
+        ours = [str(t).lower() for t in job.classification.get("tables") or []]
+        groups = self.policy.groups_for(job.owner, job.groups)
+        problems: list[str] = []
+        for table in info.referenced_tables:
+            low = table.lower()
+            if low in ours or any("*" in t and fnmatch.fnmatchcase(low, t) for t in ours):
+                continue
+            # BigQuery reads a table the classifier did not see (through a view, a table
+            # function or a routine): it must be readable without approval and unmasked.
+            problems.extend(self._readable_problems(table, groups, job))
+        if problems:
+            return "BigQuery's dry run reads tables the classifier did not see: " + "; ".join(
+                problems
+            )
+        return None
+
+    def _blast_radius(
+        self, job: Job, plan: Rewrite
+    ) -> tuple[str, str, list[dict[str, Any]]] | None:
+        """Measure every DELETE/UPDATE/MERGE: (allow|approve|block, message, record)."""
+        import sqlglot
+
+        from bqgate.policy import WriteLimits
+        from bqgate.sql.blast import CannotMeasure, measure_sql
+
+        checks = job.classification.get("writes") or []
+        statements = [s for s in sqlglot.parse(plan.marked_sql, read="bigquery") if s is not None]
+        worst = "allow"
+        messages: list[str] = []
+        record: list[dict[str, Any]] = []
+        for check in checks:
+            index = int(check.get("statement", 1))
+            target = str(check.get("target", ""))
+            limits = WriteLimits(
+                check.get("max_rows"), check.get("max_fraction"), str(check.get("above", "approve"))
+            )
+            try:
+                if index > len(statements):
+                    raise CannotMeasure("the statement is missing")
+                count_sql = measure_sql(statements[index - 1])
+            except CannotMeasure as exc:
+                worst = _stricter(worst, "approve")
+                messages.append(f"the blast radius on {target} cannot be measured ({exc})")
+                continue
+            sql, params, _mode = plan.finalize(count_sql)
+            row = self._query_row(job, f"_m{index}", sql, params)
+            if row is None:
+                return None
+            touched, total = int(row[0] or 0), int(row[1] or 0)
+            verb = _VERB.get(str(check.get("kind")), "touches")
+            text = f"{verb} {touched:,} of {total:,} rows of {target}"
+            over = limits.exceeded(touched, total)
+            entry = {
+                "statement": index,
+                "target": target,
+                "touched": touched,
+                "total": total,
+                "limits": limits.describe(),
+                "over": over,
+            }
+            record.append(entry)
+            if over:
+                worst = _stricter(worst, limits.above)
+                messages.append(f"{text}: {over} (tier {check.get('tier')})")
+            else:
+                messages.append(text)
+        self.store.transition(job.job_id, lambda j: {"blast_radius": record})
+        self._record(job, "blast_radius", {"writes": record})
+        return worst, "; ".join(messages), record
+
+    def _query_row(
+        self, job: Job, suffix: str, sql: str, params: Sequence[Mapping[str, Any]]
+    ) -> list[Any] | None:
+        """Run a small helper query (derived job id, idempotent) and return its first row."""
+        wjid = warehouse_job_id(job.job_id) + suffix
+        try:
+            outcome = self.warehouse.run(
+                wjid,
+                sql,
+                default_dataset=job.default_dataset,
+                labels={"bqgate_job": label_value(job.job_id), "bqgate_purpose": "blast_radius"},
+                maximum_bytes_billed=self.policy.cost.max_bytes_billed,
+                query_parameters=params,
+            )
+        except BqgateError as err:
+            self._fail(job, {"reason": err.reason, "message": err.message})
+            return None
+        if outcome.error:
+            self._fail(job, outcome.error)
+            return None
+        for rows in self.warehouse.pages(wjid, page_size=1, max_rows=1):
+            if rows:
+                return list(rows[0])
+        self._fail(
+            job, {"reason": "invalidQuery", "message": "the blast-radius count returned no row"}
+        )
+        return None
 
     def _upper_bound(self, job: Job) -> int | None:
         """Bytes the job can process at most: the sum of its tables' stored sizes.
@@ -171,6 +468,11 @@ class Executor:
         tables = job.classification.get("tables")
         if not isinstance(tables, list) or not tables:
             return None
+        for verdict in job.classification.get("per_statement") or []:
+            if any(r.get("kind") in CODE_KINDS for r in verdict.get("refs") or []):
+                # A routine's body may read tables the statement does not name: only the
+                # dry run (and its agreement with the classifier) can show them.
+                return None
         total = 0
         for table in tables:
             size = self.warehouse.table_size(str(table))
@@ -179,31 +481,52 @@ class Executor:
             total += size
         return total
 
-    def _estimate(self, job: Job) -> int | None:
-        """Dry-run the job (None, with the job failed, if BigQuery rejects it)."""
-        t0 = time.perf_counter()
-        try:
-            estimate = self.warehouse.dry_run(
-                job.sql, default_dataset=job.default_dataset, query_parameters=job.query_parameters
-            )
-        except BqgateError as err:
-            self._fail(job, {"reason": err.reason, "message": err.message})
+    def _estimate(self, job: Job, plan: Rewrite) -> int | None:
+        """Dry-run the job as it will run; check it agrees with the classifier."""
+        info = self._dry_run(job, plan.sql, plan.parameters)
+        if info is None:
             return None
-        job.timings["dry_run_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        return estimate
+        problem = self._disagreement(job, info)
+        if problem:
+            self._fail(
+                job, {"reason": "accessDenied", "message": f"Blocked by bqgate policy: {problem}"}
+            )
+            return None
+        return info.total_bytes_processed
 
     def _request_approval(
-        self, job: Job, cost_reason: str | None, estimate: int | None = None
+        self,
+        job: Job,
+        cost_reason: str | None,
+        estimate: int | None = None,
+        *,
+        plan: Rewrite,
+        blast: list[dict[str, Any]] | None = None,
     ) -> str:
         if job.approval_requested_ms:
             return "awaiting-approval"  # a redelivery: the request is already out
+        extra: list[str] = [cost_reason] if cost_reason else []
         if estimate is None:
-            estimate = self._estimate(job)
+            estimate = self._estimate(job, plan)
             if estimate is None:
                 return "failed"
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
                 return self._fail(job, {"reason": "quotaExceeded", "message": why})
+            if job.classification.get("writes") and blast is None:
+                measured = self._blast_radius(job, plan)
+                if measured is None:
+                    return "failed"
+                verdict, message, blast = measured
+                if verdict == "block":
+                    return self._fail(
+                        job,
+                        {
+                            "reason": "accessDenied",
+                            "message": f"Blocked by bqgate policy: {message}",
+                        },
+                    )
+                extra.append(message)
         now = self._now_ms()
         ttl_ms = self.policy.approvals.ttl_seconds * 1000
         fields: dict[str, Any] = {
@@ -212,11 +535,15 @@ class Executor:
             "bytes_estimate": estimate,
             "approval_requested_ms": now,
             "timings": job.timings,
+            "rewritten_sql": plan.sql if plan.changed else None,
         }
-        if cost_reason:
-            verdict = dict(job.classification)
-            verdict["reasons"] = [*verdict.get("reasons", []), cost_reason]
-            fields["classification"] = verdict
+        if blast is not None:
+            fields["blast_radius"] = blast
+        if extra:
+            judged = dict(job.classification)
+            judged["reasons"] = [*judged.get("reasons", []), *extra]
+            fields["classification"] = judged
+        if cost_reason or blast is not None:
             fields["expire_at_ms"] = now + ttl_ms
         won = {"ok": False}
         if self.dispatcher is None:
@@ -247,7 +574,12 @@ class Executor:
         self._record(
             job,
             "approval_requested",
-            {"reasons": job.classification.get("reasons"), "bytes_estimate": estimate},
+            {
+                "reasons": job.classification.get("reasons"),
+                "bytes_estimate": estimate,
+                "rewritten_sql": fields["rewritten_sql"],
+                "blast_radius": blast,
+            },
         )
         # The request and its notification were committed together; if this publish fails
         # the outbox reconciler sends it (the approvers see the request meanwhile).
@@ -258,23 +590,22 @@ class Executor:
         """Why the job's approval does not cover the statement as stored now (None: it does)."""
         from bqgate.sql.classify import classify
 
-        default = job.default_dataset or {}
         verdict = classify(
             job.sql,
             policy=self.policy,
             principal=job.owner,
             groups=job.groups,
-            default_project=default.get("projectId") or job.project,
-            default_dataset=default.get("datasetId"),
+            **classify_defaults(job),
         )
         if verdict.decision == "block":
             return "the statement is now blocked: " + "; ".join(verdict.reasons)
         return check_binding(job, verdict.statement_hash)
 
-    def _execute(self, job_id: str) -> str:
+    def _execute(self, job_id: str, plan: Rewrite) -> str:
         now = self._now_ms()
         wjid = warehouse_job_id(job_id)
         claimed: dict[str, bool] = {"ok": False}
+        rewritten = plan.sql if plan.changed else None
 
         def claim(job: Job) -> dict[str, Any] | None:
             claimed["ok"] = False
@@ -286,38 +617,53 @@ class Executor:
                 "started_ms": job.started_ms or now,
                 "warehouse_job_id": wjid,
                 "executions": job.executions + 1,
+                "rewritten_sql": rewritten,
             }
 
         job = self.store.transition(job_id, claim)
         if not claimed["ok"]:
             return "skipped"
         self._record(
-            job, "execution_started", {"warehouse_job_id": wjid, "attempt": job.executions}
+            job,
+            "execution_started",
+            {
+                "warehouse_job_id": wjid,
+                "attempt": job.executions,
+                # The statement as it runs (the session keeps both; never the key, which
+                # travels as query parameters only).
+                "rewritten_sql": rewritten,
+                "masked_at_source": [list(m) for m in plan.masked],
+            },
         )
         t0 = time.perf_counter()
         try:
             outcome = self.warehouse.run(
                 wjid,
-                job.sql,
+                plan.sql,
                 default_dataset=job.default_dataset,
                 labels={
                     "bqgate_job": label_value(job.job_id),
                     "bqgate_principal": label_value(job.owner),
                 },
                 maximum_bytes_billed=self.policy.cost.max_bytes_billed,
-                query_parameters=job.query_parameters,
+                query_parameters=plan.parameters,
             )
         except BqgateError as err:
             return self._fail(job, {"reason": err.reason, "message": err.message})
         run_ms = (time.perf_counter() - t0) * 1000
         if outcome.error:
             return self._fail(job, outcome.error)
-        return self._store_results(job, wjid, outcome, run_ms)
+        return self._store_results(job, wjid, outcome, run_ms, plan)
 
     def _fail(self, job: Job, error: Mapping[str, str]) -> str:
+        """Finish the job with a BigQuery-shaped error whose message carries no data."""
+        from bqgate.scrub import scrub
+
         err = {
             "reason": error.get("reason", "invalidQuery"),
-            "message": error.get("message", "the query failed"),
+            "message": scrub(
+                error.get("message", "the query failed"), self.warehouse_project, job.project
+            ),
         }
         now = self._now_ms()
         self.store.transition(
@@ -326,41 +672,64 @@ class Executor:
         self._record(job, "execution_finished", {"error": err})
         return "failed"
 
-    def masker_for(self, job: Job, schema: Sequence[Mapping[str, Any]]) -> Masker:
-        """Plan masking for the job's output columns by lineage (fail closed).
+    def masker_for(
+        self, job: Job, schema: Sequence[Mapping[str, Any]], plan: Rewrite | None = None
+    ) -> Masker:
+        """Plan the second line of masking for the job's output columns (fail closed).
 
-        When none of the tables the classifier resolved has a sensitive column, no output
-        can derive from one: lineage is skipped (content detectors still run).
+        Columns whose sensitive sources were masked at the source by the rewrite are
+        checked, not masked again (one stable format per strategy); anything else that
+        derives from a sensitive column is masked by lineage. When none of the tables the
+        job reads has a sensitive column, no output can derive from one: lineage is
+        skipped (content detectors still run).
         """
         # sqlglot-heavy modules load with the first job, not with the function.
         from bqgate.masking import ColumnMask, Masker, MaskPlan, plan_masking
         from bqgate.sql.lineage import output_lineage
+
+        groups = self.policy.groups_for(job.owner, job.groups)
+
+        def sensitive_for(fqn: str) -> Mapping[str, str]:
+            columns = self.policy.sensitive_for(fqn)
+            if not columns:
+                return columns
+            granted = self.policy.unmasked_for(job.owner, groups, fqn)
+            if "*" in granted:
+                return {}
+            return {c: s for c, s in columns.items() if c not in granted}
 
         tables = job.classification.get("tables")
         if (
             isinstance(tables, list)
             and tables
             and job.classification.get("decision") in ("allow", "approve")
-            and not any(self.policy.sensitive_for(t) for t in tables)
+            and not any(sensitive_for(str(t)) for t in tables)
         ):
-            plan = MaskPlan(
+            plan_ = MaskPlan(
                 tuple(
                     ColumnMask(str(f.get("name", "")), None, "no sensitive source table")
                     for f in schema
                 )
             )
-            return Masker(plan, schema, hmac_key=self.hmac_key)
+            return Masker(plan_, schema, hmac_key=self.hmac_key)
         default = job.default_dataset or {}
         lineage = output_lineage(
             job.sql,
             schemas=self.warehouse.table_schema,
-            default_project=default.get("projectId") or job.project,
-            default_dataset=default.get("datasetId"),
+            default_project=job.project,
+            default_dataset=(
+                f"{default.get('projectId') or job.project}.{default['datasetId']}"
+                if default.get("datasetId")
+                else None
+            ),
         )
-        plan = plan_masking(lineage, schema, self.policy.sensitive_for)
-        return Masker(plan, schema, hmac_key=self.hmac_key)
+        premasked = plan.masked_sources if plan is not None else frozenset()
+        mask_plan = plan_masking(lineage, schema, sensitive_for, premasked=premasked)
+        return Masker(mask_plan, schema, hmac_key=self.hmac_key)
 
-    def _store_results(self, job: Job, wjid: str, outcome: QueryOutcome, run_ms: float) -> str:
+    def _store_results(
+        self, job: Job, wjid: str, outcome: QueryOutcome, run_ms: float, plan: Rewrite
+    ) -> str:
         t0 = time.perf_counter()
         cap = self.policy.cost.max_result_rows
         schema = outcome.schema
@@ -371,7 +740,7 @@ class Executor:
         sample: list[list[Any]] = []
         sample_cap = self.policy.sessions.record_rows
         if schema:
-            masker = self.masker_for(job, schema)
+            masker = self.masker_for(job, schema, plan)
             masking = masker.plan.describe()
             buf: list[str] = []
             buf_bytes = 0
@@ -424,22 +793,32 @@ class Executor:
         }
         # Record before the job is marked DONE: the agent cannot read rows the session record
         # does not hold (a failed write raises, and the redelivery runs this again).
-        record_all(self.recorder or NullRecorder(), job, [
-            ("execution_finished", {
-                "warehouse_job_id": wjid,
-                "total_bytes_processed": outcome.total_bytes_processed,
-                "duration_ms": timings["warehouse_ms"],
-                "error": None,
-            }),
-            ("result", {
-                "schema": schema,
-                "total_rows": total,
-                "truncated": truncated,
-                "masking": masking,
-                "detector_hits": hits,
-                "rows": sample,
-            }),
-        ])
+        record_all(
+            self.recorder or NullRecorder(),
+            job,
+            [
+                (
+                    "execution_finished",
+                    {
+                        "warehouse_job_id": wjid,
+                        "total_bytes_processed": outcome.total_bytes_processed,
+                        "duration_ms": timings["warehouse_ms"],
+                        "error": None,
+                    },
+                ),
+                (
+                    "result",
+                    {
+                        "schema": schema,
+                        "total_rows": total,
+                        "truncated": truncated,
+                        "masking": masking,
+                        "detector_hits": hits,
+                        "rows": sample,
+                    },
+                ),
+            ],
+        )
         self.store.transition(job.job_id, lambda j: None if j.done else fields)
         return "done"
 

@@ -30,6 +30,7 @@ from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, OpenRequestQuota, Queue, QuotaFull
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher
+from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
 
 #: Rows served per getQueryResults call when the client does not say.
@@ -55,8 +56,13 @@ class Classifier(Protocol):
         groups: frozenset[str],
         default_project: str,
         default_dataset: str | None,
+        claims: Mapping[str, Any],
     ) -> Mapping[str, Any]:
-        """Return the classification as a dict with at least ``decision`` and ``reasons``."""
+        """Return the classification as a dict with at least ``decision`` and ``reasons``.
+
+        ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
+        May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
+        """
 
 
 class Recorder(Protocol):
@@ -150,14 +156,24 @@ class Gateway:
         """Classify, record and route one query. Returns the stored job."""
         default_project = (req.default_dataset or {}).get("projectId") or project
         default_dataset = (req.default_dataset or {}).get("datasetId")
+        for param in req.query_parameters:
+            name = str(param.get("name") or "")
+            if name.lower().startswith(RESERVED_PARAMETER_PREFIX):
+                raise InvalidRequest(
+                    f"Query parameter name {name!r} is reserved by the gateway "
+                    f"(names starting with {RESERVED_PARAMETER_PREFIX!r})"
+                )
         t0 = time.perf_counter()
         verdict = dict(
             self.classify(
                 req.sql,
                 principal=principal.email,
                 groups=principal.groups,
-                default_project=default_project,
-                default_dataset=default_dataset,
+                # BigQuery resolves `dataset.table` in the job's project and a bare `table`
+                # in the default dataset (which may live in another project).
+                default_project=project,
+                default_dataset=f"{default_project}.{default_dataset}" if default_dataset else None,
+                claims=principal.claims,
             )
         )
         classify_ms = (time.perf_counter() - t0) * 1000
@@ -169,6 +185,7 @@ class Gateway:
             sql=req.sql,
             owner=principal.email,
             groups=sorted(principal.groups),
+            claims=dict(principal.claims),
             issuer=principal.issuer,
             default_dataset=(
                 {"projectId": default_project, "datasetId": default_dataset}
@@ -186,7 +203,9 @@ class Gateway:
         )
         job.timings["classify_ms"] = round(classify_ms, 3)
         reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
-        if decision == "allow":
+        if decision == "allow" or (decision == "block" and verdict.get("second_opinion")):
+            # A statement sqlglot cannot parse may still be a plain query over readable,
+            # non-sensitive tables: the executor's dry run is the second opinion.
             job.state = PENDING
         elif decision == "approve":
             job.state = PENDING_APPROVAL

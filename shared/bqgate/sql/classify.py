@@ -31,7 +31,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -39,8 +39,21 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokenizer_core import Token
 
-from bqgate.policy import ACTION_RANK, Policy
+from bqgate.errors import InvalidQuery
+from bqgate.policy import ACTION_RANK, Policy, WriteLimits
+from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.sql.fold import always_true
+from bqgate.sql.names import (
+    BUILTIN_NAMESPACES,
+    TABLE_KINDS,
+    Defaults,
+    Names,
+    Ref,
+    place,
+    resolve,
+    script_temp_functions,
+    split_path,
+)
 
 # sqlglot logs a warning for every statement it falls back to exp.Command on; the
 # classifier reports those itself, so keep them off stderr unless logging is configured.
@@ -162,29 +175,46 @@ CLASS_BY_KIND: Mapping[str, str] = MappingProxyType(
     }
 )
 
-# Arguments of a statement node whose tables are the statement's targets (written,
-# created, dropped, granted on); every other table in the statement is read.
-TARGET_ARGS: Mapping[type[exp.Expr], tuple[str, ...]] = MappingProxyType(
+# Statement classes that write: their targets with sensitive columns need approval.
+WRITING_KINDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
+
+# DML whose blast radius the executor measures before it commits.
+MEASURED_KINDS = frozenset({"UPDATE", "DELETE", "MERGE"})
+
+#: INFORMATION_SCHEMA views an agent may read at dataset level: schemas, never job history
+#: (``JOBS*`` list every caller's SQL) or anything the list does not name (deny by default).
+SCHEMA_VIEWS = frozenset(
     {
-        exp.Insert: ("this",),
-        exp.Update: ("this",),
-        exp.Delete: ("this", "tables"),
-        exp.Merge: ("this",),
-        exp.Create: ("this",),
-        exp.Drop: ("this", "tables"),
-        exp.Alter: ("this",),
-        exp.TruncateTable: ("expressions",),
-        exp.LoadData: ("this",),
-        exp.Grant: ("securable",),
-        exp.Revoke: ("securable",),
+        "TABLES",
+        "COLUMNS",
+        "COLUMN_FIELD_PATHS",
+        "TABLE_OPTIONS",
+        "VIEWS",
+        "MATERIALIZED_VIEWS",
+        "ROUTINES",
+        "ROUTINE_OPTIONS",
+        "PARAMETERS",
+        "PARTITIONS",
+        "TABLE_CONSTRAINTS",
+        "KEY_COLUMN_USAGE",
+        "CONSTRAINT_COLUMN_USAGE",
+        "TABLE_SNAPSHOTS",
+        "SEARCH_INDEXES",
+        "SEARCH_INDEX_COLUMNS",
+        "SEARCH_INDEX_OPTIONS",
+        "VECTOR_INDEXES",
+        "VECTOR_INDEX_COLUMNS",
+        "VECTOR_INDEX_OPTIONS",
     }
 )
 
-# Statement classes whose data flow out of the source tables (sensitive columns matter).
-COPYING_CLASSES = frozenset({"write", "ddl", "export"})
 
-# Table-valued functions that reach outside BigQuery: statement class "external".
-EXTERNAL_FUNCTIONS = frozenset({"EXTERNAL_QUERY"})
+#: Statements longer than this (BigQuery's own limit for a GoogleSQL query) are refused.
+MAX_SQL_BYTES = 1024 * 1024
+#: Deepest bracket nesting accepted before parsing (sqlglot's parser recurses per level).
+MAX_NESTING = 200
+#: Most tokens accepted before parsing.
+MAX_TOKENS = 200_000
 
 CLASS_LABELS: Mapping[str, str] = MappingProxyType(
     {
@@ -214,6 +244,38 @@ _CACHE_SIZE = 2048
 
 
 @dataclass(frozen=True)
+class WriteCheck:
+    """A DELETE/UPDATE/MERGE whose blast radius the executor measures before it commits."""
+
+    statement: int
+    kind: str
+    target: str
+    tier: str
+    max_rows: int | None
+    max_fraction: float | None
+    above: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "statement": self.statement,
+            "kind": self.kind,
+            "target": self.target,
+            "tier": self.tier,
+            "max_rows": self.max_rows,
+            "max_fraction": self.max_fraction,
+            "above": self.above,
+        }
+
+    def describe(self) -> str:
+        limits = WriteLimits(self.max_rows, self.max_fraction, self.above).describe()
+        return (
+            f"statement {self.statement} ({self.kind}) on {self.target}: blast radius is "
+            f"measured at execution (rows touched vs the table's rows), limits of tier "
+            f"{self.tier}: {limits}"
+        )
+
+
+@dataclass(frozen=True)
 class StatementVerdict:
     """The decision for one statement of a script."""
 
@@ -221,6 +283,7 @@ class StatementVerdict:
     decision: str
     reasons: tuple[str, ...]
     tables: tuple[str, ...]
+    refs: tuple[tuple[str, str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -229,6 +292,7 @@ class StatementVerdict:
             "decision": self.decision,
             "reasons": list(self.reasons),
             "tables": list(self.tables),
+            "refs": [{"kind": k, "name": n, "role": r} for k, n, r in self.refs],
         }
 
 
@@ -244,6 +308,9 @@ class Classification:
     normalized_sql: str
     statement_hash: str
     per_statement: tuple[StatementVerdict, ...]
+    writes: tuple[WriteCheck, ...] = ()
+    notes: tuple[str, ...] = ()
+    second_opinion: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (keys: decision, reasons, statements, tables, ...)."""
@@ -256,6 +323,9 @@ class Classification:
             "normalized_sql": self.normalized_sql,
             "statement_hash": self.statement_hash,
             "per_statement": [v.to_dict() for v in self.per_statement],
+            "writes": [w.to_dict() for w in self.writes],
+            "notes": list(self.notes),
+            "second_opinion": self.second_opinion,
         }
 
 
@@ -270,11 +340,15 @@ def classify(
     groups: Iterable[str],
     default_project: str,
     default_dataset: str | None = None,
+    claims: Mapping[str, Any] | None = None,
 ) -> Classification:
     """Classify ``sql`` for ``principal`` (member of ``groups``) under ``policy``.
 
+    ``default_project`` is the project the job runs in (``dataset.table`` resolves there);
+    ``default_dataset`` is ``dataset`` or ``project.dataset`` (bare ``table`` names).
+    ``claims`` are the token's claims (rules may match them with ``when: {claims: ...}``).
     ``groups`` are added to the principal's static groups from the policy. Results
-    are cached (LRU) per SQL text, policy digest, principal, groups and defaults.
+    are cached (LRU) per SQL text, policy digest, principal, groups, claims and defaults.
 
     >>> from bqgate.policy import parse_policy
     >>> policy = parse_policy("version: 1\\ntiers: [dev]\\ndatasets: {}\\n"
@@ -287,7 +361,8 @@ def classify(
     'block'
     """
     effective = policy.groups_for(principal, groups)
-    key = (sql, policy.digest, principal, effective, default_project, default_dataset)
+    claim_key = tuple(sorted((k, repr(v)) for k, v in (claims or {}).items()))
+    key = (sql, policy.digest, principal, effective, default_project, default_dataset, claim_key)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -300,6 +375,7 @@ def classify(
         groups=effective,
         default_project=default_project,
         default_dataset=default_dataset,
+        claims=claims,
     )
     with _cache_lock:
         _cache[key] = result
@@ -326,17 +402,29 @@ def classify_uncached(
     groups: Iterable[str],
     default_project: str,
     default_dataset: str | None = None,
+    claims: Mapping[str, Any] | None = None,
 ) -> Classification:
-    """:func:`classify` without the cache (what the benchmark measures)."""
-    ctx = _Context.build(policy, principal, groups, default_project, default_dataset)
+    """:func:`classify` without the cache (what the benchmark measures).
+
+    Raises :class:`~bqgate.errors.InvalidQuery` when the statement is over the size,
+    token or nesting limits (checked before any parsing work).
+    """
+    ctx = _Context.build(policy, principal, groups, default_project, default_dataset, claims)
     if not sql.strip():
         return _unparseable(sql, "empty SQL")
+    check_limits(sql)
     try:
         dialect = Dialect.get_or_raise(DIALECT)
         tokens = dialect.tokenize(sql)
-        parsed = dialect.parser().parse(tokens, sql)
-    except Exception as exc:  # any sqlglot failure (ParseError, TokenError, ...) blocks
+    except Exception as exc:  # any sqlglot failure (TokenError, ...) blocks
         return _unparseable(sql, f"sqlglot cannot parse the SQL: {_trim(exc)}")
+    check_token_limits(tokens)
+    try:
+        parsed = dialect.parser().parse(tokens, sql)
+    except RecursionError:
+        raise InvalidQuery("The query is too deeply nested to be judged") from None
+    except Exception as exc:  # any sqlglot failure (ParseError, ...) blocks
+        return _unparsed_second_opinion(sql, tokens, ctx, _trim(exc))
     statements = [s for s in parsed if s is not None]
     if not statements:
         return _unparseable(sql, "no SQL statement (only comments or semicolons)")
@@ -345,13 +433,22 @@ def classify_uncached(
     normalized: list[str] = []
     all_tables: set[str] = set()
     written: set[str] = set()
-    for index, stmt in enumerate(statements, start=1):
-        analysis = _judge(index, stmt, ctx)
-        verdicts.append(analysis.verdict)
-        all_tables.update(analysis.verdict.tables)
-        written.update(analysis.written)
-        if len(sql) <= GENERATE_MAX_CHARS:
-            normalized.append(_normalize(stmt))
+    writes: list[WriteCheck] = []
+    notes: list[str] = []
+    temp_functions: set[str] = set()
+    try:
+        for index, stmt in enumerate(statements, start=1):
+            analysis = _judge(index, stmt, ctx, frozenset(temp_functions))
+            temp_functions |= script_temp_functions([stmt])
+            verdicts.append(analysis.verdict)
+            all_tables.update(analysis.verdict.tables)
+            written.update(analysis.written)
+            writes.extend(analysis.writes)
+            notes.extend(analysis.notes)
+            if len(sql) <= GENERATE_MAX_CHARS:
+                normalized.append(_normalize(stmt))
+    except RecursionError:
+        raise InvalidQuery("The query is too deeply nested to be judged") from None
 
     decision = max((v.decision for v in verdicts), key=ACTION_RANK.__getitem__)
     reasons = _unique(r for v in verdicts if v.decision == decision for r in v.reasons)
@@ -365,7 +462,49 @@ def classify_uncached(
         normalized_sql=text,
         statement_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         per_statement=tuple(verdicts),
+        writes=tuple(writes) if decision != "block" else (),
+        notes=_unique(notes),
     )
+
+
+def check_limits(sql: str) -> None:
+    """Refuse (400 ``invalidQuery``) a statement over BigQuery's 1 MiB query limit.
+
+    >>> check_limits("SELECT 1")
+    >>> check_limits("x" * (MAX_SQL_BYTES + 1))
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidQuery: The query is 1,048,577 bytes long; the limit is 1,048,576 bytes
+    """
+    size = len(sql.encode("utf-8", "surrogatepass"))
+    if size > MAX_SQL_BYTES:
+        raise InvalidQuery(
+            f"The query is {size:,} bytes long; the limit is {MAX_SQL_BYTES:,} bytes"
+        )
+
+
+def check_token_limits(tokens: Iterable[Token]) -> None:
+    """Refuse (400 ``invalidQuery``) a token stream too long or too deeply nested.
+
+    >>> toks = Dialect.get_or_raise("bigquery").tokenize("SELECT " + "(" * 300 + "1" + ")" * 300)
+    >>> check_token_limits(toks)
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidQuery: The query nests brackets 300 deep; the limit is 200
+    """
+    depth = deepest = count = 0
+    for token in tokens:
+        count += 1
+        kind = token.token_type.name
+        if kind in ("L_PAREN", "L_BRACKET", "L_BRACE"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif kind in ("R_PAREN", "R_BRACKET", "R_BRACE"):
+            depth -= 1
+    if count > MAX_TOKENS:
+        raise InvalidQuery(f"The query has {count:,} tokens; the limit is {MAX_TOKENS:,}")
+    if deepest > MAX_NESTING:
+        raise InvalidQuery(f"The query nests brackets {deepest} deep; the limit is {MAX_NESTING}")
 
 
 def statement_kind(stmt: exp.Expr) -> str:
@@ -407,9 +546,8 @@ class _Context:
     principal: str
     groups: frozenset[str]
     in_policy_group: bool
-    default_project: str
-    default_dataset: str | None
-    projects: frozenset[str]
+    defaults: Defaults
+    claims: Mapping[str, Any]
 
     @classmethod
     def build(
@@ -419,52 +557,28 @@ class _Context:
         groups: Iterable[str],
         default_project: str,
         default_dataset: str | None,
+        claims: Mapping[str, Any] | None = None,
     ) -> _Context:
         effective = policy.groups_for(principal, groups)
-        project = default_project
-        dataset = default_dataset
-        if dataset and "." in dataset:  # "project.dataset" given as the default dataset
-            project, dataset = dataset.rsplit(".", 1)
         return cls(
             policy=policy,
             principal=principal,
             groups=effective,
             in_policy_group=bool(effective & policy.known_groups()),
-            default_project=project,
-            default_dataset=dataset or None,
-            projects=frozenset(name.rsplit(".", 1)[0].lower() for name in policy.datasets)
-            | {project.lower()},
+            defaults=Defaults(default_project, default_dataset or None),
+            claims=MappingProxyType(dict(claims or {})),
         )
 
-
-@dataclass
-class _Ref:
-    """One table (or dataset, routine, metadata view) a statement touches."""
-
-    fqn: str
-    project: str
-    dataset: str
-    target: bool
-    alias: str
-    problem: str | None = None
-
-
-@dataclass
-class _Scan:
-    """Everything one walk over a statement collects."""
-
-    refs: list[_Ref] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    external: list[str] = field(default_factory=list)
-    nested: list[str] = field(default_factory=list)
-    columns: list[exp.Column] = field(default_factory=list)
-    stars: list[exp.Star] = field(default_factory=list)
+    def action(self, tier: str, cls: str) -> str | None:
+        return self.policy.action_for(self.groups, tier, cls, self.claims)
 
 
 @dataclass(frozen=True)
 class _Analysis:
     verdict: StatementVerdict
     written: tuple[str, ...]
+    writes: tuple[WriteCheck, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class _Findings:
@@ -484,7 +598,9 @@ class _Findings:
         return top, _unique(r for a, r in self.items if a == top)
 
 
-def _judge(index: int, stmt: exp.Expr, ctx: _Context) -> _Analysis:
+def _judge(
+    index: int, stmt: exp.Expr, ctx: _Context, temp_functions: frozenset[str] = frozenset()
+) -> _Analysis:
     kind = statement_kind(stmt)
     found = _Findings(index, kind)
     cls = statement_class(kind)
@@ -501,62 +617,113 @@ def _judge(index: int, stmt: exp.Expr, ctx: _Context) -> _Analysis:
         found.add("block", f"unknown statement type {type(stmt).__name__} is blocked")
         cls = "procedural"
 
-    scan = _scan(stmt, ctx)
-    for problem in scan.problems:
+    _node_rules(found, stmt)
+    names = resolve(stmt, ctx.defaults, temp_functions)
+    for problem in names.problems:
         found.add("block", problem)
-    for nested in scan.nested:
-        found.add("block", f"{nested} nested inside {kind} is not supported")
 
-    accesses: list[tuple[str, _Ref]] = []
-    for ref in scan.refs:
-        if ref.problem:
-            found.add("block", ref.problem)
+    has_target = False
+    for ref in names.refs:
+        if ref.kind == "temp_function":
             continue
         if ref.target:
-            accesses.append((cls, ref))
-        else:
-            accesses.append(("read", ref))
-            if cls == "export":
-                accesses.append(("export", ref))
-    for access_cls, ref in accesses:
-        _judge_access(found, ctx, access_cls, ref)
+            has_target = True
+            _judge_access(found, ctx, cls, ref)
+            continue
+        if ref.kind == "connection":
+            _judge_connection(found, ctx, ref)
+            continue
+        access = "procedural" if ref.kind == "procedure" else "read"
+        _judge_access(found, ctx, access, ref)
+        if cls == "export" and ref.kind in TABLE_KINDS:
+            _judge_access(found, ctx, "export", ref)
 
-    if scan.external:
+    if names.external:
         _judge_tableless(found, ctx, "external")
+    tables_read = [r for r in names.refs if r.kind in TABLE_KINDS and not r.target]
     if cls == "procedural" or (
-        not any(r.target for r in scan.refs) and (cls not in ("read", "export") or not scan.refs)
+        not has_target and (cls not in ("read", "export") or not tables_read)
     ):
         _judge_tableless(found, ctx, cls)
 
+    writes: list[WriteCheck] = []
     if isinstance(stmt, exp.Delete | exp.Update | exp.Merge):
-        _whole_table_rules(found, stmt, scan)
-    if cls in COPYING_CLASSES and not isinstance(stmt, exp.Delete | exp.Drop | exp.TruncateTable):
-        _sensitive_copy_rules(found, stmt, scan, ctx)
+        writes = _whole_table_rules(found, index, kind, stmt, names, ctx)
+    if kind in WRITING_KINDS:
+        _sensitive_target_rules(found, names, ctx)
 
     decision, reasons = found.decision()
-    tables = tuple(sorted({r.fqn for r in scan.refs if r.fqn}))
-    written = tuple(sorted({r.fqn for r in scan.refs if r.target and r.fqn}))
-    return _Analysis(StatementVerdict(kind, decision, reasons, tables), written)
+    tables = tuple(sorted({r.fqn for r in names.refs if r.kind in _LISTED_KINDS}))
+    written = tuple(sorted({r.fqn for r in names.refs if r.target}))
+    refs = tuple(
+        dict.fromkeys((r.kind, r.fqn, r.role) for r in names.refs if r.kind not in _LISTED_KINDS)
+    )
+    notes = _masked_comparison_notes(stmt, names, ctx)
+    return _Analysis(
+        StatementVerdict(kind, decision, reasons, tables, refs), written, tuple(writes), notes
+    )
 
 
-def _judge_access(found: _Findings, ctx: _Context, cls: str, ref: _Ref) -> None:
-    tier = ctx.policy.tier_of(ref.project, ref.dataset)
+# Kinds listed in a verdict's ``tables``: what the statement reads rows from or writes.
+_LISTED_KINDS = TABLE_KINDS | {"dataset", "table_function"}
+
+_KIND_LABELS: Mapping[str, str] = MappingProxyType(
+    {
+        "routine": "routine",
+        "table_function": "table function",
+        "procedure": "procedure",
+        "model": "model",
+        "dataset": "dataset",
+    }
+)
+
+
+def _judge_access(found: _Findings, ctx: _Context, cls: str, ref: Ref) -> None:
     label = CLASS_LABELS[cls]
+    what = _KIND_LABELS.get(ref.kind)
+    subject = f"{label} of {what} {ref.fqn}" if what and cls != "ddl" else f"{label} on {ref.fqn}"
+    if ref.kind == "metadata":
+        problem = _metadata_problem(ref)
+        if problem:
+            found.add("block", problem)
+            return
+    tier = ctx.policy.tier_of(ref.project, ref.dataset)
     if tier is None:
         found.add(
             "block",
-            f"{label} on {ref.fqn}: dataset {ref.project}.{ref.dataset} is not in the policy "
+            f"{subject}: dataset {ref.project}.{ref.dataset} is not in the policy "
             "(deny by default)",
         )
         return
-    action = ctx.policy.action_for(ctx.groups, tier, cls)
+    action = ctx.action(tier, cls)
     if action is None:
-        found.add(
-            "block",
-            f"{label} on {ref.fqn}: no policy rule for {_groups(ctx)} on tier {tier}",
-        )
+        found.add("block", f"{subject}: no policy rule for {_groups(ctx)} on tier {tier}")
         return
-    found.add(action, f"{label} on {ref.fqn} ({tier}) {_VERBS[action]}")
+    found.add(action, f"{subject} ({tier}) {_VERBS[action]}")
+
+
+def _metadata_problem(ref: Ref) -> str | None:
+    shown = f"{ref.project}.{ref.dataset}.{ref.name}" if ref.dataset else ref.name
+    if ref.level != "dataset":
+        return f"project-level INFORMATION_SCHEMA ({shown}) is not tied to a dataset and is blocked"
+    if ref.view.startswith("JOBS") or ref.view.startswith("SESSIONS"):
+        return f"{shown}: job and session history views list other callers' SQL and are blocked"
+    if ref.view not in SCHEMA_VIEWS:
+        return f"{shown}: only schema views of INFORMATION_SCHEMA are allowed (deny by default)"
+    return None
+
+
+def _judge_connection(found: _Findings, ctx: _Context, ref: Ref) -> None:
+    tier = ctx.policy.connection_tier(ref.fqn)
+    subject = f"connection {ref.fqn}"
+    if tier is None:
+        found.add("block", f"{subject} is not in the policy (deny by default)")
+        return
+    action = ctx.action(tier, "external")
+    if action is None:
+        found.add("block", f"{subject}: no policy rule for {_groups(ctx)} on tier {tier}")
+        return
+    found.add(action, f"use of {subject} ({tier}) {_VERBS[action]}")
 
 
 def _judge_tableless(found: _Findings, ctx: _Context, cls: str) -> None:
@@ -565,11 +732,7 @@ def _judge_tableless(found: _Findings, ctx: _Context, cls: str) -> None:
         if ctx.in_policy_group:
             found.add("allow", "read without tables is allowed")
         return
-    actions = [
-        a
-        for tier in ctx.policy.tiers
-        if (a := ctx.policy.action_for(ctx.groups, tier, cls)) is not None
-    ]
+    actions = [a for tier in ctx.policy.tiers if (a := ctx.action(tier, cls)) is not None]
     if not actions:
         found.add("block", f"{label} is blocked by policy (no rule for {_groups(ctx)})")
         return
@@ -581,170 +744,45 @@ def _groups(ctx: _Context) -> str:
     return "groups " + ", ".join(sorted(ctx.groups)) if ctx.groups else "a principal with no group"
 
 
-# --------------------------------------------------------------------------- the walk
-
-
-def _scan(stmt: exp.Expr, ctx: _Context) -> _Scan:
-    """One iterative, CTE-scope-aware walk collecting tables and risky nodes."""
-    scan = _Scan()
-    target_keys = TARGET_ARGS.get(type(stmt), ())
-    stack: list[tuple[exp.Expr, frozenset[str], bool]] = []
-    _push_children(stack, stmt, frozenset(), False, target_keys)
+def _node_rules(found: _Findings, stmt: exp.Expr) -> None:
+    """Rules on single nodes: unparsed fragments, nested writes, reserved parameters."""
     root_is_merge = isinstance(stmt, exp.Merge)
-    while stack:
-        node, ctes, target = stack.pop()
-        if isinstance(node, exp.Table):
-            ref = _resolve(node, ctes, target, ctx, stmt, scan)
-            if ref is not None:
-                scan.refs.append(ref)
-        elif isinstance(node, exp.Column):
-            scan.columns.append(node)
-        elif isinstance(node, exp.Star):
-            if not isinstance(node.parent, exp.Count):
-                scan.stars.append(node)
-        elif isinstance(node, exp.Anonymous):
-            if node.name.upper() in EXTERNAL_FUNCTIONS:
-                scan.external.append(node.name.upper())
-        elif isinstance(node, exp.Command):
-            scan.problems.append(
+    for node in stmt.walk():
+        if node is stmt:
+            continue
+        if isinstance(node, exp.Command):
+            found.add(
+                "block",
                 f"sqlglot does not understand part of this statement ({_snippet(node)}); "
-                "unsupported syntax is blocked"
+                "unsupported syntax is blocked",
             )
+        elif isinstance(node, exp.Parameter):
+            name = node.name.lower()
+            if name.startswith(RESERVED_PARAMETER_PREFIX):
+                found.add("block", f"query parameter @{node.name} is reserved by the gateway")
         elif type(node) in KIND_BY_TYPE:
             nested_kind = statement_kind(node)
             merge_action = root_is_merge and isinstance(node, exp.Insert | exp.Update)
             if statement_class(nested_kind) != "read" and not merge_action:
-                scan.nested.append(nested_kind)
-        _push_children(stack, node, ctes, target, ())
-    return scan
-
-
-def _push_children(
-    stack: list[tuple[exp.Expr, frozenset[str], bool]],
-    node: exp.Expr,
-    ctes: frozenset[str],
-    target: bool,
-    target_keys: tuple[str, ...],
-) -> None:
-    args = node.args
-    with_ = args.get("with_") or args.get("with")
-    if isinstance(with_, exp.With):
-        # CTE i sees CTEs 0..i-1 (and itself when RECURSIVE); the rest of the node sees all.
-        names = [c.alias_or_name.lower() for c in with_.expressions]
-        recursive = bool(with_.args.get("recursive"))
-        for i, cte in enumerate(with_.expressions):
-            visible = ctes | set(names[:i]) | ({names[i]} if recursive else set())
-            stack.append((cte, frozenset(visible), False))
-        ctes = ctes | set(names)
-    else:
-        with_ = None
-    for key, value in args.items():
-        if value is None or value is with_:
-            continue
-        is_target = target or key in target_keys
-        if isinstance(value, list):
-            for item in value:
-                if isinstance(item, exp.Expr) and not isinstance(item, _LEAVES):
-                    stack.append((item, ctes, is_target))
-        elif isinstance(value, exp.Expr) and not isinstance(value, _LEAVES):
-            stack.append((value, ctes, is_target))
-
-
-# Nodes that never hold a table, column or statement: the walk does not descend into them.
-_LEAVES = (exp.Identifier, exp.Literal, exp.Var, exp.DataType, exp.Boolean, exp.Null)
-
-
-def _resolve(
-    table: exp.Table,
-    ctes: frozenset[str],
-    target: bool,
-    ctx: _Context,
-    stmt: exp.Expr,
-    scan: _Scan,
-) -> _Ref | None:
-    """Resolve a table node to a fully qualified reference (None for CTEs and builtins)."""
-    this = table.this
-    catalog, db, name = table.catalog, table.db, table.name
-    alias = table.alias_or_name.lower() if isinstance(this, exp.Identifier) else ""
-
-    if isinstance(stmt, exp.Grant | exp.Revoke) and str(stmt.args.get("kind") or "").upper() in (
-        "SCHEMA",
-        "DATASET",
-    ):
-        # GRANT ... ON SCHEMA p.d: sqlglot reads "p.d" as db.table.
-        catalog, db, name = db, name, ""
-        this = None
-    if this is None or (isinstance(this, exp.Identifier) and not name):
-        if not db:
-            return _problem(f"cannot resolve object {table.sql(dialect=DIALECT)!r}", target)
-        project = catalog or ctx.default_project
-        return _Ref(f"{project}.{db}", project, db, target, alias)
-    if isinstance(this, exp.Dot):
-        return _problem(
-            f"table name {table.sql(dialect=DIALECT)} has too many parts (unresolved)", target
-        )
-    if isinstance(this, exp.Anonymous):
-        fname = this.name.upper()
-        if fname in EXTERNAL_FUNCTIONS and not db:
-            scan.external.append(fname)
-            return None
-        if db:
-            project = catalog or ctx.default_project
-            return _Ref(f"{project}.{db}.{this.name}", project, db, target, alias)
-        return _problem(f"unknown table function {this.name}() is blocked", target)
-    if not isinstance(this, exp.Identifier):
-        return None  # a builtin table function (ML.PREDICT, ...): its table arguments are walked
-
-    if not catalog and not db and name.lower() in ctes:
-        return None  # a CTE reference, in scope
-    upper_name, upper_db = name.upper(), db.upper()
-    if upper_name.startswith("INFORMATION_SCHEMA.") or upper_db == "INFORMATION_SCHEMA":
-        return _information_schema(table, catalog, db, name, target, ctx)
-    if not db:
-        if not ctx.default_dataset:
-            return _problem(
-                f"table {name} has no dataset and no default dataset is set (unresolved)", target
-            )
-        return _Ref(
-            f"{ctx.default_project}.{ctx.default_dataset}.{name}",
-            ctx.default_project,
-            ctx.default_dataset,
-            target,
-            alias,
-        )
-    project = catalog or ctx.default_project
-    return _Ref(f"{project}.{db}.{name}", project, db, target, alias)
-
-
-def _information_schema(
-    table: exp.Table, catalog: str, db: str, name: str, target: bool, ctx: _Context
-) -> _Ref:
-    region_level = (
-        not db
-        or db.upper() == "INFORMATION_SCHEMA"
-        or db.lower().startswith("region-")
-        or (not catalog and db.lower() in ctx.projects)
-    )
-    shown = table.sql(dialect=DIALECT, comments=False).split(" AS ")[0]
-    if region_level:
-        return _problem(
-            f"project-level INFORMATION_SCHEMA ({shown}) is not tied to a dataset and is blocked",
-            target,
-        )
-    project = catalog or ctx.default_project
-    return _Ref(f"{project}.{db}.{name}", project, db, target, "")
-
-
-def _problem(message: str, target: bool) -> _Ref:
-    return _Ref("", "", "", target, "", problem=message)
+                found.add(
+                    "block", f"{nested_kind} nested inside {statement_kind(stmt)} is not supported"
+                )
 
 
 # --------------------------------------------------------------------------- safety rules
 
 
-def _whole_table_rules(found: _Findings, stmt: exp.Expr, scan: _Scan) -> None:
-    targets = sorted({r.fqn for r in scan.refs if r.target and r.fqn}) or ["the target table"]
-    where_target = ", ".join(targets)
+def _whole_table_rules(
+    found: _Findings, index: int, kind: str, stmt: exp.Expr, names: Names, ctx: _Context
+) -> list[WriteCheck]:
+    """Static first line against whole-table writes, then the measurement to come.
+
+    What folding proves always true is blocked here; everything else is *unknown*, never
+    safe: the executor counts the rows the write would touch before it runs and compares
+    them with the target tier's ``writes`` limits (:class:`WriteCheck`).
+    """
+    targets = [r for r in names.refs if r.target and r.kind in TABLE_KINDS]
+    where_target = ", ".join(sorted({r.fqn for r in targets})) or "the target table"
     if isinstance(stmt, exp.Delete | exp.Update):
         verb = "DELETE" if isinstance(stmt, exp.Delete) else "UPDATE"
         where = stmt.args.get("where")
@@ -760,8 +798,24 @@ def _whole_table_rules(found: _Findings, stmt: exp.Expr, scan: _Scan) -> None:
                 f"WHERE clause references no column of the target (whole-table {verb}) "
                 f"on {where_target}",
             )
-        return
-    assert isinstance(stmt, exp.Merge)
+    else:
+        assert isinstance(stmt, exp.Merge)
+        _merge_rules(found, stmt, where_target)
+    checks = []
+    for ref in targets[:1]:
+        tier = ctx.policy.tier_of(ref.project, ref.dataset)
+        if tier is None:
+            continue
+        limits = ctx.policy.write_limits(tier)
+        checks.append(
+            WriteCheck(
+                index, kind, ref.fqn, tier, limits.max_rows, limits.max_fraction, limits.above
+            )
+        )
+    return checks
+
+
+def _merge_rules(found: _Findings, stmt: exp.Merge, where_target: str) -> None:
     whens_node = stmt.args.get("whens")
     whens = list(whens_node.expressions) if isinstance(whens_node, exp.Whens) else []
     on = stmt.args.get("on")
@@ -814,89 +868,196 @@ def _mentions_target(predicate: exp.Expr, stmt: exp.Expr) -> bool:
     return False
 
 
-def _sensitive_copy_rules(found: _Findings, stmt: exp.Expr, scan: _Scan, ctx: _Context) -> None:
-    """Writes (and CTAS, EXPORT) whose values come from sensitive columns need approval."""
-    sensitive: dict[str, Mapping[str, str]] = {}
-    by_alias: dict[str, str] = {}
-    for ref in scan.refs:
-        if not ref.fqn or ref.problem:
+def _sensitive_target_rules(found: _Findings, names: Names, ctx: _Context) -> None:
+    """A write whose target has sensitive columns always needs approval.
+
+    Its target is never rewritten (masks would be written back into the data), so its own
+    predicates and SET expressions see raw values: a human must read the statement.
+    Sources are rewritten like any read, so copies out of a protected table carry masked
+    values only.
+    """
+    for ref in names.refs:
+        if not ref.target or ref.kind not in TABLE_KINDS:
             continue
-        cols = ctx.policy.sensitive_for(ref.fqn)
-        if ref.alias:
-            by_alias.setdefault(ref.alias, ref.fqn)
-        by_alias.setdefault(ref.fqn.rsplit(".", 1)[-1].lower(), ref.fqn)
-        if cols:
-            sensitive[ref.fqn] = cols
+        columns = ctx.policy.sensitive_for(ref.fqn)
+        if not columns:
+            continue
+        granted = ctx.policy.unmasked_for(ctx.principal, ctx.groups, ref.fqn)
+        if "*" in granted or set(columns) <= granted:
+            continue
+        found.add(
+            "approve",
+            f"writes {ref.fqn}, which has sensitive columns "
+            f"({', '.join(sorted(columns))}): needs approval",
+        )
+
+
+def _masked_comparison_notes(stmt: exp.Expr, names: Names, ctx: _Context) -> tuple[str, ...]:
+    """Tell the agent when it compares a masked column with a literal.
+
+    Reads of protected tables are rewritten so every operation sees masked values:
+    ``WHERE ssn = '123-45-6789'`` compares the masked SSN and matches nothing.
+    """
+    sensitive: dict[str, set[str]] = {}
+    for ref in names.refs:
+        if ref.kind in ("table", "wildcard") and not ref.target:
+            cols = ctx.policy.sensitive_for(ref.fqn)
+            if cols:
+                sensitive.setdefault(ref.alias.lower(), set()).update(cols)
     if not sensitive:
-        return
-    aliases_of = {fqn: {a for a, f in by_alias.items() if f == fqn} for fqn in sensitive}
-    hits: dict[str, set[str]] = {}
-
-    def hit(fqn: str, columns: Iterable[str]) -> None:
-        hits.setdefault(fqn, set()).update(columns)
-
-    excluded = _lhs_columns(stmt)
-    for col in scan.columns:
-        if id(col) in excluded:
-            continue
-        name, qualifier = col.name.lower(), col.table.lower()
-        if isinstance(col.this, exp.Star):
-            continue  # t.* handled with the stars below
-        candidates = (
-            [by_alias[qualifier]] if qualifier and qualifier in by_alias else list(sensitive)
-        )
-        for fqn in candidates:
-            if name in sensitive.get(fqn, _NO_COLUMNS):
-                hit(fqn, [name])
-        if not qualifier:
-            for fqn, aliases in aliases_of.items():
-                if name in aliases:  # SELECT c FROM customers c: the whole row as a STRUCT
-                    hit(fqn, sensitive[fqn])
-    for star in scan.stars:
-        qualifier = ""
-        parent = star.parent
-        if isinstance(parent, exp.Column) and parent.this is star:
-            qualifier = parent.table.lower()
-        except_ = star.args.get("except_") or star.args.get("except") or []
-        dropped = {e.name.lower() for e in except_ if isinstance(e, exp.Expr)}
-        candidates = (
-            [by_alias[qualifier]] if qualifier and qualifier in by_alias else list(sensitive)
-        )
-        for fqn in candidates:
-            hit(fqn, [c for c in sensitive.get(fqn, _NO_COLUMNS) if c not in dropped])
-    for fqn in sorted(hits):
-        if hits[fqn]:
-            names = ", ".join(f"{fqn}.{c}" for c in sorted(hits[fqn]))
-            found.add(
-                "approve",
-                f"copies values of sensitive column(s) {names} out of reach of masking "
-                "(needs approval)",
-            )
-
-
-_NO_COLUMNS: Mapping[str, str] = MappingProxyType({})
-
-
-def _lhs_columns(stmt: exp.Expr) -> set[int]:
-    """Ids of columns that carry no value: INSERT column lists, SET targets, ``* EXCEPT``."""
-    out: set[int] = set()
+        return ()
+    every = set().union(*sensitive.values())
+    hits: set[str] = set()
     for node in stmt.walk():
-        if isinstance(node, exp.Schema) and isinstance(node.parent, exp.Insert):
-            out.update(id(c) for c in node.expressions if isinstance(c, exp.Column))
-        elif isinstance(node, exp.Insert) and isinstance(node.this, exp.Tuple):
-            out.update(id(c) for c in node.this.expressions if isinstance(c, exp.Column))
-        elif isinstance(node, exp.Star):
-            for key in ("except_", "except"):
-                dropped = node.args.get(key) or []
-                out.update(id(c) for c in dropped if isinstance(c, exp.Column))
-        elif isinstance(node, exp.Update):
-            for assignment in node.expressions:
-                if isinstance(assignment, exp.EQ) and isinstance(assignment.this, exp.Column):
-                    out.add(id(assignment.this))
-    return out
+        if not isinstance(node, exp.Binary | exp.In | exp.Like):
+            continue
+        sides = [node.this, *(node.args.get("expressions") or []), node.args.get("expression")]
+        if not any(isinstance(side, exp.Literal) for side in sides):
+            continue
+        for side in sides:
+            if not isinstance(side, exp.Column):
+                continue
+            pool = sensitive.get(side.table.lower(), set()) if side.table else every
+            if side.name.lower() in pool:
+                hits.add(side.name.lower())
+    if not hits:
+        return ()
+    verb = "is" if len(hits) == 1 else "are"
+    return (
+        f"comparisons see masked values: {', '.join(sorted(hits))} {verb} masked before any "
+        "predicate, join, grouping or ordering runs",
+    )
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+#: Words that, in SQL sqlglot cannot parse, mean the statement reaches outside BigQuery or
+#: runs code: such a statement gets no second opinion.
+_UNPARSED_STOP_WORDS = frozenset(
+    {
+        "EXTERNAL_QUERY",
+        "CONNECTION",
+        "CONNECTION_ID",
+        "REMOTE",
+        "EXECUTE",
+        "CALL",
+        "EXPORT",
+        "LOAD",
+        "DECLARE",
+        "SET",
+        "BEGIN",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "TRUNCATE",
+        "GRANT",
+        "REVOKE",
+        "UNDROP",
+        "ASSERT",
+        "RAISE",
+    }
+)
+#: Namespaced builtins that send data out of BigQuery.
+_UNPARSED_EXTERNAL = (
+    "AI.",
+    "ML.GENERATE",
+    "ML.TRANSLATE",
+    "ML.UNDERSTAND",
+    "ML.PROCESS",
+    "ML.TRANSCRIBE",
+    "ML.ANNOTATE",
+    "OBJ.",
+)
+
+
+def _unparsed_second_opinion(
+    sql: str, tokens: list[Token], ctx: _Context, error: str
+) -> Classification:
+    """Blocked SQL sqlglot cannot parse, possibly open to the executor's dry run.
+
+    BigQuery knows statements sqlglot does not (``APPENDS``, ``ML.EVALUATE``, pipe
+    ``DROP``, ``WITH DIFFERENTIAL_PRIVACY``). Such a statement may run when the dry run says
+    it is a plain query whose tables are all readable and free of sensitive columns (the
+    masking rewrite needs a parse). Here the token stream is checked for what the dry run
+    cannot show: models and routines outside the policy, connections, code, writes.
+    """
+    reason = f"sqlglot cannot parse the SQL: {error}"
+    problems: list[str] = []
+    if not ctx.in_policy_group:
+        problems.append(f"principal {ctx.principal} is not in any policy group")
+    previous = ""
+    for token in tokens:
+        word = token.text.upper()
+        kind = token.token_type.name
+        # Pipe operators (`|> DROP col`, `|> SET ...`) are not statements.
+        stop = kind not in ("STRING", "IDENTIFIER") and word in _UNPARSED_STOP_WORDS
+        if stop and previous != "|>":
+            problems.append(f"{word} gets no second opinion")
+        if kind == "PARAMETER" and word == "@@":
+            problems.append("system variables get no second opinion")
+        previous = token.text
+    for path, called, after_model in _token_paths(tokens):
+        joined = ".".join(p.upper() for p in path)
+        if joined.startswith(_UNPARSED_EXTERNAL):
+            problems.append(f"{joined} sends data out of BigQuery")
+        elif after_model:
+            problems.extend(_unparsed_access(ctx, "model", place(path, ctx.defaults), path))
+        elif called and len(path) >= 2 and path[0].upper() not in BUILTIN_NAMESPACES:
+            problems.extend(_unparsed_access(ctx, "routine", place(path, ctx.defaults), path))
+    if problems:
+        return _unparseable(sql, "; ".join(_unique([reason, *problems])))
+    result = _unparseable(
+        sql,
+        f"{reason}; the executor's dry run decides: only a plain query over readable tables "
+        "without sensitive columns may run",
+    )
+    return replace(result, second_opinion=True)
+
+
+def _token_paths(tokens: list[Token]) -> list[tuple[list[str], bool, bool]]:
+    """Dotted identifier paths in a token stream: (parts, followed by '(', after MODEL)."""
+    out: list[tuple[list[str], bool, bool]] = []
+    i, n = 0, len(tokens)
+    names = ("VAR", "IDENTIFIER")
+    while i < n:
+        token = tokens[i]
+        if token.token_type.name in names or (
+            token.token_type.name not in ("STRING", "NUMBER") and token.text.isidentifier()
+        ):
+            parts = [token.text]
+            j = i + 1
+            while j + 1 < n and tokens[j].token_type.name == "DOT":
+                parts.append(tokens[j + 1].text)
+                j += 2
+            called = j < n and tokens[j].token_type.name == "L_PAREN"
+            after_model = i > 0 and tokens[i - 1].text.upper() == "MODEL"
+            out.append((split_path(parts), called, after_model))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _unparsed_access(
+    ctx: _Context, what: str, placed: tuple[str, str, str] | str, path: list[str]
+) -> list[str]:
+    shown = ".".join(path)
+    if isinstance(placed, str):
+        return [f"{what} {shown} {placed}"]
+    project, dataset, _ = placed
+    tier = ctx.policy.tier_of(project, dataset)
+    if tier is None:
+        return [
+            f"{what} {shown}: dataset {project}.{dataset} is not in the policy (deny by default)"
+        ]
+    if ctx.action(tier, "read") != "allow":
+        return [f"{what} {shown} ({tier}) is not an allowed read"]
+    return []
 
 
 def _unparseable(sql: str, reason: str) -> Classification:

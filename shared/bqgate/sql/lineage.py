@@ -39,6 +39,8 @@ from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 
+from bqgate.sql.names import Defaults, resolve_table_name
+
 __all__ = ["ColumnLineage", "SchemaProvider", "output_lineage"]
 
 SchemaProvider = Callable[[str], Sequence[Mapping[str, Any]]]
@@ -190,14 +192,8 @@ class _Resolver:
     # -- tables -------------------------------------------------------------------------
 
     def table_fqn(self, table: exp.Table) -> str | None:
-        parts = [p for p in (table.catalog, table.db, table.name) if p]
-        if len(parts) == 2:
-            parts.insert(0, self.default_project)
-        elif len(parts) == 1 and self.default_dataset:
-            parts[0:0] = [self.default_project, self.default_dataset]
-        if len(parts) != 3 or not isinstance(table.this, exp.Identifier):
-            return None
-        return ".".join(parts)
+        # The one resolver the classifier and the masking rewrite use (bqgate.sql.names).
+        return resolve_table_name(table, Defaults(self.default_project, self.default_dataset))
 
     def table_schema(self, fqn: str) -> list[Mapping[str, Any]] | None:
         """The table's fields, or None when unknown (KeyError) or the lookup failed.
@@ -343,7 +339,8 @@ class _Resolver:
         if isinstance(source, Scope) and isinstance(source.expression, exp.Unnest):
             offset = source.expression.args.get("offset")
             if isinstance(offset, exp.Expr) and offset.name.lower() == name:
-                return ColumnLineage(name)
+                # An offset reveals where an element sits in the array: it derives from it.
+                return self._unnest_element(source).renamed(name)
             return self._unnest_element(source)
         cols = self.source_columns(owner, source)
         if isinstance(cols, str):
@@ -401,7 +398,10 @@ class _Resolver:
             return self._struct(node, scope)
         inner = node.this if isinstance(node, exp.Window) else node
         if isinstance(inner, COUNTING_AGGREGATES):
-            return ColumnLineage("", counting=True)
+            # A count reveals no value, but one computed from a sensitive value (COUNTIF
+            # over it, COUNT(DISTINCT it)) says something about it: keep its sources.
+            parts = _derived("", (self.expr(c, scope) for c in inner.iter_expressions()))
+            return ColumnLineage("", parts.sources, False, True, parts.unknown)
         if isinstance(node, exp.Subquery):
             node = node.this
         if isinstance(node, exp.Query):
@@ -409,12 +409,14 @@ class _Resolver:
             if sub is None:
                 return _unknown("", "subquery not understood")
             return _derived("", self.scope_outputs(sub))
-        if isinstance(node, exp.Anonymous) and (
-            isinstance(node.parent, exp.Dot) or node.name.lower() in self.udfs
-        ):
+        if isinstance(node, exp.Anonymous) and node.name.lower() in self.udfs:
             return _unknown("", f"user-defined function {node.name}")
-        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Anonymous):
-            return _unknown("", f"user-defined function {node.sql(DIALECT)}")
+        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+            # A persistent routine: its value derives from its arguments (which the masking
+            # rewrite masked). What its body reads is the dry run's to show: the executor
+            # always dry-runs a statement that calls a routine and blocks a body that reads
+            # a table the classifier did not see, unless readable and free of sensitive data.
+            return _derived("", (self.expr(a, scope) for a in node.expression.iter_expressions()))
         if isinstance(node, exp.Command):
             return _unknown("", "unparsed SQL")
         return _derived("", (self.expr(child, scope) for child in node.iter_expressions()))
@@ -473,6 +475,23 @@ def _merge(a: ColumnLineage, b: ColumnLineage | None) -> ColumnLineage:
     )
 
 
+def _qualify_tables(tree: exp.Expr, resolver: _Resolver) -> None:
+    """Write every table's resolved ``project.dataset`` into the tree (CTEs left alone),
+    so sqlglot's qualifier cannot place a name differently than the shared resolver."""
+    cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            continue
+        if not table.catalog and not table.db and table.name.lower() in cte_names:
+            continue
+        fqn = resolver.table_fqn(table)
+        if fqn is None:
+            continue
+        project, dataset, _ = fqn.split(".", 2)
+        table.set("catalog", exp.to_identifier(project, quoted=True))
+        table.set("db", exp.to_identifier(dataset, quoted=True))
+
+
 def output_lineage(sql: str, *, schemas: SchemaProvider, default_project: str,
                    default_dataset: str | None = None) -> list[ColumnLineage]:
     """Lineage of every output column of the final SELECT in ``sql``.
@@ -480,8 +499,8 @@ def output_lineage(sql: str, *, schemas: SchemaProvider, default_project: str,
     Args:
         sql: GoogleSQL text; a script's last query statement is the one analysed.
         schemas: Table fqn -> REST schema fields (KeyError when unknown).
-        default_project: Project for ``dataset.table`` references.
-        default_dataset: Dataset for bare ``table`` references, if any.
+        default_project: The job's project (``dataset.table`` references resolve there).
+        default_dataset: ``dataset`` or ``project.dataset`` for bare ``table`` references.
 
     Returns:
         One :class:`ColumnLineage` per output column, in order; ``[]`` when the
@@ -516,12 +535,14 @@ def output_lineage(sql: str, *, schemas: SchemaProvider, default_project: str,
     try:
         _split_table_names(tree)
         _name_anonymous(tree)
+        path = Defaults(default_project, default_dataset).dataset_path
+        _qualify_tables(tree, resolver)
         tree = qualify(
             tree,
             dialect=DIALECT,
             schema=resolver.mapping_schema(tree),
-            catalog=default_project,
-            db=default_dataset,
+            catalog=path[0] if path else default_project,
+            db=path[1] if path else None,
             validate_qualify_columns=False,
             quote_identifiers=False,
         )

@@ -16,7 +16,13 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8", "hypothesis>=6", "python-hcl2==8.1.4", "selenium>=4.20"]
+TEST_DEPS = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "python-hcl2==8.1.4",
+    "selenium>=4.20",
+    "gcp-storage-emulator==2026.7.19",  # a Cloud Storage stand-in for the checkpoint sink
+]
 
 
 @nox.session(python=PYTHON)
@@ -43,6 +49,18 @@ def tests(session: nox.Session) -> None:
     _ensure_chromium(session)
     session.install("-e", ".", *TEST_DEPS)
     session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Load (4-32 agents) and fault injection on a supervised stack of its own; results in
+    bench/results/reliability.json. ``-- --short`` runs the short version CI runs."""
+    session.install("-e", ".", *TEST_DEPS)
+    args = list(session.posargs)
+    short = "--short" in args
+    args = [a for a in args if a != "--short"]
+    session.env["BQGATE_RELIABILITY"] = "short" if short else "full"
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/reliability", *args)
 
 
 @nox.session(python=PYTHON)

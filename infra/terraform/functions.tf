@@ -39,6 +39,13 @@ resource "google_cloudfunctions2_function" "ingress" {
     environment_variables = merge(local.common_env, {
       BQGATE_EXECUTOR_URL = google_cloudfunctions2_function.executor.service_config[0].uri
     })
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
   }
 
   lifecycle {
@@ -52,6 +59,7 @@ resource "google_cloudfunctions2_function" "ingress" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
   ]
 }
 
@@ -87,6 +95,13 @@ resource "google_cloudfunctions2_function" "executor" {
     environment_variables          = local.common_env
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_HMAC_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.masking_hmac_key.secret_id
@@ -98,6 +113,7 @@ resource "google_cloudfunctions2_function" "executor" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.executor_hmac_key,
   ]
 }
@@ -133,6 +149,13 @@ resource "google_cloudfunctions2_function" "approvals" {
     environment_variables          = local.common_env
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -152,6 +175,7 @@ resource "google_cloudfunctions2_function" "approvals" {
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
     google_secret_manager_secret_iam_member.approvals_slack_bot_token,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.approvals_slack_signing_secret,
   ]
 }
@@ -188,6 +212,13 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     })
 
     secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
       key        = "BQGATE_SLACK_BOT_TOKEN"
       project_id = var.project_id
       secret     = google_secret_manager_secret.slack_bot_token.secret_id
@@ -199,13 +230,15 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
   ]
 }
 
 # Called by Cloud Scheduler (scheduler.tf) and by Pub/Sub push of the dead-letter
-# topics (pubsub.tf); only those two identities may invoke it (iam.tf). Needs no
-# secrets: it never talks to Slack or BigQuery, it publishes to the work topics.
+# topics (pubsub.tf); only those two identities may invoke it (iam.tf). It never
+# talks to Slack or BigQuery: it publishes to the work topics, and appends to the
+# session record (the chain key, like every function).
 resource "google_cloudfunctions2_function" "sweeper" {
   project     = var.project_id
   location    = var.region
@@ -233,11 +266,19 @@ resource "google_cloudfunctions2_function" "sweeper" {
     ingress_settings               = "ALLOW_ALL"
     all_traffic_on_latest_revision = true
     environment_variables          = local.common_env
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
   }
 
   depends_on = [
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
   ]
 }

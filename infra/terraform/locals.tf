@@ -27,6 +27,7 @@ locals {
   # Settings every function reads (see shared/bqgate/settings.py).
   # BQGATE_DEV_MODE is never set in the cloud.
   common_env = {
+    BQGATE_ANCHOR_BUCKET      = google_storage_bucket.audit_anchors.name
     BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.approvals.name
     BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.execute.name
     BQGATE_FIRESTORE_DATABASE = google_firestore_database.gateway.name
@@ -35,6 +36,9 @@ locals {
     BQGATE_PROJECT            = var.project_id
     BQGATE_WAREHOUSE_PROJECT  = local.warehouse_project_id
   }
+
+  # The log lines that carry session checkpoints (bqgate.adapters.anchor_sinks.LogSink).
+  audit_anchor_log_filter = "jsonPayload.bqgate_anchor:*"
 
   # Firestore collection groups whose documents carry an `expire_at` timestamp
   # that the TTL policy deletes them at.

@@ -5,6 +5,11 @@ output "approvals_url" {
   value       = google_cloudfunctions2_function.approvals.url
 }
 
+output "audit_anchor_bucket" {
+  description = "Bucket of the session checkpoints (bqgate sessions verify --anchor-bucket)."
+  value       = google_storage_bucket.audit_anchors.name
+}
+
 output "bundle_bucket" {
   description = "Bucket holding the function bundles."
   value       = google_storage_bucket.bundles.name
@@ -31,6 +36,7 @@ output "gateway_url" {
 output "secret_ids" {
   description = "Secret Manager secrets to add values to, by purpose."
   value = {
+    audit_chain_key      = google_secret_manager_secret.audit_chain_key.secret_id
     masking_hmac_key     = google_secret_manager_secret.masking_hmac_key.secret_id
     slack_bot_token      = google_secret_manager_secret.slack_bot_token.secret_id
     slack_signing_secret = google_secret_manager_secret.slack_signing_secret.secret_id

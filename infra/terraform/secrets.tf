@@ -41,3 +41,18 @@ resource "google_secret_manager_secret" "masking_hmac_key" {
 
   depends_on = [google_project_service.gateway]
 }
+
+# Key of the HMAC that chains the session record (audit.tf, docs/sessions.md):
+# 32+ random bytes, hex. Firestore writers do not hold it, so they cannot re-seal
+# an edited event. Keep old versions when rotating: verification needs them.
+resource "google_secret_manager_secret" "audit_chain_key" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-audit-chain-key"
+  labels    = var.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.gateway]
+}

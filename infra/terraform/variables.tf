@@ -1,5 +1,31 @@
 # Input variables, in alphabetical order.
 
+variable "audit_anchor_lock" {
+  description = "Lock the retention of the session checkpoint bucket and log bucket (irreversible: nobody, not even the project owner, can then delete a checkpoint, shorten the retention or delete the bucket before every object expires)."
+  type        = bool
+  default     = true
+}
+
+variable "audit_anchor_retention_days" {
+  description = "Days session checkpoints are kept; at least the policy's sessions.retention (30 days by default)."
+  type        = number
+  default     = 400
+  validation {
+    condition     = var.audit_anchor_retention_days >= 1 && var.audit_anchor_retention_days <= 3650 && floor(var.audit_anchor_retention_days) == var.audit_anchor_retention_days
+    error_message = "audit_anchor_retention_days must be a whole number of days between 1 and 3650."
+  }
+}
+
+variable "audit_verifiers" {
+  description = "Members who may verify the session record: read the checkpoints and the audit chain key, e.g. group:security@example.com."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.audit_verifiers : can(regex("^(user|serviceAccount|group|domain|principal|principalSet):.+", m))])
+    error_message = "Each audit_verifiers entry must be an IAM member such as user:..., serviceAccount:... or group:..."
+  }
+}
+
 variable "bigquery_location" {
   description = "BigQuery location the executor runs jobs in (BQGATE_LOCATION), e.g. US, EU or a region."
   type        = string

@@ -1,24 +1,27 @@
-"""The session record: hash-chained events, their verification, timelines and replay.
+"""The session record: MAC-chained events, timelines and replay.
 
-A *session* groups one agent's requests (see :func:`bqgate.service.gateway.session_id_for`).
-Each session is an append-only list of :class:`Event`; every event carries the hash
-of the one before it (``prev_hash``) and its own ``hash`` over a canonical encoding
-of everything it says, so editing, removing or reordering a stored event breaks the
-chain at that event (:func:`verify_chain`).
+A *session* groups one principal's requests (see :func:`bqgate.service.gateway.session_id_for`).
+Each session is an append-only list of :class:`Event`; every event carries the MAC of the
+one before it (``prev_mac``) and its own ``mac``: HMAC-SHA256 under the chain key
+(:mod:`bqgate.chain`) over a canonical encoding of everything it says. Editing, removing or
+reordering a stored event breaks the chain at that event, and without the key nobody can
+re-seal it; :mod:`bqgate.verification` checks chains against the checkpoints kept outside
+Firestore (:mod:`bqgate.anchors`), which also show truncated and deleted sessions.
 
 Pure: plain values in, plain values out. ``bqgate.adapters.firestore_audit`` stores
 the events; ``bqgate sessions`` renders them with the helpers below.
 
+>>> key = ChainKey(b"k" * 32)
 >>> e1 = seal(session_id="s", seq=1, kind="request", at_ms=1000, job_id="j1",
 ...           principal="a@x", data={"statement": "SELECT 1"}, prev=None,
-...           expire_at_ms=9000)
+...           expire_at_ms=9000, key=key)
 >>> e2 = seal(session_id="s", seq=2, kind="blocked", at_ms=1001, job_id="j1",
-...           principal="a@x", data={"message": "no"}, prev=e1, expire_at_ms=9001)
->>> e2.prev_hash == e1.hash, verify_chain([e1, e2], now_ms=2000) is None
+...           principal="a@x", data={"message": "no"}, prev=e1, expire_at_ms=9001, key=key)
+>>> e2.prev_mac == e1.mac, e1.mac == event_mac(key, e1)
 (True, True)
 >>> forged = replace(e1, data={"statement": "SELECT 2"})
->>> verify_chain([forged, e2], now_ms=2000).describe()
-'event 00000001 (index 0): content does not match its hash (edited after it was written)'
+>>> forged.mac == event_mac(key, forged)
+False
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-#: ``prev_hash`` of a session's first event.
-GENESIS = "0" * 64
+from bqgate.chain import GENESIS, ChainKey
 
 #: The event kinds the gateway, the executor and the approvals function record.
 KINDS = (
@@ -61,7 +63,7 @@ __all__ = [
     "GENESIS",
     "KINDS",
     "MAX_DATA_BYTES",
-    "BrokenLink",
+    "ChainKey",
     "Event",
     "RecordedRequest",
     "Rejudged",
@@ -69,9 +71,8 @@ __all__ = [
     "Step",
     "canonical_json",
     "event_data",
-    "event_hash",
     "event_id_for",
-    "expired_prefix",
+    "event_mac",
     "format_ms",
     "recorded_requests",
     "rejudge",
@@ -83,7 +84,6 @@ __all__ = [
     "session_doc_id",
     "summarize",
     "to_plain",
-    "verify_chain",
 ]
 
 
@@ -176,10 +176,10 @@ def session_doc_id(session_id: str) -> str:
 class Event:
     """One recorded event of a session.
 
-    ``hash`` covers every field but ``hash``, ``event_id`` and ``defect``;
-    ``prev_expire_at_ms`` (the expiry of the event before) lets :func:`verify_chain`
-    tell events removed by retention from events removed by someone.
-    ``defect`` says why a stored document could not be read back as an event.
+    ``mac`` covers every field but ``mac``, ``event_id`` and ``defect`` (``key_id`` names
+    the chain key it was sealed with); ``prev_expire_at_ms`` (the expiry of the event
+    before) lets verification tell events removed by retention from events removed by
+    someone. ``defect`` says why a stored document could not be read back as an event.
     """
 
     session_id: str
@@ -189,15 +189,16 @@ class Event:
     job_id: str
     principal: str
     data: Mapping[str, Any]
-    prev_hash: str
+    prev_mac: str
     expire_at_ms: int
     prev_expire_at_ms: int | None = None
-    hash: str = ""
+    key_id: str = ""
+    mac: str = ""
     event_id: str = ""
     defect: str | None = None
 
     def body(self) -> dict[str, Any]:
-        """Everything the hash covers, except ``prev_hash`` (hashed separately)."""
+        """Everything the MAC covers, except ``prev_mac`` (chained in separately)."""
         return {
             "session_id": self.session_id,
             "seq": self.seq,
@@ -208,13 +209,15 @@ class Event:
             "data": self.data,
             "expire_at_ms": self.expire_at_ms,
             "prev_expire_at_ms": self.prev_expire_at_ms,
+            "key_id": self.key_id,
         }
 
     def to_doc(self) -> dict[str, Any]:
         """The stored form: ``data`` as canonical JSON text (any JSON survives storage).
 
         >>> e = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
-        ...          data={"rows": [[1, None]]}, prev=None, expire_at_ms=2)
+        ...          data={"rows": [[1, None]]}, prev=None, expire_at_ms=2,
+        ...          key=ChainKey(b"k" * 32))
         >>> doc = e.to_doc(); doc["data"]
         '{"rows":[[1,null]]}'
         >>> Event.from_doc(e.event_id, doc) == e
@@ -228,10 +231,11 @@ class Event:
             "job_id": self.job_id,
             "principal": self.principal,
             "data": canonical_json(self.data),
-            "prev_hash": self.prev_hash,
+            "prev_mac": self.prev_mac,
             "expire_at_ms": self.expire_at_ms,
             "prev_expire_at_ms": self.prev_expire_at_ms,
-            "hash": self.hash,
+            "key_id": self.key_id,
+            "mac": self.mac,
         }
 
     def to_export(self) -> dict[str, Any]:
@@ -246,7 +250,7 @@ class Event:
         """Read a stored event back; a malformed document gives an event with ``defect``.
 
         >>> e = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
-        ...          data={}, prev=None, expire_at_ms=2)
+        ...          data={}, prev=None, expire_at_ms=2, key=ChainKey(b"k" * 32))
         >>> Event.from_doc(e.event_id, {**e.to_doc(), "seq": "1", "data": "{oops"}).defect
         'malformed stored event: data is not a JSON object; seq is not an integer'
         """
@@ -289,10 +293,11 @@ class Event:
             job_id=text("job_id"),
             principal=text("principal"),
             data=data,
-            prev_hash=text("prev_hash"),
+            prev_mac=text("prev_mac"),
             expire_at_ms=integer("expire_at_ms") or 0,
             prev_expire_at_ms=integer("prev_expire_at_ms", optional=True),
-            hash=text("hash"),
+            key_id=text("key_id"),
+            mac=text("mac"),
             event_id=event_id,
         )
         if problems:
@@ -300,17 +305,18 @@ class Event:
         return event
 
 
-def event_hash(prev_hash: str, event: Event) -> str:
-    """SHA-256 (hex) of ``prev_hash``, a newline and the canonical body of ``event``.
+def event_mac(key: ChainKey, event: Event) -> str:
+    """HMAC-SHA256 (hex), under ``key``, of ``event.prev_mac``, a newline and the
+    canonical body of ``event``.
 
-    >>> e = Event("s", 1, "k", 1, "j", "p", {}, GENESIS, 2)
-    >>> event_hash(GENESIS, e) == event_hash(GENESIS, replace(e, hash="x", event_id="y"))
+    >>> key = ChainKey(b"k" * 32)
+    >>> e = Event("s", 1, "k", 1, "j", "p", {}, GENESIS, 2, key_id=key.key_id)
+    >>> event_mac(key, e) == event_mac(key, replace(e, mac="x", event_id="y"))
     True
-    >>> event_hash(GENESIS, e) == event_hash(GENESIS, replace(e, at_ms=2))
+    >>> event_mac(key, e) == event_mac(key, replace(e, at_ms=2))
     False
     """
-    text = prev_hash + "\n" + canonical_json(event.body())
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return key.mac(event.prev_mac + "\n" + canonical_json(event.body()))
 
 
 def seal(
@@ -324,13 +330,14 @@ def seal(
     data: Mapping[str, Any],
     prev: Event | None,
     expire_at_ms: int,
-    prev_hash: str | None = None,
+    key: ChainKey,
+    prev_mac: str | None = None,
     prev_expire_at_ms: int | None = None,
 ) -> Event:
-    """A new event linked to ``prev`` (or to ``prev_hash``/``prev_expire_at_ms`` when
-    only the session head is at hand), with its hash computed."""
+    """A new event linked to ``prev`` (or to ``prev_mac``/``prev_expire_at_ms`` when
+    only the session head is at hand), sealed with ``key``."""
     if prev is not None:
-        prev_hash, prev_expire_at_ms = prev.hash, prev.expire_at_ms
+        prev_mac, prev_expire_at_ms = prev.mac, prev.expire_at_ms
     event = Event(
         session_id=session_id,
         seq=seq,
@@ -339,17 +346,22 @@ def seal(
         job_id=job_id,
         principal=principal,
         data=to_plain(data),
-        prev_hash=prev_hash or GENESIS,
+        prev_mac=prev_mac or GENESIS,
         expire_at_ms=expire_at_ms,
         prev_expire_at_ms=prev_expire_at_ms,
+        key_id=key.key_id,
         event_id=event_id_for(seq),
     )
-    return replace(event, hash=event_hash(event.prev_hash, event))
+    return replace(event, mac=event_mac(key, event))
 
 
 @dataclass(frozen=True)
 class SessionHead:
-    """The summary document of a session: who, since when, and the chain's tip."""
+    """The summary document of a session: whose, since when, and the chain's tip.
+
+    ``label`` is the client's ``session_id`` label the session groups (empty for the
+    automatic per-token session); the stored id is derived from it and the owner.
+    """
 
     session_id: str
     principals: tuple[str, ...] = ()
@@ -357,10 +369,11 @@ class SessionHead:
     started_ms: int = 0
     last_ms: int = 0
     last_seq: int = 0
-    last_hash: str = GENESIS
+    last_mac: str = GENESIS
     last_expire_at_ms: int | None = None
     expire_at_ms: int = 0
     counts: Mapping[str, int] = field(default_factory=dict)
+    label: str = ""
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -371,17 +384,18 @@ class SessionHead:
             "started_ms": self.started_ms,
             "last_ms": self.last_ms,
             "last_seq": self.last_seq,
-            "last_hash": self.last_hash,
+            "last_mac": self.last_mac,
             "last_expire_at_ms": self.last_expire_at_ms,
             "expire_at_ms": self.expire_at_ms,
             "counts": dict(self.counts),
+            "label": self.label,
         }
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> SessionHead:
         """Read a head document back (missing fields take their defaults).
 
-        >>> h = SessionHead("s", ("a@x",), "dev", 1, 2, 3, "ab", 9, 10, {"request": 1})
+        >>> h = SessionHead("s", ("a@x",), "dev", 1, 2, 3, "ab", 9, 10, {"request": 1}, "l")
         >>> SessionHead.from_doc(h.to_doc()) == h
         True
         """
@@ -392,22 +406,24 @@ class SessionHead:
             started_ms=int(doc.get("started_ms") or 0),
             last_ms=int(doc.get("last_ms") or 0),
             last_seq=int(doc.get("last_seq") or 0),
-            last_hash=str(doc.get("last_hash") or GENESIS),
+            last_mac=str(doc.get("last_mac") or GENESIS),
             last_expire_at_ms=(
                 None if doc.get("last_expire_at_ms") is None else int(doc["last_expire_at_ms"])
             ),
             expire_at_ms=int(doc.get("expire_at_ms") or 0),
             counts={str(k): int(v) for k, v in (doc.get("counts") or {}).items()},
+            label=str(doc.get("label") or ""),
         )
 
-    def advanced(self, event: Event, issuer: str) -> SessionHead:
+    def advanced(self, event: Event, issuer: str, label: str = "") -> SessionHead:
         """The head after appending ``event``.
 
         >>> e = seal(session_id="s", seq=1, kind="request", at_ms=5, job_id="j",
-        ...          principal="a@x", data={}, prev=None, expire_at_ms=50)
-        >>> h = SessionHead("s").advanced(e, "dev")
-        >>> h.principals, h.started_ms, h.last_seq, h.counts
-        (('a@x',), 5, 1, {'request': 1})
+        ...          principal="a@x", data={}, prev=None, expire_at_ms=50,
+        ...          key=ChainKey(b"k" * 32))
+        >>> h = SessionHead("s").advanced(e, "dev", "mine")
+        >>> h.principals, h.started_ms, h.last_seq, h.counts, h.label
+        (('a@x',), 5, 1, {'request': 1}, 'mine')
         """
         principals = self.principals
         if event.principal and event.principal not in principals:
@@ -421,10 +437,11 @@ class SessionHead:
             started_ms=self.started_ms if self.last_seq else event.at_ms,
             last_ms=event.at_ms,
             last_seq=event.seq,
-            last_hash=event.hash,
+            last_mac=event.mac,
             last_expire_at_ms=event.expire_at_ms,
             expire_at_ms=max(self.expire_at_ms, event.expire_at_ms),
             counts=counts,
+            label=self.label or label,
         )
 
 
@@ -483,134 +500,6 @@ def event_data(job: Any, kind: str, data: Mapping[str, Any], *, record_rows: int
     if len(canonical_json(out).encode("utf-8")) > MAX_DATA_BYTES:
         raise ValueError(f"the {kind} event of job {job.job_id} is too big to record")
     return out
-
-
-# --------------------------------------------------------------------------- verification
-
-
-@dataclass(frozen=True)
-class BrokenLink:
-    """Where a session's chain first breaks: list ``index``, stored ``event_id``, why."""
-
-    index: int
-    event_id: str
-    reason: str
-
-    def describe(self) -> str:
-        return f"event {self.event_id} (index {self.index}): {self.reason}"
-
-
-def expired_prefix(events: Sequence[Event], now_ms: int) -> int:
-    """How many leading events are missing because retention removed them (0 if none).
-
-    The first stored event names its predecessor's expiry; if that has passed, the
-    events before it may legitimately be gone.
-
-    >>> e = Event("s", 4, "k", 10, "j", "p", {}, "ab", 99, prev_expire_at_ms=50)
-    >>> expired_prefix([e], now_ms=60), expired_prefix([e], now_ms=40)
-    (3, 0)
-    """
-    if not events or events[0].seq <= 1 or events[0].defect:
-        return 0
-    before = events[0].prev_expire_at_ms
-    return events[0].seq - 1 if before is not None and before <= now_ms else 0
-
-
-def verify_chain(
-    events: Sequence[Event], *, head: SessionHead | None = None, now_ms: int = 0
-) -> BrokenLink | None:
-    """Recompute a session's chain; return its first broken link, ``None`` if intact.
-
-    Checks, event by event: the document is readable, it sits at the place its
-    ``seq`` says, belongs to the session, links to the hash of the event before,
-    and its content still matches its hash. With ``head``, also that no event is
-    missing at the end. Leading events removed by retention (see
-    :func:`expired_prefix`) are not a break.
-
-    >>> a = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
-    ...          data={}, prev=None, expire_at_ms=9)
-    >>> b = seal(session_id="s", seq=2, kind="k", at_ms=2, job_id="j", principal="p",
-    ...          data={}, prev=a, expire_at_ms=9)
-    >>> verify_chain([b], now_ms=5).reason
-    'events 1 to 1 are missing before it (not expired)'
-    >>> head = SessionHead("s", last_seq=3, last_hash="ff")
-    >>> verify_chain([a, b], head=head).describe()
-    'event 00000003 (index 2): the session head records 3 events, 2 are stored'
-    """
-    start = expired_prefix(events, now_ms)
-    expected_seq = start + 1
-    prev_hash: str | None = None if start else GENESIS
-    session = head.session_id if head is not None else (events[0].session_id if events else "")
-    for index, event in enumerate(events):
-        eid = event.event_id or event_id_for(event.seq)
-        if event.defect:
-            return BrokenLink(index, eid, event.defect)
-        if event.seq != expected_seq:
-            if index == 0 and event.seq > 1:
-                return BrokenLink(
-                    index, eid, f"events 1 to {event.seq - 1} are missing before it (not expired)"
-                )
-            if event.seq > expected_seq:
-                return BrokenLink(
-                    index, eid, f"event {event_id_for(expected_seq)} is missing before it"
-                )
-            return BrokenLink(
-                index,
-                eid,
-                f"it says it is event {event.seq}, expected "
-                f"{expected_seq} (reordered or duplicated)",
-            )
-        if event.event_id and event.event_id != event_id_for(event.seq):
-            return BrokenLink(
-                index, eid, f"it is stored as {event.event_id} but says it is event {event.seq}"
-            )
-        if session and event.session_id != session:
-            return BrokenLink(
-                index, eid, f"it belongs to session {event.session_id!r}, not {session!r}"
-            )
-        if prev_hash is not None and event.prev_hash != prev_hash:
-            which = (
-                "the genesis hash"
-                if index == 0
-                else (
-                    f"the hash of event {events[index - 1].event_id or event_id_for(event.seq - 1)}"
-                )
-            )
-            return BrokenLink(
-                index,
-                eid,
-                f"prev_hash does not match {which} (the event before "
-                "was changed, removed or replaced)",
-            )
-        if event_hash(event.prev_hash, event) != event.hash:
-            return BrokenLink(
-                index, eid, "content does not match its hash (edited after it was written)"
-            )
-        prev_hash = event.hash
-        expected_seq += 1
-    if head is not None:
-        stored = expected_seq - 1
-        if head.last_seq > stored:
-            return BrokenLink(
-                len(events),
-                event_id_for(stored + 1),
-                f"the session head records {head.last_seq} events, {len(events)} are stored",
-            )
-        if head.last_seq < stored:
-            last = events[-1]
-            return BrokenLink(
-                len(events) - 1,
-                last.event_id or event_id_for(last.seq),
-                f"the session head records only {head.last_seq} events",
-            )
-        if events and head.last_hash != events[-1].hash:
-            last = events[-1]
-            return BrokenLink(
-                len(events) - 1,
-                last.event_id or event_id_for(last.seq),
-                "its hash is not the one the session head records",
-            )
-    return None
 
 
 # --------------------------------------------------------------------------- rendering
@@ -704,7 +593,7 @@ def render_timeline(head: SessionHead | None, events: Sequence[Event]) -> list[s
 
     >>> e = seal(session_id="s", seq=1, kind="blocked", at_ms=1_700_000_000_000,
     ...          job_id="job123456789", principal="a@x", data={"message": "DROP is blocked"},
-    ...          prev=None, expire_at_ms=0)
+    ...          prev=None, expire_at_ms=0, key=ChainKey(b"k" * 32))
     >>> print("\\n".join(render_timeline(None, [e])))
     session s: 1 events, 1 jobs, principals a@x
       #1   2023-11-14T22:13:20.000Z  +0.000s  job123456789  blocked: DROP is blocked
@@ -809,11 +698,13 @@ def _agent_saw(event: Event) -> list[str]:
 def replay_steps(events: Sequence[Event]) -> list[Step]:
     """The session as it happened: each statement as it arrived, then what the agent saw.
 
+    >>> key = ChainKey(b"k" * 32)
     >>> a = seal(session_id="s", seq=1, kind="request", at_ms=1000, job_id="j1",
     ...          principal="a@x", data={"statement": "DROP TABLE t"}, prev=None,
-    ...          expire_at_ms=0)
+    ...          expire_at_ms=0, key=key)
     >>> b = seal(session_id="s", seq=2, kind="blocked", at_ms=1250, job_id="j1",
-    ...          principal="a@x", data={"message": "DROP is blocked"}, prev=a, expire_at_ms=0)
+    ...          principal="a@x", data={"message": "DROP is blocked"}, prev=a, expire_at_ms=0,
+    ...          key=key)
     >>> steps = replay_steps([a, b])
     >>> [s.delay_ms for s in steps]
     [0, 250]
@@ -884,8 +775,14 @@ def recorded_requests(events: Iterable[Event]) -> list[RecordedRequest]:
                 sql=str(d.get("statement", "")),
                 principal=str(d.get("principal") or e.principal),
                 groups=tuple(str(g) for g in d.get("groups") or ()),
-                default_project=str(d.get("default_project") or d.get("project") or ""),
-                default_dataset=d.get("default_dataset"),
+                # As BigQuery resolves names: `dataset.table` in the job's project, a bare
+                # `table` in the default dataset (which may live in another project).
+                default_project=str(d.get("project") or d.get("default_project") or ""),
+                default_dataset=(
+                    f"{d.get('default_project') or d.get('project')}.{d['default_dataset']}"
+                    if d.get("default_dataset")
+                    else None
+                ),
                 decision=str(v.get("decision", "unknown")),
                 reasons=tuple(str(r) for r in v.get("reasons") or ()),
             )
@@ -913,11 +810,13 @@ Judge = Callable[[RecordedRequest], tuple[str, Sequence[str]]]
 def rejudge(events: Iterable[Event], judge: Judge) -> list[Rejudged]:
     """Judge every recorded statement again.
 
+    >>> key = ChainKey(b"k" * 32)
     >>> a = seal(session_id="s", seq=1, kind="request", at_ms=0, job_id="j1", principal="a@x",
-    ...          data={"statement": "SELECT 1", "groups": []}, prev=None, expire_at_ms=0)
+    ...          data={"statement": "SELECT 1", "groups": []}, prev=None, expire_at_ms=0,
+    ...          key=key)
     >>> b = seal(session_id="s", seq=2, kind="classification", at_ms=0, job_id="j1",
     ...          principal="a@x", data={"decision": "allow", "reasons": []}, prev=a,
-    ...          expire_at_ms=0)
+    ...          expire_at_ms=0, key=key)
     >>> [r.changed for r in rejudge([a, b], lambda req: ("block", ["stricter"]))]
     [True]
     """

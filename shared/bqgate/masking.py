@@ -1,6 +1,7 @@
 """Mask query results by column lineage, with content detectors behind it.
 
-Two steps, both pure:
+This is the second line behind the masking rewrite (:mod:`bqgate.sql.rewrite`), which
+masks every sensitive column before the query runs. Two steps, both pure:
 
 1. :func:`plan_masking` turns the query's :class:`~bqgate.sql.lineage.ColumnLineage`
    and the result schema into a :class:`MaskPlan`: one :class:`ColumnMask` per
@@ -32,11 +33,17 @@ already is January 1st unchanged; ``email`` leaves an already masked
 >>> from bqgate.sql.lineage import ColumnLineage
 >>> lin = [ColumnLineage("email", frozenset({"p.d.t.email"}), direct=True),
 ...        ColumnLineage("n", frozenset({"p.d.t.email"}), counting=True)]
->>> plan = plan_masking(lin, schema, lambda t: {"email": "email"} if t == "p.d.t" else {})
->>> [(c.column, c.strategy) for c in plan.columns]
-[('email', 'email'), ('n', None)]
->>> Masker(plan, schema, hmac_key=b"k").mask_rows([["ann@example.com", "3"]])
+>>> sens = lambda t: {"email": "email"} if t == "p.d.t" else {}
+>>> plan = plan_masking(lin, schema, sens, premasked=frozenset({"p.d.t.email"}))
+>>> [(c.column, c.strategy, c.at_source) for c in plan.columns]
+[('email', 'email', True), ('n', None, False)]
+>>> Masker(plan, schema, hmac_key=b"k").mask_rows([["XXXXX@example.com", "3"]])
 [['XXXXX@example.com', '3']]
+
+Without the rewrite (a source not masked at the source) the same count is nullified:
+
+>>> [c.strategy for c in plan_masking(lin, schema, sens).columns]
+['email', 'nullify']
 """
 
 from __future__ import annotations

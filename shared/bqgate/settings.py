@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bqgate.chain import DEV_KEY_FILE
 from bqgate.errors import BqgateError
 
 #: name -> (default, description). The README table is generated from this.
@@ -47,6 +48,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_BOT_TOKEN": ("", "Slack bot token (secret)."),
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
+    "BQGATE_AUDIT_KEY": ("", "Session record chain key (secret, 32+ bytes, hex); dev: read from "
+                         "the dev state folder."),
+    "BQGATE_ANCHOR_BUCKET": ("", "Cloud Storage bucket (retention policy) the session "
+                             "checkpoints are written to."),
+    "BQGATE_ANCHOR_DIR": ("", "Folder the session checkpoints are written to (dev default: "
+                          "`anchors/` in the dev state folder)."),
+    "BQGATE_ANCHOR_FLUSH_MS": ("1000", "Longest a session checkpoint waits before it is "
+                               "written to the bucket/folder (0: at once, on the request path)."),
+    "BQGATE_ANCHOR_LOG": ("1", "1 also writes each checkpoint as a structured log line "
+                          "(Cloud Logging)."),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
     "BQGATE_DISPATCH_TIMEOUT_MS": (
         "1500",
@@ -92,6 +103,11 @@ class Settings:
     slack_signing_secret: str = field(repr=False)
     hmac_key: bytes = field(repr=False)
     max_wait_ms: int
+    audit_key: str = field(default="", repr=False)
+    anchor_bucket: str = ""
+    anchor_dir: Path | None = None
+    anchor_flush_ms: int = 1000
+    anchor_log: bool = True
     dispatch_timeout_ms: int = 1500
     redispatch_after_ms: int = 20000
     running_deadline_ms: int = 1_200_000
@@ -112,16 +128,30 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         key_file = dev_dir / "hmac.key"
         if key_file.exists():
             hmac_key = key_file.read_bytes().strip()
-    def positive(name: str) -> int:
+    audit_key = get("BQGATE_AUDIT_KEY")
+    anchor_dir = Path(get("BQGATE_ANCHOR_DIR")) if get("BQGATE_ANCHOR_DIR") else None
+    if dev_mode:
+        key_file = dev_dir / DEV_KEY_FILE
+        if not audit_key and key_file.exists():
+            audit_key = key_file.read_text().strip()
+        anchor_dir = anchor_dir or dev_dir / "anchors"
+
+    def integer(name: str) -> int:
         try:
             value = int(get(name))
         except ValueError as exc:
             raise BqgateError(f"{name}: not an integer: {exc}") from None
-        if value <= 0:
-            raise BqgateError(f"{name}: must be positive, got {value}")
+        if value < 0:
+            raise BqgateError(f"{name}: must not be negative")
         return value
 
-    max_wait_ms = positive("BQGATE_MAX_WAIT_MS")
+    def positive(name: str) -> int:
+        value = integer(name)
+        if value == 0:
+            raise BqgateError(f"{name}: must be positive, got 0")
+        return value
+
+    max_wait_ms = integer("BQGATE_MAX_WAIT_MS")
     return Settings(
         project=project,
         warehouse_project=get("BQGATE_WAREHOUSE_PROJECT") or project,
@@ -141,6 +171,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         slack_signing_secret=get("BQGATE_SLACK_SIGNING_SECRET"),
         hmac_key=hmac_key,
         max_wait_ms=max_wait_ms,
+        audit_key=audit_key,
+        anchor_bucket=get("BQGATE_ANCHOR_BUCKET"),
+        anchor_dir=anchor_dir,
+        anchor_flush_ms=integer("BQGATE_ANCHOR_FLUSH_MS"),
+        anchor_log=get("BQGATE_ANCHOR_LOG").lower() in {"1", "true", "yes"},
         dispatch_timeout_ms=positive("BQGATE_DISPATCH_TIMEOUT_MS"),
         redispatch_after_ms=positive("BQGATE_REDISPATCH_AFTER_MS"),
         running_deadline_ms=positive("BQGATE_RUNNING_DEADLINE_MS"),

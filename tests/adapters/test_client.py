@@ -118,7 +118,9 @@ def test_gateway_client_without_dev_stack_fails_clearly(tmp_path: Path) -> None:
 def test_dev_credentials_refresh_and_set_expiry(stack: tuple[Path, GatewayServer]) -> None:
     dev_dir, gateway = stack
     issuer_url = issuer.read_endpoints(dev_dir)["oidc_issuer"]
-    credentials = DevIdTokenCredentials(issuer_url, AGENT, groups=("etl",), ttl_seconds=600)
+    secret = issuer.load_secret(dev_dir / "oidc")
+    credentials = DevIdTokenCredentials(issuer_url, AGENT, groups=("etl",), ttl_seconds=600,
+                                        secret=secret)
     assert not credentials.valid
     credentials.refresh(google.auth.transport.requests.Request())
     assert credentials.valid
@@ -143,6 +145,10 @@ def test_dev_credentials_fail_fast_and_without_retryable_error() -> None:
 def test_dev_credentials_report_issuer_refusal(stack: tuple[Path, GatewayServer]) -> None:
     dev_dir, _ = stack
     issuer_url = issuer.read_endpoints(dev_dir)["oidc_issuer"]
-    credentials = DevIdTokenCredentials(issuer_url, " not trimmed")
+    secret = issuer.load_secret(dev_dir / "oidc")
+    credentials = DevIdTokenCredentials(issuer_url, " not trimmed", secret=secret)
     with pytest.raises(google.auth.exceptions.RefreshError, match="HTTP 400"):
         credentials.refresh(google.auth.transport.requests.Request())
+    without = DevIdTokenCredentials(issuer_url, "alice@example.com", groups=("data-approvers",))
+    with pytest.raises(google.auth.exceptions.RefreshError, match=r"HTTP 401.*token secret"):
+        without.refresh(google.auth.transport.requests.Request())

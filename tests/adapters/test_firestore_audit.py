@@ -1,4 +1,5 @@
-"""The session record against the Firestore emulator: chain, concurrency, tampering, TTL."""
+"""The session record against the Firestore emulator: chain, concurrency, tampering, TTL,
+and the checkpoint of every head it commits."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from collections.abc import Iterator
 import pytest
 from bqgate import audit
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
+from bqgate.anchors import Checkpoint
+from bqgate.chain import ChainKey, Keyring
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.jobs import Job
+from bqgate.verification import Finding, verify_chain
 from google.cloud import firestore
 
 pytestmark = pytest.mark.emulators
 
 DAY = 86_400
+KEY = ChainKey(b"adapter-test-chain-key-0123456789abc")
+KEYS = Keyring([KEY])
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,7 @@ def client(stack: Stack) -> Iterator[firestore.Client]:
 
 
 def recorder(client: firestore.Client, **kwargs: object) -> FirestoreRecorder:
-    return FirestoreRecorder(client, retention_seconds=30 * DAY, record_rows=2, **kwargs)  # type: ignore[arg-type]
+    return FirestoreRecorder(client, key=KEY, retention_seconds=30 * DAY, record_rows=2, **kwargs)  # type: ignore[arg-type]
 
 
 def job(session: str, job_id: str = "j1", owner: str = "agent@x.com") -> Job:
@@ -63,14 +69,14 @@ def test_events_chain_and_head_track_the_tip(client: firestore.Client) -> None:
     assert head is not None
     assert [e.kind for e in events] == ["request", "classification", "result"]
     assert [e.event_id for e in events] == ["00000001", "00000002", "00000003"]
-    assert events[0].prev_hash == audit.GENESIS
-    assert events[1].prev_hash == events[0].hash and events[2].prev_hash == events[1].hash
-    assert (head.last_seq, head.last_hash) == (3, events[2].hash)
+    assert events[0].prev_mac == audit.GENESIS
+    assert events[1].prev_mac == events[0].mac and events[2].prev_mac == events[1].mac
+    assert (head.last_seq, head.last_mac) == (3, events[2].mac)
     assert head.principals == ("agent@x.com",) and head.issuer == "dev"
     assert head.counts == {"request": 1, "classification": 1, "result": 1}
     assert events[0].data["statement"] == "SELECT 1 AS x"
     assert events[2].data["rows"] == [[1], [2]]  # record_rows=2
-    assert audit.verify_chain(events, head=head, now_ms=0) is None
+    assert verify_chain(events, keys=KEYS, head=head, now_ms=0) is None
 
 
 def test_every_doc_has_an_expire_at_timestamp_for_ttl(client: firestore.Client) -> None:
@@ -123,8 +129,8 @@ def test_twenty_concurrent_writers_make_one_unbroken_chain(
     assert head is not None and head.last_seq == 20
     assert [e.seq for e in events] == list(range(1, 21))
     assert sorted(e.data["n"] for e in events) == list(range(20))
-    assert len({e.prev_hash for e in events}) == 20  # no fork: every link used once
-    assert audit.verify_chain(events, head=head) is None
+    assert len({e.prev_mac for e in events}) == 20  # no fork: every link used once
+    assert verify_chain(events, keys=KEYS, head=head) is None
 
 
 def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firestore.Client) -> None:
@@ -142,7 +148,7 @@ def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firesto
     recorder(client, clock=clock).record(job(s, job_id="loser"), "request", {})
     events = other.events(s)
     assert [e.job_id for e in events] == ["winner", "loser"]
-    assert audit.verify_chain(events, head=other.head(s)) is None
+    assert verify_chain(events, keys=KEYS, head=other.head(s)) is None
 
 
 def _event_ref(client: firestore.Client, s: str, seq: int) -> firestore.DocumentReference:
@@ -157,8 +163,8 @@ def _session_of_three(client: firestore.Client) -> tuple[FirestoreRecorder, str]
     return rec, s
 
 
-def _verify(rec: FirestoreRecorder, s: str) -> audit.BrokenLink | None:
-    return audit.verify_chain(rec.events(s), head=rec.head(s), now_ms=0)
+def _verify(rec: FirestoreRecorder, s: str) -> Finding | None:
+    return verify_chain(rec.events(s), keys=KEYS, head=rec.head(s), now_ms=0)
 
 
 def test_editing_an_event_names_that_event(client: firestore.Client) -> None:
@@ -166,11 +172,12 @@ def test_editing_an_event_names_that_event(client: firestore.Client) -> None:
     _event_ref(client, s, 2).update({"data": '{"decision":"allow","reasons":[]}'})
     broken = _verify(rec, s)
     assert broken is not None
-    assert (broken.index, broken.event_id) == (1, "00000002")
-    assert "edited" in broken.reason
+    assert (broken.kind, broken.event_id) == ("edited", "00000002")
 
 
-def test_rehashing_an_edited_event_breaks_the_next_link(client: firestore.Client) -> None:
+def test_resealing_an_edited_event_without_the_key_is_named_edited(
+    client: firestore.Client,
+) -> None:
     rec, s = _session_of_three(client)
     forged = audit.seal(
         session_id=s,
@@ -182,11 +189,11 @@ def test_rehashing_an_edited_event_breaks_the_next_link(client: firestore.Client
         data={"statement": "SELECT 2"},
         prev=None,
         expire_at_ms=2,
+        key=ChainKey(b"a Firestore writer's own key......"),
     )
-    _event_ref(client, s, 1).set(forged.to_doc())
+    _event_ref(client, s, 1).set({**forged.to_doc(), "key_id": KEY.key_id})
     broken = _verify(rec, s)
-    assert broken is not None and broken.event_id == "00000002"
-    assert "prev_hash does not match the hash of event 00000001" in broken.reason
+    assert broken is not None and (broken.kind, broken.event_id) == ("edited", "00000001")
 
 
 def test_deleting_events_is_detected(client: firestore.Client) -> None:
@@ -194,10 +201,10 @@ def test_deleting_events_is_detected(client: firestore.Client) -> None:
     _event_ref(client, s, 2).delete()
     broken = _verify(rec, s)
     assert broken is not None and broken.event_id == "00000003"
-    assert "00000002 is missing" in broken.reason
+    assert "00000002 is missing" in broken.message
     _event_ref(client, s, 3).delete()
     broken = _verify(rec, s)
-    assert broken is not None and "head records 3 events, 1 are stored" in broken.reason
+    assert broken is not None and "head records 3 events, 1 are stored" in broken.message
 
 
 def test_unreadable_event_document_is_reported_not_raised(client: firestore.Client) -> None:
@@ -205,7 +212,7 @@ def test_unreadable_event_document_is_reported_not_raised(client: firestore.Clie
     _event_ref(client, s, 3).update({"data": "{not json", "seq": "three"})
     broken = _verify(rec, s)
     assert broken is not None and broken.event_id == "00000003"
-    assert broken.reason.startswith("malformed stored event")
+    assert broken.message.startswith("malformed stored event")
 
 
 def test_list_sessions_filters_by_principal_and_time(client: firestore.Client) -> None:
@@ -283,4 +290,35 @@ def test_record_many_appends_in_order_in_one_commit_and_keeps_the_chain(
     for first, second in zip(events[4::2], events[5::2], strict=True):
         assert (first.kind, second.kind) == ("request", "classification")
         assert first.job_id == second.job_id
-    assert audit.verify_chain(events, head=rec.head(s), now_ms=0) is None
+    assert verify_chain(events, keys=KEYS, head=rec.head(s), now_ms=0) is None
+
+
+def test_every_commit_is_checkpointed_with_its_new_head(client: firestore.Client) -> None:
+    seen: list[Checkpoint] = []
+    rec = recorder(client, checkpoint=seen.append)
+    s = sid()
+    rec.record(job(s), "request", {})
+    rec.record_many(job(s), [("classification", {"decision": "allow"}), ("blocked", {})])
+    head = rec.head(s)
+    assert head is not None and head.label == s
+    assert [(c.session_id, c.seq) for c in seen] == [(s, 1), (s, 3)]  # one per commit
+    last = seen[-1]
+    assert (last.mac, last.principal, last.issuer, last.label) == (
+        head.last_mac, "agent@x.com", "dev", s)
+    assert last.expire_at_ms == head.last_expire_at_ms
+
+
+def test_a_failing_checkpoint_does_not_fail_the_append(client: firestore.Client) -> None:
+    def broken(cp: Checkpoint) -> None:
+        raise OSError("the bucket is unreachable")
+
+    rec = recorder(client, checkpoint=broken)
+    s = sid()
+    rec.record(job(s), "request", {})
+    assert [e.kind for e in rec.events(s)] == ["request"]
+
+
+def test_a_reader_without_a_key_cannot_append(client: firestore.Client) -> None:
+    reader = FirestoreRecorder(client, retention_seconds=0, record_rows=0)
+    with pytest.raises(RuntimeError, match="no chain key"):
+        reader.record(job(sid()), "request", {})

@@ -28,7 +28,9 @@ FUNCTIONS = ("approvals", "executor", "ingress", "slack_notify", "sweeper")
 
 # Names the functions read (shared/bqgate/settings.py), as Terraform may set them.
 ALLOWED_ENV = {
+    "BQGATE_ANCHOR_BUCKET",
     "BQGATE_APPROVALS_TOPIC",
+    "BQGATE_AUDIT_KEY",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_EXECUTOR_URL",
     "BQGATE_FIRESTORE_DATABASE",
@@ -42,6 +44,7 @@ ALLOWED_ENV = {
     "BQGATE_WAREHOUSE_PROJECT",
 }
 COMMON_ENV = {
+    "BQGATE_ANCHOR_BUCKET",
     "BQGATE_APPROVALS_TOPIC",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_FIRESTORE_DATABASE",
@@ -51,12 +54,16 @@ COMMON_ENV = {
     "BQGATE_WAREHOUSE_PROJECT",
 }
 # entry point -> (plain env beyond COMMON_ENV, env from Secret Manager)
+# Every function appends to the session record, so every one holds the chain key.
 EXPECTED_ENV = {
-    "approvals": (set(), {"BQGATE_SLACK_BOT_TOKEN", "BQGATE_SLACK_SIGNING_SECRET"}),
-    "executor": (set(), {"BQGATE_HMAC_KEY"}),
-    "ingress": ({"BQGATE_EXECUTOR_URL"}, set()),
-    "slack_notify": ({"BQGATE_SLACK_CHANNEL"}, {"BQGATE_SLACK_BOT_TOKEN"}),
-    "sweeper": (set(), set()),
+    "approvals": (
+        set(),
+        {"BQGATE_AUDIT_KEY", "BQGATE_SLACK_BOT_TOKEN", "BQGATE_SLACK_SIGNING_SECRET"},
+    ),
+    "executor": (set(), {"BQGATE_AUDIT_KEY", "BQGATE_HMAC_KEY"}),
+    "ingress": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
+    "slack_notify": ({"BQGATE_SLACK_CHANNEL"}, {"BQGATE_AUDIT_KEY", "BQGATE_SLACK_BOT_TOKEN"}),
+    "sweeper": (set(), {"BQGATE_AUDIT_KEY"}),
 }
 FORBIDDEN_TYPES = {
     "google_service_account_key",
@@ -365,7 +372,44 @@ def env_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def audit_problems(cfg: Config) -> list[str]:
+    """The checkpoint bucket keeps what it is given (a retention policy, writers that can
+    only create objects, a log sink routing the checkpoint lines into it), and only the
+    functions and var.audit_verifiers may read the chain key."""
+    problems = []
+    bucket = cfg.resource("google_storage_bucket", "audit_anchors")
+    if bucket is None:
+        return ["no google_storage_bucket.audit_anchors"]
+    policy = first(bucket.body, "retention_policy")
+    if not policy.get("retention_period"):
+        problems.append("the checkpoint bucket has no retention policy")
+    if bucket.body.get("force_destroy") not in (False, None):
+        problems.append("the checkpoint bucket may be force-destroyed")
+    for grant in cfg.resources("google_storage_bucket_iam_member"):
+        if "audit_anchors" not in str(grant.body.get("bucket")):
+            continue
+        role = literal(grant.body.get("role"))
+        if role not in ("roles/storage.objectCreator", "roles/storage.objectViewer"):
+            problems.append(f"{grant.address}: {role} on the checkpoint bucket")
+    sinks = [s for s in cfg.resources("google_logging_project_sink")
+             if "audit_anchors" in text(s.body.get("destination"), cfg)]
+    if not any("storage.googleapis.com" in text(s.body.get("destination"), cfg) for s in sinks):
+        problems.append("no log sink routes the checkpoint lines into the checkpoint bucket")
+    if not all("bqgate_anchor" in text(s.body.get("filter"), cfg) for s in sinks):
+        problems.append("a checkpoint log sink does not filter on jsonPayload.bqgate_anchor")
+    for grant in cfg.resources("google_secret_manager_secret_iam_member"):
+        if "audit_chain_key" not in str(grant.body.get("secret_id")):
+            continue
+        member = str(grant.body.get("member"))
+        each = str(grant.body.get("for_each"))
+        functions_sas = sa_refs(each, cfg) == {"function"} and "each.value.member" in member
+        if not (functions_sas or "var.audit_verifiers" in each):
+            problems.append(f"{grant.address}: the chain key for {member}")
+    return problems
+
+
 CHECKERS: dict[str, Callable[[Config], list[str]]] = {
+    "audit": audit_problems,
     "bigquery": bigquery_grants_outside_executor,
     "service_accounts": shared_or_default_service_accounts,
     "dead_letter": topics_without_dead_letter,
@@ -436,6 +480,10 @@ def test_sweeper_and_scheduler_identities_have_only_their_roles(cfg: Config) -> 
     assert grants_to(cfg, "function[sweeper]") == {
         ("google_project_iam_member", "roles/datastore.user", "datastore_user"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "sweeper_publisher"),
+        # The session record, as every function: append checkpoints, read the chain key.
+        ("google_storage_bucket_iam_member", "roles/storage.objectCreator", "audit_anchor_writer"),
+        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor",
+         "audit_chain_key"),
     }
     publisher = cfg.resource("google_pubsub_topic_iam_member", "sweeper_publisher")
     assert publisher is not None
@@ -458,7 +506,8 @@ def test_sweeper_and_scheduler_identities_have_only_their_roles(cfg: Config) -> 
     assert sa_refs(first(target, "oidc_token")["service_account_email"], cfg) == {"scheduler"}
     assert not [g for g in grants_to(cfg, "function[sweeper]") if "bigquery" in g[1]]
     fn = functions(cfg)["sweeper"]
-    assert not first(fn.body, "service_config").get("secret_environment_variables")
+    secrets = first(fn.body, "service_config").get("secret_environment_variables") or []
+    assert [literal(b.get("key")) for b in secrets] == ["BQGATE_AUDIT_KEY"]
 
 
 def test_every_work_topic_is_pushed_with_an_oidc_token(cfg: Config) -> None:
@@ -761,7 +810,36 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
             'key        = "BQGATE_HMAC_KEY"',
             'key        = "BQGATE_SLACK_BOT_TOKEN"',
         ),
-        "expected ['BQGATE_HMAC_KEY']",
+        "expected ['BQGATE_AUDIT_KEY', 'BQGATE_HMAC_KEY']",
+    ),
+    "anchor_bucket_without_retention": (
+        "audit",
+        lambda tf: _drop_block(
+            tf, "audit.tf", 'resource "google_storage_bucket" "audit_anchors"', "retention_policy"
+        ),
+        "no retention policy",
+    ),
+    "anchor_writer_may_delete": (
+        "audit",
+        lambda tf: _edit(
+            tf,
+            "audit.tf",
+            'role     = "roles/storage.objectCreator"\n  member   = each.value.member',
+            'role     = "roles/storage.objectAdmin"\n  member   = each.value.member',
+        ),
+        "roles/storage.objectAdmin",
+    ),
+    "chain_key_for_everyone": (
+        "audit",
+        lambda tf: _inject(
+            tf,
+            'resource "google_secret_manager_secret_iam_member" "oops" {\n'
+            "  secret_id = google_secret_manager_secret.audit_chain_key.secret_id\n"
+            '  role      = "roles/secretmanager.secretAccessor"\n'
+            '  member    = "user:someone@example.com"\n'
+            "}\n",
+        ),
+        "google_secret_manager_secret_iam_member.oops",
     ),
 }
 

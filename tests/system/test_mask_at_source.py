@@ -6,6 +6,7 @@ values only — no URL, no internal job id."""
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import time
 import uuid
@@ -191,6 +192,11 @@ def test_the_session_record_keeps_both_statements(
             firestore.Client(project="demo-project").collection_group("events").stream()]
 
     def values(obj: Any) -> list[str]:
+        if isinstance(obj, str) and obj[:1] in "{[":
+            try:
+                obj = json.loads(obj)  # the event data is stored as canonical JSON
+            except ValueError:
+                return [obj]
         if isinstance(obj, dict):
             return [v for x in obj.values() for v in values(x)]
         if isinstance(obj, list):

@@ -1,5 +1,6 @@
-"""The session record's pure core: encoding, hash chain, verification, rendering, replay,
-re-judging, and the ``bqgate sessions`` command over a hand-written in-memory record."""
+"""The session record's pure core: encoding, MAC chain, recording, rendering, replay,
+re-judging, and the ``bqgate sessions`` command over a hand-written in-memory record
+(verification against checkpoints: ``test_verification.py``)."""
 
 from __future__ import annotations
 
@@ -10,28 +11,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate import audit
-from bqgate.audit import GENESIS, Event, SessionHead, replace, seal
+from bqgate import audit, verification
+from bqgate.anchors import AnchorIndex, Checkpoint
+from bqgate.audit import GENESIS, Event, SessionHead, replace
+from bqgate.chain import ChainKey, Keyring
 from bqgate.cli import main
 from bqgate.commands import sessions as cmd
 from bqgate.jobs import Job
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY = REPO / "policies" / "default.yaml"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
+KEY = ChainKey(b"unit-test-chain-key-0123456789abcdef")
+KEYS = Keyring([KEY])
+
+
+def seal(**kw: Any) -> Event:
+    return audit.seal(key=KEY, **kw)
 
 
 # --------------------------------------------------------------------------- fakes
 
 
 class MemoryRecord:
-    """The session record in memory: the same chain FirestoreRecorder writes."""
+    """The session record in memory: the same chain FirestoreRecorder writes, and the
+    checkpoint of every head it reaches."""
 
     def __init__(self, record_rows: int = 100, retention_ms: int = 10**9) -> None:
         self.heads: dict[str, SessionHead] = {}
         self.stored: dict[str, list[Event]] = {}
+        self.checkpoints: list[Checkpoint] = []
         self.record_rows = record_rows
         self.retention_ms = retention_ms
         self.now_ms = 1_750_000_000_000
@@ -43,11 +54,16 @@ class MemoryRecord:
         event = seal(session_id=sid, seq=head.last_seq + 1, kind=kind, at_ms=self.now_ms,
                      job_id=job.job_id, principal=job.owner,
                      data=audit.event_data(job, kind, data, record_rows=self.record_rows),
-                     prev=None, prev_hash=head.last_hash,
+                     prev=None, prev_mac=head.last_mac,
                      prev_expire_at_ms=head.last_expire_at_ms,
                      expire_at_ms=self.now_ms + self.retention_ms)
         self.heads[sid] = head.advanced(event, job.issuer)
         self.stored.setdefault(sid, []).append(event)
+        self.checkpoints.append(Checkpoint(sid, event.seq, event.mac, event.at_ms,
+                                           event.expire_at_ms, job.owner, job.issuer))
+
+    def by_label(self, label: str, limit: int = 20) -> list[SessionHead]:
+        return [h for h in self.heads.values() if h.label == label][:limit]
 
     # SessionReader
     def head(self, session_id: str) -> SessionHead | None:
@@ -145,132 +161,43 @@ def test_canonical_json_is_a_fixed_point_of_parse_and_encode(value: Any) -> None
 
 
 @given(st.dictionaries(st.text(max_size=6), json_values, max_size=5))
-def test_an_event_survives_storage_with_its_hash(data: dict[str, Any]) -> None:
+def test_an_event_survives_storage_with_its_mac(data: dict[str, Any]) -> None:
     e = seal(session_id="s", seq=1, kind="result", at_ms=1, job_id="j", principal="p",
              data={"payload": data}, prev=None, expire_at_ms=2)
     doc = json.loads(json.dumps(e.to_doc()))  # any JSON-faithful store
     back = Event.from_doc(e.event_id, doc)
     assert back == e
-    assert audit.event_hash(back.prev_hash, back) == e.hash
+    assert audit.event_mac(KEY, back) == e.mac
 
 
-def test_key_order_does_not_change_the_hash() -> None:
+def test_the_mac_needs_the_key() -> None:
+    e = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
+             data={"x": 1}, prev=None, expire_at_ms=2)
+    other = ChainKey(b"another-key-of-at-least-32-bytes!!")
+    assert audit.event_mac(other, e) != e.mac
+    assert e.key_id == KEY.key_id != other.key_id
+    assert KEY.secret.hex() not in json.dumps(e.to_doc()) and "unit-test" not in repr(KEY)
+
+
+def test_key_order_does_not_change_the_mac() -> None:
     a = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
              data={"x": 1, "y": {"b": 2, "a": 1}}, prev=None, expire_at_ms=2)
     b = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
              data={"y": {"a": 1, "b": 2}, "x": 1}, prev=None, expire_at_ms=2)
-    assert a.hash == b.hash
+    assert a.mac == b.mac
 
 
-def test_int_and_float_hash_differently() -> None:
+def test_int_and_float_mac_differently() -> None:
     a = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
              data={"n": 1}, prev=None, expire_at_ms=2)
     b = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
              data={"n": 1.0}, prev=None, expire_at_ms=2)
-    assert a.hash != b.hash
+    assert a.mac != b.mac
 
 
 def test_unrecordable_values_raise_so_the_request_fails_closed() -> None:
     with pytest.raises(TypeError):
         audit.canonical_json({"x": object()})
-
-
-# --------------------------------------------------------------------------- chain
-
-
-def test_an_intact_chain_verifies_with_its_head() -> None:
-    events = chain(5)
-    assert audit.verify_chain(events, head=head_of(events), now_ms=0) is None
-    assert audit.verify_chain([], head=None) is None
-
-
-FIELDS = ["session_id", "seq", "kind", "at_ms", "job_id", "principal", "data", "prev_hash",
-          "expire_at_ms", "prev_expire_at_ms", "hash"]
-
-
-@settings(max_examples=60)
-@given(st.integers(min_value=0, max_value=5), st.sampled_from(FIELDS))
-def test_editing_any_field_of_any_event_names_that_event(index: int, name: str) -> None:
-    events = chain(6)
-    new_value: Any = {
-        "session_id": "other", "seq": 99, "kind": "result", "at_ms": 7, "job_id": "jX",
-        "principal": "mallory@x", "data": {"i": -1}, "prev_hash": "f" * 64,
-        "expire_at_ms": 1, "prev_expire_at_ms": 3, "hash": "e" * 64,
-    }[name]
-    events[index] = replace(events[index], **{name: new_value})
-    broken = audit.verify_chain(events, head=head_of(chain(6)), now_ms=0)
-    assert broken is not None
-    assert broken.index == index, broken
-    assert broken.event_id == f"{index + 1:08d}"
-
-
-def test_re_sealing_an_edited_event_breaks_the_next_link() -> None:
-    events = chain(3)
-    forged = seal(session_id="s", seq=2, kind="request", at_ms=1002, job_id="j2",
-                  principal="a@x", data={"i": 2, "f": 0.0}, prev=events[0],
-                  expire_at_ms=10_002)
-    broken = audit.verify_chain([events[0], forged, events[2]], now_ms=0)
-    assert broken is not None and broken.event_id == "00000003"
-    assert "prev_hash does not match the hash of event 00000002" in broken.reason
-
-
-def test_re_sealing_the_last_event_is_caught_by_the_head() -> None:
-    events = chain(3)
-    forged = seal(session_id="s", seq=3, kind="request", at_ms=1003, job_id="j3",
-                  principal="a@x", data={"i": 99}, prev=events[1], expire_at_ms=10_003)
-    broken = audit.verify_chain([*events[:2], forged], head=head_of(events), now_ms=0)
-    assert broken is not None and broken.event_id == "00000003"
-    assert "session head" in broken.reason
-
-
-@pytest.mark.parametrize(
-    ("mutate", "index", "needle"),
-    [
-        (lambda ev: [ev[0], ev[2], ev[3]], 1, "00000002 is missing"),
-        (lambda ev: [ev[1], ev[0], ev[2], ev[3]], 0, "missing before it (not expired)"),
-        (lambda ev: [ev[0], ev[1], ev[1], ev[2], ev[3]], 2, "reordered or duplicated"),
-        (lambda ev: ev[:3], 3, "head records 4 events, 3 are stored"),
-        (lambda ev: [*ev, seal(session_id="s", seq=5, kind="k", at_ms=9, job_id="j",
-                               principal="p", data={}, prev=ev[3], expire_at_ms=9)],
-         4, "records only 4 events"),
-        (lambda ev: [ev[0], replace(ev[1], event_id="00000009"), *ev[2:]], 1, "stored as"),
-    ],
-    ids=["gap", "reordered", "duplicated", "truncated", "appended-behind-head", "moved"],
-)
-def test_missing_moved_and_extra_events_are_detected(mutate: Any, index: int,
-                                                     needle: str) -> None:
-    events = chain(4)
-    broken = audit.verify_chain(mutate(events), head=head_of(events), now_ms=0)
-    assert broken is not None
-    assert broken.index == index
-    assert needle in broken.reason
-
-
-def test_events_of_another_session_do_not_verify() -> None:
-    events = chain(2)
-    other = seal(session_id="t", seq=3, kind="k", at_ms=1, job_id="j", principal="p",
-                 data={}, prev=events[1], expire_at_ms=9)
-    broken = audit.verify_chain([*events, other], now_ms=0)
-    assert broken is not None and "belongs to session 't'" in broken.reason
-
-
-def test_a_prefix_removed_by_retention_is_not_a_break_but_an_early_deletion_is() -> None:
-    events = chain(5)  # event i expires at 10_000 + i
-    tail = events[2:]
-    assert audit.expired_prefix(tail, now_ms=10_002) == 2
-    assert audit.verify_chain(tail, head=head_of(events), now_ms=10_002) is None
-    broken = audit.verify_chain(tail, head=head_of(events), now_ms=10_001)
-    assert broken is not None and broken.index == 0
-    assert "events 1 to 2 are missing before it (not expired)" in broken.reason
-
-
-def test_a_malformed_stored_event_is_reported_not_raised() -> None:
-    events = chain(2)
-    doc = {**events[1].to_doc(), "data": "{truncated"}
-    stored = [events[0], Event.from_doc("00000002", doc)]
-    broken = audit.verify_chain(stored, now_ms=0)
-    assert broken is not None and broken.event_id == "00000002"
-    assert "data is not a JSON object" in broken.reason
 
 
 # --------------------------------------------------------------------------- recording
@@ -316,7 +243,7 @@ def test_the_head_collects_principals_and_counts() -> None:
     assert head.principals == ("a@x", "b@x")
     assert head.counts == {"request": 2, "blocked": 1}
     assert head.started_ms < head.last_ms and head.last_seq == 3
-    assert audit.verify_chain(rec.events("s-1"), head=head) is None
+    assert verification.verify_chain(rec.events("s-1"), keys=KEYS, head=head) is None
 
 
 def test_the_gateway_records_request_classification_and_block() -> None:
@@ -337,7 +264,9 @@ def test_the_gateway_records_request_classification_and_block() -> None:
                               "labels": {"session_id": "lab-1"}}}
     with pytest.raises(AccessDenied):
         gw.insert_job(who, "demo-project", body)
-    events = rec.events("lab-1")
+    (sid,) = rec.stored
+    assert sid.startswith("lab-1.")  # the label's session of this principal
+    events = rec.events(sid)
     assert [e.kind for e in events] == ["request", "classification", "blocked"]
     assert events[0].data["statement"] == BLOCKED
 
@@ -407,14 +336,22 @@ def record(monkeypatch: pytest.MonkeyPatch) -> MemoryRecord:
     def reader(args: argparse.Namespace) -> MemoryRecord:
         return rec
 
+    class Evidence:
+        keys = KEYS
+
+        @property
+        def anchors(self) -> AnchorIndex:
+            return AnchorIndex.build(rec.checkpoints)
+
     monkeypatch.setattr(cmd, "open_reader", reader)
+    monkeypatch.setattr(cmd, "open_evidence", lambda args: Evidence())
     return rec
 
 
 def test_cli_list_filters(record: MemoryRecord, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sessions", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:2] == ["SESSION", "PRINCIPALS"]
+    assert out[0].split()[:3] == ["SESSION", "LABEL", "PRINCIPALS"]
     assert [line.split()[0] for line in out[1:]] == ["s-2", "s-1"]
     assert main(["sessions", "list", "--principal", AGENT]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["s-1"]
@@ -428,14 +365,16 @@ def test_cli_show_replay_export_verify(record: MemoryRecord, capsys: pytest.Capt
                                        tmp_path: Path) -> None:
     assert main(["sessions", "show", "s-1"]) == 0
     out = capsys.readouterr().out
-    assert "session s-1: 15 events" in out and out.rstrip().endswith("chain: intact (15 events)")
+    assert "session s-1: 15 events" in out
+    assert out.rstrip().endswith(
+        "chain: intact (15 events, chain intact, checkpointed through event 15)")
     assert main(["sessions", "replay", "s-1", "--no-wait"]) == 0
     assert capsys.readouterr().out.count("== statement") == 3
     assert main(["sessions", "export", "s-1", "--format", "jsonl"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(x)["seq"] for x in lines] == list(range(1, 16))
     assert main(["sessions", "verify", "s-1"]) == 0
-    assert capsys.readouterr().out.startswith("ok      session s-1: 15 events")
+    assert capsys.readouterr().out.startswith("ok      session s-1: 15 events, chain intact")
     assert main(["sessions", "verify"]) == 0
     assert "2 of 2 sessions intact" in capsys.readouterr().out
     assert main(["sessions", "show", "nope"]) == 2
@@ -449,8 +388,7 @@ def test_cli_show_replay_export_verify(record: MemoryRecord, capsys: pytest.Capt
     exported.write_text(edited)
     assert main(["sessions", "verify", "--file", str(exported)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("BROKEN")
-    assert "event 00000005 (index 4): content does not match its hash" in out
+    assert out.startswith(f"BROKEN  {exported}: edited: event 00000005: its content does not")
 
 
 def test_cli_verify_names_the_edited_event(record: MemoryRecord,
@@ -459,7 +397,7 @@ def test_cli_verify_names_the_edited_event(record: MemoryRecord,
     events[7] = replace(events[7], data={"reason": "accessDenied", "message": "ok then"})
     assert main(["sessions", "verify", "s-1"]) == 1
     out = capsys.readouterr().out
-    assert "BROKEN  session s-1: event 00000008 (index 7): content does not match its hash" in out
+    assert "BROKEN  session s-1: edited: event 00000008: its content does not match its MAC" in out
     assert main(["sessions", "verify"]) == 1
     assert "1 of 2 sessions intact" in capsys.readouterr().out
 

@@ -43,10 +43,14 @@ def dev_stack(tmp_path: Path) -> Iterator[tuple[Path, issuer.DevIssuerServer]]:
     server.server_close()
 
 
-def get_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any], Any]:
+def get_json(
+    url: str, body: dict[str, Any] | None = None, secret: str | None = None
+) -> tuple[int, dict[str, Any], Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
     request.add_header("Content-Type", "application/json")
+    if secret is not None:
+        request.add_header("Authorization", f"Bearer {secret}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read()), response.headers
@@ -128,14 +132,24 @@ def test_missing_dev_stack_is_a_one_line_error(
     assert "no dev stack state" in err
 
 
-def test_missing_key_is_a_one_line_error(
+def test_missing_secret_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "endpoints.json").write_text(json.dumps({"oidc_issuer": "http://127.0.0.1:9"}))
     assert run_token("--principal", AGENT, "--dev-dir", str(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert "key is missing" in err
-    assert not (tmp_path / "oidc" / "dev-key.pem").exists()  # never invents a key
+    assert err == "bqgate: the dev issuer's token secret is missing; is the dev stack running?\n"
+    assert not (tmp_path / "oidc").exists()  # never invents a secret or a key
+
+
+def test_an_unreachable_issuer_is_a_one_line_error(
+    dev_stack: tuple[Path, issuer.DevIssuerServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev_dir, _ = dev_stack
+    (dev_dir / "endpoints.json").write_text(json.dumps({"oidc_issuer": "http://127.0.0.1:9"}))
+    assert run_token("--principal", AGENT, "--dev-dir", str(dev_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unreachable" in err
 
 
 def test_endpoints_without_issuer_is_an_error(
@@ -202,14 +216,16 @@ def test_issuer_discovery_works_for_the_verifier(
         dev_only=True,
     )
     verifier = OidcVerifier([via_discovery], dev_issuer_url=server.issuer_url, dev_mode=True)
-    _, answer, _ = get_json(f"{server.issuer_url}/token", {"principal": AGENT})
+    _, answer, _ = get_json(f"{server.issuer_url}/token", {"principal": AGENT}, server.secret)
     assert verifier.verify(answer["id_token"]).email == AGENT
 
 
 def test_issuer_token_endpoint(dev_stack: tuple[Path, issuer.DevIssuerServer]) -> None:
     _, server = dev_stack
     status, answer, headers = get_json(
-        f"{server.issuer_url}/token", {"principal": AGENT, "groups": ["g"], "ttl": "90s"}
+        f"{server.issuer_url}/token",
+        {"principal": AGENT, "groups": ["g"], "ttl": "90s"},
+        issuer.load_secret(server.key_dir),
     )
     assert status == 200
     assert answer["expires_in"] == 90
@@ -233,9 +249,31 @@ def test_issuer_token_endpoint_rejects_bad_requests(
     body: dict[str, Any], dev_stack: tuple[Path, issuer.DevIssuerServer]
 ) -> None:
     _, server = dev_stack
-    status, answer, _ = get_json(f"{server.issuer_url}/token", body or {"x": 1})
+    status, answer, _ = get_json(f"{server.issuer_url}/token", body or {"x": 1}, server.secret)
     assert status == 400
     assert answer["error"]
+
+
+@pytest.mark.parametrize("secret", [None, "", "wrong", "Bearer"])
+def test_the_token_endpoint_without_the_secret_is_401(
+    secret: str | None, dev_stack: tuple[Path, issuer.DevIssuerServer]
+) -> None:
+    """An agent that can reach the issuer but not read the state folder cannot mint
+    an approver's token."""
+    _, server = dev_stack
+    status, answer, _ = get_json(
+        f"{server.issuer_url}/token",
+        {"principal": "alice@example.com", "groups": ["data-approvers"]},
+        secret,
+    )
+    assert status == 401
+    assert "token secret" in answer["error"] and "id_token" not in answer
+
+
+def test_the_token_secret_is_made_once_and_private(tmp_path: Path) -> None:
+    first = issuer.load_or_create_secret(tmp_path / "oidc")
+    assert issuer.load_or_create_secret(tmp_path / "oidc") == first and len(first) == 64
+    assert stat.S_IMODE(os.stat(issuer.secret_path(tmp_path / "oidc")).st_mode) == 0o600
 
 
 def test_issuer_binds_to_loopback_only(tmp_path: Path) -> None:

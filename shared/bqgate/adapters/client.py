@@ -45,6 +45,7 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         audience: str = dev_issuer.DEFAULT_AUDIENCE,
         ttl_seconds: int = DEV_TOKEN_TTL,
         timeout: float = 5.0,
+        secret: str | None = None,
     ) -> None:
         super().__init__()
         self._issuer_url = issuer_url.rstrip("/")
@@ -53,6 +54,7 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         self._audience = audience
         self._ttl = ttl_seconds
         self._timeout = timeout
+        self._secret = secret
 
     @property
     def principal(self) -> str:
@@ -75,7 +77,10 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
                 url,
                 method="POST",
                 body=body,
-                headers={"Content-Type": "application/json"},
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {self._secret or ''}",
+                },
                 timeout=self._timeout,
             )
         except google.auth.exceptions.TransportError as exc:
@@ -126,8 +131,14 @@ def gateway_client(
             raise dev_issuer.DevStackNotFound(
                 "endpoints.json lacks 'gateway' or 'oidc_issuer'; is the dev stack running?"
             )
+        dev_dir = dev_issuer.find_dev_dir(dev_dir)
+        state = Path(endpoints.get("state_dir") or dev_dir)
+        try:
+            secret = dev_issuer.load_secret(state / dev_issuer.OIDC_SUBDIR)
+        except OSError:
+            secret = None  # the issuer will refuse, and the first call says so
         credentials = DevIdTokenCredentials(
-            issuer_url, principal or DEFAULT_LOCAL_PRINCIPAL, audience=audience
+            issuer_url, principal or DEFAULT_LOCAL_PRINCIPAL, audience=audience, secret=secret
         )
     else:
         import google.auth.transport.requests

@@ -2,8 +2,8 @@
 
 Layout (both collection groups carry an ``expire_at`` timestamp for Firestore TTL)::
 
-    sessions/{session}                 head: principals, issuer, started/last times,
-                                       last_seq, last_hash, counts, expire_at
+    sessions/{session}                 head: principals, issuer, label, started/last times,
+                                       last_seq, last_mac, counts, expire_at
     sessions/{session}/events/{seq:08d}  one event (bqgate.audit.Event.to_doc) + expire_at
 
 An append is an optimistic transaction on the head: it reads the head, then commits
@@ -14,11 +14,16 @@ chain; a loser writes nothing and starts over from a fresh read, after a jittere
 backoff. (Firestore's pessimistic transactions deadlock on the read-then-write of a
 hot document and, on the emulator, wait out a lock timeout each time: with a handful
 of writers they livelock.) Appends from one process also take turns on a local lock.
+
+Events are sealed with the chain key (:mod:`bqgate.chain`). After each commit the new
+head goes to ``checkpoint`` (a :class:`bqgate.adapters.anchor_sinks.Checkpointer`), which
+keeps it outside Firestore; a checkpoint that cannot be written never fails the append.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import random
 import threading
@@ -32,6 +37,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate import audit
+from bqgate.anchors import Checkpoint
+from bqgate.chain import ChainKey
 from bqgate.jobs import Job
 
 #: Collection (group) of session heads.
@@ -48,6 +55,7 @@ LOCK_STRIPES = 64
 
 
 _ENV_LOCK = threading.Lock()
+log = logging.getLogger("bqgate.audit")
 
 
 def open_client(
@@ -86,6 +94,8 @@ class FirestoreRecorder:
 
     Args:
         client: a ``google.cloud.firestore.Client``.
+        key: the chain key events are sealed with (None: read only).
+        checkpoint: called with each new session head after its commit.
         retention_seconds: how long each event (and a session after its last event) is kept.
         record_rows: masked result rows kept per ``result`` event.
         clock: seconds since the epoch (tests pass a fake).
@@ -97,6 +107,8 @@ class FirestoreRecorder:
         self,
         client: firestore.Client,
         *,
+        key: ChainKey | None = None,
+        checkpoint: Callable[[Checkpoint], None] | None = None,
         retention_seconds: int,
         record_rows: int,
         clock: Callable[[], float] = time.time,
@@ -105,6 +117,8 @@ class FirestoreRecorder:
         collection: str = SESSIONS,
     ) -> None:
         self.client = client
+        self.key = key
+        self.checkpoint = checkpoint
         self.retention_ms = retention_seconds * 1000
         self.record_rows = record_rows
         self.clock = clock
@@ -129,6 +143,7 @@ class FirestoreRecorder:
             job_id=job.job_id,
             principal=job.owner,
             issuer=job.issuer,
+            label=str(job.labels.get("session_id") or ""),
         )
 
     def append(
@@ -140,10 +155,11 @@ class FirestoreRecorder:
         principal: str,
         issuer: str,
         data: Mapping[str, Any],
+        label: str = "",
     ) -> audit.Event:
         """Append an event to ``session_id`` in a transaction; return the stored event."""
         return self.append_many(session_id, [(kind, data)], job_id=job_id,
-                                principal=principal, issuer=issuer)[-1]
+                                principal=principal, issuer=issuer, label=label)[-1]
 
     def append_many(
         self,
@@ -153,8 +169,12 @@ class FirestoreRecorder:
         job_id: str,
         principal: str,
         issuer: str,
+        label: str = "",
     ) -> list[audit.Event]:
         """Append events to ``session_id`` in one atomic commit; return the stored events."""
+        key = self.key
+        if key is None:
+            raise RuntimeError("this recorder has no chain key: it cannot append")
         head_ref = self.sessions.document(audit.session_doc_id(session_id))
         events = head_ref.collection(EVENTS)
         plain_items = [(kind, audit.to_plain(data)) for kind, data in items]
@@ -181,11 +201,12 @@ class FirestoreRecorder:
                     principal=principal,
                     data=plain,
                     prev=None,
-                    prev_hash=new_head.last_hash,
+                    prev_mac=new_head.last_mac,
                     prev_expire_at_ms=new_head.last_expire_at_ms,
                     expire_at_ms=at_ms + self.retention_ms,
+                    key=key,
                 )
-                new_head = new_head.advanced(event, issuer)
+                new_head = new_head.advanced(event, issuer, label)
                 sealed.append(event)
                 # Every event slot must be free (create), or nothing is written.
                 batch.create(
@@ -211,14 +232,28 @@ class FirestoreRecorder:
         with lock:
             while True:
                 try:
-                    return attempt()
+                    sealed = attempt()
                 except CONTENTION:
                     if time.monotonic() >= deadline:
                         raise
-                # Jittered exponential backoff spreads out the next round of contenders.
-                tries += 1
-                pause = self._rng.uniform(0, min(0.01 * 2**tries, 1.0))
-                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                    # Jittered exponential backoff spreads out the next round of contenders.
+                    tries += 1
+                    pause = self._rng.uniform(0, min(0.01 * 2**tries, 1.0))
+                    time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                    continue
+                self._checkpoint(sealed[-1], principal=principal, issuer=issuer, label=label)
+                return sealed
+
+    def _checkpoint(self, last: audit.Event, *, principal: str, issuer: str, label: str) -> None:
+        if self.checkpoint is None:
+            return
+        try:
+            self.checkpoint(Checkpoint(
+                session_id=last.session_id, seq=last.seq, mac=last.mac, at_ms=last.at_ms,
+                expire_at_ms=last.expire_at_ms, principal=principal, issuer=issuer,
+                label=label))
+        except Exception:
+            log.exception("checkpointing session %s failed", last.session_id)
 
     # --- reading -----------------------------------------------------------------
 
@@ -233,6 +268,11 @@ class FirestoreRecorder:
         stored = [(snap.id, snap.to_dict() or {}) for snap in ref.stream()]
         events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
+
+    def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]:
+        """Sessions grouping the client label ``label`` (one per principal that used it)."""
+        query = self.sessions.where(filter=FieldFilter("label", "==", label)).limit(limit)
+        return [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream()]
 
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100

@@ -6,6 +6,7 @@ credentials (python-docs-samples ``tips-lazy-globals``).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import threading
@@ -18,6 +19,8 @@ from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.settings import Settings
 
 if TYPE_CHECKING:
+    from bqgate.adapters.anchor_sinks import Checkpointer
+    from bqgate.chain import ChainKey
     from bqgate.service.executor import Executor
     from bqgate.service.sweeper import Sweeper
 
@@ -106,12 +109,58 @@ def verifier() -> Any:
 
 
 @functools.cache
+def chain_key() -> ChainKey:
+    """The session record's chain key; without one nothing can be recorded (fail closed)."""
+    from bqgate.chain import ChainKey
+    from bqgate.errors import BqgateError
+
+    s = settings()
+    if not s.audit_key:
+        raise BqgateError("BQGATE_AUDIT_KEY is not set: the session record cannot be sealed")
+    return ChainKey.from_text(s.audit_key)
+
+
+@functools.cache
+def storage_client() -> Any:
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+    return storage.Client(project=settings().project)
+
+
+@functools.cache
+def checkpointer() -> Checkpointer:
+    """Session checkpoints: a log line at once, the bucket/folder in batches (flushed at exit)."""
+    from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, GcsSink, LogSink, Sink
+
+    s = settings()
+    batched: list[Sink] = []
+    if s.anchor_bucket:
+        batched.append(GcsSink(storage_client(), s.anchor_bucket))
+    if s.anchor_dir is not None:
+        batched.append(FolderSink(s.anchor_dir))
+    if not batched:
+        log.warning(
+            "no BQGATE_ANCHOR_BUCKET or BQGATE_ANCHOR_DIR: session checkpoints go to the log only"
+        )
+    cp = Checkpointer(
+        chain_key(),
+        immediate=[LogSink()] if s.anchor_log else [],
+        batched=batched,
+        interval_s=s.anchor_flush_ms / 1000,
+    )
+    atexit.register(cp.close)
+    return cp
+
+
+@functools.cache
 def recorder() -> Any:
     from bqgate.adapters.firestore_audit import FirestoreRecorder
 
     sessions = policy().sessions
     return FirestoreRecorder(
         firestore_client(),
+        key=chain_key(),
+        checkpoint=checkpointer().note,
         retention_seconds=sessions.retention_seconds,
         record_rows=sessions.record_rows,
     )

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from bqgate import audit
+from bqgate import audit, verification
+from bqgate.anchors import AnchorIndex
+from bqgate.chain import ChainKey, ChainKeyError, Keyring
 from bqgate.errors import InvalidRequest, NotFound
 from bqgate.policy import parse_duration
 
@@ -42,6 +44,15 @@ class SessionReader(Protocol):
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
     ) -> list[audit.SessionHead]: ...
+
+    def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]: ...
+
+
+class Evidence(Protocol):
+    """What verification reads besides the record: the keys and the checkpoints."""
+
+    keys: Keyring | None
+    anchors: AnchorIndex
 
 
 def register(subparsers: Any) -> None:
@@ -102,10 +113,23 @@ def register(subparsers: Any) -> None:
     export.set_defaults(func=run_export)
 
     verify = inner.add_parser(
-        "verify", help="recompute hash chains; exit 1 naming the first broken event"
+        "verify",
+        help="check MAC chains and checkpoints; exit 1 naming every edited, rewritten, "
+        "truncated or deleted session",
     )
-    verify.add_argument("session", nargs="?", help="one session (default: every listed one)")
+    verify.add_argument(
+        "session", nargs="?", help="one session (default: every stored or checkpointed one)"
+    )
     verify.add_argument("--file", type=Path, help="verify an exported .jsonl file instead")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument(
+        "--strict",
+        nargs="?",
+        const="5m",
+        default=None,
+        metavar="AGE",
+        help="also fail on events not checkpointed AGE after they were written (default 5m)",
+    )
     _filters(verify)
     _source(verify)
     verify.set_defaults(func=run_verify)
@@ -139,6 +163,27 @@ def _source(parser: argparse.ArgumentParser) -> None:
         "--project", help="read the real Firestore of this project (not the dev stack)"
     )
     parser.add_argument("--database", default=None, help="Firestore database id (with --project)")
+    parser.add_argument(
+        "--anchor-bucket",
+        default=None,
+        metavar="BUCKET",
+        help="Cloud Storage bucket of the checkpoints (with --project; default "
+        "$BQGATE_ANCHOR_BUCKET)",
+    )
+    parser.add_argument(
+        "--anchor-dir",
+        type=Path,
+        default=None,
+        help="folder of the checkpoints (dev default: anchors/ in the dev state folder)",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="file holding a chain key (repeatable: old keys after a rotation); default "
+        "$BQGATE_AUDIT_KEY, in dev the dev stack's key",
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -200,14 +245,82 @@ def open_reader(args: argparse.Namespace) -> SessionReader:
     return FirestoreRecorder(client, retention_seconds=0, record_rows=0)
 
 
+class _Evidence:
+    def __init__(self, keys: Keyring | None, anchors: AnchorIndex) -> None:
+        self.keys = keys
+        self.anchors = anchors
+
+
+def _dev_dir(args: argparse.Namespace) -> Path | None:
+    if args.project:
+        return None
+    from bqgate.dev import issuer
+
+    try:
+        endpoints = issuer.read_endpoints(issuer.find_dev_dir(args.dev_dir))
+    except issuer.DevStackNotFound:
+        return None
+    state = endpoints.get("state_dir")
+    return Path(state) if state else issuer.find_dev_dir(args.dev_dir)
+
+
+def open_evidence(args: argparse.Namespace) -> Evidence:
+    """The chain keys and every checkpoint, from the dev stack or the given places."""
+    import os
+
+    from bqgate.chain import DEV_KEY_FILE
+
+    dev = _dev_dir(args)
+    texts = [p.read_text(encoding="utf-8") for p in args.key_file]
+    if not texts and os.environ.get("BQGATE_AUDIT_KEY"):
+        texts.append(os.environ["BQGATE_AUDIT_KEY"])
+    if not texts and dev is not None and (dev / DEV_KEY_FILE).exists():
+        texts.append((dev / DEV_KEY_FILE).read_text())
+    try:
+        keys = Keyring(ChainKey.from_text(t) for t in texts) if texts else None
+    except ChainKeyError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if keys is None:
+        return _Evidence(None, AnchorIndex())
+    bucket = args.anchor_bucket or (
+        os.environ.get("BQGATE_ANCHOR_BUCKET") if args.project else None
+    )
+    folder = args.anchor_dir or (dev / "anchors" if dev is not None else None)
+    if bucket:
+        from bqgate.adapters.anchor_sinks import open_gcs_sink
+
+        anchors = AnchorIndex.read(open_gcs_sink(args.project, bucket).read(), keys)
+    elif folder is not None:
+        from bqgate.adapters.anchor_sinks import FolderSink
+
+        anchors = AnchorIndex.read(FolderSink(folder).read(), keys)
+    else:
+        anchors = AnchorIndex()
+    return _Evidence(keys, anchors)
+
+
+def resolve(reader: SessionReader, name: str) -> str:
+    """The stored id of a session given by its id or by its client label."""
+    if reader.head(name) is not None or reader.events(name):
+        return name
+    heads = reader.by_label(name)
+    if len(heads) == 1:
+        return heads[0].session_id
+    if len(heads) > 1:
+        owners = ", ".join(f"{h.session_id} ({', '.join(h.principals)})" for h in heads)
+        raise InvalidRequest(f"several sessions use the label {name!r}: {owners}; name one")
+    return name
+
+
 def _load(
-    reader: SessionReader, session_id: str
-) -> tuple[audit.SessionHead | None, list[audit.Event]]:
+    reader: SessionReader, name: str
+) -> tuple[str, audit.SessionHead | None, list[audit.Event]]:
+    session_id = resolve(reader, name)
     head = reader.head(session_id)
     events = reader.events(session_id)
     if head is None and not events:
-        raise NotFound(f"no session {session_id!r} in the session record")
-    return head, events
+        raise NotFound(f"no session {name!r} in the session record")
+    return session_id, head, events
 
 
 def _print(lines: Sequence[str]) -> None:
@@ -230,6 +343,7 @@ def run_list(args: argparse.Namespace) -> int:
     rows = [
         [
             h.session_id,
+            h.label or "-",
             ", ".join(h.principals),
             audit.format_ms(h.started_ms),
             audit.format_ms(h.last_ms),
@@ -239,28 +353,51 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         for h in heads
     ]
-    header = ["SESSION", "PRINCIPALS", "STARTED", "LAST ACTIVITY", "EVENTS", "REQUESTS", "REFUSED"]
+    header = [
+        "SESSION",
+        "LABEL",
+        "PRINCIPALS",
+        "STARTED",
+        "LAST ACTIVITY",
+        "EVENTS",
+        "REQUESTS",
+        "REFUSED",
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
-def _chain_line(head: audit.SessionHead | None, events: Sequence[audit.Event]) -> str:
+def _chain_line(
+    args: argparse.Namespace,
+    session_id: str,
+    head: audit.SessionHead | None,
+    events: Sequence[audit.Event],
+) -> str:
+    evidence = open_evidence(args)
+    if evidence.keys is None:
+        return "chain: not verified (no chain key: set BQGATE_AUDIT_KEY or pass --key-file)"
     now = _now_ms()
-    broken = audit.verify_chain(events, head=head, now_ms=now)
-    if broken is not None:
-        return f"chain: BROKEN at {broken.describe()}"
-    expired = audit.expired_prefix(events, now)
-    note = f"; events 1 to {expired} removed by retention" if expired else ""
-    return f"chain: intact ({len(events)} events{note})"
+    report = verification.verify_session(
+        session_id,
+        head,
+        events,
+        keys=evidence.keys,
+        anchors=evidence.anchors.of(session_id),
+        now_ms=now,
+    )
+    if not report.ok:
+        return "chain: BROKEN: " + "; ".join(f.describe() for f in report.findings)
+    line = report.describe(now).split(": ", 1)[1]
+    return f"chain: intact ({line})"
 
 
 def run_show(args: argparse.Namespace) -> int:
     """``sessions show``."""
-    head, events = _load(open_reader(args), args.session)
+    sid, head, events = _load(open_reader(args), args.session)
     _print(audit.render_timeline(head, events))
-    print(_chain_line(head, events))
+    print(_chain_line(args, sid, head, events))
     return 0
 
 
@@ -268,17 +405,17 @@ def run_replay(args: argparse.Namespace) -> int:
     """``sessions replay``: the timeline as it happened, or re-judged under ``--policy``."""
     if args.speed <= 0:
         raise InvalidRequest("--speed must be above 0")
-    head, events = _load(open_reader(args), args.session)
+    sid, head, events = _load(open_reader(args), args.session)
     if args.policy is not None:
         return _rejudge(args, events)
-    print(f"replaying session {args.session}: {len(events)} events")
+    print(f"replaying session {sid}: {len(events)} events")
     for step in audit.replay_steps(events):
         if not args.no_wait and step.delay_ms:
             time.sleep(min(step.delay_ms / 1000 / args.speed, args.max_gap))
         _print(step.lines)
         sys.stdout.flush()
     print()
-    print(_chain_line(head, events))
+    print(_chain_line(args, sid, head, events))
     return 0
 
 
@@ -306,7 +443,7 @@ def _rejudge(args: argparse.Namespace, events: Sequence[audit.Event]) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``sessions export --format jsonl``: one event per line, hashes included."""
-    _, events = _load(open_reader(args), args.session)
+    _, _, events = _load(open_reader(args), args.session)
     lines = [audit.canonical_json(e.to_export()) + "\n" for e in events]
     if args.output is not None:
         args.output.write_text("".join(lines), encoding="utf-8")
@@ -320,7 +457,7 @@ def events_from_jsonl(text: str) -> list[audit.Event]:
     """Events back from an ``export`` (a line that is not an object becomes a defect).
 
     >>> e = audit.seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
-    ...                data={"a": [1]}, prev=None, expire_at_ms=2)
+    ...                data={"a": [1]}, prev=None, expire_at_ms=2, key=ChainKey(b"k" * 32))
     >>> events_from_jsonl(audit.canonical_json(e.to_export()) + "\\n") == [e]
     True
     """
@@ -342,33 +479,78 @@ def events_from_jsonl(text: str) -> list[audit.Event]:
     return events
 
 
-def _verify_one(label: str, head: audit.SessionHead | None, events: Sequence[audit.Event]) -> bool:
-    now = _now_ms()
-    broken = audit.verify_chain(events, head=head, now_ms=now)
-    if broken is None:
-        expired = audit.expired_prefix(events, now)
-        note = f", events 1 to {expired} removed by retention" if expired else ""
-        tip = events[-1].hash[:16] if events else "-"
-        print(f"ok      {label}: {len(events)} events, chain intact (tip {tip}{note})")
-        return True
-    print(f"BROKEN  {label}: {broken.describe()}")
-    return False
-
-
 def run_verify(args: argparse.Namespace) -> int:
-    """``sessions verify``: exit 1 if any chain is broken."""
+    """``sessions verify``: exit 1 if any session fails (or a checkpoint is forged)."""
+    evidence = open_evidence(args)
+    if evidence.keys is None:
+        raise InvalidRequest(
+            "no chain key to verify with: set BQGATE_AUDIT_KEY or pass --key-file "
+            "(in dev, the dev stack's state folder holds it)"
+        )
+    now = _now_ms()
+    stale = parse_duration(args.strict) * 1000 if args.strict else None
     if args.file is not None:
         events = events_from_jsonl(args.file.read_text(encoding="utf-8"))
-        return 0 if _verify_one(str(args.file), None, events) else 1
+        sid = events[0].session_id if events else str(args.file)
+        report = verification.Report(
+            (
+                verification.verify_session(
+                    sid,
+                    None,
+                    events,
+                    keys=evidence.keys,
+                    anchors=evidence.anchors.of(sid),
+                    now_ms=now,
+                    stale_after_ms=stale,
+                ),
+            ),
+            tuple(evidence.anchors.problems),
+        )
+        return _print_report(args, report, now, label=str(args.file))
     reader = open_reader(args)
     if args.session:
-        head, events = _load(reader, args.session)
-        return 0 if _verify_one(f"session {args.session}", head, events) else 1
-    since = parse_since(args.since, _now_ms()) if args.since else None
-    heads = reader.list_sessions(principal=args.principal, since_ms=since, limit=10_000)
-    if not heads:
-        print("no sessions to verify", file=sys.stderr)
-        return 0
-    ok = [_verify_one(f"session {h.session_id}", h, reader.events(h.session_id)) for h in heads]
-    print(f"{sum(ok)} of {len(ok)} sessions intact")
-    return 0 if all(ok) else 1
+        sid = resolve(reader, args.session)
+        if reader.head(sid) is None and not reader.events(sid) and not evidence.anchors.of(sid):
+            raise NotFound(f"no session {args.session!r} in the session record or checkpoints")
+        ids = [sid]
+    else:
+        since = parse_since(args.since, now) if args.since else None
+        heads = reader.list_sessions(principal=args.principal, since_ms=since, limit=100_000)
+        ids = [h.session_id for h in heads]
+        ids += evidence.anchors.sessions(principal=args.principal, since_ms=since)
+        if not ids:
+            print("no sessions to verify", file=sys.stderr)
+            return (
+                0
+                if not evidence.anchors.problems
+                else _print_report(
+                    args, verification.Report((), tuple(evidence.anchors.problems)), now
+                )
+            )
+
+    def load(sid: str) -> tuple[audit.SessionHead | None, list[audit.Event]]:
+        return reader.head(sid), reader.events(sid)
+
+    report = verification.verify(
+        ids, load, keys=evidence.keys, anchors=evidence.anchors, now_ms=now, stale_after_ms=stale
+    )
+    return _print_report(args, report, now)
+
+
+def _print_report(
+    args: argparse.Namespace, report: verification.Report, now: int, label: str | None = None
+) -> int:
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else 1
+    for s in report.sessions:
+        line = s.describe(now)
+        if label is not None:
+            line = line.replace(f"session {s.session_id}", label, 1)
+        print(line)
+    for problem in report.problems:
+        print(f"FORGED  checkpoint {problem}")
+    if len(report.sessions) > 1 or report.problems:
+        intact = sum(s.ok for s in report.sessions)
+        print(f"{intact} of {len(report.sessions)} sessions intact")
+    return 0 if report.ok else 1

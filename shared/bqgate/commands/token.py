@@ -1,8 +1,10 @@
 """``bqgate token``: print a short-lived dev ID token for a principal.
 
-The token is signed with the running dev stack's key (``<dev-dir>/oidc/dev-key.pem``)
-and carries the dev issuer's URL (``oidc_issuer`` in ``<dev-dir>/endpoints.json``) as
-``iss``, so the gateway in dev mode accepts it. Only the token goes to stdout::
+The token comes from the running dev stack's issuer (``oidc_issuer`` in
+``<dev-dir>/endpoints.json``), which mints only for a caller showing its token secret;
+this command reads the secret from ``<dev-dir>/oidc/token-secret``, so it works for
+whoever can read the dev state folder and for nobody else. Only the token goes to
+stdout::
 
     TOKEN=$(bqgate token --principal agent@demo-project.iam.gserviceaccount.com --ttl 15m)
 """
@@ -64,17 +66,28 @@ def run(args: argparse.Namespace) -> int:
         issuer_url = endpoints.get("oidc_issuer")
         if not issuer_url:
             raise issuer.DevStackNotFound(f"{dev_dir / issuer.ENDPOINTS_FILE} has no oidc_issuer")
-        token = issuer.mint_token(
+        secret = issuer.load_secret(dev_dir / issuer.OIDC_SUBDIR)
+        token = issuer.request_token(
+            issuer_url,
             args.principal,
             args.groups,
             ttl,
             args.audience,
-            issuer_url=issuer_url,
-            key_dir=dev_dir / issuer.OIDC_SUBDIR,
-            extra_claims=_claims(args.claims),
+            secret=secret,
+            claims=_claims(args.claims),
         )
     except FileNotFoundError:
-        print("bqgate: the dev issuer key is missing; is the dev stack running?", file=sys.stderr)
+        print(
+            "bqgate: the dev issuer's token secret is missing; is the dev stack running?",
+            file=sys.stderr,
+        )
+        return 2
+    except PermissionError:
+        print(
+            "bqgate: cannot read the dev issuer's token secret (it belongs to whoever runs "
+            "the dev stack)",
+            file=sys.stderr,
+        )
         return 2
     except (issuer.DevStackNotFound, ValueError) as exc:
         print(f"bqgate: {exc}", file=sys.stderr)

@@ -6,10 +6,17 @@ to loopback only and serves::
     GET  /.well-known/openid-configuration
     GET  /jwks                      (Cache-Control: max-age=300)
     POST /token  {"principal", "groups", "ttl"}  ->  {"id_token", "expires_in"}
+                 Authorization: Bearer <the token secret>
     GET  /healthz
 
 The key is generated once into ``<state-dir>/oidc/dev-key.pem``; its ``kid`` is the
 RFC 7638 thumbprint of the public key. The gateway trusts this issuer only in dev mode.
+
+``/token`` mints a token for any principal and any groups, so it answers only a caller
+that shows the *token secret*, ``<state-dir>/oidc/token-secret`` (mode 0600, made once):
+whoever can read the dev state folder (the developer) can mint tokens; an agent that can
+reach loopback ports but was handed only its own token cannot mint an approver's token
+and approve its own request. Without the secret: 401.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -36,6 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 KEY_FILE = "dev-key.pem"
+SECRET_FILE = "token-secret"
 OIDC_SUBDIR = "oidc"
 DEFAULT_AUDIENCE = "bqgate"
 MAX_TTL_SECONDS = 12 * 3600
@@ -137,6 +146,88 @@ def load_or_create_key(key_dir: Path) -> rsa.RSAPrivateKey:
     finally:
         tmp.unlink(missing_ok=True)
     return load_key(key_dir)
+
+
+def secret_path(key_dir: Path) -> Path:
+    """Where the token endpoint's secret lives inside ``key_dir``."""
+    return Path(key_dir) / SECRET_FILE
+
+
+def load_secret(key_dir: Path) -> str:
+    """The token endpoint's secret. Raises FileNotFoundError if the issuer never made it."""
+    return secret_path(key_dir).read_text(encoding="ascii").strip()
+
+
+def load_or_create_secret(key_dir: Path) -> str:
+    """The token endpoint's secret (32 random bytes, hex, mode 0600), made on first use."""
+    path = secret_path(key_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{SECRET_FILE}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return load_secret(key_dir)
+
+
+def request_token(
+    issuer_url: str,
+    principal: str,
+    groups: Sequence[str],
+    ttl_seconds: int,
+    audience: str = DEFAULT_AUDIENCE,
+    *,
+    secret: str,
+    timeout: float = 5.0,
+    claims: Mapping[str, str] | None = None,
+) -> str:
+    """A token from a running dev issuer's ``/token`` endpoint (what ``bqgate token`` does).
+
+    ``claims`` are custom claims to carry (``{"env": "production"}``).
+
+    Raises:
+        ValueError: the issuer refused (its error message), or is unreachable.
+    """
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(
+        {
+            "principal": principal,
+            "groups": list(groups),
+            "ttl": ttl_seconds,
+            "audience": audience,
+            "claims": dict(claims or {}),
+        }
+    ).encode("utf-8")
+    req = urllib.request.Request(
+        issuer_url.rstrip("/") + "/token",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        raise ValueError(
+            f"the dev issuer refused (HTTP {exc.code}): {error or exc.reason}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the dev issuer at {issuer_url} is unreachable: {exc}") from None
+    token = answer.get("id_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str):
+        raise ValueError("the dev issuer answered without an id_token")
+    return token
 
 
 def mint_token(
@@ -248,6 +339,7 @@ class DevIssuerServer(ThreadingHTTPServer):
             raise ValueError(f"the dev issuer binds to loopback only, not {host!r}")
         self.key_dir = Path(key_dir)
         self.key = load_or_create_key(self.key_dir)
+        self.secret = load_or_create_secret(self.key_dir)
         self.jwks = {"keys": [public_jwk(self.key)]}
         super().__init__((host, port), _Handler)
         bound_port = self.server_address[1]
@@ -300,6 +392,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/token":
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
+        auth = self.headers.get("Authorization") or ""
+        shown = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(shown.encode(), self.server.secret.encode()):
+            self.close_connection = True  # the body is left unread
+            self._send(
+                HTTPStatus.UNAUTHORIZED,
+                {
+                    "error": "the dev token endpoint needs the token secret from the dev state "
+                    "folder (oidc/token-secret) as a bearer token; `bqgate token` sends it"
+                },
+            )
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -321,6 +425,11 @@ class _Handler(BaseHTTPRequestHandler):
             audience = request.get("audience", DEFAULT_AUDIENCE)
             if not isinstance(audience, str) or not audience:
                 raise ValueError("'audience' must be a string")
+            claims = request.get("claims") or {}
+            if not isinstance(claims, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in claims.items()
+            ):
+                raise ValueError("'claims' must be an object of strings")
             token = mint_token(
                 principal,
                 groups,
@@ -328,6 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
                 audience,
                 issuer_url=self.server.issuer_url,
                 key_dir=self.server.key_dir,
+                extra_claims=claims,
             )
         except (ValueError, TypeError) as exc:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})

@@ -5,6 +5,14 @@ fixture uses :class:`Stack` directly with free ports and a temporary state folde
 All state lives in one folder (default ``.bqgate-dev/``), which also holds
 ``endpoints.json``: every endpoint by name, so tools and tests find the stack
 without parsing logs.
+
+The stack supervises what it starts, as a serverless platform would: a process that
+exits is started again (with a crash-loop backoff), the Pub/Sub emulator gets its topics
+back, and every restart is logged in ``logs/supervisor.log``. Firestore's state survives
+restarts of the emulator and of the whole stack: it is exported (the emulator's export
+API) every ``snapshot_interval_s`` and when the stack stops, and imported when the
+emulator starts, so at most the last few seconds of writes are lost if the whole stack
+is killed outright. The BigQuery emulator keeps its data in the state folder.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from bqgate.chain import load_or_create_dev_key
 
 PROJECT = "demo-project"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
@@ -156,9 +167,19 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child
 
 @dataclass
 class Proc:
+    """A supervised process: how to start it again, and how to tell it is up."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    health_url: str | None = None
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    failed_starts: int = 0
+    next_start_at: float = 0.0
 
 
 @dataclass
@@ -180,6 +201,13 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     pubsub_faults: Any = None
+    #: Restart processes that exit (False: a dead process stays dead).
+    supervise: bool = True
+    #: Seconds between Firestore snapshots (0: only when the stack stops).
+    snapshot_interval_s: float = 10.0
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    _supervisor: threading.Thread | None = field(default=None, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -200,6 +228,7 @@ class Stack:
             "pubsub": f"127.0.0.1:{self.ports['pubsub']}",
             "project": PROJECT,
             "state_dir": str(self.state_dir.resolve()),
+            "anchors": str((self.state_dir / "anchors").resolve()),
         }
 
     def function_env(self) -> dict[str, str]:
@@ -241,40 +270,196 @@ class Stack:
 
     # --- processes -----------------------------------------------------------------
 
+    def _popen(
+        self, log_path: Path, argv: list[str], env: Mapping[str, str] | None, cwd: Path | None
+    ) -> subprocess.Popen[bytes]:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed on stop
+        try:
+            return subprocess.Popen(
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=str(cwd or self.repo_root),
+                start_new_session=True,
+                preexec_fn=_pdeathsig,
+            )
+        finally:
+            logf.close()
+
     def _spawn(
         self,
         name: str,
         argv: list[str],
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        health_url: str | None = None,
     ) -> Proc:
         log_path = self.state_dir / "logs" / f"{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed on stop
-        full_env = {**os.environ, **(env or {})}
-        popen = subprocess.Popen(
-            argv,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            cwd=str(cwd or self.repo_root),
-            start_new_session=True,
-            preexec_fn=_pdeathsig,
-        )
-        logf.close()
-        proc = Proc(name, popen, log_path)
-        self.procs.append(proc)
+        popen = self._popen(log_path, argv, env, cwd)
+        proc = Proc(name, popen, log_path, argv, env, cwd, health_url)
+        with self._lock:
+            self.procs.append(proc)
         return proc
 
-    def _wait_http(self, proc: Proc, url: str, timeout: float = 60.0) -> None:
+    def proc(self, name: str) -> Proc:
+        """The supervised process called ``name`` (``fn-executor``, ``firestore`` ...)."""
+        with self._lock:
+            for proc in self.procs:
+                if proc.name == name:
+                    return proc
+        raise KeyError(name)
+
+    # --- supervision -----------------------------------------------------------------
+
+    def _note(self, message: str) -> None:
+        path = self.state_dir / "logs" / "supervisor.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{stamp} {message}\n")
+
+    def restart(self, proc: Proc) -> None:
+        """Start ``proc`` again (whatever is left of its process group is killed first),
+        wait until it answers, and restore what a fresh emulator lacks."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=5)
+        argv = self._firestore_argv() if proc.name == "firestore" else proc.argv
+        proc.popen = self._popen(proc.log_path, argv, proc.env, proc.cwd)
+        if proc.health_url:
+            self._wait_http(proc, proc.health_url, retries=0)  # the loop retries, with backoff
+        if proc.name == "pubsub":
+            self.create_topics()  # a new emulator has no topics or subscriptions
+        proc.started_at = time.monotonic()
+        proc.restarts += 1
+
+    def _supervise(self) -> None:
+        last_snapshot = time.monotonic()
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                procs = list(self.procs)
+            for proc in procs if self.supervise else ():
+                if self._stopping.is_set() or proc.popen.poll() is None:
+                    continue
+                if time.monotonic() < proc.next_start_at:
+                    continue
+                code = proc.popen.returncode
+                self._note(f"{proc.name} exited ({code}); restarting (restart {proc.restarts + 1})")
+                try:
+                    self.restart(proc)
+                    self._note(f"{proc.name} is back")
+                    proc.next_start_at = 0.0
+                    proc.failed_starts = 0
+                except (StackError, OSError) as exc:
+                    # Crash-loop backoff: the n-th failed start in a row waits 2^n s (max 30).
+                    proc.failed_starts += 1
+                    delay = min(2.0**proc.failed_starts, 30.0)
+                    proc.next_start_at = time.monotonic() + delay
+                    self._note(f"{proc.name} did not come back ({exc}); next try in {delay:.0f}s")
+            if (
+                self.snapshot_interval_s > 0
+                and time.monotonic() - last_snapshot >= self.snapshot_interval_s
+            ):
+                last_snapshot = time.monotonic()
+                self.snapshot_firestore()
+
+    # --- Firestore persistence -------------------------------------------------------
+
+    @property
+    def firestore_dir(self) -> Path:
+        return self.state_dir / "firestore"
+
+    def _firestore_argv(self) -> list[str]:
+        p = self.ports
+        argv = [
+            shutil.which("java") or "java",
+            "-cp",
+            FIRESTORE_JAR,
+            FIRESTORE_MAIN,
+            "--host=127.0.0.1",
+            f"--port={p['firestore']}",
+            f"--project_id={PROJECT}",
+        ]
+        current = self.latest_snapshot()
+        if current is not None:
+            argv.append(f"--import-data={current}")
+        return argv
+
+    def latest_snapshot(self) -> Path | None:
+        """The metadata file of the newest complete Firestore snapshot, if any."""
+        pointer = self.firestore_dir / "current"
+        try:
+            path = Path(pointer.read_text().strip())
+        except OSError:
+            return None
+        return path if path.is_file() else None
+
+    def snapshot_firestore(self, timeout: float = 20.0) -> Path | None:
+        """Export the Firestore emulator's data into the state folder; the newest complete
+        export is what the next start imports. Returns its metadata file (None: failed)."""
+        with self._lock:
+            root = self.firestore_dir / "snapshots"
+            root.mkdir(parents=True, exist_ok=True)
+            target = root / f"{time.time_ns()}"
+            target.mkdir()
+            body = json.dumps(
+                {
+                    "database": f"projects/{PROJECT}/databases/(default)",
+                    "export_directory": str(target.resolve()),
+                }
+            ).encode()
+            request = urllib.request.Request(
+                f"{self.url('firestore')}/emulator/v1/projects/{PROJECT}:export",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as resp:
+                    resp.read()
+            except (OSError, urllib.error.URLError) as exc:
+                shutil.rmtree(target, ignore_errors=True)
+                self._note(f"firestore snapshot failed: {exc}")
+                return None
+            found = sorted(target.glob("*/*.overall_export_metadata"))
+            if not found:
+                shutil.rmtree(target, ignore_errors=True)
+                return None
+            pointer = self.firestore_dir / "current"
+            tmp = pointer.with_suffix(".tmp")
+            tmp.write_text(str(found[0].resolve()) + "\n")
+            tmp.replace(pointer)
+            for old in sorted(root.iterdir())[:-2]:  # keep the newest two
+                shutil.rmtree(old, ignore_errors=True)
+            return found[0]
+
+    def _wait_http(
+        self, proc: Proc, url: str, timeout: float = 60.0, retries: int | None = None
+    ) -> None:
+        """Wait until ``url`` answers. A process that dies while starting is started again
+        (twice at most when supervised) before the start counts as failed."""
         deadline = time.monotonic() + timeout
+        left = (2 if self.supervise else 0) if retries is None else retries
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
-                raise StackError(
-                    f"{proc.name} exited with {proc.popen.returncode}; "
-                    f"see {proc.log_path}:\n{_tail(proc.log_path)}"
+                if left <= 0:
+                    raise StackError(
+                        f"{proc.name} exited with {proc.popen.returncode}; "
+                        f"see {proc.log_path}:\n{_tail(proc.log_path)}"
+                    )
+                left -= 1
+                self._note(
+                    f"{proc.name} exited ({proc.popen.returncode}) while starting; starting again"
                 )
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                argv = self._firestore_argv() if proc.name == "firestore" else proc.argv
+                proc.popen = self._popen(proc.log_path, argv, proc.env, proc.cwd)
+                continue
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
                     resp.read()
@@ -296,6 +481,7 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / ".gitignore").write_text("*\n")
         self._secret("hmac.key", 32)
+        load_or_create_dev_key(self.state_dir)
         if self.faults and self.pubsub_faults is None:
             from bqgate.dev.faults import FaultProxy
 
@@ -318,19 +504,12 @@ class Stack:
             )
         p = self.ports
         fs = self._spawn(
-            "firestore",
-            [
-                java,
-                "-cp",
-                FIRESTORE_JAR,
-                FIRESTORE_MAIN,
-                "--host=127.0.0.1",
-                f"--port={p['firestore']}",
-                f"--project_id={PROJECT}",
-            ],
+            "firestore", self._firestore_argv(), health_url=self.url("firestore") + "/"
         )
         ps = self._spawn(
-            "pubsub", [java, "-jar", pubsub_jar[-1], "--host=127.0.0.1", f"--port={p['pubsub']}"]
+            "pubsub",
+            [java, "-jar", pubsub_jar[-1], "--host=127.0.0.1", f"--port={p['pubsub']}"],
+            health_url=self.url("pubsub") + "/",
         )
         bq_data = self.state_dir / "bigquery"
         bq_data.mkdir(exist_ok=True)
@@ -354,6 +533,7 @@ class Stack:
             ],
             env={"HOME": str(bq_home)},
             cwd=self.state_dir,
+            health_url=self.url("bigquery") + f"/bigquery/v2/projects/{PROJECT}/datasets",
         )
         py = sys.executable
         oidc = self._spawn(
@@ -367,6 +547,7 @@ class Stack:
                 "--state-dir",
                 str(self.state_dir),
             ],
+            health_url=self.url("oidc_issuer") + "/.well-known/openid-configuration",
         )
         slack = self._spawn(
             "slack",
@@ -380,6 +561,7 @@ class Stack:
                 str(self.state_dir),
             ],
             env=self.function_env(),
+            health_url=self.url("slack") + "/",
         )
         self._wait_http(fs, self.url("firestore") + "/")
         self._wait_http(ps, self.url("pubsub") + "/")
@@ -421,6 +603,7 @@ class Stack:
                             str(p[port_name]),
                         ],
                         env=env,
+                        health_url=self.url(port_name) + "/",
                     ),
                     port_name,
                 )
@@ -441,6 +624,12 @@ class Stack:
                 str(self.sweep_interval_s),
             ],
         )
+        if self.supervise or self.snapshot_interval_s > 0:
+            self._stopping.clear()
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="bqgate-supervisor", daemon=True
+            )
+            self._supervisor.start()
 
     def create_topics(self) -> None:
         """Topics and push subscriptions: execute -> executor, approvals -> slack_notify,
@@ -465,7 +654,15 @@ class Stack:
         return path
 
     def stop(self) -> None:
-        """Stop every process this stack started (whole process groups), then forget them."""
+        """Snapshot Firestore, then stop every process this stack started (whole process
+        groups) and forget them."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=30)
+            self._supervisor = None
+        fs = next((p for p in self.procs if p.name == "firestore"), None)
+        if fs is not None and fs.popen.poll() is None:
+            self.snapshot_firestore()
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGTERM)
@@ -547,9 +744,18 @@ def run_foreground(stack: Stack, out: IO[str] | None = None) -> int:
     try:
         stack.start(out)
         print(banner(stack.endpoints()), file=out, flush=True)
+        seen = {p.name: p.restarts for p in stack.procs}
         while True:
+            time.sleep(0.5)
             for proc in stack.procs:
-                if proc.popen.poll() is not None:
+                if proc.restarts != seen.get(proc.name):
+                    seen[proc.name] = proc.restarts
+                    print(
+                        f"bqgate: {proc.name} had exited and was restarted; see {proc.log_path}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                elif not stack.supervise and proc.popen.poll() is not None:
                     print(
                         f"bqgate: {proc.name} exited ({proc.popen.returncode}); "
                         f"see {proc.log_path}",
@@ -557,7 +763,6 @@ def run_foreground(stack: Stack, out: IO[str] | None = None) -> int:
                         flush=True,
                     )
                     return 1
-            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nbqgate: stopping the dev stack ...", file=out, flush=True)
         return 0

@@ -444,17 +444,30 @@ class Gateway:
 
 
 def session_id_for(principal: Principal, labels: Mapping[str, str]) -> str:
-    """The session a request belongs to: the client's ``session_id`` label, else one
-    session per principal and token lifetime.
+    """The session a request belongs to: the caller's own session for its ``session_id``
+    label, else one session per principal and token lifetime.
+
+    The label only groups the caller's requests: the stored id is derived from the
+    issuer, the principal and the label, so a label naming another principal's session
+    (or its stored id) lands in a session of the caller's own.
 
     >>> p = Principal(email="a@x", groups=frozenset(), issuer="i", subject="a", expires_at=99)
     >>> session_id_for(p, {"session_id": "s-1"})
-    's-1'
+    's-1.e682d0b6378392ae53c9dbc6'
+    >>> q = Principal(email="b@x", groups=frozenset(), issuer="i", subject="b", expires_at=99)
+    >>> session_id_for(q, {"session_id": "s-1"}) != session_id_for(p, {"session_id": "s-1"})
+    True
+    >>> session_id_for(q, {"session_id": session_id_for(p, {"session_id": "s-1"})})[:12]
+    's-1e682d0b63'
     >>> session_id_for(p, {})
     'auto-d204ada9ccc811c7e64e'
     """
-    if labels.get("session_id"):
-        return labels["session_id"]
+    label = labels.get("session_id")
+    if label:
+        owner = f"{principal.issuer}\n{principal.email}\n{label}"
+        mine = hashlib.sha256(owner.encode("utf-8")).hexdigest()[:24]
+        slug = "".join(c for c in label if c.isascii() and (c.isalnum() or c in "-_"))[:40]
+        return f"{slug}.{mine}" if slug else f"l.{mine}"
     digest = hashlib.sha256(f"{principal.issuer}|{principal.email}|{principal.expires_at}".encode())
     return "auto-" + digest.hexdigest()[:20]
 

@@ -179,7 +179,7 @@ def test_show_replay_export_and_verify(stack: Stack, session: dict[str, str],
     assert main(["sessions", "export", sid, "--format", "jsonl", *dev(stack)]) == 0
     lines = capsys.readouterr().out.splitlines()
     exported = [json.loads(line) for line in lines]
-    assert [e["seq"] for e in exported] == list(range(1, 16))
+    assert [e["seq"] for e in exported] == list(range(1, 17))
     assert all(e["session_id"] == sid and len(e["mac"]) == 64 for e in exported)
     path = tmp_path / "session.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -23,6 +23,16 @@ TEST_DEPS = [
     "selenium>=4.20",
     "gcp-storage-emulator==2026.7.19",  # a Cloud Storage stand-in for the checkpoint sink
 ]
+# The client matrix (tests/clients): pinned, so the README's "Works with" table is reproducible.
+CLIENT_DEPS = [
+    "google-cloud-bigquery[pandas,bqstorage]==3.47.0",
+    "google-cloud-bigquery-storage==2.43.0",
+    "pandas-gbq==0.35.3",
+    "sqlalchemy-bigquery==1.17.3",
+    "ibis-framework[bigquery]==12.0.0",
+    "dbt-core==1.10.23",
+    "dbt-bigquery==1.10.3",
+]
 
 
 @nox.session(python=PYTHON)
@@ -39,16 +49,38 @@ def _ensure_chromium(session: nox.Session) -> None:
     session.log("installing Debian's chromium and chromium-driver for the browser test")
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     session.run(*sudo, "apt-get", "update", "-qq", external=True)
-    session.run(*sudo, "apt-get", "install", "-y", "-qq", "chromium", "chromium-driver",
-                external=True)
+    session.run(
+        *sudo, "apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", external=True
+    )
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit, adapter, function and end-to-end tests; starts and stops the emulators itself."""
+    """Unit, adapter, function and end-to-end tests; starts and stops the emulators itself.
+    Without arguments it then runs the client matrix too (``clients``)."""
     _ensure_chromium(session)
     session.install("-e", ".", *TEST_DEPS)
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", "--ignore=tests/clients", *(session.posargs or ["-q"]))
+    if not session.posargs:
+        session.notify("clients")
+
+
+@nox.session(python=PYTHON)
+def clients(session: nox.Session) -> None:
+    """The client matrix: real BigQuery clients (Python, bq CLI, dbt, Node) against the local
+    stack; writes build/clients/matrix.json and checks the README's "Works with" table.
+    ``nox -s clients -- --write-readme`` rewrites the table from this run."""
+    write = "--write-readme" in session.posargs
+    args = [a for a in session.posargs if a != "--write-readme"]
+    session.install("-e", ".", *TEST_DEPS, *CLIENT_DEPS)
+    node_dir = "tests/clients/node"
+    if not os.path.isdir(os.path.join(node_dir, "node_modules", "@google-cloud", "bigquery")):
+        session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", node_dir, external=True)
+    # Writing the table records failures too; checking it fails on any.
+    session.run(
+        "pytest", "tests/clients", *(args or ["-q"]), success_codes=[0, 1] if write else [0]
+    )
+    session.run("python", "tools/works_with.py", "--write" if write else "--check")
 
 
 @nox.session(python=PYTHON)

@@ -168,7 +168,7 @@ print(json.dumps({"inside_s": time.perf_counter() - t0, "status": r.status_code}
 
 FUNCTIONS = (
     ("ingress", "ingress", "http"),
-    ("executor", "executor", "cloudevent"),
+    ("executor", "executor", "http"),
     ("approvals", "approvals", "http"),
     ("slack_notify", "slack_notify", "cloudevent"),
 )

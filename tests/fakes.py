@@ -159,6 +159,17 @@ class MemoryJobStore:
                 doc.update(fields)
             return OutboxRecord.from_doc(doc)
 
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]:
+        jobs = [
+            Job.from_doc(copy.deepcopy(d))
+            for d in self.docs.values()
+            if d["owner"] == owner
+            and (created_before_ms is None or d["created_ms"] < created_before_ms)
+        ]
+        return sorted(jobs, key=lambda j: -j.created_ms)[:limit]
+
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.pages[(job_id, index)] = (start, rows_json)
 
@@ -204,6 +215,7 @@ class FakeWarehouse:
         self.counts: tuple[int, int] = (0, 0)
         self.sqls: list[str] = []
         self.params: list[list[Mapping[str, Any]]] = []
+        self.last_run: dict[str, Any] = {}
 
     def dry_run(
         self,
@@ -224,10 +236,13 @@ class FakeWarehouse:
     ) -> DryRun:
         self.dry_runs += 1
         self.sqls.append(sql)
-        return DryRun(self.estimate, self.statement_type, self.referenced)
+        return DryRun(
+            self.estimate, self.statement_type, self.referenced, schema=tuple(self.schema)
+        )
 
     def run(self, job_id: str, sql: str, **kwargs: Any) -> QueryOutcome:
         self.jobs[job_id] = self.jobs.get(job_id, 0) + 1
+        self.last_run = dict(kwargs)
         self.sqls.append(sql)
         self.params.append(list(kwargs.get("query_parameters") or ()))
         if "AS touched" in sql:

@@ -1,4 +1,10 @@
-"""Executor: runs allowed and approved jobs on BigQuery (Pub/Sub CloudEvent). Thin."""
+"""Executor: runs allowed and approved jobs on BigQuery; answers the ingress's metadata
+requests. Thin.
+
+Pub/Sub push deliveries and the ingress's direct calls (a binary-mode CloudEvent) carry
+the same body, ``{"message": {"data": base64({"job_id": ...})}}``; ``POST /bqgate/catalog``
+is a metadata request (only the ingress may invoke this function, by Cloud Run IAM).
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,39 @@ import base64
 import json
 import logging
 
+import flask
 import functions_framework
 from bqgate.adapters import wiring
-from cloudevents.http import CloudEvent
+from bqgate.service.catalog import CATALOG_PATH
+from bqgate.wire.bigquery import dumps
 
 log = logging.getLogger("bqgate.executor")
 
 
-def job_id_of(event: CloudEvent) -> str | None:
-    """The job id carried by a Pub/Sub ``messagePublished`` event, or None if malformed."""
+def job_id_of(body: bytes) -> str | None:
+    """The job id carried by a Pub/Sub push body or CloudEvent, or None if malformed."""
     try:
-        data = event.data["message"]["data"]
-        message = json.loads(base64.b64decode(data))
+        envelope = json.loads(body)
+        if isinstance(envelope, dict) and "specversion" in envelope:  # structured mode
+            envelope = envelope["data"]
+        message = json.loads(base64.b64decode(envelope["message"]["data"]))
         job_id = message["job_id"]
     except (KeyError, TypeError, ValueError):
         return None
     return job_id if isinstance(job_id, str) and job_id else None
 
 
-@functions_framework.cloud_event
-def executor(event: CloudEvent) -> None:
-    job_id = job_id_of(event)
+@functions_framework.http
+def executor(request: flask.Request) -> flask.Response:
+    body = request.get_data(cache=False)
+    if request.path.rstrip("/") == CATALOG_PATH:
+        resp = wiring.catalog_app().handle(body)
+        return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")
+    job_id = job_id_of(body)
     if job_id is None:
         # Acknowledge: redelivering a malformed message would never fix it.
-        log.error("malformed execute message %s: dropped", event.get("id"))
-        return
+        log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
+        return flask.Response("OK", status=200)
     outcome = wiring.executor().run(job_id)
     log.info("job %s: %s", job_id, outcome)
+    return flask.Response("OK", status=200)

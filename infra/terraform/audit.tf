@@ -110,3 +110,12 @@ resource "google_storage_bucket_iam_member" "audit_anchors_sink_writer" {
   role   = "roles/storage.objectCreator"
   member = google_logging_project_sink.audit_anchors_to_bucket.writer_identity
 }
+
+# The approver console (approvals function) verifies the sessions it shows against the
+# checkpoints: it may read them (it already holds the chain key, and the bucket's
+# retention keeps it from replacing or deleting any).
+resource "google_storage_bucket_iam_member" "console_anchor_reader" {
+  bucket = google_storage_bucket.audit_anchors.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.function["approvals"].member
+}

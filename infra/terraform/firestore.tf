@@ -24,7 +24,7 @@ resource "google_firestore_field" "expire_at" {
   index_config {}
 }
 
-# An agent's or approver's job list, newest first.
+# An agent's or approver's job list, newest first (jobs.list).
 resource "google_firestore_index" "jobs_by_owner" {
   project     = var.project_id
   database    = google_firestore_database.gateway.name
@@ -149,6 +149,76 @@ resource "google_firestore_index" "sessions_by_principal" {
 
   fields {
     field_path = "started_at"
+    order      = "DESCENDING"
+  }
+}
+
+# The approver console's history: decided requests, latest decision first, filtered by
+# requester, decision, table or decider (Firestore merges these for combined filters).
+resource "google_firestore_index" "decided_by_owner" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "owner"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "approval.decided_at_ms"
+    order      = "DESCENDING"
+  }
+}
+
+resource "google_firestore_index" "decided_by_status" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "approval.status"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "approval.decided_at_ms"
+    order      = "DESCENDING"
+  }
+}
+
+resource "google_firestore_index" "decided_by_table" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path   = "classification.tables"
+    array_config = "CONTAINS"
+  }
+
+  fields {
+    field_path = "approval.decided_at_ms"
+    order      = "DESCENDING"
+  }
+}
+
+resource "google_firestore_index" "decided_by_decider" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path   = "approval.deciders"
+    array_config = "CONTAINS"
+  }
+
+  fields {
+    field_path = "approval.decided_at_ms"
     order      = "DESCENDING"
   }
 }

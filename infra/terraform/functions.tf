@@ -1,14 +1,15 @@
 # The five Cloud Functions (gen2). Each runs as its own service account (iam.tf)
 # from its own bundle (bundles.tf).
 #
-# executor and slack_notify are CloudEvent functions fed by Pub/Sub, but they are
-# deployed without an `event_trigger`: the subscription an Eventarc trigger
-# creates is managed by Eventarc and cannot carry a dead-letter policy. Instead
-# pubsub.tf declares push subscriptions to the functions' URLs (authenticated
-# with an OIDC token of a dedicated push service account) that do have a
-# dead-letter topic and a retry policy. functions-framework turns the Pub/Sub
-# push body into the same CloudEvent an Eventarc trigger would deliver
-# (`event.data["message"]["data"]`), so the code is the same either way.
+# executor and slack_notify are fed by Pub/Sub, but they are deployed without an
+# `event_trigger`: the subscription an Eventarc trigger creates is managed by
+# Eventarc and cannot carry a dead-letter policy. Instead pubsub.tf declares push
+# subscriptions to the functions' URLs (authenticated with an OIDC token of a
+# dedicated push service account) that do have a dead-letter topic and a retry
+# policy. slack_notify is a CloudEvent function (functions-framework turns the push
+# body into the CloudEvent an Eventarc trigger would deliver); the executor is an HTTP
+# function that reads the same push body itself, so it can also answer the ingress's
+# metadata requests (POST /bqgate/catalog).
 
 resource "google_cloudfunctions2_function" "ingress" {
   project     = var.project_id
@@ -118,8 +119,9 @@ resource "google_cloudfunctions2_function" "executor" {
   ]
 }
 
-# Public so Slack can reach it: the code verifies Slack's request signature.
-# Slack waits 3 s for an interactivity answer.
+# Public so Slack can reach it (the code verifies Slack's request signature) and
+# approvers' browsers can open the console under /console (OIDC sign-in, signed
+# session cookie). Slack waits 3 s for an interactivity answer.
 resource "google_cloudfunctions2_function" "approvals" {
   project     = var.project_id
   location    = var.region
@@ -146,7 +148,10 @@ resource "google_cloudfunctions2_function" "approvals" {
     max_instance_count             = var.max_instance_count
     ingress_settings               = "ALLOW_ALL"
     all_traffic_on_latest_revision = true
-    environment_variables          = local.common_env
+    environment_variables = merge(local.common_env, {
+      BQGATE_CONSOLE_CLIENT_ID = var.console_oidc_client_id
+      BQGATE_CONSOLE_ISSUER    = var.console_oidc_issuer
+    })
 
     secret_environment_variables {
       key        = "BQGATE_AUDIT_KEY"
@@ -168,12 +173,28 @@ resource "google_cloudfunctions2_function" "approvals" {
       secret     = google_secret_manager_secret.slack_signing_secret.secret_id
       version    = "latest"
     }
+
+    secret_environment_variables {
+      key        = "BQGATE_CONSOLE_CLIENT_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.console_client_secret.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
+      key        = "BQGATE_CONSOLE_SESSION_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.console_session_key.secret_id
+      version    = "latest"
+    }
   }
 
   depends_on = [
     google_project_iam_member.build,
     google_project_iam_member.datastore_user,
     google_project_service.gateway,
+    google_secret_manager_secret_iam_member.approvals_console_client_secret,
+    google_secret_manager_secret_iam_member.approvals_console_session_key,
     google_secret_manager_secret_iam_member.approvals_slack_bot_token,
     google_secret_manager_secret_iam_member.audit_chain_key,
     google_secret_manager_secret_iam_member.approvals_slack_signing_secret,

@@ -124,7 +124,7 @@ resource "google_cloud_run_v2_service_iam_member" "ingress_invoker" {
   member   = each.value
 }
 
-# --- approvals: publishes approved jobs; public so Slack can reach it.
+# --- approvals: publishes approved jobs; public so Slack and approvers' browsers reach it.
 
 resource "google_pubsub_topic_iam_member" "approvals_execute" {
   project = var.project_id
@@ -147,6 +147,22 @@ resource "google_secret_manager_secret_iam_member" "approvals_slack_signing_secr
   member    = google_service_account.function["approvals"].member
 }
 
+resource "google_secret_manager_secret_iam_member" "approvals_console_client_secret" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.console_client_secret.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function["approvals"].member
+}
+
+resource "google_secret_manager_secret_iam_member" "approvals_console_session_key" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.console_session_key.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function["approvals"].member
+}
+
+# Public: Slack must reach it, and approvers' browsers reach the console (which signs
+# them in itself, with the same identity checks as the approver API).
 resource "google_cloud_run_v2_service_iam_member" "approvals_public" {
   project  = var.project_id
   location = var.region

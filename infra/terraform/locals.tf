@@ -5,7 +5,7 @@ locals {
   # folder's functions-framework target has the same name (functions.tf).
   functions = {
     approvals = {
-      description = "Slack interactivity endpoint and approver API."
+      description = "Slack interactivity endpoint, approver API and approver console."
     }
     executor = {
       description = "Runs approved and allowed BigQuery jobs; the only identity with BigQuery access."

@@ -1,7 +1,7 @@
 # Outputs, in alphabetical order.
 
 output "approvals_url" {
-  description = "URL of the approvals function (approver API)."
+  description = "URL of the approvals function (approver API; the console is at console_url)."
   value       = google_cloudfunctions2_function.approvals.url
 }
 
@@ -13,6 +13,16 @@ output "audit_anchor_bucket" {
 output "bundle_bucket" {
   description = "Bucket holding the function bundles."
   value       = google_storage_bucket.bundles.name
+}
+
+output "console_redirect_uri" {
+  description = "Redirect URI to register with the console's OAuth client (Authorized redirect URIs)."
+  value       = "${google_cloudfunctions2_function.approvals.service_config[0].uri}/console/auth/callback"
+}
+
+output "console_url" {
+  description = "The approver console (open it on the function's run.app address, where its paths start at /)."
+  value       = "${google_cloudfunctions2_function.approvals.service_config[0].uri}/console/"
 }
 
 output "dead_letter_subscriptions" {
@@ -36,10 +46,12 @@ output "gateway_url" {
 output "secret_ids" {
   description = "Secret Manager secrets to add values to, by purpose."
   value = {
-    audit_chain_key      = google_secret_manager_secret.audit_chain_key.secret_id
-    masking_hmac_key     = google_secret_manager_secret.masking_hmac_key.secret_id
-    slack_bot_token      = google_secret_manager_secret.slack_bot_token.secret_id
-    slack_signing_secret = google_secret_manager_secret.slack_signing_secret.secret_id
+    audit_chain_key       = google_secret_manager_secret.audit_chain_key.secret_id
+    console_client_secret = google_secret_manager_secret.console_client_secret.secret_id
+    console_session_key   = google_secret_manager_secret.console_session_key.secret_id
+    masking_hmac_key      = google_secret_manager_secret.masking_hmac_key.secret_id
+    slack_bot_token       = google_secret_manager_secret.slack_bot_token.secret_id
+    slack_signing_secret  = google_secret_manager_secret.slack_signing_secret.secret_id
   }
 }
 

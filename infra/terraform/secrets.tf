@@ -56,3 +56,29 @@ resource "google_secret_manager_secret" "audit_chain_key" {
 
   depends_on = [google_project_service.gateway]
 }
+
+# The approver console's OAuth client secret (from the identity provider), and the key
+# that signs its session cookie (32 random bytes or more; rotating it signs everyone out).
+resource "google_secret_manager_secret" "console_client_secret" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-console-client-secret"
+  labels    = var.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.gateway]
+}
+
+resource "google_secret_manager_secret" "console_session_key" {
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-console-session-key"
+  labels    = var.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.gateway]
+}

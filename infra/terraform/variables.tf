@@ -36,6 +36,26 @@ variable "bigquery_location" {
   }
 }
 
+variable "console_oidc_client_id" {
+  description = "OAuth client id the approver console signs approvers in with (BQGATE_CONSOLE_CLIENT_ID), e.g. a Google \"Web application\" client. It must also be one of that issuer's audiences in the policy. Empty leaves the console off."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._:@-]{0,255}$", var.console_oidc_client_id))
+    error_message = "console_oidc_client_id must be an OAuth client id (letters, digits, . _ : @ -), or empty."
+  }
+}
+
+variable "console_oidc_issuer" {
+  description = "OpenID Connect issuer of the approver console's sign-in (BQGATE_CONSOLE_ISSUER); it must be a trusted issuer of the policy."
+  type        = string
+  default     = "https://accounts.google.com"
+  validation {
+    condition     = can(regex("^https://[a-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?[^/]$", var.console_oidc_issuer))
+    error_message = "console_oidc_issuer must be an https URL without a trailing slash, e.g. https://accounts.google.com."
+  }
+}
+
 variable "firestore_database" {
   description = "Firestore database id for job state, approvals, result pages and sessions (BQGATE_FIRESTORE_DATABASE)."
   type        = string

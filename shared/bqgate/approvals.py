@@ -117,6 +117,8 @@ class ApprovalRecord:
     required: int = 1
     votes: tuple[Vote, ...] = ()
     denied_by: str | None = None
+    #: Where the denial was given (``slack``, ``api``, ``console``).
+    denied_via: str | None = None
     reason: str | None = None
     decided_at_ms: int | None = None
     #: :func:`binding` of what was approved (set when the last required vote lands).
@@ -138,6 +140,13 @@ class ApprovalRecord:
     def approvers(self) -> tuple[str, ...]:
         return tuple(v.approver for v in self.votes)
 
+    @property
+    def decided_via(self) -> str | None:
+        """Where the deciding action came from (the denial, or the last approval)."""
+        if self.status == DENIED:
+            return self.denied_via
+        return self.votes[-1].via if self.votes else None
+
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = dict(self.extra)
         doc.update({
@@ -145,6 +154,7 @@ class ApprovalRecord:
             "required": self.required,
             "approvals": [v.to_doc() for v in self.votes],
             "denied_by": self.denied_by,
+            "denied_via": self.denied_via,
             "reason": self.reason,
             "decided_at_ms": self.decided_at_ms,
             "binding": self.binding,
@@ -154,6 +164,8 @@ class ApprovalRecord:
             "post_attempts": self.post_attempts,
             "first_post_ms": self.first_post_ms,
             "slack_closed_ms": self.slack_closed_ms,
+            # Derived, for queries ("what did alice decide?"); never read back.
+            "deciders": sorted({*self.approvers, *([self.denied_by] if self.denied_by else [])}),
         })
         return doc
 
@@ -161,7 +173,8 @@ class ApprovalRecord:
     def from_doc(cls, doc: Mapping[str, Any] | None, *, required: int = 1) -> ApprovalRecord:
         """Read a stored record; an empty one is a fresh request needing ``required`` votes."""
         doc = dict(doc or {})
-        known = {"status", "required", "approvals", "denied_by", "reason", "decided_at_ms",
+        known = {"status", "required", "approvals", "denied_by", "denied_via", "reason",
+                 "decided_at_ms", "deciders",
                  "binding", "slack_channel", "slack_ts", "notified_at_ms", "post_attempts",
                  "first_post_ms", "slack_closed_ms"}
         votes = tuple(
@@ -174,6 +187,7 @@ class ApprovalRecord:
             required=int(doc.get("required") or required),
             votes=votes,
             denied_by=doc.get("denied_by"),
+            denied_via=doc.get("denied_via"),
             reason=doc.get("reason"),
             decided_at_ms=doc.get("decided_at_ms"),
             binding=doc.get("binding"),
@@ -415,12 +429,18 @@ def final_outcome(job: Job) -> tuple[str, str | None, str | None]:
 # --------------------------------------------------------------------------- decisions
 
 
-def authorize(job: Job, *, approver: str, approver_groups: frozenset[str],
-              action: Action, policy: PolicyLike) -> None:
-    """Raise :class:`AccessDenied` unless ``approver`` may ``action`` this job.
+def require_approver(approver: str, approver_groups: frozenset[str], policy: PolicyLike,
+                     *, action: str = "decide") -> str:
+    """The approver's identity (lower-cased); :class:`AccessDenied` unless they are in one
+    of the policy's approver groups.
 
-    Approvers must be in one of the policy's approver groups; nobody approves their own
-    request, nor a request of an agent identity they own (``approvals.owners``).
+    >>> from bqgate.policy import parse_policy
+    >>> require_approver("Alice@x.io", frozenset({"approvers"}), parse_policy(EXAMPLE_POLICY))
+    'alice@x.io'
+    >>> require_approver("agent@x.io", frozenset({"agents"}), parse_policy(EXAMPLE_POLICY))
+    Traceback (most recent call last):
+    bqgate.errors.AccessDenied: agent@x.io may not decide requests: not a member of an approver \
+group (approvers)
     """
     who = approver.strip().lower()
     allowed = policy.approvals.approver_groups
@@ -430,6 +450,17 @@ def authorize(job: Job, *, approver: str, approver_groups: frozenset[str],
         raise AccessDenied(
             f"{who} may not {action} requests: not a member of an approver group "
             f"({', '.join(allowed) or 'none configured'})")
+    return who
+
+
+def authorize(job: Job, *, approver: str, approver_groups: frozenset[str],
+              action: Action, policy: PolicyLike) -> None:
+    """Raise :class:`AccessDenied` unless ``approver`` may ``action`` this job.
+
+    Approvers must be in one of the policy's approver groups; nobody approves their own
+    request, nor a request of an agent identity they own (``approvals.owners``).
+    """
+    who = require_approver(approver, approver_groups, policy, action=action)
     if action == "deny":
         return
     owner = job.owner.strip().lower()
@@ -495,7 +526,8 @@ def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: 
         raise InvalidRequest("The request is still being estimated; try again in a few seconds")
     if action == "deny":
         text = clean_reason(reason)
-        denied = replace(rec, status=DENIED, denied_by=who, reason=text, decided_at_ms=now_ms)
+        denied = replace(rec, status=DENIED, denied_by=who, denied_via=via, reason=text,
+                         decided_at_ms=now_ms)
         message = f"Denied by {who}: {text}"
         return Decision(DENIED, message, {
             "state": DONE, "ended_ms": now_ms, "approval": denied.to_doc(),
@@ -521,5 +553,6 @@ __all__ = [
     "APPROVED", "DENIED", "EXPIRED", "REQUESTED", "ApprovalRecord", "Decision", "Vote",
     "authorize", "binding", "check_binding", "clean_reason", "decide", "expire_fields",
     "expiry_message", "final_outcome", "group_id", "group_key", "holds_quota_slot",
-    "job_binding", "needs_approval", "quota_message", "record_of", "statement_hash_of",
+    "job_binding", "needs_approval", "quota_message", "record_of", "require_approver",
+    "statement_hash_of",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from bqgate.errors import BqgateError
 
 # Subcommand modules, in the order `bqgate --help` lists them.
-COMMANDS = ("dev", "token", "explain", "approvals", "sessions")
+COMMANDS = ("dev", "token", "explain", "approvals", "sessions", "bq")
 
 
 def build_parser() -> argparse.ArgumentParser:

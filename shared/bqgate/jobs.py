@@ -58,6 +58,12 @@ class Job:
     session_id: str = ""
     request_kind: str = "jobs.insert"
     dry_run: bool = False
+    # Client options, honoured: the executor bills at most the lower of this and the policy's
+    # cap; priority is passed to BigQuery; the write disposition is echoed (no destination).
+    maximum_bytes_billed: int | None = None
+    priority: str | None = None
+    write_disposition: str | None = None
+    use_query_cache: bool | None = None
     classification: dict[str, Any] = field(default_factory=dict)
     state: str = PENDING
     error: dict[str, str] | None = None
@@ -73,6 +79,8 @@ class Job:
     num_dml_affected_rows: int | None = None
     total_bytes_processed: int | None = None
     bytes_estimate: int | None = None
+    #: Tables a dry run reports as referenced (``project.dataset.table``).
+    referenced_tables: list[str] = field(default_factory=list)
     warehouse_job_id: str | None = None
     masking: list[dict[str, Any]] = field(default_factory=list)
     # The statement that ran after the masking rewrite (None: nothing was rewritten), and

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bqgate.audit import Event, SessionHead
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
 
@@ -183,6 +184,7 @@ class Warehouse(Protocol):
         labels: Mapping[str, str],
         maximum_bytes_billed: int | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
+        priority: str | None = None,
     ) -> QueryOutcome:
         """Start (or attach to, if ``job_id`` exists) a query job and wait for it."""
 
@@ -197,3 +199,61 @@ class Warehouse(Protocol):
     def table_size(self, table_fqn: str) -> int | None:
         """Stored bytes of a plain table; None for views, external tables and anything
         whose scan size the table's own size does not bound."""
+
+
+class Catalog(Protocol):
+    """Warehouse metadata as REST resources (read with the executor's rights)."""
+
+    def get_dataset(self, project: str, dataset: str) -> dict[str, Any] | None:
+        """The Dataset resource, or None if it does not exist."""
+
+    def list_tables(self, project: str, dataset: str) -> list[dict[str, Any]] | None:
+        """The dataset's tables.list items, or None if the dataset does not exist."""
+
+    def get_table(self, project: str, dataset: str, table: str) -> dict[str, Any] | None:
+        """The Table resource, or None if it does not exist."""
+
+
+class JobLister(Protocol):
+    """A principal's own jobs, newest first (``jobs.list``)."""
+
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]: ...
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    """Which decided approval requests to list (every filter is optional).
+
+    ``principal`` matches the requester or anyone who decided; ``status`` is
+    ``approved``, ``denied`` or ``expired``; times are epoch ms of the decision
+    (``since_ms`` inclusive, ``before_ms`` exclusive).
+    """
+
+    principal: str | None = None
+    table: str | None = None
+    status: str | None = None
+    since_ms: int | None = None
+    before_ms: int | None = None
+    limit: int = 50
+
+
+class DecisionHistory(Protocol):
+    """Decided approval requests, latest decision first (the approver console's history)."""
+
+    def decided(self, query: DecisionQuery) -> list[Job]: ...
+
+
+class SessionReader(Protocol):
+    """The session record, read back (``FirestoreRecorder`` implements it)."""
+
+    def head(self, session_id: str) -> SessionHead | None: ...
+
+    def events(self, session_id: str) -> list[Event]: ...
+
+    def list_sessions(
+        self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
+    ) -> list[SessionHead]: ...
+
+    def by_label(self, label: str, limit: int = 20) -> list[SessionHead]: ...

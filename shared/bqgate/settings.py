@@ -19,6 +19,11 @@ from pathlib import Path
 from bqgate.chain import DEV_KEY_FILE
 from bqgate.errors import BqgateError
 
+#: The dev issuer's OAuth client for the console, and where the dev stack keeps its secrets.
+DEV_CONSOLE_CLIENT_ID = "bqgate"
+DEV_CONSOLE_SECRET_FILE = "console-client-secret"
+DEV_CONSOLE_SESSION_KEY_FILE = "console-session.key"
+
 #: name -> (default, description). The README table is generated from this.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_PROJECT": ("demo-project", "Gateway project: Firestore and Pub/Sub live here."),
@@ -38,6 +43,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "",
         "Executor HTTPS URL for the direct fast path of allowed queries "
         "(empty: allowed queries go through the execute topic).",
+    ),
+    "BQGATE_CATALOG_URL": (
+        "",
+        "Executor URL the ingress reads table metadata from (default: BQGATE_EXECUTOR_URL).",
     ),
     "BQGATE_BIGQUERY_ENDPOINT": ("", "BigQuery API endpoint override (dev: the local emulator)."),
     "BQGATE_DEV_MODE": ("", "1 trusts the local dev issuer. Never set in the cloud."),
@@ -76,6 +85,25 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
                               "(default in dev: minted by the dev issuer)."),
+    "BQGATE_CONSOLE_ISSUER": (
+        "",
+        "OIDC issuer the approver console signs people in with (e.g. "
+        "https://accounts.google.com); dev: the dev issuer.",
+    ),
+    "BQGATE_CONSOLE_CLIENT_ID": (
+        "",
+        "The console's OAuth client id; it must be one of that issuer's audiences in the "
+        "policy. Empty: the console is off (dev: bqgate).",
+    ),
+    "BQGATE_CONSOLE_CLIENT_SECRET": (
+        "",
+        "The console's OAuth client secret (secret); dev: read from the dev state folder.",
+    ),
+    "BQGATE_CONSOLE_SESSION_KEY": (
+        "",
+        "Key that signs the console's session cookie (secret); dev: read from the dev "
+        "state folder.",
+    ),
     "BQGATE_CACHE": ("~/.cache/bqgate",
                      "Dev only: where the BigQuery emulator's venv is installed."),
     "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
@@ -93,6 +121,7 @@ class Settings:
     location: str
     firestore_database: str
     executor_url: str
+    catalog_url: str
     bigquery_endpoint: str
     dev_mode: bool
     dev_issuer: str
@@ -111,6 +140,10 @@ class Settings:
     dispatch_timeout_ms: int = 1500
     redispatch_after_ms: int = 20000
     running_deadline_ms: int = 1_200_000
+    console_issuer: str = ""
+    console_client_id: str = ""
+    console_client_secret: str = field(default="", repr=False)
+    console_session_key: bytes = field(default=b"", repr=False)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,11 +156,15 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     project = get("BQGATE_PROJECT")
     dev_dir = Path(get("BQGATE_DEV_DIR"))
     dev_mode = get("BQGATE_DEV_MODE").lower() in {"1", "true", "yes"}
-    hmac_key = get("BQGATE_HMAC_KEY").encode()
-    if not hmac_key and dev_mode:
-        key_file = dev_dir / "hmac.key"
-        if key_file.exists():
-            hmac_key = key_file.read_bytes().strip()
+
+    def secret(name: str, dev_file: str) -> bytes:
+        """A secret from the environment; in dev mode, else from the dev state folder."""
+        value = get(name).encode()
+        if not value and dev_mode and (dev_dir / dev_file).exists():
+            value = (dev_dir / dev_file).read_bytes().strip()
+        return value
+
+    hmac_key = secret("BQGATE_HMAC_KEY", "hmac.key")
     audit_key = get("BQGATE_AUDIT_KEY")
     anchor_dir = Path(get("BQGATE_ANCHOR_DIR")) if get("BQGATE_ANCHOR_DIR") else None
     if dev_mode:
@@ -135,6 +172,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if not audit_key and key_file.exists():
             audit_key = key_file.read_text().strip()
         anchor_dir = anchor_dir or dev_dir / "anchors"
+    # Dev mode signs approvers in with the dev issuer, as its registered client.
+    console_issuer = get("BQGATE_CONSOLE_ISSUER") or (get("BQGATE_DEV_ISSUER") if dev_mode else "")
+    console_client_id = get("BQGATE_CONSOLE_CLIENT_ID") or (
+        DEV_CONSOLE_CLIENT_ID if dev_mode else ""
+    )
 
     def integer(name: str) -> int:
         try:
@@ -161,6 +203,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         location=get("BQGATE_LOCATION"),
         firestore_database=get("BQGATE_FIRESTORE_DATABASE"),
         executor_url=get("BQGATE_EXECUTOR_URL"),
+        catalog_url=get("BQGATE_CATALOG_URL") or get("BQGATE_EXECUTOR_URL"),
         bigquery_endpoint=get("BQGATE_BIGQUERY_ENDPOINT"),
         dev_mode=dev_mode,
         dev_issuer=get("BQGATE_DEV_ISSUER"),
@@ -179,4 +222,10 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         dispatch_timeout_ms=positive("BQGATE_DISPATCH_TIMEOUT_MS"),
         redispatch_after_ms=positive("BQGATE_REDISPATCH_AFTER_MS"),
         running_deadline_ms=positive("BQGATE_RUNNING_DEADLINE_MS"),
+        console_issuer=console_issuer.rstrip("/"),
+        console_client_id=console_client_id,
+        console_client_secret=secret(
+            "BQGATE_CONSOLE_CLIENT_SECRET", DEV_CONSOLE_SECRET_FILE
+        ).decode(),
+        console_session_key=secret("BQGATE_CONSOLE_SESSION_KEY", DEV_CONSOLE_SESSION_KEY_FILE),
     )

@@ -249,17 +249,31 @@ def request_message(job: Job, *, extra_reasons: Sequence[str] = ()) -> dict[str,
                                f"({job.job_id})", 300), "blocks": blocks}
 
 
+#: How a decision made outside Slack is named in the updated message (``via`` -> words).
+VIA_WORDS = {"console": "in the bqgate console", "api": "through the approver API"}
+
+
 def decided_message(job: Job, *, outcome: str, actor: str | None, at_ms: int,
-                    reason: str | None = None, note: str | None = None) -> dict[str, Any]:
+                    reason: str | None = None, note: str | None = None,
+                    via: str | None = None) -> dict[str, Any]:
     """``chat.update`` arguments after a decision: the request, minus the buttons, plus
-    who decided, when and why. ``outcome`` is approved, denied, expired or recorded
-    (a vote, more needed: the buttons stay)."""
+    who decided, where (``via``, when not Slack itself), when and why. ``outcome`` is
+    approved, denied, expired or recorded (a vote, more needed: the buttons stay).
+
+    >>> msg = decided_message(Job(job_id="j", project="p", location="US", sql="SELECT 1",
+    ...                           owner="a@x"), outcome="approved", actor="bob@x", at_ms=0,
+    ...                       via="console")
+    >>> msg["blocks"][-1]["text"]["text"]
+    ':white_check_mark: Approved by bob@x in the bqgate console at 1970-01-01 00:00:00 UTC'
+    """
     blocks = _request_blocks(job)
     icons = {"approved": ":white_check_mark: Approved", "denied": ":no_entry: Denied",
              "expired": ":hourglass: Expired", "ended": ":stop_sign: Ended",
              "recorded": ":ballot_box_with_check: Approval recorded"}
     head = icons.get(outcome, outcome)
     line = f"{head} by {actor}" if actor else head
+    if actor and via in VIA_WORDS:
+        line += f" {VIA_WORDS[via]}"
     line += f" at {utc_text(at_ms)}"
     if reason:
         line += f": {reason}"

@@ -81,7 +81,10 @@ def test_ingress_errors_are_bigquery_shaped(stack: Stack, ingress: Any) -> None:
             headers=auth,
             json={
                 "configuration": {
-                    "query": {"query": "DELETE FROM `demo-project.analytics.events` WHERE 1=1"}
+                    "query": {
+                        "query": "DELETE FROM `demo-project.analytics.events` WHERE 1=1",
+                        "useLegacySql": False,
+                    }
                 }
             },
         ),
@@ -132,7 +135,7 @@ CE_HEADERS = {
 
 
 def test_executor_function_acks_malformed_and_unknown_messages(stack: Stack) -> None:
-    client = app("executor", "executor", "cloudevent")
+    client = app("executor", "executor", "http")
     for body in (_event(None, b"not json"), _event("no-such-job"), {"message": {}}):
         resp = client.post("/", json=body, headers=CE_HEADERS)
         assert resp.status_code == 200, resp.get_data(as_text=True)

@@ -31,6 +31,10 @@ ALLOWED_ENV = {
     "BQGATE_ANCHOR_BUCKET",
     "BQGATE_APPROVALS_TOPIC",
     "BQGATE_AUDIT_KEY",
+    "BQGATE_CONSOLE_CLIENT_ID",
+    "BQGATE_CONSOLE_CLIENT_SECRET",
+    "BQGATE_CONSOLE_ISSUER",
+    "BQGATE_CONSOLE_SESSION_KEY",
     "BQGATE_EXECUTE_TOPIC",
     "BQGATE_EXECUTOR_URL",
     "BQGATE_FIRESTORE_DATABASE",
@@ -57,8 +61,14 @@ COMMON_ENV = {
 # Every function appends to the session record, so every one holds the chain key.
 EXPECTED_ENV = {
     "approvals": (
-        set(),
-        {"BQGATE_AUDIT_KEY", "BQGATE_SLACK_BOT_TOKEN", "BQGATE_SLACK_SIGNING_SECRET"},
+        {"BQGATE_CONSOLE_CLIENT_ID", "BQGATE_CONSOLE_ISSUER"},
+        {
+            "BQGATE_AUDIT_KEY",
+            "BQGATE_CONSOLE_CLIENT_SECRET",
+            "BQGATE_CONSOLE_SESSION_KEY",
+            "BQGATE_SLACK_BOT_TOKEN",
+            "BQGATE_SLACK_SIGNING_SECRET",
+        },
     ),
     "executor": (set(), {"BQGATE_AUDIT_KEY", "BQGATE_HMAC_KEY"}),
     "ingress": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
@@ -534,33 +544,48 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
         '"sessions"',
     }
     indexes = {
-        (literal(i.body["collection"]), i.name): [
-            (literal(f["field_path"]), literal(f["order"])) for f in i.body["fields"]
-        ]
+        (
+            literal(i.body["collection"]),
+            tuple(
+                (literal(f["field_path"]), literal(f.get("order") or f.get("array_config")))
+                for f in i.body["fields"]
+            ),
+        )
         for i in cfg.resources("google_firestore_index")
     }
+    decided = ("approval.decided_at_ms", "DESCENDING")
     assert indexes == {
-        ("jobs", "jobs_by_owner"): [("owner", "ASCENDING"), ("created_ms", "DESCENDING")],
+        ("jobs", (("owner", "ASCENDING"), ("created_ms", "DESCENDING"))),  # jobs.list
+        ("sessions", (("principal", "ASCENDING"), ("started_at", "DESCENDING"))),
+        # The console's history (FirestoreJobStore.decided).
+        ("jobs", (("owner", "ASCENDING"), decided)),
+        ("jobs", (("approval.status", "ASCENDING"), decided)),
+        ("jobs", (("classification.tables", "CONTAINS"), decided)),
+        ("jobs", (("approval.deciders", "CONTAINS"), decided)),
         # The approvers' list (FirestoreJobStore.pending_approvals): state ==, expire_at_ms >,
         # ordered by created_ms desc then the inequality field and the document name.
-        ("jobs", "jobs_pending_newest_first"): [
-            ("state", "ASCENDING"),
-            ("created_ms", "DESCENDING"),
-            ("expire_at_ms", "DESCENDING"),
-            ("__name__", "DESCENDING"),
-        ],
-        ("jobs", "jobs_pending_group"): [
-            ("owner", "ASCENDING"),
-            ("classification.statement_hash", "ASCENDING"),
-            ("state", "ASCENDING"),
-            ("expire_at_ms", "ASCENDING"),
-        ],
-        ("jobs", "jobs_state_expiry"): [("state", "ASCENDING"), ("expire_at_ms", "ASCENDING")],
-        ("jobs", "jobs_state_started"): [("state", "ASCENDING"), ("started_ms", "ASCENDING")],
-        ("sessions", "sessions_by_principal"): [
-            ("principal", "ASCENDING"),
-            ("started_at", "DESCENDING"),
-        ],
+        (
+            "jobs",
+            (
+                ("state", "ASCENDING"),
+                ("created_ms", "DESCENDING"),
+                ("expire_at_ms", "DESCENDING"),
+                ("__name__", "DESCENDING"),
+            ),
+        ),
+        # A requester's group of near-identical pending requests.
+        (
+            "jobs",
+            (
+                ("owner", "ASCENDING"),
+                ("classification.statement_hash", "ASCENDING"),
+                ("state", "ASCENDING"),
+                ("expire_at_ms", "ASCENDING"),
+            ),
+        ),
+        # The sweeper: expired requests, orphaned RUNNING jobs.
+        ("jobs", (("state", "ASCENDING"), ("expire_at_ms", "ASCENDING"))),
+        ("jobs", (("state", "ASCENDING"), ("started_ms", "ASCENDING"))),
     }
 
 

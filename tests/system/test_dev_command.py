@@ -60,6 +60,10 @@ def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path
             "oidc_issuer",
         ):
             assert str(ports[name]) in endpoints[name]
+        assert endpoints["console"] == f"http://127.0.0.1:{ports['approvals']}/console/"
+        assert f"Approver console: {endpoints['console']}" in text
+        key = (state / "oidc" / "sign-in-key").read_text().strip()
+        assert f"dev sign-in key (the sign-in page asks once per browser): {key}" in text
         assert _processes_mentioning(str(state)), "the stack's processes should be running"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

@@ -124,10 +124,10 @@ def test_bad_requests_get_bigquery_shaped_errors(stack: Stack) -> None:
     _assert_bq_error(_raw(stack, "POST", jobs, token, b"{not json"), 400, "invalid", "Invalid JSON")
     _assert_bq_error(_raw(stack, "GET", "/no/such/path", token), 404, "notFound", "Not found")
     _assert_bq_error(
-        _raw(stack, "GET", "/bigquery/v2/projects/demo-project/datasets", token),
+        _raw(stack, "GET", "/bigquery/v2/projects/demo-project/models", token),
         501,
         "notImplemented",
-        "query jobs only",
+        "is not offered by the bqgate gateway",
     )
     body = json.dumps(
         {"configuration": {"query": {"query": "SELECT 1", "useLegacySql": False}}}

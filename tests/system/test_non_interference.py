@@ -183,14 +183,17 @@ def spellings(value: str) -> set[str]:
     return {f.lower() for f in forms}
 
 
+#: Columns whose raw values are searched for in every answer. Birth dates are left to the
+#: differential: a date computed from the masked one (DATE_ADD(birth_date, INTERVAL 1 DAY))
+#: is routinely another customer's real birth date, so a search would only find coincidences.
+SEARCHED = ("full_name", "email", "phone", "ssn", "card_number")
+
+
 def forbidden_spellings(rows: list[dict[str, Any]]) -> set[str]:
     out: set[str] = set()
     for row in rows:
-        for col in SENSITIVE:
-            value = str(row[col])
-            if col == "birth_date" and value.endswith("-01-01"):
-                continue  # `year` masking of a Jan 1 date is the date itself
-            out |= spellings(value)
+        for col in SEARCHED:
+            out |= spellings(str(row[col]))
     return out
 
 
@@ -295,10 +298,11 @@ def test_answers_do_not_depend_on_hidden_values(
 
     for rows, answers in ((original_rows, before), (changed, after), (renamed, renamed_answers)):
         forbidden = forbidden_spellings(rows)
+        # A value the query itself spells out (a literal) is the agent's own, not a leak.
         found = {
             case["sql"]: sorted(hits)[:5]
             for case, text in zip(ATTACKS, answers, strict=True)
-            if (hits := leaks(text, forbidden))
+            if (hits := leaks(text, forbidden) - leaks(case["sql"], forbidden))
         }
         assert not found, f"raw values came back: {dict(list(found.items())[:5])}"
     # Not vacuous: the same check finds the raw values in the table itself.

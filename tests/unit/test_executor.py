@@ -154,3 +154,39 @@ def test_dry_run_is_skipped_only_when_table_sizes_settle_the_cost() -> None:
     ex, store, wh, _ = make()  # size unknown (a view, say): dry run
     store.create(job(classification=cls))
     assert ex.run("j1") == "done" and wh.dry_runs == 1
+
+
+def test_client_byte_cap_is_applied_as_the_lower_of_client_and_policy() -> None:
+    ex, store, wh, _ = make(estimate=1000)
+    store.create(job(maximum_bytes_billed=1))  # BigQuery bills 10 MiB at least: over the cap
+    assert ex.run("j1") == "failed" and wh.jobs == {}
+    done = store.get("j1")
+    assert done is not None and done.error == {
+        "reason": "bytesBilledLimitExceeded",
+        "message": "Query exceeded limit for bytes billed: 1. 10485760 or higher required.",
+    }
+    ex, store, wh, _ = make(estimate=1000)
+    store.create(job(maximum_bytes_billed=20 * 1024**2, priority="BATCH"))
+    assert ex.run("j1") == "done"
+    assert wh.last_run["maximum_bytes_billed"] == 20 * 1024**2  # lower than the policy's 10 GB
+    assert wh.last_run["priority"] == "BATCH"
+    ex, store, wh, _ = make(estimate=1000)
+    store.create(job(job_id="j2", maximum_bytes_billed=10**15))
+    assert ex.run("j2") == "done"
+    assert wh.last_run["maximum_bytes_billed"] == POLICY.cost.max_bytes_billed
+
+
+def test_dry_run_job_runs_nothing_and_stores_what_bigquery_said() -> None:
+    ex, store, wh, queue = make(estimate=777)
+    wh.statement_type = "SELECT"
+    cls = {
+        "decision": "approve",
+        "statements": ["SELECT"],
+        "tables": ["demo-project.sales.customers"],
+    }
+    store.create(job(dry_run=True, classification=cls))
+    assert ex.run("j1") == "dry-run"
+    done = store.get("j1")
+    assert done is not None and done.state == DONE and done.total_bytes_processed == 777
+    assert done.schema == CUSTOMERS and done.statement_type == "SELECT"
+    assert wh.jobs == {} and queue.messages == [] and done.page_starts == []

@@ -169,10 +169,59 @@ def test_failed_job_raises_its_error_on_results() -> None:
         gw.get_query_results(ALICE, "demo-project", "j1", {})
 
 
-def test_dry_run_is_refused_with_a_clear_error() -> None:
-    gw, _, _ = make()
-    with pytest.raises(InvalidRequest, match="Dry runs"):
-        gw.query(ALICE, "demo-project", {"query": "SELECT 1", "dryRun": True})
+def test_blocked_dry_run_says_it_is_blocked() -> None:
+    gw, _, queue = make()
+    with pytest.raises(AccessDenied, match="Blocked by bqgate policy"):
+        gw.query(
+            ALICE, "demo-project", {"query": "DROP TABLE x", "useLegacySql": False, "dryRun": True}
+        )
+    assert queue.messages == []
+
+
+def test_dry_run_is_answered_by_the_executor_like_bigquery() -> None:
+    from bqgate.policy import load_policy
+    from bqgate.service.executor import Executor
+    from fakes import FakeWarehouse
+
+    store, queue = MemoryJobStore(), MemoryQueue()
+    wh = FakeWarehouse([{"name": "x", "type": "INTEGER"}], [["1"]])
+    wh.estimate = 4242
+    ex = Executor(
+        store=store,
+        warehouse=wh,
+        policy=load_policy("policies/default.yaml"),
+        hmac_key=b"k",
+        queue=queue,
+    )
+    gw = Gateway(
+        store=store,
+        queue=queue,
+        classify=verdict_for,
+        config=GatewayConfig(max_wait_ms=0),
+        sleep=lambda s: None,
+        dispatch=lambda job_id: ex.run(job_id),  # the fast path: a job id to the executor
+    )
+    # Even a statement that needs approval is dry-run at once: nothing runs.
+    res = gw.insert_job(
+        ALICE,
+        "demo-project",
+        {
+            "configuration": {
+                "dryRun": True,
+                "query": {"query": "SELECT x FROM finance.ledger", "useLegacySql": False},
+            }
+        },
+    )
+    assert res["status"] == {"state": "DONE"}
+    stats = res["statistics"]["query"]
+    assert stats["totalBytesProcessed"] == "4242" and stats["statementType"] == "SELECT"
+    assert stats["schema"] == {"fields": [{"name": "x", "type": "INTEGER"}]}
+    assert wh.jobs == {} and not [m for m in queue.messages if m[0] == "approvals"]
+    body = gw.query(
+        ALICE, "demo-project", {"query": "SELECT 1", "useLegacySql": False, "dryRun": True}
+    )
+    assert body["jobComplete"] is True and body["totalBytesProcessed"] == "4242"
+    assert "rows" not in body and "totalRows" not in body
 
 
 def test_cancel_stops_a_pending_job() -> None:

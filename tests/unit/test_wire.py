@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from bqgate.errors import InvalidQuery, InvalidRequest
+from bqgate.errors import AccessDenied, InvalidQuery, InvalidRequest
 from bqgate.jobs import DONE, Job
 from bqgate.wire import bigquery as wire
 
@@ -38,6 +38,10 @@ def test_timestamps_as_float_seconds_unless_int64_requested() -> None:
     )
 
 
+def _q(**query: object) -> dict[str, object]:
+    return {"configuration": {"query": {"query": "SELECT 1", "useLegacySql": False, **query}}}
+
+
 @pytest.mark.parametrize("body", [b"{", b"[1,2]", b"\xff\xfe", b'"text"'])
 def test_malformed_bodies_are_invalid_requests(body: bytes) -> None:
     with pytest.raises(InvalidRequest) as err:
@@ -49,7 +53,6 @@ def test_malformed_bodies_are_invalid_requests(body: bytes) -> None:
     ("body", "needle"),
     [
         ({}, "only query jobs"),
-        ({"configuration": {"load": {}}}, "load jobs are not supported"),
         ({"configuration": {"query": {"query": ""}}}, "a query is required"),
         (
             {
@@ -62,20 +65,24 @@ def test_malformed_bodies_are_invalid_requests(body: bytes) -> None:
         (
             {
                 "jobReference": {"jobId": "bad id!"},
-                "configuration": {"query": {"query": "SELECT 1"}},
+                "configuration": {"query": {"query": "SELECT 1", "useLegacySql": False}},
             },
             "jobReference.jobId",
         ),
         (
             {
                 "configuration": {
-                    "query": {"query": "SELECT 1", "defaultDataset": {"projectId": "p"}}
+                    "query": {
+                        "query": "SELECT 1",
+                        "useLegacySql": False,
+                        "defaultDataset": {"projectId": "p"},
+                    }
                 }
             },
             "defaultDataset.datasetId",
         ),
         (
-            {"configuration": {"labels": {"Bad Key": "v"}, "query": {"query": "SELECT 1"}}},
+            _q() | {"configuration": {"labels": {"Bad Key": "v"}, **_q()["configuration"]}},  # type: ignore[dict-item]
             "bad label",
         ),
     ],
@@ -86,11 +93,76 @@ def test_insert_body_errors_name_the_field(body: dict, needle: str) -> None:
     assert needle in err.value.message
 
 
-def test_legacy_sql_is_refused() -> None:
-    with pytest.raises(InvalidQuery):
+def test_legacy_sql_is_refused_and_absent_means_legacy_like_bigquery() -> None:
+    with pytest.raises(InvalidQuery, match="useLegacySql is true"):
         wire.parse_insert({"configuration": {"query": {"query": "SELECT 1", "useLegacySql": True}}})
-    # The client default (field absent) is standard SQL.
-    assert wire.parse_query({"query": "SELECT 1"}).sql == "SELECT 1"
+    # BigQuery reads a request without useLegacySql as legacy SQL: so does the gateway, and
+    # it says what to do about it.
+    with pytest.raises(InvalidQuery, match=r"useLegacySql is not set.*--nouse_legacy_sql"):
+        wire.parse_query({"query": "SELECT 1"})
+    with pytest.raises(InvalidQuery, match="#legacySQL"):
+        wire.parse_query({"query": "#legacySQL\nSELECT 1"})
+    assert wire.parse_query({"query": "#standardSQL\nSELECT 1"}).sql.endswith("SELECT 1")
+    assert wire.parse_query({"query": "SELECT 1", "useLegacySql": False}).sql == "SELECT 1"
+    with pytest.raises(InvalidQuery, match="specifies use_legacy_sql:true"):
+        wire.parse_query({"query": "#legacySQL\nSELECT 1", "useLegacySql": False})
+
+
+def test_client_options_are_parsed_or_refused_clearly() -> None:
+    req = wire.parse_insert(
+        _q(maximumBytesBilled="1", priority="batch", writeDisposition="WRITE_TRUNCATE")
+    )
+    assert (req.maximum_bytes_billed, req.priority, req.write_disposition) == (
+        1,
+        "BATCH",
+        "WRITE_TRUNCATE",
+    )
+    with pytest.raises(InvalidRequest, match="priority"):
+        wire.parse_insert(_q(priority="URGENT"))
+    with pytest.raises(InvalidRequest, match=r"createSession.*sessions are not offered"):
+        wire.parse_insert(_q(createSession=True))
+    with pytest.raises(InvalidRequest, match="createSession"):
+        wire.parse_query({"query": "SELECT 1", "useLegacySql": False, "createSession": True})
+    with pytest.raises(InvalidRequest, match="maximumBytesBilled"):
+        wire.parse_query({"query": "SELECT 1", "useLegacySql": False, "maximumBytesBilled": "x"})
+
+
+@pytest.mark.parametrize("kind", ["load", "copy", "extract"])
+def test_load_copy_extract_jobs_are_refused_with_a_403_that_says_why(kind: str) -> None:
+    with pytest.raises(AccessDenied) as err:
+        wire.parse_insert({"configuration": {kind: {}}})
+    assert err.value.http_status == 403
+    assert err.value.message.startswith(f"{kind} jobs are refused by bqgate: ")
+    assert "past masking" in err.value.message or "policy" in err.value.message
+
+
+def test_job_resource_always_has_a_statement_type_and_echoes_options() -> None:
+    job = Job.new(
+        job_id="j",
+        project="p",
+        location="US",
+        sql="SELECT 1",
+        owner="a@x",
+        now_ms=5,
+        classification={"statements": ["SELECT"]},
+        maximum_bytes_billed=7,
+        priority="BATCH",
+    )
+    res = wire.job_resource(job)  # still PENDING: bq reads statementType off every job
+    assert res["statistics"]["query"]["statementType"] == "SELECT"
+    assert res["configuration"]["query"]["maximumBytesBilled"] == "7"
+    assert res["configuration"]["query"]["priority"] == "BATCH"
+    job.classification = {"statements": ["TRUNCATE"]}
+    assert wire.job_resource(job)["statistics"]["query"]["statementType"] == "TRUNCATE_TABLE"
+    job.statement_type = "CREATE_TABLE_AS_SELECT"  # the warehouse's word wins
+    assert wire.statement_type(job) == "CREATE_TABLE_AS_SELECT"
+
+
+def test_jobs_query_answers_carry_a_query_id() -> None:
+    job = Job.new(job_id="j9", project="p", location="US", sql="SELECT 1", owner="a", now_ms=5)
+    body = wire.query_results(job, rows=None, next_offset=None, query_response=True)
+    assert (body["kind"], body["queryId"]) == ("bigquery#queryResponse", "j9")
+    assert "queryId" not in wire.query_results(job, rows=None, next_offset=None)
 
 
 @pytest.mark.parametrize("token", ["garbage", "Zm9vOjE", wire.encode_page_token(5)[:-2] + "!!"])

@@ -67,8 +67,11 @@ class BigQueryWarehouse:
         maximum_bytes_billed: int | None,
         labels: Mapping[str, str],
         dry_run: bool = False,
+        priority: str | None = None,
     ) -> bigquery.QueryJobConfig:
         query: dict[str, Any] = {"useLegacySql": False}
+        if priority:
+            query["priority"] = priority
         if default_dataset:
             query["defaultDataset"] = dict(default_dataset)
         if maximum_bytes_billed:
@@ -140,9 +143,15 @@ class BigQueryWarehouse:
         labels: Mapping[str, str],
         maximum_bytes_billed: int | None,
         query_parameters: Sequence[Mapping[str, Any]] = (),
+        priority: str | None = None,
     ) -> QueryOutcome:
         config = self._query_config(
-            sql, default_dataset, query_parameters, maximum_bytes_billed, labels
+            sql,
+            default_dataset,
+            query_parameters,
+            maximum_bytes_billed,
+            labels,
+            priority=priority,
         )
         try:
             job = self.client.query(

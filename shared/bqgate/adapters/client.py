@@ -17,7 +17,7 @@ import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport
 from google.api_core.client_options import ClientOptions
-from google.cloud.bigquery import Client as BigQueryClient
+from google.cloud import bigquery
 
 from bqgate.adapters.oidc import _is_loopback
 from bqgate.dev import issuer as dev_issuer
@@ -27,6 +27,19 @@ DEV_TOKEN_TTL = 3600
 _EXPIRY_MARGIN = datetime.timedelta(seconds=30)
 
 __all__ = ["BigQueryClient", "DevIdTokenCredentials", "gateway_client"]
+
+
+class BigQueryClient(bigquery.Client):
+    """The standard client, except that it never builds a BigQuery Storage client.
+
+    The gateway serves rows over REST only (the Storage Read API would read tables around
+    it, so it stays unreachable): with ``google-cloud-bigquery-storage`` installed, the
+    plain client's ``list_rows(...).to_dataframe()`` would try it and fail. This one reads
+    those rows over REST, the client's own fallback when the Storage client is missing.
+    """
+
+    def _ensure_bqstorage_client(self, bqstorage_client: Any = None, *args: Any, **kw: Any) -> Any:
+        return bqstorage_client
 
 
 class DevIdTokenCredentials(google.auth.credentials.Credentials):

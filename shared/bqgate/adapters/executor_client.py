@@ -16,6 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import requests
 
@@ -94,3 +95,51 @@ class DirectExecutor:
                 type(exc).__name__,
             )
         self.queue.publish(self.topic, {"job_id": job_id})
+
+
+def catalog_transport(
+    url: str,
+    *,
+    timeout_s: float = 20.0,
+    token: Callable[[], str | None] = lambda: None,
+) -> Callable[[dict[str, str]], dict[str, Any]]:
+    """``call(request) -> answer`` for the executor's catalog endpoint.
+
+    Authenticated like the fast path (an ID token for the executor's URL in the cloud).
+    The executor's 404 becomes NotFound; anything else that is not an answer is
+    Unavailable, which the BigQuery clients do not retry.
+    """
+    from bqgate.errors import BqgateError, InvalidRequest, NotFound, Unavailable
+    from bqgate.service.catalog import CATALOG_PATH
+
+    endpoint = url.rstrip("/") + CATALOG_PATH
+    session = requests.Session()
+
+    def call(request: dict[str, str]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        try:
+            bearer = token()
+            if bearer:
+                headers["Authorization"] = f"Bearer {bearer}"
+            resp = session.post(
+                endpoint, data=json.dumps(request), headers=headers, timeout=timeout_s
+            )
+            body = resp.json()
+        except Exception as exc:
+            log.warning("catalog call failed (%s)", type(exc).__name__)
+            raise Unavailable("Table metadata is unavailable right now; try again") from None
+        if resp.status_code == 200 and isinstance(body, dict):
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        err: BqgateError
+        if resp.status_code == 404:
+            err = NotFound(message or "Not found")
+        elif resp.status_code == 400:
+            err = InvalidRequest(message or "invalid catalog request")
+        else:
+            log.warning("catalog call answered %s", resp.status_code)
+            err = Unavailable("Table metadata is unavailable right now; try again")
+        raise err
+
+    return call

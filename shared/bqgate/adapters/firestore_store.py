@@ -32,12 +32,14 @@ from bqgate.approvals import holds_quota_slot
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import Dispatches, OpenRequestQuota, PendingCursor, QuotaFull
+from bqgate.ports import DecisionQuery, Dispatches, OpenRequestQuota, PendingCursor, QuotaFull
 
 JOBS = "jobs"
 PAGES = "pages"
 OUTBOX = "outbox"
 QUOTAS = "approval_quotas"
+#: The job field a decided approval request is ordered by (see firestore.tf's indexes).
+DECIDED_AT = "approval.decided_at_ms"
 #: What a lost race looks like: the counter (or job) moved, or a create found its slot taken.
 CONTENTION = (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict)
 #: Longest a quota-counted write keeps retrying on contention.
@@ -251,6 +253,18 @@ class FirestoreJobStore:
             tries += 1
             time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
 
+    def list_owned(
+        self, owner: str, *, limit: int, created_before_ms: int | None = None
+    ) -> list[Job]:
+        """The owner's jobs, newest first (index ``jobs_by_owner`` in firestore.tf)."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self.jobs.where(filter=FieldFilter("owner", "==", owner))
+        if created_before_ms is not None:
+            query = query.where(filter=FieldFilter("created_ms", "<", created_before_ms))
+        query = query.order_by("created_ms", direction=firestore.Query.DESCENDING).limit(limit)
+        return [Job.from_doc(snap.to_dict() or {}) for snap in query.stream(timeout=10)]
+
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
             {"index": index, "start": start, "rows": rows_json, "expire_at": self._expire_at()}
@@ -366,3 +380,43 @@ class FirestoreJobStore:
 
         result: OutboxRecord | None = run(self.client.transaction())
         return result
+
+    def decided(self, query: DecisionQuery) -> list[Job]:
+        """Decided approval requests, latest decision first (``DecisionHistory``).
+
+        Every filter runs in Firestore beside the range on the decision time (served by
+        the composite indexes in firestore.tf). A principal is matched as requester and
+        as decider by two queries, merged here; Firestore allows one ``array_contains``
+        per query, so the decider query checks the table here.
+        """
+        Filter = tuple[str, str, Any]
+
+        def run(filters: list[Filter]) -> list[Job]:
+            q: Any = self.jobs.where(filter=FieldFilter(DECIDED_AT, ">=", query.since_ms or 0))
+            if query.before_ms is not None:
+                q = q.where(filter=FieldFilter(DECIDED_AT, "<", query.before_ms))
+            if query.status:
+                q = q.where(filter=FieldFilter("approval.status", "==", query.status))
+            for path, op, value in filters:
+                q = q.where(filter=FieldFilter(path, op, value))
+            q = q.order_by(DECIDED_AT, direction=firestore.Query.DESCENDING).limit(query.limit)
+            return [Job.from_doc(snap.to_dict() or {}) for snap in q.stream(timeout=30)]
+
+        table: list[Filter] = (
+            [("classification.tables", "array_contains", query.table)] if query.table else []
+        )
+        if query.principal:
+            jobs = run([("owner", "==", query.principal), *table])
+            jobs += run([("approval.deciders", "array_contains", query.principal)])
+        else:
+            jobs = run(table)
+        found = {
+            j.job_id: j
+            for j in jobs
+            if not query.table or query.table in (j.classification or {}).get("tables", [])
+        }
+        ordered = sorted(
+            found.values(),
+            key=lambda j: (-int((j.approval or {}).get("decided_at_ms") or 0), j.job_id),
+        )
+        return ordered[: query.limit]

@@ -255,10 +255,59 @@ def executor() -> Executor:
 
 
 @functools.cache
+def catalog() -> Any:
+    """Ingress side: table metadata read by the executor, in a bounded cache."""
+    from bqgate.service.catalog import CachedCatalog, CatalogClient
+
+    s = settings()
+    if not s.catalog_url:
+        return CachedCatalog(CatalogClient(_no_catalog))
+    from bqgate.adapters.executor_client import catalog_transport, google_id_token
+
+    token = (lambda: None) if s.dev_mode else google_id_token(s.catalog_url)
+    return CachedCatalog(CatalogClient(catalog_transport(s.catalog_url, token=token)))
+
+
+def _no_catalog(request: Any) -> Any:
+    from bqgate.errors import Unavailable
+
+    raise Unavailable("Table metadata is not configured on this gateway (BQGATE_EXECUTOR_URL)")
+
+
+@functools.cache
+def metadata_api() -> Any:
+    from bqgate.service.metadata import MetadataApi
+
+    return MetadataApi(
+        catalog=catalog(), policy=policy(), jobs=job_store(), owned_job=gateway()._owned
+    )
+
+
+@functools.cache
+def tabledata_api() -> Any:
+    from bqgate.service.tables import TableDataApi
+
+    return TableDataApi(gateway=gateway(), catalog=catalog(), metadata=metadata_api())
+
+
+@functools.cache
 def ingress_app() -> Any:
     from bqgate.service.http import IngressApp
 
-    return IngressApp(gateway, verifier)
+    return IngressApp(gateway, verifier, metadata_api, tabledata_api)
+
+
+@functools.cache
+def catalog_app() -> Any:
+    """Executor side: the catalog endpoint the ingress calls (BigQuery metadata)."""
+    from bqgate.service.catalog import CatalogApp, CatalogService
+
+    def service() -> CatalogService:
+        from bqgate.adapters.bigquery_catalog import BigQueryCatalog
+
+        return CatalogService(BigQueryCatalog(bigquery_client()), policy())
+
+    return CatalogApp(functools.cache(service))
 
 
 # --- approvals (Slack interactions, approver API, slack_notify) ---------------------------
@@ -326,3 +375,56 @@ def sweeper_app() -> Any:
     from bqgate.service.sweeper import SweeperApp
 
     return SweeperApp(sweeper)
+
+
+# --- the approver console (served by the approvals function under /console) ---------------
+
+
+@functools.cache
+def job_history() -> Any:
+    return job_store()  # FirestoreJobStore.decided answers the console's history
+
+
+def console_evidence() -> tuple[Any, Any]:
+    """The chain keys and every checkpoint, for the console's session viewer (read each
+    time: checkpoints keep arriving). No chain key: ``(None, empty index)``."""
+    from bqgate.adapters.anchor_sinks import FolderSink, GcsSink
+    from bqgate.anchors import AnchorIndex
+    from bqgate.chain import ChainKeyError, Keyring
+    from bqgate.errors import BqgateError
+
+    s = settings()
+    try:
+        keys = Keyring([chain_key()])
+    except (BqgateError, ChainKeyError):
+        return None, AnchorIndex()
+    if s.anchor_bucket:
+        sources: Any = GcsSink(storage_client(), s.anchor_bucket).read()
+    elif s.anchor_dir is not None:
+        sources = FolderSink(s.anchor_dir).read()
+    else:
+        sources = ()
+    return keys, AnchorIndex.read(sources, keys)
+
+
+@functools.cache
+def console_app() -> Any:
+    from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
+
+    s = settings()
+    config = ConsoleConfig(
+        issuer=s.console_issuer,
+        client_id=s.console_client_id,
+        client_secret=s.console_client_secret,
+        session_key=s.console_session_key,
+        dev_mode=s.dev_mode,
+    )
+    deps = ConsoleDeps(
+        service=approval_service,
+        verifier=verifier,
+        policy=policy(),
+        history=job_history,
+        sessions=recorder,
+        evidence=console_evidence,
+    )
+    return ConsoleApp(config, deps)

@@ -1,12 +1,18 @@
-"""The local dev OIDC issuer: one RSA key in the dev state folder, a JWKS, and a token mint.
+"""The local dev OIDC issuer: one RSA key in the dev state folder, a JWKS, a token mint,
+and an OpenID Connect sign-in (authorization code + PKCE) for the approver console.
 
 Run by the dev stack as ``python -m bqgate.dev.issuer --port P --state-dir D``. It binds
 to loopback only and serves::
 
     GET  /.well-known/openid-configuration
     GET  /jwks                      (Cache-Control: max-age=300)
-    POST /token  {"principal", "groups", "ttl"}  ->  {"id_token", "expires_in"}
+    POST /token  {"principal", "groups", "ttl"}  ->  {"id_token", "expires_in"}   (JSON body)
                  Authorization: Bearer <the token secret>
+    GET  /authorize?response_type=code&client_id&redirect_uri&scope=openid&state&nonce
+                   &code_challenge&code_challenge_method=S256   ->  a page: pick who you are
+    POST /authorize  (the page's form, with the sign-in key)  ->  303 to redirect_uri?code&state
+    POST /token  grant_type=authorization_code&code&redirect_uri&code_verifier   (form body,
+                 client_secret_basic or client_secret_post)  ->  {"id_token", "access_token"}
     GET  /healthz
 
 The key is generated once into ``<state-dir>/oidc/dev-key.pem``; its ``kid`` is the
@@ -17,15 +23,26 @@ that shows the *token secret*, ``<state-dir>/oidc/token-secret`` (mode 0600, mad
 whoever can read the dev state folder (the developer) can mint tokens; an agent that can
 reach loopback ports but was handed only its own token cannot mint an approver's token
 and approve its own request. Without the secret: 401.
+
+The sign-in knows one client, the console (``bqgate``, whose secret the dev stack keeps in
+``<state-dir>/console-client-secret``). It is strict where a real provider is: PKCE with
+S256 is required, a code is good for one exchange within a minute, bound to its client,
+redirect URI and verifier, and redirect URIs must be on loopback. For the same reason as
+the token secret, picking an identity takes the *sign-in key*,
+``<state-dir>/oidc/sign-in-key`` (the dev stack's banner prints it); a browser that gave
+it once keeps an HttpOnly cookie for :data:`SIGN_IN_COOKIE_TTL_S` and is not asked again.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
+import html
+import ipaddress
 import json
 import os
 import re
@@ -33,8 +50,11 @@ import secrets
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,6 +62,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bqgate.settings import DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
 
 KEY_FILE = "dev-key.pem"
 SECRET_FILE = "token-secret"
@@ -53,6 +75,28 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _MAX_BODY = 64 * 1024
 _TTL_RE = re.compile(r"^\s*(\d+)\s*([smh]?)\s*$")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+#: The one OAuth client of the sign-in: the approver console (its id and secret file).
+CONSOLE_CLIENT_ID = DEV_CONSOLE_CLIENT_ID
+CONSOLE_SECRET_FILE = DEV_CONSOLE_SECRET_FILE
+#: Who the sign-in page offers (principal, what they are in the demo policy).
+SIGN_IN_IDENTITIES: tuple[tuple[str, str], ...] = (
+    ("alice@example.com", "approver (data-approvers)"),
+    ("bob@example.com", "approver (data-approvers)"),
+    ("agent@demo-project.iam.gserviceaccount.com", "the demo agent (ai-coding-agents)"),
+)
+#: The sign-in key file (in the oidc folder), and the cookie a browser keeps once it gave it.
+SIGN_IN_KEY_FILE = "sign-in-key"
+SIGN_IN_COOKIE = "bqgate_dev_sign_in"
+SIGN_IN_COOKIE_TTL_S = 12 * 3600
+#: How long a sign-in page and an authorization code stay usable.
+AUTH_REQUEST_TTL_S = 600
+CODE_TTL_S = 60
+#: Lifetime of the ID token a code is exchanged for.
+SIGN_IN_TOKEN_TTL_S = 3600
+#: Most sign-ins in flight (pages shown, codes not yet exchanged).
+MAX_PENDING = 1000
+_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 
 
 def parse_ttl(text: str | int) -> int:
@@ -160,10 +204,19 @@ def load_secret(key_dir: Path) -> str:
 
 def load_or_create_secret(key_dir: Path) -> str:
     """The token endpoint's secret (32 random bytes, hex, mode 0600), made on first use."""
-    path = secret_path(key_dir)
+    return _load_or_create_hex(secret_path(key_dir))
+
+
+def load_or_create_sign_in_key(key_dir: Path) -> str:
+    """The sign-in page's key (32 random bytes, hex, mode 0600), made on first use."""
+    return _load_or_create_hex(Path(key_dir) / SIGN_IN_KEY_FILE)
+
+
+def _load_or_create_hex(path: Path) -> str:
+    """A random hex secret in ``path`` (mode 0600), made once; safe against races."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{SECRET_FILE}.{secrets.token_hex(6)}")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as handle:
@@ -172,7 +225,7 @@ def load_or_create_secret(key_dir: Path) -> str:
                 os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    return load_secret(key_dir)
+    return path.read_text(encoding="ascii").strip()
 
 
 def request_token(
@@ -245,7 +298,8 @@ def mint_token(
 
     Claims: ``iss`` (``issuer_url``), ``aud``, ``sub`` and ``email`` (the principal),
     ``email_verified``, ``groups``, ``iat``, ``nbf``, ``exp``, ``jti``, plus
-    ``extra_claims`` (custom claims such as ``env: production``; registered names refused).
+    ``extra_claims`` (custom claims such as ``env: production``, or the sign-in's
+    ``nonce``; registered names refused).
 
     Raises:
         FileNotFoundError: no dev key in ``key_dir`` (the dev issuer creates it).
@@ -328,24 +382,213 @@ def read_endpoints(dev_dir: Path) -> dict[str, str]:
     return {str(k): v for k, v in data.items() if isinstance(v, str)}
 
 
+def is_loopback_redirect(uri: str) -> bool:
+    """Whether ``uri`` may receive this issuer's codes: http(s) on loopback, no fragment.
+
+    >>> is_loopback_redirect("http://127.0.0.1:8181/console/auth/callback")
+    True
+    >>> is_loopback_redirect("https://evil.example/cb"), is_loopback_redirect("http://127.0.0.1/#x")
+    (False, False)
+    """
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        host = parts.hostname or ""
+        _ = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or parts.fragment or parts.username:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 code challenge of a PKCE ``verifier`` (RFC 7636 appendix B).
+
+    >>> pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+    'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM'
+    """
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """A validated authorization request (a sign-in page that was shown)."""
+
+    client_id: str
+    redirect_uri: str
+    state: str
+    nonce: str | None
+    code_challenge: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An authorization code's binding: who signed in, for which client and verifier."""
+
+    request: AuthRequest
+    principal: str
+    expires_at: float
+
+
+class OAuthFailure(Exception):
+    """A token request refused with an RFC 6749 ``error`` code."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error, self.description, self.status = error, description, status
+
+
 class DevIssuerServer(ThreadingHTTPServer):
     """The dev issuer's HTTP server; ``issuer_url`` is the ``iss`` of its tokens."""
 
     daemon_threads = True
     request_queue_size = 64  # bursts of token fetches from many agents at once
 
-    def __init__(self, host: str, port: int, key_dir: Path, issuer_url: str | None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        key_dir: Path,
+        issuer_url: str | None,
+        client_secret_file: Path | None = None,
+    ) -> None:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the dev issuer binds to loopback only, not {host!r}")
         self.key_dir = Path(key_dir)
         self.key = load_or_create_key(self.key_dir)
         self.secret = load_or_create_secret(self.key_dir)
+        self.sign_in_key = load_or_create_sign_in_key(self.key_dir)
         self.jwks = {"keys": [public_jwk(self.key)]}
+        self.client_secret_file = client_secret_file
+        self.auth_requests: dict[str, AuthRequest] = {}
+        self.grants: dict[str, Grant] = {}
+        self.sign_in_lock = threading.Lock()
         super().__init__((host, port), _Handler)
         bound_port = self.server_address[1]
         shown = "127.0.0.1" if host == "localhost" else host
         shown = f"[{shown}]" if ":" in shown else shown
         self.issuer_url = (issuer_url or f"http://{shown}:{bound_port}").rstrip("/")
+
+    def sign_in_cookie_value(self) -> str:
+        """What a browser that gave the sign-in key keeps (not the key itself)."""
+        return hmac.new(self.sign_in_key.encode(), b"bqgate-dev-sign-in", "sha256").hexdigest()
+
+    def client_secret(self, client_id: str) -> str | None:
+        """The secret of a known client (read on each use: the dev stack may write it late)."""
+        if client_id != CONSOLE_CLIENT_ID or self.client_secret_file is None:
+            return None
+        try:
+            secret = self.client_secret_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return secret or None
+
+    def _purge(self, now: float) -> None:
+        for table in (self.auth_requests, self.grants):
+            for key in [k for k, v in table.items() if v.expires_at <= now]:
+                del table[key]
+        if len(self.auth_requests) + len(self.grants) >= MAX_PENDING:
+            raise OAuthFailure("temporarily_unavailable", "too many sign-ins in flight", 503)
+
+    def remember_request(self, request: AuthRequest) -> str:
+        with self.sign_in_lock:
+            self._purge(time.time())
+            request_id = secrets.token_urlsafe(24)
+            self.auth_requests[request_id] = request
+            return request_id
+
+    def grant(self, request_id: str, principal: str) -> tuple[AuthRequest, str]:
+        """Turn a shown sign-in page into a one-time code for ``principal``."""
+        with self.sign_in_lock:
+            now = time.time()
+            self._purge(now)
+            request = self.auth_requests.pop(request_id, None)
+            if request is None:
+                raise OAuthFailure("invalid_request", "this sign-in page expired; start again")
+            code = secrets.token_urlsafe(32)
+            self.grants[code] = Grant(request, principal, now + CODE_TTL_S)
+            return request, code
+
+    def redeem(self, code: str) -> Grant:
+        """The code's grant, once (a second exchange of the same code fails)."""
+        with self.sign_in_lock:
+            grant = self.grants.pop(code, None)
+        if grant is None or grant.expires_at <= time.time():
+            raise OAuthFailure(
+                "invalid_grant", "the authorization code is unknown, used or expired"
+            )
+        return grant
+
+
+_PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;"
+    "color:#1a1a1a;background:#fff;line-height:1.5}"
+    "button{display:block;width:100%;margin:.5rem 0;padding:.75rem;font-size:1rem;"
+    "text-align:left;border:2px solid #1d4ed8;border-radius:6px;background:#fff;color:#1a1a1a;"
+    "cursor:pointer}button:focus,button:hover{background:#dbeafe;outline:3px solid #1d4ed8}"
+    ".who{font-weight:600}.what{color:#374151}.note{color:#374151;font-size:.9rem}"
+)
+
+
+def sign_in_page(request_id: str, client_id: str, redirect_uri: str, *, ask_key: bool) -> str:
+    """The page where a developer picks who signs in (one button per identity), with the
+    sign-in key field when this browser has not shown the key yet."""
+    key_field = (
+        '<p><label for="sign_in_key">Dev sign-in key</label><br>'
+        '<input id="sign_in_key" name="sign_in_key" type="password" required size="40" '
+        'autocomplete="current-password" aria-describedby="key-help"><br>'
+        f'<small id="key-help">From the dev stack\'s banner, or the file '
+        f"{OIDC_SUBDIR}/{SIGN_IN_KEY_FILE} in the dev state folder. This browser remembers it "
+        "for 12 hours.</small></p>"
+        if ask_key
+        else ""
+    )
+    buttons = "".join(
+        f'<button type="submit" name="principal" value="{html.escape(who)}" '
+        f'id="sign-in-{html.escape(who.split("@")[0])}">'
+        f'<span class="who">{html.escape(who)}</span><br>'
+        f'<span class="what">{html.escape(what)}</span></button>'
+        for who, what in SIGN_IN_IDENTITIES
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Sign in - bqgate dev issuer</title><style>{_PAGE_STYLE}</style></head><body>"
+        "<main><h1>Sign in</h1>"
+        f"<p><b>{html.escape(client_id)}</b> asks who you are. This is the local dev issuer: "
+        "pick an identity (no password).</p>"
+        '<form method="post" action="/authorize">'
+        f'<input type="hidden" name="request_id" value="{html.escape(request_id)}">'
+        f"{key_field}"
+        f'<fieldset><legend>Sign in as</legend>{buttons}</fieldset></form>'
+        f'<p class="note">You will be sent back to {html.escape(redirect_uri)}</p>'
+        "</main></body></html>"
+    )
+
+
+def _error_page(message: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign-in error</title>'
+        f"<style>{_PAGE_STYLE}</style></head><body><main><h1>Sign-in error</h1>"
+        f"<p>{html.escape(message)}</p></main></body></html>"
+    )
+
+
+def _with_query(uri: str, params: Mapping[str, str]) -> str:
+    """``uri`` with ``params`` added to its query.
+
+    >>> _with_query("http://127.0.0.1/cb?a=1", {"code": "x y"})
+    'http://127.0.0.1/cb?a=1&code=x+y'
+    """
+    joiner = "&" if urllib.parse.urlsplit(uri).query else "?"
+    return uri + joiner + urllib.parse.urlencode(params)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -355,29 +598,78 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: request lines would only add noise to the dev stack logs."""
 
-    def _send(self, status: int, body: Mapping[str, Any], cache: str = "no-store") -> None:
+    def _send(
+        self,
+        status: int,
+        body: Mapping[str, Any],
+        cache: str = "no-store",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         payload = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", cache)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
+    def _send_html(self, status: int, page: str) -> None:
+        payload = page.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _redirect(self, location: str, cookie: str | None = None) -> None:
+        self.send_response(HTTPStatus.SEE_OTHER)
+        self.send_header("Location", location)
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
+        self.send_header("Content-Length", "0")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.end_headers()
+
+    def _body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= _MAX_BODY:
+            return None
+        return self.rfile.read(length)
+
     def do_GET(self) -> None:
         url = self.server.issuer_url
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/.well-known/openid-configuration":
             self._send(
                 HTTPStatus.OK,
                 {
                     "issuer": url,
-                    "jwks_uri": f"{url}/jwks",
+                    "authorization_endpoint": f"{url}/authorize",
                     "token_endpoint": f"{url}/token",
+                    "jwks_uri": f"{url}/jwks",
                     "id_token_signing_alg_values_supported": ["RS256"],
-                    "response_types_supported": ["id_token"],
+                    "response_types_supported": ["code"],
+                    "grant_types_supported": ["authorization_code"],
+                    "code_challenge_methods_supported": ["S256"],
+                    "token_endpoint_auth_methods_supported": [
+                        "client_secret_basic",
+                        "client_secret_post",
+                    ],
+                    "scopes_supported": ["openid", "email", "profile"],
                     "subject_types_supported": ["public"],
-                    "claims_supported": ["iss", "aud", "sub", "email", "groups", "exp", "iat"],
+                    "claims_supported": [
+                        "iss", "aud", "sub", "email", "email_verified", "groups", "exp", "iat",
+                        "nonce",
+                    ],
                 },
                 cache=f"public, max-age={JWKS_MAX_AGE}",
             )
@@ -385,13 +677,187 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, self.server.jwks, cache=f"public, max-age={JWKS_MAX_AGE}")
         elif path == "/healthz":
             self._send(HTTPStatus.OK, {"ok": True, "issuer": url})
+        elif path == "/authorize":
+            self._authorize_page(urllib.parse.parse_qs(query))
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-    def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] != "/token":
-            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+    def _authorize_page(self, query: Mapping[str, list[str]]) -> None:
+        """Validate an authorization request; show the picker, or say (or redirect) why not."""
+
+        def one(name: str) -> str:
+            values = query.get(name) or [""]
+            return values[0] if len(values) == 1 else ""
+
+        client_id, redirect_uri = one("client_id"), one("redirect_uri")
+        if self.server.client_secret(client_id) is None:
+            self._send_html(HTTPStatus.BAD_REQUEST, _error_page(f"unknown client {client_id!r}"))
             return
+        if not is_loopback_redirect(redirect_uri):
+            self._send_html(
+                HTTPStatus.BAD_REQUEST,
+                _error_page("redirect_uri must be an http(s) URL on loopback"),
+            )
+            return
+        # The redirect URI is good: further errors go back to the client, as OAuth says.
+        state = one("state")
+        problem = None
+        if one("response_type") != "code":
+            problem = ("unsupported_response_type", "only response_type=code is supported")
+        elif "openid" not in one("scope").split():
+            problem = ("invalid_scope", "the openid scope is required")
+        elif one("code_challenge_method") != "S256" or not one("code_challenge"):
+            problem = ("invalid_request", "PKCE with code_challenge_method=S256 is required")
+        elif not state or len(state) > 512:
+            problem = ("invalid_request", "a state parameter (at most 512 characters) is required")
+        elif len(one("nonce")) > 512 or len(one("code_challenge")) > 128:
+            problem = ("invalid_request", "nonce or code_challenge is too long")
+        if problem is not None:
+            params = {"error": problem[0], "error_description": problem[1]}
+            if state:
+                params["state"] = state[:512]
+            self._redirect(_with_query(redirect_uri, params))
+            return
+        request = AuthRequest(
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            state=state,
+            nonce=one("nonce") or None,
+            code_challenge=one("code_challenge"),
+            expires_at=time.time() + AUTH_REQUEST_TTL_S,
+        )
+        try:
+            request_id = self.server.remember_request(request)
+        except OAuthFailure as exc:
+            self._send_html(exc.status, _error_page(exc.description))
+            return
+        self._send_html(HTTPStatus.OK, sign_in_page(
+            request_id, client_id, redirect_uri, ask_key=not self._signed_in_browser()))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if path == "/authorize":
+            self._authorize_submit()
+        elif path == "/token" and ctype == "application/x-www-form-urlencoded":
+            self._token_exchange()
+        elif path == "/token":
+            self._mint()
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def _form(self) -> dict[str, str] | None:
+        """A form body as single values; None when absent, too big or a field repeats."""
+        body = self._body()
+        if body is None:
+            return None
+        try:
+            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                                           strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        form = dict(pairs)
+        return form if len(form) == len(pairs) else None
+
+    def _signed_in_browser(self) -> bool:
+        """Whether this browser showed the sign-in key before (its cookie)."""
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(self.headers.get("Cookie") or "")
+        shown = cookies.get(SIGN_IN_COOKIE)
+        return shown is not None and hmac.compare_digest(
+            shown.value.encode(), self.server.sign_in_cookie_value().encode()
+        )
+
+    def _authorize_submit(self) -> None:
+        form = self._form()
+        principal = (form or {}).get("principal", "")
+        if form is None or principal not in {who for who, _ in SIGN_IN_IDENTITIES}:
+            self._send_html(HTTPStatus.BAD_REQUEST, _error_page("pick one of the identities"))
+            return
+        remember = False
+        if not self._signed_in_browser():
+            key = form.get("sign_in_key", "").strip()
+            if not hmac.compare_digest(key.encode(), self.server.sign_in_key.encode()):
+                self._send_html(HTTPStatus.UNAUTHORIZED, _error_page(
+                    "the dev sign-in key is missing or wrong: it is in the dev state folder "
+                    f"({OIDC_SUBDIR}/{SIGN_IN_KEY_FILE}), and the dev stack's banner prints it. "
+                    "Go back, enter it and pick again."))
+                return
+            remember = True
+        try:
+            request, code = self.server.grant(form.get("request_id", ""), principal)
+        except OAuthFailure as exc:
+            self._send_html(exc.status, _error_page(exc.description))
+            return
+        cookie = None
+        if remember:
+            cookie = (f"{SIGN_IN_COOKIE}={self.server.sign_in_cookie_value()}; Path=/; HttpOnly; "
+                      f"SameSite=Strict; Max-Age={SIGN_IN_COOKIE_TTL_S}")
+        self._redirect(_with_query(request.redirect_uri, {
+            "code": code, "state": request.state, "iss": self.server.issuer_url}), cookie=cookie)
+
+    def _client(self, form: Mapping[str, str]) -> str:
+        """The authenticated client id (client_secret_basic or client_secret_post)."""
+        header = self.headers.get("Authorization") or ""
+        if header.lower().startswith("basic "):
+            try:
+                raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise OAuthFailure("invalid_client", "malformed client credentials", 401) from None
+            user, _, password = raw.partition(":")
+            client_id = urllib.parse.unquote_plus(user)
+            secret = urllib.parse.unquote_plus(password)
+        else:
+            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        expected = self.server.client_secret(client_id)
+        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+            raise OAuthFailure("invalid_client", "client authentication failed", 401)
+        return client_id
+
+    def _token_exchange(self) -> None:
+        form = self._form()
+        try:
+            if form is None:
+                raise OAuthFailure(
+                    "invalid_request", "a form body without repeated fields is required"
+                )
+            client_id = self._client(form)
+            if form.get("grant_type") != "authorization_code":
+                raise OAuthFailure("unsupported_grant_type", "only authorization_code is supported")
+            grant = self.server.redeem(form.get("code", ""))
+            request = grant.request
+            if request.client_id != client_id or request.redirect_uri != form.get("redirect_uri"):
+                raise OAuthFailure("invalid_grant", "the code was issued to another client or URI")
+            verifier = form.get("code_verifier", "")
+            if not _VERIFIER.match(verifier) or not hmac.compare_digest(
+                pkce_challenge(verifier), request.code_challenge
+            ):
+                raise OAuthFailure("invalid_grant", "the PKCE code_verifier does not match")
+            extra = {"nonce": request.nonce} if request.nonce else {}
+            id_token = mint_token(
+                grant.principal,
+                [],
+                SIGN_IN_TOKEN_TTL_S,
+                client_id,
+                issuer_url=self.server.issuer_url,
+                key_dir=self.server.key_dir,
+                extra_claims=extra,
+            )
+        except OAuthFailure as exc:
+            extra_headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else {}
+            self._send(exc.status, {"error": exc.error, "error_description": exc.description},
+                       headers=extra_headers)
+            return
+        self._send(HTTPStatus.OK, {
+            "access_token": secrets.token_urlsafe(32),  # opaque: nothing accepts it
+            "token_type": "Bearer",
+            "expires_in": SIGN_IN_TOKEN_TTL_S,
+            "id_token": id_token,
+            "scope": "openid email",
+        })
+
+    def _mint(self) -> None:
         auth = self.headers.get("Authorization") or ""
         shown = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not hmac.compare_digest(shown.encode(), self.server.secret.encode()):
@@ -404,15 +870,12 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 < length <= _MAX_BODY:
+        body = self._body()
+        if body is None:
             self._send(HTTPStatus.BAD_REQUEST, {"error": "a JSON body is required"})
             return
         try:
-            request = json.loads(self.rfile.read(length))
+            request = json.loads(body)
             if not isinstance(request, dict):
                 raise ValueError("the body must be a JSON object")
             principal = request.get("principal")
@@ -446,15 +909,33 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    host: str, port: int, key_dir: Path, *, issuer_url: str | None = None
+    host: str,
+    port: int,
+    key_dir: Path,
+    *,
+    issuer_url: str | None = None,
+    client_secret_file: Path | None = None,
 ) -> DevIssuerServer:
-    """A bound (not yet serving) dev issuer. ``port`` 0 picks a free port."""
-    return DevIssuerServer(host, port, key_dir, issuer_url)
+    """A bound (not yet serving) dev issuer. ``port`` 0 picks a free port.
+
+    ``client_secret_file`` holds the console client's secret; without it the sign-in
+    (``/authorize``) knows no client and refuses every request.
+    """
+    return DevIssuerServer(host, port, key_dir, issuer_url, client_secret_file)
 
 
-def serve(host: str, port: int, key_dir: Path, *, issuer_url: str | None = None) -> DevIssuerServer:
+def serve(
+    host: str,
+    port: int,
+    key_dir: Path,
+    *,
+    issuer_url: str | None = None,
+    client_secret_file: Path | None = None,
+) -> DevIssuerServer:
     """Start the dev issuer in a daemon thread; stop it with ``shutdown()`` + ``server_close()``."""
-    server = make_server(host, port, key_dir, issuer_url=issuer_url)
+    server = make_server(
+        host, port, key_dir, issuer_url=issuer_url, client_secret_file=client_secret_file
+    )
     thread = threading.Thread(
         target=server.serve_forever, args=(0.1,), name="bqgate-dev-issuer", daemon=True
     )
@@ -471,7 +952,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--issuer-url", default=None, help="iss override (default: bound URL)")
     args = parser.parse_args(argv)
     server = make_server(
-        args.host, args.port, args.state_dir / OIDC_SUBDIR, issuer_url=args.issuer_url
+        args.host,
+        args.port,
+        args.state_dir / OIDC_SUBDIR,
+        issuer_url=args.issuer_url,
+        client_secret_file=args.state_dir / CONSOLE_SECRET_FILE,
     )
     print(f"bqgate dev issuer: {server.issuer_url}", file=sys.stderr, flush=True)
     try:

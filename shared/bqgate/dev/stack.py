@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from bqgate.chain import load_or_create_dev_key
+from bqgate.dev import issuer
+from bqgate.settings import DEV_CONSOLE_SECRET_FILE, DEV_CONSOLE_SESSION_KEY_FILE
 
 PROJECT = "demo-project"
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
@@ -218,6 +220,7 @@ class Stack:
         return {
             "gateway": self.url("gateway"),
             "approvals": self.url("approvals"),
+            "console": self.url("approvals") + "/console/",
             "executor": self.url("executor"),
             "slack_notify": self.url("slack_notify"),
             "sweeper": self.url("sweeper"),
@@ -248,6 +251,8 @@ class Stack:
             "BQGATE_SLACK_SIGNING_SECRET": self.signing_secret(),
             "BQGATE_APPROVALS_URL": self.url("approvals"),
             "BQGATE_EXECUTOR_URL": self.url("executor") if self.fast_path else "",
+            # Metadata always comes from the executor, whichever way jobs reach it.
+            "BQGATE_CATALOG_URL": self.url("executor"),
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
             "PUBSUB_EMULATOR_HOST": (
                 self.pubsub_faults.address
@@ -481,6 +486,12 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / ".gitignore").write_text("*\n")
         self._secret("hmac.key", 32)
+        # The approver console's OAuth client secret (shared with the dev issuer, which
+        # reads it from here) and the key signing its session cookie.
+        self._secret(DEV_CONSOLE_SECRET_FILE, 32)
+        self._secret(DEV_CONSOLE_SESSION_KEY_FILE, 32)
+        # The key the dev issuer's sign-in page asks for (the banner prints it).
+        issuer.load_or_create_sign_in_key(self.state_dir / issuer.OIDC_SUBDIR)
         load_or_create_dev_key(self.state_dir)
         if self.faults and self.pubsub_faults is None:
             from bqgate.dev.faults import FaultProxy
@@ -578,7 +589,7 @@ class Stack:
         functions = [
             ("gateway", "ingress", "ingress", "http"),
             ("approvals", "approvals", "approvals", "http"),
-            ("executor", "executor", "executor", "cloudevent"),
+            ("executor", "executor", "executor", "http"),
             ("slack_notify", "slack_notify", "slack_notify", "cloudevent"),
             ("sweeper", "sweeper", "sweeper", "http"),
         ]
@@ -709,11 +720,22 @@ def snippet(endpoints: Mapping[str, str]) -> str:
     )
 
 
+def sign_in_key(endpoints: Mapping[str, str]) -> str:
+    """The dev issuer's sign-in key of the stack these endpoints describe."""
+    path = Path(endpoints["state_dir"]) / issuer.OIDC_SUBDIR / issuer.SIGN_IN_KEY_FILE
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return f"(see {path})"
+
+
 def banner(endpoints: Mapping[str, str]) -> str:
     lines = [
         "",
         "bqgate dev stack is up (loopback only). Ctrl-C stops everything.",
         f"Gateway: {endpoints['gateway']}",
+        f"Approver console: {endpoints['console']}   (sign in as alice or bob)",
+        f"  dev sign-in key (the sign-in page asks once per browser): {sign_in_key(endpoints)}",
         f"Approvals: {endpoints['approvals']}   Slack stand-in: {endpoints['slack']}",
         f"Sweeper: {endpoints['sweeper']} (outbox reconciler, expiry, dead letters)",
         f"BigQuery emulator: {endpoints['bigquery']}   OIDC issuer: {endpoints['oidc_issuer']}",

@@ -363,7 +363,8 @@ class ApprovalService:
         msg = blocks.decided_message(
             job, outcome=d.outcome, actor=actor, at_ms=rec.decided_at_ms or self._now_ms(),
             reason=rec.reason if d.outcome == "denied" else None,
-            note=(f"{len(rec.votes)} of {rec.required}" if d.outcome == "recorded" else None))
+            note=(f"{len(rec.votes)} of {rec.required}" if d.outcome == "recorded" else None),
+            via=rec.decided_via)
         try:
             self._notifier().update_message(rec.slack_channel, rec.slack_ts, msg["text"],
                                             msg["blocks"])
@@ -663,6 +664,8 @@ class ApprovalService:
         estimates = [m.bytes_estimate or 0 for m in members]
         return {
             "job_id": job.job_id, "owner": job.owner, "groups": job.groups, "sql": job.sql,
+            "session_id": job.session_id or f"job-{job.job_id}",
+            "rewritten_sql": job.rewritten_sql, "blast_radius": job.blast_radius,
             "tables": cls.get("tables") or [], "reasons": cls.get("reasons") or [],
             "statement_hash": cls.get("statement_hash"), "bytes_estimate": job.bytes_estimate,
             "created_ms": job.created_ms, "expire_at_ms": job.expire_at_ms,

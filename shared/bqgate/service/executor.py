@@ -113,6 +113,56 @@ def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
     return "allow", "within the policy's cost limits"
 
 
+#: BigQuery bills at least 10 MiB for each table a query references, in whole MiB.
+MIN_BILLED_BYTES = 10 * 1024 * 1024
+
+
+def billed_bytes(processed: int, tables: int = 0) -> int:
+    """What BigQuery would bill for ``processed`` bytes over ``tables`` referenced tables.
+
+    >>> billed_bytes(0), billed_bytes(1), billed_bytes(11 * 1024 * 1024 + 1)
+    (0, 10485760, 12582912)
+    >>> billed_bytes(0, tables=2)
+    20971520
+    """
+    if processed <= 0 and tables <= 0:
+        return 0
+    mib = 1024 * 1024
+    return max(MIN_BILLED_BYTES * max(tables, 1), -(-processed // mib) * mib)
+
+
+def _tables_of(job: Job) -> int:
+    tables = job.classification.get("tables")
+    return len(tables) if isinstance(tables, list) else 0
+
+
+def lower_cap(policy_cap: int | None, client_cap: int | None) -> int | None:
+    """The ``maximumBytesBilled`` a job runs with: the lower of the policy's and the client's.
+
+    >>> lower_cap(10, None), lower_cap(None, 5), lower_cap(10, 5), lower_cap(None, None)
+    (10, 5, 5, None)
+    """
+    caps = [c for c in (policy_cap, client_cap) if c is not None]
+    return min(caps) if caps else None
+
+
+def over_client_cap(estimate: int, job: Job) -> bool:
+    """Would the job bill more than the ``maximumBytesBilled`` its client set?"""
+    cap = job.maximum_bytes_billed
+    return bool(cap) and billed_bytes(estimate, _tables_of(job)) > (cap or 0)
+
+
+def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
+    """BigQuery's own error for a query over the client's ``maximumBytesBilled``."""
+    return {
+        "reason": "bytesBilledLimitExceeded",
+        "message": (
+            f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
+            f"{billed_bytes(estimate, _tables_of(job))} or higher required."
+        ),
+    }
+
+
 @dataclass
 class ExecutorConfig:
     page_bytes: int = PAGE_BYTES
@@ -190,11 +240,22 @@ class Executor:
             return "unknown"
         if job.state == DONE:
             return "skipped"
+        if job.dry_run and job.classification.get("second_opinion"):
+            return self._fail(
+                job,
+                {
+                    "reason": "accessDenied",
+                    "message": "Blocked by bqgate policy: a statement the classifier cannot "
+                    "parse gets no dry run (only a second opinion when it runs)",
+                },
+            )
         if job.classification.get("second_opinion"):
             return self._second_opinion(job)
         plan = self._plan(job)
         if plan is None:
             return "failed"
+        if job.dry_run:
+            return self._answer_dry_run(job, plan)
         if job.state == PENDING_APPROVAL:
             return self._request_approval(job, None, plan=plan)
         if needs_approval(job):
@@ -210,10 +271,16 @@ class Executor:
         elif job.state == PENDING:
             writes = job.classification.get("writes") or []
             estimate = None if writes else self._upper_bound(job)
-            if estimate is None or cost_decision(estimate, self.policy)[0] != "allow":
+            if (
+                estimate is None
+                or cost_decision(estimate, self.policy)[0] != "allow"
+                or over_client_cap(estimate, job)
+            ):
                 estimate = self._estimate(job, plan)  # the bound does not settle it: ask BigQuery
             if estimate is None:
                 return "failed"
+            if over_client_cap(estimate, job):
+                return self._fail(job, client_cap_error(estimate, job))
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
                 return self._fail(job, {"reason": "quotaExceeded", "message": why})
@@ -527,6 +594,8 @@ class Executor:
                         },
                     )
                 extra.append(message)
+        if over_client_cap(estimate, job):
+            return self._fail(job, client_cap_error(estimate, job))
         now = self._now_ms()
         ttl_ms = self.policy.approvals.ttl_seconds * 1000
         fields: dict[str, Any] = {
@@ -645,8 +714,11 @@ class Executor:
                     "bqgate_job": label_value(job.job_id),
                     "bqgate_principal": label_value(job.owner),
                 },
-                maximum_bytes_billed=self.policy.cost.max_bytes_billed,
+                maximum_bytes_billed=lower_cap(
+                    self.policy.cost.max_bytes_billed, job.maximum_bytes_billed
+                ),
                 query_parameters=plan.parameters,
+                priority=job.priority,
             )
         except BqgateError as err:
             return self._fail(job, {"reason": err.reason, "message": err.message})
@@ -654,6 +726,32 @@ class Executor:
         if outcome.error:
             return self._fail(job, outcome.error)
         return self._store_results(job, wjid, outcome, run_ms, plan)
+
+    def _answer_dry_run(self, job: Job, plan: Rewrite) -> str:
+        """Answer a client's dry run like BigQuery (bytes, schema, statement type, tables)
+        from the dry run of the statement as it would run (rewritten); run nothing."""
+        info = self._dry_run(job, plan.sql, plan.parameters)
+        if info is None:
+            return "failed"
+        problem = self._disagreement(job, info)
+        if problem:
+            return self._fail(
+                job, {"reason": "accessDenied", "message": f"Blocked by bqgate policy: {problem}"}
+            )
+        now = self._now_ms()
+        fields = {
+            "state": DONE,
+            "started_ms": now,
+            "ended_ms": now,
+            "schema": [dict(f) for f in info.schema],
+            "statement_type": info.statement_type,
+            "total_bytes_processed": info.total_bytes_processed,
+            "referenced_tables": sorted(info.referenced_tables or job.classification.get("tables")
+                                        or ()),
+        }
+        self.store.transition(job.job_id, lambda j: None if j.done else fields)
+        self._record(job, "dry_run", {"total_bytes_processed": info.total_bytes_processed})
+        return "dry-run"
 
     def _fail(self, job: Job, error: Mapping[str, str]) -> str:
         """Finish the job with a BigQuery-shaped error whose message carries no data."""

@@ -24,6 +24,7 @@ from bqgate.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    Unavailable,
 )
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
@@ -44,6 +45,7 @@ ERRORS_BY_REASON: dict[str, type[BqgateError]] = {
     "invalid": InvalidRequest,
     "notFound": NotFound,
     "quotaExceeded": QuotaExceeded,
+    "bytesBilledLimitExceeded": InvalidQuery,
 }
 
 
@@ -198,14 +200,23 @@ class Gateway:
             session_id=session_id_for(principal, req.labels),
             request_kind=request_kind,
             dry_run=req.dry_run,
+            maximum_bytes_billed=req.maximum_bytes_billed,
+            priority=req.priority,
+            write_disposition=req.write_disposition,
+            use_query_cache=req.use_query_cache,
             classification=verdict,
             now_ms=self._now_ms(),
         )
         job.timings["classify_ms"] = round(classify_ms, 3)
         reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
-        if decision == "allow" or (decision == "block" and verdict.get("second_opinion")):
+        if (
+            decision == "allow"
+            or (decision == "block" and verdict.get("second_opinion"))
+            or (req.dry_run and decision == "approve")
+        ):
             # A statement sqlglot cannot parse may still be a plain query over readable,
-            # non-sensitive tables: the executor's dry run is the second opinion.
+            # non-sensitive tables: the executor's dry run is the second opinion. A dry run
+            # runs nothing, so a statement that needs approval is dry-run at once.
             job.state = PENDING
         elif decision == "approve":
             job.state = PENDING_APPROVAL
@@ -218,13 +229,6 @@ class Gateway:
                 "reason": "accessDenied",
                 "message": f"Blocked by bqgate policy: {reasons}",
             }
-        if req.dry_run and job.state != DONE:
-            # Dry runs need BigQuery rights the ingress does not hold; answer with the
-            # gateway's own judgement instead of pretending to know the byte count.
-            raise InvalidRequest(
-                "Dry runs are not supported through the gateway; use `bqgate explain` to see "
-                f"how a statement would be judged (this one: {decision})"
-            )
         handoff = self.dispatcher.record(job.job_id, outbox.ACCEPTED, self.config.execute_topic)
         quota = (
             OpenRequestQuota(principal.email, self.config.max_pending_per_principal, job.created_ms)
@@ -248,6 +252,12 @@ class Gateway:
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
         # sends approval-bound jobs on to the approvals topic with their estimate.
         self.dispatcher.send(handoff)
+        if job.dry_run:
+            # BigQuery answers a dry run at once: wait for the executor's (it alone can ask).
+            job = self._wait(self.store.get(job.job_id) or job, None)
+            if not job.done:
+                raise Unavailable("The dry run did not finish in time; try again")
+            return job
         if self._direct is not None:
             # The direct fast path returns once the executor has handled the job: answer with
             # its state now, so a finished job is reported DONE without another round trip.
@@ -303,6 +313,8 @@ class Gateway:
                 raise Duplicate(f"Already Exists: Job {project}:{job_id}")
             return wire.job_resource(self._resume(existing))
         job = self.submit(principal, project, req, job_id, "jobs.insert")
+        if job.dry_run and job.error:
+            raise job_error(job)
         return wire.job_resource(job)
 
     def query(self, principal: Principal, project: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -323,7 +335,7 @@ class Gateway:
             location=None,
             int64_timestamps=_int64_ts(body),
         )
-        return self._results(job, params)
+        return self._results(job, params, query_response=True)
 
     # --- reading -----------------------------------------------------------------
 
@@ -411,20 +423,33 @@ class Gateway:
             job = self._expire_if_due(fresh)
         return job
 
-    def _results(self, job: Job, params: wire.ResultsRequest) -> dict[str, Any]:
+    def _results(
+        self, job: Job, params: wire.ResultsRequest, *, query_response: bool = False
+    ) -> dict[str, Any]:
         job = self._wait(job, params.timeout_ms)
         if not job.done:
-            return wire.query_results(job, rows=None, next_offset=None)
+            return wire.query_results(
+                job, rows=None, next_offset=None, query_response=query_response
+            )
         if job.error:
             raise job_error(job)
+        rows, next_offset = self.page(job, params)
+        return wire.query_results(
+            job, rows=rows, next_offset=next_offset, query_response=query_response
+        )
+
+    def page(
+        self, job: Job, params: wire.ResultsRequest
+    ) -> tuple[list[dict[str, Any]] | None, int | None]:
+        """The REST rows of a finished job from ``params.start_index`` (at most
+        ``params.max_results``) and the offset of the next page (None: the last)."""
         total = job.total_rows or 0
         start = params.start_index
         if job.schema is None or params.max_results == 0 or start >= total or not job.page_starts:
-            return wire.query_results(
-                job,
-                rows=[] if job.schema is not None and params.max_results != 0 else None,
-                next_offset=None,
+            empty: list[dict[str, Any]] | None = (
+                [] if job.schema is not None and params.max_results != 0 else None
             )
+            return empty, None
         first = bisect.bisect_right(job.page_starts, start) - 1
         if params.max_results is None:
             # One stored page (from ``start``) per call, as BigQuery pages by size.
@@ -433,14 +458,14 @@ class Gateway:
         else:
             end = min(total, start + min(params.max_results, MAX_PAGE_ROWS))
         last = bisect.bisect_right(job.page_starts, end - 1) - 1
-        rows: list[list[Any]] = []
+        rows_out: list[list[Any]] = []
         for page_start, rows_json in self.store.get_pages(job.job_id, first, last):
             page_rows = json.loads(rows_json)
             lo = max(start - page_start, 0)
             hi = min(end - page_start, len(page_rows))
-            rows.extend(page_rows[lo:hi])
-        rest = wire.rows_to_rest(rows, job.schema, params.int64_timestamps)
-        return wire.query_results(job, rows=rest, next_offset=end if end < total else None)
+            rows_out.extend(page_rows[lo:hi])
+        rest = wire.rows_to_rest(rows_out, job.schema, params.int64_timestamps)
+        return rest, (end if end < total else None)
 
 
 def session_id_for(principal: Principal, labels: Mapping[str, str]) -> str:

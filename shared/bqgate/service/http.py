@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bqgate.errors import BqgateError, InvalidRequest, NotFound, NotImplementedApi
+from bqgate.errors import AccessDenied, BqgateError, NotFound, NotImplementedApi
 from bqgate.identity import Principal, TokenVerifier, bearer_token
 from bqgate.service.gateway import Gateway
 from bqgate.wire import bigquery as wire
@@ -26,20 +26,47 @@ from bqgate.wire import bigquery as wire
 log = logging.getLogger("bqgate.ingress")
 
 _SEG = r"([A-Za-z0-9_.:\-]+)"
+_P = r"^/bigquery/v2/projects"
 ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("POST", re.compile(rf"^/bigquery/v2/projects/{_SEG}/jobs/?$"), "insert_job"),
-    ("GET", re.compile(rf"^/bigquery/v2/projects/{_SEG}/jobs/{_SEG}/?$"), "get_job"),
-    ("POST", re.compile(rf"^/bigquery/v2/projects/{_SEG}/jobs/{_SEG}/cancel/?$"), "cancel_job"),
-    ("POST", re.compile(rf"^/bigquery/v2/projects/{_SEG}/queries/?$"), "query"),
-    ("GET", re.compile(rf"^/bigquery/v2/projects/{_SEG}/queries/{_SEG}/?$"), "get_query_results"),
+    ("POST", re.compile(rf"{_P}/{_SEG}/jobs/?$"), "insert_job"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/jobs/?$"), "list_jobs"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/jobs/{_SEG}/?$"), "get_job"),
+    ("POST", re.compile(rf"{_P}/{_SEG}/jobs/{_SEG}/cancel/?$"), "cancel_job"),
+    ("POST", re.compile(rf"{_P}/{_SEG}/queries/?$"), "query"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/queries/{_SEG}/?$"), "get_query_results"),
+    ("GET", re.compile(rf"{_P}/?$"), "list_projects"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/?$"), "list_datasets"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/?$"), "get_dataset"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/?$"), "list_tables"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/{_SEG}/?$"), "get_table"),
+    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/{_SEG}/data/?$"), "list_rows"),
+    (
+        "POST",
+        re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/{_SEG}/insertAll/?$"),
+        "insert_all",
+    ),
 )
 _ARGS = {
     "insert_job": ("project",),
+    "list_jobs": ("project",),
     "get_job": ("project", "job_id"),
     "cancel_job": ("project", "job_id"),
     "query": ("project",),
     "get_query_results": ("project", "job_id"),
+    "list_projects": (),
+    "list_datasets": ("project",),
+    "get_dataset": ("project", "dataset"),
+    "list_tables": ("project", "dataset"),
+    "get_table": ("project", "dataset", "table"),
+    "list_rows": ("project", "dataset", "table"),
+    "insert_all": ("project", "dataset", "table"),
 }
+#: Where BigQuery clients look for the discovery document (bq: ``/$discovery/rest``).
+DISCOVERY_PATHS = ("/$discovery/rest", "/discovery/v1/apis/bigquery/v2/rest")
+#: Writes to metadata BigQuery offers and the gateway refuses, with what to do instead.
+_METADATA_WRITES = re.compile(
+    rf"{_P}/{_SEG}/datasets(/{_SEG}(/tables(/{_SEG})?)?)?(/[A-Za-z]+)?/?$"
+)
 
 
 def route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
@@ -65,11 +92,17 @@ class IngressApp:
     """Authenticates, routes and answers one BigQuery REST request."""
 
     def __init__(
-        self, gateway: Callable[[], Gateway], verifier: Callable[[], TokenVerifier]
+        self,
+        gateway: Callable[[], Gateway],
+        verifier: Callable[[], TokenVerifier],
+        metadata: Callable[[], Any] | None = None,
+        tabledata: Callable[[], Any] | None = None,
     ) -> None:
         # Factories, so the clients behind them are built on first use, not at import.
         self._gateway = gateway
         self._verifier = verifier
+        self._metadata = metadata
+        self._tabledata = tabledata
 
     def handle(
         self,
@@ -102,37 +135,93 @@ class IngressApp:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Response:
-        if method.upper() == "GET" and path in ("/", "/healthz"):
+        verb = method.upper()
+        if verb == "GET" and path in ("/", "/healthz"):
             return Response(200, {"status": "ok", "service": "bqgate-ingress"})
+        if verb == "GET" and path in DISCOVERY_PATHS:
+            from bqgate.wire.discovery import discovery_document
+
+            return Response(200, discovery_document(root_url(headers)))
         found = route(method, path)
         if found is None:
-            if path.startswith("/bigquery/v2/") or path.startswith("/upload/bigquery/"):
-                raise NotImplementedApi(
-                    f"{method.upper()} {path} is not offered by the bqgate gateway: it serves "
-                    "query jobs only (jobs.insert, jobs.get, jobs.query, jobs.getQueryResults, "
-                    "jobs.cancel)"
-                )
-            raise NotFound(f"Not found: {method.upper()} {path}")
+            raise _unrouted(verb, path)
         name, args = found
         principal = self._verifier().verify(bearer_token(headers.get("Authorization")))
-        gateway = self._gateway()
-        if name == "insert_job":
+        if name in _GATEWAY_CALLS:
+            gateway = self._gateway()
+            if name == "insert_job":
+                answer = gateway.insert_job(principal, args["project"], wire.parse_json_body(body))
+            elif name == "query":
+                answer = gateway.query(principal, args["project"], wire.parse_json_body(body))
+            elif name == "get_job":
+                answer = gateway.get_job(principal, args["project"], args["job_id"])
+            elif name == "cancel_job":
+                answer = gateway.cancel_job(principal, args["project"], args["job_id"])
+            else:
+                answer = gateway.get_query_results(
+                    principal, args["project"], args["job_id"], params
+                )
+            return Response(200, answer)
+        if name in ("list_rows", "insert_all"):
+            if self._tabledata is None:
+                raise NotImplementedApi(f"{verb} {path} is not offered by this gateway")
+            rows = self._tabledata()
+            if name == "list_rows":
+                return Response(200, rows.list_rows(principal, *args.values(), params))
             return Response(
-                200, gateway.insert_job(principal, args["project"], wire.parse_json_body(body))
+                200, rows.insert_all(principal, *args.values(), wire.parse_json_body(body))
             )
-        if name == "query":
-            return Response(
-                200, gateway.query(principal, args["project"], wire.parse_json_body(body))
-            )
-        if name == "get_job":
-            return Response(200, gateway.get_job(principal, args["project"], args["job_id"]))
-        if name == "cancel_job":
-            return Response(200, gateway.cancel_job(principal, args["project"], args["job_id"]))
-        if name == "get_query_results":
-            return Response(
-                200, gateway.get_query_results(principal, args["project"], args["job_id"], params)
-            )
-        raise InvalidRequest(f"unroutable request {name}")  # pragma: no cover
+        if self._metadata is None:
+            raise NotImplementedApi(f"{verb} {path} is not offered by this gateway")
+        api = self._metadata()
+        if name in ("list_projects", "list_datasets", "list_tables", "list_jobs"):
+            return Response(200, getattr(api, name)(principal, *args.values(), params))
+        return Response(200, getattr(api, name)(principal, *args.values()))
+
+
+_GATEWAY_CALLS = frozenset({"insert_job", "query", "get_job", "cancel_job", "get_query_results"})
+
+
+def _unrouted(verb: str, path: str) -> BqgateError:
+    """The answer to a request no route takes: a refusal that says what to do instead."""
+    if path.startswith("/upload/bigquery/"):
+        return AccessDenied(
+            "load jobs are refused by bqgate: a load job writes files the policy cannot see "
+            "into a table; insert rows with INSERT statements or tabledata.insertAll, which "
+            "the policy judges as writes"
+        )
+    if verb in ("POST", "PUT", "PATCH", "DELETE") and _METADATA_WRITES.match(path):
+        return AccessDenied(
+            f"{verb} {path}: bqgate changes datasets and tables only through SQL (CREATE, "
+            "ALTER, DROP statements), which the policy judges as DDL"
+        )
+    if path.startswith("/bigquery/v2/"):
+        return NotImplementedApi(
+            f"{verb} {path} is not offered by the bqgate gateway: it serves queries "
+            "(jobs.*), table rows (tabledata.list, tabledata.insertAll) and metadata "
+            "(projects.list, datasets.list/get, tables.list/get); see /$discovery/rest"
+        )
+    return NotFound(f"Not found: {verb} {path}")
+
+
+def root_url(headers: Mapping[str, str]) -> str:
+    """The URL the client reached the gateway at (behind Cloud Run: its public host).
+
+    >>> root_url({"Host": "gw.example", "X-Forwarded-Proto": "https"})
+    'https://gw.example/'
+    >>> root_url({"Host": "127.0.0.1:8180"})
+    'http://127.0.0.1:8180/'
+    """
+    host = (headers.get("X-Forwarded-Host") or headers.get("Host") or "").split(",")[0].strip()
+    if not _HOST.match(host):
+        host = "localhost"
+    proto = (headers.get("X-Forwarded-Proto") or "").split(",")[0].strip()
+    if proto not in ("http", "https"):
+        proto = "http" if host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]") else "https"
+    return f"{proto}://{host}/"
+
+
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 __all__ = ["IngressApp", "Principal", "Response", "error_response", "route"]

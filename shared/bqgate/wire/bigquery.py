@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bqgate.errors import InvalidQuery, InvalidRequest
+from bqgate.errors import AccessDenied, InvalidQuery, InvalidRequest
 from bqgate.jobs import DONE, Job
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
@@ -45,6 +45,10 @@ class QueryRequest:
     timeout_ms: int | None = None
     max_results: int | None = None
     request_id: str | None = None
+    maximum_bytes_billed: int | None = None
+    priority: str | None = None
+    write_disposition: str | None = None
+    use_query_cache: bool | None = None
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -106,12 +110,85 @@ def _labels(value: Any, path: str) -> dict[str, str]:
     return dict(labels)
 
 
+_DIALECT_PREFIX = re.compile(r"^\s*#(standardSQL|legacySQL)\b", re.IGNORECASE)
+
+LEGACY_SQL_MESSAGE = (
+    "bqgate runs GoogleSQL only, and this request asks for legacy SQL{why}. Set "
+    "useLegacySql=false (bq: --nouse_legacy_sql, or run it as `bqgate bq`, which sets it; "
+    "the Python, Node, pandas-gbq, SQLAlchemy, ibis and dbt clients set it already) or "
+    "begin the query with #standardSQL"
+)
+
+
 def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
+    """The query text, if it is GoogleSQL the way BigQuery decides the dialect.
+
+    Like BigQuery, a request that does not set ``useLegacySql`` is legacy SQL unless
+    the query starts with ``#standardSQL``; legacy SQL is refused with what to do.
+
+    >>> _sql("#standardSQL SELECT 1", "query", None)
+    '#standardSQL SELECT 1'
+    >>> _sql("SELECT 1", "query", None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bqgate.errors.InvalidQuery: bqgate runs GoogleSQL only, and this request asks for ...
+    """
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"Invalid value at '{path}': a query is required")
-    if use_legacy_sql is not False and use_legacy_sql is not None:
-        raise InvalidQuery("Legacy SQL is not supported by the gateway; set useLegacySql=false")
-    return value
+    if use_legacy_sql is not None and not isinstance(use_legacy_sql, bool):
+        raise InvalidRequest(
+            f"Invalid value at '{path[: path.rfind('.') + 1]}useLegacySql': expected true or false"
+        )
+    prefix = _DIALECT_PREFIX.match(value)
+    said = prefix.group(1).lower() if prefix else None
+    if use_legacy_sql is False and said == "legacysql":
+        raise InvalidQuery(
+            "Query text specifies use_legacy_sql:true, while API options specify:false"
+        )
+    if use_legacy_sql is True and said == "standardsql":
+        raise InvalidQuery(
+            "Query text specifies use_legacy_sql:false, while API options specify:true"
+        )
+    if use_legacy_sql is False or (use_legacy_sql is None and said == "standardsql"):
+        return value
+    why = (
+        " (useLegacySql is true)"
+        if use_legacy_sql
+        else " (the query starts with #legacySQL)"
+        if said == "legacysql"
+        else " (useLegacySql is not set, which BigQuery reads as legacy SQL)"
+    )
+    raise InvalidQuery(LEGACY_SQL_MESSAGE.format(why=why))
+
+
+PRIORITIES = ("INTERACTIVE", "BATCH")
+WRITE_DISPOSITIONS = ("WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
+
+
+def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.upper() not in choices:
+        raise InvalidRequest(f"Invalid value at '{path}': expected one of {', '.join(choices)}")
+    return value.upper()
+
+
+def _refuse_unsupported(query: Mapping[str, Any], prefix: str) -> None:
+    """Options the gateway cannot honour are refused, never silently dropped."""
+    if query.get("destinationTable"):
+        raise InvalidRequest(
+            f"Invalid value at '{prefix}destinationTable': bqgate does not write query results "
+            "to tables (a table the gateway wrote could be read around it); use CREATE TABLE "
+            "... AS SELECT or INSERT ... SELECT, which the policy judges as writes"
+        )
+    if query.get("createSession"):
+        raise InvalidRequest(
+            f"Invalid value at '{prefix}createSession': BigQuery sessions are not offered "
+            "through bqgate; each query runs on its own (use a multi-statement query instead)"
+        )
+    for key in ("connectionProperties", "tableDefinitions", "userDefinedFunctionResources"):
+        if query.get(key):
+            raise InvalidRequest(f"Invalid value at '{prefix}{key}': not supported by bqgate")
 
 
 def _int(value: Any, path: str) -> int | None:
@@ -145,17 +222,14 @@ def parse_insert(body: Mapping[str, Any]) -> QueryRequest:
     query = config.get("query")
     if not isinstance(query, dict):
         kinds = [k for k in ("load", "extract", "copy") if k in config]
-        what = f"{kinds[0]} jobs are" if kinds else "only query jobs are"
+        if kinds:
+            raise AccessDenied(
+                f"{kinds[0]} jobs are refused by bqgate: {JOB_KIND_REFUSALS[kinds[0]]}"
+            )
         raise InvalidRequest(
-            f"Invalid value at 'configuration': {what} not supported by the gateway"
-            if kinds
-            else "Invalid value at 'configuration.query': only query jobs are supported"
+            "Invalid value at 'configuration.query': only query jobs are supported"
         )
-    if query.get("destinationTable"):
-        raise InvalidRequest(
-            "Invalid value at 'configuration.query.destinationTable': the gateway does not "
-            "write query results to tables"
-        )
+    _refuse_unsupported(query, "configuration.query.")
     ref = _obj(body.get("jobReference"), "jobReference")
     job_id = ref.get("jobId")
     if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
@@ -172,7 +246,30 @@ def parse_insert(body: Mapping[str, Any]) -> QueryRequest:
         dry_run=bool(config.get("dryRun")),
         query_parameters=_params(query, "configuration.query"),
         parameter_mode=query.get("parameterMode"),
+        maximum_bytes_billed=_int(
+            query.get("maximumBytesBilled"), "configuration.query.maximumBytesBilled"
+        ),
+        priority=_choice(query.get("priority"), "configuration.query.priority", PRIORITIES),
+        write_disposition=_choice(
+            query.get("writeDisposition"),
+            "configuration.query.writeDisposition",
+            WRITE_DISPOSITIONS,
+        ),
+        use_query_cache=query.get("useQueryCache")
+        if isinstance(query.get("useQueryCache"), bool)
+        else None,
     )
+
+
+#: Why each non-query job kind is refused (a 403 that says why).
+JOB_KIND_REFUSALS: Mapping[str, str] = {
+    "load": "a load job writes files the policy cannot see into a table; insert rows with "
+    "INSERT statements or tabledata.insertAll, which the policy judges as writes",
+    "extract": "an extract job copies a whole table out of the warehouse, past masking; "
+    "query what you need instead (EXPORT DATA is judged by the policy)",
+    "copy": "a copy job duplicates a table, sensitive columns and all, past masking; use "
+    "CREATE TABLE ... AS SELECT, which the policy judges as a write",
+}
 
 
 def parse_query(body: Mapping[str, Any]) -> QueryRequest:
@@ -187,6 +284,14 @@ def parse_query(body: Mapping[str, Any]) -> QueryRequest:
     ):
         raise InvalidRequest("Invalid value at 'requestId': letters, digits, _ and - only")
     location = body.get("location")
+    _refuse_unsupported(body, "")
+    if body.get("jobCreationMode") not in (
+        None,
+        "JOB_CREATION_MODE_UNSPECIFIED",
+        "JOB_CREATION_REQUIRED",
+        "JOB_CREATION_OPTIONAL",
+    ):
+        raise InvalidRequest("Invalid value at 'jobCreationMode'")
     return QueryRequest(
         sql=_sql(body.get("query"), "query", body.get("useLegacySql")),
         job_id=None,
@@ -199,6 +304,10 @@ def parse_query(body: Mapping[str, Any]) -> QueryRequest:
         timeout_ms=_int(body.get("timeoutMs"), "timeoutMs"),
         max_results=_int(body.get("maxResults"), "maxResults"),
         request_id=request_id,
+        maximum_bytes_billed=_int(body.get("maximumBytesBilled"), "maximumBytesBilled"),
+        use_query_cache=body.get("useQueryCache")
+        if isinstance(body.get("useQueryCache"), bool)
+        else None,
     )
 
 
@@ -267,8 +376,152 @@ def job_reference(job: Job) -> dict[str, str]:
     return {"projectId": job.project, "jobId": job.job_id, "location": job.location}
 
 
+#: Statement kinds of the classifier that BigQuery names differently.
+_STATEMENT_TYPES: Mapping[str, str] = {
+    "TRUNCATE": "TRUNCATE_TABLE",
+    "CREATE": "CREATE_TABLE",
+    "DROP": "DROP_TABLE",
+    "ALTER": "ALTER_TABLE",
+    "CREATE_SCHEMA": "CREATE_SCHEMA",
+}
+_BIGQUERY_STATEMENT_TYPES = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "TRUNCATE_TABLE",
+        "CREATE_TABLE",
+        "CREATE_VIEW",
+        "CREATE_MATERIALIZED_VIEW",
+        "CREATE_FUNCTION",
+        "CREATE_TABLE_FUNCTION",
+        "CREATE_PROCEDURE",
+        "CREATE_SCHEMA",
+        "CREATE_MODEL",
+        "DROP_TABLE",
+        "DROP_VIEW",
+        "DROP_SCHEMA",
+        "ALTER_TABLE",
+        "ALTER_VIEW",
+        "EXPORT_DATA",
+        "LOAD_DATA",
+        "ASSERT",
+        "CREATE_TABLE_AS_SELECT",
+        "SCRIPT",
+    }
+)
+
+
+def statement_type(job: Job) -> str:
+    """``statistics.query.statementType``: BigQuery's word when the warehouse said it,
+    else the classifier's statement kind in BigQuery's vocabulary (``SCRIPT`` for several).
+
+    >>> j = Job.new(job_id="j", project="p", location="US", sql="x", owner="o", now_ms=0,
+    ...             classification={"statements": ["SELECT"]})
+    >>> statement_type(j)
+    'SELECT'
+    >>> j.classification = {"statements": ["DECLARE", "SELECT"]}
+    >>> statement_type(j)
+    'SCRIPT'
+    """
+    if job.statement_type:
+        return job.statement_type
+    kinds = job.classification.get("statements") or []
+    if len(kinds) != 1:
+        return "SCRIPT" if kinds else "SELECT"
+    kind = str(kinds[0])
+    kind = _STATEMENT_TYPES.get(kind, kind)
+    return kind if kind in _BIGQUERY_STATEMENT_TYPES else "SCRIPT"
+
+
+def table_reference(fqn: str) -> dict[str, str]:
+    """``project.dataset.table`` as a TableReference.
+
+    >>> table_reference("p.d.t")
+    {'projectId': 'p', 'datasetId': 'd', 'tableId': 't'}
+    """
+    project, dataset, table = fqn.rsplit(".", 2) if fqn.count(".") >= 2 else ("", "", fqn)
+    return {"projectId": project, "datasetId": dataset, "tableId": table}
+
+
+#: The dataset named in the few destination tables the gateway reports. It exists only in
+#: the gateway: nothing in the warehouse can be read around it.
+ANONYMOUS_DATASET = "_bqgate_anonymous"
+
+
+def anonymous_destination(job: Job) -> dict[str, str] | None:
+    """The destination table a finished job reports, where a client needs one.
+
+    BigQuery names an anonymous table for every query. The gateway keeps results in its own
+    store and serves that table itself (``tables.get``, ``tabledata.list``, owner only), but
+    names it only for the clients that need it, because a client holding a destination
+    table tries the Storage Read API on it (unreachable through the gateway):
+
+    * dbt (jobs labelled ``dbt_invocation_id``) reads ``numRows`` off it after every SELECT;
+    * ibis reads its session dataset off an uncached, table-less ``SELECT 1``.
+    """
+    dbt = "dbt_invocation_id" in job.labels
+    ibis_probe = (
+        job.use_query_cache is False
+        and (job.total_rows or 0) <= 1
+        and not job.classification.get("tables")
+    )
+    if (
+        not (dbt or ibis_probe)
+        or job.state != DONE
+        or job.error
+        or job.dry_run
+        or job.schema is None
+        or statement_type(job) != "SELECT"
+    ):
+        return None
+    return {
+        "projectId": job.project,
+        "datasetId": ANONYMOUS_DATASET,
+        "tableId": ANONYMOUS_PREFIX + job.job_id,
+    }
+
+
+ANONYMOUS_PREFIX = "anon_"
+
+
+def anonymous_job_id(dataset: str, table: str) -> str | None:
+    """The job whose results ``dataset.table`` names, if it is an anonymous table.
+
+    >>> anonymous_job_id("_bqgate_anonymous", "anon_j1"), anonymous_job_id("sales", "anon_j1")
+    ('j1', None)
+    """
+    if dataset != ANONYMOUS_DATASET or not table.startswith(ANONYMOUS_PREFIX):
+        return None
+    job_id = table[len(ANONYMOUS_PREFIX) :]
+    return job_id if JOB_ID_RE.match(job_id) else None
+
+
+def anonymous_table(job: Job) -> dict[str, Any]:
+    """The Table resource of a job's anonymous destination table (its masked results)."""
+    ref = anonymous_destination(job) or {
+        "projectId": job.project,
+        "datasetId": ANONYMOUS_DATASET,
+        "tableId": ANONYMOUS_PREFIX + job.job_id,
+    }
+    return {
+        "kind": "bigquery#table",
+        "id": f"{ref['projectId']}:{ref['datasetId']}.{ref['tableId']}",
+        "tableReference": ref,
+        "type": "TABLE",
+        "schema": {"fields": job.schema or []},
+        "numRows": str(job.total_rows or 0),
+        "creationTime": _ms(job.ended_ms or job.created_ms),
+        "location": job.location,
+    }
+
+
 def job_resource(job: Job) -> dict[str, Any]:
-    """A BigQuery Job resource for ``jobs.insert``/``jobs.get``. Never a destination table."""
+    """A BigQuery Job resource for ``jobs.insert``/``jobs.get``. Never a destination table:
+    the gateway keeps results in its own store, so no table exists that the agent could
+    read around it (the Storage Read API included)."""
     query: dict[str, Any] = {"query": job.sql, "useLegacySql": False}
     if job.default_dataset:
         query["defaultDataset"] = dict(job.default_dataset)
@@ -276,6 +529,16 @@ def job_resource(job: Job) -> dict[str, Any]:
         query["queryParameters"] = job.query_parameters
         if job.parameter_mode:
             query["parameterMode"] = job.parameter_mode
+    if job.maximum_bytes_billed is not None:
+        query["maximumBytesBilled"] = str(job.maximum_bytes_billed)
+    query["priority"] = job.priority or "INTERACTIVE"
+    if job.write_disposition:
+        query["writeDisposition"] = job.write_disposition
+    if job.use_query_cache is not None:
+        query["useQueryCache"] = job.use_query_cache
+    destination = anonymous_destination(job)
+    if destination:
+        query["destinationTable"] = destination
     status: dict[str, Any] = {"state": job.bigquery_state}
     if job.error:
         status["errorResult"] = dict(job.error)
@@ -285,20 +548,21 @@ def job_resource(job: Job) -> dict[str, Any]:
         stats["startTime"] = _ms(job.started_ms)
     if job.ended_ms:
         stats["endTime"] = _ms(job.ended_ms)
-    query_stats: dict[str, Any] = {}
-    if job.statement_type:
-        query_stats["statementType"] = job.statement_type
+    query_stats: dict[str, Any] = {"statementType": statement_type(job), "cacheHit": False}
     if job.total_bytes_processed is not None:
         stats["totalBytesProcessed"] = str(job.total_bytes_processed)
         query_stats["totalBytesProcessed"] = str(job.total_bytes_processed)
-        query_stats["totalBytesBilled"] = str(job.total_bytes_processed)
+        query_stats["totalBytesBilled"] = "0" if job.dry_run else str(job.total_bytes_processed)
+        if job.dry_run:
+            query_stats["estimatedBytesProcessed"] = str(job.total_bytes_processed)
+            query_stats["totalBytesProcessedAccuracy"] = "PRECISE"
     if job.num_dml_affected_rows is not None:
         query_stats["numDmlAffectedRows"] = str(job.num_dml_affected_rows)
     if job.state == DONE and job.schema is not None:
         query_stats["schema"] = {"fields": job.schema}
-    if query_stats:
-        query_stats["cacheHit"] = False
-        stats["query"] = query_stats
+    if job.referenced_tables:
+        query_stats["referencedTables"] = [table_reference(t) for t in job.referenced_tables]
+    stats["query"] = query_stats
     config: dict[str, Any] = {"jobType": "QUERY", "query": query}
     if job.labels:
         config["labels"] = dict(job.labels)
@@ -362,15 +626,22 @@ def rows_to_rest(
 
 
 def query_results(
-    job: Job, *, rows: list[dict[str, Any]] | None, next_offset: int | None
+    job: Job,
+    *,
+    rows: list[dict[str, Any]] | None,
+    next_offset: int | None,
+    query_response: bool = False,
 ) -> dict[str, Any]:
-    """A ``getQueryResults`` / ``jobs.query`` response body for ``job``."""
+    """A ``getQueryResults`` (or, with ``query_response``, ``jobs.query``) body for ``job``."""
     body: dict[str, Any] = {
         "kind": "bigquery#getQueryResultsResponse",
         "etag": f'"{job.job_id}"',
         "jobReference": job_reference(job),
         "jobComplete": job.done,
     }
+    if query_response:
+        body["kind"] = "bigquery#queryResponse"
+        body["queryId"] = job.job_id
     if not job.done:
         return body
     if job.error:
@@ -382,7 +653,10 @@ def query_results(
         body["numDmlAffectedRows"] = str(job.num_dml_affected_rows)
     if job.schema is not None:
         body["schema"] = {"fields": job.schema}
-        body["totalRows"] = str(job.total_rows or 0)
+        if not job.dry_run:
+            body["totalRows"] = str(job.total_rows or 0)
+    if job.dry_run:
+        return body
     if rows is not None:
         body["rows"] = rows
     if next_offset is not None:

@@ -20,7 +20,8 @@ from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("bqgate-dev")
     ports = {name: free_port() for name in DEFAULT_PORTS}
-    s = Stack(state_dir=state, ports=ports)
+    # faults=True: Pub/Sub is reached through a FaultProxy that tests can make refuse.
+    s = Stack(state_dir=state, ports=ports, faults=True)
     s.start()
     saved = dict(os.environ)
     # In-process code under test (function test clients, adapters) uses the same emulators.
@@ -34,6 +35,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_approval_requests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the stack, expire the approval requests it left open: they would
+    otherwise hold slots of approvals.max_pending_per_principal in later tests (the sweeper
+    then ends them and closes their Slack messages)."""
+    on_stack = "stack" in request.fixturenames and isinstance(
+        request.getfixturevalue("stack"), Stack
+    )  # (some modules have a `stack` fixture of their own)
+    yield
+    if not on_stack:
+        return
+    import time
+
+    from bqgate.adapters.firestore_store import FirestoreJobStore
+    from bqgate.dev.stack import PROJECT
+    from bqgate.jobs import PENDING_APPROVAL
+    from google.cloud import firestore
+
+    store = FirestoreJobStore(firestore.Client(project=PROJECT))
+    now = int(time.time() * 1000)
+    for job in store.pending_approvals(now_ms=now, limit=1000):
+        store.transition(
+            job.job_id, lambda j: {"expire_at_ms": now - 1} if j.state == PENDING_APPROVAL else None
+        )
 
 
 def mint_token_for(

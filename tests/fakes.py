@@ -7,38 +7,157 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from bqgate.approvals import holds_quota_slot, statement_hash_of
 from bqgate.errors import Duplicate, NotFound
-from bqgate.jobs import Job
-from bqgate.ports import DryRun, QueryOutcome
+from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
+from bqgate.outbox import OutboxRecord
+from bqgate.ports import (
+    Dispatches,
+    DryRun,
+    OpenRequestQuota,
+    PendingCursor,
+    QueryOutcome,
+    QuotaFull,
+)
 
 _COUNT_SCHEMA = [{"name": "touched", "type": "INTEGER"}, {"name": "total", "type": "INTEGER"}]
 
 
 class MemoryJobStore:
+    """Jobs, pages and outbox records in dicts; one lock makes every write atomic."""
+
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self.pages: dict[tuple[str, int], tuple[int, str]] = {}
-        self.lock = threading.Lock()
+        self.outbox: dict[str, dict[str, Any]] = {}
+        self.lock = threading.RLock()
 
-    def create(self, job: Job) -> None:
+    def _check_quota(self, job: Job, quota: OpenRequestQuota | None) -> None:
+        if quota is None or not holds_quota_slot(job, quota.now_ms):
+            return
+        open_ids = [
+            k
+            for k, d in self.docs.items()
+            if k != job.job_id
+            and d.get("owner") == quota.principal
+            and holds_quota_slot(Job.from_doc(d), quota.now_ms)
+        ]
+        if len(open_ids) >= quota.limit:
+            raise QuotaFull(open_ids)
+
+    def _write_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        for rec in records:
+            self.outbox[rec.record_id] = rec.to_doc()
+
+    def create(
+        self,
+        job: Job,
+        *,
+        dispatch: Sequence[OutboxRecord] = (),
+        quota: OpenRequestQuota | None = None,
+    ) -> None:
         with self.lock:
             if job.job_id in self.docs:
                 raise Duplicate(f"Already Exists: Job {job.job_id}")
+            self._check_quota(job, quota)
             self.docs[job.job_id] = copy.deepcopy(job.to_doc())
+            self._write_outbox(dispatch)
 
     def get(self, job_id: str) -> Job | None:
         doc = self.docs.get(job_id)
         return Job.from_doc(copy.deepcopy(doc)) if doc else None
 
-    def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+    def transition(
+        self,
+        job_id: str,
+        change: Callable[[Job], dict[str, Any] | None],
+        *,
+        dispatch: Dispatches | None = None,
+        quota: OpenRequestQuota | None = None,
+    ) -> Job:
         with self.lock:
             if job_id not in self.docs:
                 raise NotFound(job_id)
             job = Job.from_doc(copy.deepcopy(self.docs[job_id]))
             fields = change(job)
             if fields:
+                new = Job.from_doc({**copy.deepcopy(self.docs[job_id]), **copy.deepcopy(fields)})
+                self._check_quota(new, quota)
                 self.docs[job_id].update(copy.deepcopy(fields))
+                if dispatch is not None:
+                    self._write_outbox(dispatch(new))
             return Job.from_doc(copy.deepcopy(self.docs[job_id]))
+
+    def _jobs(self) -> list[Job]:
+        return [Job.from_doc(copy.deepcopy(d)) for d in self.docs.values()]
+
+    def pending_approvals(
+        self, *, now_ms: int, limit: int, after: PendingCursor | None = None
+    ) -> list[Job]:
+        jobs = [
+            j
+            for j in self._jobs()
+            if j.state == PENDING_APPROVAL and (j.expire_at_ms or 0) > now_ms
+        ]
+        jobs.sort(key=lambda j: (j.created_ms, j.expire_at_ms or 0, j.job_id), reverse=True)
+        if after is not None:
+            mark = (after.created_ms, after.expire_at_ms, after.job_id)
+            jobs = [j for j in jobs if (j.created_ms, j.expire_at_ms or 0, j.job_id) < mark]
+        return jobs[:limit]
+
+    def similar_pending(
+        self, *, owner: str, statement_hash: str, now_ms: int, limit: int
+    ) -> list[Job]:
+        return [
+            j
+            for j in self.pending_approvals(now_ms=now_ms, limit=10**9)
+            if j.owner == owner and statement_hash_of(j) == statement_hash
+        ][:limit]
+
+    def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:
+        return [
+            j
+            for j in self._jobs()
+            if j.state == PENDING_APPROVAL
+            and j.expire_at_ms is not None
+            and j.expire_at_ms <= now_ms
+        ][:limit]
+
+    def stale_running(self, *, started_before_ms: int, limit: int) -> list[Job]:
+        return [
+            j
+            for j in self._jobs()
+            if j.state == RUNNING and (j.started_ms or 0) <= started_before_ms
+        ][:limit]
+
+    def outbox_of(self, job_id: str) -> list[OutboxRecord]:
+        return [OutboxRecord.from_doc(d) for d in self.outbox.values() if d["job_id"] == job_id]
+
+    def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
+        due = [
+            OutboxRecord.from_doc(d)
+            for d in self.outbox.values()
+            if d["due_ms"] is not None and d["due_ms"] <= now_ms
+        ]
+        return sorted(due, key=lambda r: r.due_ms or 0)[:limit]
+
+    def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        with self.lock:
+            if record_id not in self.outbox:
+                raise NotFound(record_id)
+            self.outbox[record_id].update(fields)
+
+    def outbox_transition(
+        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
+    ) -> OutboxRecord | None:
+        with self.lock:
+            doc = self.outbox.get(record_id)
+            if doc is None:
+                return None
+            fields = change(OutboxRecord.from_doc(doc))
+            if fields:
+                doc.update(fields)
+            return OutboxRecord.from_doc(doc)
 
     def list_owned(
         self, owner: str, *, limit: int, created_before_ms: int | None = None
@@ -59,10 +178,17 @@ class MemoryJobStore:
 
 
 class MemoryQueue:
+    """Published messages in a list; ``down = True`` makes every publish fail."""
+
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.down = False
+        self.refused = 0
 
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        if self.down:
+            self.refused += 1
+            raise ConnectionRefusedError("pubsub is down")
         self.messages.append((topic, dict(message)))
 
 

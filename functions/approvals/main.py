@@ -22,6 +22,6 @@ def approvals(request: flask.Request) -> flask.typing.ResponseReturnValue:
     return http_edge.serve(
         request,
         lambda method, path, params, headers, body: wiring.approvals_app().handle(
-            method, path, headers, body
+            method, path, headers, body, params
         ),
     )

@@ -7,6 +7,7 @@ locals {
     "cloudbuild.googleapis.com",       # function builds
     "cloudfunctions.googleapis.com",
     "cloudresourcemanager.googleapis.com",
+    "cloudscheduler.googleapis.com", # the sweeper's schedule
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com", # ID tokens: Pub/Sub push, ingress -> executor

@@ -42,6 +42,99 @@ resource "google_firestore_index" "jobs_by_owner" {
   }
 }
 
+# The approvers' list: requests awaiting approval, unexpired (a range on
+# expire_at_ms), newest first by creation time, paged by a cursor on all three
+# sort fields (bqgate.adapters.firestore_store.FirestoreJobStore.pending_approvals).
+resource "google_firestore_index" "jobs_pending_newest_first" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "created_ms"
+    order      = "DESCENDING"
+  }
+
+  fields {
+    field_path = "expire_at_ms"
+    order      = "DESCENDING"
+  }
+
+  fields {
+    field_path = "__name__"
+    order      = "DESCENDING"
+  }
+}
+
+# A principal's near-identical pending requests (one statement hash): a group.
+resource "google_firestore_index" "jobs_pending_group" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "owner"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "classification.statement_hash"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "expire_at_ms"
+    order      = "ASCENDING"
+  }
+}
+
+# The sweeper: requests past their expiry, and RUNNING jobs past the deadline.
+resource "google_firestore_index" "jobs_state_expiry" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "expire_at_ms"
+    order      = "ASCENDING"
+  }
+}
+
+resource "google_firestore_index" "jobs_state_started" {
+  project     = var.project_id
+  database    = google_firestore_database.gateway.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "started_ms"
+    order      = "ASCENDING"
+  }
+}
+
 # A principal's sessions, newest first.
 resource "google_firestore_index" "sessions_by_principal" {
   project     = var.project_id

@@ -315,3 +315,51 @@ resource "google_cloudfunctions2_function" "slack_notify" {
     google_secret_manager_secret_iam_member.slack_notify_slack_bot_token,
   ]
 }
+
+# Called by Cloud Scheduler (scheduler.tf) and by Pub/Sub push of the dead-letter
+# topics (pubsub.tf); only those two identities may invoke it (iam.tf). It never
+# talks to Slack or BigQuery: it publishes to the work topics, and appends to the
+# session record (the chain key, like every function).
+resource "google_cloudfunctions2_function" "sweeper" {
+  project     = var.project_id
+  location    = var.region
+  name        = local.function_names.sweeper
+  description = local.functions.sweeper.description
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python312"
+    entry_point     = "sweeper"
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.bundles.name
+        object = google_storage_bucket_object.bundle["sweeper"].name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email          = google_service_account.function["sweeper"].email
+    available_memory               = "256Mi"
+    timeout_seconds                = 300
+    max_instance_count             = 2
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    environment_variables          = local.common_env
+
+    secret_environment_variables {
+      key        = "BQGATE_AUDIT_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.audit_chain_key.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_project_iam_member.datastore_user,
+    google_project_service.gateway,
+    google_secret_manager_secret_iam_member.audit_chain_key,
+  ]
+}

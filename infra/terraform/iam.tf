@@ -14,7 +14,7 @@ resource "google_service_account" "function" {
 
 # Identities Pub/Sub pushes with (OIDC token); each may invoke only its function.
 resource "google_service_account" "push" {
-  for_each     = toset(["executor", "slack_notify"])
+  for_each     = toset(["executor", "slack_notify", "sweeper"])
   project      = var.project_id
   account_id   = "${local.function_names[each.key]}-push"
   display_name = "bqgate Pub/Sub push to ${each.key}"
@@ -65,6 +65,14 @@ resource "google_bigquery_dataset_iam_member" "executor" {
   dataset_id = each.key
   role       = each.value == "write" ? "roles/bigquery.dataEditor" : "roles/bigquery.dataViewer"
   member     = google_service_account.function["executor"].member
+}
+
+# The executor sends approval requests on (the cost guard and policy-bound jobs).
+resource "google_pubsub_topic_iam_member" "executor_approvals" {
+  project = var.project_id
+  topic   = google_pubsub_topic.approvals.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function["executor"].member
 }
 
 resource "google_secret_manager_secret_iam_member" "executor_hmac_key" {
@@ -205,6 +213,45 @@ resource "google_cloud_run_v2_service_iam_member" "slack_notify_push" {
   name     = google_cloudfunctions2_function.slack_notify.name
   role     = "roles/run.invoker"
   member   = google_service_account.push["slack_notify"].member
+}
+
+# --- sweeper: re-publishes outbox records to both work topics; invoked only by
+# Cloud Scheduler's identity and its dead-letter push identity. No BigQuery, no
+# secrets: Firestore (datastore_user above) and publishing are all it does.
+
+resource "google_pubsub_topic_iam_member" "sweeper_publisher" {
+  for_each = {
+    approvals = google_pubsub_topic.approvals.name
+    execute   = google_pubsub_topic.execute.name
+  }
+  project = var.project_id
+  topic   = each.value
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function["sweeper"].member
+}
+
+# Cloud Scheduler calls the sweeper with an OIDC token of this identity.
+resource "google_service_account" "scheduler" {
+  project      = var.project_id
+  account_id   = "${var.name_prefix}-scheduler"
+  display_name = "bqgate Cloud Scheduler -> sweeper"
+  depends_on   = [google_project_service.gateway]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "sweeper_scheduler" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.sweeper.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.scheduler.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "sweeper_push" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.sweeper.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.push["sweeper"].member
 }
 
 # --- Pub/Sub service agent: mints the push OIDC tokens, moves dead letters.

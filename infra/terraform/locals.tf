@@ -19,6 +19,9 @@ locals {
     slack_notify = {
       description = "Posts approval requests to Slack."
     }
+    sweeper = {
+      description = "Outbox reconciler, approval expiry, orphaned jobs (Cloud Scheduler) and dead-letter consumer."
+    }
   }
 
   # Cloud Run service names cannot hold underscores.
@@ -49,7 +52,7 @@ locals {
 
   # Firestore collection groups whose documents carry an `expire_at` timestamp
   # that the TTL policy deletes them at.
-  firestore_ttl_collections = ["events", "jobs", "pages", "sessions"]
+  firestore_ttl_collections = ["approval_quotas", "events", "jobs", "outbox", "pages", "sessions"]
 
   # Pub/Sub's own service agent: it publishes dead letters and acks the
   # messages it forwarded, so it needs rights on both sides.

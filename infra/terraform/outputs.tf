@@ -70,6 +70,11 @@ output "slack_interactivity_url" {
   value       = "${google_cloudfunctions2_function.approvals.url}/slack/interactions"
 }
 
+output "sweeper_url" {
+  description = "URL of the sweeper function (IAM-only: Cloud Scheduler and the dead-letter push)."
+  value       = google_cloudfunctions2_function.sweeper.service_config[0].uri
+}
+
 output "topic_names" {
   description = "Pub/Sub topics, by role."
   value = {

@@ -4,8 +4,10 @@
 # here (not by a function event_trigger, whose Eventarc-managed subscription
 # cannot take a dead-letter policy in Terraform; see functions.tf). A message
 # the function keeps failing is retried with exponential backoff and, after
-# var.max_delivery_attempts deliveries, moved to the dead-letter topic, whose
-# pull subscription keeps it 7 days for inspection and replay:
+# var.max_delivery_attempts deliveries, moved to the dead-letter topic. Each
+# dead-letter topic has two subscriptions: a push to the sweeper's dead-letter
+# consumer (a job whose execute message died is failed with a clear error), and a
+# pull subscription that keeps every dead letter 7 days for inspection and replay:
 #   gcloud pubsub subscriptions pull <prefix>-execute-dead-letter --auto-ack=false
 
 locals {
@@ -143,4 +145,63 @@ resource "google_pubsub_subscription" "approvals_dead_letter" {
   expiration_policy {
     ttl = ""
   }
+}
+
+# Dead letters -> the sweeper's consumer (/dead-letter/{topic}). Retried with
+# backoff while the sweeper fails; never dead-lettered again (the pull
+# subscriptions above keep a copy of each regardless).
+resource "google_pubsub_subscription" "execute_dead_letter_to_sweeper" {
+  project                    = var.project_id
+  name                       = "${var.name_prefix}-execute-dead-letter-to-sweeper"
+  topic                      = google_pubsub_topic.execute_dead_letter.id
+  labels                     = var.labels
+  ack_deadline_seconds       = 60
+  message_retention_duration = local.seven_days
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.sweeper.service_config[0].uri}/dead-letter/execute"
+    oidc_token {
+      service_account_email = google_service_account.push["sweeper"].email
+      audience              = google_cloudfunctions2_function.sweeper.service_config[0].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.sweeper_push]
+}
+
+resource "google_pubsub_subscription" "approvals_dead_letter_to_sweeper" {
+  project                    = var.project_id
+  name                       = "${var.name_prefix}-approvals-dead-letter-to-sweeper"
+  topic                      = google_pubsub_topic.approvals_dead_letter.id
+  labels                     = var.labels
+  ack_deadline_seconds       = 60
+  message_retention_duration = local.seven_days
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.sweeper.service_config[0].uri}/dead-letter/approvals"
+    oidc_token {
+      service_account_email = google_service_account.push["sweeper"].email
+      audience              = google_cloudfunctions2_function.sweeper.service_config[0].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.sweeper_push]
 }

@@ -186,6 +186,16 @@ variable "slack_channel" {
   }
 }
 
+variable "sweep_schedule" {
+  description = "Cron schedule (UTC) of the sweeper: outbox reconciler, approval expiry, orphaned jobs. Every minute by default, the most often Cloud Scheduler runs."
+  type        = string
+  default     = "* * * * *"
+  validation {
+    condition     = length(split(" ", trimspace(var.sweep_schedule))) == 5
+    error_message = "sweep_schedule must be a five-field cron expression, e.g. \"* * * * *\"."
+  }
+}
+
 variable "warehouse_datasets" {
   description = "Datasets of the warehouse project the executor may use, as dataset id => \"read\" (roles/bigquery.dataViewer) or \"write\" (roles/bigquery.dataEditor). The executor gets no data access anywhere else."
   type        = map(string)

@@ -81,6 +81,9 @@ class ApprovalPolicy(Protocol):
     @property
     def owners(self) -> Mapping[str, str]: ...
 
+    @property
+    def max_pending_per_principal(self) -> int: ...
+
 
 class PolicyLike(Protocol):
     @property
@@ -123,7 +126,14 @@ class ApprovalRecord:
     #: Where the Slack request message lives (``chat.update`` needs both).
     slack_channel: str | None = None
     slack_ts: str | None = None
+    #: When slack_notify claimed the post (a claim older than its window is abandoned).
     notified_at_ms: int | None = None
+    #: chat.postMessage calls made so far, and when the first was made: after an attempt
+    #: whose answer never came, the message may exist, so it is looked up, not reposted.
+    post_attempts: int = 0
+    first_post_ms: int | None = None
+    #: When the message was updated to show the request's outcome (buttons removed).
+    slack_closed_ms: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,6 +161,9 @@ class ApprovalRecord:
             "slack_channel": self.slack_channel,
             "slack_ts": self.slack_ts,
             "notified_at_ms": self.notified_at_ms,
+            "post_attempts": self.post_attempts,
+            "first_post_ms": self.first_post_ms,
+            "slack_closed_ms": self.slack_closed_ms,
             # Derived, for queries ("what did alice decide?"); never read back.
             "deciders": sorted({*self.approvers, *([self.denied_by] if self.denied_by else [])}),
         })
@@ -162,7 +175,8 @@ class ApprovalRecord:
         doc = dict(doc or {})
         known = {"status", "required", "approvals", "denied_by", "denied_via", "reason",
                  "decided_at_ms", "deciders",
-                 "binding", "slack_channel", "slack_ts", "notified_at_ms"}
+                 "binding", "slack_channel", "slack_ts", "notified_at_ms", "post_attempts",
+                 "first_post_ms", "slack_closed_ms"}
         votes = tuple(
             Vote(str(v.get("approver", "")), int(v.get("at_ms", 0)), str(v.get("via", "api")))
             for v in doc.get("approvals") or () if isinstance(v, Mapping)
@@ -180,6 +194,9 @@ class ApprovalRecord:
             slack_channel=doc.get("slack_channel"),
             slack_ts=doc.get("slack_ts"),
             notified_at_ms=doc.get("notified_at_ms"),
+            post_attempts=int(doc.get("post_attempts") or 0),
+            first_post_ms=doc.get("first_post_ms"),
+            slack_closed_ms=doc.get("slack_closed_ms"),
             extra={k: v for k, v in doc.items() if k not in known},
         )
 
@@ -341,6 +358,74 @@ def expire_fields(job: Job, now_ms: int) -> dict[str, Any] | None:
     }
 
 
+def holds_quota_slot(job: Job, now_ms: int) -> bool:
+    """Whether ``job`` counts against its owner's ``approvals.max_pending_per_principal``:
+    it awaits a decision and has not expired (expired requests never hold a slot).
+
+    >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a",
+    ...           state=PENDING_APPROVAL, expire_at_ms=10)
+    >>> holds_quota_slot(job, 9), holds_quota_slot(job, 10)
+    (True, False)
+    """
+    if job.state != PENDING_APPROVAL:
+        return False
+    return job.expire_at_ms is None or now_ms < job.expire_at_ms
+
+
+def quota_message(owner: str, open_count: int, limit: int) -> str:
+    """Why an approval-needing statement is refused past the quota.
+
+    >>> quota_message("a@x", 10, 10)[:60]
+    'Too many open approval requests: a@x already has 10 requests'
+    """
+    return (f"Too many open approval requests: {owner} already has {open_count} requests "
+            f"awaiting approval, the most the policy allows (approvals.max_pending_per_principal "
+            f"= {limit}). Wait for a decision on them, or cancel one, before sending another "
+            "statement that needs approval.")
+
+
+def group_key(job: Job) -> tuple[str, str, str]:
+    """Requests an approver may decide together: one owner, one statement (its hash),
+    one default dataset.
+
+    >>> job = Job(job_id="j", project="p", location="US", sql="", owner="A@x",
+    ...           classification={"statement_hash": "h"})
+    >>> group_key(job)
+    ('a@x', 'h', '')
+    """
+    default = job.default_dataset or {}
+    ds = ".".join(p for p in (default.get("projectId", ""), default.get("datasetId", "")) if p)
+    return job.owner.strip().lower(), statement_hash_of(job), ds
+
+
+def group_id(job: Job) -> str:
+    """A short stable id of :func:`group_key`.
+
+    >>> len(group_id(Job(job_id="j", project="p", location="US", sql="", owner="a")))
+    16
+    """
+    return hashlib.sha256(json.dumps(group_key(job)).encode()).hexdigest()[:16]
+
+
+def final_outcome(job: Job) -> tuple[str, str | None, str | None]:
+    """How an ended request's Slack message should read: ``(outcome, actor, reason)``.
+
+    >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a", state=DONE,
+    ...           error={"reason": "stopped", "message": "Job cancelled by its owner"})
+    >>> final_outcome(job)
+    ('ended', None, 'Job cancelled by its owner')
+    """
+    rec = ApprovalRecord.from_doc(job.approval)
+    if rec.status == APPROVED:
+        return APPROVED, ", ".join(rec.approvers) or None, None
+    if rec.status == DENIED:
+        return DENIED, rec.denied_by, rec.reason
+    if rec.status == EXPIRED:
+        return EXPIRED, None, None
+    message = (job.error or {}).get("message") if job.error else None
+    return "ended", None, message or f"the request is no longer pending (state {job.state})"
+
+
 # --------------------------------------------------------------------------- decisions
 
 
@@ -467,6 +552,7 @@ def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: 
 __all__ = [
     "APPROVED", "DENIED", "EXPIRED", "REQUESTED", "ApprovalRecord", "Decision", "Vote",
     "authorize", "binding", "check_binding", "clean_reason", "decide", "expire_fields",
-    "expiry_message", "job_binding", "needs_approval", "record_of", "require_approver",
+    "expiry_message", "final_outcome", "group_id", "group_key", "holds_quota_slot",
+    "job_binding", "needs_approval", "quota_message", "record_of", "require_approver",
     "statement_hash_of",
 ]

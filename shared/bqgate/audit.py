@@ -45,6 +45,7 @@ KINDS = (
     "classification",
     "blocked",
     "approval_requested",
+    "notified",
     "approval_decided",
     "denied",
     "expired",
@@ -553,6 +554,9 @@ def summarize(event: Event) -> str:
         return "blocked: " + _one_line(str(d.get("message", "")))
     if kind == "approval_requested":
         return "approval requested: " + _one_line("; ".join(d.get("reasons") or ()))
+    if kind == "notified":
+        how = "found the message already posted" if d.get("found_existing") else "posted"
+        return f"approvers notified in Slack ({how}, {d.get('channel')} {d.get('ts')})"
     if kind == "approval_decided":
         who = d.get("approver") or "?"
         via = f" via {d['via']}" if d.get("via") else ""

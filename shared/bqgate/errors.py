@@ -116,7 +116,8 @@ class Duplicate(BqgateError):
 
 
 class QuotaExceeded(BqgateError):
-    """Cost guard: the query would bill more bytes than the policy allows (not retried)."""
+    """A policy limit: the query would bill more bytes than allowed (cost guard), or its
+    principal has too many requests awaiting approval. Not retried by clients."""
 
     http_status = 403
     reason = "quotaExceeded"
@@ -185,6 +186,11 @@ class WarehouseError(BqgateError):
         super().__init__(message)
         self.reason = reason
         self.http_status = http_status
+
+
+class Rejected(Unavailable):
+    """A dependency answered that it did not do what was asked (Slack's ``ok: false``):
+    unlike a timeout, the call certainly had no effect, so repeating it is safe."""
 
 
 class PolicyError(BqgateError):

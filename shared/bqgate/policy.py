@@ -140,12 +140,14 @@ class UnmaskedGrant:
 
 @dataclass(frozen=True)
 class ApprovalSettings:
-    """Who approves, how many approvals are needed, how long a grant lives."""
+    """Who approves, how many approvals are needed, how long a request waits, and how
+    many requests one principal may have waiting at once."""
 
     approver_groups: tuple[str, ...]
     required: int = 1
     ttl_seconds: int = 900
     owners: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    max_pending_per_principal: int = 10
 
 
 @dataclass(frozen=True)
@@ -818,12 +820,19 @@ def _unmasked(
 
 
 def _approvals(c: _Checker, raw: object, declared_groups: set[str]) -> ApprovalSettings:
-    spec = c.mapping(raw, "approvals", ("approver_groups", "required", "ttl", "owners"))
+    spec = c.mapping(
+        raw,
+        "approvals",
+        ("approver_groups", "required", "ttl", "owners", "max_pending_per_principal"),
+    )
     approver_groups = c.strings(spec.get("approver_groups"), "approvals.approver_groups")
     for g in approver_groups:
         if g not in declared_groups:
             c.add("approvals.approver_groups", f'unknown group "{g}" (declare it under groups)')
     required = c.integer(spec.get("required"), "approvals.required", 1, minimum=1)
+    max_pending = c.integer(
+        spec.get("max_pending_per_principal"), "approvals.max_pending_per_principal", 10, minimum=1
+    )
     ttl = c.convert(spec.get("ttl"), "approvals.ttl", parse_duration, 900)
     owners: dict[str, str] = {}
     for agent, owner in c.mapping(spec.get("owners"), "approvals.owners").items():
@@ -836,6 +845,7 @@ def _approvals(c: _Checker, raw: object, declared_groups: set[str]) -> ApprovalS
         required=required,
         ttl_seconds=ttl if ttl is not None else 900,
         owners=MappingProxyType(owners),
+        max_pending_per_principal=max_pending,
     )
 
 

@@ -12,25 +12,117 @@ from typing import Any, Protocol
 
 from bqgate.audit import Event, SessionHead
 from bqgate.jobs import Job
+from bqgate.outbox import OutboxRecord
+
+Change = Callable[[Job], dict[str, Any] | None]
+"""Computes the fields a transition writes from the job as it stands (None: no change)."""
+Dispatches = Callable[[Job], Sequence[OutboxRecord]]
+"""The outbox records a transition writes, from the job as it now stands."""
+
+
+@dataclass(frozen=True)
+class OpenRequestQuota:
+    """Cap on a principal's open approval requests (``approvals.max_pending_per_principal``).
+
+    A write given a quota counts the job against it when the job, as written, holds a
+    slot (:func:`bqgate.approvals.holds_quota_slot`); the count and the write are one
+    atomic commit, so concurrent submissions cannot overshoot the cap.
+    """
+
+    principal: str
+    limit: int
+    now_ms: int
+
+
+class QuotaFull(Exception):
+    """The write would exceed its :class:`OpenRequestQuota`; nothing was written."""
+
+    def __init__(self, open_job_ids: Sequence[str]) -> None:
+        super().__init__(f"{len(open_job_ids)} open requests")
+        self.open_job_ids = tuple(open_job_ids)
+
+
+@dataclass(frozen=True)
+class PendingCursor:
+    """Where a page of pending approval requests ended (newest first)."""
+
+    created_ms: int
+    expire_at_ms: int
+    job_id: str
 
 
 class JobStore(Protocol):
-    """Jobs and their result pages (Firestore ``jobs/{id}`` and ``jobs/{id}/pages/{n}``)."""
+    """Jobs, their result pages and their outbox (Firestore ``jobs/{id}``,
+    ``jobs/{id}/pages/{n}`` and ``outbox/{job_id}~{event}``)."""
 
-    def create(self, job: Job) -> None:
-        """Store a new job; raise :class:`bqgate.errors.Duplicate` if the id exists."""
+    def create(
+        self,
+        job: Job,
+        *,
+        dispatch: Sequence[OutboxRecord] = (),
+        quota: OpenRequestQuota | None = None,
+    ) -> None:
+        """Store a new job and its outbox records in one commit; raise
+        :class:`bqgate.errors.Duplicate` if the id exists, :class:`QuotaFull` if the quota
+        has no room for it."""
 
     def get(self, job_id: str) -> Job | None: ...
 
-    def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+    def transition(
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        dispatch: Dispatches | None = None,
+        quota: OpenRequestQuota | None = None,
+    ) -> Job:
         """Atomically read the job, let ``change`` compute the fields to update
-        (``None``: no change), write them, and return the job as it now stands."""
+        (``None``: no change), write them, and return the job as it now stands.
+
+        When fields are written, ``dispatch`` (given the job as it now stands) names the
+        outbox records written in the same commit. With ``quota``, raise
+        :class:`QuotaFull` (writing nothing) if the changed job would exceed it."""
 
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         """Write result page ``index`` (idempotent: same index, same content)."""
 
     def get_pages(self, job_id: str, first: int, last: int) -> list[tuple[int, str]]:
         """Pages ``first..last`` inclusive as ``(start_row, rows_json)``."""
+
+    # --- queries ------------------------------------------------------------------
+
+    def pending_approvals(
+        self, *, now_ms: int, limit: int, after: PendingCursor | None = None
+    ) -> list[Job]:
+        """Unexpired jobs awaiting approval, newest first by creation time, after ``after``.
+        Expired requests are excluded by the query itself."""
+
+    def similar_pending(
+        self, *, owner: str, statement_hash: str, now_ms: int, limit: int
+    ) -> list[Job]:
+        """Unexpired jobs awaiting approval of ``owner`` with the same statement hash."""
+
+    def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:
+        """Jobs still awaiting approval whose ``expire_at_ms`` has passed."""
+
+    def stale_running(self, *, started_before_ms: int, limit: int) -> list[Job]:
+        """RUNNING jobs that started before ``started_before_ms``."""
+
+    # --- outbox -------------------------------------------------------------------
+
+    def outbox_of(self, job_id: str) -> list[OutboxRecord]:
+        """Every outbox record of the job."""
+
+    def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
+        """Unfinished records due at ``now_ms``, most overdue first."""
+
+    def outbox_transition(
+        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
+    ) -> OutboxRecord | None:
+        """Atomically update one record (None if there is no such record)."""
+
+    def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Write ``fields`` to one record without reading it (one round trip)."""
 
 
 class Queue(Protocol):

@@ -74,6 +74,19 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                                "library's retries included (an outage answers 503 after it)."),
     "BQGATE_JOB_TIMEOUT_MS": ("480000", "Longest the executor waits for one BigQuery job before "
                               "cancelling it; keep it under the executor function's timeout."),
+    "BQGATE_DISPATCH_TIMEOUT_MS": (
+        "1500",
+        "Longest a hand-off publish waits on a request path (an Approve click, jobs.insert) "
+        "before the outbox's reconciler takes over.",
+    ),
+    "BQGATE_REDISPATCH_AFTER_MS": (
+        "20000",
+        "Outbox deadline: a hand-off not marked sent after this is re-published by the sweeper.",
+    ),
+    "BQGATE_RUNNING_DEADLINE_MS": (
+        "1200000",
+        "The sweeper fails a job still RUNNING this long after it started (its executor died).",
+    ),
     "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
                              "sends signed interaction payloads."),
     "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
@@ -132,6 +145,9 @@ class Settings:
     anchor_dir: Path | None = None
     anchor_flush_ms: int = 1000
     anchor_log: bool = True
+    dispatch_timeout_ms: int = 1500
+    redispatch_after_ms: int = 20000
+    running_deadline_ms: int = 1_200_000
     console_issuer: str = ""
     console_client_id: str = ""
     console_client_secret: str = field(default="", repr=False)
@@ -214,6 +230,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         anchor_dir=anchor_dir,
         anchor_flush_ms=integer("BQGATE_ANCHOR_FLUSH_MS"),
         anchor_log=get("BQGATE_ANCHOR_LOG").lower() in {"1", "true", "yes"},
+        dispatch_timeout_ms=milliseconds("BQGATE_DISPATCH_TIMEOUT_MS"),
+        redispatch_after_ms=milliseconds("BQGATE_REDISPATCH_AFTER_MS"),
+        running_deadline_ms=milliseconds("BQGATE_RUNNING_DEADLINE_MS"),
         console_issuer=console_issuer.rstrip("/"),
         console_client_id=console_client_id,
         console_client_secret=secret(

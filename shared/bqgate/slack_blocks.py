@@ -268,7 +268,7 @@ def decided_message(job: Job, *, outcome: str, actor: str | None, at_ms: int,
     """
     blocks = _request_blocks(job)
     icons = {"approved": ":white_check_mark: Approved", "denied": ":no_entry: Denied",
-             "expired": ":hourglass: Expired",
+             "expired": ":hourglass: Expired", "ended": ":stop_sign: Ended",
              "recorded": ":ballot_box_with_check: Approval recorded"}
     head = icons.get(outcome, outcome)
     line = f"{head} by {actor}" if actor else head

@@ -85,7 +85,7 @@ def signed(stack: Stack, payload: dict[str, Any], *, ts: int | None = None,
 
 def click(user: str, action_id: str, job_id: str) -> dict[str, Any]:
     return {"type": "block_actions", "user": {"id": user}, "trigger_id": "t-none",
-            "container": {"channel_id": "C_APPROVALS", "message_ts": "0"},
+            "container": {"channel_id": "C0BQGATE01", "message_ts": "0"},
             "actions": [{"action_id": action_id, "value": job_id}]}
 
 

@@ -295,7 +295,8 @@ def test_the_agent_identity_gets_403_pages_and_cannot_decide(wired: Stack, conso
 
 
 def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> None:
-    older = new_pending_job()
+    # Another statement (the same one would be folded into the newer request's group).
+    older = new_pending_job(sql=LEDGER_SQL.replace("LIMIT 3", "LIMIT 2"))
     rewritten = "SELECT entry_id, amount FROM (SELECT * FROM `demo-project.finance.ledger`) AS l"
     blast = [
         {
@@ -368,6 +369,28 @@ def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack, con
     assert "Already approved by alice@example.com; nothing changed" in text_of(
         console.get("/console/")
     )
+
+
+def test_near_identical_requests_are_one_card_decided_together(
+    wired: Stack, console: Any
+) -> None:
+    first, second, newest = new_pending_job(), new_pending_job(), new_pending_job()
+    sign_in(console, wired, "alice@example.com")
+    body = text_of(console.get("/console/"))
+    assert f'id="req-{newest.job_id}"' in body  # one card: the newest of the group
+    assert f'id="req-{first.job_id}"' not in body and f'id="req-{second.job_id}"' not in body
+    group = body[body.index(f'id="group-{newest.job_id}"') :].split("</p>")[0]
+    assert "2 more requests" in group and first.job_id in group and second.job_id in group
+    token = csrf_of(body)
+    resp = console.post(
+        f"/console/requests/{newest.job_id}/approve", data={"csrf_token": token, "group": "1"}
+    )
+    assert resp.status_code == 303
+    assert "Approved 3 of the 3 requests of the group" in text_of(console.get("/console/"))
+    for job in (first, second, newest):  # each approved on its own binding, each run once
+        done = wait_job(job.job_id, lambda j: j.state == DONE)
+        assert done.error is None and done.executions == 1
+        assert ApprovalRecord.from_doc(done.approval).votes[0].via == "console"
 
 
 def test_deny_needs_a_reason_and_the_agent_sees_it(wired: Stack, console: Any) -> None:

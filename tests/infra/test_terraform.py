@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TF_DIR = REPO / "infra" / "terraform"
 
-FUNCTIONS = ("approvals", "executor", "ingress", "mcp", "slack_notify")
+FUNCTIONS = ("approvals", "executor", "ingress", "mcp", "slack_notify", "sweeper")
 
 # Names the functions read (shared/bqgate/settings.py), as Terraform may set them.
 ALLOWED_ENV = {
@@ -77,6 +77,7 @@ EXPECTED_ENV = {
     "ingress": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
     "mcp": ({"BQGATE_EXECUTOR_URL"}, {"BQGATE_AUDIT_KEY"}),
     "slack_notify": ({"BQGATE_SLACK_CHANNEL"}, {"BQGATE_AUDIT_KEY", "BQGATE_SLACK_BOT_TOKEN"}),
+    "sweeper": (set(), {"BQGATE_AUDIT_KEY"}),
 }
 FORBIDDEN_TYPES = {
     "google_service_account_key",
@@ -470,6 +471,59 @@ def test_only_the_executor_has_bigquery_roles_and_it_has_them(cfg: Config) -> No
     assert project_roles == {"roles/bigquery.jobUser"}  # data roles only per dataset
 
 
+def grants_to(cfg: Config, sa: str) -> set[tuple[str, str, str]]:
+    """(resource type, role, resource name) of every IAM grant whose member is ``sa``
+    (``function[sweeper]``, ``scheduler`` ...), for_each grants over every function SA
+    included."""
+    out = set()
+    for r in cfg.resources():
+        if not re.search(r"_iam_(member|binding)$", r.type):
+            continue
+        member = r.body.get("member", r.body.get("members"))
+        over_functions = "google_service_account.function" in str(r.body.get("for_each", ""))
+        every_function = over_functions and "each.value" in str(member)
+        if sa in sa_refs(member, cfg) or (every_function and sa.startswith("function[")):
+            roles, _ = _roles(r.body.get("role"), cfg)
+            out |= {(r.type, role, r.name) for role in roles}
+    return out
+
+
+def test_sweeper_and_scheduler_identities_have_only_their_roles(cfg: Config) -> None:
+    """The sweeper reads and writes Firestore and publishes to the two work topics; the
+    scheduler and the dead-letter push identity may only invoke the sweeper. No BigQuery."""
+    assert grants_to(cfg, "function[sweeper]") == {
+        ("google_project_iam_member", "roles/datastore.user", "datastore_user"),
+        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "sweeper_publisher"),
+        # The session record, as every function: append checkpoints, read the chain key.
+        ("google_storage_bucket_iam_member", "roles/storage.objectCreator", "audit_anchor_writer"),
+        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor",
+         "audit_chain_key"),
+    }
+    publisher = cfg.resource("google_pubsub_topic_iam_member", "sweeper_publisher")
+    assert publisher is not None
+    assert set(TOPIC_REF.findall(text(publisher.body["for_each"], cfg))) == {
+        "execute",
+        "approvals",
+    }
+    invoker = ("google_cloud_run_v2_service_iam_member", "roles/run.invoker")
+    assert grants_to(cfg, "scheduler") == {(*invoker, "sweeper_scheduler")}
+    assert grants_to(cfg, "push[sweeper]") == {(*invoker, "sweeper_push")}
+    for name in ("sweeper_scheduler", "sweeper_push"):
+        grant = cfg.resource(*invoker[:1], name)
+        assert grant is not None
+        assert "google_cloudfunctions2_function.sweeper.name" in str(grant.body["name"])
+    job = cfg.resource("google_cloud_scheduler_job", "sweep")
+    assert job is not None
+    target = first(job.body, "http_target")
+    assert literal(target["http_method"]) == "POST"
+    assert "google_cloudfunctions2_function.sweeper" in str(target["uri"])
+    assert sa_refs(first(target, "oidc_token")["service_account_email"], cfg) == {"scheduler"}
+    assert not [g for g in grants_to(cfg, "function[sweeper]") if "bigquery" in g[1]]
+    fn = functions(cfg)["sweeper"]
+    secrets = first(fn.body, "service_config").get("secret_environment_variables") or []
+    assert [literal(b.get("key")) for b in secrets] == ["BQGATE_AUDIT_KEY"]
+
+
 def test_every_work_topic_is_pushed_with_an_oidc_token(cfg: Config) -> None:
     pushed = {}
     for s in cfg.resources("google_pubsub_subscription"):
@@ -477,7 +531,8 @@ def test_every_work_topic_is_pushed_with_an_oidc_token(cfg: Config) -> None:
         if push:
             assert first(push, "oidc_token").get("service_account_email"), s.name
             pushed[TOPIC_REF.findall(text(s.body["topic"], cfg))[0]] = s
-    assert set(pushed) == {"execute", "approvals"}
+    # The work topics, and the dead-letter topics (to the sweeper's dead-letter consumer).
+    assert set(pushed) == {"execute", "approvals", "execute_dead_letter", "approvals_dead_letter"}
 
 
 def test_firestore_ttl_and_indexes(cfg: Config) -> None:
@@ -485,8 +540,10 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
     assert ttl is not None and literal(ttl.body["field"]) == "expire_at"
     assert "ttl_config" in ttl.body
     assert set(json.loads(json.dumps(cfg.locals["firestore_ttl_collections"]))) == {
+        '"approval_quotas"',
         '"events"',
         '"jobs"',
+        '"outbox"',
         '"pages"',
         '"sessions"',
     }
@@ -509,6 +566,30 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
         ("jobs", (("approval.status", "ASCENDING"), decided)),
         ("jobs", (("classification.tables", "CONTAINS"), decided)),
         ("jobs", (("approval.deciders", "CONTAINS"), decided)),
+        # The approvers' list (FirestoreJobStore.pending_approvals): state ==, expire_at_ms >,
+        # ordered by created_ms desc then the inequality field and the document name.
+        (
+            "jobs",
+            (
+                ("state", "ASCENDING"),
+                ("created_ms", "DESCENDING"),
+                ("expire_at_ms", "DESCENDING"),
+                ("__name__", "DESCENDING"),
+            ),
+        ),
+        # A requester's group of near-identical pending requests.
+        (
+            "jobs",
+            (
+                ("owner", "ASCENDING"),
+                ("classification.statement_hash", "ASCENDING"),
+                ("state", "ASCENDING"),
+                ("expire_at_ms", "ASCENDING"),
+            ),
+        ),
+        # The sweeper: expired requests, orphaned RUNNING jobs.
+        ("jobs", (("state", "ASCENDING"), ("expire_at_ms", "ASCENDING"))),
+        ("jobs", (("state", "ASCENDING"), ("started_ms", "ASCENDING"))),
     }
 
 
@@ -660,13 +741,28 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     ),
     "dead_letter_topic_not_drained": (
         "dead_letter",
-        lambda tf: _edit(
-            tf,
-            "pubsub.tf",
-            "topic                      = google_pubsub_topic.approvals_dead_letter.id",
-            "topic                      = google_pubsub_topic.execute_dead_letter.id",
-        ),
+        lambda tf: [  # both of its subscriptions (the pull one and the sweeper's) moved away
+            _edit(
+                tf,
+                "pubsub.tf",
+                "topic                      = google_pubsub_topic.approvals_dead_letter.id",
+                "topic                      = google_pubsub_topic.execute_dead_letter.id",
+            )
+            for _ in range(2)
+        ],
         "approvals_dead_letter has no subscription",
+    ),
+    "sweeper_given_bigquery": (
+        "bigquery",
+        lambda tf: _inject(
+            tf,
+            'resource "google_project_iam_member" "oops" {\n'
+            "  project = var.project_id\n"
+            '  role    = "roles/bigquery.jobUser"\n'
+            '  member  = google_service_account.function["sweeper"].member\n'
+            "}\n",
+        ),
+        "google_project_iam_member.oops",
     ),
     "pubsub_agent_cannot_publish_dead_letters": (
         "dead_letter",

@@ -98,7 +98,8 @@ def session(stack: Stack, record: FirestoreRecorder, keys: Keyring) -> dict[str,
     with pytest.raises(gexc.Forbidden):
         client.query(BLOCKED, job_config=labelled(sid)).result(timeout=WAIT_S)
     approved = client.query(APPROVED, job_config=labelled(sid))
-    until("the approval request", lambda: "approval_requested" in kinds_of(
+    # The approver acts once Slack has the request (slack_notify records "notified").
+    until("the approval request in Slack", lambda: "notified" in kinds_of(
         record, sid, approved.job_id or ""))
     assert main(["approve", approved.job_id or "", "--principal", "alice@example.com",
                  "--dev-dir", str(stack.state_dir)]) == 0
@@ -127,7 +128,7 @@ def test_the_session_record_has_every_step(session: dict[str, str],
     assert kinds_of(record, label, session["blocked"]) == [
         "request", "classification", "blocked"]
     assert kinds_of(record, label, session["approved"]) == [
-        "request", "classification", "approval_requested", "approval_decided",
+        "request", "classification", "approval_requested", "notified", "approval_decided",
         "execution_started", "execution_finished", "result"]
     events = record.events(sid)
     request = events[0].data
@@ -158,11 +159,11 @@ def test_show_replay_export_and_verify(stack: Stack, session: dict[str, str],
 
     assert main(["sessions", "show", session["label"], *dev(stack)]) == 0  # by its label
     shown = capsys.readouterr().out
-    assert f"session {sid}: 15 events, 3 jobs, principals {AGENT}" in shown
+    assert f"session {sid}: 16 events, 3 jobs, principals {AGENT}" in shown
     assert "classified block" in shown and "approval approved by alice@example.com" in shown
     assert "masked name (hmac), salary (nullify)" in shown
     assert shown.rstrip().endswith(
-        "chain: intact (15 events, chain intact, checkpointed through event 15)")
+        "chain: intact (16 events, chain intact, checkpointed through event 16)")
 
     assert main(["sessions", "replay", sid, "--no-wait", *dev(stack)]) == 0
     replay = capsys.readouterr().out
@@ -178,16 +179,16 @@ def test_show_replay_export_and_verify(stack: Stack, session: dict[str, str],
     assert main(["sessions", "export", sid, "--format", "jsonl", *dev(stack)]) == 0
     lines = capsys.readouterr().out.splitlines()
     exported = [json.loads(line) for line in lines]
-    assert [e["seq"] for e in exported] == list(range(1, 16))
+    assert [e["seq"] for e in exported] == list(range(1, 17))
     assert all(e["session_id"] == sid and len(e["mac"]) == 64 for e in exported)
     path = tmp_path / "session.jsonl"
     path.write_text("\n".join(lines) + "\n")
     assert main(["sessions", "verify", "--file", str(path), *dev(stack)]) == 0
-    assert capsys.readouterr().out.startswith(f"ok      {path}: 15 events, chain intact")
+    assert capsys.readouterr().out.startswith(f"ok      {path}: 16 events, chain intact")
 
     assert main(["sessions", "verify", sid, *dev(stack)]) == 0
     assert capsys.readouterr().out == (
-        f"ok      session {sid}: 15 events, chain intact, checkpointed through event 15\n")
+        f"ok      session {sid}: 16 events, chain intact, checkpointed through event 16\n")
 
 
 def test_replay_under_a_stricter_policy_reports_the_allowed_query_as_blocked(

@@ -261,18 +261,44 @@ class FakeNotifier:
         self.modals: list[tuple[str, Mapping[str, Any]]] = []
         self.lookups = 0
         self.fail_post = False
+        #: Slack posts the message but the answer never arrives (a timeout).
+        self.lose_answer = False
+        #: Slack does not answer at all (a hang): calls time out, and change nothing.
+        self.down = False
+        self.finds = 0
+        self.deleted: list[tuple[str, str]] = []
         self.users = {"U_ALICE": "alice@x.io", "U_BOB": "bob@x.io", "U_CAROL": "carol@x.io",
                       "U_MALLORY": "mallory@x.io"}
 
-    def post_request(self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]]
-                     ) -> tuple[str, str]:
+    def post_request(self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]],
+                     metadata: Mapping[str, Any] | None = None) -> tuple[str, str]:
         if self.fail_post:
             raise RuntimeError("slack is down")
-        self.posted.append({"channel": channel, "text": text, "blocks": list(blocks)})
+        if self.down:
+            raise TimeoutError("slack hangs")
+        self.posted.append({"channel": channel, "text": text, "blocks": list(blocks),
+                            "metadata": dict(metadata or {}), "ts": f"1.{len(self.posted) + 1}"})
+        if self.lose_answer:
+            raise TimeoutError("the answer never came")
         return "C1", f"1.{len(self.posted)}"
+
+    def find_messages(self, channel: str, event_type: str, key: str, value: str,
+                      oldest_ms: int) -> list[tuple[str, str]]:
+        self.finds += 1
+        if self.down:
+            raise TimeoutError("slack hangs")
+        return [("C1", m["ts"]) for m in self.posted
+                if m["metadata"].get("event_type") == event_type
+                and m["metadata"].get("event_payload", {}).get(key) == value
+                and (m["channel"], m["ts"]) not in {("#approvals", d[1]) for d in self.deleted}]
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        self.deleted.append((channel, ts))
 
     def update_message(self, channel: str, ts: str, text: str,
                        blocks: Sequence[Mapping[str, Any]]) -> None:
+        if self.down:
+            raise TimeoutError("slack hangs")
         self.updated.append({"channel": channel, "ts": ts, "text": text, "blocks": list(blocks)})
 
     def post_ephemeral(self, channel: str, user: str, text: str) -> None:
@@ -319,10 +345,8 @@ def env() -> dict[str, Any]:
     clock, recorder = Clock(), Recorder()
     service = ApprovalService(
         store=store, queue=queue, policy=policy(), notifier=lambda: notifier,
-        verifier=FakeVerifier, list_pending=lambda n: [
-            j for j in (store.get(k) for k in list(store.docs)) if j and j.state == PENDING_APPROVAL
-        ][:n],
-        signing_secret=SECRET, slack_channel="#approvals", recorder=recorder, clock=clock)
+        verifier=FakeVerifier, signing_secret=SECRET, slack_channel="#approvals",
+        recorder=recorder, clock=clock)
     store.create(pending_job())
     return {"store": store, "queue": queue, "notifier": notifier, "clock": clock,
             "service": service, "recorder": recorder}
@@ -513,3 +537,183 @@ def test_health_check_builds_no_service() -> None:
     assert app.handle("GET", "/", {}, b"").status == 200
     resp = app.handle("POST", "/v1/approvals/j1:approve", {}, b"")
     assert resp.status == 500 and "incident" in resp.body["error"]["message"]
+
+
+# --------------------------------------------------------------------------- issue 20/21
+
+
+def record_of_event(env: dict[str, Any], job_id: str, event: str) -> Any:
+    from bqgate.outbox import OutboxRecord, record_id
+
+    doc = env["store"].outbox.get(record_id(job_id, event))
+    return OutboxRecord.from_doc(doc) if doc else None
+
+
+def test_approve_while_publishing_fails_then_a_second_approve_hands_it_off(
+        env: dict[str, Any]) -> None:
+    env["queue"].down = True
+    status, body = api(env, "POST", "/v1/approvals/j1:approve", "alice@x.io:approvers")
+    assert status == 200 and body["outcome"] == "approved"  # the decision stands
+    rec = record_of_event(env, "j1", "approved")
+    assert rec is not None and not rec.finished and rec.sent_ms is None
+    env["queue"].down = False
+    # Within the hand-off's grace window the first publish may still be in flight.
+    status, body = api(env, "POST", "/v1/approvals/j1:approve", "bob@x.io:approvers")
+    assert body["outcome"] == "unchanged" and "nothing changed" in body["message"]
+    assert env["queue"].messages == []
+    env["clock"].now += 6
+    status, body = api(env, "POST", "/v1/approvals/j1:approve", "bob@x.io:approvers")
+    assert body["outcome"] == "redispatched" and body["redispatched"] is True
+    assert body["message"] == ("Already approved by alice@x.io; its hand-off to the executor "
+                               "had failed and was sent again now")
+    assert env["queue"].messages == [("execute", {"job_id": "j1"})]
+    status, body = api(env, "POST", "/v1/approvals/j1:approve", "bob@x.io:approvers")
+    assert "nothing changed" in body["message"] and len(env["queue"].messages) == 1
+
+
+def test_a_post_whose_answer_never_came_is_found_not_reposted(env: dict[str, Any]) -> None:
+    svc, notifier, store = env["service"], env["notifier"], env["store"]
+    notifier.lose_answer = True
+    with pytest.raises(TimeoutError):
+        svc.notify("j1")
+    notifier.lose_answer = False
+    assert svc.notify("j1") == "found-existing"
+    assert len(notifier.posted) == 1 and notifier.posted[0]["metadata"] == {
+        "event_type": "bqgate_approval_request", "event_payload": {"job_id": "j1"}}
+    rec = ApprovalRecord.from_doc(store.get("j1").approval)
+    assert (rec.slack_channel, rec.slack_ts, rec.post_attempts) == ("C1", "1.1", 1)
+    assert ("j1", "notified") in env["recorder"].events
+    assert svc.notify("j1") == "already-posted" and len(notifier.posted) == 1
+
+
+def test_while_slack_hangs_nothing_is_posted_twice(env: dict[str, Any]) -> None:
+    svc, notifier = env["service"], env["notifier"]
+    notifier.lose_answer = True  # the first post is carried out, its answer lost
+    with pytest.raises(TimeoutError):
+        svc.notify("j1")
+    notifier.lose_answer, notifier.down = False, True
+    for _ in range(5):  # every redelivery while Slack hangs
+        with pytest.raises(TimeoutError):
+            svc.notify("j1")
+    assert len(notifier.posted) == 1 and notifier.finds == 5
+    notifier.down = False
+    assert svc.notify("j1") == "found-existing" and len(notifier.posted) == 1
+    assert ApprovalRecord.from_doc(env["store"].get("j1").approval).post_attempts == 1
+
+
+def test_duplicates_found_are_deleted_and_a_refused_post_is_not_counted(
+        env: dict[str, Any]) -> None:
+    svc, notifier, store = env["service"], env["notifier"], env["store"]
+    notifier.fail_post = True
+    with pytest.raises(RuntimeError):
+        svc.notify("j1")  # RuntimeError: outcome unknown, so the attempt stays counted
+    notifier.fail_post = False
+    # Two messages of j1 already exist (say, from an older bqgate): one is kept.
+    for ts in ("9.1", "9.2"):
+        notifier.posted.append({"channel": "#approvals", "text": "", "blocks": [], "ts": ts,
+                                "metadata": {"event_type": "bqgate_approval_request",
+                                             "event_payload": {"job_id": "j1"}}})
+    assert svc.notify("j1") == "found-existing"
+    assert notifier.deleted == [("C1", "9.2")]
+    assert ApprovalRecord.from_doc(store.get("j1").approval).slack_ts == "9.1"
+
+
+def test_the_outcome_reaches_a_message_posted_while_the_request_was_decided(
+        env: dict[str, Any]) -> None:
+    svc, notifier = env["service"], env["notifier"]
+    notifier.lose_answer = True
+    with pytest.raises(TimeoutError):
+        svc.notify("j1")
+    notifier.lose_answer = False
+    status, body = api(env, "POST", "/v1/approvals/j1:deny", "bob@x.io:approvers",
+                       {"reason": "not today"})
+    assert status == 200 and body["outcome"] == "denied"
+    assert not notifier.updated  # no message known yet
+    assert not record_of_event(env, "j1", "close").finished
+    assert svc.notify("j1") == "closed"  # the reconciler's redelivery of the close record
+    assert notifier.updated[-1]["ts"] == "1.1" and "Denied" in notifier.updated[-1]["text"]
+    assert record_of_event(env, "j1", "close").finished
+    assert svc.notify("j1") == "already-closed" and len(notifier.updated) == 1
+
+
+def test_expired_requests_get_their_message_closed(env: dict[str, Any]) -> None:
+    svc, notifier = env["service"], env["notifier"]
+    assert svc.notify("j1") == "posted"
+    env["clock"].now = (T0 + 900_000) / 1000
+    assert svc.notify("j1") == "expired"  # a redelivery after the TTL: expire and close
+    assert "Expired" in notifier.updated[-1]["text"]
+    assert not any(b["type"] == "actions" for b in notifier.updated[-1]["blocks"])
+
+
+def flood(env: dict[str, Any], n: int, *, prefix: str, owner: str = "agent@x.io",
+          start_ms: int = T0, same_sql: bool = False) -> list[str]:
+    ids = []
+    for i in range(n):
+        job_id = f"{prefix}{i:04d}"
+        env["store"].create(pending_job(
+            job_id, owner=owner, created_ms=start_ms + i,
+            classification={"decision": "approve", "reasons": ["r"], "tables": ["p.d.t"],
+                            "statement_hash": "same" if same_sql else f"h-{job_id}"}))
+        ids.append(job_id)
+    return ids
+
+
+def walk(env: dict[str, Any], who: str, limit: int) -> list[dict[str, Any]]:
+    items, cursor, pages = [], None, 0
+    while True:
+        path = "/v1/approvals"
+        params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+        resp = env["service"].handle("GET", path, {"Authorization": f"Bearer {who}"}, b"",
+                                     params)
+        assert resp.status == 200, resp.body
+        items += resp.body["approvals"]
+        cursor, pages = resp.body["next_cursor"], pages + 1
+        assert pages < 100
+        if cursor is None:
+            return items
+
+
+def test_the_list_is_newest_first_paged_and_leaves_expired_requests_out(
+        env: dict[str, Any]) -> None:
+    ids = flood(env, 12, prefix="a", start_ms=T0 + 10)
+    env["store"].create(pending_job("000-expired", created_ms=T0 + 100,
+                                    expire_at_ms=T0 - 1))
+    env["store"].create(pending_job("zzz-newest", created_ms=T0 + 50,
+                                    classification={"decision": "approve", "reasons": ["r"],
+                                                    "tables": [], "statement_hash": "z"}))
+    items = walk(env, "alice@x.io:approvers", limit=5)
+    listed = [i["job_id"] for i in items]
+    assert listed == ["zzz-newest", *reversed(ids), "j1"]
+    assert "000-expired" not in listed
+    status, body = api(env, "GET", "/v1/approvals", "alice@x.io:approvers")
+    assert status == 200 and body["next_cursor"] is None and len(body["approvals"]) == 14
+    resp = env["service"].handle("GET", "/v1/approvals",
+                                 {"Authorization": "Bearer alice@x.io:approvers"}, b"",
+                                 {"cursor": "garbage"})
+    assert resp.status == 400 and "not a cursor of this list" in resp.body["error"]["message"]
+    resp = env["service"].handle("GET", "/v1/approvals",
+                                 {"Authorization": "Bearer alice@x.io:approvers"}, b"",
+                                 {"limit": "0"})
+    assert resp.status == 400 and "limit" in resp.body["error"]["message"]
+
+
+def test_near_identical_requests_are_one_item_decided_together(env: dict[str, Any]) -> None:
+    ids = flood(env, 4, prefix="g", start_ms=T0 + 10, same_sql=True)
+    flood(env, 1, prefix="other", owner="agent2@x.io", start_ms=T0 + 20, same_sql=True)
+    items = walk(env, "alice@x.io:approvers", limit=2)
+    groups = {i["job_id"]: i["group"] for i in items}
+    assert list(groups) == ["other0000", "g0003", "j1"]
+    assert groups["g0003"]["size"] == 4 and groups["g0003"]["job_ids"] == list(reversed(ids))
+    assert groups["other0000"]["size"] == 1  # another requester is another group
+    status, body = api(env, "POST", "/v1/approvals/g0001:approve", "alice@x.io:approvers",
+                       {"group": True})
+    assert status == 200 and body["decided"] == 4 and body["group_size"] == 4
+    assert body["message"] == "Approved 4 of the 4 requests of the group"
+    assert [m["job_id"] for _, m in env["queue"].messages] == list(reversed(ids))
+    for job_id in ids:  # each bound to itself, each handed to the executor once
+        job = env["store"].get(job_id)
+        assert job.state == PENDING and check_binding(job, "same") is None
+    assert env["store"].get("other0000").state == PENDING_APPROVAL
+    status, body = api(env, "POST", "/v1/approvals/g0001:approve", "alice@x.io:approvers",
+                       {"group": True})
+    assert body["decided"] == 0 and len(env["queue"].messages) == 4

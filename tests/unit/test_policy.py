@@ -65,6 +65,7 @@ def test_default_policy_settings(policy: Policy) -> None:
     assert policy.approvals.approver_groups == ("data-approvers",)
     assert (policy.approvals.required, policy.approvals.ttl_seconds) == (1, 900)
     assert dict(policy.approvals.owners) == {}
+    assert policy.approvals.max_pending_per_principal == 10
     assert policy.cost.max_bytes_billed == 10 * 10**9
     assert policy.cost.approve_above_bytes == 10**9
     assert policy.cost.block_above_bytes == 100 * 10**9
@@ -190,6 +191,16 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
         ),
         (
             "version: 1\ntiers: [a]\ndatasets: {}\ngroups: {}\nrules: []\n"
+            "approvals: {max_pending_per_principal: 0}",
+            "approvals.max_pending_per_principal: expected an integer >= 1, got 0",
+        ),
+        (
+            "version: 1\ntiers: [a]\ndatasets: {}\ngroups: {}\nrules: []\n"
+            "approvals: {max_pending_per_principal: ten}",
+            'approvals.max_pending_per_principal: expected an integer >= 1, got "ten"',
+        ),
+        (
+            "version: 1\ntiers: [a]\ndatasets: {}\ngroups: {}\nrules: []\n"
             "sensitive_columns: {p.d: {c: email}}",
             'sensitive_columns.p.d: expected a table name like "project.dataset.table"',
         ),
@@ -213,6 +224,7 @@ def test_optional_sections_default() -> None:
     assert p.cost.max_bytes_billed is None and p.cost.max_result_rows == 100_000
     assert p.sessions.retention_seconds == 30 * 86400
     assert p.approvals.approver_groups == () and p.approvals.ttl_seconds == 900
+    assert p.approvals.max_pending_per_principal == 10
 
 
 @pytest.mark.parametrize(

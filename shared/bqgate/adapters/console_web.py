@@ -55,7 +55,7 @@ from bqgate.errors import AccessDenied, BqgateError, InvalidRequest, NotFound, U
 from bqgate.identity import Principal, TokenVerifier
 from bqgate.policy import Policy
 from bqgate.ports import DecisionHistory, SessionReader
-from bqgate.service.approvals import ApprovalService
+from bqgate.service.approvals import ApprovalService, group_body
 
 log = logging.getLogger("bqgate.console")
 
@@ -375,20 +375,26 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
 
     # --- inbox and decisions -----------------------------------------------------------
 
-    def pending(principal: Principal) -> list[views.InboxItem]:
-        # One call into the approvals service: its listing (order, paging) is the console's.
-        raw = deps.service().pending_for(principal.email, principal.groups)
-        return views.inbox_items(raw, deps.policy.tier_of)
+    def pending(principal: Principal) -> dict[str, Any]:
+        # One call into the approvals service: its listing (order, paging, groups of
+        # near-identical requests) is the console's.
+        cursor = flask.request.args.get("cursor") or None
+        listing = deps.service().pending_for(principal.email, principal.groups, cursor=cursor)
+        return {
+            "items": views.inbox_items(listing.items, deps.policy.tier_of),
+            "next_cursor": listing.next_cursor,
+            "cursor": cursor,
+        }
 
     @bp.get("/")
     @signed_in()
     def inbox(principal: Principal) -> Response:
-        return page("inbox.html", items=pending(principal), poll_ms=POLL_MS)
+        return page("inbox.html", poll_ms=POLL_MS, **pending(principal))
 
     @bp.get("/inbox/items")
     @signed_in(fragment=True)
     def inbox_items(principal: Principal) -> Response:
-        return page("_inbox_items.html", items=pending(principal))
+        return page("_inbox_items.html", **pending(principal))
 
     @bp.post("/requests/<job_id>/<action>")
     @signed_in()
@@ -396,19 +402,32 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
         if action not in ("approve", "deny") or not valid_job_id(job_id):
             return error_page(404, "Not found", "There is no such request.")
         reason = flask.request.form.get("reason") if action == "deny" else None
+        verb: core.Action = "approve" if action == "approve" else "deny"
         try:
-            outcome = deps.service().decide(
-                job_id,
-                approver=principal.email,
-                groups=principal.groups,
-                action="approve" if action == "approve" else "deny",
-                reason=reason,
-                via="console",
-            )
+            if flask.request.form.get("group") == "1":  # the request and its group
+                outcomes = deps.service().decide_group(
+                    job_id,
+                    approver=principal.email,
+                    groups=principal.groups,
+                    action=verb,
+                    reason=reason,
+                    via="console",
+                )
+                body = group_body(job_id, verb, outcomes)
+                flask.flash(body["message"], "ok" if body["decided"] else "info")
+            else:
+                outcome = deps.service().decide(
+                    job_id,
+                    approver=principal.email,
+                    groups=principal.groups,
+                    action=verb,
+                    reason=reason,
+                    via="console",
+                )
+                changed = outcome.decision.changed or outcome.redispatched
+                flask.flash(outcome.decision.message, "ok" if changed else "info")
         except (InvalidRequest, NotFound) as err:
             flask.flash(err.message, "error")
-        else:
-            flask.flash(outcome.decision.message, "ok" if outcome.decision.changed else "info")
         return flask.redirect(flask.url_for("console.inbox"), 303)
 
     # --- history and sessions ----------------------------------------------------------

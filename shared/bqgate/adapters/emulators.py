@@ -28,9 +28,16 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def create_push_topics(pubsub_host: str, project: str, push: Mapping[str, str]) -> None:
+def create_push_topics(
+    pubsub_host: str,
+    project: str,
+    push: Mapping[str, str],
+    dead_letter_push: Mapping[str, str] | None = None,
+) -> None:
     """For each ``topic -> push endpoint``: the topic, its dead-letter topic, and a push
-    subscription with a retry policy and a dead-letter policy (as Terraform deploys)."""
+    subscription with a retry policy and a dead-letter policy (as Terraform deploys); for
+    each ``topic -> endpoint`` of ``dead_letter_push``, a push subscription of the topic's
+    dead-letter topic (the dead-letter consumer)."""
     with _env(PUBSUB_EMULATOR_HOST=pubsub_host):
         publisher = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
@@ -54,6 +61,20 @@ def create_push_topics(pubsub_host: str, project: str, push: Mapping[str, str]) 
                                 project, f"{topic}-dead-letter"
                             ),
                             "max_delivery_attempts": 5,
+                        },
+                    }
+                )
+        for topic, endpoint in (dead_letter_push or {}).items():
+            with contextlib.suppress(gexc.AlreadyExists):
+                subscriber.create_subscription(
+                    request={
+                        "name": subscriber.subscription_path(project, f"{topic}-dead-letter-push"),
+                        "topic": publisher.topic_path(project, f"{topic}-dead-letter"),
+                        "push_config": {"push_endpoint": endpoint},
+                        "ack_deadline_seconds": 60,
+                        "retry_policy": {
+                            "minimum_backoff": {"seconds": 1},
+                            "maximum_backoff": {"seconds": 30},
                         },
                     }
                 )

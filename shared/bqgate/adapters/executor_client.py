@@ -4,8 +4,9 @@ The ingress POSTs the executor exactly the CloudEvent that a Pub/Sub push delive
 (``google.cloud.pubsub.topic.v1.messagePublished``), so one executor entry point serves
 both paths. In the cloud the call carries an ID token for the executor's URL (Cloud Run
 IAM admits only the ingress's service account); on the loopback dev stack it needs none.
-Any failure falls back to the ``execute`` topic: the job is never lost, and the executor
-is idempotent, so a job that both paths deliver still runs once.
+Any failure falls back to the ``execute`` topic; if that fails too, the job's outbox record
+stays due and the sweeper publishes it. The executor is idempotent, so a job that several
+paths deliver still runs once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 import requests
 
-from bqgate.jobs import Job
 from bqgate.ports import Queue
 
 log = logging.getLogger("bqgate.ingress")
@@ -73,8 +73,9 @@ class DirectExecutor:
         self.token = token
         self.session = requests.Session()
 
-    def __call__(self, job: Job) -> None:
-        headers, body = cloud_event(job.job_id)
+    def __call__(self, job_id: str) -> None:
+        """Hand ``job_id`` to the executor; raises only if neither path took it."""
+        headers, body = cloud_event(job_id)
         try:
             bearer = self.token()
             if bearer:
@@ -84,16 +85,16 @@ class DirectExecutor:
                 return
             log.warning(
                 "direct executor call for %s answered %s; using the topic",
-                job.job_id,
+                job_id,
                 resp.status_code,
             )
         except Exception as exc:  # fall back whatever went wrong: the job must not be lost
             log.warning(
                 "direct executor call for %s failed (%s); using the topic",
-                job.job_id,
+                job_id,
                 type(exc).__name__,
             )
-        self.queue.publish(self.topic, {"job_id": job.job_id})
+        self.queue.publish(self.topic, {"job_id": job_id})
 
 
 def catalog_transport(

@@ -1,19 +1,34 @@
-"""The job store on Firestore: ``jobs/{job_id}`` and ``jobs/{job_id}/pages/{n}``.
+"""The job store on Firestore.
+
+Layout (every document carries ``expire_at``, the timestamp Firestore's TTL deletes by)::
+
+    jobs/{job_id}                  the job (bqgate.jobs.Job.to_doc)
+    jobs/{job_id}/pages/{n:06d}    masked result pages
+    outbox/{job_id}~{event}        hand-offs written with the job's state changes
+                                   (bqgate.outbox.OutboxRecord)
+    approval_quotas/{principal}    the principal's open approval requests (job ids), the
+                                   counter behind approvals.max_pending_per_principal
 
 Every call has a deadline (``call_timeout_s``; reads also retry refused connections within
 it), so a Firestore outage answers within seconds as :class:`bqgate.errors.Unavailable`
 instead of waiting out the client library's 60-300 s defaults. A transition is an
 optimistic compare-and-set on the document's ``update_time`` (no Firestore transaction:
 their begin/commit calls take no deadline, and on the emulator they wait out lock timeouts
-under contention).
+under contention); its outbox records are committed in the same batch.
+
+Writes that count against a quota are optimistic too: read the counter, then commit the job
+write and the new counter together, on the condition that the counter did not change
+since it was read (its ``update_time``); a loser starts over. Concurrent submissions of
+one principal therefore serialise on its counter, and never overshoot the quota.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -21,13 +36,17 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bqgate.adapters.google_errors import outage_as_unavailable, retry
+from bqgate.approvals import holds_quota_slot
 from bqgate.errors import Duplicate, NotFound, Unavailable
-from bqgate.jobs import Job
-from bqgate.ports import DecisionQuery
+from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
+from bqgate.outbox import OutboxRecord
+from bqgate.ports import DecisionQuery, Dispatches, OpenRequestQuota, PendingCursor, QuotaFull
 from bqgate.wire.bigquery import is_job_id
 
 JOBS = "jobs"
 PAGES = "pages"
+OUTBOX = "outbox"
+QUOTAS = "approval_quotas"
 #: The job field a decided approval request is ordered by (see firestore.tf's indexes).
 DECIDED_AT = "approval.decided_at_ms"
 #: Seconds per Firestore call (with the library's retries of a refused connection).
@@ -38,10 +57,23 @@ HISTORY_TIMEOUT_S = 30.0
 CONTENTION_DEADLINE_S = 10.0
 #: What a lost compare-and-set looks like.
 _LOST_RACE = (gexc.FailedPrecondition, gexc.Aborted, gexc.Conflict)
+#: What a lost race looks like: the counter (or job) moved, or a create found its slot taken.
+CONTENTION = (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict)
+#: Longest a quota-counted write keeps retrying on contention.
+QUOTA_DEADLINE_S = 30.0
+#: Timeout of each query.
+QUERY_TIMEOUT_S = 10.0
+
+_DESC = firestore.Query.DESCENDING
 
 
 def page_id(index: int) -> str:
     return f"{index:06d}"
+
+
+def quota_doc_id(principal: str) -> str:
+    """The counter document of a principal (hashed: emails are not reserved-id safe)."""
+    return hashlib.sha256(principal.strip().lower().encode()).hexdigest()[:40]
 
 
 class FirestoreJobStore:
@@ -56,9 +88,14 @@ class FirestoreJobStore:
         retention_seconds: int = 30 * 86400,
         call_timeout_s: float = CALL_TIMEOUT_S,
         contention_deadline_s: float = CONTENTION_DEADLINE_S,
+        *,
+        outbox_collection: str = OUTBOX,
+        quota_collection: str = QUOTAS,
     ) -> None:
         self.client = client
         self.jobs = client.collection(collection)
+        self.outbox = client.collection(outbox_collection)
+        self.quotas = client.collection(quota_collection)
         self.retention_seconds = retention_seconds
         self.timeout = call_timeout_s
         self.retry = retry(call_timeout_s)
@@ -68,15 +105,53 @@ class FirestoreJobStore:
     def _expire_at(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.retention_seconds)
 
-    def create(self, job: Job) -> None:
-        # No retry: a retried create that had succeeded would look like a duplicate.
-        try:
-            with outage_as_unavailable("Firestore"):
-                self.jobs.document(job.job_id).create(
-                    {**job.to_doc(), "expire_at": self._expire_at()}, timeout=self.timeout
-                )
-        except gexc.AlreadyExists:
-            raise Duplicate(f"Already Exists: Job {job.project}:{job.job_id}") from None
+    def _write_outbox(self, writer: Any, records: Sequence[OutboxRecord]) -> None:
+        """Add the records to a batch (``set``: a rewrite is harmless)."""
+        for rec in records:
+            writer.set(
+                self.outbox.document(rec.record_id),
+                {**rec.to_doc(), "expire_at": self._expire_at()},
+            )
+
+    def _commit(self, batch: Any) -> None:
+        # No retry: a retried commit that had succeeded would look like a lost race.
+        with outage_as_unavailable("Firestore"):
+            batch.commit(timeout=self.timeout)
+
+    # --- writing -------------------------------------------------------------------
+
+    def create(
+        self,
+        job: Job,
+        *,
+        dispatch: Sequence[OutboxRecord] = (),
+        quota: OpenRequestQuota | None = None,
+    ) -> None:
+        ref = self.jobs.document(job.job_id)
+        doc = {**job.to_doc(), "expire_at": self._expire_at()}
+
+        def write(batch: Any) -> None:
+            batch.create(ref, doc)
+            self._write_outbox(batch, dispatch)
+
+        duplicate = Duplicate(f"Already Exists: Job {job.project}:{job.job_id}")
+        if quota is None or not holds_quota_slot(job, quota.now_ms):
+            batch = self.client.batch()
+            write(batch)
+            try:
+                self._commit(batch)
+            except gexc.AlreadyExists:
+                raise duplicate from None
+            return
+
+        def attempt() -> None:
+            self._counted_commit(quota, job.job_id, write)
+
+        def lost() -> None:
+            if self._snapshot(job.job_id).exists:  # the job's own slot was taken
+                raise duplicate
+
+        self._retry(attempt, lost)
 
     def _snapshot(self, job_id: str) -> Any:
         with outage_as_unavailable("Firestore"):
@@ -88,9 +163,18 @@ class FirestoreJobStore:
         snap = self._snapshot(job_id)
         return Job.from_doc(snap.to_dict() or {}) if snap.exists else None
 
-    def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+    def transition(
+        self,
+        job_id: str,
+        change: Callable[[Job], dict[str, Any] | None],
+        *,
+        dispatch: Dispatches | None = None,
+        quota: OpenRequestQuota | None = None,
+    ) -> Job:
         if not is_job_id(job_id):
             raise NotFound(f"Not found: Job {job_id[:100]}")
+        if quota is not None:
+            return self._counted_transition(job_id, change, dispatch, quota)
         ref = self.jobs.document(job_id)
         deadline = time.monotonic() + self.contention_deadline_s
         tries = 0
@@ -102,14 +186,18 @@ class FirestoreJobStore:
             fields = change(job)
             if not fields:
                 return job
+            doc = job.to_doc()
+            doc.update(fields)
+            new = Job.from_doc(doc)
+            batch = self.client.batch()
+            # Holds only if nobody wrote the job since it was read.
+            batch.update(
+                ref, fields, option=self.client.write_option(last_update_time=snap.update_time)
+            )
+            if dispatch is not None:
+                self._write_outbox(batch, dispatch(new))
             try:
-                with outage_as_unavailable("Firestore"):
-                    # Holds only if nobody wrote the job since it was read.
-                    ref.update(
-                        fields,
-                        option=self.client.write_option(last_update_time=snap.update_time),
-                        timeout=self.timeout,
-                    )
+                self._commit(batch)
             except _LOST_RACE:
                 tries += 1
                 if time.monotonic() >= deadline:
@@ -118,9 +206,100 @@ class FirestoreJobStore:
                     ) from None
                 time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
                 continue
-            doc = job.to_doc()
-            doc.update(fields)
-            return Job.from_doc(doc)
+            return new
+
+    def _counted_transition(
+        self,
+        job_id: str,
+        change: Callable[[Job], dict[str, Any] | None],
+        dispatch: Dispatches | None,
+        quota: OpenRequestQuota,
+    ) -> Job:
+        """A transition that counts the job against ``quota`` if it then holds a slot:
+        optimistic on both the job (its update_time) and the principal's counter."""
+        ref = self.jobs.document(job_id)
+        result: dict[str, Job] = {}
+
+        def attempt() -> None:
+            snap = self._snapshot(job_id)
+            if not snap.exists:
+                raise NotFound(f"Not found: Job {job_id}")
+            job = Job.from_doc(snap.to_dict() or {})
+            fields = change(job)
+            if not fields:
+                result["job"] = job
+                return
+            new = Job.from_doc({**job.to_doc(), **fields})
+
+            def write(batch: Any) -> None:
+                option = self.client.write_option(last_update_time=snap.update_time)
+                batch.update(ref, fields, option=option)
+                if dispatch is not None:
+                    self._write_outbox(batch, dispatch(new))
+
+            if holds_quota_slot(new, quota.now_ms):
+                self._counted_commit(quota, job_id, write)
+            else:
+                batch = self.client.batch()
+                write(batch)
+                self._commit(batch)
+            result["job"] = new
+
+        self._retry(attempt, lambda: None)
+        return result["job"]
+
+    def _counted_commit(
+        self, quota: OpenRequestQuota, job_id: str, write: Callable[[Any], None]
+    ) -> None:
+        """Commit ``write`` with ``job_id`` added to the principal's open requests, if the
+        principal has room; raise QuotaFull otherwise. Raises CONTENTION on a lost race."""
+        counter = self.quotas.document(quota_doc_id(quota.principal))
+        with outage_as_unavailable("Firestore"):
+            snap = counter.get(retry=self.retry, timeout=self.timeout)
+        listed = [str(i) for i in ((snap.to_dict() or {}).get("open") or [])] if snap.exists else []
+        others = [i for i in listed if i != job_id]
+        live: dict[str, Job] = {}
+        if others:
+            refs = [self.jobs.document(i) for i in others]
+            with outage_as_unavailable("Firestore"):
+                snaps = list(self.client.get_all(refs, retry=self.retry, timeout=self.timeout))
+            live = {s.id: Job.from_doc(s.to_dict() or {}) for s in snaps if s.exists}
+        # Requests that ended (decided, expired, cancelled) give their slot back here: a
+        # job never returns to awaiting approval, so a stale read can only be conservative.
+        still = [i for i in others if i in live and holds_quota_slot(live[i], quota.now_ms)]
+        if len(still) >= quota.limit:
+            raise QuotaFull(still)
+        batch = self.client.batch()
+        write(batch)
+        body = {
+            "principal": quota.principal,
+            "open": [*still, job_id],
+            "updated_ms": quota.now_ms,
+            "expire_at": self._expire_at(),
+        }
+        if snap.exists:
+            batch.update(
+                counter, body, option=self.client.write_option(last_update_time=snap.update_time)
+            )
+        else:
+            batch.create(counter, body)
+        self._commit(batch)
+
+    def _retry(self, attempt: Callable[[], None], lost: Callable[[], None]) -> None:
+        """Run ``attempt`` until it commits; after each lost race call ``lost`` (which may
+        raise the real error), then back off with jitter."""
+        deadline = time.monotonic() + QUOTA_DEADLINE_S
+        tries = 0
+        while True:
+            try:
+                attempt()
+                return
+            except CONTENTION:
+                lost()
+                if time.monotonic() >= deadline:
+                    raise
+            tries += 1
+            time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
 
     def list_owned(
         self, owner: str, *, limit: int, created_before_ms: int | None = None
@@ -160,6 +339,108 @@ class FirestoreJobStore:
                 raise NotFound(f"Not found: result page {i} of job {job_id}")
             out.append((int(doc["start"]), str(doc["rows"])))
         return out
+
+    # --- queries -------------------------------------------------------------------
+
+    def _docs(self, query: Any) -> list[dict[str, Any]]:
+        with outage_as_unavailable("Firestore"):
+            snaps = list(query.stream(retry=retry(QUERY_TIMEOUT_S), timeout=QUERY_TIMEOUT_S))
+        return [s.to_dict() or {} for s in snaps]
+
+    def _stream(self, query: Any) -> list[Job]:
+        return [Job.from_doc(d) for d in self._docs(query)]
+
+    def pending_approvals(
+        self, *, now_ms: int, limit: int, after: PendingCursor | None = None
+    ) -> list[Job]:
+        """Newest first; expired requests excluded by the query (composite index
+        ``state, created_ms desc, expire_at_ms desc, __name__ desc``: firestore.tf)."""
+        query = (
+            self.jobs.where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+            .where(filter=FieldFilter("expire_at_ms", ">", now_ms))
+            .order_by("created_ms", direction=_DESC)
+            .order_by("expire_at_ms", direction=_DESC)
+            .order_by("__name__", direction=_DESC)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.start_after(
+                {
+                    "created_ms": after.created_ms,
+                    "expire_at_ms": after.expire_at_ms,
+                    "__name__": after.job_id,
+                }
+            )
+        return self._stream(query)
+
+    def similar_pending(
+        self, *, owner: str, statement_hash: str, now_ms: int, limit: int
+    ) -> list[Job]:
+        query = (
+            self.jobs.where(filter=FieldFilter("owner", "==", owner))
+            .where(filter=FieldFilter("classification.statement_hash", "==", statement_hash))
+            .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+            .where(filter=FieldFilter("expire_at_ms", ">", now_ms))
+            .limit(limit)
+        )
+        return self._stream(query)
+
+    def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:
+        query = (
+            self.jobs.where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
+            .where(filter=FieldFilter("expire_at_ms", "<=", now_ms))
+            .limit(limit)
+        )
+        return self._stream(query)
+
+    def stale_running(self, *, started_before_ms: int, limit: int) -> list[Job]:
+        query = (
+            self.jobs.where(filter=FieldFilter("state", "==", RUNNING))
+            .where(filter=FieldFilter("started_ms", "<=", started_before_ms))
+            .limit(limit)
+        )
+        return self._stream(query)
+
+    # --- outbox --------------------------------------------------------------------
+
+    def outbox_of(self, job_id: str) -> list[OutboxRecord]:
+        query = self.outbox.where(filter=FieldFilter("job_id", "==", job_id))
+        return [OutboxRecord.from_doc(d) for d in self._docs(query)]
+
+    def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
+        """Unfinished records (a finished one has ``due_ms`` null, which a range never
+        matches) due by now, most overdue first: a single-field index."""
+        query = (
+            self.outbox.where(filter=FieldFilter("due_ms", "<=", now_ms))
+            .order_by("due_ms")
+            .limit(limit)
+        )
+        return [OutboxRecord.from_doc(d) for d in self._docs(query)]
+
+    def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
+        with outage_as_unavailable("Firestore"):
+            self.outbox.document(record_id).update(dict(fields), timeout=self.timeout)
+
+    def outbox_transition(
+        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
+    ) -> OutboxRecord | None:
+        ref = self.outbox.document(record_id)
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> OutboxRecord | None:
+            snap = ref.get(transaction=txn)
+            if not snap.exists:
+                return None
+            rec = OutboxRecord.from_doc(snap.to_dict() or {})
+            fields = change(rec)
+            if fields:
+                txn.update(ref, fields)
+                rec = OutboxRecord.from_doc({**rec.to_doc(), **fields})
+            return rec
+
+        with outage_as_unavailable("Firestore"):
+            result: OutboxRecord | None = run(self.client.transaction())
+        return result
 
     def decided(self, query: DecisionQuery) -> list[Job]:
         """Decided approval requests, latest decision first (``DecisionHistory``).

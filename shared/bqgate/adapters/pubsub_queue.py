@@ -20,15 +20,21 @@ PUBLISH_TIMEOUT_S = 5.0
 
 
 class PubSubQueue:
+    """Publishes and waits for the server's ack, at most ``timeout_s`` (the outbox makes a
+    publish that timed out harmless: its record stays due and is re-sent)."""
+
     def __init__(
         self,
         publisher: pubsub_v1.PublisherClient,
         project: str,
+        *,
         timeout_s: float = PUBLISH_TIMEOUT_S,
     ) -> None:
         self.publisher = publisher
         self.project = project
         self.timeout_s = timeout_s
+        # The client's own retries end with the timeout too: a publish reported failed
+        # must not go out minutes later behind the outbox's back (harmless, but untold).
         self.retry = retry(timeout_s)
 
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:

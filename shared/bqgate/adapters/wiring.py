@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from bqgate.adapters.anchor_sinks import Checkpointer
     from bqgate.chain import ChainKey
     from bqgate.service.executor import Executor
+    from bqgate.service.sweeper import Sweeper
 
 log = logging.getLogger("bqgate")
 
@@ -87,7 +88,8 @@ def queue() -> Any:
     from bqgate.adapters.pubsub_queue import PubSubQueue
 
     s = settings()
-    return PubSubQueue(publisher(), s.project, timeout_s=s.call_timeout_ms / 1000)
+    # Hand-offs are bounded: past the timeout the outbox record stays due, and is re-sent.
+    return PubSubQueue(publisher(), s.project, timeout_s=s.dispatch_timeout_ms / 1000)
 
 
 @functools.cache
@@ -217,6 +219,8 @@ def gateway() -> Gateway:
             location=s.location,
             max_wait_ms=s.max_wait_ms,
             approval_ttl_ms=pol.approvals.ttl_seconds * 1000,
+            max_pending_per_principal=pol.approvals.max_pending_per_principal,
+            redispatch_after_ms=s.redispatch_after_ms,
         ),
         recorder=recorder(),
         dispatch=direct_executor(),
@@ -242,7 +246,7 @@ def direct_executor() -> Any:
 
 @functools.cache
 def executor() -> Executor:
-    from bqgate.service.executor import Executor
+    from bqgate.service.executor import Executor, ExecutorConfig
 
     s = settings()
     return Executor(
@@ -253,6 +257,7 @@ def executor() -> Executor:
         queue=Lazy(queue),
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
+        config=ExecutorConfig(redispatch_after_ms=s.redispatch_after_ms),
         warehouse_project=s.warehouse_project,
     )
 
@@ -344,25 +349,6 @@ def notifier() -> Any:
     return SlackNotifier.from_settings(settings())
 
 
-def _pending_approval_jobs(limit: int) -> list[Any]:
-    """Jobs awaiting approval (an equality filter: no composite index needed)."""
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    from bqgate.adapters.google_errors import outage_as_unavailable, retry
-    from bqgate.jobs import PENDING_APPROVAL, Job
-
-    query = (
-        firestore_client()
-        .collection("jobs")
-        .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
-        .limit(limit)
-    )
-    deadline_s = settings().call_timeout_ms / 1000
-    with outage_as_unavailable("Firestore"):
-        snaps = list(query.stream(retry=retry(deadline_s), timeout=deadline_s))
-    return [Job.from_doc(snap.to_dict() or {}) for snap in snaps]
-
-
 @functools.cache
 def approval_service() -> Any:
     from bqgate.service.approvals import ApprovalService
@@ -374,11 +360,14 @@ def approval_service() -> Any:
         policy=policy(),
         notifier=notifier,
         verifier=verifier,
-        list_pending=_pending_approval_jobs,
         signing_secret=s.slack_signing_secret,
         slack_channel=s.slack_channel,
         execute_topic=s.execute_topic,
+        approvals_topic=s.approvals_topic,
         recorder=recorder(),
+        redispatch_after_ms=s.redispatch_after_ms,
+        # A hand-off younger than its publish timeout may still be in flight.
+        dispatch_grace_ms=s.dispatch_timeout_ms + 1000,
     )
 
 
@@ -387,6 +376,34 @@ def approvals_app() -> Any:
     from bqgate.service.approvals import ApprovalsApp
 
     return ApprovalsApp(approval_service)
+
+
+# --- sweeper (Cloud Scheduler, dead-letter topics) ---------------------------------------
+
+
+@functools.cache
+def sweeper() -> Sweeper:
+    from bqgate.service.sweeper import Sweeper, SweeperConfig
+
+    s = settings()
+    return Sweeper(
+        store=job_store(),
+        queue=queue(),
+        config=SweeperConfig(
+            execute_topic=s.execute_topic,
+            approvals_topic=s.approvals_topic,
+            running_deadline_ms=s.running_deadline_ms,
+            redispatch_after_ms=s.redispatch_after_ms,
+        ),
+        recorder=recorder(),
+    )
+
+
+@functools.cache
+def sweeper_app() -> Any:
+    from bqgate.service.sweeper import SweeperApp
+
+    return SweeperApp(sweeper)
 
 
 # --- the approver console (served by the approvals function under /console) ---------------

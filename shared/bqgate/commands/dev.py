@@ -40,6 +40,14 @@ def register(sub: Any) -> None:
         "--policy", type=Path, default=None, help="policy file (default policies/default.yaml)"
     )
     p.add_argument("--reseed", action="store_true", help="reload the demo warehouse")
+    p.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between sweeper calls (outbox reconciler, expiry, orphaned jobs; "
+        "Cloud Scheduler calls it every minute in the cloud; default 5)",
+    )
     p.set_defaults(func=run)
 
 
@@ -51,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
     if args.reseed:
         for marker in (args.state_dir / "bigquery").glob("seeded-v*"):
             marker.unlink()
+    if args.sweep_interval <= 0:
+        raise BqgateError("--sweep-interval must be positive")
     if args.policy is not None and not args.policy.exists():
         raise BqgateError(f"policy file not found: {args.policy}")
     stack = Stack(
         state_dir=args.state_dir,
         ports=ports,
         policy_path=args.policy.resolve() if args.policy else None,
+        sweep_interval_s=args.sweep_interval,
     )
     return run_foreground(stack)

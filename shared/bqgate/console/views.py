@@ -133,6 +133,10 @@ class InboxItem:
     required: int
     #: What the executor measured each write would touch (see bqgate.sql.blast).
     blast_radius: tuple[str, ...] = ()
+    #: Its group: the requester's pending requests of the same statement (this one is the
+    #: newest; ``group_others`` are the rest, decidable with it in one go).
+    group_size: int = 1
+    group_others: tuple[str, ...] = ()
 
     @property
     def bytes_text(self) -> str:
@@ -192,6 +196,11 @@ def inbox_items(pending: Sequence[Mapping[str, Any]], tier_of: TierOf) -> list[I
                 approvals=_votes(p.get("approvals")),
                 required=int(p.get("required") or 1),
                 blast_radius=blast_lines(p.get("blast_radius")),
+                group_size=int((p.get("group") or {}).get("size") or 1),
+                group_others=tuple(
+                    str(j) for j in (p.get("group") or {}).get("job_ids") or ()
+                    if str(j) != str(p["job_id"])
+                ),
             )
         )
     items.sort(key=lambda i: (i.created_ms, i.job_id), reverse=True)

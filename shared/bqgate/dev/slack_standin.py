@@ -4,15 +4,22 @@ Run as ``python -m bqgate.dev.slack_standin --port P --state-dir D`` (the dev st
 does), with the functions' environment: ``BQGATE_SLACK_BOT_TOKEN`` (checked on every
 Web API call), ``BQGATE_SLACK_SIGNING_SECRET`` and ``BQGATE_APPROVALS_URL``.
 
-* ``/api/<method>``: ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``,
-  ``users.info``, ``views.open``, ``auth.test``, shaped like Slack's answers (and
-  rejecting blocks over Slack's limits, as Slack does).
+* ``/api/<method>``: ``chat.postMessage`` (with message ``metadata``), ``chat.update``,
+  ``chat.delete``, ``chat.postEphemeral``, ``conversations.history`` (channel ids only,
+  newest first, paged by cursor, metadata with ``include_all_metadata``),
+  ``conversations.list``, ``users.info``, ``views.open``, ``auth.test``, shaped like
+  Slack's answers (and rejecting blocks over Slack's limits, as Slack does).
 * ``/``: every approval message, rendered from its blocks, with working buttons per
   user (pick who you are). A click sends the approvals function a correctly signed
   interaction payload, as Slack would; Deny opens the modal and submits it.
 * ``/_ui/click`` and ``/_ui/submit``: what the page's forms post (answer JSON when
   asked with ``Accept: application/json``, else redirect back to the page).
 * ``/_test/messages``: messages, ephemeral notes, views and interactions as JSON.
+* ``/_test/hang`` (POST ``{"seconds": S}``): Slack's API hangs for ``S`` seconds (a fault
+  to test against): every Web API call that arrives meanwhile gets no answer until the
+  hang ends, and is *then* carried out, in arrival order, as Slack did in the outage this
+  reproduces (a client that timed out never learns that its message was posted).
+  ``{"seconds": 0}`` ends a hang; GET says how long is left.
 
 Messages are kept in memory and in ``<state-dir>/slack/messages.json``.
 """
@@ -20,6 +27,8 @@ Messages are kept in memory and in ``<state-dir>/slack/messages.json``.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import html
 import itertools
 import json
@@ -38,7 +47,11 @@ from typing import Any
 from bqgate.slack_blocks import FIELD_TEXT_MAX, HEADER_TEXT_MAX, SECTION_TEXT_MAX, sign, slack_len
 
 TEAM = {"id": "T_BQGATE", "domain": "bqgate-dev"}
-CHANNELS = {"#bqgate-approvals": "C_APPROVALS", "bqgate-approvals": "C_APPROVALS"}
+#: Channel name -> id (Slack ids: C + upper-case letters and digits).
+CHANNEL_ID = "C0BQGATE01"
+CHANNELS = {"#bqgate-approvals": CHANNEL_ID, "bqgate-approvals": CHANNEL_ID}
+#: Most messages one conversations.history page returns (Slack: 999).
+HISTORY_MAX = 999
 #: Slack user id -> (name, email). Mallory is not an approver; the agent owner is a
 #: human who owns an agent identity (give it in a policy's approvals.owners).
 USERS: dict[str, tuple[str, str]] = {
@@ -197,7 +210,14 @@ class SlackState:
         self.views: dict[str, dict[str, Any]] = {}
         self.interactions: list[dict[str, Any]] = []
         self.triggers: dict[str, tuple[str, float]] = {}
+        self.deleted: list[dict[str, Any]] = []
         self._seq = itertools.count(1)
+        # Faults: calls arriving before hang_until wait for it; all calls run in arrival order.
+        self.hang_until = 0.0
+        self.held = 0
+        self._turn = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
         self._load()
 
     def _load(self) -> None:
@@ -223,7 +243,37 @@ class SlackState:
 
     # --- Web API -------------------------------------------------------------------
 
+    def hang(self, seconds: float) -> dict[str, Any]:
+        """Make every Web API call of the next ``seconds`` wait until then (0 ends a hang)."""
+        with self._turn:
+            self.hang_until = time.monotonic() + max(0.0, seconds) if seconds > 0 else 0.0
+            self._turn.notify_all()
+        return self.hang_status()
+
+    def hang_status(self) -> dict[str, Any]:
+        with self._turn:
+            left = max(0.0, self.hang_until - time.monotonic())
+            return {"hanging": left > 0, "seconds_left": round(left, 3), "held": self.held}
+
     def call(self, method: str, args: dict[str, Any], auth: str | None) -> dict[str, Any]:
+        """One Web API call, in arrival order; during a hang, answered when it ends."""
+        with self._turn:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            held = time.monotonic() < self.hang_until
+            self.held += held
+            while time.monotonic() < self.hang_until or self._serving != ticket:
+                left = self.hang_until - time.monotonic()
+                self._turn.wait(timeout=left if left > 0 else 1.0)
+        try:
+            return self._call(method, args, auth)
+        finally:
+            with self._turn:
+                self._serving += 1
+                self.held -= held
+                self._turn.notify_all()
+
+    def _call(self, method: str, args: dict[str, Any], auth: str | None) -> dict[str, Any]:
         if self.token and auth != f"Bearer {self.token}":
             return {"ok": False, "error": "invalid_auth"}
         handler = getattr(self, "api_" + method.replace(".", "_"), None)
@@ -256,17 +306,92 @@ class SlackState:
             raise Invalid("channel_not_found")
         return CHANNELS.get(name, name)
 
+    @staticmethod
+    def _metadata(args: dict[str, Any]) -> dict[str, Any] | None:
+        meta = args.get("metadata")
+        if meta is None or meta == "":
+            return None
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                raise Invalid("invalid_metadata_format") from None
+        if (not isinstance(meta, dict) or not isinstance(meta.get("event_type"), str)
+                or not isinstance(meta.get("event_payload"), dict)):
+            raise Invalid("invalid_metadata_format")
+        return {"event_type": meta["event_type"], "event_payload": meta["event_payload"]}
+
     def api_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args.get("channel"))
         blocks = self._blocks(args)
+        metadata = self._metadata(args)
         if not args.get("text") and not blocks:
             raise Invalid("no_text")
         with self.lock:
             msg = {"channel": channel, "ts": self._ts(), "text": args.get("text", ""),
-                   "blocks": blocks or [], "updates": 0}
+                   "blocks": blocks or [], "updates": 0, "bot_id": "B_BQGATE",
+                   "app_id": "A_BQGATE"}
+            if metadata is not None:
+                msg["metadata"] = metadata
             self.messages.append(msg)
             self.save()
-        return {"channel": channel, "ts": msg["ts"], "message": msg}
+        return {"channel": channel, "ts": msg["ts"], "message": self._as_slack(msg, True)}
+
+    @staticmethod
+    def _as_slack(msg: dict[str, Any], with_metadata: bool) -> dict[str, Any]:
+        """A stored message as Slack's API returns one."""
+        out = {"type": "message", "subtype": "bot_message", "text": msg["text"],
+               "ts": msg["ts"], "bot_id": msg.get("bot_id", "B_BQGATE"),
+               "app_id": msg.get("app_id", "A_BQGATE"), "blocks": msg["blocks"]}
+        if msg.get("updates"):
+            out["edited"] = {"user": "U_BQGATE_BOT", "ts": msg["ts"]}
+        if with_metadata and msg.get("metadata"):
+            out["metadata"] = msg["metadata"]
+        return out
+
+    def api_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel"), args.get("ts")
+        with self.lock:
+            for i, msg in enumerate(self.messages):
+                if msg["channel"] == channel and msg["ts"] == ts:
+                    self.deleted.append(self.messages.pop(i))
+                    self.save()
+                    return {"channel": channel, "ts": ts}
+        raise Invalid("message_not_found")
+
+    def api_conversations_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        ids = sorted(set(CHANNELS.values()))
+        names = {cid: next(n for n, c in CHANNELS.items() if c == cid and not n.startswith("#"))
+                 for cid in ids}
+        channels = [{"id": cid, "name": names[cid], "is_channel": True, "is_private": False,
+                     "is_archived": False, "is_member": True} for cid in ids]
+        return {"channels": channels, "response_metadata": {"next_cursor": ""}}
+
+    def api_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if channel not in set(CHANNELS.values()):
+            raise Invalid("channel_not_found")  # Slack wants the id, never a #name
+        try:
+            oldest = float(args.get("oldest") or 0)
+            latest = float(args.get("latest") or time.time() + 1)
+            limit = min(max(int(args.get("limit") or 100), 1), HISTORY_MAX)
+            start = int(base64.urlsafe_b64decode(str(args["cursor"])).decode().split(":")[1]
+                        ) if args.get("cursor") else 0
+        except (ValueError, IndexError, binascii.Error):
+            raise Invalid("invalid_arguments") from None
+        inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+        metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        with self.lock:
+            chosen = [m for m in self.messages if m["channel"] == channel and (
+                oldest <= float(m["ts"]) <= latest if inclusive
+                else oldest < float(m["ts"]) < latest)]
+        chosen.sort(key=lambda m: float(m["ts"]), reverse=True)  # newest first, as Slack
+        page = chosen[start:start + limit]
+        more = start + limit < len(chosen)
+        cursor = (base64.urlsafe_b64encode(f"next:{start + limit}".encode()).decode()
+                  if more else "")
+        return {"messages": [self._as_slack(m, metadata) for m in page], "has_more": more,
+                "pin_count": 0, "response_metadata": {"next_cursor": cursor}}
 
     def api_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, ts = args.get("channel"), args.get("ts")
@@ -428,7 +553,8 @@ class SlackState:
         with self.lock:
             snap: dict[str, Any] = json.loads(json.dumps({
                 "messages": self.messages, "ephemerals": self.ephemerals,
-                "views": list(self.views.values()), "interactions": self.interactions}))
+                "views": list(self.views.values()), "interactions": self.interactions,
+                "deleted": self.deleted}))
             return snap
 
     # --- page ----------------------------------------------------------------------
@@ -488,13 +614,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout during a hang): Slack does not care either
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
@@ -522,6 +651,8 @@ class Handler(BaseHTTPRequestHandler):
                                        self.headers.get("Authorization")))
         elif url.path == "/_test/messages":
             self._json(200, state.snapshot())
+        elif url.path == "/_test/hang":
+            self._json(200, state.hang_status())
         elif url.path == "/":
             user = urllib.parse.parse_qs(url.query).get("user", ["U_ALICE"])[-1]
             self._send(200, state.page(user).encode(), "text/html; charset=utf-8")
@@ -539,6 +670,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         if url.path.startswith("/api/"):
             self._json(200, state.call(url.path[5:], args, self.headers.get("Authorization")))
+            return
+        if url.path == "/_test/hang":
+            try:
+                seconds = float(args.get("seconds", 0))
+            except (TypeError, ValueError):
+                self._json(400, {"ok": False, "error": "invalid_arguments"})
+                return
+            self._json(200, state.hang(seconds))
             return
         try:
             if url.path == "/_ui/click":

@@ -52,6 +52,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "executor": 8182,
     "slack_notify": 8183,
     "mcp": 8184,
+    "sweeper": 8185,
     "slack": 8190,
     "oidc_issuer": 8191,
     "bigquery": 9050,
@@ -195,8 +196,14 @@ class Stack:
     seed: bool = True
     #: Allowed jobs reach the executor by a direct call (True) or via the execute topic.
     fast_path: bool = True
+    #: Seconds between two calls of the sweeper (Cloud Scheduler calls it every minute).
+    sweep_interval_s: float = 5.0
+    #: Put a FaultProxy (bqgate.dev.faults) in front of Pub/Sub for every publisher, so
+    #: tests can make publishing fail (``stack.pubsub_faults.refuse()``).
+    faults: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    pubsub_faults: Any = None
     #: Restart processes that exit (False: a dead process stays dead).
     supervise: bool = True
     #: Seconds between Firestore snapshots (0: only when the stack stops).
@@ -219,6 +226,7 @@ class Stack:
             "slack_notify": self.url("slack_notify"),
             # The MCP endpoint itself (Streamable HTTP), as an agent's MCP config names it.
             "mcp": self.url("mcp") + "/mcp",
+            "sweeper": self.url("sweeper"),
             "slack": self.url("slack"),
             "oidc_issuer": self.url("oidc_issuer"),
             "bigquery": self.url("bigquery"),
@@ -249,7 +257,11 @@ class Stack:
             # Metadata always comes from the executor, whichever way jobs reach it.
             "BQGATE_CATALOG_URL": self.url("executor"),
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
-            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
+            "PUBSUB_EMULATOR_HOST": (
+                self.pubsub_faults.address
+                if self.pubsub_faults is not None
+                else f"127.0.0.1:{self.ports['pubsub']}"
+            ),
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             **self.extra_env,
         }
@@ -484,6 +496,10 @@ class Stack:
         # The key the dev issuer's sign-in page asks for (the banner prints it).
         issuer.load_or_create_sign_in_key(self.state_dir / issuer.OIDC_SUBDIR)
         load_or_create_dev_key(self.state_dir)
+        if self.faults and self.pubsub_faults is None:
+            from bqgate.dev.faults import FaultProxy
+
+            self.pubsub_faults = FaultProxy(("127.0.0.1", self.ports["pubsub"]))
         try:
             self._start(out)
         except BaseException:
@@ -579,6 +595,7 @@ class Stack:
             ("executor", "executor", "executor", "http"),
             ("slack_notify", "slack_notify", "slack_notify", "cloudevent"),
             ("mcp", "mcp", "mcp", "http"),
+            ("sweeper", "sweeper", "sweeper", "http"),
         ]
         started = []
         for port_name, folder, target, sig in functions:
@@ -609,6 +626,19 @@ class Stack:
         for proc, port_name in started:
             self._wait_http(proc, self.url(port_name) + "/")
         self.create_topics()
+        # Cloud Scheduler's part: call the sweeper (outbox reconciler, expiry, orphans).
+        self._spawn(
+            "scheduler",
+            [
+                py,
+                "-m",
+                "bqgate.dev.scheduler",
+                "--url",
+                self.url("sweeper") + "/",
+                "--every",
+                str(self.sweep_interval_s),
+            ],
+        )
         if self.supervise or self.snapshot_interval_s > 0:
             self._stopping.clear()
             self._supervisor = threading.Thread(
@@ -617,13 +647,18 @@ class Stack:
             self._supervisor.start()
 
     def create_topics(self) -> None:
-        """Topics and push subscriptions: execute -> executor, approvals -> slack_notify."""
+        """Topics and push subscriptions: execute -> executor, approvals -> slack_notify,
+        and each one's dead-letter topic -> the sweeper's dead-letter consumer."""
         from bqgate.adapters.emulators import create_push_topics
 
         create_push_topics(
             f"127.0.0.1:{self.ports['pubsub']}",
             PROJECT,
             {"execute": self.url("executor") + "/", "approvals": self.url("slack_notify") + "/"},
+            dead_letter_push={
+                "execute": self.url("sweeper") + "/dead-letter/execute",
+                "approvals": self.url("sweeper") + "/dead-letter/approvals",
+            },
         )
 
     def write_endpoints(self) -> Path:
@@ -656,6 +691,9 @@ class Stack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=2)
         self.procs.clear()
+        if self.pubsub_faults is not None:
+            self.pubsub_faults.close()
+            self.pubsub_faults = None
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "endpoints.json").unlink()
 
@@ -704,6 +742,7 @@ def banner(endpoints: Mapping[str, str]) -> str:
         f"  dev sign-in key (the sign-in page asks once per browser): {sign_in_key(endpoints)}",
         f"Approvals: {endpoints['approvals']}   Slack stand-in: {endpoints['slack']}",
         f"MCP (Streamable HTTP): {endpoints['mcp']}   stdio for agents: bqgate mcp",
+        f"Sweeper: {endpoints['sweeper']} (outbox reconciler, expiry, dead letters)",
         f"BigQuery emulator: {endpoints['bigquery']}   OIDC issuer: {endpoints['oidc_issuer']}",
         f"Firestore: {endpoints['firestore']}   Pub/Sub: {endpoints['pubsub']}",
         f"State and logs: {endpoints['state_dir']}",

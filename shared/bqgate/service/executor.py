@@ -28,11 +28,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bqgate.approvals import check_binding, needs_approval
+from bqgate import outbox
+from bqgate.approvals import check_binding, needs_approval, quota_message
 from bqgate.errors import BqgateError, JobFailed, finished, for_job
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
+from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
-from bqgate.ports import DryRun, JobStore, QueryOutcome, Queue, Warehouse
+from bqgate.ports import (
+    DryRun,
+    JobStore,
+    OpenRequestQuota,
+    QueryOutcome,
+    Queue,
+    QuotaFull,
+    Warehouse,
+)
+from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
 from bqgate.service.gateway import NullRecorder, Recorder, record_all
 
 if TYPE_CHECKING:
@@ -168,6 +179,8 @@ class ExecutorConfig:
     page_bytes: int = PAGE_BYTES
     fetch_rows: int = FETCH_ROWS
     transient_attempts: int = TRANSIENT_ATTEMPTS
+    #: The outbox reconciler's deadline for approval requests (bqgate.service.dispatch).
+    redispatch_after_ms: int = REDISPATCH_AFTER_MS
 
 
 class Executor:
@@ -194,6 +207,16 @@ class Executor:
         self.recorder = recorder
         self.config = config or ExecutorConfig()
         self.clock = clock
+        self.dispatcher = (
+            Dispatcher(
+                store=store,
+                queue=queue,
+                clock=clock,
+                redispatch_after_ms=self.config.redispatch_after_ms,
+            )
+            if queue is not None
+            else None
+        )
         #: The project BigQuery jobs run in; error messages never name it to the agent.
         self.warehouse_project = warehouse_project
 
@@ -670,22 +693,31 @@ class Executor:
         if cost_reason or blast is not None:
             fields["expire_at_ms"] = now + ttl_ms
         won = {"ok": False}
+        if self.dispatcher is None:
+            raise RuntimeError("the executor has no queue to send approval requests to")
+        dispatcher = self.dispatcher
+        notify: list[OutboxRecord] = []
 
         def mark(j: Job) -> dict[str, Any] | None:
             won["ok"] = j.state in (PENDING, PENDING_APPROVAL) and not j.approval_requested_ms
             return fields if won["ok"] else None
 
-        job = self.store.transition(job.job_id, mark)
+        def records(j: Job) -> list[OutboxRecord]:
+            notify[:] = [dispatcher.record(j.job_id, outbox.NOTIFY, self.approvals_topic,
+                                           until_done=True)]
+            return notify
+
+        # A statement that only the cost guard sent for approval counts against its
+        # principal's open requests now (policy-bound ones were counted by the ingress).
+        limit = self.policy.approvals.max_pending_per_principal
+        quota = OpenRequestQuota(job.owner, limit, now) if job.state == PENDING else None
+        try:
+            job = self.store.transition(job.job_id, mark, dispatch=records, quota=quota)
+        except QuotaFull as full:
+            message = quota_message(job.owner, len(full.open_job_ids), limit)
+            return self._fail(job, {"reason": "quotaExceeded", "message": message})
         if not won["ok"]:
             return "awaiting-approval"
-        if self.queue is None:
-            raise RuntimeError("the executor has no queue to send approval requests to")
-        try:
-            self.queue.publish(self.approvals_topic, {"job_id": job.job_id})
-        except Exception:
-            # Undo the mark so the redelivery of this message publishes again.
-            self.store.transition(job.job_id, lambda j: {"approval_requested_ms": None})
-            raise
         self._record(
             job,
             "approval_requested",
@@ -696,6 +728,9 @@ class Executor:
                 "blast_radius": blast,
             },
         )
+        # The request and its notification were committed together; if this publish fails
+        # the outbox reconciler sends it (the approvers see the request meanwhile).
+        dispatcher.send_all(notify)
         return "sent-for-approval"
 
     def _approval_problem(self, job: Job) -> str | None:

@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-from bqgate.approvals import expire_fields
+from bqgate import outbox
+from bqgate.approvals import expire_fields, quota_message
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -27,7 +28,9 @@ from bqgate.errors import (
 )
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
-from bqgate.ports import JobStore, Queue
+from bqgate.outbox import OutboxRecord
+from bqgate.ports import JobStore, OpenRequestQuota, Queue, QuotaFull
+from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
 
@@ -84,6 +87,10 @@ class GatewayConfig:
     location: str = "US"
     max_wait_ms: int = 10_000
     approval_ttl_ms: int = 15 * 60 * 1000
+    #: ``approvals.max_pending_per_principal`` of the policy.
+    max_pending_per_principal: int = 10
+    #: The outbox reconciler's deadline (see bqgate.service.dispatch).
+    redispatch_after_ms: int = REDISPATCH_AFTER_MS
 
 
 def job_error(job: Job) -> BqgateError:
@@ -137,7 +144,7 @@ class Gateway:
         classify: Classifier,
         config: GatewayConfig,
         recorder: Recorder | None = None,
-        dispatch: Callable[[Job], None] | None = None,
+        dispatch: DirectCall | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
@@ -147,7 +154,14 @@ class Gateway:
         self.classify = classify
         self.config = config
         self.recorder = recorder or NullRecorder()
-        self._dispatch = dispatch
+        self._direct = dispatch
+        self.dispatcher = Dispatcher(
+            store=store,
+            queue=queue,
+            direct=dispatch,
+            redispatch_after_ms=config.redispatch_after_ms,
+            clock=clock,
+        )
         self.clock = clock
         self.sleep = sleep
         self.new_id = new_id
@@ -236,7 +250,18 @@ class Gateway:
             job.state = DONE
             job.ended_ms = job.created_ms
             job.error = blocked.to_error_proto()
-        self.store.create(job)
+        handoff = self.dispatcher.record(job.job_id, outbox.ACCEPTED, self.config.execute_topic)
+        quota = (
+            OpenRequestQuota(principal.email, self.config.max_pending_per_principal, job.created_ms)
+            if job.state == PENDING_APPROVAL
+            else None
+        )
+        try:
+            # The job and its hand-off to the executor in one commit: an accepted job is
+            # never left without someone due to act on it (the outbox reconciler re-sends).
+            self.store.create(job, dispatch=[] if job.done else [handoff], quota=quota)
+        except QuotaFull as full:
+            self._refuse_over_quota(job, len(full.open_job_ids))
         events: list[tuple[str, Mapping[str, Any]]] = [
             ("request", {"request_kind": request_kind}), ("classification", verdict)]
         if job.state == DONE:
@@ -247,25 +272,52 @@ class Gateway:
         # Both allowed and approval-bound jobs go to the executor first: it alone holds
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
         # sends approval-bound jobs on to the approvals topic with their estimate.
-        self.dispatch(job)
+        self.dispatcher.send(handoff)
         if job.dry_run:
             # BigQuery answers a dry run at once: wait for the executor's (it alone can ask).
             job = self._wait(self.store.get(job.job_id) or job, None)
             if not job.done:
                 raise Unavailable("The dry run did not finish in time; try again")
             return job
-        if self._dispatch is not None:
+        if self._direct is not None:
             # The direct fast path returns once the executor has handled the job: answer with
             # its state now, so a finished job is reported DONE without another round trip.
             return self.store.get(job.job_id) or job
         return job
 
-    def dispatch(self, job: Job) -> None:
-        """Hand an allowed job to the executor (direct fast path, or the execute topic)."""
-        if self._dispatch is not None:
-            self._dispatch(job)
-        else:
-            self.queue.publish(self.config.execute_topic, {"job_id": job.job_id})
+    def _refuse_over_quota(self, job: Job, open_count: int) -> NoReturn:
+        """Store and record the refusal of an approval-needing job past the quota; raise it."""
+        limit = self.config.max_pending_per_principal
+        message = quota_message(job.owner, open_count, limit)
+        job.state = DONE
+        job.ended_ms = job.created_ms
+        job.error = {"reason": "quotaExceeded", "message": message}
+        self.store.create(job)
+        record_all(self.recorder, job, [
+            ("request", {"request_kind": job.request_kind}),
+            ("classification", job.classification),
+            ("blocked", {**job.error, "quota": "approvals.max_pending_per_principal",
+                         "limit": limit, "open_requests": open_count}),
+        ])
+        raise QuotaExceeded(message)
+
+    def _resume(self, job: Job) -> Job:
+        """A client's retry of a job it already submitted: hand the job off again if its
+        hand-off never happened (the first attempt failed after storing it)."""
+        if job.done:
+            return job
+        unsent = [rec for rec in self.store.outbox_of(job.job_id)
+                  if not rec.finished and rec.sent_ms is None
+                  and rec.event in (outbox.ACCEPTED, outbox.APPROVED)]
+        if not unsent:
+            return job
+        self.dispatcher.send_all(unsent)
+        return self.store.get(job.job_id) or job
+
+    def _close_message(self, job: Job) -> list[OutboxRecord]:
+        """The record that has slack_notify show an ended request's outcome on its message."""
+        return [self.dispatcher.record(job.job_id, outbox.CLOSE, self.config.approvals_topic,
+                                       until_done=True)]
 
     def insert_job(
         self, principal: Principal, project: str, body: Mapping[str, Any]
@@ -280,7 +332,7 @@ class Gateway:
             # Same caller retrying the same insert: answer with the job it created.
             if existing.sql != req.sql:
                 raise Duplicate(f"Already Exists: Job {project}:{job_id}")
-            return wire.job_resource(existing)
+            return wire.job_resource(self._resume(existing))
         job = self.submit(principal, project, req, job_id, "jobs.insert")
         if job.dry_run and job.error:
             raise job_error(job)
@@ -292,7 +344,7 @@ class Gateway:
         job_id = req.request_id or self.new_id()
         existing = self.store.get(job_id)
         if existing is not None and existing.owner == principal.email and existing.sql == req.sql:
-            job = existing
+            job = self._resume(existing)
         elif existing is not None:
             raise Duplicate(f"Already Exists: Job {project}:{job_id}")
         else:
@@ -319,9 +371,22 @@ class Gateway:
         now = self._now_ms()
         if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now < job.expire_at_ms:
             return job
-        expired = self.store.transition(job.job_id, lambda j: expire_fields(j, now))
-        if expired.done and expired.approval.get("status") == "expired":
+        ended: dict[str, bool] = {}
+        close: list[OutboxRecord] = []
+
+        def expire(j: Job) -> dict[str, Any] | None:
+            fields = expire_fields(j, now)
+            ended["now"] = fields is not None
+            return fields
+
+        def records(j: Job) -> list[OutboxRecord]:
+            close[:] = self._close_message(j)
+            return close
+
+        expired = self.store.transition(job.job_id, expire, dispatch=records)
+        if ended.get("now"):
             self.recorder.record(expired, "expired", expired.error or {})
+            self.dispatcher.send_all(close)
         return expired
 
     def get_job(self, principal: Principal, project: str, job_id: str) -> dict[str, Any]:
@@ -333,7 +398,11 @@ class Gateway:
         self._owned(principal, project, job_id)
         now = self._now_ms()
 
+        close: list[OutboxRecord] = []
+        awaited: dict[str, bool] = {}
+
         def cancel(job: Job) -> dict[str, Any] | None:
+            awaited["approval"] = job.state == PENDING_APPROVAL
             if job.state in (PENDING, PENDING_APPROVAL):
                 return {
                     "state": DONE,
@@ -342,7 +411,13 @@ class Gateway:
                 }
             return None
 
-        job = self.store.transition(job_id, cancel)
+        def records(j: Job) -> list[OutboxRecord]:
+            # A request awaiting approval has (or will have) a Slack message to close.
+            close[:] = self._close_message(j) if awaited.get("approval") else []
+            return close
+
+        job = self.store.transition(job_id, cancel, dispatch=records)
+        self.dispatcher.send_all(close)
         return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(job)}
 
     def get_query_results(

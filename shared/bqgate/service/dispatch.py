@@ -1,0 +1,179 @@
+"""The outbox's dispatcher: publish records written with a state change, and reconcile.
+
+Every component that changes a job so that another one must act writes an
+:class:`bqgate.outbox.OutboxRecord` in the same commit (see :mod:`bqgate.outbox`),
+then calls :meth:`Dispatcher.send`. A failed send is not an error for the caller: the
+record stays due, and :meth:`Dispatcher.reconcile` (the sweeper) publishes it again.
+
+Pure: talks to the job store and the queue ports only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bqgate import outbox
+from bqgate.outbox import OutboxRecord
+from bqgate.ports import JobStore, Queue
+
+log = logging.getLogger("bqgate.dispatch")
+
+#: How long a record waits for its first hand-off before the reconciler re-publishes it.
+REDISPATCH_AFTER_MS = 20_000
+
+RecordChange = Callable[[OutboxRecord], dict[str, Any] | None]
+DirectCall = Callable[[str], None]
+"""The fast path to the executor for one job id (raises if it could not hand it over)."""
+
+
+@dataclass
+class Reconciled:
+    """What one reconciler pass did."""
+
+    published: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    given_up: list[str] = field(default_factory=list)
+
+    def to_body(self) -> dict[str, int]:
+        return {
+            "published": len(self.published),
+            "failed": len(self.failed),
+            "given_up": len(self.given_up),
+        }
+
+
+class Dispatcher:
+    """Hands outbox records to their consumers and marks them.
+
+    Args:
+        store: the job store holding the outbox.
+        queue: Pub/Sub.
+        direct: the fast path for ``accepted`` records (the ingress's direct call to the
+            executor); None publishes them like any other record.
+        redispatch_after_ms: the reconciler's deadline, and the base of its backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        queue: Queue,
+        direct: DirectCall | None = None,
+        redispatch_after_ms: int = REDISPATCH_AFTER_MS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.direct = direct
+        self.redispatch_after_ms = redispatch_after_ms
+        self.clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def record(
+        self, job_id: str, event: str, topic: str, *, until_done: bool = False
+    ) -> OutboxRecord:
+        """A new record to write with a state change."""
+        return outbox.new_record(
+            job_id,
+            event,
+            topic,
+            now_ms=self._now_ms(),
+            deadline_ms=self.redispatch_after_ms,
+            until_done=until_done,
+        )
+
+    def send(self, rec: OutboxRecord, *, fast: bool = True) -> bool:
+        """Publish one record (the direct path for ``accepted`` when ``fast``) and mark it.
+        Returns whether it was handed over; a failure is logged and left to the reconciler."""
+        try:
+            if fast and self.direct is not None and rec.event == outbox.ACCEPTED:
+                self.direct(rec.job_id)
+            else:
+                self.queue.publish(rec.topic, rec.message)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "hand-off %s to %s failed (%s); the reconciler will retry",
+                rec.record_id,
+                rec.topic,
+                error[:200],
+            )
+            self._mark(
+                rec,
+                lambda r: outbox.failed(
+                    r, self._now_ms(), error, retry_ms=self.redispatch_after_ms
+                ),
+            )
+            return False
+        if rec.until_done:
+            self._mark(
+                rec,
+                lambda r: outbox.published(r, self._now_ms(), retry_ms=self.redispatch_after_ms),
+            )
+        else:
+            # Finished by this publish: one blind write, not a transaction, on the hot path.
+            # (A concurrent failure mark can only make it due once more: one more publish.)
+            fields = outbox.published(rec, self._now_ms(), retry_ms=self.redispatch_after_ms)
+            try:
+                self.store.outbox_update(rec.record_id, fields or {})
+            except Exception:
+                log.exception("marking outbox record %s sent failed", rec.record_id)
+        return True
+
+    def send_all(self, records: Iterable[OutboxRecord], *, fast: bool = True) -> bool:
+        """Send each record; True if every one was handed over."""
+        return all([self.send(r, fast=fast) for r in records])
+
+    def complete(self, job_id: str, event: str) -> None:
+        """The consumer did what the record asked (or it is moot): finish it."""
+        self._mark_id(
+            outbox.record_id(job_id, event), lambda r: outbox.completed(r, self._now_ms())
+        )
+
+    def give_up(self, rec: OutboxRecord) -> None:
+        self._mark(rec, lambda r: outbox.abandoned(r, self._now_ms()))
+
+    def pending(self, job_id: str, event: str) -> OutboxRecord | None:
+        """The job's unfinished record for ``event``, if any."""
+        wanted = outbox.record_id(job_id, event)
+        return next(
+            (r for r in self.store.outbox_of(job_id) if r.record_id == wanted and not r.finished),
+            None,
+        )
+
+    def _mark(self, rec: OutboxRecord, change: RecordChange) -> None:
+        self._mark_id(rec.record_id, change)
+
+    def _mark_id(self, record_id: str, change: RecordChange) -> None:
+        try:
+            self.store.outbox_transition(record_id, change)
+        except Exception:  # the hand-off happened; a stale mark only means one more publish
+            log.exception("marking outbox record %s failed", record_id)
+
+    def reconcile(
+        self, *, limit: int = 200, on_give_up: Callable[[OutboxRecord], None] | None = None
+    ) -> Reconciled:
+        """Publish every due record again (never by the direct path: the reconciler runs
+        apart from the ingress); give up records older than :data:`bqgate.outbox.GIVE_UP_MS`."""
+        now = self._now_ms()
+        done = Reconciled()
+        for rec in self.store.outbox_due(now_ms=now, limit=limit):
+            if outbox.overdue(rec, now):
+                if on_give_up is not None:
+                    on_give_up(rec)
+                self.give_up(rec)
+                done.given_up.append(rec.record_id)
+            elif self.send(rec, fast=False):
+                done.published.append(rec.record_id)
+            else:
+                done.failed.append(rec.record_id)
+        return done
+
+
+__all__ = ["REDISPATCH_AFTER_MS", "DirectCall", "Dispatcher", "Reconciled"]

@@ -94,6 +94,19 @@ def sign_out(browser: webdriver.Chrome) -> None:
     WebDriverWait(browser, 20).until(ec.presence_of_element_located((By.ID, "sign-in")))
 
 
+#: The innermost elements that stick out past the viewport's right edge.
+WIDE_ELEMENTS = """
+const w = arguments[0], out = [];
+for (const el of document.querySelectorAll('body *')) {
+  const r = el.getBoundingClientRect();
+  if (r.right > w + 1 && ![...el.children].some(c => c.getBoundingClientRect().right > w + 1)) {
+    out.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' right=' + Math.round(r.right));
+  }
+}
+return out.slice(0, 8);
+"""
+
+
 def shot(browser: webdriver.Chrome, tmp_path: Path, name: str, *, width: int = 1280) -> Path:
     """A screenshot of the whole page at ``width`` CSS pixels (a phone when narrow), checked
     to be a real picture of that size."""
@@ -109,7 +122,9 @@ def shot(browser: webdriver.Chrome, tmp_path: Path, name: str, *, width: int = 1
         overflow = browser.execute_script(
             "return document.documentElement.scrollWidth > document.documentElement.clientWidth"
         )
-        assert not overflow, f"{name}: the page is wider than {width} px"
+        if overflow:  # name the widest elements so the failure says what to fix
+            culprits = browser.execute_script(WIDE_ELEMENTS, width)
+            raise AssertionError(f"{name}: the page is wider than {width} px: {culprits}")
         shot_png = browser.execute_cdp_cmd(
             "Page.captureScreenshot",
             {

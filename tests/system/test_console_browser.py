@@ -100,7 +100,8 @@ const w = arguments[0], out = [];
 for (const el of document.querySelectorAll('body *')) {
   const r = el.getBoundingClientRect();
   if (r.right > w + 1 && ![...el.children].some(c => c.getBoundingClientRect().right > w + 1)) {
-    out.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' right=' + Math.round(r.right));
+    const name = el.tagName.toLowerCase() + (el.className ? '.' + el.className : '');
+    out.push(name + ' right=' + Math.round(r.right));
   }
 }
 return out.slice(0, 8);

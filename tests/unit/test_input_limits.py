@@ -306,7 +306,6 @@ def test_a_damaged_deny_form_gets_slack_s_form_error(view: dict[str, Any]) -> No
         policy=load_policy("policies/default.yaml"),
         notifier=lambda: None,  # type: ignore[arg-type, return-value]
         verifier=StaticVerifier,
-        list_pending=lambda n: [],
         signing_secret="s",
         slack_channel="#c",
     )

@@ -70,7 +70,9 @@ class Executor:
     def __init__(self, store: MemoryJobStore) -> None:
         self.store = store
 
-    def __call__(self, job: Job) -> None:
+    def __call__(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        assert job is not None
         if job.state == PENDING_APPROVAL:
             self.store.transition(
                 job.job_id, lambda j: {"bytes_estimate": 4096, "approval_requested_ms": 1_000}

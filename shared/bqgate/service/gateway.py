@@ -23,6 +23,7 @@ from bqgate.errors import (
     InvalidQuery,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     Unavailable,
     for_job,
 )

@@ -16,6 +16,7 @@ import flask
 import functions_framework
 from bqgate.adapters import wiring
 from bqgate.service.catalog import CATALOG_PATH
+from bqgate.service.dispatch import DIRECT_HEADER
 from bqgate.wire.bigquery import dumps
 
 log = logging.getLogger("bqgate.executor")
@@ -45,6 +46,10 @@ def executor(request: flask.Request) -> flask.Response:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
         return flask.Response("OK", status=200)
+    if request.headers.get(DIRECT_HEADER) == "1":  # the ingress's direct call: answer it
+        answer = wiring.executor().execute(job_id, direct=True)
+        log.info("job %s: %s", job_id, answer.outcome)
+        return flask.Response(dumps(answer.to_body()), status=200, mimetype="application/json")
     outcome = wiring.executor().run(job_id)
     log.info("job %s: %s", job_id, outcome)
     return flask.Response("OK", status=200)

@@ -2,8 +2,12 @@
 
 The ingress POSTs the executor exactly the CloudEvent that a Pub/Sub push delivery would
 (``google.cloud.pubsub.topic.v1.messagePublished``), so one executor entry point serves
-both paths. In the cloud the call carries an ID token for the executor's URL (Cloud Run
-IAM admits only the ingress's service account); on the loopback dev stack it needs none.
+both paths. The direct call also sends ``X-Bqgate-Direct: 1``, and the executor answers it
+with what it did (:class:`bqgate.service.dispatch.ExecutorAnswer`): the finished job as
+committed, with its masked rows when they fit one answer, so the ingress can answer the
+agent without another store round trip. In the cloud the call carries an ID token for the
+executor's URL (Cloud Run IAM admits only the ingress's service account); on the loopback
+dev stack it needs none.
 Any failure falls back to the ``execute`` topic; if that fails too, the job's outbox record
 stays due and the sweeper publishes it. The executor is idempotent, so a job that several
 paths deliver still runs once.
@@ -21,6 +25,7 @@ from typing import Any
 import requests
 
 from bqgate.ports import Queue
+from bqgate.service.dispatch import DIRECT_HEADER, ExecutorAnswer
 
 log = logging.getLogger("bqgate.ingress")
 
@@ -73,16 +78,18 @@ class DirectExecutor:
         self.token = token
         self.session = requests.Session()
 
-    def __call__(self, job_id: str) -> None:
-        """Hand ``job_id`` to the executor; raises only if neither path took it."""
+    def __call__(self, job_id: str) -> ExecutorAnswer | None:
+        """Hand ``job_id`` to the executor and return its answer (None: it went to the
+        topic instead); raises only if neither path took it."""
         headers, body = cloud_event(job_id)
+        headers[DIRECT_HEADER] = "1"
         try:
             bearer = self.token()
             if bearer:
                 headers["Authorization"] = f"Bearer {bearer}"
             resp = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout_s)
             if resp.status_code < 300:
-                return
+                return _answer(resp)
             log.warning(
                 "direct executor call for %s answered %s; using the topic",
                 job_id,
@@ -95,6 +102,16 @@ class DirectExecutor:
                 type(exc).__name__,
             )
         self.queue.publish(self.topic, {"job_id": job_id})
+        return None
+
+
+def _answer(resp: requests.Response) -> ExecutorAnswer:
+    """The executor's answer (an acknowledgement without one: handled, nothing to add)."""
+    try:
+        answer = ExecutorAnswer.from_body(resp.json())
+    except ValueError:
+        answer = None
+    return answer or ExecutorAnswer("handled")
 
 
 def catalog_transport(

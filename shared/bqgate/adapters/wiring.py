@@ -257,7 +257,10 @@ def executor() -> Executor:
         queue=Lazy(queue),
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
-        config=ExecutorConfig(redispatch_after_ms=s.redispatch_after_ms),
+        config=ExecutorConfig(
+            redispatch_after_ms=s.redispatch_after_ms,
+            inline_result_bytes=policy().execution.inline_result_bytes,
+        ),
         warehouse_project=s.warehouse_project,
     )
 

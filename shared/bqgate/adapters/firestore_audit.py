@@ -27,7 +27,10 @@ keeps it outside Firestore; a checkpoint that cannot be written never fails the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 import logging
 import os
 import random
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -62,8 +66,13 @@ APPEND_DEADLINE_S = 60.0
 LOCK_STRIPES = 64
 #: Deadline of reading a whole session or the session list back (the CLI, verification).
 READ_DEADLINE_S = 120.0
-#: Session heads this process remembers having committed (see ``known_head``).
+#: Session heads this process remembers having committed or been handed (``known_head``).
 KNOWN_HEADS = 1024
+#: How long a remembered head is tried before reading it again: a commit conditioned on a
+#: head that moved meanwhile fails (and the writer reads it), so this bounds waste only.
+KNOWN_HEAD_AGE_S = 5.0
+#: Longest head hint accepted (a head is a few hundred bytes).
+MAX_HINT_BYTES = 16 * 1024
 
 
 _ENV_LOCK = threading.Lock()
@@ -168,7 +177,7 @@ class FirestoreRecorder:
         self.deadline_s = deadline_s
         self._rng = random.Random()
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self._heads: OrderedDict[str, HeadState] = OrderedDict()
+        self._heads: OrderedDict[str, tuple[HeadState, float]] = OrderedDict()
         self._heads_lock = threading.Lock()
 
     # --- writing -----------------------------------------------------------------
@@ -285,14 +294,54 @@ class FirestoreRecorder:
         return HeadState(audit.SessionHead.from_doc(snap.to_dict() or {}), snap.update_time)
 
     def known_head(self, session_id: str) -> HeadState | None:
-        """The head as this process last committed it (None: not known). Only a writer
-        that knows it wrote last should use it: a stale head fails its commit."""
+        """The head as this process last committed it, or was handed it (:meth:`learn`),
+        within :data:`KNOWN_HEAD_AGE_S` (None: not known). A commit conditioned on it
+        fails if the head moved since, and the writer then reads it."""
         with self._heads_lock:
-            return self._heads.get(session_id)
+            hit = self._heads.get(session_id)
+        if hit is None or time.monotonic() - hit[1] > KNOWN_HEAD_AGE_S:
+            return None
+        return hit[0]
 
     def forget_head(self, session_id: str) -> None:
         with self._heads_lock:
             self._heads.pop(session_id, None)
+
+    def _keep_head(self, session_id: str, state: HeadState) -> None:
+        with self._heads_lock:
+            self._heads[session_id] = (state, time.monotonic())
+            self._heads.move_to_end(session_id)
+            while len(self._heads) > KNOWN_HEADS:
+                self._heads.popitem(last=False)
+
+    def hint(self, session_id: str) -> str | None:
+        """The known head of ``session_id`` as text another process can :meth:`learn`
+        (the ingress and the executor hand it to each other on the direct call, so the
+        next commit to the session needs no read). None: not known."""
+        known = self.known_head(session_id)
+        if known is None or known.update_time is None:
+            return None
+        stamp = known.update_time
+        text = stamp.rfc3339() if hasattr(stamp, "rfc3339") else stamp.isoformat()
+        raw = json.dumps({"s": session_id, "h": known.head.to_doc(), "t": text},
+                         separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii")
+
+    def learn(self, hint: str | None) -> None:
+        """Remember a head another process committed (from :meth:`hint`). Only ever a
+        commit's condition: a wrong one fails that commit, which then reads the head."""
+        if not hint or len(hint) > MAX_HINT_BYTES:
+            return
+        try:
+            doc = json.loads(base64.urlsafe_b64decode(hint.encode("ascii")))
+            session_id, head, stamp = str(doc["s"]), doc["h"], str(doc["t"])
+            state = HeadState(
+                audit.SessionHead.from_doc(head), DatetimeWithNanoseconds.from_rfc3339(stamp)
+            )
+        except (KeyError, TypeError, ValueError, UnicodeError, binascii.Error):
+            return
+        if state.head.session_id == session_id:
+            self._keep_head(session_id, state)
 
     def stage(self, batch: Any, append: Append, head: HeadState) -> Staged:
         """Add ``append``'s sealed events and the new head to ``batch``, on the condition
@@ -342,11 +391,7 @@ class FirestoreRecorder:
     def committed(self, staged: Staged, head_update_time: Any) -> None:
         """After the commit holding ``staged``: remember the head, checkpoint it."""
         if staged.sealed and head_update_time is not None:
-            with self._heads_lock:
-                self._heads[staged.append.session_id] = HeadState(staged.head, head_update_time)
-                self._heads.move_to_end(staged.append.session_id)
-                while len(self._heads) > KNOWN_HEADS:
-                    self._heads.popitem(last=False)
+            self._keep_head(staged.append.session_id, HeadState(staged.head, head_update_time))
         if staged.sealed:
             a = staged.append
             self._checkpoint(staged.sealed[-1], principal=a.principal, issuer=a.issuer,

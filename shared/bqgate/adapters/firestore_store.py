@@ -274,8 +274,16 @@ class FirestoreJobStore:
         def read_head() -> HeadState | None:
             if append is None or journal is None:
                 return None
+            if tried["known"] is False:  # the first attempt: the head this process knows
+                tried["known"] = True
+                known = journal.known_head(append.session_id)
+                if known is not None:
+                    return known
+            tried["read"] = True
             with outage_as_unavailable("Firestore"):
                 return journal.read_head(append.session_id)
+
+        tried = {"known": False, "read": False}
 
         def done(batch: _Batch, results: list[Any]) -> None:
             self._remember(job.job_id, results[0].update_time if results else None, doc, True)
@@ -315,17 +323,27 @@ class FirestoreJobStore:
                     results = self._counted_commit(quota_, job.job_id, counted)
                     done(holder["batch"], results)
 
-            def lost() -> None:
+            def lost(exc: Exception) -> bool:
                 # A create fails on the job's own id (a duplicate) or on the session's
-                # head or event slots (a concurrent append: start over).
-                if self._snapshot(job.job_id).exists:
+                # head or event slots (a concurrent append, or a head known from before
+                # that moved: start over, reading it).
+                stale = tried["known"] and not tried.get("read")
+                if append is not None and journal is not None:
+                    journal.forget_head(append.session_id)
+                if isinstance(exc, gexc.AlreadyExists) and self._snapshot(job.job_id).exists:
                     raise duplicate
+                return bool(stale)
 
             self._retry(attempt, lost)
 
     def _snapshot(self, job_id: str) -> Any:
         with outage_as_unavailable("Firestore"):
             return self.jobs.document(job_id).get(retry=self.retry, timeout=self.timeout)
+
+    def known(self, job_id: str) -> Job | None:
+        """The job as this process last read or wrote it (no round trip; None: unknown)."""
+        hit = self._recall(job_id)
+        return None if hit is None else Job.from_doc(copy.deepcopy(hit.doc))
 
     def get(self, job_id: str) -> Job | None:
         if not is_job_id(job_id):
@@ -391,7 +409,7 @@ class FirestoreJobStore:
                 head: HeadState | None = None
                 known = self._recall(job_id) if trust else None
                 if journal is not None and session is not None:
-                    head = journal.known_head(session) if known and known.own else None
+                    head = journal.known_head(session) if known is not None else None
                     if head is None:  # read the job and the head together: one round trip
                         known, head = self._read_with_head(job_id, journal, session)
                 elif known is None:
@@ -538,7 +556,7 @@ class FirestoreJobStore:
 
         lock = journal.lock(session) if journal and session else contextlib.nullcontext()
         with lock:
-            self._retry(attempt, lambda: None)
+            self._retry(attempt, lambda exc: None)
         job: Job = result["job"]
         return job, bool(result["written"])
 
@@ -579,21 +597,25 @@ class FirestoreJobStore:
             batch.create(counter, body)
         return self._commit(batch)
 
-    def _retry(self, attempt: Callable[[], None], lost: Callable[[], None]) -> None:
+    def _retry(
+        self, attempt: Callable[[], None], lost: Callable[[Exception], bool | None]
+    ) -> None:
         """Run ``attempt`` until it commits; after each lost race call ``lost`` (which may
-        raise the real error), then back off with jitter."""
+        raise the real error, and returns True when the loss was no contention, so the
+        next attempt needs no backoff), then back off with jitter."""
         deadline = time.monotonic() + QUOTA_DEADLINE_S
         tries = 0
         while True:
             try:
                 attempt()
                 return
-            except CONTENTION:
-                lost()
+            except CONTENTION as exc:
+                at_once = lost(exc)
                 if time.monotonic() >= deadline:
                     raise
             tries += 1
-            time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
+            if not at_once:
+                time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
 
     def list_owned(
         self, owner: str, *, limit: int, created_before_ms: int | None = None

@@ -10,6 +10,7 @@ Pure: talks to the job store and the queue ports only.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -33,38 +34,55 @@ RecordChange = Callable[[OutboxRecord], dict[str, Any] | None]
 class ExecutorAnswer:
     """The executor's answer to a direct call: what it did, the job as it left it (when
     it finished the job), and, for a result small enough to answer inline
-    (``execution.inline_result_bytes``), its masked rows as compact rows. ``outbox_done``:
-    the executor marked the job's ``accepted`` hand-off finished in the commit that ended
-    the job (nobody else needs to)."""
+    (``execution.inline_result_bytes``), its masked rows. ``outbox_done``: the executor
+    marked the job's ``accepted`` hand-off finished in the commit that ended the job
+    (nobody else needs to).
+
+    The executor holds the rows as the JSON text of its result pages (``rows_json``, sent
+    as is); the ingress reads them back as compact rows (``rows``), and ``size`` is the
+    answer's length.
+    """
 
     outcome: str
     job: Job | None = None
     rows: list[list[Any]] | None = None
     outbox_done: bool = False
+    rows_json: str | None = None
+    size: int = 0
 
+    def to_json(self) -> str:
+        """The answer as JSON text (the executor's HTTP answer to the direct call).
 
-    def to_body(self) -> dict[str, Any]:
-        """The answer as JSON (the executor's HTTP answer to the direct call).
-
-        >>> ExecutorAnswer("done").to_body()
-        {'outcome': 'done', 'job': None, 'rows': None, 'outbox_done': False}
+        >>> ExecutorAnswer("done", rows_json='[["1"]]').to_json()
+        '{"outcome":"done","job":null,"outbox_done":false,"rows":[["1"]]}'
         """
-        return {
-            "outcome": self.outcome,
-            "job": self.job.to_doc() if self.job is not None else None,
-            "rows": self.rows,
-            "outbox_done": self.outbox_done,
-        }
+        text = json.dumps(
+            {
+                "outcome": self.outcome,
+                "job": self.job.to_doc() if self.job is not None else None,
+                "outbox_done": self.outbox_done,
+            },
+            separators=(",", ":"),
+        )
+        rows = self.rows_json
+        if rows is None and self.rows is not None:
+            rows = json.dumps(self.rows, separators=(",", ":"))
+        return text if rows is None else f'{text[:-1]},"rows":{rows}}}'
 
     @classmethod
-    def from_body(cls, body: Any) -> ExecutorAnswer | None:
-        """Read :meth:`to_body` back (None: not an answer).
+    def from_json(cls, text: str | bytes) -> ExecutorAnswer | None:
+        """Read :meth:`to_json` back (None: not an answer).
 
-        >>> ExecutorAnswer.from_body(ExecutorAnswer("done").to_body())
-        ExecutorAnswer(outcome='done', job=None, rows=None, outbox_done=False)
-        >>> ExecutorAnswer.from_body({"outcome": 1}) is None
+        >>> a = ExecutorAnswer.from_json(ExecutorAnswer("done", rows_json='[["1"]]').to_json())
+        >>> a.outcome, a.rows, a.size
+        ('done', [['1']], 64)
+        >>> ExecutorAnswer.from_json('{"outcome": 1}') is None
         True
         """
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
         if not isinstance(body, dict) or not isinstance(body.get("outcome"), str):
             return None
         doc, rows = body.get("job"), body.get("rows")
@@ -77,6 +95,7 @@ class ExecutorAnswer:
             job=job,
             rows=rows if isinstance(rows, list) else None,
             outbox_done=body.get("outbox_done") is True,
+            size=len(text),
         )
 
 

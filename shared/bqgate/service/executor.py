@@ -58,10 +58,12 @@ log = logging.getLogger("bqgate.executor")
 
 #: Firestore documents hold at most 1 MiB; keep each page's JSON well under it.
 PAGE_BYTES = 512 * 1024
-#: Rows fetched from BigQuery per call.
-FETCH_ROWS = 5_000
+#: Rows fetched from BigQuery per call (BigQuery also caps each answer at ~10 MB).
+FETCH_ROWS = 10_000
 #: Largest result (masked rows as JSON) answered inline (``execution.inline_result_bytes``).
 INLINE_RESULT_BYTES = 1024 * 1024
+#: Compact JSON of rows, with one encoder (``json.dumps`` builds one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 
@@ -251,12 +253,12 @@ class Executor:
         return [rid] if rid else []
 
     def _finished(
-        self, job: Job, *, rows: list[list[Any]] | None = None, completed: bool = False
+        self, job: Job, *, rows_json: str | None = None, completed: bool = False
     ) -> None:
         """Note the job this run ended, for the direct call's answer."""
         with self._answers_lock:
             self._answers[job.job_id] = ExecutorAnswer(
-                outcome="finished", job=job, rows=rows, outbox_done=completed
+                outcome="finished", job=job, rows_json=rows_json, outbox_done=completed
             )
 
     def execute(self, job_id: str, *, direct: bool = False) -> ExecutorAnswer:
@@ -275,7 +277,7 @@ class Executor:
         if ended is None:
             return ExecutorAnswer(outcome=outcome)
         return ExecutorAnswer(
-            outcome=outcome, job=ended.job, rows=ended.rows, outbox_done=ended.outbox_done
+            outcome=outcome, job=ended.job, rows_json=ended.rows_json, outbox_done=ended.outbox_done
         )
 
     def run(self, job_id: str) -> str:
@@ -1022,7 +1024,7 @@ class Executor:
         sample: list[list[Any]] = []
         sample_cap = self.policy.sessions.record_rows
         held: list[Page] = []  # pages written with the DONE commit (an inline result)
-        inline: list[list[Any]] | None = [] if self.config.inline_result_bytes > 0 else None
+        inline = self.config.inline_result_bytes > 0  # still small enough to answer inline
         inline_bytes = 0
         if schema:
             masker = self.masker_for(job, schema, plan)
@@ -1039,7 +1041,7 @@ class Executor:
                 if buf:
                     page_starts.append(buf_start)
                     page = Page(len(page_starts) - 1, buf_start, "[" + ",".join(buf) + "]")
-                    if inline is not None:
+                    if inline:
                         held.append(page)
                     else:
                         write(page)
@@ -1049,23 +1051,30 @@ class Executor:
                 masked_rows = masker.mask_rows(rows)
                 if len(sample) < sample_cap:
                     sample.extend(masked_rows[: sample_cap - len(sample)])
-                for row in masked_rows:
-                    encoded = json.dumps(row, separators=(",", ":"))
-                    if inline is not None:
-                        inline_bytes += len(encoded) + 1
-                        if inline_bytes <= self.config.inline_result_bytes:
-                            inline.append(row)
-                        else:  # too big to answer inline: stream the pages from here on
-                            inline = None
-                            for page in held:
-                                write(page)
-                            held.clear()
+                if not masked_rows:
+                    continue
+                # One encoding per fetched chunk when it fits the page being filled (the
+                # common case); row by row, to cut pages at their byte limit, otherwise.
+                chunk = _ENCODE(masked_rows)[1:-1]
+                if buf_bytes + len(chunk) <= self.config.page_bytes:
+                    pieces = [(chunk, len(masked_rows))]
+                else:
+                    pieces = [(_ENCODE(row), 1) for row in masked_rows]
+                if inline:
+                    inline_bytes += len(chunk) + 1
+                    if inline_bytes > self.config.inline_result_bytes:
+                        # Too big to answer inline: stream the pages from here on.
+                        inline = False
+                        for page in held:
+                            write(page)
+                        held.clear()
+                for encoded, count in pieces:
                     if buf and buf_bytes + len(encoded) > self.config.page_bytes:
                         flush()
                         buf_start = total
                     buf.append(encoded)
                     buf_bytes += len(encoded) + 1
-                    total += 1
+                    total += count
             flush()
             hits = {f"{c}:{d}": n for (c, d), n in masker.hits.items()}
         else:
@@ -1130,10 +1139,11 @@ class Executor:
             complete=complete,
         )
         if wrote["ok"]:
-            self._finished(
-                ended, rows=inline if schema and inline is not None else None,
-                completed=bool(complete),
-            )
+            rows_json = None
+            if schema and inline:
+                rows_json = "[" + ",".join(p.rows_json[1:-1] for p in held if p.rows_json != "[]")
+                rows_json += "]"
+            self._finished(ended, rows_json=rows_json, completed=bool(complete))
         return "done"
 
 

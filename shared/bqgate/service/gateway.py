@@ -371,8 +371,7 @@ class Gateway:
         done = answer.job
         if done.job_id != job.job_id or not done.done:
             return None
-        size = len(json.dumps(answer.rows, separators=(",", ":"))) if answer.rows else 0
-        self.done_jobs.put(done, answer.rows, size)
+        self.done_jobs.put(done, answer.rows, answer.size)
         return done
 
     def _refuse_over_quota(self, job: Job, open_count: int) -> NoReturn:

@@ -951,9 +951,7 @@ def _execution(c: _Checker, raw: object) -> ExecutionSettings:
     if size is not None and size > MAX_INLINE_RESULT_BYTES:
         c.add(path, f"must be at most {MAX_INLINE_RESULT_BYTES} bytes (8MiB), got {size}")
         size = INLINE_RESULT_BYTES
-    return ExecutionSettings(
-        inline_result_bytes=INLINE_RESULT_BYTES if size is None else size
-    )
+    return ExecutionSettings(inline_result_bytes=INLINE_RESULT_BYTES if size is None else size)
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:

@@ -71,6 +71,7 @@ def serve_direct(
     out = hints.outgoing(job_id) if hints is not None else None
     return answer, answer.to_json(), ({HEAD_HEADER: out} if out else {})
 
+
 log = logging.getLogger("bqgate.ingress")
 
 

@@ -201,8 +201,10 @@ class FirestoreRecorder:
         return Append(
             session_id=self.session_of(job),
             items=[
-                (kind, audit.to_plain(audit.event_data(job, kind, data,
-                                                       record_rows=self.record_rows)))
+                (
+                    kind,
+                    audit.to_plain(audit.event_data(job, kind, data, record_rows=self.record_rows)),
+                )
                 for kind, data in items
             ],
             job_id=job.job_id,
@@ -223,8 +225,14 @@ class FirestoreRecorder:
         label: str = "",
     ) -> audit.Event:
         """Append an event to ``session_id`` in a transaction; return the stored event."""
-        return self.append_many(session_id, [(kind, data)], job_id=job_id,
-                                principal=principal, issuer=issuer, label=label)[-1]
+        return self.append_many(
+            session_id,
+            [(kind, data)],
+            job_id=job_id,
+            principal=principal,
+            issuer=issuer,
+            label=label,
+        )[-1]
 
     def append_many(
         self,
@@ -237,10 +245,16 @@ class FirestoreRecorder:
         label: str = "",
     ) -> list[audit.Event]:
         """Append events to ``session_id`` in one atomic commit; return the stored events."""
-        return self.append_prepared(Append(
-            session_id=session_id,
-            items=[(kind, audit.to_plain(data)) for kind, data in items],
-            job_id=job_id, principal=principal, issuer=issuer, label=label))
+        return self.append_prepared(
+            Append(
+                session_id=session_id,
+                items=[(kind, audit.to_plain(data)) for kind, data in items],
+                job_id=job_id,
+                principal=principal,
+                issuer=issuer,
+                label=label,
+            )
+        )
 
     def append_prepared(self, append: Append) -> list[audit.Event]:
         """Commit ``append`` on its own (read the head, then one conditional commit)."""
@@ -280,7 +294,8 @@ class FirestoreRecorder:
     def read_head(self, session_id: str) -> HeadState:
         """The head as stored now (one read)."""
         snap = self.head_ref(session_id).get(
-            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s)
+            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s
+        )
         return self.head_state(session_id, snap)
 
     @staticmethod
@@ -323,8 +338,9 @@ class FirestoreRecorder:
             return None
         stamp = known.update_time
         text = stamp.rfc3339() if hasattr(stamp, "rfc3339") else stamp.isoformat()
-        raw = json.dumps({"s": session_id, "h": known.head.to_doc(), "t": text},
-                         separators=(",", ":"))
+        raw = json.dumps(
+            {"s": session_id, "h": known.head.to_doc(), "t": text}, separators=(",", ":")
+        )
         return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii")
 
     def learn(self, hint: str | None) -> None:
@@ -394,17 +410,26 @@ class FirestoreRecorder:
             self._keep_head(staged.append.session_id, HeadState(staged.head, head_update_time))
         if staged.sealed:
             a = staged.append
-            self._checkpoint(staged.sealed[-1], principal=a.principal, issuer=a.issuer,
-                             label=a.label)
+            self._checkpoint(
+                staged.sealed[-1], principal=a.principal, issuer=a.issuer, label=a.label
+            )
 
     def _checkpoint(self, last: audit.Event, *, principal: str, issuer: str, label: str) -> None:
         if self.checkpoint is None:
             return
         try:
-            self.checkpoint(Checkpoint(
-                session_id=last.session_id, seq=last.seq, mac=last.mac, at_ms=last.at_ms,
-                expire_at_ms=last.expire_at_ms, principal=principal, issuer=issuer,
-                label=label))
+            self.checkpoint(
+                Checkpoint(
+                    session_id=last.session_id,
+                    seq=last.seq,
+                    mac=last.mac,
+                    at_ms=last.at_ms,
+                    expire_at_ms=last.expire_at_ms,
+                    principal=principal,
+                    issuer=issuer,
+                    label=label,
+                )
+            )
         except Exception:
             log.exception("checkpointing session %s failed", last.session_id)
 
@@ -413,22 +438,27 @@ class FirestoreRecorder:
     def head(self, session_id: str) -> audit.SessionHead | None:
         """The session's head document, or ``None`` if there is no such session."""
         snap = self.sessions.document(audit.session_doc_id(session_id)).get(
-            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s)
+            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s
+        )
         return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
 
     def events(self, session_id: str) -> list[audit.Event]:
         """Every stored event of the session, in chain order (malformed ones included)."""
         ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
-        stored = [(snap.id, snap.to_dict() or {})
-                  for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
+        stored = [
+            (snap.id, snap.to_dict() or {})
+            for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
+        ]
         events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
 
     def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]:
         """Sessions grouping the client label ``label`` (one per principal that used it)."""
         query = self.sessions.where(filter=FieldFilter("label", "==", label)).limit(limit)
-        return [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream(
-            retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
+        return [
+            audit.SessionHead.from_doc(s.to_dict() or {})
+            for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
+        ]
 
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
@@ -443,8 +473,10 @@ class FirestoreRecorder:
             query = query.where(filter=FieldFilter("principals", "array_contains", principal))
         elif since_ms is not None:
             query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
-        heads = [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream(
-            retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
+        heads = [
+            audit.SessionHead.from_doc(s.to_dict() or {})
+            for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
+        ]
         if since_ms is not None:
             heads = [h for h in heads if h.last_ms >= since_ms]
         heads.sort(key=lambda h: (h.last_ms, h.session_id), reverse=True)

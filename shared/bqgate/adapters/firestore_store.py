@@ -442,8 +442,9 @@ class FirestoreJobStore:
                 self._write_completions(batch, completions)
                 staged = None
                 if journal is not None and record is not None and head is not None:
-                    staged = journal.stage(batch, journal.prepare(record.job, record.events(new)),
-                                           head)
+                    staged = journal.stage(
+                        batch, journal.prepare(record.job, record.events(new)), head
+                    )
                     batch.mark_head()
                 try:
                     results = self._commit(batch)
@@ -479,8 +480,9 @@ class FirestoreJobStore:
         with outage_as_unavailable("Firestore"):
             snaps = {
                 s.reference.path: s
-                for s in self.client.get_all([ref, head_ref], retry=self.retry,
-                                             timeout=self.timeout)
+                for s in self.client.get_all(
+                    [ref, head_ref], retry=self.retry, timeout=self.timeout
+                )
             }
         job_snap, head_snap = snaps.get(ref.path), snaps.get(head_ref.path)
         known = None
@@ -539,8 +541,9 @@ class FirestoreJobStore:
                 self._write_completions(batch, complete)
                 staged.clear()
                 if journal is not None and record is not None and head is not None:
-                    staged.append(journal.stage(
-                        batch, journal.prepare(record.job, record.events(new)), head))
+                    staged.append(
+                        journal.stage(batch, journal.prepare(record.job, record.events(new)), head)
+                    )
                     batch.mark_head()
 
             if holds_quota_slot(new, quota.now_ms):
@@ -597,9 +600,7 @@ class FirestoreJobStore:
             batch.create(counter, body)
         return self._commit(batch)
 
-    def _retry(
-        self, attempt: Callable[[], None], lost: Callable[[Exception], bool | None]
-    ) -> None:
+    def _retry(self, attempt: Callable[[], None], lost: Callable[[Exception], bool | None]) -> None:
         """Run ``attempt`` until it commits; after each lost race call ``lost`` (which may
         raise the real error, and returns True when the loss was no contention, so the
         next attempt needs no backoff), then back off with jitter."""

@@ -252,9 +252,7 @@ class Executor:
         rid: str | None = getattr(self._local, "handoff", None)
         return [rid] if rid else []
 
-    def _finished(
-        self, job: Job, *, rows_json: str | None = None, completed: bool = False
-    ) -> None:
+    def _finished(self, job: Job, *, rows_json: str | None = None, completed: bool = False) -> None:
         """Note the job this run ended, for the direct call's answer."""
         with self._answers_lock:
             self._answers[job.job_id] = ExecutorAnswer(
@@ -322,12 +320,20 @@ class Executor:
         if job.transient_failures < limit:
             log.warning(
                 "job %s: transient failure %d of %d (%s): redelivery will retry",
-                job_id, job.transient_failures, limit, err.message,
+                job_id,
+                job.transient_failures,
+                limit,
+                err.message,
             )
             raise err
         incident = uuid.uuid4().hex[:12]
-        log.error("job %s: gave up after %d transient failures (incident %s): %s",
-                  job_id, limit, incident, err.message)
+        log.error(
+            "job %s: gave up after %d transient failures (incident %s): %s",
+            job_id,
+            limit,
+            incident,
+            err.message,
+        )
         return self._fail_id(
             job_id,
             JobFailed(
@@ -759,14 +765,16 @@ class Executor:
             return fields if won["ok"] else None
 
         def records(j: Job) -> list[OutboxRecord]:
-            notify[:] = [dispatcher.record(j.job_id, outbox.NOTIFY, self.approvals_topic,
-                                           until_done=True)]
+            notify[:] = [
+                dispatcher.record(j.job_id, outbox.NOTIFY, self.approvals_topic, until_done=True)
+            ]
             return notify
 
         # A statement that only the cost guard sent for approval counts against its
         # principal's open requests now (policy-bound ones were counted by the ingress).
         limit = self.policy.approvals.max_pending_per_principal
         quota = OpenRequestQuota(job.owner, limit, now) if job.state == PENDING else None
+
         def requested(j: Job) -> EventItems:
             return [
                 (
@@ -896,8 +904,9 @@ class Executor:
             "schema": [dict(f) for f in info.schema],
             "statement_type": info.statement_type,
             "total_bytes_processed": info.total_bytes_processed,
-            "referenced_tables": sorted(info.referenced_tables or job.classification.get("tables")
-                                        or ()),
+            "referenced_tables": sorted(
+                info.referenced_tables or job.classification.get("tables") or ()
+            ),
         }
         wrote = {"ok": False}
 

@@ -272,3 +272,14 @@ def test_the_executor_finishes_the_direct_calls_hand_off_in_its_commit() -> None
     query(gw)
     rec = store.outbox[outbox.record_id("job1", outbox.ACCEPTED)]
     assert rec["due_ms"] is None and rec["done_ms"] is not None
+
+
+def test_a_paged_result_cuts_its_first_page_where_the_clients_first_answer_ends() -> None:
+    gw, _, store, _, _ = stack(rows=40, inline_bytes=0, page_bytes=10_000)
+    body = query(gw, maxResults=6)
+    done = store.get("job1")
+    assert done is not None and done.page_starts[:2] == [0, 6]  # then pages by size
+    assert [r[0] for r in cells(body)] == [str(i) for i in range(6)]
+    reads = store.page_reads
+    assert reads == 1  # the first answer read exactly one page
+    assert [r[0] for r in all_rows(gw, body)] == [str(i) for i in range(40)]

@@ -1035,6 +1035,7 @@ class Executor:
         held: list[Page] = []  # pages written with the DONE commit (an inline result)
         inline = self.config.inline_result_bytes > 0  # still small enough to answer inline
         inline_bytes = 0
+        first_cut = job.first_page_rows if job.first_page_rows and job.first_page_rows > 0 else None
         if schema:
             masker = self.masker_for(job, schema, plan)
             masking = masker.plan.describe()
@@ -1056,19 +1057,14 @@ class Executor:
                         write(page)
                 buf, buf_bytes = [], 0
 
-            for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
-                masked_rows = masker.mask_rows(rows)
-                if len(sample) < sample_cap:
-                    sample.extend(masked_rows[: sample_cap - len(sample)])
-                if not masked_rows:
-                    continue
-                # One encoding per fetched chunk when it fits the page being filled (the
-                # common case); row by row, to cut pages at their byte limit, otherwise.
-                chunk = _ENCODE(masked_rows)[1:-1]
-                if buf_bytes + len(chunk) <= self.config.page_bytes:
-                    pieces = [(chunk, len(masked_rows))]
-                else:
-                    pieces = [(_ENCODE(row), 1) for row in masked_rows]
+            def add(part: list[list[Any]]) -> None:
+                """Append rows to the page being filled: one encoding for the whole part
+                when it fits (the common case), row by row (to cut pages at their byte
+                limit) otherwise."""
+                nonlocal buf_start, buf_bytes, total, inline, inline_bytes
+                if not part:
+                    return
+                chunk = _ENCODE(part)[1:-1]
                 if inline:
                     inline_bytes += len(chunk) + 1
                     if inline_bytes > self.config.inline_result_bytes:
@@ -1077,6 +1073,10 @@ class Executor:
                         for page in held:
                             write(page)
                         held.clear()
+                if buf_bytes + len(chunk) <= self.config.page_bytes:
+                    pieces = [(chunk, len(part))]
+                else:
+                    pieces = [(_ENCODE(row), 1) for row in part]
                 for encoded, count in pieces:
                     if buf and buf_bytes + len(encoded) > self.config.page_bytes:
                         flush()
@@ -1084,6 +1084,20 @@ class Executor:
                     buf.append(encoded)
                     buf_bytes += len(encoded) + 1
                     total += count
+
+            for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
+                masked_rows = masker.mask_rows(rows)
+                if len(sample) < sample_cap:
+                    sample.extend(masked_rows[: sample_cap - len(sample)])
+                cut = first_cut - total if first_cut is not None and not page_starts else 0
+                if 0 < cut <= len(masked_rows):
+                    # The first page ends where the client's first answer does.
+                    add(masked_rows[:cut])
+                    flush()
+                    buf_start = total
+                    add(masked_rows[cut:])
+                else:
+                    add(masked_rows)
             flush()
             hits = {f"{c}:{d}": n for (c, d), n in masker.hits.items()}
         else:

@@ -296,6 +296,7 @@ class Gateway:
             priority=req.priority,
             write_disposition=req.write_disposition,
             use_query_cache=req.use_query_cache,
+            first_page_rows=req.max_results or None,
             classification=verdict,
             now_ms=self._now_ms(),
         )

@@ -231,9 +231,7 @@ class Executor:
         )
         #: The project BigQuery jobs run in; error messages never name it to the agent.
         self.warehouse_project = warehouse_project
-        # What each run in flight finished with (the direct call's answer), by job id.
-        self._answers: dict[str, ExecutorAnswer] = {}
-        self._answers_lock = threading.Lock()
+        # Per thread: the direct call being answered (its hand-off, and how the job ended).
         self._local = threading.local()
 
     def _now_ms(self) -> int:
@@ -253,9 +251,9 @@ class Executor:
         return [rid] if rid else []
 
     def _finished(self, job: Job, *, rows_json: str | None = None, completed: bool = False) -> None:
-        """Note the job this run ended, for the direct call's answer."""
-        with self._answers_lock:
-            self._answers[job.job_id] = ExecutorAnswer(
+        """Note the job this run ended, for the direct call's answer (if one is awaited)."""
+        if getattr(self._local, "answering", False):
+            self._local.ended = ExecutorAnswer(
                 outcome="finished", job=job, rows_json=rows_json, outbox_done=completed
             )
 
@@ -266,16 +264,19 @@ class Executor:
         ``direct``: the ingress called (its job's ``accepted`` hand-off is finished in
         the commit that ends the job, so the ingress need not mark it)."""
         self._local.handoff = outbox.record_id(job_id, outbox.ACCEPTED) if direct else None
+        self._local.answering, self._local.ended = True, None
         try:
             outcome = self.run(job_id)
+            ended: ExecutorAnswer | None = self._local.ended
         finally:
-            self._local.handoff = None
-            with self._answers_lock:
-                ended = self._answers.pop(job_id, None)
-        if ended is None:
+            self._local.handoff, self._local.answering, self._local.ended = None, False, None
+        if ended is None or ended.job is None or ended.job.job_id != job_id:
             return ExecutorAnswer(outcome=outcome)
         return ExecutorAnswer(
-            outcome=outcome, job=ended.job, rows_json=ended.rows_json, outbox_done=ended.outbox_done
+            outcome=outcome,
+            job=ended.job,
+            rows_json=ended.rows_json,
+            outbox_done=ended.outbox_done,
         )
 
     def run(self, job_id: str) -> str:

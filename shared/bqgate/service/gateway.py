@@ -136,17 +136,6 @@ class NullRecorder:
         return None
 
 
-def record_all(recorder: Recorder, job: Job, items: list[tuple[str, Mapping[str, Any]]]) -> None:
-    """Record several events about ``job`` in order: in one write when the recorder can
-    (``record_many``), else one by one."""
-    many = getattr(recorder, "record_many", None)
-    if many is not None:
-        many(job, items)
-        return
-    for kind, data in items:
-        recorder.record(job, kind, data)
-
-
 @dataclass
 class GatewayConfig:
     execute_topic: str = "execute"

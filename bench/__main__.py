@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
         m = bench_executor_memory.main(args.out)
         lines.append(
-            f"executor peak memory, {m['rows']:,}-row result: {m['peak_rss_mib']} MiB "
+            f"executor peak memory, {m['rows'] or 0:,}-row result ({m['outcome']}): "
+            f"{m['peak_rss_mib']} MiB "
             f"(after imports {m['rss_after_imports_mib']} MiB; {m['pages']} pages, "
             f"{m['seconds']} s); target < {m['target_mib']} MiB: {_met(m['met'])}"
         )

@@ -53,7 +53,8 @@ executor = Executor(store=store, policy=policy, hmac_key=b"bench",
 sql = (f"SELECT x, CONCAT('row-', CAST(x AS STRING)) AS label, x * 1.5 AS score "
        f"FROM UNNEST(GENERATE_ARRAY(1, {rows})) AS x")
 job = Job.new(job_id=f"mem-{time.time_ns()}", project="demo-project", location="US", sql=sql,
-              owner="bench@example.com", classification={"decision": "allow", "tables": []},
+              owner="bench@example.com",
+              classification={"decision": "allow", "tables": [], "statements": ["SELECT"]},
               now_ms=int(time.time() * 1000))
 store.create(job)
 before = hwm_mib()

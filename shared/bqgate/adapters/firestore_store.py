@@ -408,23 +408,23 @@ class FirestoreJobStore:
             while True:
                 head: HeadState | None = None
                 known = self._recall(job_id) if trust else None
+                remembered = known is not None  # (not read just now)
                 if journal is not None and session is not None:
                     head = journal.known_head(session) if known is not None else None
                     if head is None:  # read the job and the head together: one round trip
                         known, head = self._read_with_head(job_id, journal, session)
+                        remembered = False
                 elif known is None:
                     snap = self._snapshot(job_id)
                     if snap.exists:
                         known = _Known(snap.update_time, snap.to_dict() or {}, False)
                 if known is None:
                     raise NotFound(f"Not found: Job {job_id}")
-                remembered = trust and tries == 0
                 job = Job.from_doc(copy.deepcopy(known.doc))
                 fields = change(job)
                 if not fields:
-                    if remembered and self._recall(job_id) is not None:
+                    if remembered:
                         trust = False  # confirm against the stored job
-                        tries += 1
                         continue
                     return job, False
                 doc = {**known.doc, **fields}
@@ -452,14 +452,13 @@ class FirestoreJobStore:
                     self._forget(job_id)
                     if session is not None and journal is not None:
                         journal.forget_head(session)
-                    first = tries == 0 and trust
                     tries += 1
                     trust = False
                     if time.monotonic() >= deadline:
                         raise Unavailable(
                             "Firestore: the job kept changing under concurrent writers; try again"
                         ) from None
-                    if not first:  # a remembered start that was stale is no contention
+                    if not remembered:  # a remembered start that was stale is no contention
                         time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
                     continue
                 except gexc.NotFound:

@@ -77,8 +77,10 @@ class DoneJobs:
         self._lock = threading.Lock()
 
     def put(self, job: Job, rows: list[list[Any]] | None = None, size: int = 0) -> None:
-        if not job.done or size > self.max_bytes:
+        if not job.done:
             return
+        if size > self.max_bytes:  # the job, not its rows
+            rows, size = None, 0
         kept = copy.deepcopy(job)
         with self._lock:
             old = self._jobs.pop(job.job_id, None)

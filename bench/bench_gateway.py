@@ -142,6 +142,7 @@ def throughput(
     A fixed amount of work (not a fixed time) so no query is cut off at the edges. Each
     client gets its token before the clock starts (the dev issuer is not under test)."""
     import google.auth.transport.requests
+    from google.auth.credentials import AnonymousCredentials
 
     ok = [0] * agents
     errors: list[str] = []
@@ -151,7 +152,7 @@ def throughput(
     request = google.auth.transport.requests.Request()
     for client in clients:
         creds = getattr(client, "_credentials", None)
-        if creds is not None and hasattr(creds, "refresh"):
+        if creds is not None and not isinstance(creds, AnonymousCredentials) and not creds.valid:
             creds.refresh(request)
     ready = threading.Barrier(agents + 1)
 

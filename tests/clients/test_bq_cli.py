@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bqgate.commands.bq import bigqueryrc, find_bq
+from bqgate.commands.bq import find_bq
 from bqgate.dev.stack import Stack
 from conftest import AGENT, mint_token_for
 
@@ -93,7 +93,10 @@ def test_plain_bq_with_only_api(stack: Stack, tmp_path: Path) -> None:
     # A statement that may mean something else in legacy SQL is refused, saying what to set.
     legacy = subprocess.run(
         [python, bq_py, api, "query", "SELECT customer_id FROM [demo-project:sales.customers]"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert legacy.returncode != 0
     assert "--nouse_legacy_sql" in legacy.stdout + legacy.stderr, legacy.stdout + legacy.stderr

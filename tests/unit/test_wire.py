@@ -105,8 +105,10 @@ def test_legacy_sql_is_refused_and_absent_runs_as_googlesql_only_when_it_reads_t
     for legacy, why in [
         ("SELECT * FROM [demo-project:sales.customers]", "it is not GoogleSQL"),
         ("SELECT a FROM analytics.events, analytics.sessions", "a comma between tables"),
-        ("SELECT * FROM TABLE_DATE_RANGE(d.t_, TIMESTAMP('2026-01-01'), CURRENT_TIMESTAMP())",
-         "TABLE_DATE_RANGE is a legacy SQL function"),
+        (
+            "SELECT * FROM TABLE_DATE_RANGE(d.t_, TIMESTAMP('2026-01-01'), CURRENT_TIMESTAMP())",
+            "TABLE_DATE_RANGE is a legacy SQL function",
+        ),
         ("SELECT x FROM t GROUP EACH BY x", "it is not GoogleSQL"),
     ]:
         with pytest.raises(InvalidQuery, match=r"useLegacySql is not set.*--nouse_legacy_sql") as e:

@@ -73,9 +73,6 @@ def legacy_ambiguity(sql: str) -> str | None:
             in_from.discard(depth)
         elif kind == TokenType.COMMA and depth in in_from:
             return "a comma between tables (UNION ALL in legacy SQL, CROSS JOIN in GoogleSQL)"
-        elif (
-            kind in (TokenType.VAR, TokenType.TABLE)
-            and tok.text.upper() in LEGACY_ONLY_FUNCTIONS
-        ):
+        elif kind in (TokenType.VAR, TokenType.TABLE) and tok.text.upper() in LEGACY_ONLY_FUNCTIONS:
             return f"{tok.text.upper()} is a legacy SQL function"
     return None

@@ -457,3 +457,17 @@ def test_limits_are_a_400_before_any_parsing() -> None:
             classify_uncached(
                 sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
             )
+
+
+def test_a_classification_over_its_time_budget_is_a_400() -> None:
+    from bqgate.errors import InvalidQuery
+
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    script = ";\n".join(
+        f"SELECT COUNT(*) FROM analytics.events WHERE event_id = {i}" for i in range(200)
+    )
+    args = {"policy": policy, "principal": AGENT, "groups": (), "default_project": "demo-project"}
+    with pytest.raises(InvalidQuery, match=r"longer than the gateway's 1e-06 s budget"):
+        classify_uncached(script, budget_s=1e-6, **args)
+    # The same script within the default budget is judged as usual.
+    assert classify_uncached(script, **args).decision in ("allow", "approve")

@@ -246,7 +246,7 @@ def test_alice_approves_in_the_console_and_the_agent_gets_rows(
     lines = requests.get(
         export, cookies={"bqgate-console": cookie["value"]}, timeout=10
     ).text.splitlines()
-    assert len(lines) == 7 and all(line.startswith("{") for line in lines)
+    assert len(lines) == len(kinds) == 8 and all(line.startswith("{") for line in lines)
 
 
 def test_bob_denies_with_a_reason_and_the_agent_sees_it(

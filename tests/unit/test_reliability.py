@@ -166,7 +166,7 @@ class DownStore(MemoryJobStore):
     def get(self, job_id: str) -> Job | None:
         raise Unavailable("Firestore did not answer in time or is unavailable (DeadlineExceeded)")
 
-    def create(self, job: Job) -> None:
+    def create(self, job: Job, **writes: Any) -> None:
         raise Unavailable("Firestore did not answer in time or is unavailable (DeadlineExceeded)")
 
 
@@ -414,11 +414,13 @@ def test_the_job_ends_even_when_its_first_store_write_is_the_failure() -> None:
     class FlakyStore(MemoryJobStore):
         failures = 1
 
-        def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+        def transition(
+            self, job_id: str, change: Callable[[Job], dict[str, Any] | None], **writes: Any
+        ) -> Job:
             if self.failures:
                 self.failures -= 1
                 raise Unavailable("Firestore did not answer in time")
-            return super().transition(job_id, change)
+            return super().transition(job_id, change, **writes)
 
     wh = ScriptedWarehouse()
     store = FlakyStore()

@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace

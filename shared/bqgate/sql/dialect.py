@@ -12,7 +12,8 @@ guessed.
 from __future__ import annotations
 
 import sqlglot
-from sqlglot.tokens import Tokenizer, TokenType
+from sqlglot.tokenizer_core import TokenType
+from sqlglot.tokens import Tokenizer
 
 #: Functions only legacy SQL has (table wildcards, repeated-field helpers).
 LEGACY_ONLY_FUNCTIONS = frozenset(

@@ -66,9 +66,13 @@ def rewrite_ms(policy: Policy, repetitions: int) -> tuple[list[float], int]:
     sqls = []
     for sql in attack_corpus():
         try:
-            rewrite(sql, defaults=Defaults(PROJECT, f"{PROJECT}.sales"),
-                    sensitive_for=policy.sensitive_for, schema_for=schemas.__getitem__,
-                    hmac_key=b"k")
+            rewrite(
+                sql,
+                defaults=Defaults(PROJECT, f"{PROJECT}.sales"),
+                sensitive_for=policy.sensitive_for,
+                schema_for=schemas.__getitem__,
+                hmac_key=b"k",
+            )
             sqls.append(sql)
         except (RewriteError, BqgateError, KeyError):
             continue  # unparseable on purpose, or an unknown table: not rewritten
@@ -76,9 +80,13 @@ def rewrite_ms(policy: Policy, repetitions: int) -> tuple[list[float], int]:
     for _ in range(repetitions):
         for sql in sqls:
             start = time.perf_counter()
-            rewrite(sql, defaults=Defaults(PROJECT, f"{PROJECT}.sales"),
-                    sensitive_for=policy.sensitive_for, schema_for=schemas.__getitem__,
-                    hmac_key=b"k")
+            rewrite(
+                sql,
+                defaults=Defaults(PROJECT, f"{PROJECT}.sales"),
+                sensitive_for=policy.sensitive_for,
+                schema_for=schemas.__getitem__,
+                hmac_key=b"k",
+            )
             samples.append((time.perf_counter() - start) * 1000.0)
     return samples, len(sqls)
 
@@ -95,8 +103,9 @@ def limits_ms(policy: Policy) -> dict[str, float]:
     ):
         start = time.perf_counter()
         with contextlib.suppress(InvalidQuery):
-            classify_uncached(sql, policy=policy, principal=AGENT, groups=(),
-                              default_project="demo-project")
+            classify_uncached(
+                sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
+            )
         out[name] = round((time.perf_counter() - start) * 1000.0, 2)
     return out
 

@@ -29,8 +29,13 @@ RUNS = 7
 TARGET_RATIO = 1.5
 
 TABLE = "demo-project.sales.customers"
-SENSITIVE = {"full_name": "hmac", "email": "email", "phone": "last4", "ssn": "last4",
-             "card_number": "last4"}
+SENSITIVE = {
+    "full_name": "hmac",
+    "email": "email",
+    "phone": "last4",
+    "ssn": "last4",
+    "card_number": "last4",
+}
 PLAIN = ["country", "status", "product", "note", "city"]
 SCHEMA = [{"name": n, "type": "STRING"} for n in [*SENSITIVE, *PLAIN]]
 SQL = f"SELECT {', '.join(SENSITIVE)}, {', '.join(PLAIN)} FROM `{TABLE}`"
@@ -47,14 +52,20 @@ def _rows(n: int, seed: int = 1) -> list[list[Any]]:
             note += f" ref {rnd.randint(10, 99999)}"  # digits: the detectors must look
         if i % 100 == 0:
             note += f" mail {name.lower()}@example.com"  # a real detector hit
-        rows.append([
-            f"{name} {name[::-1]}", f"{name.lower()}@example.com",
-            f"+1 415 555 {rnd.randint(1000, 9999)}",
-            f"{rnd.randint(100, 665)}-{rnd.randint(10, 99)}-{rnd.randint(1000, 9999)}",
-            f"4111 1111 1111 {rnd.randint(1000, 9999)}",
-            rnd.choice(["US", "DE", "FR", "JP"]), rnd.choice(["shipped", "open", "paid"]),
-            rnd.choice(words).title(), note, rnd.choice(["Berlin", "Paris", "Osaka"]),
-        ])
+        rows.append(
+            [
+                f"{name} {name[::-1]}",
+                f"{name.lower()}@example.com",
+                f"+1 415 555 {rnd.randint(1000, 9999)}",
+                f"{rnd.randint(100, 665)}-{rnd.randint(10, 99)}-{rnd.randint(1000, 9999)}",
+                f"4111 1111 1111 {rnd.randint(1000, 9999)}",
+                rnd.choice(["US", "DE", "FR", "JP"]),
+                rnd.choice(["shipped", "open", "paid"]),
+                rnd.choice(words).title(),
+                note,
+                rnd.choice(["Berlin", "Paris", "Osaka"]),
+            ]
+        )
     return rows
 
 
@@ -88,7 +99,10 @@ def main(out_dir: Path) -> dict[str, Any]:
         json_s.append(t2 - t1)
     ratios = [m / j for m, j in zip(mask_s, json_s, strict=True)]
     result: dict[str, Any] = {
-        "rows": ROWS, "columns": len(SCHEMA), "cells": cells, "runs": RUNS,
+        "rows": ROWS,
+        "columns": len(SCHEMA),
+        "cells": cells,
+        "runs": RUNS,
         "mask_seconds": {"p50": _pct(mask_s, 0.5), "p99": _pct(mask_s, 0.99)},
         "json_seconds": {"p50": _pct(json_s, 0.5), "p99": _pct(json_s, 0.99)},
         "mask_cells_per_second": cells / statistics.median(mask_s),

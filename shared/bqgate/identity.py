@@ -234,9 +234,37 @@ def principal_from_claims(
 
 #: Claims every OIDC token may carry; they are never policy claims.
 REGISTERED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "auth_time", "nonce", "at_hash",
-     "c_hash", "acr", "amr", "sid", "email", "email_verified", "hd", "name", "picture",
-     "given_name", "family_name", "locale", "groups", "scope", "scp", "ver", "uid", "cid"}
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "azp",
+        "auth_time",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "acr",
+        "amr",
+        "sid",
+        "email",
+        "email_verified",
+        "hd",
+        "name",
+        "picture",
+        "given_name",
+        "family_name",
+        "locale",
+        "groups",
+        "scope",
+        "scp",
+        "ver",
+        "uid",
+        "cid",
+    }
 )
 #: Most custom claims kept per principal, and the longest value kept.
 MAX_CLAIMS = 32

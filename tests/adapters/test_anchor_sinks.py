@@ -55,7 +55,8 @@ def test_the_log_sink_export_in_the_same_bucket_counts_too(client: Any) -> None:
         json.dumps({"logName": "projects/p/logs/run", "jsonPayload": json.loads(line)})
         for line in (encode_line(cp("s-9", 2), KEY), encode_line(cp("s-9", 4), KEY))
     )
-    client.bucket(BUCKET).blob("run.googleapis.com/stdout/2025/06/15/10:00:00_10:59:59_S0.json"
-                               ).upload_from_string(exported)
+    client.bucket(BUCKET).blob(
+        "run.googleapis.com/stdout/2025/06/15/10:00:00_10:59:59_S0.json"
+    ).upload_from_string(exported)
     index = AnchorIndex.read(GcsSink(client, BUCKET).read(), Keyring([KEY]))
     assert [c.seq for c in index.of("s-9")] == [2, 4]

@@ -119,8 +119,9 @@ def test_dev_credentials_refresh_and_set_expiry(stack: tuple[Path, GatewayServer
     dev_dir, gateway = stack
     issuer_url = issuer.read_endpoints(dev_dir)["oidc_issuer"]
     secret = issuer.load_secret(dev_dir / "oidc")
-    credentials = DevIdTokenCredentials(issuer_url, AGENT, groups=("etl",), ttl_seconds=600,
-                                        secret=secret)
+    credentials = DevIdTokenCredentials(
+        issuer_url, AGENT, groups=("etl",), ttl_seconds=600, secret=secret
+    )
     assert not credentials.valid
     credentials.refresh(google.auth.transport.requests.Request())
     assert credentials.valid

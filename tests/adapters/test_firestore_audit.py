@@ -304,7 +304,11 @@ def test_every_commit_is_checkpointed_with_its_new_head(client: firestore.Client
     assert [(c.session_id, c.seq) for c in seen] == [(s, 1), (s, 3)]  # one per commit
     last = seen[-1]
     assert (last.mac, last.principal, last.issuer, last.label) == (
-        head.last_mac, "agent@x.com", "dev", s)
+        head.last_mac,
+        "agent@x.com",
+        "dev",
+        s,
+    )
     assert last.expire_at_ms == head.last_expire_at_ms
 
 

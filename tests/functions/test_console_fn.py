@@ -371,9 +371,7 @@ def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack, con
     )
 
 
-def test_near_identical_requests_are_one_card_decided_together(
-    wired: Stack, console: Any
-) -> None:
+def test_near_identical_requests_are_one_card_decided_together(wired: Stack, console: Any) -> None:
     first, second, newest = new_pending_job(), new_pending_job(), new_pending_job()
     sign_in(console, wired, "alice@example.com")
     body = text_of(console.get("/console/"))

@@ -67,8 +67,14 @@ def test_ingress_errors_are_bigquery_shaped(stack: Stack, ingress: Any) -> None:
         ingress.post(
             JOBS,
             headers=auth,
-            json={"configuration": {"query": {
-                "query": "SELEC `evil-project.ds.exfil`(1) FRM", "useLegacySql": False}}},
+            json={
+                "configuration": {
+                    "query": {
+                        "query": "SELEC `evil-project.ds.exfil`(1) FRM",
+                        "useLegacySql": False,
+                    }
+                }
+            },
         ),
         403,
         "accessDenied",

@@ -238,6 +238,7 @@ def test_pubsub_push_reaches_a_cloud_event_function_like_eventarc(tmp_path: Path
     trigger; functions-framework must turn the push body into the CloudEvent shape
     the functions read (event.data["message"]["data"], base64)."""
     import functions_framework as ff
+
     seen = tmp_path / "seen.json"
     (tmp_path / "main.py").write_text(
         "import json, functions_framework\n"

@@ -405,8 +405,11 @@ def audit_problems(cfg: Config) -> list[str]:
         role = literal(grant.body.get("role"))
         if role not in ("roles/storage.objectCreator", "roles/storage.objectViewer"):
             problems.append(f"{grant.address}: {role} on the checkpoint bucket")
-    sinks = [s for s in cfg.resources("google_logging_project_sink")
-             if "audit_anchors" in text(s.body.get("destination"), cfg)]
+    sinks = [
+        s
+        for s in cfg.resources("google_logging_project_sink")
+        if "audit_anchors" in text(s.body.get("destination"), cfg)
+    ]
     if not any("storage.googleapis.com" in text(s.body.get("destination"), cfg) for s in sinks):
         problems.append("no log sink routes the checkpoint lines into the checkpoint bucket")
     if not all("bqgate_anchor" in text(s.body.get("filter"), cfg) for s in sinks):
@@ -496,8 +499,11 @@ def test_sweeper_and_scheduler_identities_have_only_their_roles(cfg: Config) -> 
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "sweeper_publisher"),
         # The session record, as every function: append checkpoints, read the chain key.
         ("google_storage_bucket_iam_member", "roles/storage.objectCreator", "audit_anchor_writer"),
-        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor",
-         "audit_chain_key"),
+        (
+            "google_secret_manager_secret_iam_member",
+            "roles/secretmanager.secretAccessor",
+            "audit_chain_key",
+        ),
     }
     publisher = cfg.resource("google_pubsub_topic_iam_member", "sweeper_publisher")
     assert publisher is not None

@@ -296,19 +296,30 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
 
 
 def test_the_sweeper_expires_a_stale_request_and_closes_its_slack_message(
-        stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore
+) -> None:
     job = gateway_client.query(LEDGER_SQL + " -- left unanswered")
     msg = until("the approval message", lambda: messages_of(stack, job.job_id), 90)[0]
     assert any(b["type"] == "actions" for b in msg["blocks"])
     # Nobody answers and the agent stops polling: only the sweeper can end it.
     store.transition(job.job_id, lambda j: {"expire_at_ms": int(time.time() * 1000) - 1})
-    ended = until("the sweeper to expire it",
-                  lambda: (j := store.get(job.job_id)) and j.done and j, 60)
+    ended = until(
+        "the sweeper to expire it", lambda: (j := store.get(job.job_id)) and j.done and j, 60
+    )
     assert ended.approval["status"] == "expired"
-    closed = until("the message to be closed", lambda: [
-        m for m in messages_of(stack, job.job_id)
-        if not any(b["type"] == "actions" for b in m["blocks"])], 90)
+    closed = until(
+        "the message to be closed",
+        lambda: [
+            m
+            for m in messages_of(stack, job.job_id)
+            if not any(b["type"] == "actions" for b in m["blocks"])
+        ],
+        90,
+    )
     assert len(messages_of(stack, job.job_id)) == 1
     assert "Expired" in json.dumps(closed[0]["blocks"])
-    until("the close record to finish",
-          lambda: outbox_record(store, job.job_id, outbox.CLOSE).finished, 60)
+    until(
+        "the close record to finish",
+        lambda: outbox_record(store, job.job_id, outbox.CLOSE).finished,
+        60,
+    )

@@ -141,8 +141,10 @@ class FirestoreRecorder:
         """Append several events about ``job``, in order, in one atomic commit."""
         self.append_many(
             job.session_id or f"job-{job.job_id}",
-            [(kind, audit.event_data(job, kind, data, record_rows=self.record_rows))
-             for kind, data in items],
+            [
+                (kind, audit.event_data(job, kind, data, record_rows=self.record_rows))
+                for kind, data in items
+            ],
             job_id=job.job_id,
             principal=job.owner,
             issuer=job.issuer,
@@ -161,8 +163,14 @@ class FirestoreRecorder:
         label: str = "",
     ) -> audit.Event:
         """Append an event to ``session_id`` in a transaction; return the stored event."""
-        return self.append_many(session_id, [(kind, data)], job_id=job_id,
-                                principal=principal, issuer=issuer, label=label)[-1]
+        return self.append_many(
+            session_id,
+            [(kind, data)],
+            job_id=job_id,
+            principal=principal,
+            issuer=issuer,
+            label=label,
+        )[-1]
 
     def append_many(
         self,
@@ -253,10 +261,18 @@ class FirestoreRecorder:
         if self.checkpoint is None:
             return
         try:
-            self.checkpoint(Checkpoint(
-                session_id=last.session_id, seq=last.seq, mac=last.mac, at_ms=last.at_ms,
-                expire_at_ms=last.expire_at_ms, principal=principal, issuer=issuer,
-                label=label))
+            self.checkpoint(
+                Checkpoint(
+                    session_id=last.session_id,
+                    seq=last.seq,
+                    mac=last.mac,
+                    at_ms=last.at_ms,
+                    expire_at_ms=last.expire_at_ms,
+                    principal=principal,
+                    issuer=issuer,
+                    label=label,
+                )
+            )
         except Exception:
             log.exception("checkpointing session %s failed", last.session_id)
 
@@ -265,22 +281,27 @@ class FirestoreRecorder:
     def head(self, session_id: str) -> audit.SessionHead | None:
         """The session's head document, or ``None`` if there is no such session."""
         snap = self.sessions.document(audit.session_doc_id(session_id)).get(
-            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s)
+            retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s
+        )
         return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
 
     def events(self, session_id: str) -> list[audit.Event]:
         """Every stored event of the session, in chain order (malformed ones included)."""
         ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
-        stored = [(snap.id, snap.to_dict() or {})
-                  for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
+        stored = [
+            (snap.id, snap.to_dict() or {})
+            for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
+        ]
         events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
 
     def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]:
         """Sessions grouping the client label ``label`` (one per principal that used it)."""
         query = self.sessions.where(filter=FieldFilter("label", "==", label)).limit(limit)
-        return [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream(
-            retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
+        return [
+            audit.SessionHead.from_doc(s.to_dict() or {})
+            for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
+        ]
 
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
@@ -295,8 +316,10 @@ class FirestoreRecorder:
             query = query.where(filter=FieldFilter("principals", "array_contains", principal))
         elif since_ms is not None:
             query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
-        heads = [audit.SessionHead.from_doc(s.to_dict() or {}) for s in query.stream(
-            retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)]
+        heads = [
+            audit.SessionHead.from_doc(s.to_dict() or {})
+            for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
+        ]
         if since_ms is not None:
             heads = [h for h in heads if h.last_ms >= since_ms]
         heads.sort(key=lambda h: (h.last_ms, h.session_id), reverse=True)

@@ -198,7 +198,8 @@ def inbox_items(pending: Sequence[Mapping[str, Any]], tier_of: TierOf) -> list[I
                 blast_radius=blast_lines(p.get("blast_radius")),
                 group_size=int((p.get("group") or {}).get("size") or 1),
                 group_others=tuple(
-                    str(j) for j in (p.get("group") or {}).get("job_ids") or ()
+                    str(j)
+                    for j in (p.get("group") or {}).get("job_ids") or ()
                     if str(j) != str(p["job_id"])
                 ),
             )

@@ -269,12 +269,20 @@ class Executor:
         if job.transient_failures < limit:
             log.warning(
                 "job %s: transient failure %d of %d (%s): redelivery will retry",
-                job_id, job.transient_failures, limit, err.message,
+                job_id,
+                job.transient_failures,
+                limit,
+                err.message,
             )
             raise err
         incident = uuid.uuid4().hex[:12]
-        log.error("job %s: gave up after %d transient failures (incident %s): %s",
-                  job_id, limit, incident, err.message)
+        log.error(
+            "job %s: gave up after %d transient failures (incident %s): %s",
+            job_id,
+            limit,
+            incident,
+            err.message,
+        )
         return self._fail_id(
             job_id,
             JobFailed(
@@ -703,8 +711,9 @@ class Executor:
             return fields if won["ok"] else None
 
         def records(j: Job) -> list[OutboxRecord]:
-            notify[:] = [dispatcher.record(j.job_id, outbox.NOTIFY, self.approvals_topic,
-                                           until_done=True)]
+            notify[:] = [
+                dispatcher.record(j.job_id, outbox.NOTIFY, self.approvals_topic, until_done=True)
+            ]
             return notify
 
         # A statement that only the cost guard sent for approval counts against its
@@ -826,8 +835,9 @@ class Executor:
             "schema": [dict(f) for f in info.schema],
             "statement_type": info.statement_type,
             "total_bytes_processed": info.total_bytes_processed,
-            "referenced_tables": sorted(info.referenced_tables or job.classification.get("tables")
-                                        or ()),
+            "referenced_tables": sorted(
+                info.referenced_tables or job.classification.get("tables") or ()
+            ),
         }
         self.store.transition(job.job_id, lambda j: None if j.done else fields)
         self._record(job, "dry_run", {"total_bytes_processed": info.total_bytes_processed})

@@ -264,7 +264,9 @@ class Gateway:
         except QuotaFull as full:
             self._refuse_over_quota(job, len(full.open_job_ids))
         events: list[tuple[str, Mapping[str, Any]]] = [
-            ("request", {"request_kind": request_kind}), ("classification", verdict)]
+            ("request", {"request_kind": request_kind}),
+            ("classification", verdict),
+        ]
         if job.state == DONE:
             events.append(("blocked", job.error or {}))
         record_all(self.recorder, job, events)
@@ -294,12 +296,23 @@ class Gateway:
         job.ended_ms = job.created_ms
         job.error = {"reason": "quotaExceeded", "message": message}
         self.store.create(job)
-        record_all(self.recorder, job, [
-            ("request", {"request_kind": job.request_kind}),
-            ("classification", job.classification),
-            ("blocked", {**job.error, "quota": "approvals.max_pending_per_principal",
-                         "limit": limit, "open_requests": open_count}),
-        ])
+        record_all(
+            self.recorder,
+            job,
+            [
+                ("request", {"request_kind": job.request_kind}),
+                ("classification", job.classification),
+                (
+                    "blocked",
+                    {
+                        **job.error,
+                        "quota": "approvals.max_pending_per_principal",
+                        "limit": limit,
+                        "open_requests": open_count,
+                    },
+                ),
+            ],
+        )
         raise QuotaExceeded(message)
 
     def _resume(self, job: Job) -> Job:
@@ -307,9 +320,13 @@ class Gateway:
         hand-off never happened (the first attempt failed after storing it)."""
         if job.done:
             return job
-        unsent = [rec for rec in self.store.outbox_of(job.job_id)
-                  if not rec.finished and rec.sent_ms is None
-                  and rec.event in (outbox.ACCEPTED, outbox.APPROVED)]
+        unsent = [
+            rec
+            for rec in self.store.outbox_of(job.job_id)
+            if not rec.finished
+            and rec.sent_ms is None
+            and rec.event in (outbox.ACCEPTED, outbox.APPROVED)
+        ]
         if not unsent:
             return job
         self.dispatcher.send_all(unsent)
@@ -317,8 +334,11 @@ class Gateway:
 
     def _close_message(self, job: Job) -> list[OutboxRecord]:
         """The record that has slack_notify show an ended request's outcome on its message."""
-        return [self.dispatcher.record(job.job_id, outbox.CLOSE, self.config.approvals_topic,
-                                       until_done=True)]
+        return [
+            self.dispatcher.record(
+                job.job_id, outbox.CLOSE, self.config.approvals_topic, until_done=True
+            )
+        ]
 
     def insert_job(
         self, principal: Principal, project: str, body: Mapping[str, Any]

@@ -97,7 +97,7 @@ def reliability(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check, ruff format --check and mypy --strict on the library."""
+    """ruff check, ruff format --check and mypy --strict (the library and the tests)."""
     session.install(
         "-e", ".", *TEST_DEPS, "ruff>=0.5", "mypy>=1.10", "types-PyYAML", "types-requests"
     )

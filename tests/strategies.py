@@ -30,7 +30,8 @@ def always_true(draw: st.DrawFn, depth: int = 0) -> str:
     atom = draw(st.sampled_from(atoms))
     if depth >= 2 or draw(st.booleans()):
         return atom
-    other = draw(always_true(depth + 1))  # type: ignore[call-arg]
+    other = draw(always_true(depth + 1))
+
     shape = draw(
         st.sampled_from(
             [

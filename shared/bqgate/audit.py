@@ -35,14 +35,18 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bqgate.chain import GENESIS, ChainKey
 
-#: The event kinds the gateway, the executor and the approvals function record.
-KINDS = (
+#: The event kinds the gateway, the executor, the approvals function and the sweeper record
+#: (mypy checks every recorder call against it; :func:`event_data` refuses any other).
+EventKind = Literal[
     "request",
     "classification",
+    "second_opinion",
+    "dry_run",
+    "blast_radius",
     "blocked",
     "approval_requested",
     "notified",
@@ -52,7 +56,8 @@ KINDS = (
     "execution_started",
     "execution_finished",
     "result",
-)
+]
+KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 #: Largest canonical ``data`` an event may hold (Firestore documents hold 1 MiB).
 MAX_DATA_BYTES = 600_000
@@ -65,6 +70,7 @@ __all__ = [
     "MAX_DATA_BYTES",
     "ChainKey",
     "Event",
+    "EventKind",
     "RecordedRequest",
     "Rejudged",
     "SessionHead",
@@ -448,7 +454,9 @@ class SessionHead:
 # --------------------------------------------------------------------------- recording
 
 
-def event_data(job: Any, kind: str, data: Mapping[str, Any], *, record_rows: int) -> dict[str, Any]:
+def event_data(
+    job: Any, kind: EventKind, data: Mapping[str, Any], *, record_rows: int
+) -> dict[str, Any]:
     """What an event of ``kind`` about ``job`` (a :class:`bqgate.jobs.Job`) records.
 
     A ``request`` gets the statement and who sent it, from where (the token is never
@@ -465,7 +473,13 @@ def event_data(job: Any, kind: str, data: Mapping[str, Any], *, record_rows: int
     >>> r = event_data(job, "result", {"rows": [[1], [2], [3]], "total_rows": 3}, record_rows=2)
     >>> r["rows"], r["rows_recorded"]
     ([[1], [2]], 2)
+    >>> event_data(job, "reqest", {}, record_rows=0)  # type: ignore[arg-type]
+    Traceback (most recent call last):
+    ...
+    ValueError: 'reqest' is not an event kind the session record knows
     """
+    if kind not in KINDS:
+        raise ValueError(f"{kind!r} is not an event kind the session record knows")
     out: dict[str, Any] = to_plain(data)
     if kind == "request":
         default = job.default_dataset or {}

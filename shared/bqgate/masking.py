@@ -566,11 +566,6 @@ class Masker:
 
     # -- hot path ----------------------------------------------------------------------
 
-    def mask_cell(self, index: int, cell: Cell) -> Cell:
-        """Mask one top-level cell of column ``index``."""
-        fn = self._fns[index]
-        return cell if fn is None else fn(cell)
-
     def mask_rows(self, rows: list[list[Any]]) -> list[list[Any]]:
         """New rows with every column masked; the input is not modified.
 

@@ -24,7 +24,8 @@ DEV_CONSOLE_CLIENT_ID = "bqgate"
 DEV_CONSOLE_SECRET_FILE = "console-client-secret"
 DEV_CONSOLE_SESSION_KEY_FILE = "console-session.key"
 
-#: name -> (default, description). The README table is generated from this.
+#: name -> (default, description). The README's environment table lists exactly these, in
+#: this order (``tests/unit/test_settings.py`` checks it).
 ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_PROJECT": ("demo-project", "Gateway project: Firestore and Pub/Sub live here."),
     "BQGATE_WAREHOUSE_PROJECT": (

@@ -15,7 +15,9 @@ from bqgate.chain import ChainKey, Keyring
 from bqgate.dev.stack import free_port
 from gcp_storage_emulator.server import create_server
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+
+# google-cloud-storage ships no py.typed: mypy sees no storage in google.cloud.
+from google.cloud import storage  # type: ignore[attr-defined]
 
 KEY = ChainKey(b"gcs-sink-test-chain-key-0123456789ab")
 BUCKET = "acme-bqgate-audit-anchors"

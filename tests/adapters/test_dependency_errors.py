@@ -17,7 +17,7 @@ from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.adapters.pubsub_queue import PubSubQueue
 from bqgate.chain import ChainKey
 from bqgate.dev.stack import PROJECT, Stack
-from bqgate.errors import InvalidQuery, NotFound, Unavailable
+from bqgate.errors import BqgateError, InvalidQuery, NotFound, Unavailable
 from bqgate.jobs import DONE, Job, warehouse_job_id
 from bqgate.policy import parse_policy
 from bqgate.service.executor import Executor
@@ -25,7 +25,9 @@ from bqgate.service.gateway import job_error
 from fakes import MemoryQueue
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore, pubsub_v1
+
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
+from google.cloud import bigquery, firestore, pubsub_v1  # type: ignore[attr-defined]
 
 pytestmark = pytest.mark.emulators
 
@@ -142,7 +144,7 @@ def warehouse(stack: Stack) -> BigQueryWarehouse:
     ],
 )
 def test_the_emulator_s_rejections_arrive_as_gateway_leaves(
-    warehouse: BigQueryWarehouse, sql: str, leaf: type, reason: str
+    warehouse: BigQueryWarehouse, sql: str, leaf: type[BqgateError], reason: str
 ) -> None:
     with pytest.raises(leaf) as err:
         warehouse.dry_run(sql, default_dataset=None)

@@ -15,7 +15,9 @@ from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import DONE, RUNNING, Job, warehouse_job_id
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore, pubsub_v1
+
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
+from google.cloud import bigquery, firestore, pubsub_v1  # type: ignore[attr-defined]
 
 pytestmark = pytest.mark.emulators
 
@@ -182,7 +184,9 @@ def test_jobs_and_pages_carry_a_ttl_timestamp(stack: Stack) -> None:
         client.collection("jobs").document(job.job_id),
         client.collection("jobs").document(job.job_id).collection("pages").document("000000"),
     ):
-        expire_at = ref.get().to_dict()["expire_at"]
+        doc = ref.get().to_dict()
+        assert doc is not None
+        expire_at = doc["expire_at"]
         assert dt.timedelta(minutes=59) < expire_at - now <= dt.timedelta(hours=1)
 
 

@@ -136,7 +136,7 @@ def test_twenty_concurrent_writers_make_one_unbroken_chain(
 def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firestore.Client) -> None:
     other = recorder(client)
     s = sid()
-    raced = []
+    raced: list[bool] = []
 
     def clock() -> float:
         # Called between reading the head and committing: another writer gets in first.
@@ -152,7 +152,10 @@ def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firesto
 
 
 def _event_ref(client: firestore.Client, s: str, seq: int) -> firestore.DocumentReference:
-    return client.collection(SESSIONS).document(s).collection(EVENTS).document(f"{seq:08d}")
+    ref: firestore.DocumentReference = (
+        client.collection(SESSIONS).document(s).collection(EVENTS).document(f"{seq:08d}")
+    )
+    return ref
 
 
 def _session_of_three(client: firestore.Client) -> tuple[FirestoreRecorder, str]:

@@ -116,7 +116,7 @@ def wait_job(job_id: str, pred: Any, timeout: float = 60) -> Job:
 
     deadline = time.monotonic() + timeout
     while True:
-        job = wiring.job_store().get(job_id)
+        job: Job | None = wiring.job_store().get(job_id)
         if job is not None and pred(job):
             return job
         if time.monotonic() > deadline:

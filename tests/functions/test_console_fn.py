@@ -97,7 +97,7 @@ def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "", **fields: Any) 
 def stored(job_id: str) -> Job:
     from bqgate.adapters import wiring
 
-    job = wiring.job_store().get(job_id)
+    job: Job | None = wiring.job_store().get(job_id)
     assert job is not None
     return job
 
@@ -132,7 +132,7 @@ def sign_in(client: Any, stack: Stack, principal: str) -> None:
     assert query["nonce"][0] and query["state"][0] and query["client_id"] == ["bqgate"]
     page = requests.get(authorize, timeout=10)
     assert page.status_code == 200 and principal in page.text
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    request_id = field_of(page.text, "request_id")
     picked = requests.post(
         stack.url("oidc_issuer") + "/authorize",
         data={"request_id": request_id, "principal": principal, "sign_in_key": key_of(stack)},
@@ -147,8 +147,15 @@ def sign_in(client: Any, stack: Stack, principal: str) -> None:
     assert done.headers["Location"].endswith("/console/")
 
 
+def field_of(page: str, name: str) -> str:
+    """The value of the form field ``name`` on ``page`` (the test fails without one)."""
+    found = re.search(rf'name="{name}" value="([^"]+)"', page)
+    assert found, f"no {name} field on the page"
+    return found.group(1)
+
+
 def csrf_of(page: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return field_of(page, "csrf_token")
 
 
 def text_of(resp: Any) -> str:
@@ -164,6 +171,7 @@ def session_cookie(client: Any) -> dict[str, Any]:
     app = flask.Flask("probe")
     app.secret_key = wiring.settings().console_session_key
     serializer = flask.sessions.SecureCookieSessionInterface().get_signing_serializer(app)
+    assert serializer is not None
     return dict(serializer.loads(cookie.value))
 
 
@@ -171,6 +179,7 @@ def forge_cookie(payload: dict[str, Any], key: bytes) -> str:
     app = flask.Flask("probe")
     app.secret_key = key
     serializer = flask.sessions.SecureCookieSessionInterface().get_signing_serializer(app)
+    assert serializer is not None
     return str(serializer.dumps(payload))
 
 
@@ -254,7 +263,7 @@ def test_after_sign_in_you_land_where_you_were_going(wired: Stack, console: Any)
     start = console.get("/console/auth/login")
     authorize = start.headers["Location"]
     page = requests.get(authorize, timeout=10)
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    request_id = field_of(page.text, "request_id")
     picked = requests.post(
         wired.url("oidc_issuer") + "/authorize",
         data={

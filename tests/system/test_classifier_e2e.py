@@ -17,7 +17,7 @@ from bqgate.jobs import PENDING_APPROVAL
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore  # type: ignore[attr-defined]
+from google.cloud import bigquery, firestore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import always_true

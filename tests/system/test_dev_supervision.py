@@ -104,7 +104,9 @@ def test_jobs_and_sessions_survive_a_restart_of_the_whole_stack(
     assert rec.head(head.session_id) == head
     client = gateway_client(own.url("gateway"), dev_dir=own.state_dir)
     again = client.get_job(job.job_id or "")
+    assert isinstance(again, bigquery.QueryJob)
     assert again.state == "DONE" and [r.word for r in again.result()] == ["kept"]
+
     capsys.readouterr()
     assert main(["sessions", "verify", head.session_id, "--dev-dir", str(own.state_dir)]) == 0
     assert capsys.readouterr().out == (

@@ -21,7 +21,7 @@ from bqgate.jobs import PENDING_APPROVAL
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore  # type: ignore[attr-defined]
+from google.cloud import bigquery, firestore
 
 pytestmark = pytest.mark.system
 

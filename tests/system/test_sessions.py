@@ -129,7 +129,12 @@ def session(stack: Stack, record: FirestoreRecorder, keys: Keyring) -> dict[str,
     assert len(rows) == 2 and all(r.salary is None for r in rows)  # masked: nullify
     # The result event is written just after the job is marked DONE.
     for job_id in (allowed.job_id, approved.job_id):
-        until(f"the result of {job_id}", lambda j=job_id: "result" in kinds_of(record, sid, j))
+
+        def has_result(j: str = job_id) -> bool:
+            return "result" in kinds_of(record, sid, j)
+
+        until(f"the result of {job_id}", has_result)
+
     stored = stored_id(record, sid)
     until("every event checkpointed", lambda: fully_checkpointed(stack, keys, stored))
     blocked = next(e.job_id for e in record.events(stored) if e.kind == "blocked")

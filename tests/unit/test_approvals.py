@@ -187,11 +187,11 @@ def test_unknown_action_is_invalid() -> None:
             pending_job(),
             approver="bob@x.io",
             approver_groups=APPROVERS,
-            action="maybe",
+            action="maybe",  # type: ignore[arg-type]  # what no typed caller can send
             reason=None,
             now_ms=T0,
             policy=policy(),
-        )  # type: ignore[arg-type]
+        )
 
 
 def test_second_click_after_the_decision_changes_nothing_and_says_why() -> None:
@@ -669,7 +669,7 @@ def test_slack_deny_opens_a_modal_whose_submission_denies(env: dict[str, Any]) -
     assert status == 200 and body == {}
     trigger, view = notifier.modals[-1]
     assert trigger == "t1" and view["callback_id"] == DENY_CALLBACK
-    submission = {
+    submission: dict[str, Any] = {
         "type": "view_submission",
         "user": {"id": "U_BOB"},
         "view": {

@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bqgate import audit, verification
 from bqgate.anchors import AnchorIndex, Checkpoint
-from bqgate.audit import GENESIS, Event, SessionHead, replace
+from bqgate.audit import GENESIS, Event, SessionHead
 from bqgate.chain import ChainKey, Keyring
 from bqgate.cli import main
 from bqgate.commands import sessions as cmd
@@ -47,7 +48,7 @@ class MemoryRecord:
         self.retention_ms = retention_ms
         self.now_ms = 1_750_000_000_000
 
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: audit.EventKind, data: Mapping[str, Any]) -> None:
         sid = job.session_id
         head = self.heads.get(sid, SessionHead(sid))
         self.now_ms += 250

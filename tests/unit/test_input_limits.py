@@ -39,10 +39,10 @@ class StrictStore(MemoryJobStore):
         if job_id in (".", "..") or (job_id.startswith("__") and job_id.endswith("__")):
             raise ValueError(f"Firestore rejects the document id {job_id!r}")
 
-    def create(self, job: Job) -> None:
+    def create(self, job: Job, **kw: Any) -> None:
         self._check(job.job_id)
         json.dumps(job.to_doc()).encode("utf-8")  # a lone surrogate fails here, as in gRPC
-        super().create(job)
+        super().create(job, **kw)
 
     def get(self, job_id: str) -> Job | None:
         self._check(job_id)

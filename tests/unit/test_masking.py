@@ -305,7 +305,8 @@ def test_masker_struct_per_field_on_rows() -> None:
         )
     )
     masker = Masker(plan, [rec], hmac_key=KEY)
-    rows = [[["a@b.co", "call 415-555-0123"]], [None]]
+    rows: list[list[Any]] = [[["a@b.co", "call 415-555-0123"]], [None]]
+
     assert masker.mask_rows(rows) == [[["XXXXX@b.co", "call [REDACTED:phone]"]], [None]]
     assert masker.hits == {("s.note", "phone"): 1}
 

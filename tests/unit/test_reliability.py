@@ -9,7 +9,7 @@ it is handed (bounded retries for outages, an incident id for the unexpected).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from bqgate.errors import (
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, RUNNING, Job
 from bqgate.policy import load_policy
-from bqgate.ports import DryRun, QueryOutcome
+from bqgate.ports import Change, DryRun, QueryOutcome
 from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig, block_error, job_error
 from bqgate.service.http import IngressApp
@@ -151,8 +151,15 @@ def test_a_finished_job_with_any_stored_reason_never_answers_5xx(reason: str) ->
     store.transition("j1", lambda j: {"state": DONE, "error": {"reason": reason, "message": "m"}})
     app = app_over(store)
     resp = app.handle("GET", "/bigquery/v2/projects/demo-project/queries/j1", {}, AUTH, b"")
-    assert 400 <= resp.status < 500
+    # Rate limits end the job as a quota problem, a cancellation stays one, the rest failed.
+    expected = {
+        "rateLimitExceeded": (403, "quotaExceeded"),
+        "jobRateLimitExceeded": (403, "quotaExceeded"),
+        "stopped": (400, "stopped"),
+    }.get(reason, (400, "jobFailed"))
+    assert (resp.status, resp.body["error"]["errors"][0]["reason"]) == expected
     assert resp.body["error"]["errors"][0]["reason"] not in CLIENT_RETRIES
+
     # jobs.get is a 200 whose errorResult a client must not retry either.
     got = app.handle("GET", "/bigquery/v2/projects/demo-project/jobs/j1", {}, AUTH, b"")
     assert got.status == 200
@@ -166,7 +173,7 @@ class DownStore(MemoryJobStore):
     def get(self, job_id: str) -> Job | None:
         raise Unavailable("Firestore did not answer in time or is unavailable (DeadlineExceeded)")
 
-    def create(self, job: Job) -> None:
+    def create(self, job: Job, **_: Any) -> None:
         raise Unavailable("Firestore did not answer in time or is unavailable (DeadlineExceeded)")
 
 
@@ -414,11 +421,11 @@ def test_the_job_ends_even_when_its_first_store_write_is_the_failure() -> None:
     class FlakyStore(MemoryJobStore):
         failures = 1
 
-        def transition(self, job_id: str, change: Callable[[Job], dict[str, Any] | None]) -> Job:
+        def transition(self, job_id: str, change: Change, **kw: Any) -> Job:
             if self.failures:
                 self.failures -= 1
                 raise Unavailable("Firestore did not answer in time")
-            return super().transition(job_id, change)
+            return super().transition(job_id, change, **kw)
 
     wh = ScriptedWarehouse()
     store = FlakyStore()

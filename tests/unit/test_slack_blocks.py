@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 # Text without lone surrogates (which no UTF-8 JSON request could carry anyway).
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=9000)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=9000)
 
 
 def job(sql: str = "SELECT 1", **kw: Any) -> Job:

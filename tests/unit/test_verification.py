@@ -9,6 +9,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from bqgate import audit
 from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, LogSink
 from bqgate.anchors import AnchorIndex, Checkpoint, encode_line, parse_line, read_text
-from bqgate.audit import Event, SessionHead, replace
+from bqgate.audit import Event, SessionHead
 from bqgate.chain import GENESIS, ChainKey, ChainKeyError, Keyring, load_or_create_dev_key
 from bqgate.verification import expired_prefix, verify, verify_chain, verify_session
 from hypothesis import given, settings

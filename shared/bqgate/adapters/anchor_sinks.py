@@ -125,6 +125,7 @@ class GcsSink:
 
 def open_gcs_sink(project: str | None, bucket: str) -> GcsSink:
     """A :class:`GcsSink` with the caller's application default credentials (the CLI)."""
+    # google-cloud-storage ships no py.typed: mypy sees no storage in google.cloud.
     from google.cloud import storage  # type: ignore[attr-defined]
 
     return GcsSink(storage.Client(project=project), bucket)

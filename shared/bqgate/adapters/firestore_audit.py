@@ -133,11 +133,13 @@ class FirestoreRecorder:
 
     # --- writing -----------------------------------------------------------------
 
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: audit.EventKind, data: Mapping[str, Any]) -> None:
         """Append one event about ``job`` to its session. Raises if it cannot be stored."""
         self.record_many(job, [(kind, data)])
 
-    def record_many(self, job: Job, items: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def record_many(
+        self, job: Job, items: Sequence[tuple[audit.EventKind, Mapping[str, Any]]]
+    ) -> None:
         """Append several events about ``job``, in order, in one atomic commit."""
         self.append_many(
             job.session_id or f"job-{job.job_id}",
@@ -150,27 +152,6 @@ class FirestoreRecorder:
             issuer=job.issuer,
             label=str(job.labels.get("session_id") or ""),
         )
-
-    def append(
-        self,
-        session_id: str,
-        *,
-        kind: str,
-        job_id: str,
-        principal: str,
-        issuer: str,
-        data: Mapping[str, Any],
-        label: str = "",
-    ) -> audit.Event:
-        """Append an event to ``session_id`` in a transaction; return the stored event."""
-        return self.append_many(
-            session_id,
-            [(kind, data)],
-            job_id=job_id,
-            principal=principal,
-            issuer=issuer,
-            label=label,
-        )[-1]
 
     def append_many(
         self,

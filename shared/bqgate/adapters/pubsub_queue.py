@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from bqgate.adapters.google_errors import outage_as_unavailable, retry

@@ -47,6 +47,7 @@ def firestore_client() -> Any:
 
 @functools.cache
 def publisher() -> Any:
+    # google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     return pubsub_v1.PublisherClient()
@@ -129,6 +130,7 @@ def chain_key() -> ChainKey:
 
 @functools.cache
 def storage_client() -> Any:
+    # google-cloud-storage ships no py.typed: mypy sees no storage in google.cloud.
     from google.cloud import storage  # type: ignore[attr-defined]
 
     return storage.Client(project=settings().project)

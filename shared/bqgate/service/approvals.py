@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from bqgate import approvals as core
 from bqgate import outbox
 from bqgate import slack_blocks as blocks
+from bqgate.audit import EventKind
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -404,7 +405,8 @@ class ApprovalService:
     ) -> None:
         if self.recorder is None:
             return
-        kind = {"denied": "denied", "expired": "expired"}.get(d.outcome, "approval_decided")
+        kinds: dict[str, EventKind] = {"denied": "denied", "expired": "expired"}
+        kind = kinds.get(d.outcome, "approval_decided")
         data = {"outcome": d.outcome, "approver": approver, "via": via, "message": d.message}
         if d.outcome == "denied":
             data["reason"] = core.clean_reason(reason)

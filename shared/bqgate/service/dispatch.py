@@ -26,8 +26,9 @@ log = logging.getLogger("bqgate.dispatch")
 REDISPATCH_AFTER_MS = 20_000
 
 RecordChange = Callable[[OutboxRecord], dict[str, Any] | None]
-DirectCall = Callable[[str], None]
-"""The fast path to the executor for one job id (raises if it could not hand it over)."""
+DirectCall = Callable[[str], object]
+"""The fast path to the executor for one job id (raises if it could not hand it over; what
+it returns is ignored)."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from bqgate import outbox
 from bqgate.approvals import check_binding, needs_approval, quota_message
+from bqgate.audit import EventKind
 from bqgate.errors import BqgateError, JobFailed, finished, for_job
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.outbox import OutboxRecord
@@ -223,7 +224,7 @@ class Executor:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def _record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         if self.recorder is not None:
             self.recorder.record(job, kind, data)
 

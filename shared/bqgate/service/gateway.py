@@ -16,6 +16,7 @@ from typing import Any, NoReturn, Protocol
 
 from bqgate import outbox
 from bqgate.approvals import expire_fields, quota_message
+from bqgate.audit import EventKind
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -62,15 +63,17 @@ class Classifier(Protocol):
 class Recorder(Protocol):
     """The session record (bqgate.audit); ``record`` must never raise for a good event."""
 
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None: ...
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
 
 
 class NullRecorder:
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         return None
 
 
-def record_all(recorder: Recorder, job: Job, items: list[tuple[str, Mapping[str, Any]]]) -> None:
+def record_all(
+    recorder: Recorder, job: Job, items: list[tuple[EventKind, Mapping[str, Any]]]
+) -> None:
     """Record several events about ``job`` in order: in one write when the recorder can
     (``record_many``), else one by one."""
     many = getattr(recorder, "record_many", None)
@@ -263,7 +266,7 @@ class Gateway:
             self.store.create(job, dispatch=[] if job.done else [handoff], quota=quota)
         except QuotaFull as full:
             self._refuse_over_quota(job, len(full.open_job_ids))
-        events: list[tuple[str, Mapping[str, Any]]] = [
+        events: list[tuple[EventKind, Mapping[str, Any]]] = [
             ("request", {"request_kind": request_kind}),
             ("classification", verdict),
         ]

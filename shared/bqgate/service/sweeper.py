@@ -39,6 +39,7 @@ from typing import Any
 
 from bqgate import approvals as core
 from bqgate import outbox
+from bqgate.audit import EventKind
 from bqgate.errors import BqgateError, NotFound
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
@@ -159,7 +160,7 @@ class Sweeper:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def _record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         if self.recorder is None:
             return
         try:

@@ -19,6 +19,8 @@ from pathlib import Path
 from bqgate.chain import DEV_KEY_FILE
 from bqgate.errors import BqgateError
 
+#: The audience of the dev issuer's tokens (the demo policy's, and ``bqgate token``'s default).
+DEV_AUDIENCE = "bqgate"
 #: The dev issuer's OAuth client for the console, and where the dev stack keeps its secrets.
 DEV_CONSOLE_CLIENT_ID = "bqgate"
 DEV_CONSOLE_SECRET_FILE = "console-client-secret"

@@ -1,4 +1,20 @@
-"""The pure core imports no google.*, slack_sdk or flask: only bqgate.adapters may."""
+"""The shape of the code, checked: which layer may import which, and where the SDKs live.
+
+Layers, lowest first; a module imports only from its own layer or one below it:
+
+0. **core**: every module of ``bqgate`` not named below (``policy``, ``jobs``, ``errors``,
+   ``approvals``, ``audit``, ``masking``, ``ports`` ...) and the packages ``sql/`` (classify,
+   lineage, rewrite), ``wire/`` (BigQuery REST shapes) and ``console/`` (the console's view
+   models). Pure: stdlib, sqlglot, PyYAML; plain values in and out.
+1. **service**: ``service/``, the use cases (gateway, executor, approvals, sweeper, HTTP
+   routing) written against the ports of the core.
+2. **adapters**: ``adapters/``, one module per outside service (Firestore, Pub/Sub, BigQuery,
+   Slack, OIDC, the web frameworks); the only modules that import ``google.*``, ``slack_sdk``,
+   ``flask`` or ``functions_framework``.
+3. **entry**: what puts the layers together and starts them: ``functions/<name>/main.py``,
+   ``commands/`` and ``cli.py`` (the ``bqgate`` command), ``client.py`` (the agent helper),
+   ``dev/`` (the local stack) and the composition root ``bootstrap.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +23,15 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "shared" / "bqgate"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "shared" / "bqgate"
 FORBIDDEN = ("google", "slack_sdk", "flask", "functions_framework", "cloudevents")
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "adapters" not in p.relative_to(PACKAGE).parts)
+
+LAYERS = ("core", "service", "adapters", "entry")
+_ENTRY_PACKAGES = ("commands", "dev")
+_ENTRY_MODULES = ("cli", "client", "bootstrap")
+SOURCES = sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "functions").glob("*/main.py"))
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -20,6 +42,86 @@ def imported_roots(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             roots.add(node.module.split(".")[0])
     return roots
+
+
+def module_name(path: Path) -> str:
+    """``bqgate.x.y`` for a file of the package; ``functions.<name>.main`` for an entry point."""
+    if path.is_relative_to(PACKAGE):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    else:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    """The layer (an index of :data:`LAYERS`) a module belongs to.
+
+    >>> [LAYERS[layer_of(m)] for m in ("bqgate.sql.classify", "bqgate.service.gateway",
+    ...  "bqgate.adapters.slack", "bqgate.dev.stack", "functions.ingress.main")]
+    ['core', 'service', 'adapters', 'entry', 'entry']
+    """
+    parts = module.split(".")
+    if parts[0] == "functions":
+        return LAYERS.index("entry")
+    top = parts[1] if len(parts) > 1 else ""
+    if top == "service":
+        return LAYERS.index("service")
+    if top == "adapters":
+        return LAYERS.index("adapters")
+    if top in _ENTRY_PACKAGES or top in _ENTRY_MODULES:
+        return LAYERS.index("entry")
+    return LAYERS.index("core")
+
+
+def bqgate_imports(module: str, source: str, *, is_package: bool = False) -> set[str]:
+    """Every ``bqgate`` module ``source`` imports (type-only and function-local imports too)."""
+    package = module if is_package else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "bqgate"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "bqgate":
+                # ``from bqgate import audit`` imports the module bqgate.audit.
+                found |= (
+                    {f"{target}.{a.name}" for a in node.names} if target == "bqgate" else {target}
+                )
+    return found
+
+
+def upward_imports(module: str, source: str, *, is_package: bool = False) -> list[str]:
+    """The imports of ``module`` that reach a higher layer than its own."""
+    mine = layer_of(module)
+    return sorted(
+        f"{module} ({LAYERS[mine]}) imports {target} ({LAYERS[layer_of(target)]})"
+        for target in bqgate_imports(module, source, is_package=is_package)
+        if layer_of(target) > mine
+    )
+
+
+def test_the_layer_check_can_fail() -> None:
+    adapter = "from bqgate.dev import issuer\nfrom bqgate.service.http import route\n"
+    assert upward_imports("bqgate.adapters.client", adapter) == [
+        "bqgate.adapters.client (adapters) imports bqgate.dev (entry)"
+    ]
+    core = "def f():\n    from bqgate import bootstrap\n"
+    assert upward_imports("bqgate.policy", core) == [
+        "bqgate.policy (core) imports bqgate.bootstrap (entry)"
+    ]
+    assert upward_imports("bqgate.sql.classify", "from ..service import gateway\n") == [
+        "bqgate.sql.classify (core) imports bqgate.service (service)"
+    ]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_down_the_layers(path: Path) -> None:
+    module = module_name(path)
+    assert upward_imports(module, path.read_text(), is_package=path.name == "__init__.py") == []
 
 
 def test_the_check_sees_adapter_imports() -> None:

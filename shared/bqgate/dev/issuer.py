@@ -63,12 +63,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bqgate.settings import DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
+from bqgate.settings import DEV_AUDIENCE, DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
 
 KEY_FILE = "dev-key.pem"
 SECRET_FILE = "token-secret"
 OIDC_SUBDIR = "oidc"
-DEFAULT_AUDIENCE = "bqgate"
+DEFAULT_AUDIENCE = DEV_AUDIENCE
 MAX_TTL_SECONDS = 12 * 3600
 JWKS_MAX_AGE = 300
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

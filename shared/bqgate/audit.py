@@ -38,6 +38,7 @@ from decimal import Decimal
 from typing import Any, Literal, get_args
 
 from bqgate.chain import GENESIS, ChainKey
+from bqgate.vocabulary import human_bytes
 
 #: The event kinds the gateway, the executor, the approvals function and the sweeper record
 #: (mypy checks every recorder call against it; :func:`event_data` refuses any other).
@@ -534,13 +535,8 @@ def _one_line(text: str, width: int = 100) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _bytes(n: Any) -> str:
-    if not isinstance(n, int):
-        return "? bytes"
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
+def _processed(n: Any) -> str:
+    return human_bytes(n) if isinstance(n, int) else "? bytes"
 
 
 def summarize(event: Event) -> str:
@@ -588,7 +584,7 @@ def summarize(event: Event) -> str:
         if err:
             return f"execution failed: {err.get('reason')}: {_one_line(str(err.get('message')))}"
         return (
-            f"execution finished: {_bytes(d.get('total_bytes_processed'))} processed in "
+            f"execution finished: {_processed(d.get('total_bytes_processed'))} processed in "
             f"{d.get('duration_ms', '?')} ms"
         )
     if kind == "result":

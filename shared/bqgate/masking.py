@@ -61,12 +61,11 @@ from typing import Any
 
 from bqgate import detectors
 from bqgate.sql.lineage import ColumnLineage
+from bqgate.vocabulary import MASK_STRATEGIES, MaskStrategy, field_type, repeated
 
 __all__ = [
     "DEFAULT_VALUES",
     "PER_FIELD",
-    "STRATEGIES",
-    "STRICTNESS",
     "ColumnMask",
     "MaskPlan",
     "Masker",
@@ -78,28 +77,8 @@ __all__ = [
 Cell = Any
 CellFn = Callable[[Cell], Cell]
 
-# Strictest first. `hmac` is stricter than `sha256`: an unkeyed hash of a
-# low-entropy value (an SSN) can be reversed by enumeration, a keyed one cannot.
-STRICTNESS: tuple[str, ...] = (
-    "nullify",
-    "default",
-    "hmac",
-    "sha256",
-    "year",
-    "email",
-    "first4",
-    "last4",
-)
-STRATEGIES = frozenset(STRICTNESS)
 PER_FIELD = "per_field"
 """ColumnMask.strategy of a STRUCT masked field by field (see ``ColumnMask.fields``)."""
-
-_TYPE_ALIASES = {
-    "INTEGER": "INT64",
-    "FLOAT": "FLOAT64",
-    "BOOLEAN": "BOOL",
-    "STRUCT": "RECORD",
-}
 
 DEFAULT_VALUES: Mapping[str, str] = {
     "STRING": "",
@@ -119,23 +98,15 @@ DEFAULT_VALUES: Mapping[str, str] = {
 }
 
 
-def _type_of(fld: Mapping[str, Any]) -> str:
-    typ = str(fld.get("type", "STRING")).upper()
-    return _TYPE_ALIASES.get(typ, typ)
-
-
-def _repeated(fld: Mapping[str, Any]) -> bool:
-    return str(fld.get("mode", "NULLABLE")).upper() == "REPEATED"
-
-
-def strictest(strategies: Sequence[str]) -> str:
-    """The strictest of ``strategies``; an unknown name counts as ``nullify``.
+def strictest(strategies: Sequence[str]) -> MaskStrategy:
+    """The strictest of ``strategies`` (:data:`~bqgate.vocabulary.MASK_STRATEGIES` is
+    strictest first); an unknown name counts as ``nullify``.
 
     >>> strictest(["last4", "hmac"]), strictest(["email"]), strictest(["bogus", "last4"])
     ('hmac', 'email', 'nullify')
     """
-    ranks = [STRICTNESS.index(s) if s in STRATEGIES else 0 for s in strategies]
-    return STRICTNESS[min(ranks)] if ranks else "nullify"
+    ranks = [MASK_STRATEGIES.index(s) if s in MASK_STRATEGIES else 0 for s in strategies]
+    return MASK_STRATEGIES[min(ranks)] if ranks else "nullify"
 
 
 def default_value(fld: Mapping[str, Any]) -> Cell:
@@ -147,9 +118,9 @@ def default_value(fld: Mapping[str, Any]) -> Cell:
     >>> default_value({"name": "a", "type": "STRING", "mode": "REPEATED"})
     []
     """
-    if _repeated(fld):
+    if repeated(fld):
         return []
-    typ = _type_of(fld)
+    typ = field_type(fld)
     if typ == "RECORD":
         return [default_value(f) for f in fld.get("fields") or ()]
     return DEFAULT_VALUES.get(typ)
@@ -235,7 +206,7 @@ def _decide(
     sub_fields = list(fld.get("fields") or ())
     if (
         not lin.counting
-        and _type_of(fld) == "RECORD"
+        and field_type(fld) == "RECORD"
         and lin.fields
         and len(lin.fields) == len(sub_fields)
     ):
@@ -246,7 +217,7 @@ def _decide(
             return ColumnMask(name, PER_FIELD, "struct with sensitive fields", masks)
     hits = sorted((src, strat) for src in lin.sources if (strat := sens.of(src)) is not None)
     if not hits:
-        if lin.fields and _type_of(fld) == "RECORD" and any(m.unknown for m in lin.fields):
+        if lin.fields and field_type(fld) == "RECORD" and any(m.unknown for m in lin.fields):
             return ColumnMask(name, "nullify", "struct field lineage unknown")
         return ColumnMask(name, None, "counting aggregate" if lin.counting else "not sensitive")
     names = ", ".join(src for src, _ in hits)
@@ -359,7 +330,7 @@ def _strategy_fn(strategy: str, typ: str, key: bytes) -> CellFn:
     def nullify(v: Cell) -> Cell:
         return None
 
-    if strategy == "nullify" or strategy not in STRATEGIES:
+    if strategy == "nullify" or strategy not in MASK_STRATEGIES:
         return nullify
     if strategy == "default":
         return to_default
@@ -504,8 +475,8 @@ class Masker:
         self, mask: ColumnMask | None, fld: Mapping[str, Any], column: str
     ) -> CellFn | None:
         """One function for a whole cell of ``fld`` (repeated and nested included)."""
-        typ = _type_of(fld)
-        repeated = _repeated(fld)
+        typ = field_type(fld)
+        many = repeated(fld)
         strategy = mask.strategy if mask is not None else None
         sub_fields = list(fld.get("fields") or ())
         inner: CellFn | None
@@ -518,23 +489,23 @@ class Masker:
                 inner = self._record([None] * len(sub_fields), sub_fields, column)
             else:
                 return None
-        elif mask is not None and mask.at_source and strategy in STRATEGIES:
+        elif mask is not None and mask.at_source and strategy in MASK_STRATEGIES:
             inner = _check_fn(strategy, typ, self._key)
         elif strategy == PER_FIELD and mask is not None and typ == "RECORD":
             sub = list(mask.fields) + [None] * (len(sub_fields) - len(mask.fields))
             inner = self._record(sub, sub_fields, column)
-        elif strategy in ("nullify", "default") and repeated:
+        elif strategy in ("nullify", "default") and many:
             return lambda v: []
         elif strategy == "default" and typ == "RECORD":
             value = default_value(fld)
             inner = lambda v: None if v is None else list(value)  # noqa: E731
-        elif typ == "RECORD" or strategy not in STRATEGIES:
+        elif typ == "RECORD" or strategy not in MASK_STRATEGIES:
             inner = _strategy_fn("nullify", typ, self._key)
         else:
             inner = _strategy_fn(strategy, typ, self._key)
         if inner is None:
             return None
-        if repeated:
+        if many:
             element = inner
             return lambda v: None if v is None else [element(x) for x in v]
         return inner

@@ -30,6 +30,7 @@ from typing import Any
 
 from bqgate.errors import Unauthenticated
 from bqgate.jobs import Job
+from bqgate.vocabulary import human_bytes
 
 APPROVE_ACTION = "bqgate_approve"
 DENY_ACTION = "bqgate_deny"
@@ -154,26 +155,6 @@ def sql_block(sql: str, limit: int = SECTION_TEXT_MAX) -> str:
     shown = len(body.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
     note = f"\n_{_TRUNCATED} SQL truncated: showing {shown:,} of {len(safe):,} characters_"
     return f"{fence}{body}{fence}{note}"
-
-
-def human_bytes(n: int | None) -> str:
-    """A byte count for people (binary units), with the exact count.
-
-    >>> human_bytes(0), human_bytes(1536), human_bytes(5 * 1024**4)
-    ('0 B', '1.5 KiB (1,536 bytes)', '5.0 TiB (5,497,558,138,880 bytes)')
-    >>> human_bytes(None)
-    'unknown (not estimated yet)'
-    """
-    if n is None:
-        return "unknown (not estimated yet)"
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        value /= 1024
-        if value < 1024 or unit == "EiB":
-            return f"{value:.1f} {unit} ({n:,} bytes)"
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def utc_text(ms: int) -> str:
@@ -466,7 +447,6 @@ __all__ = [
     "decided_message",
     "deny_modal",
     "escape",
-    "human_bytes",
     "modal_reason",
     "request_message",
     "sign",

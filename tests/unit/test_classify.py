@@ -19,6 +19,7 @@ from bqgate.sql.classify import (
     classify,
     classify_uncached,
 )
+from bqgate.vocabulary import STATEMENT_CLASSES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import always_true
@@ -457,3 +458,9 @@ def test_limits_are_a_400_before_any_parsing() -> None:
             classify_uncached(
                 sql, policy=policy, principal=AGENT, groups=(), default_project="demo-project"
             )
+
+
+def test_every_statement_class_has_a_label_and_every_kind_a_class() -> None:
+    # The vocabulary is the policy's: a class the classifier names, the policy can name.
+    assert set(classify_module.CLASS_LABELS) == set(STATEMENT_CLASSES)
+    assert set(classify_module.CLASS_BY_KIND.values()) <= set(STATEMENT_CLASSES)

@@ -13,6 +13,7 @@ import bqgate.slack_blocks as sb
 import pytest
 from bqgate.errors import Unauthenticated
 from bqgate.jobs import Job
+from bqgate.vocabulary import human_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,7 +150,7 @@ def test_every_message_respects_slack_limits(
     ],
 )
 def test_human_bytes(n: int | None, expected: str) -> None:
-    assert sb.human_bytes(n) == expected
+    assert human_bytes(n) == expected
 
 
 # --------------------------------------------------------------------------- signatures

@@ -27,7 +27,7 @@ from bqgate.chain import Keyring
 from bqgate.jobs import DONE, Job
 from bqgate.policy import parse_duration
 from bqgate.ports import DecisionQuery
-from bqgate.slack_blocks import human_bytes
+from bqgate.vocabulary import human_bytes
 
 #: ``(project, dataset) -> tier`` (``Policy.tier_of``).
 TierOf = Callable[[str, str], str | None]

@@ -46,6 +46,7 @@ from bqgate.ports import (
 )
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
 from bqgate.service.gateway import NullRecorder, Recorder, record_all
+from bqgate.vocabulary import Decision, as_decision, strictest_decision
 
 if TYPE_CHECKING:
     from bqgate.masking import Masker
@@ -68,11 +69,6 @@ _VERB = {"DELETE": "deletes", "UPDATE": "updates", "MERGE": "changes"}
 
 #: Reference kinds whose code runs with the query (their bodies are invisible to sqlglot).
 CODE_KINDS = frozenset({"routine", "table_function", "procedure", "model"})
-
-
-def _stricter(a: str, b: str) -> str:
-    order = {"allow": 0, "approve": 1, "block": 2}
-    return a if order.get(a, 2) >= order.get(b, 2) else b
 
 
 def classify_defaults(job: Job) -> dict[str, Any]:
@@ -99,7 +95,7 @@ def label_value(text: str) -> str:
     return _LABEL_BAD.sub("_", text.lower())[:63]
 
 
-def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
+def cost_decision(estimate: int, policy: Policy) -> tuple[Decision, str]:
     """The cost guard: allow, approve or block by the dry run's byte estimate.
 
     >>> from bqgate.policy import load_policy
@@ -529,8 +525,8 @@ class Executor:
 
     def _blast_radius(
         self, job: Job, plan: Rewrite
-    ) -> tuple[str, str, list[dict[str, Any]]] | None:
-        """Measure every DELETE/UPDATE/MERGE: (allow|approve|block, message, record)."""
+    ) -> tuple[Decision, str, list[dict[str, Any]]] | None:
+        """Measure every DELETE/UPDATE/MERGE: (decision, message, record)."""
         import sqlglot
 
         from bqgate.policy import WriteLimits
@@ -538,21 +534,23 @@ class Executor:
 
         checks = job.classification.get("writes") or []
         statements = [s for s in sqlglot.parse(plan.marked_sql, read="bigquery") if s is not None]
-        worst = "allow"
+        worst: Decision = "allow"
         messages: list[str] = []
         record: list[dict[str, Any]] = []
         for check in checks:
             index = int(check.get("statement", 1))
             target = str(check.get("target", ""))
             limits = WriteLimits(
-                check.get("max_rows"), check.get("max_fraction"), str(check.get("above", "approve"))
+                check.get("max_rows"),
+                check.get("max_fraction"),
+                as_decision(check.get("above", "approve")),
             )
             try:
                 if index > len(statements):
                     raise CannotMeasure("the statement is missing")
                 count_sql = measure_sql(statements[index - 1])
             except CannotMeasure as exc:
-                worst = _stricter(worst, "approve")
+                worst = strictest_decision((worst, "approve"))
                 messages.append(f"the blast radius on {target} cannot be measured ({exc})")
                 continue
             sql, params, _mode = plan.finalize(count_sql)
@@ -573,7 +571,7 @@ class Executor:
             }
             record.append(entry)
             if over:
-                worst = _stricter(worst, limits.above)
+                worst = strictest_decision((worst, limits.above))
                 messages.append(f"{text}: {over} (tier {check.get('tier')})")
             else:
                 messages.append(text)

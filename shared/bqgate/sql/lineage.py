@@ -40,6 +40,7 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 
 from bqgate.sql.names import Defaults, resolve_table_name
+from bqgate.vocabulary import field_type
 
 __all__ = ["ColumnLineage", "SchemaProvider", "output_lineage"]
 
@@ -57,14 +58,6 @@ COUNTING_AGGREGATES: tuple[type[exp.Expr], ...] = (
 
 # Pseudo-columns BigQuery exposes on tables; they carry no row data.
 PSEUDO_COLUMNS = frozenset({"_partitiontime", "_partitiondate", "_table_suffix", "_file_name"})
-
-# REST schema type -> sqlglot BigQuery type name.
-_TYPE_NAMES = {
-    "INTEGER": "INT64",
-    "FLOAT": "FLOAT64",
-    "BOOLEAN": "BOOL",
-    "RECORD": "STRUCT",
-}
 
 
 @dataclass(frozen=True)
@@ -130,9 +123,8 @@ def _rest_type(fld: Mapping[str, Any]) -> str:
     ...             "fields": [{"name": "x", "type": "INTEGER"}]})
     'ARRAY<STRUCT<`x` INT64>>'
     """
-    typ = str(fld.get("type", "STRING")).upper()
-    typ = _TYPE_NAMES.get(typ, typ)
-    if typ == "STRUCT":
+    typ = field_type(fld)
+    if typ == "RECORD":
         inner = ", ".join(f"`{sub['name']}` {_rest_type(sub)}" for sub in fld.get("fields") or ())
         typ = f"STRUCT<{inner}>" if inner else "STRING"
     elif typ not in {

@@ -47,8 +47,7 @@ CLIENTS: dict[str, tuple[str, str]] = {
     ),
     "bq CLI": (
         "bq CLI",
-        "`bqgate bq ARGS`, or `bq --api=URL ARGS` with the token and "
-        "`use_legacy_sql = false` in a bigqueryrc",
+        "`bqgate bq ARGS`, or `bq --api=URL ARGS` with the token in a bigqueryrc",
     ),
     "@google-cloud/bigquery (Node)": (
         "@google-cloud/bigquery",

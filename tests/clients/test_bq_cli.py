@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bqgate.commands.bq import bigqueryrc, find_bq
+from bqgate.commands.bq import find_bq
 from bqgate.dev.stack import Stack
 from conftest import AGENT, mint_token_for
 
@@ -72,7 +72,10 @@ def test_plain_bq_with_only_api(stack: Stack, tmp_path: Path) -> None:
     python, bq_py = find_bq()
     token = mint_token_for(stack, AGENT)
     rc = tmp_path / "bigqueryrc"
-    rc.write_text(bigqueryrc("", token, "demo-project").replace("api = \n", ""))
+    # Nothing but the token and the project: bq's default dialect (legacy SQL) is left as is.
+    plain = f"oauth_access_token = {token}\nproject_id = demo-project\n"
+    assert "legacy" not in plain
+    rc.write_text(plain)
     rc.chmod(0o600)
     env = {**os.environ, "BIGQUERYRC": str(rc), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud")}
     api = f"--api={stack.url('gateway')}"
@@ -87,3 +90,13 @@ def test_plain_bq_with_only_api(stack: Stack, tmp_path: Path) -> None:
         )
         assert out.returncode == 0 and needle in out.stdout, out.stdout + out.stderr
         assert token not in out.stdout + out.stderr
+    # A statement that may mean something else in legacy SQL is refused, saying what to set.
+    legacy = subprocess.run(
+        [python, bq_py, api, "query", "SELECT customer_id FROM [demo-project:sales.customers]"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert legacy.returncode != 0
+    assert "--nouse_legacy_sql" in legacy.stdout + legacy.stderr, legacy.stdout + legacy.stderr

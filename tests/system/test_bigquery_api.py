@@ -163,9 +163,20 @@ def test_client_byte_cap_is_the_lower_of_client_and_policy(
 def test_legacy_sql_and_unsupported_options_are_refused_clearly(
     stack: Stack, agent_token: str
 ) -> None:
-    resp = call(stack, "POST", f"{API}/queries", agent_token, json={"query": "SELECT 1"})
+    resp = call(
+        stack,
+        "POST",
+        f"{API}/queries",
+        agent_token,
+        json={"query": "SELECT a FROM analytics.events, analytics.sessions"},
+    )
     assert resp.status_code == 400
+    assert resp.json()["error"]["errors"][0]["reason"] == "invalidQuery"
     assert "useLegacySql is not set, which BigQuery reads as legacy SQL" in resp.text
+    assert "a comma between tables" in resp.text
+    # Without a dialect, a statement that reads the same in both runs as GoogleSQL (bq's default).
+    plain = call(stack, "POST", f"{API}/queries", agent_token, json={"query": "SELECT 1 AS x"})
+    assert plain.status_code == 200 and plain.json()["rows"] == [{"f": [{"v": "1"}]}]
     ok = call(
         stack, "POST", f"{API}/queries", agent_token, json={"query": "#standardSQL\nSELECT 1"}
     )

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlglot
@@ -464,3 +465,22 @@ def test_every_statement_class_has_a_label_and_every_kind_a_class() -> None:
     # The vocabulary is the policy's: a class the classifier names, the policy can name.
     assert set(classify_module.CLASS_LABELS) == set(STATEMENT_CLASSES)
     assert set(classify_module.CLASS_BY_KIND.values()) <= set(STATEMENT_CLASSES)
+
+
+def test_a_classification_over_its_time_budget_is_a_400() -> None:
+    from bqgate.errors import InvalidQuery
+
+    policy = load_policy(ROOT / "policies" / "default.yaml")
+    script = ";\n".join(
+        f"SELECT COUNT(*) FROM analytics.events WHERE event_id = {i}" for i in range(200)
+    )
+    args: dict[str, Any] = {
+        "policy": policy,
+        "principal": AGENT,
+        "groups": (),
+        "default_project": "demo-project",
+    }
+    with pytest.raises(InvalidQuery, match=r"longer than the gateway's 1e-06 s budget"):
+        classify_uncached(script, budget_s=1e-6, **args)
+    # The same script within the default budget is judged as usual.
+    assert classify_uncached(script, **args).decision in ("allow", "approve")

@@ -99,13 +99,27 @@ def test_insert_body_errors_name_the_field(body: dict[str, Any], needle: str) ->
     assert needle in err.value.message
 
 
-def test_legacy_sql_is_refused_and_absent_means_legacy_like_bigquery() -> None:
+def test_legacy_sql_is_refused_and_absent_runs_as_googlesql_only_when_it_reads_the_same() -> None:
     with pytest.raises(InvalidQuery, match="useLegacySql is true"):
         wire.parse_insert({"configuration": {"query": {"query": "SELECT 1", "useLegacySql": True}}})
-    # BigQuery reads a request without useLegacySql as legacy SQL: so does the gateway, and
-    # it says what to do about it.
-    with pytest.raises(InvalidQuery, match=r"useLegacySql is not set.*--nouse_legacy_sql"):
-        wire.parse_query({"query": "SELECT 1"})
+    # BigQuery reads a request without useLegacySql (bq's default) as legacy SQL. The gateway
+    # runs it as GoogleSQL when it means the same in both dialects ...
+    assert wire.parse_query({"query": "SELECT 1"}).sql == "SELECT 1"
+    sql = "SELECT event, COUNT(*) AS n FROM analytics.events GROUP BY event ORDER BY n, event"
+    assert wire.parse_insert({"configuration": {"query": {"query": sql}}}).sql == sql
+    # ... and refuses, saying what to do, when it may not.
+    for legacy, why in [
+        ("SELECT * FROM [demo-project:sales.customers]", "it is not GoogleSQL"),
+        ("SELECT a FROM analytics.events, analytics.sessions", "a comma between tables"),
+        (
+            "SELECT * FROM TABLE_DATE_RANGE(d.t_, TIMESTAMP('2026-01-01'), CURRENT_TIMESTAMP())",
+            "TABLE_DATE_RANGE is a legacy SQL function",
+        ),
+        ("SELECT x FROM t GROUP EACH BY x", "it is not GoogleSQL"),
+    ]:
+        with pytest.raises(InvalidQuery, match=r"useLegacySql is not set.*--nouse_legacy_sql") as e:
+            wire.parse_query({"query": legacy})
+        assert why in e.value.message
     with pytest.raises(InvalidQuery, match="#legacySQL"):
         wire.parse_query({"query": "#legacySQL\nSELECT 1"})
     assert wire.parse_query({"query": "#standardSQL\nSELECT 1"}).sql.endswith("SELECT 1")

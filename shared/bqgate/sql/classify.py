@@ -29,6 +29,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -216,6 +217,9 @@ MAX_SQL_BYTES = 1024 * 1024
 MAX_NESTING = 200
 #: Most tokens accepted before parsing.
 MAX_TOKENS = 200_000
+#: Longest one classification may take (seconds of wall time, checked between its stages
+#: and statements: the limits above bound each stage).
+BUDGET_S = 2.0
 
 #: How reasons name each statement class.
 CLASS_LABELS: Mapping[StatementClass, str] = MappingProxyType(
@@ -405,12 +409,23 @@ def classify_uncached(
     default_project: str,
     default_dataset: str | None = None,
     claims: Mapping[str, Any] | None = None,
+    budget_s: float = BUDGET_S,
 ) -> Classification:
     """:func:`classify` without the cache (what the benchmark measures).
 
     Raises :class:`~bqgate.errors.InvalidQuery` when the statement is over the size,
-    token or nesting limits (checked before any parsing work).
+    token or nesting limits (checked before any parsing work), or when judging it takes
+    longer than ``budget_s`` (checked after parsing and after each statement).
     """
+    started = time.monotonic()
+
+    def within_budget() -> None:
+        if time.monotonic() - started > budget_s:
+            raise InvalidQuery(
+                f"The query took longer than the gateway's {budget_s:g} s budget to judge; "
+                "send it as smaller statements"
+            )
+
     ctx = _Context.build(policy, principal, groups, default_project, default_dataset, claims)
     if not sql.strip():
         return _unparseable(sql, "empty SQL")
@@ -430,6 +445,7 @@ def classify_uncached(
     statements = [s for s in parsed if s is not None]
     if not statements:
         return _unparseable(sql, "no SQL statement (only comments or semicolons)")
+    within_budget()
 
     verdicts: list[StatementVerdict] = []
     normalized: list[str] = []
@@ -449,6 +465,7 @@ def classify_uncached(
             notes.extend(analysis.notes)
             if len(sql) <= GENERATE_MAX_CHARS:
                 normalized.append(_normalize(stmt))
+            within_budget()
     except RecursionError:
         raise InvalidQuery("The query is too deeply nested to be judged") from None
 

@@ -181,7 +181,9 @@ def rewrite(
     marked = _join_script(text, statements, rendered) if changed else text
     key = hmac_key if needs_key else None
     if changed:
-        out_sql, params, mode = _finalize(marked, tuple(parameters), positional, key)
+        out_sql, params, mode = _finalize(
+            marked, tuple(parameters), positional, key, uses_key=needs_key
+        )
     else:
         out_sql, params = sql, tuple(parameters)
         mode = parameter_mode if parameters else None
@@ -359,19 +361,23 @@ def _finalize(
     agent: Sequence[Mapping[str, Any]],
     positional: bool,
     key: bytes | None,
+    *,
+    uses_key: bool | None = None,
 ) -> tuple[str, tuple[Mapping[str, Any], ...], str | None]:
     """Text, parameters and mode to send for a statement in marked form.
 
     Named: the agent's parameters plus the key's (when the text uses it). Positional:
     every ``@bqgate_pos_N`` and key mark becomes ``?`` and the parameters are listed in
-    the order of the marks in the text.
+    the order of the marks in the text. ``uses_key``: whether the text uses the key, when
+    the caller knows (the rewrite itself does; a statement derived from it is tokenized).
     """
-    tokens = Dialect.get_or_raise(DIALECT).tokenize(marked)
     used: list[str] = []
-    for i, token in enumerate(tokens):
-        if token.token_type == TokenType.PARAMETER and i + 1 < len(tokens):
-            used.append(tokens[i + 1].text)
-    uses_key = masks.KEY_IPAD in used or masks.KEY_OPAD in used
+    if positional or uses_key is None:
+        tokens = Dialect.get_or_raise(DIALECT).tokenize(marked)
+        for i, token in enumerate(tokens):
+            if token.token_type == TokenType.PARAMETER and i + 1 < len(tokens):
+                used.append(tokens[i + 1].text)
+        uses_key = masks.KEY_IPAD in used or masks.KEY_OPAD in used
     if uses_key and key is None:
         raise RewriteError("the statement needs the masking key, which is not available")
     if not positional:

@@ -298,14 +298,19 @@ LEGACY_SQL_MESSAGE = (
 
 
 def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
-    """The query text, if it is GoogleSQL the way BigQuery decides the dialect.
+    """The query text, if it is to run as GoogleSQL; legacy SQL is refused with what to do.
 
-    Like BigQuery, a request that does not set ``useLegacySql`` is legacy SQL unless
-    the query starts with ``#standardSQL``; legacy SQL is refused with what to do.
+    BigQuery reads a request that does not set ``useLegacySql`` (the ``bq`` CLI's default)
+    as legacy SQL unless the query starts with ``#standardSQL``. bqgate runs such a request
+    as GoogleSQL when it reads the same in both dialects (:mod:`bqgate.sql.dialect`), so
+    ``bq query 'SELECT ...'`` works with no flag; otherwise it is refused, never guessed.
+    The executor always runs GoogleSQL, so what runs is what the classifier judged.
 
     >>> _sql("#standardSQL SELECT 1", "query", None)
     '#standardSQL SELECT 1'
-    >>> _sql("SELECT 1", "query", None)  # doctest: +ELLIPSIS
+    >>> _sql("SELECT 1", "query", None)
+    'SELECT 1'
+    >>> _sql("SELECT * FROM [p:d.t]", "query", None)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     bqgate.errors.InvalidQuery: bqgate runs GoogleSQL only, and this request asks for ...
@@ -334,12 +339,20 @@ def _sql(value: Any, path: str, use_legacy_sql: Any) -> str:
         )
     if use_legacy_sql is False or (use_legacy_sql is None and said == "standardsql"):
         return value
+    ambiguity = None
+    if use_legacy_sql is None and said is None:
+        from bqgate.sql.dialect import legacy_ambiguity
+
+        ambiguity = legacy_ambiguity(value)
+        if ambiguity is None:
+            return value
     why = (
         " (useLegacySql is true)"
         if use_legacy_sql
         else " (the query starts with #legacySQL)"
         if said == "legacysql"
-        else " (useLegacySql is not set, which BigQuery reads as legacy SQL)"
+        else " (useLegacySql is not set, which BigQuery reads as legacy SQL, and this "
+        f"statement may mean something else there: {ambiguity})"
     )
     raise InvalidQuery(LEGACY_SQL_MESSAGE.format(why=why))
 

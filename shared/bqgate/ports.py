@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bqgate.audit import Event, SessionHead
+from bqgate.audit.chain import Event, SessionHead
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
 

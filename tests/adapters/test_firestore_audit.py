@@ -9,10 +9,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from bqgate import audit
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
 from bqgate.anchors import Checkpoint
-from bqgate.chain import ChainKey, Keyring
+from bqgate.audit.chain import seal, session_doc_id
+from bqgate.chain import GENESIS, ChainKey, Keyring
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.jobs import Job
 from bqgate.verification import Finding, verify_chain
@@ -69,7 +69,7 @@ def test_events_chain_and_head_track_the_tip(client: firestore.Client) -> None:
     assert head is not None
     assert [e.kind for e in events] == ["request", "classification", "result"]
     assert [e.event_id for e in events] == ["00000001", "00000002", "00000003"]
-    assert events[0].prev_mac == audit.GENESIS
+    assert events[0].prev_mac == GENESIS
     assert events[1].prev_mac == events[0].mac and events[2].prev_mac == events[1].mac
     assert (head.last_seq, head.last_mac) == (3, events[2].mac)
     assert head.principals == ("agent@x.com",) and head.issuer == "dev"
@@ -182,7 +182,7 @@ def test_resealing_an_edited_event_without_the_key_is_named_edited(
     client: firestore.Client,
 ) -> None:
     rec, s = _session_of_three(client)
-    forged = audit.seal(
+    forged = seal(
         session_id=s,
         seq=1,
         kind="request",
@@ -247,7 +247,7 @@ def test_session_ids_unfit_for_a_document_id_are_stored_under_a_digest(
     head = rec.head(s)
     assert head is not None and head.session_id == s
     assert [e.session_id for e in rec.events(s)] == [s]
-    assert client.collection(SESSIONS).document(audit.session_doc_id(s)).get().exists
+    assert client.collection(SESSIONS).document(session_doc_id(s)).get().exists
 
 
 def test_record_many_appends_in_order_in_one_commit_and_keeps_the_chain(

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate import audit
 from bqgate.adapters.anchor_sinks import FolderSink
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
 from bqgate.anchors import AnchorIndex
-from bqgate.chain import Keyring, load_or_create_dev_key
+from bqgate.audit.chain import Event, SessionHead, canonical_json
+from bqgate.chain import GENESIS, Keyring, load_or_create_dev_key
 from bqgate.cli import main
 from bqgate.client import gateway_client as make_client
 from bqgate.dev.stack import PROJECT, Stack
@@ -269,7 +269,7 @@ def test_editing_any_stored_event_makes_verify_fail_naming_it(
         original = snap.to_dict() or {}
         data = json.loads(original["data"])
         data["edited"] = True
-        snap.reference.update({"data": audit.canonical_json(data)})
+        snap.reference.update({"data": canonical_json(data)})
         try:
             assert main(["sessions", "verify", sid, *dev(stack)]) == 1
             out = capsys.readouterr().out
@@ -302,7 +302,7 @@ def test_twenty_concurrent_requests_in_one_session_make_one_chain(
     label, sid = sid, stored_id(record, sid)
     until(
         "every result event",
-        lambda: (record.head(sid) or audit.SessionHead(sid)).counts.get("result", 0) == 20,
+        lambda: (record.head(sid) or SessionHead(sid)).counts.get("result", 0) == 20,
     )
     events = record.events(sid)
     head = record.head(sid)
@@ -338,7 +338,7 @@ def _short_session(stack: Stack, record: FirestoreRecorder, keys: Keyring, n: in
     sid = stored_id(record, label)
     until(
         "every result",
-        lambda: (record.head(sid) or audit.SessionHead(sid)).counts.get("result", 0) == n,
+        lambda: (record.head(sid) or SessionHead(sid)).counts.get("result", 0) == n,
     )
     until("every event checkpointed", lambda: fully_checkpointed(stack, keys, sid))
     return sid
@@ -356,16 +356,16 @@ def test_an_edited_and_rehashed_event_is_named_edited(
     later link and the head, as the plain SHA-256 chain let them: verify names event 1."""
     sid = _short_session(stack, record, keys)
     head_ref, events_ref = _refs(record, sid)
-    prev = audit.GENESIS
+    prev = GENESIS
     for snap in sorted(events_ref.stream(), key=lambda d: d.id):
         doc = snap.to_dict() or {}
         if snap.id == "00000001":
             data = json.loads(doc["data"])
             data["statement"] = "SELECT 'nothing to see here'"
-            doc["data"] = audit.canonical_json(data)
+            doc["data"] = canonical_json(data)
         doc["prev_mac"] = prev
-        event = audit.Event.from_doc(snap.id, doc)
-        text = prev + "\n" + audit.canonical_json(event.body())
+        event = Event.from_doc(snap.id, doc)
+        text = prev + "\n" + canonical_json(event.body())
         doc["mac"] = prev = hashlib.sha256(text.encode()).hexdigest()
         snap.reference.set(doc)
     head_ref.update({"last_mac": prev})
@@ -430,7 +430,7 @@ def test_a_label_naming_another_principals_session_does_not_touch_it(
     as near as a label can spell it ('.' is not a label character): each lands in a session
     of Eve's own; the agent's session is unchanged."""
     victim = _short_session(stack, record, keys, n=1)
-    victim_label = (record.head(victim) or audit.SessionHead(victim)).label
+    victim_label = (record.head(victim) or SessionHead(victim)).label
     before = record.events(victim)
     from bqgate.adapters.client import DevIdTokenCredentials
     from bqgate.dev.issuer import OIDC_SUBDIR, load_secret
@@ -454,7 +454,7 @@ def test_a_label_naming_another_principals_session_does_not_touch_it(
             for r in eve.query("SELECT 7 AS n", job_config=labelled(label)).result(timeout=WAIT_S)
         ] == [7]
     after = record.events(victim)
-    assert after == before and (record.head(victim) or audit.SessionHead("")).principals == (AGENT,)
+    assert after == before and (record.head(victim) or SessionHead("")).principals == (AGENT,)
     for label in labels:
         mine = stored_id(record, label, principal="eve@example.com")
         assert mine and mine != victim

@@ -87,7 +87,7 @@ def bqgate_imports(module: str, source: str, *, is_package: bool = False) -> set
             else:
                 target = node.module or ""
             if target.split(".")[0] == "bqgate":
-                # ``from bqgate import audit`` imports the module bqgate.audit.
+                # ``from bqgate import policy`` imports the module bqgate.policy.
                 found |= (
                     {f"{target}.{a.name}" for a in node.names} if target == "bqgate" else {target}
                 )

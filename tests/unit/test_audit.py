@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate import audit, verification
+from bqgate import verification
 from bqgate.anchors import AnchorIndex, Checkpoint
-from bqgate.audit import GENESIS, Event, SessionHead
-from bqgate.chain import ChainKey, Keyring
+from bqgate.audit import chain as audit_chain
+from bqgate.audit.chain import Event, SessionHead, canonical_json, event_mac
+from bqgate.audit.record import MAX_DATA_BYTES, EventKind, event_data
+from bqgate.audit.rejudge import RecordedRequest, rejudge
+from bqgate.chain import GENESIS, ChainKey, Keyring
 from bqgate.cli import main
 from bqgate.commands import sessions as cmd
+from bqgate.commands.session_views import render_rejudge, render_timeline, replay_steps
 from bqgate.jobs import Job
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,7 +34,7 @@ KEYS = Keyring([KEY])
 
 
 def seal(**kw: Any) -> Event:
-    return audit.seal(key=KEY, **kw)
+    return audit_chain.seal(key=KEY, **kw)
 
 
 # --------------------------------------------------------------------------- fakes
@@ -48,7 +52,7 @@ class MemoryRecord:
         self.retention_ms = retention_ms
         self.now_ms = 1_750_000_000_000
 
-    def record(self, job: Job, kind: audit.EventKind, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         sid = job.session_id
         head = self.heads.get(sid, SessionHead(sid))
         self.now_ms += 250
@@ -59,7 +63,7 @@ class MemoryRecord:
             at_ms=self.now_ms,
             job_id=job.job_id,
             principal=job.owner,
-            data=audit.event_data(job, kind, data, record_rows=self.record_rows),
+            data=event_data(job, kind, data, record_rows=self.record_rows),
             prev=None,
             prev_mac=head.last_mac,
             prev_expire_at_ms=head.last_expire_at_ms,
@@ -240,8 +244,8 @@ json_values = st.recursive(
 
 @given(json_values)
 def test_canonical_json_is_a_fixed_point_of_parse_and_encode(value: Any) -> None:
-    text = audit.canonical_json(value)
-    assert audit.canonical_json(json.loads(text)) == text
+    text = canonical_json(value)
+    assert canonical_json(json.loads(text)) == text
 
 
 @given(st.dictionaries(st.text(max_size=6), json_values, max_size=5))
@@ -260,7 +264,7 @@ def test_an_event_survives_storage_with_its_mac(data: dict[str, Any]) -> None:
     doc = json.loads(json.dumps(e.to_doc()))  # any JSON-faithful store
     back = Event.from_doc(e.event_id, doc)
     assert back == e
-    assert audit.event_mac(KEY, back) == e.mac
+    assert event_mac(KEY, back) == e.mac
 
 
 def test_the_mac_needs_the_key() -> None:
@@ -276,7 +280,7 @@ def test_the_mac_needs_the_key() -> None:
         expire_at_ms=2,
     )
     other = ChainKey(b"another-key-of-at-least-32-bytes!!")
-    assert audit.event_mac(other, e) != e.mac
+    assert event_mac(other, e) != e.mac
     assert e.key_id == KEY.key_id != other.key_id
     assert KEY.secret.hex() not in json.dumps(e.to_doc()) and "unit-test" not in repr(KEY)
 
@@ -335,7 +339,7 @@ def test_int_and_float_mac_differently() -> None:
 
 def test_unrecordable_values_raise_so_the_request_fails_closed() -> None:
     with pytest.raises(TypeError):
-        audit.canonical_json({"x": object()})
+        canonical_json({"x": object()})
 
 
 # --------------------------------------------------------------------------- recording
@@ -344,7 +348,7 @@ def test_unrecordable_values_raise_so_the_request_fails_closed() -> None:
 def test_request_event_records_who_what_and_from_where_but_no_token() -> None:
     j = job("j1", "SELECT 1")
     j.default_dataset = {"projectId": "demo-project", "datasetId": "analytics"}
-    data = audit.event_data(j, "request", {"request_kind": "jobs.insert"}, record_rows=5)
+    data = event_data(j, "request", {"request_kind": "jobs.insert"}, record_rows=5)
     assert data["statement"] == "SELECT 1"
     assert (data["principal"], data["groups"], data["issuer"]) == (
         AGENT,
@@ -359,19 +363,19 @@ def test_request_event_records_who_what_and_from_where_but_no_token() -> None:
 def test_result_keeps_record_rows_and_none_when_zero() -> None:
     j = job("j1", "SELECT 1")
     rows = [[i, f"v{i}"] for i in range(10)]
-    assert audit.event_data(j, "result", {"rows": rows}, record_rows=3)["rows"] == rows[:3]
-    zero = audit.event_data(j, "result", {"rows": rows, "total_rows": 10}, record_rows=0)
+    assert event_data(j, "result", {"rows": rows}, record_rows=3)["rows"] == rows[:3]
+    zero = event_data(j, "result", {"rows": rows, "total_rows": 10}, record_rows=0)
     assert zero["rows"] == [] and zero["rows_recorded"] == 0 and zero["total_rows"] == 10
 
 
 def test_oversized_rows_and_statements_are_trimmed_and_say_so() -> None:
-    j = job("j1", "SELECT '" + "x" * (audit.MAX_DATA_BYTES + 10) + "'")
+    j = job("j1", "SELECT '" + "x" * (MAX_DATA_BYTES + 10) + "'")
     big = [["y" * 10_000] for _ in range(200)]
-    result = audit.event_data(j, "result", {"rows": big}, record_rows=200)
+    result = event_data(j, "result", {"rows": big}, record_rows=200)
     assert result["rows_trimmed"] is True
     assert 0 < result["rows_recorded"] < 200
-    assert len(audit.canonical_json(result)) <= audit.MAX_DATA_BYTES
-    request = audit.event_data(j, "request", {}, record_rows=0)
+    assert len(canonical_json(result)) <= MAX_DATA_BYTES
+    request = event_data(j, "request", {}, record_rows=0)
     assert request["statement_truncated"] is True and len(request["statement_sha256"]) == 64
 
 
@@ -428,7 +432,7 @@ def test_the_gateway_records_request_classification_and_block() -> None:
 def test_timeline_has_one_line_per_event_in_order() -> None:
     rec = MemoryRecord()
     sample_session(rec)
-    lines = audit.render_timeline(rec.head("s-1"), rec.events("s-1"))
+    lines = render_timeline(rec.head("s-1"), rec.events("s-1"))
     assert lines[0].startswith("session s-1: 15 events, 3 jobs")
     assert len(lines) == 16
     assert "classified allow" in lines[2]
@@ -440,7 +444,7 @@ def test_timeline_has_one_line_per_event_in_order() -> None:
 def test_replay_shows_each_statement_and_what_the_agent_saw() -> None:
     rec = MemoryRecord()
     sample_session(rec)
-    steps = audit.replay_steps(rec.events("s-1"))
+    steps = replay_steps(rec.events("s-1"))
     assert [s.delay_ms for s in steps] == [0] + [250] * 14
     text = "\n".join(line for s in steps for line in s.lines)
     assert text.count("== statement") == 3
@@ -460,7 +464,7 @@ def test_rejudge_reports_decisions_that_would_change() -> None:
     sample_session(rec)
     strict = load_policy(DEFAULT_POLICY)  # the recorded decisions are the default policy's
 
-    def judge(req: audit.RecordedRequest) -> tuple[str, Sequence[str]]:
+    def judge(req: RecordedRequest) -> tuple[str, Sequence[str]]:
         v = classify(
             req.sql,
             policy=strict,
@@ -471,11 +475,11 @@ def test_rejudge_reports_decisions_that_would_change() -> None:
         )
         return v.decision, v.reasons
 
-    results = audit.rejudge(rec.events("s-1"), judge)
+    results = rejudge(rec.events("s-1"), judge)
     assert [r.request.job_id for r in results] == ["job-allowed", "job-blocked", "job-approved"]
     assert [r.changed for r in results] == [False, False, False]
-    flipped = audit.rejudge(rec.events("s-1"), lambda req: ("block", ["no"]))
-    lines = audit.render_rejudge(flipped, "strict.yaml")
+    flipped = rejudge(rec.events("s-1"), lambda req: ("block", ["no"]))
+    lines = render_rejudge(flipped, "strict.yaml")
     assert lines[0].startswith("statement 1 (job job-allowed): allow -> block")
     assert lines[-1] == "2 of 3 statements would be judged differently under strict.yaml"
 

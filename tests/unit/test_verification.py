@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate import audit
 from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, LogSink
 from bqgate.anchors import AnchorIndex, Checkpoint, encode_line, parse_line, read_text
-from bqgate.audit import Event, SessionHead
+from bqgate.audit.chain import Event, SessionHead, canonical_json, event_mac, seal
 from bqgate.chain import GENESIS, ChainKey, ChainKeyError, Keyring, load_or_create_dev_key
 from bqgate.verification import expired_prefix, verify, verify_chain, verify_session
 from hypothesis import given, settings
@@ -32,7 +31,7 @@ def chain(n: int, session: str = "s", key: ChainKey = KEY, expire: int = 10_000)
     out: list[Event] = []
     for i in range(1, n + 1):
         out.append(
-            audit.seal(
+            seal(
                 session_id=session,
                 seq=i,
                 kind="request",
@@ -66,7 +65,7 @@ def sha_rehash(events: list[Event], start: int) -> list[Event]:
     for e in events[start:]:
         prev = out[-1].mac if out else GENESIS
         e = replace(e, prev_mac=prev)
-        text = prev + "\n" + audit.canonical_json(e.body())
+        text = prev + "\n" + canonical_json(e.body())
         out.append(replace(e, mac=hashlib.sha256(text.encode()).hexdigest()))
     return out
 
@@ -169,7 +168,7 @@ def test_a_chain_rebuilt_with_another_key_is_caught() -> None:
         (
             lambda ev: [
                 *ev,
-                audit.seal(
+                seal(
                     session_id="s",
                     seq=5,
                     kind="k",
@@ -207,7 +206,7 @@ def test_missing_moved_and_extra_events_are_detected(
 
 def test_events_of_another_session_do_not_verify() -> None:
     events = chain(2)
-    other = audit.seal(
+    other = seal(
         session_id="t",
         seq=3,
         kind="k",
@@ -283,7 +282,7 @@ def test_a_session_rebuilt_with_the_chain_key_is_caught_by_its_checkpoints() -> 
     events = chain(5)
     anchors = [checkpoint(e) for e in events]
     rebuilt = chain(2) + [
-        audit.seal(
+        seal(
             session_id="s",
             seq=i,
             kind="request",
@@ -300,7 +299,7 @@ def test_a_session_rebuilt_with_the_chain_key_is_caught_by_its_checkpoints() -> 
     ]
     for i in range(2, 5):  # relink the rebuilt tail correctly
         rebuilt[i] = replace(rebuilt[i], prev_mac=rebuilt[i - 1].mac)
-        rebuilt[i] = replace(rebuilt[i], mac=audit.event_mac(KEY, rebuilt[i]))
+        rebuilt[i] = replace(rebuilt[i], mac=event_mac(KEY, rebuilt[i]))
     assert verify_chain(rebuilt, keys=KEYS, head=head_of(rebuilt)) is None
     report = verify_session("s", head_of(rebuilt), rebuilt, keys=KEYS, anchors=anchors, now_ms=NOW)
     assert report.status == "rewritten" and report.findings[0].event_id == "00000003"
@@ -360,7 +359,7 @@ def test_a_checkpoint_mac_is_not_an_event_mac() -> None:
     """The checkpoint key is derived: an event's MAC never passes as a checkpoint's."""
     e = chain(1)[0]
     line = json.loads(encode_line(checkpoint(e), KEY))
-    assert line["anchor_mac"] != KEY.mac(audit.canonical_json(line["bqgate_anchor"]))
+    assert line["anchor_mac"] != KEY.mac(canonical_json(line["bqgate_anchor"]))
 
 
 # --------------------------------------------------------------------------- keys
@@ -379,7 +378,7 @@ def test_keys_from_text_and_the_dev_key_file(tmp_path: Path) -> None:
 def test_a_rotated_key_keeps_old_events_verifiable() -> None:
     old, new = KEY, ChainKey(b"the next chain key, 32 bytes long!")
     first = chain(2)
-    second = audit.seal(
+    second = seal(
         session_id="s",
         seq=3,
         kind="k",

@@ -4,7 +4,7 @@ Layout (both collection groups carry an ``expire_at`` timestamp for Firestore TT
 
     sessions/{session}                 head: principals, issuer, label, started/last times,
                                        last_seq, last_mac, counts, expire_at
-    sessions/{session}/events/{seq:08d}  one event (bqgate.audit.Event.to_doc) + expire_at
+    sessions/{session}/events/{seq:08d}  one event (bqgate.audit.chain.Event.to_doc) + expire_at
 
 An append is an optimistic transaction on the head: it reads the head, then commits
 the next event and the new head in one atomic write that holds only if the event's
@@ -36,9 +36,10 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from bqgate import audit
 from bqgate.adapters.google_errors import outage_as_unavailable, retry, unavailable
 from bqgate.anchors import Checkpoint
+from bqgate.audit.chain import Event, SessionHead, seal, session_doc_id, to_plain
+from bqgate.audit.record import EventKind, event_data
 from bqgate.chain import ChainKey
 from bqgate.jobs import Job
 
@@ -133,18 +134,16 @@ class FirestoreRecorder:
 
     # --- writing -----------------------------------------------------------------
 
-    def record(self, job: Job, kind: audit.EventKind, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         """Append one event about ``job`` to its session. Raises if it cannot be stored."""
         self.record_many(job, [(kind, data)])
 
-    def record_many(
-        self, job: Job, items: Sequence[tuple[audit.EventKind, Mapping[str, Any]]]
-    ) -> None:
+    def record_many(self, job: Job, items: Sequence[tuple[EventKind, Mapping[str, Any]]]) -> None:
         """Append several events about ``job``, in order, in one atomic commit."""
         self.append_many(
             job.session_id or f"job-{job.job_id}",
             [
-                (kind, audit.event_data(job, kind, data, record_rows=self.record_rows))
+                (kind, event_data(job, kind, data, record_rows=self.record_rows))
                 for kind, data in items
             ],
             job_id=job.job_id,
@@ -162,31 +161,31 @@ class FirestoreRecorder:
         principal: str,
         issuer: str,
         label: str = "",
-    ) -> list[audit.Event]:
+    ) -> list[Event]:
         """Append events to ``session_id`` in one atomic commit; return the stored events."""
         key = self.key
         if key is None:
             raise RuntimeError("this recorder has no chain key: it cannot append")
-        head_ref = self.sessions.document(audit.session_doc_id(session_id))
+        head_ref = self.sessions.document(session_doc_id(session_id))
         events = head_ref.collection(EVENTS)
-        plain_items = [(kind, audit.to_plain(data)) for kind, data in items]
+        plain_items = [(kind, to_plain(data)) for kind, data in items]
         # Every call within rpc_timeout_s: an outage fails the append in seconds.
         bounded = retry(self.rpc_timeout_s)
 
-        def attempt() -> list[audit.Event]:
+        def attempt() -> list[Event]:
             snap = head_ref.get(retry=bounded, timeout=self.rpc_timeout_s)
             head = (
-                audit.SessionHead.from_doc(snap.to_dict() or {})
+                SessionHead.from_doc(snap.to_dict() or {})
                 if snap.exists
-                else audit.SessionHead(session_id)
+                else SessionHead(session_id)
             )
             # Keep times non-decreasing along the chain even if writers' clocks differ.
             at_ms = max(int(self.clock() * 1000), head.last_ms)
             batch = self.client.batch()
-            sealed: list[audit.Event] = []
+            sealed: list[Event] = []
             new_head = head
             for kind, plain in plain_items:
-                event = audit.seal(
+                event = seal(
                     session_id=session_id,
                     seq=new_head.last_seq + 1,
                     kind=kind,
@@ -238,7 +237,7 @@ class FirestoreRecorder:
                 self._checkpoint(sealed[-1], principal=principal, issuer=issuer, label=label)
                 return sealed
 
-    def _checkpoint(self, last: audit.Event, *, principal: str, issuer: str, label: str) -> None:
+    def _checkpoint(self, last: Event, *, principal: str, issuer: str, label: str) -> None:
         if self.checkpoint is None:
             return
         try:
@@ -259,34 +258,34 @@ class FirestoreRecorder:
 
     # --- reading -----------------------------------------------------------------
 
-    def head(self, session_id: str) -> audit.SessionHead | None:
+    def head(self, session_id: str) -> SessionHead | None:
         """The session's head document, or ``None`` if there is no such session."""
-        snap = self.sessions.document(audit.session_doc_id(session_id)).get(
+        snap = self.sessions.document(session_doc_id(session_id)).get(
             retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s
         )
-        return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
+        return SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
 
-    def events(self, session_id: str) -> list[audit.Event]:
+    def events(self, session_id: str) -> list[Event]:
         """Every stored event of the session, in chain order (malformed ones included)."""
-        ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
+        ref = self.sessions.document(session_doc_id(session_id)).collection(EVENTS)
         stored = [
             (snap.id, snap.to_dict() or {})
             for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
         ]
-        events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
+        events = [Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
 
-    def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]:
+    def by_label(self, label: str, limit: int = 20) -> list[SessionHead]:
         """Sessions grouping the client label ``label`` (one per principal that used it)."""
         query = self.sessions.where(filter=FieldFilter("label", "==", label)).limit(limit)
         return [
-            audit.SessionHead.from_doc(s.to_dict() or {})
+            SessionHead.from_doc(s.to_dict() or {})
             for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
         ]
 
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
-    ) -> list[audit.SessionHead]:
+    ) -> list[SessionHead]:
         """Sessions with activity since ``since_ms`` (of ``principal``), latest first.
 
         Uses single-field indexes only (no composite index to deploy): the principal
@@ -298,7 +297,7 @@ class FirestoreRecorder:
         elif since_ms is not None:
             query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
         heads = [
-            audit.SessionHead.from_doc(s.to_dict() or {})
+            SessionHead.from_doc(s.to_dict() or {})
             for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
         ]
         if since_ms is not None:

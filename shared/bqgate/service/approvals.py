@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from bqgate import approvals as core
 from bqgate import outbox
 from bqgate import slack_blocks as blocks
-from bqgate.audit import EventKind
+from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
     BqgateError,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from bqgate import outbox
 from bqgate.approvals import check_binding, needs_approval, quota_message
-from bqgate.audit import EventKind
+from bqgate.audit.record import EventKind
 from bqgate.errors import BqgateError, JobFailed, finished, for_job
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.outbox import OutboxRecord

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Protocol
 
 from bqgate import outbox
 from bqgate.approvals import expire_fields, quota_message
-from bqgate.audit import EventKind
+from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -61,7 +61,7 @@ class Classifier(Protocol):
 
 
 class Recorder(Protocol):
-    """The session record (bqgate.audit); ``record`` must never raise for a good event."""
+    """The session record (bqgate.audit.record); ``record`` must never raise for a good event."""
 
     def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
 

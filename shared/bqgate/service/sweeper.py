@@ -39,7 +39,7 @@ from typing import Any
 
 from bqgate import approvals as core
 from bqgate import outbox
-from bqgate.audit import EventKind
+from bqgate.audit.record import EventKind
 from bqgate.errors import BqgateError, NotFound
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
-from bqgate.errors import AccessDenied, InvalidRequest
+from bqgate.errors import AccessDenied, InvalidRequest, stored
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 
 # Approval record statuses.
@@ -388,7 +388,7 @@ def expire_fields(job: Job, now_ms: int) -> dict[str, Any] | None:
     return {
         "state": DONE,
         "ended_ms": now_ms,
-        "error": {"reason": "accessDenied", "message": expiry_message(job)},
+        "error": stored(AccessDenied(expiry_message(job))),
         "approval": rec.to_doc(),
     }
 
@@ -587,7 +587,7 @@ def decide(
                 "state": DONE,
                 "ended_ms": now_ms,
                 "approval": denied.to_doc(),
-                "error": {"reason": "accessDenied", "message": message},
+                "error": stored(AccessDenied(message)),
             },
         )
     if who in rec.approvers:

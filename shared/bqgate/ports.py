@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bqgate.audit.chain import Event, SessionHead
+from bqgate.errors import BqgateError
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
 
@@ -138,7 +139,8 @@ class QueryOutcome:
     statement_type: str | None
     num_dml_affected_rows: int | None
     total_bytes_processed: int | None
-    error: dict[str, str] | None = None
+    #: Why the job failed, as :func:`bqgate.errors.from_warehouse` clamped BigQuery's word.
+    error: BqgateError | None = None
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def test_the_emulator_s_rejections_arrive_as_gateway_leaves(
         labels={},
         maximum_bytes_billed=None,
     )
-    assert outcome.error is not None and outcome.error["reason"] == reason
+    assert outcome.error is not None and outcome.error.reason == reason
 
 
 GHOST_POLICY = """

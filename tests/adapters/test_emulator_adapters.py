@@ -142,7 +142,7 @@ def test_warehouse_reports_query_errors_without_raising(warehouse: BigQueryWareh
         labels={},
         maximum_bytes_billed=None,
     )
-    assert outcome.error is not None and outcome.error["reason"] == "invalidQuery"
+    assert outcome.error is not None and outcome.error.reason == "invalidQuery"
 
 
 def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse) -> None:

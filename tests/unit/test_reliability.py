@@ -307,7 +307,9 @@ class ScriptedWarehouse(FakeWarehouse):
         if self.run_errors:
             raise self.run_errors.pop(0)
         if self.outcome_error:
-            return QueryOutcome([], 0, None, None, None, error=self.outcome_error)
+            # What BigQuery said, through the adapter's one translation.
+            err = errors.from_warehouse(self.outcome_error["reason"], self.outcome_error["message"])
+            return QueryOutcome([], 0, None, None, None, error=err)
         return QueryOutcome(self.schema, len(self.rows), "SELECT", None, 1)
 
 

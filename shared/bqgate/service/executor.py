@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 from bqgate import outbox
 from bqgate.approvals import check_binding, needs_approval, quota_message
 from bqgate.audit.record import EventKind
-from bqgate.errors import BqgateError, JobFailed, finished, for_job
+from bqgate.errors import (
+    AccessDenied,
+    BqgateError,
+    InvalidQuery,
+    JobFailed,
+    NotFound,
+    QuotaExceeded,
+    from_warehouse,
+    stored,
+)
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
@@ -160,15 +169,13 @@ def over_client_cap(estimate: int, job: Job) -> bool:
     return bool(cap) and billed_bytes(estimate, _tables_of(job)) > (cap or 0)
 
 
-def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
+def client_cap_error(estimate: int, job: Job) -> BqgateError:
     """BigQuery's own error for a query over the client's ``maximumBytesBilled``."""
-    return {
-        "reason": "bytesBilledLimitExceeded",
-        "message": (
-            f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
-            f"{billed_bytes(estimate, _tables_of(job))} or higher required."
-        ),
-    }
+    return from_warehouse(
+        "bytesBilledLimitExceeded",
+        f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
+        f"{billed_bytes(estimate, _tables_of(job))} or higher required.",
+    )
 
 
 @dataclass
@@ -322,11 +329,10 @@ class Executor:
         if job.dry_run and job.classification.get("second_opinion"):
             return self._fail(
                 job,
-                {
-                    "reason": "accessDenied",
-                    "message": "Blocked by bqgate policy: a statement the classifier cannot "
-                    "parse gets no dry run (only a second opinion when it runs)",
-                },
+                AccessDenied(
+                    "Blocked by bqgate policy: a statement the classifier cannot "
+                    "parse gets no dry run (only a second opinion when it runs)"
+                ),
             )
         if job.classification.get("second_opinion"):
             return self._second_opinion(job)
@@ -342,10 +348,7 @@ class Executor:
             if problem:
                 return self._fail(
                     job,
-                    {
-                        "reason": "accessDenied",
-                        "message": f"Approval does not match this job: {problem}",
-                    },
+                    AccessDenied(f"Approval does not match this job: {problem}"),
                 )
         elif job.state == PENDING:
             writes = job.classification.get("writes") or []
@@ -362,7 +365,7 @@ class Executor:
                 return self._fail(job, client_cap_error(estimate, job))
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
-                return self._fail(job, {"reason": "quotaExceeded", "message": why})
+                return self._fail(job, QuotaExceeded(why))
             if decision == "approve":
                 return self._request_approval(job, why, estimate, plan=plan)
             if writes:
@@ -373,10 +376,7 @@ class Executor:
                 if verdict == "block":
                     return self._fail(
                         job,
-                        {
-                            "reason": "accessDenied",
-                            "message": f"Blocked by bqgate policy: {message}",
-                        },
+                        AccessDenied(f"Blocked by bqgate policy: {message}"),
                     )
                 if verdict == "approve":
                     return self._request_approval(job, message, estimate, plan=plan, blast=record)
@@ -403,9 +403,10 @@ class Executor:
             )
         except RewriteError as exc:
             text = str(exc)
-            reason = "notFound" if "schema of" in text else "accessDenied"
-            prefix = "Not found: " if reason == "notFound" else "Blocked by bqgate policy: "
-            self._fail(job, {"reason": reason, "message": prefix + text})
+            if "schema of" in text:
+                self._fail(job, NotFound("Not found: " + text))
+            else:
+                self._fail(job, AccessDenied("Blocked by bqgate policy: " + text))
             return None
 
     def _dry_run(self, job: Job, sql: str, params: Sequence[Mapping[str, Any]]) -> DryRun | None:
@@ -443,10 +444,7 @@ class Executor:
             reasons = [*job.classification.get("reasons", []), *problems]
             return self._fail(
                 job,
-                {
-                    "reason": "accessDenied",
-                    "message": "Blocked by bqgate policy: " + "; ".join(reasons),
-                },
+                AccessDenied("Blocked by bqgate policy: " + "; ".join(reasons)),
             )
         verdict = dict(job.classification)
         verdict["tables"] = sorted(tables)
@@ -464,7 +462,7 @@ class Executor:
         )
         estimate_ok, why = cost_decision(info.total_bytes_processed, self.policy)
         if estimate_ok != "allow":
-            return self._fail(job, {"reason": "quotaExceeded", "message": why})
+            return self._fail(job, QuotaExceeded(why))
         from bqgate.sql.rewrite import Rewrite
 
         plan = Rewrite(
@@ -604,9 +602,7 @@ class Executor:
         for rows in self.warehouse.pages(wjid, page_size=1, max_rows=1):
             if rows:
                 return list(rows[0])
-        self._fail(
-            job, {"reason": "invalidQuery", "message": "the blast-radius count returned no row"}
-        )
+        self._fail(job, InvalidQuery("the blast-radius count returned no row"))
         return None
 
     def _upper_bound(self, job: Job) -> int | None:
@@ -640,9 +636,7 @@ class Executor:
             return None
         problem = self._disagreement(job, info)
         if problem:
-            self._fail(
-                job, {"reason": "accessDenied", "message": f"Blocked by bqgate policy: {problem}"}
-            )
+            self._fail(job, AccessDenied(f"Blocked by bqgate policy: {problem}"))
             return None
         return info.total_bytes_processed
 
@@ -664,7 +658,7 @@ class Executor:
                 return "failed"
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
-                return self._fail(job, {"reason": "quotaExceeded", "message": why})
+                return self._fail(job, QuotaExceeded(why))
             if job.classification.get("writes") and blast is None:
                 measured = self._blast_radius(job, plan)
                 if measured is None:
@@ -673,10 +667,7 @@ class Executor:
                 if verdict == "block":
                     return self._fail(
                         job,
-                        {
-                            "reason": "accessDenied",
-                            "message": f"Blocked by bqgate policy: {message}",
-                        },
+                        AccessDenied(f"Blocked by bqgate policy: {message}"),
                     )
                 extra.append(message)
         if over_client_cap(estimate, job):
@@ -723,7 +714,7 @@ class Executor:
             job = self.store.transition(job.job_id, mark, dispatch=records, quota=quota)
         except QuotaFull as full:
             message = quota_message(job.owner, len(full.open_job_ids), limit)
-            return self._fail(job, {"reason": "quotaExceeded", "message": message})
+            return self._fail(job, QuotaExceeded(message))
         if not won["ok"]:
             return "awaiting-approval"
         self._record(
@@ -823,9 +814,7 @@ class Executor:
             return "failed"
         problem = self._disagreement(job, info)
         if problem:
-            return self._fail(
-                job, {"reason": "accessDenied", "message": f"Blocked by bqgate policy: {problem}"}
-            )
+            return self._fail(job, AccessDenied(f"Blocked by bqgate policy: {problem}"))
         now = self._now_ms()
         fields = {
             "state": DONE,
@@ -842,19 +831,13 @@ class Executor:
         self._record(job, "dry_run", {"total_bytes_processed": info.total_bytes_processed})
         return "dry-run"
 
-    def _fail(self, job: Job, error: BqgateError | Mapping[str, str]) -> str:
+    def _fail(self, job: Job, error: BqgateError) -> str:
         """Finish the job with a BigQuery-shaped error whose message carries no data, and
-        whose reason and status suit a finished job (:func:`bqgate.errors.finished`: never a
+        whose reason and status suit a finished job (:func:`bqgate.errors.stored`: never a
         reason a client retries, never a 5xx)."""
         from bqgate.scrub import scrub
 
-        if not isinstance(error, BqgateError):
-            error = for_job(error.get("reason"), error.get("message", "the query failed"))
-        proto = finished(error).to_error_proto()
-        err = {
-            "reason": proto["reason"],
-            "message": scrub(proto["message"], self.warehouse_project, job.project),
-        }
+        err = stored(error, scrub=lambda m: scrub(m, self.warehouse_project, job.project))
         now = self._now_ms()
         self.store.transition(
             job.job_id, lambda j: None if j.done else {"state": DONE, "ended_ms": now, "error": err}

@@ -25,8 +25,10 @@ from bqgate.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    Stopped,
     Unavailable,
     for_job,
+    stored,
 )
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
@@ -253,7 +255,7 @@ class Gateway:
             blocked = block_error(verdict)
             job.state = DONE
             job.ended_ms = job.created_ms
-            job.error = blocked.to_error_proto()
+            job.error = stored(blocked)
         handoff = self.dispatcher.record(job.job_id, outbox.ACCEPTED, self.config.execute_topic)
         quota = (
             OpenRequestQuota(principal.email, self.config.max_pending_per_principal, job.created_ms)
@@ -294,10 +296,10 @@ class Gateway:
     def _refuse_over_quota(self, job: Job, open_count: int) -> NoReturn:
         """Store and record the refusal of an approval-needing job past the quota; raise it."""
         limit = self.config.max_pending_per_principal
-        message = quota_message(job.owner, open_count, limit)
+        refusal = QuotaExceeded(quota_message(job.owner, open_count, limit))
         job.state = DONE
         job.ended_ms = job.created_ms
-        job.error = {"reason": "quotaExceeded", "message": message}
+        job.error = stored(refusal)
         self.store.create(job)
         record_all(
             self.recorder,
@@ -316,7 +318,7 @@ class Gateway:
                 ),
             ],
         )
-        raise QuotaExceeded(message)
+        raise refusal
 
     def _resume(self, job: Job) -> Job:
         """A client's retry of a job it already submitted: hand the job off again if its
@@ -431,7 +433,7 @@ class Gateway:
                 return {
                     "state": DONE,
                     "ended_ms": now,
-                    "error": {"reason": "stopped", "message": "Job cancelled by its owner"},
+                    "error": stored(Stopped("Job cancelled by its owner")),
                 }
             return None
 

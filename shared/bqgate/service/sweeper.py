@@ -40,7 +40,7 @@ from typing import Any
 from bqgate import approvals as core
 from bqgate import outbox
 from bqgate.audit.record import EventKind
-from bqgate.errors import BqgateError, NotFound
+from bqgate.errors import BqgateError, GatewayFailed, NotFound, from_warehouse, stored
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, Queue
@@ -95,11 +95,11 @@ class SweeperConfig:
     batch: int = BATCH
 
 
-def dead_letter_error(job: Job, attempts: int | None) -> dict[str, str]:
+def dead_letter_error(job: Job, attempts: int | None) -> BqgateError:
     """The error a job whose execute message died ends with (a reason no client retries).
 
     >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a")
-    >>> dead_letter_error(job, 5)["message"][:62]
+    >>> dead_letter_error(job, 5).message[:62]
     'bqgate could not run this job: its executor failed on all 5 de'
     """
     tries = f"all {attempts} deliveries" if attempts else "every delivery"
@@ -111,10 +111,10 @@ def dead_letter_error(job: Job, attempts: int | None) -> dict[str, str]:
         )
     else:
         message += ". Nothing ran in BigQuery"
-    return {"reason": "gatewayError", "message": message}
+    return GatewayFailed(message)
 
 
-def orphan_error(deadline_ms: int, job: Job) -> dict[str, str]:
+def orphan_error(deadline_ms: int, job: Job) -> BqgateError:
     """The error of a RUNNING job that outlived the gateway's deadline."""
     message = (
         f"The job did not finish within bqgate's deadline of "
@@ -125,15 +125,14 @@ def orphan_error(deadline_ms: int, job: Job) -> dict[str, str]:
             f"; BigQuery job {job.warehouse_job_id} may have run: check before running "
             "the statement again"
         )
-    return {"reason": "timeout", "message": message}
+    return from_warehouse("timeout", message)  # BigQuery's own reason for a deadline
 
 
-def undeliverable_error() -> dict[str, str]:
-    return {
-        "reason": "gatewayError",
-        "message": "bqgate could not hand this job to its executor within "
-        f"{core.describe_duration(outbox.GIVE_UP_MS)}; nothing ran in BigQuery",
-    }
+def undeliverable_error() -> BqgateError:
+    return GatewayFailed(
+        "bqgate could not hand this job to its executor within "
+        f"{core.describe_duration(outbox.GIVE_UP_MS)}; nothing ran in BigQuery"
+    )
 
 
 class Sweeper:
@@ -186,16 +185,15 @@ class Sweeper:
             log.info("sweep: %s", done)
         return done
 
-    def _end(
-        self, job_id: str, may_end: Callable[[Job], bool], error: Mapping[str, str]
-    ) -> Job | None:
+    def _end(self, job_id: str, may_end: Callable[[Job], bool], error: BqgateError) -> Job | None:
         """End the job with ``error`` if ``may_end`` still holds in the transaction."""
         now = self._now_ms()
         ended: dict[str, bool] = {}
+        err = stored(error)
 
         def end(j: Job) -> dict[str, Any] | None:
             ended["now"] = not j.done and may_end(j)
-            return {"state": DONE, "ended_ms": now, "error": dict(error)} if ended["now"] else None
+            return {"state": DONE, "ended_ms": now, "error": dict(err)} if ended["now"] else None
 
         try:
             job = self.store.transition(job_id, end)
@@ -203,7 +201,7 @@ class Sweeper:
             return None
         if not ended.get("now"):
             return None
-        self._record(job, "execution_finished", {"error": dict(error)})
+        self._record(job, "execution_finished", {"error": dict(err)})
         return job
 
     def _gave_up(self, rec: OutboxRecord) -> None:

@@ -6,7 +6,7 @@ import logging
 
 import functions_framework
 from bqgate.adapters import wiring
-from bqgate.service.approvals import job_id_from_pubsub
+from bqgate.wire.envelopes import job_id_of_event
 from cloudevents.http import CloudEvent
 
 log = logging.getLogger("bqgate.slack_notify")
@@ -14,7 +14,7 @@ log = logging.getLogger("bqgate.slack_notify")
 
 @functions_framework.cloud_event
 def slack_notify(event: CloudEvent) -> None:
-    job_id = job_id_from_pubsub(event.data)
+    job_id = job_id_of_event(event.data)
     if job_id is None:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed approvals message %s: dropped", event.get("id"))

@@ -12,7 +12,8 @@ from bqgate.identity import Principal
 from bqgate.jobs import Job
 from bqgate.service.approvals import route_api
 from bqgate.service.gateway import Gateway, GatewayConfig
-from bqgate.service.http import MAX_HEADER_BYTES, IngressApp, check_request_limits
+from bqgate.service.http import MAX_HEADER_BYTES, check_request_limits
+from bqgate.service.ingress import IngressApp
 from bqgate.wire import bigquery as wire
 from fakes import MemoryJobStore, MemoryQueue
 

@@ -13,7 +13,7 @@ from bqgate.identity import Principal
 from bqgate.jobs import DONE, Job
 from bqgate.policy import load_policy
 from bqgate.service.catalog import CachedCatalog, CatalogApp, CatalogClient, CatalogService
-from bqgate.service.http import route
+from bqgate.service.ingress import route
 from bqgate.service.metadata import MetadataApi
 from bqgate.service.tables import insert_statement, row_literals
 from bqgate.wire import bigquery as wire

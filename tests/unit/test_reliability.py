@@ -27,7 +27,7 @@ from bqgate.policy import load_policy
 from bqgate.ports import Change, DryRun, QueryOutcome
 from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig, block_error, job_error
-from bqgate.service.http import IngressApp
+from bqgate.service.ingress import IngressApp
 from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
 from hypothesis import given
 from hypothesis import strategies as st

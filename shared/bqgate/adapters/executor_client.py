@@ -11,35 +11,17 @@ paths deliver still runs once.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import requests
 
 from bqgate.ports import Queue
+from bqgate.wire import envelopes
 
 log = logging.getLogger("bqgate.ingress")
-
-
-def cloud_event(job_id: str) -> tuple[dict[str, str], bytes]:
-    """Headers and body of a binary-mode CloudEvent like a Pub/Sub push delivery."""
-    event_id = uuid.uuid4().hex
-    data = base64.b64encode(json.dumps({"job_id": job_id}).encode()).decode()
-    headers = {
-        "ce-id": event_id,
-        "ce-specversion": "1.0",
-        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-        "ce-source": "//bqgate/ingress/direct",
-        "Content-Type": "application/json",
-    }
-    body = json.dumps(
-        {"message": {"data": data, "messageId": event_id}, "subscription": "direct"}
-    ).encode()
-    return headers, body
 
 
 def google_id_token(audience: str) -> Callable[[], str | None]:
@@ -75,7 +57,7 @@ class DirectExecutor:
 
     def __call__(self, job_id: str) -> None:
         """Hand ``job_id`` to the executor; raises only if neither path took it."""
-        headers, body = cloud_event(job_id)
+        headers, body = envelopes.direct_call(job_id)
         try:
             bearer = self.token()
             if bearer:
@@ -94,7 +76,7 @@ class DirectExecutor:
                 job_id,
                 type(exc).__name__,
             )
-        self.queue.publish(self.topic, {"job_id": job_id})
+        self.queue.publish(self.topic, envelopes.job_message(job_id))
 
 
 def catalog_transport(

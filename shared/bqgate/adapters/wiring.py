@@ -302,7 +302,7 @@ def tabledata_api() -> Any:
 
 @functools.cache
 def ingress_app() -> Any:
-    from bqgate.service.http import IngressApp
+    from bqgate.service.ingress import IngressApp
 
     return IngressApp(gateway, verifier, metadata_api, tabledata_api)
 

@@ -44,7 +44,6 @@ from bqgate import slack_blocks as blocks
 from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
-    BqgateError,
     InvalidRequest,
     NotFound,
     Rejected,
@@ -58,7 +57,7 @@ from bqgate.policy import Policy
 from bqgate.ports import JobStore, PendingCursor, Queue
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
 from bqgate.service.gateway import Recorder
-from bqgate.service.http import Response, error_response, internal_error
+from bqgate.service.http import Response, answered, header, health_check
 from bqgate.wire import bigquery as wire
 
 log = logging.getLogger("bqgate.approvals")
@@ -127,33 +126,6 @@ def route_api(method: str, path: str) -> tuple[str, str | None, str | None] | No
     if m and method.upper() == "POST":
         return "decide", wire.check_job_id(m.group(1), "jobId"), m.group(2)
     return None
-
-
-def job_id_from_pubsub(envelope: Mapping[str, Any] | None) -> str | None:
-    """The ``job_id`` of a Pub/Sub ``messagePublished`` event's data, or None if malformed.
-
-    >>> data = base64.b64encode(b'{"job_id": "j1"}').decode()
-    >>> job_id_from_pubsub({"message": {"data": data}})
-    'j1'
-    >>> job_id_from_pubsub({"message": {}}) is None
-    True
-    """
-    try:
-        message = json.loads(base64.b64decode(envelope["message"]["data"]))  # type: ignore[index]
-        job_id = message["job_id"]
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        return None
-    return job_id if isinstance(job_id, str) and job_id else None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        for k, v in headers.items():
-            if k.lower() == lowered:
-                return v
-    return value
 
 
 def parse_interaction(body: bytes) -> dict[str, Any]:
@@ -646,9 +618,11 @@ class ApprovalService:
         params: Mapping[str, str] | None = None,
     ) -> Response:
         """Answer one HTTP request to the approvals function (``params``: the query string)."""
-        try:
-            if method.upper() == "GET" and path in ("/", "/healthz"):
-                return Response(200, {"status": "ok", "service": "bqgate-approvals"})
+
+        def call() -> Response:
+            health = health_check("approvals", method, path)
+            if health is not None:
+                return health
             if path.rstrip("/") == "/slack/interactions":
                 if method.upper() != "POST":
                     raise InvalidRequest("Slack interactions are POSTed")
@@ -657,10 +631,8 @@ class ApprovalService:
             if found is None:
                 raise NotFound(f"Not found: {method.upper()} {path}")
             return self.api(found, headers, body, params or {})
-        except BqgateError as err:
-            return error_response(err)
-        except Exception:  # the one place an unexpected failure becomes an answer
-            return internal_error("approvals service", method, path)
+
+        return answered("approvals service", method, path, call)
 
     # --- approver API ------------------------------------------------------------------
 
@@ -671,7 +643,7 @@ class ApprovalService:
         body: bytes,
         params: Mapping[str, str] | None = None,
     ) -> Response:
-        principal = self._verifier().verify(bearer_token(_header(headers, "Authorization")))
+        principal = self._verifier().verify(bearer_token(header(headers, "Authorization")))
         name, job_id, action = found
         if name == "list":
             args = params or {}
@@ -837,8 +809,8 @@ class ApprovalService:
     def slack(self, headers: Mapping[str, str], body: bytes) -> Response:
         blocks.verify_signature(
             self.signing_secret,
-            _header(headers, "X-Slack-Request-Timestamp"),
-            _header(headers, "X-Slack-Signature"),
+            header(headers, "X-Slack-Request-Timestamp"),
+            header(headers, "X-Slack-Signature"),
             body,
             now=self.clock(),
         )
@@ -1015,15 +987,12 @@ class ApprovalsApp:
         body: bytes,
         params: Mapping[str, str] | None = None,
     ) -> Response:
-        if method.upper() == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-approvals"})
-        try:
-            service = self._factory()
-        except BqgateError as err:
-            return error_response(err)
-        except Exception:
-            return internal_error("approvals service", method, path)
-        return service.handle(method, path, headers, body, params)
+        return health_check("approvals", method, path) or answered(
+            "approvals service",
+            method,
+            path,
+            lambda: self._factory().handle(method, path, headers, body, params),
+        )
 
 
 def _view_error(text: str) -> Response:
@@ -1045,7 +1014,6 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "group_body",
-    "job_id_from_pubsub",
     "parse_interaction",
     "route_api",
 ]

@@ -1,6 +1,6 @@
 """The ingress core: BigQuery's jobs API, judged by policy, backed by the job store.
 
-Pure: talks to ports only. ``bqgate.service.http`` maps HTTP requests onto it.
+Pure: talks to ports only. ``bqgate.service.ingress`` maps HTTP requests onto it.
 """
 
 from __future__ import annotations

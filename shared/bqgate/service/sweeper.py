@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +43,10 @@ from bqgate.errors import BqgateError, GatewayFailed, NotFound, from_warehouse, 
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, Queue
-from bqgate.service.approvals import job_id_from_pubsub
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
 from bqgate.service.gateway import Recorder
-from bqgate.service.http import Response, error_response
+from bqgate.service.http import Response, answered, error_response, health_check, json_object
+from bqgate.wire import envelopes
 
 log = logging.getLogger("bqgate.sweeper")
 
@@ -68,22 +67,6 @@ def route_sweeper(method: str, path: str) -> tuple[str, str | None] | None:
         return "sweep", None
     m = _DEAD_LETTER.match(path)
     return ("dead-letter", m.group(1)) if m else None
-
-
-def delivery_attempts(envelope: Mapping[str, Any] | None) -> int | None:
-    """How often Pub/Sub delivered a dead letter before giving up (its attribute).
-
-    >>> delivery_attempts({"message": {"attributes": {
-    ...     "CloudPubSubDeadLetterSourceDeliveryCount": "5"}}})
-    5
-    >>> delivery_attempts({}) is None
-    True
-    """
-    try:
-        raw = envelope["message"]["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"]  # type: ignore[index]
-        return int(raw)
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 @dataclass
@@ -284,40 +267,28 @@ class Sweeper:
 
     def handle(self, method: str, path: str, body: Mapping[str, Any] | None) -> Response:
         """Answer one request to the sweeper function (``body``: the decoded JSON)."""
-        if method.upper() == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-sweeper"})
+        health = health_check("sweeper", method, path)
+        if health is not None:
+            return health
         found = route_sweeper(method, path)
         if found is None:
             return error_response(NotFound(f"Not found: {method.upper()} {path}"))
-        try:
+
+        def call(found: tuple[str, str | None] = found) -> Response:
             if found[0] == "sweep":
                 return Response(200, self.sweep())
             topic = found[1] or ""
-            job_id = job_id_from_pubsub(body)
+            job_id = envelopes.job_id_of_event(body)
             if job_id is None:
                 # Acknowledge: redelivering a malformed message would never fix it.
                 log.error("malformed dead letter on %s: dropped", topic)
                 return Response(200, {"outcome": "malformed"})
-            outcome = self.dead_letter(topic, job_id, delivery_attempts(body))
+            outcome = self.dead_letter(topic, job_id, envelopes.delivery_attempts(body))
             log.info("dead letter on %s for job %s: %s", topic, job_id, outcome)
             return Response(200, {"job_id": job_id, "outcome": outcome})
-        except BqgateError as err:
-            return error_response(err)
-        except Exception:  # a 500 makes Pub/Sub (or the scheduler) try again
-            incident = uuid.uuid4().hex[:12]
-            log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
-            message = f"The sweeper failed (incident {incident})."
-            return Response(
-                500,
-                {
-                    "error": {
-                        "code": 500,
-                        "status": "INTERNAL",
-                        "message": message,
-                        "errors": [{"reason": "gatewayError", "message": message}],
-                    }
-                },
-            )
+
+        # An unexpected failure answers 500: Pub/Sub (or the scheduler) tries again.
+        return answered("sweeper", method, path, call, what="failed")
 
 
 class SweeperApp:
@@ -327,14 +298,15 @@ class SweeperApp:
     def __init__(self, factory: Callable[[], Sweeper]) -> None:
         self._factory = factory
 
-    def handle(self, method: str, path: str, body: Mapping[str, Any] | None) -> Response:
-        if method.upper() == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-sweeper"})
-        try:
-            service = self._factory()
-        except BqgateError as err:
-            return error_response(err)
-        return service.handle(method, path, body)
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        """Answer one request (a dead letter's body is read as JSON, when sent as JSON)."""
+        return health_check("sweeper", method, path) or answered(
+            "sweeper",
+            method,
+            path,
+            lambda: self._factory().handle(method, path, json_object(headers, body)),
+            what="failed",
+        )
 
 
 __all__ = [
@@ -343,7 +315,6 @@ __all__ = [
     "SweeperApp",
     "SweeperConfig",
     "dead_letter_error",
-    "delivery_attempts",
     "orphan_error",
     "route_sweeper",
 ]

@@ -37,10 +37,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from bqgate.errors import AccessDenied, InvalidRequest, stored
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
+from bqgate.policy import Policy
 
 # Approval record statuses.
 REQUESTED = "pending"
@@ -67,27 +68,6 @@ groups:
 rules: [{groups: [agents], tiers: [t], read: approve}]
 approvals: {approver_groups: [approvers], required: 1, ttl: 15m, owners: {agent@x.io: carol@x.io}}
 """
-
-
-class ApprovalPolicy(Protocol):
-    """The part of :class:`bqgate.policy.ApprovalSettings` this module reads."""
-
-    @property
-    def approver_groups(self) -> tuple[str, ...]: ...
-
-    @property
-    def required(self) -> int: ...
-
-    @property
-    def owners(self) -> Mapping[str, str]: ...
-
-    @property
-    def max_pending_per_principal(self) -> int: ...
-
-
-class PolicyLike(Protocol):
-    @property
-    def approvals(self) -> ApprovalPolicy: ...
 
 
 @dataclass(frozen=True)
@@ -467,7 +447,7 @@ def final_outcome(job: Job) -> tuple[str, str | None, str | None]:
 
 
 def require_approver(
-    approver: str, approver_groups: frozenset[str], policy: PolicyLike, *, action: str = "decide"
+    approver: str, approver_groups: frozenset[str], policy: Policy, *, action: str = "decide"
 ) -> str:
     """The approver's identity (lower-cased); :class:`AccessDenied` unless they are in one
     of the policy's approver groups.
@@ -493,7 +473,7 @@ group (approvers)
 
 
 def authorize(
-    job: Job, *, approver: str, approver_groups: frozenset[str], action: Action, policy: PolicyLike
+    job: Job, *, approver: str, approver_groups: frozenset[str], action: Action, policy: Policy
 ) -> None:
     """Raise :class:`AccessDenied` unless ``approver`` may ``action`` this job.
 
@@ -551,7 +531,7 @@ def decide(
     action: Action,
     reason: str | None,
     now_ms: int,
-    policy: PolicyLike,
+    policy: Policy,
     via: str = "api",
 ) -> Decision:
     """One approver's approve or deny on ``job``: the fields to write and what to say.

@@ -7,8 +7,8 @@ claims into a :class:`Principal` with its groups (token claim + policy mapping).
 
 >>> claims = {"iss": "https://idp.example", "sub": "42", "email": "a@example.com",
 ...           "exp": 1700000000, "groups": ["eng"]}
->>> cfg = IssuerSettings("https://idp.example", ("bqgate",), "https://idp.example/jwks",
-...                      groups_claim="groups")
+>>> cfg = Issuer("https://idp.example", ("bqgate",), "https://idp.example/jwks",
+...              groups_claim="groups")
 >>> p = principal_from_claims(claims, cfg, lambda who, claimed: frozenset(claimed))
 >>> p.email, sorted(p.groups), p.subject
 ('a@example.com', ['eng'], '42')
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from bqgate.errors import Unauthenticated
 from bqgate.policy import Issuer
@@ -37,32 +37,6 @@ MAX_GROUPS = 256
 
 GroupsFor = Callable[[str, Iterable[str]], frozenset[str]]
 """``(principal, claimed_groups) -> groups``: usually ``Policy.groups_for``."""
-
-
-class IssuerConfig(Protocol):
-    """A trusted issuer, as ``bqgate.policy.Issuer`` describes it (duck-typed)."""
-
-    @property
-    def issuer(self) -> str: ...
-
-    @property
-    def audiences(self) -> tuple[str, ...]: ...
-
-    @property
-    def jwks_uri(self) -> str: ...
-
-    @property
-    def principal_claim(self) -> str: ...
-
-    @property
-    def groups_claim(self) -> str | None: ...
-
-    @property
-    def dev_only(self) -> bool: ...
-
-
-#: A plain :class:`IssuerConfig` (for tests and resolved runtime issuers) is the policy's own.
-IssuerSettings = Issuer
 
 
 @dataclass(frozen=True)
@@ -100,12 +74,6 @@ class Principal:
             "subject": self.subject,
             "expires_at": self.expires_at,
         }
-
-
-class TokenVerifier(Protocol):
-    """Port: turns a bearer token into a :class:`Principal` or raises ``Unauthenticated``."""
-
-    def verify(self, token: str) -> Principal: ...
 
 
 def bearer_token(authorization_header: str | None) -> str:
@@ -180,7 +148,7 @@ def _claimed_groups(claims: Mapping[str, Any], groups_claim: str | None) -> tupl
 
 
 def principal_from_claims(
-    claims: Mapping[str, Any], issuer_cfg: IssuerConfig, policy_groups_for: GroupsFor
+    claims: Mapping[str, Any], issuer_cfg: Issuer, policy_groups_for: GroupsFor
 ) -> Principal:
     """Build the :class:`Principal` from already-verified claims.
 
@@ -190,7 +158,7 @@ def principal_from_claims(
     Raises:
         Unauthenticated: a required claim is missing or malformed.
 
-    >>> cfg = IssuerSettings(GOOGLE_ISSUER, ("bqgate",), "https://x/certs")
+    >>> cfg = Issuer(GOOGLE_ISSUER, ("bqgate",), "https://x/certs")
     >>> none = lambda who, claimed: frozenset()
     >>> claims = {"iss": GOOGLE_ISSUER, "sub": "1", "exp": 5, "email": "a@b.c"}
     >>> principal_from_claims(claims, cfg, none).email

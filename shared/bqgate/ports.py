@@ -1,4 +1,5 @@
-"""The ports the core talks to. One adapter per service implements each.
+"""The ports the core talks to, all of them. One adapter per service implements each
+(``bqgate.bootstrap`` wires them, and mypy checks each adapter against its port there).
 
 Unit tests use the small in-memory fakes in ``tests/fakes.py``; every adapter is
 also tested against the real emulator.
@@ -10,8 +11,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bqgate.anchors import AnchorIndex
 from bqgate.audit.chain import Event, SessionHead
+from bqgate.audit.record import EventKind
+from bqgate.chain import Keyring
 from bqgate.errors import BqgateError
+from bqgate.identity import Principal
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
 
@@ -259,3 +264,85 @@ class SessionReader(Protocol):
     ) -> list[SessionHead]: ...
 
     def by_label(self, label: str, limit: int = 20) -> list[SessionHead]: ...
+
+
+# --- the classifier, the session record, identity, chat and the checkpoints -------------
+
+
+class Classifier(Protocol):
+    def __call__(
+        self,
+        sql: str,
+        *,
+        principal: str,
+        groups: frozenset[str],
+        default_project: str,
+        default_dataset: str | None,
+        claims: Mapping[str, Any],
+    ) -> Mapping[str, Any]:
+        """Return the classification as a dict with at least ``decision`` and ``reasons``.
+
+        ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
+        May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
+        """
+
+
+class Recorder(Protocol):
+    """The session record (bqgate.audit.record); ``record`` must never raise for a good event."""
+
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
+
+
+class TokenVerifier(Protocol):
+    """Port: turns a bearer token into a :class:`Principal` or raises ``Unauthenticated``."""
+
+    def verify(self, token: str) -> Principal: ...
+
+
+class Notifier(Protocol):
+    """Port: the chat service approvers work in (Slack).
+
+    Calls raise :class:`bqgate.errors.Rejected` when Slack answered that it did nothing,
+    anything else (a timeout) when the outcome is unknown."""
+
+    def post_request(
+        self,
+        channel: str,
+        text: str,
+        blocks: Sequence[Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """Post a message (tagged with ``metadata``); return ``(channel_id, ts)``."""
+
+    def find_messages(
+        self, channel: str, event_type: str, key: str, value: str, oldest_ms: int
+    ) -> list[tuple[str, str]]:
+        """``(channel_id, ts)`` of the bot's messages since ``oldest_ms`` whose metadata
+        has ``event_type`` and ``event_payload[key] == value``, oldest first."""
+
+    def delete_message(self, channel: str, ts: str) -> None: ...
+
+    def update_message(
+        self, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+    def post_ephemeral(self, channel: str, user: str, text: str) -> None: ...
+
+    def user_email(self, user_id: str) -> str | None:
+        """The user's email (lower-cased), or None if Slack does not say."""
+
+    def open_modal(self, trigger_id: str, view: Mapping[str, Any]) -> None: ...
+
+
+class CheckpointSink(Protocol):
+    """Where session checkpoints are kept outside Firestore (a bucket, a folder, the log)."""
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Append ``lines`` (JSON, no newlines) as one batch; raise if they were not kept."""
+
+
+class Evidence(Protocol):
+    """What verification reads besides the record: the keys and the checkpoints."""
+
+    keys: Keyring | None
+    anchors: AnchorIndex

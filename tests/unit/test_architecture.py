@@ -134,3 +134,24 @@ def test_core_module_imports_no_cloud_sdk(path: Path) -> None:
     assert not imported_roots(path) & set(FORBIDDEN), (
         f"{path} imports a cloud SDK outside adapters/"
     )
+
+
+def protocols_in(source: str) -> list[str]:
+    """The classes ``source`` defines as ``typing.Protocol`` subclasses."""
+    return [
+        node.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ClassDef)
+        and any(isinstance(b, ast.Name) and b.id == "Protocol" for b in node.bases)
+    ]
+
+
+def test_every_port_is_in_ports_py() -> None:
+    assert protocols_in("class A(Protocol):\n    x: int\n") == ["A"]  # the check can fail
+    elsewhere = {
+        str(p.relative_to(PACKAGE)): found
+        for p in SOURCES
+        if p != PACKAGE / "ports.py" and (found := protocols_in(p.read_text()))
+    }
+    assert elsewhere == {}
+    assert "JobStore" in protocols_in((PACKAGE / "ports.py").read_text())

@@ -16,11 +16,11 @@ import pytest
 import requests
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.dev import issuer
-from bqgate.identity import IssuerSettings
+from bqgate.policy import Issuer
 
 SECRET = "s3cret-" + "x" * 20
 CALLBACK = "http://127.0.0.1:9/console/auth/callback"
-DEV = IssuerSettings("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
+DEV = Issuer("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
 
 
 @pytest.fixture

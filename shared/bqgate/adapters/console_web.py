@@ -52,9 +52,9 @@ from bqgate.audit.chain import SessionHead, session_doc_id
 from bqgate.chain import Keyring
 from bqgate.console import PREFIX, STATIC, TEMPLATES, sql_html, views
 from bqgate.errors import AccessDenied, BqgateError, InvalidRequest, NotFound, Unauthenticated
-from bqgate.identity import Principal, TokenVerifier
+from bqgate.identity import Principal
 from bqgate.policy import Policy
-from bqgate.ports import DecisionHistory, SessionReader
+from bqgate.ports import DecisionHistory, SessionReader, TokenVerifier
 from bqgate.service.approvals import ApprovalService, group_body
 
 log = logging.getLogger("bqgate.console")

@@ -30,7 +30,8 @@ from starlette.types import Receive, Scope, Send
 
 from bqgate import __version__
 from bqgate.errors import BqgateError, Unauthenticated
-from bqgate.identity import Principal, TokenVerifier, bearer_token
+from bqgate.identity import Principal, bearer_token
+from bqgate.ports import TokenVerifier
 from bqgate.service.http import health_check, internal_error_body
 from bqgate.service.mcp import TOOLS, McpTools, ToolResult, ToolSpec
 

@@ -139,10 +139,11 @@ def storage_client() -> Any:
 @functools.cache
 def checkpointer() -> Checkpointer:
     """Session checkpoints: a log line at once, the bucket/folder in batches (flushed at exit)."""
-    from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, GcsSink, LogSink, Sink
+    from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, GcsSink, LogSink
+    from bqgate.ports import CheckpointSink
 
     s = settings()
-    batched: list[Sink] = []
+    batched: list[CheckpointSink] = []
     if s.anchor_bucket:
         batched.append(GcsSink(storage_client(), s.anchor_bucket))
     if s.anchor_dir is not None:

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bqgate import verification
 from bqgate.anchors import AnchorIndex
@@ -36,27 +36,7 @@ from bqgate.chain import ChainKey, ChainKeyError, Keyring
 from bqgate.commands.session_views import render_rejudge, render_timeline, replay_steps
 from bqgate.errors import InvalidRequest, NotFound
 from bqgate.policy import parse_duration
-
-
-class SessionReader(Protocol):
-    """What the commands read (``FirestoreRecorder`` implements it)."""
-
-    def head(self, session_id: str) -> SessionHead | None: ...
-
-    def events(self, session_id: str) -> list[Event]: ...
-
-    def list_sessions(
-        self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
-    ) -> list[SessionHead]: ...
-
-    def by_label(self, label: str, limit: int = 20) -> list[SessionHead]: ...
-
-
-class Evidence(Protocol):
-    """What verification reads besides the record: the keys and the checkpoints."""
-
-    keys: Keyring | None
-    anchors: AnchorIndex
+from bqgate.ports import Evidence, SessionReader
 
 
 def register(subparsers: Any) -> None:

@@ -36,7 +36,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from bqgate import approvals as core
 from bqgate import outbox
@@ -50,13 +50,12 @@ from bqgate.errors import (
     Unauthenticated,
     Unavailable,
 )
-from bqgate.identity import TokenVerifier, bearer_token
+from bqgate.identity import bearer_token
 from bqgate.jobs import PENDING, PENDING_APPROVAL, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
-from bqgate.ports import JobStore, PendingCursor, Queue
+from bqgate.ports import JobStore, Notifier, PendingCursor, Queue, Recorder, TokenVerifier
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
-from bqgate.service.gateway import Recorder
 from bqgate.service.http import Response, answered, header, health_check
 from bqgate.wire import bigquery as wire
 
@@ -81,41 +80,6 @@ LOOKUP_SKEW_MS = 60_000
 _API = re.compile(r"^/v1/approvals/([^/]+):(approve|deny)/?$")
 #: What an approver sees when a dependency (Firestore, Pub/Sub, Slack) is down.
 UNAVAILABLE_NOTE = "bqgate is briefly unavailable; nothing was decided. Try again in a minute."
-
-
-class Notifier(Protocol):
-    """Port: the chat service approvers work in (Slack).
-
-    Calls raise :class:`bqgate.errors.Rejected` when Slack answered that it did nothing,
-    anything else (a timeout) when the outcome is unknown."""
-
-    def post_request(
-        self,
-        channel: str,
-        text: str,
-        blocks: Sequence[Mapping[str, Any]],
-        metadata: Mapping[str, Any] | None = None,
-    ) -> tuple[str, str]:
-        """Post a message (tagged with ``metadata``); return ``(channel_id, ts)``."""
-
-    def find_messages(
-        self, channel: str, event_type: str, key: str, value: str, oldest_ms: int
-    ) -> list[tuple[str, str]]:
-        """``(channel_id, ts)`` of the bot's messages since ``oldest_ms`` whose metadata
-        has ``event_type`` and ``event_payload[key] == value``, oldest first."""
-
-    def delete_message(self, channel: str, ts: str) -> None: ...
-
-    def update_message(
-        self, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]
-    ) -> None: ...
-
-    def post_ephemeral(self, channel: str, user: str, text: str) -> None: ...
-
-    def user_email(self, user_id: str) -> str | None:
-        """The user's email (lower-cased), or None if Slack does not say."""
-
-    def open_modal(self, trigger_id: str, view: Mapping[str, Any]) -> None: ...
 
 
 def route_api(method: str, path: str) -> tuple[str, str | None, str | None] | None:
@@ -1008,7 +972,6 @@ def _view_error(text: str) -> Response:
 __all__ = [
     "ApprovalService",
     "ApprovalsApp",
-    "Notifier",
     "Outcome",
     "PendingPage",
     "decode_cursor",

@@ -51,10 +51,11 @@ from bqgate.ports import (
     QueryOutcome,
     Queue,
     QuotaFull,
+    Recorder,
     Warehouse,
 )
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
-from bqgate.service.gateway import NullRecorder, Recorder, record_all
+from bqgate.service.gateway import NullRecorder, record_all
 from bqgate.vocabulary import Decision, as_decision, strictest_decision
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from bqgate import outbox
 from bqgate.approvals import expire_fields, quota_message
@@ -33,7 +33,7 @@ from bqgate.errors import (
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import JobStore, OpenRequestQuota, Queue, QuotaFull
+from bqgate.ports import Classifier, JobStore, OpenRequestQuota, Queue, QuotaFull, Recorder
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
@@ -42,30 +42,6 @@ from bqgate.wire import bigquery as wire
 DEFAULT_PAGE_ROWS = 10_000
 #: Most rows served per call whatever the client asks (keeps responses small).
 MAX_PAGE_ROWS = 50_000
-
-
-class Classifier(Protocol):
-    def __call__(
-        self,
-        sql: str,
-        *,
-        principal: str,
-        groups: frozenset[str],
-        default_project: str,
-        default_dataset: str | None,
-        claims: Mapping[str, Any],
-    ) -> Mapping[str, Any]:
-        """Return the classification as a dict with at least ``decision`` and ``reasons``.
-
-        ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
-        May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
-        """
-
-
-class Recorder(Protocol):
-    """The session record (bqgate.audit.record); ``record`` must never raise for a good event."""
-
-    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
 
 
 class NullRecorder:

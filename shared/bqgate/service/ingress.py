@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bqgate.errors import AccessDenied, BqgateError, InvalidRequest, NotImplementedApi
-from bqgate.identity import TokenVerifier, bearer_token
+from bqgate.identity import bearer_token
+from bqgate.ports import TokenVerifier
 from bqgate.service.gateway import Gateway
 from bqgate.service.http import Response, answered, health_check, not_found
 from bqgate.wire import bigquery as wire

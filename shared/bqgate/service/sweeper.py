@@ -42,9 +42,8 @@ from bqgate.audit.record import EventKind
 from bqgate.errors import BqgateError, GatewayFailed, NotFound, from_warehouse, stored
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import JobStore, Queue
+from bqgate.ports import JobStore, Queue, Recorder
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
-from bqgate.service.gateway import Recorder
 from bqgate.service.http import Response, answered, error_response, health_check, json_object
 from bqgate.wire import envelopes
 

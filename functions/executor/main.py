@@ -12,7 +12,8 @@ import logging
 
 import flask
 import functions_framework
-from bqgate.adapters import http_edge, wiring
+from bqgate import bootstrap
+from bqgate.adapters import http_edge
 from bqgate.service.catalog import CATALOG_PATH
 from bqgate.wire.envelopes import job_id_of_push
 
@@ -25,7 +26,7 @@ def executor(request: flask.Request) -> flask.Response:
     if request.path.rstrip("/") == CATALOG_PATH:
         return http_edge.serve(
             request,
-            lambda method, path, params, headers, body: wiring.catalog_app().handle(body),
+            lambda method, path, params, headers, body: bootstrap.catalog_app().handle(body),
             service="executor",
         )
     job_id = job_id_of_push(request.get_data(cache=False))
@@ -33,6 +34,6 @@ def executor(request: flask.Request) -> flask.Response:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
         return flask.Response("OK", status=200)
-    outcome = wiring.executor().run(job_id)
+    outcome = bootstrap.executor().run(job_id)
     log.info("job %s: %s", job_id, outcome)
     return flask.Response("OK", status=200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import functions_framework
-from bqgate.adapters import wiring
+from bqgate import bootstrap
 from bqgate.wire.envelopes import job_id_of_event
 from cloudevents.http import CloudEvent
 
@@ -20,4 +20,4 @@ def slack_notify(event: CloudEvent) -> None:
         log.error("malformed approvals message %s: dropped", event.get("id"))
         return
     # Raises on a Slack failure, so Pub/Sub redelivers (then dead-letters).
-    log.info("job %s: %s", job_id, wiring.approval_service().notify(job_id))
+    log.info("job %s: %s", job_id, bootstrap.approval_service().notify(job_id))

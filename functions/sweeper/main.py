@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate.adapters import http_edge, wiring
+from bqgate import bootstrap
+from bqgate.adapters import http_edge
 
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
@@ -14,7 +15,7 @@ http_edge.install()  # JSON (not HTML) for the web server's own error answers
 def sweeper(request: flask.Request) -> flask.Response:
     return http_edge.serve(
         request,
-        lambda method, path, params, headers, body: wiring.sweeper_app().handle(
+        lambda method, path, params, headers, body: bootstrap.sweeper_app().handle(
             method, path, headers, body
         ),
         service="sweeper",

@@ -25,11 +25,11 @@ pytestmark = pytest.mark.emulators
 LEDGER_SQL = "SELECT entry_id, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 
 
-def _clear_wiring() -> None:
-    from bqgate.adapters import wiring
+def _clear_bootstrap() -> None:
+    from bqgate import bootstrap
 
-    for name in dir(wiring):
-        clear = getattr(getattr(wiring, name), "cache_clear", None)
+    for name in dir(bootstrap):
+        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
         if callable(clear):
             clear()
 
@@ -37,9 +37,9 @@ def _clear_wiring() -> None:
 @pytest.fixture()
 def wired(stack: Stack) -> Iterator[Stack]:
     """In-process wiring built from the stack's environment (not a stale cache)."""
-    _clear_wiring()
+    _clear_bootstrap()
     yield stack
-    _clear_wiring()
+    _clear_bootstrap()
 
 
 @pytest.fixture()
@@ -60,12 +60,17 @@ def notify_client(wired: Stack) -> Any:
 
 def new_pending_job(sql: str = LEDGER_SQL) -> Job:
     """A PENDING_APPROVAL job written straight to Firestore (nothing is published)."""
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    pol = wiring.policy()
+    pol = bootstrap.policy()
     groups = pol.groups_for(AGENT)
-    classification = wiring._classifier()(
-        sql, principal=AGENT, groups=groups, default_project="demo-project", default_dataset=None
+    classification = bootstrap._classifier()(
+        sql,
+        principal=AGENT,
+        groups=groups,
+        default_project="demo-project",
+        default_dataset=None,
+        claims={},
     )
     assert classification["decision"] == "approve", classification
     now = int(time.time() * 1000)
@@ -84,7 +89,7 @@ def new_pending_job(sql: str = LEDGER_SQL) -> Job:
         bytes_estimate=4096,
         approval_requested_ms=now,
     )
-    wiring.job_store().create(job)
+    bootstrap.job_store().create(job)
     return job
 
 
@@ -112,11 +117,11 @@ def click(user: str, action_id: str, job_id: str) -> dict[str, Any]:
 
 
 def wait_job(job_id: str, pred: Any, timeout: float = 60) -> Job:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
     deadline = time.monotonic() + timeout
     while True:
-        job: Job | None = wiring.job_store().get(job_id)
+        job: Job | None = bootstrap.job_store().get(job_id)
         if job is not None and pred(job):
             return job
         if time.monotonic() > deadline:
@@ -151,9 +156,10 @@ def test_slack_rejects_forged_and_stale_requests(wired: Stack, approvals_client:
         "/slack/interactions", **signed(wired, payload, ts=int(time.time()) - 600)
     )
     assert stale.status_code == 401 and "stale" in stale.get_json()["error"]["message"]
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    assert wiring.job_store().get(job.job_id).state == PENDING_APPROVAL
+    still = bootstrap.job_store().get(job.job_id)
+    assert still is not None and still.state == PENDING_APPROVAL
 
 
 def test_slack_click_by_a_non_approver(wired: Stack, approvals_client: Any) -> None:
@@ -181,10 +187,10 @@ def test_approver_api(wired: Stack, approvals_client: Any) -> None:
         f"/v1/approvals/{job.job_id}:deny", headers=alice, json={"reason": "ledger is off limits"}
     )
     assert denied.status_code == 200 and denied.get_json()["outcome"] == "denied"
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    stored = wiring.job_store().get(job.job_id)
-    assert stored.state == DONE
+    stored = bootstrap.job_store().get(job.job_id)
+    assert stored is not None and stored.state == DONE
     assert stored.error == {
         "reason": "accessDenied",
         "message": "Denied by alice@example.com: ledger is off limits",
@@ -212,9 +218,11 @@ def test_slack_notify_posts_the_request_once(wired: Stack, notify_client: Any) -
     messages = requests.get(wired.url("slack") + "/_test/messages", timeout=10).json()["messages"]
     mine = [m for m in messages if job.job_id in json.dumps(m["blocks"])]
     assert len(mine) == 1
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    rec = ApprovalRecord.from_doc(wiring.job_store().get(job.job_id).approval)
+    notified = bootstrap.job_store().get(job.job_id)
+    assert notified is not None
+    rec = ApprovalRecord.from_doc(notified.approval)
     assert (rec.slack_channel, rec.slack_ts) == (mine[0]["channel"], mine[0]["ts"])
     bad = notify_client.post(
         "/", json={"message": {"data": "!!"}}, headers={**headers, "ce-id": uuid.uuid4().hex}

@@ -31,10 +31,10 @@ def store(stack: Stack) -> FirestoreJobStore:
 
 @pytest.fixture()
 def sweeper(stack: Stack) -> Iterator[Any]:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    for name in dir(wiring):
-        clear = getattr(getattr(wiring, name), "cache_clear", None)
+    for name in dir(bootstrap):
+        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
         if callable(clear):
             clear()
     yield create_app("sweeper", str(REPO_ROOT / "functions/sweeper/main.py"), "http").test_client()

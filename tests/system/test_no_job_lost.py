@@ -158,11 +158,11 @@ def test_approve_while_publishing_fails_runs_once_after_recovery(
     assert sent.finished and sent.sent_ms is not None and sent.attempts >= 3
 
 
-def _clear_wiring() -> None:
-    from bqgate.adapters import wiring
+def _clear_bootstrap() -> None:
+    from bqgate import bootstrap
 
-    for name in dir(wiring):
-        clear = getattr(getattr(wiring, name), "cache_clear", None)
+    for name in dir(bootstrap):
+        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
         if callable(clear):
             clear()
 
@@ -173,10 +173,10 @@ def executor_down(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fau
     stack's own ingress and executor are untouched)."""
     proxy = FaultProxy(("127.0.0.1", stack.ports["executor"]))
     monkeypatch.setenv("BQGATE_EXECUTOR_URL", f"http://{proxy.address}")
-    _clear_wiring()
+    _clear_bootstrap()
     yield proxy
     proxy.close()
-    _clear_wiring()
+    _clear_bootstrap()
 
 
 def test_a_retried_insert_of_a_stored_undispatched_job_runs_it_once(

@@ -22,6 +22,8 @@ TEST_DEPS = [
     "python-hcl2==8.1.4",
     "selenium>=4.20",
     "gcp-storage-emulator==2026.7.19",  # a Cloud Storage stand-in for the checkpoint sink
+    "pytest-xdist>=3.5",  # two workers, each with its own stack: much of a system test is waiting
+    "uv>=0.5",  # the bundle tests' fresh venvs in seconds (tests/infra/test_bundles.py)
 ]
 # The client matrix (tests/clients): pinned, so the README's "Works with" table is reproducible.
 CLIENT_DEPS = [
@@ -60,7 +62,10 @@ def tests(session: nox.Session) -> None:
     Without arguments it then runs the client matrix too (``clients``)."""
     _ensure_chromium(session)
     session.install("-e", ".", *TEST_DEPS)
-    session.run("pytest", "--ignore=tests/clients", *(session.posargs or ["-q"]))
+    # Two workers (pytest-xdist), each with its own local stack, a test file at a time: the
+    # system tests spend much of their time waiting on emulators and deadlines.
+    default = ["-q", "-n", "2", "--dist", "loadfile"]
+    session.run("pytest", "--ignore=tests/clients", *(session.posargs or default))
     if not session.posargs:
         session.notify("clients")
 

@@ -224,10 +224,13 @@ def test_alice_approves_in_the_console_and_the_agent_gets_rows(
     )
     steps = browser.find_elements(By.CSS_SELECTOR, f"#job-{job.job_id} li.step")
     kinds = [s.get_attribute("data-kind") for s in steps]
+    # slack_notify records "notified" once Slack has the request (the message was there
+    # before the decision, so it comes before it).
     assert kinds == [
         "request",
         "classification",
         "approval_requested",
+        "notified",
         "approval_decided",
         "execution_started",
         "execution_finished",
@@ -245,7 +248,7 @@ def test_alice_approves_in_the_console_and_the_agent_gets_rows(
     lines = requests.get(
         export, cookies={"bqgate-console": cookie["value"]}, timeout=10
     ).text.splitlines()
-    assert len(lines) == 7 and all(line.startswith("{") for line in lines)
+    assert len(lines) == len(kinds) == 8 and all(line.startswith("{") for line in lines)
 
 
 def test_bob_denies_with_a_reason_and_the_agent_sees_it(

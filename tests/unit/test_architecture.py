@@ -1,4 +1,5 @@
-"""The shape of the code, checked: which layer may import which, and where the SDKs live.
+"""The shape of the code, checked: which layer may import which, where the SDKs and the ports
+live, and that the README's Layout section names the tree as it is.
 
 Layers, lowest first; a module imports only from its own layer or one below it:
 
@@ -19,6 +20,7 @@ Layers, lowest first; a module imports only from its own layer or one below it:
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,31 @@ def test_every_port_is_in_ports_py() -> None:
     }
     assert elsewhere == {}
     assert "JobStore" in protocols_in((PACKAGE / "ports.py").read_text())
+
+
+def layout_block() -> str:
+    """The code block of the README's "Layout" section."""
+    section = (ROOT / "README.md").read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+#: Packages whose every module the layout names (the others are named as packages).
+_LISTED_PACKAGES = ("", "adapters", "audit", "service", "sql", "wire")
+
+
+def test_the_readme_layout_matches_the_tree() -> None:
+    block = layout_block()
+    names = set(re.findall(r"[\w.]+\.py|[\w]+/", block))
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        package = rel.parts[0] if len(rel.parts) > 1 else ""
+        if path.name == "__init__.py" or "__pycache__" in rel.parts:
+            continue
+        wanted = path.name if package in _LISTED_PACKAGES else f"{package}/"
+        if wanted not in names:
+            missing.append(str(rel))
+    assert missing == [], "modules the README's Layout section does not name"
+    known = {p.name for p in ROOT.glob("**/*.py") if ".nox" not in p.parts}
+    stale = sorted(n for n in names if n.endswith(".py") and n not in known)
+    assert stale == [], "files the README's Layout section names that do not exist"

@@ -40,10 +40,10 @@ def gateway_credentials(
         DevStackNotFound: local use but no dev stack state.
     """
     from bqgate.adapters.client import DevIdTokenCredentials, adc_id_token_credentials
-    from bqgate.adapters.oidc import _is_loopback
     from bqgate.dev import issuer as dev_issuer
+    from bqgate.identity import is_loopback
 
-    local = dev_dir is not None or principal is not None or url is None or _is_loopback(url)
+    local = dev_dir is not None or principal is not None or url is None or is_loopback(url)
     credentials: IdTokenCredentials
     if local:
         endpoints = dev_issuer.read_endpoints(dev_issuer.find_dev_dir(dev_dir))

@@ -16,9 +16,11 @@ claims into a :class:`Principal` with its groups (token claim + policy mapping).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from bqgate.errors import Unauthenticated
 from bqgate.policy import Issuer
@@ -74,6 +76,29 @@ class Principal:
             "subject": self.subject,
             "expires_at": self.expires_at,
         }
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname) is this machine: ``localhost`` or a loopback IP.
+
+    >>> is_loopback_host("127.0.0.1"), is_loopback_host("::1"), is_loopback_host("gw.example")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine (the dev stack).
+
+    >>> is_loopback("http://localhost:8180/x"), is_loopback("https://gw.example")
+    (True, False)
+    """
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def bearer_token(authorization_header: str | None) -> str:

@@ -9,7 +9,6 @@ JWKS endpoint fails the request closed with :class:`~bqgate.errors.Unavailable`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import threading
@@ -28,6 +27,7 @@ from bqgate.identity import (
     MAX_TOKEN_CHARS,
     GroupsFor,
     Principal,
+    is_loopback,
     principal_from_claims,
     safe_repr,
 )
@@ -77,21 +77,11 @@ def parse_max_age(cache_control: str | None) -> float:
     return min(max(seconds, MIN_MAX_AGE), MAX_MAX_AGE)
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(url: str, what: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and _is_loopback(url):
+    if parts.scheme == "http" and is_loopback(url):
         return
     raise ValueError(f"{what} must be an https URL (http only on loopback): {url!r}")
 

@@ -42,7 +42,6 @@ import contextlib
 import hashlib
 import hmac
 import html
-import ipaddress
 import json
 import os
 import re
@@ -63,6 +62,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bqgate.identity import is_loopback_host
 from bqgate.settings import DEV_AUDIENCE, DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
 
 KEY_FILE = "dev-key.pem"
@@ -398,12 +398,7 @@ def is_loopback_redirect(uri: str) -> bool:
         return False
     if parts.scheme not in ("http", "https") or parts.fragment or parts.username:
         return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def pkce_challenge(verifier: str) -> str:

@@ -2,14 +2,21 @@
 
 For each dispatch path (``direct-call`` fast path and ``pubsub``), a fresh local stack:
 
-* overhead: the same allowed SELECT through the gateway with the standard client and
-  straight to the BigQuery emulator with the same client, interleaved, ``runs`` each, for
-  a small result and a 10,000-row result;
+* overhead: the same allowed statement through the gateway with the standard client and
+  straight to the BigQuery emulator with the same client, interleaved, ``runs`` each:
+  a small result, a 10,000-row result, a read of a table with sensitive columns (the
+  masking rewrite: the gateway runs the rewritten statement, the emulator the plain one),
+  and a write (a DELETE with a WHERE on a non-production table: the gateway measures its
+  blast radius with a count query first);
 * breakdown of the gateway's time from its own records (classify, dry run, dispatch hop,
   warehouse, result paging) and auth measured in-process;
-* throughput: allowed queries per second with 8 concurrent agents, and the error count;
+* throughput: allowed queries per second with 32 concurrent agents (each its own client and
+  session), through the gateway and straight to the emulator alone (before and after the
+  gateway's run, averaged), and the error count;
 * cold start of each function (fresh interpreter to first answered request) and the
-  ``python -X importtime`` top offenders.
+  ``python -X importtime`` top offenders;
+* a comparison with the previous results (``bench/results/gateway.json`` as last
+  committed): every row worse by more than 10 % (and 5 ms) is flagged a regression.
 
 Run: ``python -m bench`` (all benchmarks) or ``python bench/bench_gateway.py``.
 """
@@ -31,9 +38,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "SELECT name, COUNT(*) AS n FROM `demo-project.analytics.events` GROUP BY name"
 LARGE = "SELECT order_id, customer_id, amount, status FROM `demo-project.sales.orders`"
-TARGET_P50_OVERHEAD_MS = 100.0
-STRETCH_P50_OVERHEAD_MS = 40.0
+#: Sensitive columns (email, ssn): the gateway runs the masking rewrite of this statement.
+MASKED = (
+    "SELECT customer_id, email, ssn, country FROM `demo-project.sales.customers` "
+    "WHERE customer_id <= 50"
+)
+#: A write on a non-production table whose WHERE matches nothing: allowed by the policy
+#: after the gateway has measured its blast radius (a count query) at 0 rows.
+WRITE = "DELETE FROM `demo-project.analytics.events` WHERE event_id < 0"
+#: The statements measured side by side, by name.
+STATEMENTS = {"small": SMALL, "large": LARGE, "masked": MASKED, "write": WRITE}
+TARGET_P50_OVERHEAD_MS = 25.0
+TARGET_LARGE_RATIO = 1.3
+TARGET_THROUGHPUT_SHARE = 0.9
 TARGET_COLD_START_S = 0.6
+AGENTS = 32
+THROUGHPUT_SECONDS = 10.0
+#: A row of the comparison is a regression when worse by more than both of these.
+REGRESSION_SHARE = 0.10
+REGRESSION_MS = 5.0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -48,6 +71,7 @@ def pct(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(pct(values, 0.5), 3),
+        "p95": round(pct(values, 0.95), 3),
         "p99": round(pct(values, 0.99), 3),
         "mean": round(statistics.fmean(values), 3) if values else float("nan"),
         "runs": len(values),
@@ -94,8 +118,8 @@ def overhead(gw: Any, direct: Any, sql: str, runs: int, store: Any) -> dict[str,
         "rows": rows_gw,
         "gateway_ms": g,
         "direct_ms": d,
-        "overhead_ms": {"p50": round(g["p50"] - d["p50"], 3), "p99": round(g["p99"] - d["p99"], 3)},
-        "ratio": {"p50": round(g["p50"] / d["p50"], 3), "p99": round(g["p99"] / d["p99"], 3)},
+        "overhead_ms": {q: round(g[q] - d[q], 3) for q in ("p50", "p95", "p99")},
+        "ratio": {q: round(g[q] / d[q], 3) for q in ("p50", "p95", "p99")},
         "breakdown_ms": {k: summary(v) for k, v in parts.items()},
         "samples": {"gateway_ms": gw_ms, "direct_ms": direct_ms},
     }
@@ -108,17 +132,21 @@ def _run(client: Any, sql: str) -> tuple[int, str]:
 
 
 def throughput(
-    make_client: Callable[[], Any], agents: int = 8, seconds: float = 10.0
+    make_client: Callable[[int], Any], agents: int = AGENTS, seconds: float = THROUGHPUT_SECONDS
 ) -> dict[str, Any]:
+    """Allowed small queries per second with ``agents`` threads, each its own client."""
     ok = [0] * agents
     errors: list[str] = []
     latencies: list[float] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    clients = [make_client(i) for i in range(agents)]  # built before the clock starts
+    ready = threading.Barrier(agents + 1)
+    stop = [0.0]
 
     def agent(i: int) -> None:
-        client = make_client()
-        while time.monotonic() < stop:
+        client = clients[i]
+        ready.wait()
+        while time.monotonic() < stop[0]:
             try:
                 ms, _ = _timed(lambda: _run(client, SMALL))
                 with lock:
@@ -129,9 +157,11 @@ def throughput(
                     errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
 
     threads = [threading.Thread(target=agent, args=(i,)) for i in range(agents)]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
+    t0 = time.monotonic()
+    stop[0] = t0 + seconds
+    ready.wait()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
@@ -246,18 +276,36 @@ def run_path(name: str, fast: bool, runs: int, tmp: Path) -> dict[str, Any]:
         os.environ.update(stack.function_env())
         store = FirestoreJobStore(firestore.Client(project="demo-project"))
         gw = gateway_client(stack.url("gateway"), dev_dir=stack.state_dir)
-        direct = bigquery.Client(
-            project="demo-project",
-            credentials=AnonymousCredentials(),
-            client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
-        )
+
+        def emulator_client(i: int = 0) -> Any:
+            return bigquery.Client(
+                project="demo-project",
+                credentials=AnonymousCredentials(),
+                client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+            )
+
+        def agent_client(i: int) -> Any:
+            # Each agent its own client and session (separate agents have separate
+            # identities, so separate sessions: one session's record is one chain).
+            client = gateway_client(stack.url("gateway"), dev_dir=stack.state_dir)
+            client.default_query_job_config = bigquery.QueryJobConfig(
+                labels={"session_id": f"bench-agent-{i}"}
+            )
+            return client
+
+        direct = emulator_client()
         result: dict[str, Any] = {"fast_path": fast}
-        result["small"] = overhead(gw, direct, SMALL, runs, store)
-        result["large"] = overhead(gw, direct, LARGE, max(10, runs // 5), store)
+        for size, sql in STATEMENTS.items():
+            count = runs if size == "small" else max(10, runs // 5)
+            result[size] = overhead(gw, direct, sql, count, store)
         result["auth_ms"] = auth_cost(stack)
-        result["throughput"] = throughput(
-            lambda: gateway_client(stack.url("gateway"), dev_dir=stack.state_dir)
-        )
+        before = throughput(emulator_client)
+        through = throughput(agent_client)
+        after = throughput(emulator_client) if fast else before
+        alone = round((before["qps"] + after["qps"]) / 2, 2)
+        through["emulator_alone"] = {"qps": alone, "runs": [before, after] if fast else [before]}
+        through["share_of_emulator"] = round(through["qps"] / alone, 3) if alone else None
+        result["throughput"] = through
         if fast:
             from bqgate.dev.issuer import OIDC_SUBDIR, mint_token
 
@@ -300,8 +348,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, size in zip(axes, ("small", "large"), strict=True):
+    sizes = [s for s in STATEMENTS if s in results["paths"]["direct-call"]]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4))
+    for ax, size in zip(axes, sizes, strict=True):
         data, labels = [], []
         first = True
         for name, res in results["paths"].items():
@@ -312,7 +361,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             data.append(res[size]["samples"]["gateway_ms"])
             labels.append(f"gateway ({name})")
         ax.boxplot(data, tick_labels=labels, showfliers=True)
-        ax.set_title(f"{size} result ({results['paths']['direct-call'][size]['rows']} rows)")
+        ax.set_title(f"{size} ({results['paths']['direct-call'][size]['rows']} rows)")
         ax.set_ylabel("ms per query (client.query(...).result())")
         ax.tick_params(axis="x", labelrotation=15)
     fig.tight_layout()
@@ -320,29 +369,125 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def previous_results(out_dir: Path) -> dict[str, Any] | None:
+    """The results this run is compared with: ``bench/results/gateway.json`` as last
+    committed (else the file this run is about to replace)."""
+    try:
+        proc = subprocess.run(
+            ["git", "show", "HEAD:bench/results/gateway.json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+        )
+        if proc.returncode == 0:
+            committed: dict[str, Any] = json.loads(proc.stdout)
+            return committed
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    path = out_dir / "gateway.json"
+    if path.exists():
+        try:
+            loaded: dict[str, Any] = json.loads(path.read_text())
+            return loaded
+        except ValueError:
+            return None
+    return None
+
+
+def _worse(new: float, old: float, *, higher_is_worse: bool, abs_floor: float) -> bool:
+    if higher_is_worse:
+        return new > old * (1 + REGRESSION_SHARE) and new - old > abs_floor
+    return new < old * (1 - REGRESSION_SHARE) and old - new > abs_floor
+
+
+def compare(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every comparable row of this run next to the previous one, regressions flagged.
+
+    Latency rows compare the gateway's overhead over direct access (p50), which the
+    machine's load moves less than absolute times; throughput compares queries per second
+    with the same number of agents; cold starts compare seconds (p50)."""
+    old_paths = (previous or {}).get("paths") or {}
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, old: float | None, new: float, unit: str, worse: bool) -> None:
+        rows.append(
+            {
+                "row": name,
+                "previous": old,
+                "now": new,
+                "unit": unit,
+                "change": None if old is None else round(new - old, 3),
+                "regression": bool(old is not None and worse),
+            }
+        )
+
+    for path, res in current["paths"].items():
+        old = old_paths.get(path) or {}
+        for size in STATEMENTS:
+            if size not in res:
+                continue
+            new_over = float(res[size]["overhead_ms"]["p50"])
+            old_over = (old.get(size) or {}).get("overhead_ms", {}).get("p50")
+            worse = old_over is not None and _worse(
+                new_over, float(old_over), higher_is_worse=True, abs_floor=REGRESSION_MS
+            )
+            add(f"{path}: {size} overhead p50", old_over, new_over, "ms", worse)
+        t, old_t = res["throughput"], old.get("throughput") or {}
+        same_load = old_t.get("agents") == t["agents"]
+        old_qps = old_t.get("qps") if same_load else None
+        worse = old_qps is not None and _worse(
+            float(t["qps"]), float(old_qps), higher_is_worse=False, abs_floor=0.5
+        )
+        add(f"{path}: throughput, {t['agents']} agents", old_qps, float(t["qps"]), "q/s", worse)
+        for fn, c in (res.get("cold_start") or {}).items():
+            new_s = float(c["seconds"]["p50"])
+            old_s = ((old.get("cold_start") or {}).get(fn) or {}).get("seconds", {}).get("p50")
+            worse = old_s is not None and _worse(
+                new_s, float(old_s), higher_is_worse=True, abs_floor=0.05
+            )
+            add(f"{path}: cold start {fn}", old_s, new_s, "s", worse)
+    return rows
+
+
 def main(out_dir: Path, runs: int = 50) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    previous = previous_results(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {
             "direct-call": run_path("direct-call", True, runs, Path(tmp)),
             "pubsub": run_path("pubsub", False, runs, Path(tmp)),
         }
-    fast = paths["direct-call"]["small"]["overhead_ms"]["p50"]
+    fast = paths["direct-call"]
+    share = fast["throughput"]["share_of_emulator"]
     results = {
         "paths": paths,
         "targets": {
             "overhead_p50_ms": {
                 "target": TARGET_P50_OVERHEAD_MS,
-                "stretch": STRETCH_P50_OVERHEAD_MS,
-                "measured_direct_call": fast,
+                "measured_direct_call": fast["small"]["overhead_ms"]["p50"],
                 "measured_pubsub": paths["pubsub"]["small"]["overhead_ms"]["p50"],
-                "met": fast <= TARGET_P50_OVERHEAD_MS,
-                "stretch_met": fast <= STRETCH_P50_OVERHEAD_MS,
+                "met": fast["small"]["overhead_ms"]["p50"] <= TARGET_P50_OVERHEAD_MS,
             },
-            "cold_start_s": {n: v["met"] for n, v in paths["direct-call"]["cold_start"].items()},
+            "large_ratio_p50": {
+                "target": TARGET_LARGE_RATIO,
+                "measured_direct_call": fast["large"]["ratio"]["p50"],
+                "met": fast["large"]["ratio"]["p50"] <= TARGET_LARGE_RATIO,
+            },
+            "throughput_share_of_emulator": {
+                "target": TARGET_THROUGHPUT_SHARE,
+                "agents": fast["throughput"]["agents"],
+                "measured_direct_call": share,
+                "errors": fast["throughput"]["errors"],
+                "met": share is not None
+                and share >= TARGET_THROUGHPUT_SHARE
+                and fast["throughput"]["errors"] == 0,
+            },
+            "cold_start_s": {n: v["met"] for n, v in fast["cold_start"].items()},
             "throughput_errors": {n: p["throughput"]["errors"] for n, p in paths.items()},
         },
     }
+    results["comparison"] = compare(previous, results)
     (out_dir / "gateway.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out_dir / "gateway_latency.png")
     return results

@@ -10,14 +10,16 @@ from typing import Any
 from bqgate.approvals import holds_quota_slot, statement_hash_of
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
-from bqgate.outbox import OutboxRecord
+from bqgate.outbox import OutboxRecord, delivered
 from bqgate.ports import (
     Dispatches,
     DryRun,
     OpenRequestQuota,
+    Page,
     PendingCursor,
     QueryOutcome,
     QuotaFull,
+    Recording,
 )
 
 _COUNT_SCHEMA = [{"name": "touched", "type": "INTEGER"}, {"name": "total", "type": "INTEGER"}]
@@ -31,6 +33,8 @@ class MemoryJobStore:
         self.pages: dict[tuple[str, int], tuple[int, str]] = {}
         self.outbox: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()
+        #: Calls that reached the store: reads, creates, writing transitions, page writes.
+        self.reads = self.creates = self.transitions = self.page_puts = self.page_reads = 0
 
     def _check_quota(self, job: Job, quota: OpenRequestQuota | None) -> None:
         if quota is None or not holds_quota_slot(job, quota.now_ms):
@@ -55,15 +59,20 @@ class MemoryJobStore:
         *,
         dispatch: Sequence[OutboxRecord] = (),
         quota: OpenRequestQuota | None = None,
+        record: Recording | None = None,
     ) -> None:
         with self.lock:
+            self.creates += 1
             if job.job_id in self.docs:
                 raise Duplicate(f"Already Exists: Job {job.job_id}")
             self._check_quota(job, quota)
+            if record is not None:  # under the lock, before the write: one atomic change
+                record.write(job)
             self.docs[job.job_id] = copy.deepcopy(job.to_doc())
             self._write_outbox(dispatch)
 
     def get(self, job_id: str) -> Job | None:
+        self.reads += 1
         doc = self.docs.get(job_id)
         return Job.from_doc(copy.deepcopy(doc)) if doc else None
 
@@ -74,6 +83,9 @@ class MemoryJobStore:
         *,
         dispatch: Dispatches | None = None,
         quota: OpenRequestQuota | None = None,
+        record: Recording | None = None,
+        pages: Sequence[Page] = (),
+        complete: Sequence[str] = (),
     ) -> Job:
         with self.lock:
             if job_id not in self.docs:
@@ -81,9 +93,17 @@ class MemoryJobStore:
             job = Job.from_doc(copy.deepcopy(self.docs[job_id]))
             fields = change(job)
             if fields:
+                self.transitions += 1
                 new = Job.from_doc({**copy.deepcopy(self.docs[job_id]), **copy.deepcopy(fields)})
                 self._check_quota(new, quota)
+                if record is not None:  # under the lock, before the write: one atomic change
+                    record.write(new)
                 self.docs[job_id].update(copy.deepcopy(fields))
+                for page in pages:
+                    self.pages[(job_id, page.index)] = (page.start, page.rows_json)
+                for rid in complete:
+                    if rid in self.outbox:
+                        self.outbox[rid].update(delivered(0))
                 if dispatch is not None:
                     self._write_outbox(dispatch(new))
             return Job.from_doc(copy.deepcopy(self.docs[job_id]))
@@ -171,9 +191,11 @@ class MemoryJobStore:
         return sorted(jobs, key=lambda j: -j.created_ms)[:limit]
 
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
+        self.page_puts += 1
         self.pages[(job_id, index)] = (start, rows_json)
 
     def get_pages(self, job_id: str, first: int, last: int) -> list[tuple[int, str]]:
+        self.page_reads += 1
         return [self.pages[(job_id, i)] for i in range(first, last + 1)]
 
 

@@ -2,8 +2,10 @@
 requests. Thin.
 
 Pub/Sub push deliveries and the ingress's direct calls (a binary-mode CloudEvent) carry
-the same body, ``{"message": {"data": base64({"job_id": ...})}}``; ``POST /bqgate/catalog``
-is a metadata request (only the ingress may invoke this function, by Cloud Run IAM).
+the same body, ``{"message": {"data": base64({"job_id": ...})}}``; a direct call
+(``X-Bqgate-Direct: 1``) is answered with the finished job and its inline rows;
+``POST /bqgate/catalog`` is a metadata request (only the ingress may invoke this
+function, by Cloud Run IAM).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import logging
 import flask
 import functions_framework
 from bqgate import bootstrap
-from bqgate.adapters import http_edge
+from bqgate.adapters import executor_client, http_edge
 from bqgate.service.catalog import CATALOG_PATH
+from bqgate.service.dispatch import DIRECT_HEADER
 from bqgate.wire.envelopes import job_id_of_push
 
 log = logging.getLogger("bqgate.executor")
@@ -34,6 +37,15 @@ def executor(request: flask.Request) -> flask.Response:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
         return flask.Response("OK", status=200)
+    if request.headers.get(DIRECT_HEADER) == "1":  # the ingress's direct call: answer it
+        answer, text, headers = executor_client.serve_direct(
+            bootstrap.executor(),
+            bootstrap.session_hints(),
+            job_id,
+            request.headers.get(executor_client.HEAD_HEADER),
+        )
+        log.info("job %s: %s", job_id, answer.outcome)
+        return flask.Response(text, status=200, headers=headers, mimetype="application/json")
     outcome = bootstrap.executor().run(job_id)
     log.info("job %s: %s", job_id, outcome)
     return flask.Response("OK", status=200)

@@ -238,7 +238,16 @@ def direct_executor() -> DirectExecutor | None:
         topic=s.execute_topic,
         timeout_s=s.max_wait_ms / 1000 + 20,
         token=token,
+        hints=session_hints(),
     )
+
+
+@functools.cache
+def session_hints() -> Any:
+    """The session heads the direct call's two ends hand each other (executor_client)."""
+    from bqgate.adapters.executor_client import SessionHints
+
+    return SessionHints(job_store(), recorder())
 
 
 @functools.cache
@@ -254,7 +263,10 @@ def executor() -> Executor:
         queue=_QueueOnFirstPublish(),  # only approval requests publish
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
-        config=ExecutorConfig(redispatch_after_ms=s.redispatch_after_ms),
+        config=ExecutorConfig(
+            redispatch_after_ms=s.redispatch_after_ms,
+            inline_result_bytes=policy().execution.inline_result_bytes,
+        ),
         warehouse_project=s.warehouse_project,
     )
 

@@ -64,6 +64,9 @@ class Job:
     priority: str | None = None
     write_disposition: str | None = None
     use_query_cache: bool | None = None
+    #: Rows the client asked for in its first answer (``jobs.query`` ``maxResults``): the
+    #: executor cuts the first result page there, so that answer reads one page.
+    first_page_rows: int | None = None
     classification: dict[str, Any] = field(default_factory=dict)
     state: str = PENDING
     error: dict[str, str] | None = None

@@ -164,6 +164,17 @@ def completed(rec: OutboxRecord, now_ms: int) -> dict[str, Any] | None:
     return {"due_ms": None, "done_ms": now_ms}
 
 
+def delivered(now_ms: int) -> dict[str, Any]:
+    """Fields when the consumer itself finishes a record it was handed directly (the
+    executor, in the commit that ends the job the ingress called it for): written
+    without reading the record.
+
+    >>> delivered(5)
+    {'due_ms': None, 'sent_ms': 5, 'done_ms': 5, 'last_error': None}
+    """
+    return {"due_ms": None, "sent_ms": now_ms, "done_ms": now_ms, "last_error": None}
+
+
 def abandoned(rec: OutboxRecord, now_ms: int) -> dict[str, Any] | None:
     """Fields when the reconciler gives the record up (see :data:`GIVE_UP_MS`)."""
     if rec.finished:
@@ -191,6 +202,7 @@ __all__ = [
     "OutboxRecord",
     "abandoned",
     "completed",
+    "delivered",
     "failed",
     "new_record",
     "overdue",

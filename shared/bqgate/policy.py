@@ -189,6 +189,24 @@ class SessionSettings:
     record_rows: int
 
 
+#: ``execution.inline_result_bytes`` by default, and at most (a commit holds the pages).
+INLINE_RESULT_BYTES = 1024 * 1024
+MAX_INLINE_RESULT_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How the executor hands results back.
+
+    ``inline_result_bytes``: a result whose masked rows encode (as JSON) to at most this
+    many bytes is answered inline on the direct-call path: the executor's answer carries
+    the rows to the ingress, which answers the agent from them, and its pages are written
+    in the same commit that ends the job. Larger results stream into pages. 0: never inline.
+    """
+
+    inline_result_bytes: int = INLINE_RESULT_BYTES
+
+
 @dataclass(frozen=True)
 class Policy:
     """A loaded, validated policy. Build it with :func:`load_policy` or :func:`parse_policy`."""
@@ -209,6 +227,7 @@ class Policy:
     connections: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     agent_groups: frozenset[str] = frozenset()
     unmasked: tuple[UnmaskedGrant, ...] = ()
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
 
     def write_limits(self, tier: str) -> WriteLimits:
         """The blast-radius limits of ``tier`` (the defaults when the policy sets none)."""
@@ -552,6 +571,7 @@ _TOP_KEYS = (
     "sessions",
     "connections",
     "unmasked",
+    "execution",
 )
 _REQUIRED_TOP = ("version", "tiers", "datasets", "groups", "rules")
 _RULE_KEYS = ("groups", "tiers", "when", *STATEMENT_CLASSES)
@@ -685,6 +705,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     cost = _cost(c, top.get("cost"))
     identity = _identity(c, top.get("identity"))
     sessions = _sessions(c, top.get("sessions"))
+    execution = _execution(c, top.get("execution"))
 
     if c.problems:
         raise PolicyError(c.problems, source=source)
@@ -705,6 +726,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         connections=MappingProxyType(connections),
         agent_groups=frozenset(agent_groups),
         unmasked=unmasked,
+        execution=execution,
     )
 
 
@@ -910,6 +932,24 @@ def _sessions(c: _Checker, raw: object) -> SessionSettings:
         retention_seconds=retention if retention is not None else 30 * 86400,
         record_rows=c.integer(spec.get("record_rows"), "sessions.record_rows", 100),
     )
+
+
+def _execution(c: _Checker, raw: object) -> ExecutionSettings:
+    """``execution``; ``inline_result_bytes`` is a size (``1MiB``, ``512KB`` or bytes)
+    from 0 (never inline) to 8 MiB.
+
+    >>> parse_policy(_MINIMAL + "execution: {inline_result_bytes: 256KiB}").execution
+    ExecutionSettings(inline_result_bytes=262144)
+    >>> parse_policy(_MINIMAL).execution.inline_result_bytes
+    1048576
+    """
+    spec = c.mapping(raw, "execution", ("inline_result_bytes",))
+    path = "execution.inline_result_bytes"
+    size = c.convert(spec.get("inline_result_bytes"), path, parse_size, INLINE_RESULT_BYTES)
+    if size is not None and size > MAX_INLINE_RESULT_BYTES:
+        c.add(path, f"must be at most {MAX_INLINE_RESULT_BYTES} bytes (8MiB), got {size}")
+        size = INLINE_RESULT_BYTES
+    return ExecutionSettings(inline_result_bytes=INLINE_RESULT_BYTES if size is None else size)
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:

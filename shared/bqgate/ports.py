@@ -24,6 +24,54 @@ Change = Callable[[Job], dict[str, Any] | None]
 """Computes the fields a transition writes from the job as it stands (None: no change)."""
 Dispatches = Callable[[Job], Sequence[OutboxRecord]]
 """The outbox records a transition writes, from the job as it now stands."""
+EventItems = Sequence[tuple[EventKind, Mapping[str, Any]]]
+"""Session-record events: ``(kind, data)`` in order."""
+
+
+class Recorder(Protocol):
+    """The session record (bqgate.audit.record); ``record`` must never raise for a good event."""
+
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Session-record events about ``job`` that a job write commits with it.
+
+    ``events`` is given the job as written (it is only called when something is
+    written). A store commits them in the same atomic write as the job when ``journal`` is
+    its own kind (the Firestore recorder, on the store's client); with any other journal
+    it records them right after the write, before it returns.
+    """
+
+    journal: Recorder
+    job: Job
+    events: Callable[[Job], EventItems]
+
+    @classmethod
+    def of(cls, journal: Recorder | None, job: Job, items: EventItems) -> Recording | None:
+        """A recording of fixed ``items`` (None when there is no journal)."""
+        fixed = list(items)
+        return None if journal is None else cls(journal, job, lambda _job: fixed)
+
+    def write(self, job: Job) -> None:
+        """Record the events on their own (one commit when the journal can)."""
+        items = list(self.events(job))
+        many = getattr(self.journal, "record_many", None)
+        if many is not None:
+            many(self.job, items)
+            return
+        for kind, data in items:
+            self.journal.record(self.job, kind, data)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One result page: ``index`` (0-based), its first row, and its rows as JSON text."""
+
+    index: int
+    start: int
+    rows_json: str
 
 
 @dataclass(frozen=True)
@@ -67,10 +115,11 @@ class JobStore(Protocol):
         *,
         dispatch: Sequence[OutboxRecord] = (),
         quota: OpenRequestQuota | None = None,
+        record: Recording | None = None,
     ) -> None:
-        """Store a new job and its outbox records in one commit; raise
-        :class:`bqgate.errors.Duplicate` if the id exists, :class:`QuotaFull` if the quota
-        has no room for it."""
+        """Store a new job, its outbox records and the session events of ``record`` in one
+        commit, without reading the job first; raise :class:`bqgate.errors.Duplicate` if
+        the id exists (nothing is written), :class:`QuotaFull` if the quota has no room."""
 
     def get(self, job_id: str) -> Job | None: ...
 
@@ -81,13 +130,18 @@ class JobStore(Protocol):
         *,
         dispatch: Dispatches | None = None,
         quota: OpenRequestQuota | None = None,
+        record: Recording | None = None,
+        pages: Sequence[Page] = (),
+        complete: Sequence[str] = (),
     ) -> Job:
         """Atomically read the job, let ``change`` compute the fields to update
         (``None``: no change), write them, and return the job as it now stands.
 
-        When fields are written, ``dispatch`` (given the job as it now stands) names the
-        outbox records written in the same commit. With ``quota``, raise
-        :class:`QuotaFull` (writing nothing) if the changed job would exceed it."""
+        When fields are written, the same commit also writes: the outbox records
+        ``dispatch`` names (given the job as it now stands), the session events of
+        ``record``, the result ``pages``, and marks the outbox records ``complete``
+        (ids) finished if they exist. With ``quota``, raise :class:`QuotaFull` (writing
+        nothing) if the changed job would exceed it."""
 
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         """Write result page ``index`` (idempotent: same index, same content)."""
@@ -285,12 +339,6 @@ class Classifier(Protocol):
         ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
         May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
         """
-
-
-class Recorder(Protocol):
-    """The session record (bqgate.audit.record); ``record`` must never raise for a good event."""
-
-    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
 
 
 class TokenVerifier(Protocol):

@@ -145,9 +145,14 @@ def test_with_firestore_paused_requests_answer_503_within_seconds_and_nothing_is
     pool = concurrent.futures.ThreadPoolExecutor(2)
     os.kill(firestore_pid, signal.SIGSTOP)
     try:
-        # A read (idempotent): 503 with a reason the client retries.
+        # A finished job this ingress answered is served from memory: its rows, as before.
+        done = requests.get(f"{gateway}{QUERIES}/{before.job_id}", headers=auth, timeout=60)
+        assert done.status_code == 200, done.text
+        assert [r["f"][0]["v"] for r in done.json()["rows"]] == ["1", "2", "3"]
+        # A read that needs the store (idempotent): 503 with a reason the client retries.
         t0 = time.monotonic()
-        read = requests.get(f"{gateway}{QUERIES}/{before.job_id}", headers=auth, timeout=60)
+        unseen = uuid.uuid4().hex
+        read = requests.get(f"{gateway}{QUERIES}/{unseen}", headers=auth, timeout=60)
         read_s = time.monotonic() - t0
         assert read.status_code == 503, read.text
         assert read.json()["error"]["errors"][0]["reason"] == "backendError"

@@ -484,3 +484,35 @@ def test_a_classification_over_its_time_budget_is_a_400() -> None:
         classify_uncached(script, budget_s=1e-6, **args)
     # The same script within the default budget is judged as usual.
     assert classify_uncached(script, **args).decision in ("allow", "approve")
+
+
+def test_explain_rewrite_with_a_dev_stack_that_is_gone_answers_at_once(tmp_path: Path) -> None:
+    """A stale endpoints.json (the stack was stopped) must not keep explain waiting."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dev = tmp_path / ".bqgate-dev"
+    dev.mkdir()
+    (dev / "endpoints.json").write_text(json.dumps({"bigquery": f"http://127.0.0.1:{port}"}))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bqgate.cli",
+            "explain",
+            "--rewrite",
+            "SELECT ssn FROM sales.customers",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BQGATE_DEV_DIR": str(dev)},
+        check=True,
+    ).stdout
+    assert "does not answer" in out and "STRING assumed" in out
+    assert "REPLACE" in out  # still rewritten

@@ -199,7 +199,7 @@ def test_dry_run_is_answered_by_the_executor_like_bigquery() -> None:
         classify=verdict_for,
         config=GatewayConfig(max_wait_ms=0),
         sleep=lambda s: None,
-        dispatch=lambda job_id: ex.run(job_id),  # the fast path: a job id to the executor
+        dispatch=lambda job_id: ex.execute(job_id, direct=True),  # the fast path: to the executor
     )
     # Even a statement that needs approval is dry-run at once: nothing runs.
     res = gw.insert_job(

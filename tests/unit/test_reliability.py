@@ -9,7 +9,7 @@ it is handed (bounded retries for outages, an incident id for the unexpected).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from bqgate.errors import (
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, RUNNING, Job
 from bqgate.policy import load_policy
-from bqgate.ports import Change, DryRun, QueryOutcome
+from bqgate.ports import DryRun, QueryOutcome
 from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig, block_error, job_error
 from bqgate.service.ingress import IngressApp
@@ -173,7 +173,7 @@ class DownStore(MemoryJobStore):
     def get(self, job_id: str) -> Job | None:
         raise Unavailable("Firestore did not answer in time or is unavailable (DeadlineExceeded)")
 
-    def create(self, job: Job, **_: Any) -> None:
+    def create(self, job: Job, **writes: Any) -> None:
         raise Unavailable("Firestore did not answer in time or is unavailable (DeadlineExceeded)")
 
 
@@ -423,11 +423,13 @@ def test_the_job_ends_even_when_its_first_store_write_is_the_failure() -> None:
     class FlakyStore(MemoryJobStore):
         failures = 1
 
-        def transition(self, job_id: str, change: Change, **kw: Any) -> Job:
+        def transition(
+            self, job_id: str, change: Callable[[Job], dict[str, Any] | None], **writes: Any
+        ) -> Job:
             if self.failures:
                 self.failures -= 1
                 raise Unavailable("Firestore did not answer in time")
-            return super().transition(job_id, change, **kw)
+            return super().transition(job_id, change, **writes)
 
     wh = ScriptedWarehouse()
     store = FlakyStore()

@@ -13,7 +13,9 @@ returns goes through :func:`bqgate.errors.from_warehouse` (``google_errors``).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,8 +29,14 @@ from bqgate.ports import DryRun, QueryOutcome
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
-#: How long table metadata (schema, size) is reused before it is read again.
+#: How long table metadata (schema, size) is reused before it is read again, and how many
+#: tables' metadata is kept (least recently used out).
 TABLE_TTL_S = 60.0
+MAX_TABLES = 512
+#: Rows asked for with the wait call: a result this size needs no second call.
+FIRST_PAGE_ROWS = 10_000
+#: First pages kept for ``pages`` (a job whose rows are never read must not pin memory).
+MAX_FIRST_PAGES = 64
 #: Seconds per BigQuery API call attempt, and for one call with the client's retries.
 CALL_TIMEOUT_S = 30.0
 CALL_DEADLINE_S = 60.0
@@ -44,7 +52,7 @@ class BigQueryWarehouse:
         project: str,
         location: str,
         job_timeout_s: float = JOB_TIMEOUT_S,
-        first_page_rows: int = 5_000,
+        first_page_rows: int = FIRST_PAGE_ROWS,
         call_timeout_s: float = CALL_TIMEOUT_S,
         call_deadline_s: float = CALL_DEADLINE_S,
     ) -> None:
@@ -57,8 +65,9 @@ class BigQueryWarehouse:
         self.retry = DEFAULT_RETRY.with_deadline(call_deadline_s)
         # The wait call's answer carries the first page of rows: ``pages`` starts from it
         # instead of asking BigQuery for the same rows again.
-        self._first_pages: dict[str, dict[str, Any]] = {}
-        self._tables: dict[str, tuple[float, bigquery.Table]] = {}
+        self._first_pages: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._tables: OrderedDict[str, tuple[float, bigquery.Table]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _api(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
@@ -204,7 +213,10 @@ class BigQueryWarehouse:
             return QueryOutcome([], 0, None, None, None, error=err)
         schema = (resp.get("schema") or {}).get("fields") or []
         dml = resp.get("numDmlAffectedRows")
-        self._first_pages[job.job_id] = resp
+        with self._lock:
+            self._first_pages[job.job_id] = resp
+            while len(self._first_pages) > MAX_FIRST_PAGES:
+                self._first_pages.popitem(last=False)
         return QueryOutcome(
             schema=schema,
             total_rows=int(resp.get("totalRows") or 0),
@@ -267,7 +279,8 @@ class BigQueryWarehouse:
         path = f"/projects/{self.project}/queries/{job_id}"
         token: str | None = None
         seen = 0
-        first = self._first_pages.pop(job_id, None)
+        with self._lock:
+            first = self._first_pages.pop(job_id, None)
         if first is not None and first.get("rows"):
             schema = (first.get("schema") or {}).get("fields") or []
             rows = rest_to_compact(first["rows"], schema)
@@ -302,10 +315,13 @@ class BigQueryWarehouse:
                 return
 
     def _table(self, table_fqn: str) -> bigquery.Table:
+        """The table's metadata, from a bounded cache (``TABLE_TTL_S``, ``MAX_TABLES``)."""
         now = time.monotonic()
-        hit = self._tables.get(table_fqn)
-        if hit is not None and now - hit[0] < TABLE_TTL_S:
-            return hit[1]
+        with self._lock:
+            hit = self._tables.get(table_fqn)
+            if hit is not None and now - hit[0] < TABLE_TTL_S:
+                self._tables.move_to_end(table_fqn)
+                return hit[1]
         try:
             with bigquery_calls():
                 table = self.client.get_table(
@@ -317,7 +333,11 @@ class BigQueryWarehouse:
             if err.transient:
                 raise
             raise KeyError(table_fqn) from None  # unknown, or not ours to read
-        self._tables[table_fqn] = (now, table)
+        with self._lock:
+            self._tables[table_fqn] = (now, table)
+            self._tables.move_to_end(table_fqn)
+            while len(self._tables) > MAX_TABLES:
+                self._tables.popitem(last=False)
         return table
 
     def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:

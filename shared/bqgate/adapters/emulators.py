@@ -122,7 +122,8 @@ def emulator_table_schema(bigquery_url: str, table_fqn: str) -> list[dict[str, A
         client_options=ClientOptions(api_endpoint=bigquery_url),
     )
     try:
-        table = client.get_table(table_fqn, timeout=5)
+        # One try: a dev stack that is not running must not keep a command waiting.
+        table = client.get_table(table_fqn, timeout=5, retry=None)  # type: ignore[arg-type]  # None: no retry (the library accepts it)
     except (gexc.NotFound, gexc.BadRequest, ValueError):
         raise KeyError(table_fqn) from None
     return [f.to_api_repr() for f in table.schema]

@@ -2,8 +2,16 @@
 
 The ingress POSTs the executor exactly the CloudEvent that a Pub/Sub push delivery would
 (``google.cloud.pubsub.topic.v1.messagePublished``), so one executor entry point serves
-both paths. In the cloud the call carries an ID token for the executor's URL (Cloud Run
-IAM admits only the ingress's service account); on the loopback dev stack it needs none.
+both paths. The direct call also sends ``X-Bqgate-Direct: 1``, and the executor answers it
+with what it did (:class:`bqgate.service.dispatch.ExecutorAnswer`): the finished job as
+committed, with its masked rows when they fit one answer, so the ingress can answer the
+agent without another store round trip. Both ends also hand each other the head of the
+job's session as they last committed it (``X-Bqgate-Session-Head``), so the next commit to
+that session (the executor's claim, the ingress's next request) need not read it first; a
+head that moved meanwhile only fails that commit, which then reads it (see
+:meth:`bqgate.adapters.firestore_audit.FirestoreRecorder.learn`). In the cloud the call
+carries an ID token for the executor's URL (Cloud Run IAM admits only the ingress's
+service account); on the loopback dev stack it needs none.
 Any failure falls back to the ``execute`` topic; if that fails too, the job's outbox record
 stays due and the sweeper publishes it. The executor is idempotent, so a job that several
 paths deliver still runs once.
@@ -19,7 +27,49 @@ from typing import Any
 import requests
 
 from bqgate.ports import Queue
+from bqgate.service.dispatch import DIRECT_HEADER, ExecutorAnswer
 from bqgate.wire import envelopes
+
+#: The header both ends of the direct call hand the job's session head in.
+HEAD_HEADER = "X-Bqgate-Session-Head"
+
+
+class SessionHints:
+    """The session heads the direct call's two ends hand each other (see the module
+    docstring). ``store`` knows which session a job it just wrote belongs to; ``recorder``
+    knows that session's head as it committed it."""
+
+    def __init__(self, store: Any, recorder: Any) -> None:
+        self.store = store
+        self.recorder = recorder
+
+    def outgoing(self, job_id: str) -> str | None:
+        """The head of ``job_id``'s session as this process last committed it, if known."""
+        try:
+            job = self.store.known(job_id)
+            return None if job is None else self.recorder.hint(self.recorder.session_of(job))
+        except Exception:  # a hint is only ever an optimisation
+            log.exception("no session hint for %s", job_id)
+            return None
+
+    def incoming(self, hint: str | None) -> None:
+        try:
+            self.recorder.learn(hint)
+        except Exception:
+            log.exception("session hint dropped")
+
+
+def serve_direct(
+    executor: Any, hints: SessionHints | None, job_id: str, hint: str | None
+) -> tuple[ExecutorAnswer, str, dict[str, str]]:
+    """The executor's side of the direct call: run the job; answer with what happened
+    (the answer, as JSON text) and the job's session head (headers)."""
+    if hints is not None:
+        hints.incoming(hint)
+    answer: ExecutorAnswer = executor.execute(job_id, direct=True)
+    out = hints.outgoing(job_id) if hints is not None else None
+    return answer, answer.to_json(), ({HEAD_HEADER: out} if out else {})
+
 
 log = logging.getLogger("bqgate.ingress")
 
@@ -47,24 +97,33 @@ class DirectExecutor:
         topic: str,
         timeout_s: float = 30.0,
         token: Callable[[], str | None] = lambda: None,
+        hints: SessionHints | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/"
         self.queue = queue
         self.topic = topic
         self.timeout_s = timeout_s
         self.token = token
+        self.hints = hints
         self.session = requests.Session()
 
-    def __call__(self, job_id: str) -> None:
-        """Hand ``job_id`` to the executor; raises only if neither path took it."""
+    def __call__(self, job_id: str) -> ExecutorAnswer | None:
+        """Hand ``job_id`` to the executor and return its answer (None: it went to the
+        topic instead); raises only if neither path took it."""
         headers, body = envelopes.direct_call(job_id)
+        headers[DIRECT_HEADER] = "1"
+        hint = self.hints.outgoing(job_id) if self.hints is not None else None
+        if hint:
+            headers[HEAD_HEADER] = hint
         try:
             bearer = self.token()
             if bearer:
                 headers["Authorization"] = f"Bearer {bearer}"
             resp = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout_s)
             if resp.status_code < 300:
-                return
+                if self.hints is not None:
+                    self.hints.incoming(resp.headers.get(HEAD_HEADER))
+                return _answer(resp)
             log.warning(
                 "direct executor call for %s answered %s; using the topic",
                 job_id,
@@ -77,6 +136,12 @@ class DirectExecutor:
                 type(exc).__name__,
             )
         self.queue.publish(self.topic, envelopes.job_message(job_id))
+        return None
+
+
+def _answer(resp: requests.Response) -> ExecutorAnswer:
+    """The executor's answer (an acknowledgement without one: handled, nothing to add)."""
+    return ExecutorAnswer.from_json(resp.content) or ExecutorAnswer("handled")
 
 
 def catalog_transport(

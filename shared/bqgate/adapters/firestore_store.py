@@ -24,23 +24,38 @@ one principal therefore serialise on its counter, and never overshoot the quota.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime as dt
 import hashlib
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from bqgate import outbox
+from bqgate.adapters.firestore_audit import FirestoreRecorder, HeadState, Staged
 from bqgate.adapters.google_errors import outage_as_unavailable, retry
 from bqgate.approvals import holds_quota_slot
 from bqgate.errors import Duplicate, NotFound, Unavailable
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import DecisionQuery, Dispatches, OpenRequestQuota, PendingCursor, QuotaFull
+from bqgate.ports import (
+    DecisionQuery,
+    Dispatches,
+    OpenRequestQuota,
+    Page,
+    PendingCursor,
+    QuotaFull,
+    Recording,
+)
 from bqgate.wire.bigquery import is_job_id
 
 JOBS = "jobs"
@@ -65,6 +80,52 @@ QUOTA_DEADLINE_S = 30.0
 QUERY_TIMEOUT_S = 10.0
 
 _DESC = firestore.Query.DESCENDING
+#: Jobs this process remembers as it last read or wrote them (bounded; see ``_transition``).
+KNOWN_JOBS = 512
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A job document as this process last read (``own`` False) or wrote it, with the
+    update time a compare-and-set on it is conditioned on."""
+
+    update_time: Any
+    doc: dict[str, Any]
+    own: bool
+
+
+class _Batch:
+    """A write batch that counts its writes: a commit's results come back in write order,
+    so the session head's update time is found by its position."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+        self.writes = 0
+        self.head_index: int | None = None
+
+    def create(self, ref: Any, doc: Mapping[str, Any]) -> None:
+        self.batch.create(ref, doc)
+        self.writes += 1
+
+    def set(self, ref: Any, doc: Mapping[str, Any], **kwargs: Any) -> None:
+        self.batch.set(ref, doc, **kwargs)
+        self.writes += 1
+
+    def update(self, ref: Any, fields: Mapping[str, Any], **kwargs: Any) -> None:
+        self.batch.update(ref, fields, **kwargs)
+        self.writes += 1
+
+    def mark_head(self) -> None:
+        """The last write was the session head's."""
+        self.head_index = self.writes - 1
+
+    def head_time(self, results: Sequence[Any]) -> Any:
+        if self.head_index is None or self.head_index >= len(results):
+            return None
+        return results[self.head_index].update_time
+
+    def commit(self, **kwargs: Any) -> Any:
+        return self.batch.commit(**kwargs)
 
 
 def page_id(index: int) -> str:
@@ -101,6 +162,8 @@ class FirestoreJobStore:
         self.retry = retry(call_timeout_s)
         self.contention_deadline_s = contention_deadline_s
         self._rng = random.Random()
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def _expire_at(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.retention_seconds)
@@ -113,10 +176,58 @@ class FirestoreJobStore:
                 {**rec.to_doc(), "expire_at": self._expire_at()},
             )
 
-    def _commit(self, batch: Any) -> None:
+    def _commit(self, batch: Any) -> list[Any]:
         # No retry: a retried commit that had succeeded would look like a lost race.
         with outage_as_unavailable("Firestore"):
-            batch.commit(timeout=self.timeout)
+            results: list[Any] = batch.commit(timeout=self.timeout)
+        return results
+
+    # --- what this process last read or wrote -------------------------------------
+
+    def _remember(self, job_id: str, update_time: Any, doc: Mapping[str, Any], own: bool) -> None:
+        if update_time is None:
+            return
+        with self._known_lock:
+            self._known[job_id] = _Known(update_time, copy.deepcopy(dict(doc)), own)
+            self._known.move_to_end(job_id)
+            while len(self._known) > KNOWN_JOBS:
+                self._known.popitem(last=False)
+
+    def _recall(self, job_id: str) -> _Known | None:
+        with self._known_lock:
+            return self._known.get(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        with self._known_lock:
+            self._known.pop(job_id, None)
+
+    def _journal(self, record: Recording | None) -> FirestoreRecorder | None:
+        """The recorder whose events this store can commit with its own writes."""
+        from bqgate.adapters.firestore_audit import FirestoreRecorder
+
+        journal = record.journal if record is not None else None
+        if isinstance(journal, FirestoreRecorder) and journal.client is self.client:
+            return journal
+        return None
+
+    def _write_pages(self, batch: Any, job_id: str, pages: Sequence[Page]) -> None:
+        coll = self.jobs.document(job_id).collection(PAGES)
+        for page in pages:
+            batch.set(coll.document(page_id(page.index)), self._page_doc(page))
+
+    def _page_doc(self, page: Page) -> dict[str, Any]:
+        return {
+            "index": page.index,
+            "start": page.start,
+            "rows": page.rows_json,
+            "expire_at": self._expire_at(),
+        }
+
+    def _write_completions(self, batch: Any, record_ids: Sequence[str]) -> None:
+        """Mark outbox records finished (an update: the commit fails if one is gone)."""
+        fields = outbox.delivered(int(time.time() * 1000))
+        for rid in record_ids:
+            batch.update(self.outbox.document(rid), fields)
 
     # --- writing -------------------------------------------------------------------
 
@@ -126,42 +237,123 @@ class FirestoreJobStore:
         *,
         dispatch: Sequence[OutboxRecord] = (),
         quota: OpenRequestQuota | None = None,
+        record: Recording | None = None,
+    ) -> None:
+        journal = self._journal(record)
+        self._create(job, dispatch, quota, record if journal is not None else None, journal)
+        if record is not None and journal is None:
+            record.write(job)  # another kind of journal: right after the write
+
+    def _create(
+        self,
+        job: Job,
+        dispatch: Sequence[OutboxRecord],
+        quota: OpenRequestQuota | None,
+        record: Recording | None,
+        journal: FirestoreRecorder | None,
     ) -> None:
         ref = self.jobs.document(job.job_id)
         doc = {**job.to_doc(), "expire_at": self._expire_at()}
+        append = (
+            journal.prepare(record.job, record.events(job))
+            if journal is not None and record is not None
+            else None
+        )
+        staged: list[Staged] = []
 
-        def write(batch: Any) -> None:
-            batch.create(ref, doc)
+        def write(batch: _Batch, head: HeadState | None) -> None:
+            batch.create(ref, doc)  # the job's own write is the batch's first
             self._write_outbox(batch, dispatch)
+            staged.clear()
+            if append is not None and journal is not None and head is not None:
+                staged.append(journal.stage(batch, append, head))
+                batch.mark_head()
 
         duplicate = Duplicate(f"Already Exists: Job {job.project}:{job.job_id}")
-        if quota is None or not holds_quota_slot(job, quota.now_ms):
-            batch = self.client.batch()
-            write(batch)
-            try:
-                self._commit(batch)
-            except gexc.AlreadyExists:
-                raise duplicate from None
-            return
 
-        def attempt() -> None:
-            self._counted_commit(quota, job.job_id, write)
+        def read_head() -> HeadState | None:
+            if append is None or journal is None:
+                return None
+            if tried["known"] is False:  # the first attempt: the head this process knows
+                tried["known"] = True
+                known = journal.known_head(append.session_id)
+                if known is not None:
+                    return known
+            tried["read"] = True
+            with outage_as_unavailable("Firestore"):
+                return journal.read_head(append.session_id)
 
-        def lost() -> None:
-            if self._snapshot(job.job_id).exists:  # the job's own slot was taken
-                raise duplicate
+        tried = {"known": False, "read": False}
 
-        self._retry(attempt, lost)
+        def done(batch: _Batch, results: list[Any]) -> None:
+            self._remember(job.job_id, results[0].update_time if results else None, doc, True)
+            if staged and journal is not None:
+                journal.committed(staged[0], batch.head_time(results))
+
+        lock = journal.lock(append.session_id) if journal and append else contextlib.nullcontext()
+        with lock:
+            if quota is None or not holds_quota_slot(job, quota.now_ms):
+                if append is None:
+                    batch = _Batch(self.client.batch())
+                    write(batch, None)
+                    try:
+                        results = self._commit(batch)
+                    except gexc.AlreadyExists:
+                        raise duplicate from None
+                    done(batch, results)
+                    return
+
+                def attempt() -> None:
+                    batch = _Batch(self.client.batch())
+                    write(batch, read_head())
+                    results = self._commit(batch)
+                    done(batch, results)
+
+            else:
+                quota_ = quota
+
+                def attempt() -> None:
+                    head = read_head()
+                    holder: dict[str, _Batch] = {}
+
+                    def counted(batch: Any) -> None:
+                        holder["batch"] = wrapped = _Batch(batch)
+                        write(wrapped, head)
+
+                    results = self._counted_commit(quota_, job.job_id, counted)
+                    done(holder["batch"], results)
+
+            def lost(exc: Exception) -> bool:
+                # A create fails on the job's own id (a duplicate) or on the session's
+                # head or event slots (a concurrent append, or a head known from before
+                # that moved: start over, reading it).
+                stale = tried["known"] and not tried.get("read")
+                if append is not None and journal is not None:
+                    journal.forget_head(append.session_id)
+                if isinstance(exc, gexc.AlreadyExists) and self._snapshot(job.job_id).exists:
+                    raise duplicate
+                return bool(stale)
+
+            self._retry(attempt, lost)
 
     def _snapshot(self, job_id: str) -> Any:
         with outage_as_unavailable("Firestore"):
             return self.jobs.document(job_id).get(retry=self.retry, timeout=self.timeout)
 
+    def known(self, job_id: str) -> Job | None:
+        """The job as this process last read or wrote it (no round trip; None: unknown)."""
+        hit = self._recall(job_id)
+        return None if hit is None else Job.from_doc(copy.deepcopy(hit.doc))
+
     def get(self, job_id: str) -> Job | None:
         if not is_job_id(job_id):
             return None  # not an id this store can hold
         snap = self._snapshot(job_id)
-        return Job.from_doc(snap.to_dict() or {}) if snap.exists else None
+        if not snap.exists:
+            return None
+        doc = snap.to_dict() or {}
+        self._remember(job_id, snap.update_time, doc, False)
+        return Job.from_doc(doc)
 
     def transition(
         self,
@@ -170,43 +362,135 @@ class FirestoreJobStore:
         *,
         dispatch: Dispatches | None = None,
         quota: OpenRequestQuota | None = None,
+        record: Recording | None = None,
+        pages: Sequence[Page] = (),
+        complete: Sequence[str] = (),
     ) -> Job:
         if not is_job_id(job_id):
             raise NotFound(f"Not found: Job {job_id[:100]}")
+        journal = self._journal(record)
+        staged_record = record if journal is not None else None
         if quota is not None:
-            return self._counted_transition(job_id, change, dispatch, quota)
+            job, written = self._counted_transition(
+                job_id, change, dispatch, quota, staged_record, journal, pages, complete
+            )
+        else:
+            job, written = self._transition(
+                job_id, change, dispatch, staged_record, journal, pages, complete
+            )
+        if written and record is not None and journal is None:
+            record.write(job)  # another kind of journal: right after the write
+        return job
+
+    def _transition(
+        self,
+        job_id: str,
+        change: Callable[[Job], dict[str, Any] | None],
+        dispatch: Dispatches | None,
+        record: Recording | None,
+        journal: FirestoreRecorder | None,
+        pages: Sequence[Page],
+        complete: Sequence[str],
+    ) -> tuple[Job, bool]:
+        """One optimistic compare-and-set of the job (and of its session's head when
+        events are recorded). The first attempt starts from what this process last read
+        or wrote, when it knows: a stale start fails its commit and the next attempt
+        reads. Only a write is trusted to a remembered job; a remembered job that
+        ``change`` leaves alone is read again before the answer."""
         ref = self.jobs.document(job_id)
+        session = journal.session_of(record.job) if journal and record else None
         deadline = time.monotonic() + self.contention_deadline_s
         tries = 0
-        while True:
-            snap = self._snapshot(job_id)
-            if not snap.exists:
-                raise NotFound(f"Not found: Job {job_id}")
-            job = Job.from_doc(snap.to_dict() or {})
-            fields = change(job)
-            if not fields:
-                return job
-            doc = job.to_doc()
-            doc.update(fields)
-            new = Job.from_doc(doc)
-            batch = self.client.batch()
-            # Holds only if nobody wrote the job since it was read.
-            batch.update(
-                ref, fields, option=self.client.write_option(last_update_time=snap.update_time)
-            )
-            if dispatch is not None:
-                self._write_outbox(batch, dispatch(new))
-            try:
-                self._commit(batch)
-            except _LOST_RACE:
-                tries += 1
-                if time.monotonic() >= deadline:
-                    raise Unavailable(
-                        "Firestore: the job kept changing under concurrent writers; try again"
-                    ) from None
-                time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
-                continue
-            return new
+        trust = True
+        completions = list(complete)
+        lock = journal.lock(session) if journal and session else contextlib.nullcontext()
+        with lock:
+            while True:
+                head: HeadState | None = None
+                known = self._recall(job_id) if trust else None
+                if journal is not None and session is not None:
+                    head = journal.known_head(session) if known is not None else None
+                    if head is None:  # read the job and the head together: one round trip
+                        known, head = self._read_with_head(job_id, journal, session)
+                elif known is None:
+                    snap = self._snapshot(job_id)
+                    if snap.exists:
+                        known = _Known(snap.update_time, snap.to_dict() or {}, False)
+                if known is None:
+                    raise NotFound(f"Not found: Job {job_id}")
+                remembered = trust and tries == 0
+                job = Job.from_doc(copy.deepcopy(known.doc))
+                fields = change(job)
+                if not fields:
+                    if remembered and self._recall(job_id) is not None:
+                        trust = False  # confirm against the stored job
+                        tries += 1
+                        continue
+                    return job, False
+                doc = {**known.doc, **fields}
+                new = Job.from_doc(copy.deepcopy(doc))
+                batch = _Batch(self.client.batch())
+                # Holds only if nobody wrote the job since it was read.
+                batch.update(
+                    ref,
+                    fields,
+                    option=self.client.write_option(last_update_time=known.update_time),
+                )
+                if dispatch is not None:
+                    self._write_outbox(batch, dispatch(new))
+                self._write_pages(batch, job_id, pages)
+                self._write_completions(batch, completions)
+                staged = None
+                if journal is not None and record is not None and head is not None:
+                    staged = journal.stage(
+                        batch, journal.prepare(record.job, record.events(new)), head
+                    )
+                    batch.mark_head()
+                try:
+                    results = self._commit(batch)
+                except (*_LOST_RACE, gexc.AlreadyExists):
+                    self._forget(job_id)
+                    if session is not None and journal is not None:
+                        journal.forget_head(session)
+                    first = tries == 0 and trust
+                    tries += 1
+                    trust = False
+                    if time.monotonic() >= deadline:
+                        raise Unavailable(
+                            "Firestore: the job kept changing under concurrent writers; try again"
+                        ) from None
+                    if not first:  # a remembered start that was stale is no contention
+                        time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
+                    continue
+                except gexc.NotFound:
+                    if not completions:
+                        raise NotFound(f"Not found: Job {job_id}") from None
+                    completions = []  # a record to finish is gone: nothing to finish
+                    continue
+                self._remember(job_id, results[0].update_time, doc, True)
+                if staged is not None and journal is not None:
+                    journal.committed(staged, batch.head_time(results))
+                return new, True
+
+    def _read_with_head(
+        self, job_id: str, journal: FirestoreRecorder, session: str
+    ) -> tuple[_Known | None, HeadState]:
+        ref = self.jobs.document(job_id)
+        head_ref = journal.head_ref(session)
+        with outage_as_unavailable("Firestore"):
+            snaps = {
+                s.reference.path: s
+                for s in self.client.get_all(
+                    [ref, head_ref], retry=self.retry, timeout=self.timeout
+                )
+            }
+        job_snap, head_snap = snaps.get(ref.path), snaps.get(head_ref.path)
+        known = None
+        if job_snap is not None and job_snap.exists:
+            known = _Known(job_snap.update_time, job_snap.to_dict() or {}, False)
+        if head_snap is None:
+            return known, HeadState(journal.empty_head(session), None)
+        return known, journal.head_state(session, head_snap)
 
     def _counted_transition(
         self,
@@ -214,43 +498,74 @@ class FirestoreJobStore:
         change: Callable[[Job], dict[str, Any] | None],
         dispatch: Dispatches | None,
         quota: OpenRequestQuota,
-    ) -> Job:
+        record: Recording | None,
+        journal: FirestoreRecorder | None,
+        pages: Sequence[Page],
+        complete: Sequence[str],
+    ) -> tuple[Job, bool]:
         """A transition that counts the job against ``quota`` if it then holds a slot:
-        optimistic on both the job (its update_time) and the principal's counter."""
+        optimistic on the job (its update_time), the principal's counter and the
+        session's head."""
         ref = self.jobs.document(job_id)
-        result: dict[str, Job] = {}
+        result: dict[str, Any] = {}
+        session = journal.session_of(record.job) if journal and record else None
 
         def attempt() -> None:
-            snap = self._snapshot(job_id)
-            if not snap.exists:
+            head: HeadState | None = None
+            if journal is not None and session is not None:
+                known, head = self._read_with_head(job_id, journal, session)
+            else:
+                snap = self._snapshot(job_id)
+                known = (
+                    _Known(snap.update_time, snap.to_dict() or {}, False) if snap.exists else None
+                )
+            if known is None:
                 raise NotFound(f"Not found: Job {job_id}")
-            job = Job.from_doc(snap.to_dict() or {})
+            job = Job.from_doc(copy.deepcopy(known.doc))
             fields = change(job)
             if not fields:
-                result["job"] = job
+                result["job"], result["written"] = job, False
                 return
-            new = Job.from_doc({**job.to_doc(), **fields})
+            doc = {**known.doc, **fields}
+            new = Job.from_doc(copy.deepcopy(doc))
+            staged: list[Staged] = []
 
-            def write(batch: Any) -> None:
-                option = self.client.write_option(last_update_time=snap.update_time)
+            def write(raw: Any) -> None:
+                batch = raw if isinstance(raw, _Batch) else _Batch(raw)
+                result["batch"] = batch
+                option = self.client.write_option(last_update_time=known.update_time)
                 batch.update(ref, fields, option=option)
                 if dispatch is not None:
                     self._write_outbox(batch, dispatch(new))
+                self._write_pages(batch, job_id, pages)
+                self._write_completions(batch, complete)
+                staged.clear()
+                if journal is not None and record is not None and head is not None:
+                    staged.append(
+                        journal.stage(batch, journal.prepare(record.job, record.events(new)), head)
+                    )
+                    batch.mark_head()
 
             if holds_quota_slot(new, quota.now_ms):
-                self._counted_commit(quota, job_id, write)
+                results = self._counted_commit(quota, job_id, write)
             else:
-                batch = self.client.batch()
+                batch = _Batch(self.client.batch())
                 write(batch)
-                self._commit(batch)
-            result["job"] = new
+                results = self._commit(batch)
+            self._remember(job_id, results[0].update_time if results else None, doc, True)
+            if staged and journal is not None:
+                journal.committed(staged[0], result["batch"].head_time(results))
+            result["job"], result["written"] = new, True
 
-        self._retry(attempt, lambda: None)
-        return result["job"]
+        lock = journal.lock(session) if journal and session else contextlib.nullcontext()
+        with lock:
+            self._retry(attempt, lambda exc: None)
+        job: Job = result["job"]
+        return job, bool(result["written"])
 
     def _counted_commit(
         self, quota: OpenRequestQuota, job_id: str, write: Callable[[Any], None]
-    ) -> None:
+    ) -> list[Any]:
         """Commit ``write`` with ``job_id`` added to the principal's open requests, if the
         principal has room; raise QuotaFull otherwise. Raises CONTENTION on a lost race."""
         counter = self.quotas.document(quota_doc_id(quota.principal))
@@ -283,23 +598,25 @@ class FirestoreJobStore:
             )
         else:
             batch.create(counter, body)
-        self._commit(batch)
+        return self._commit(batch)
 
-    def _retry(self, attempt: Callable[[], None], lost: Callable[[], None]) -> None:
+    def _retry(self, attempt: Callable[[], None], lost: Callable[[Exception], bool | None]) -> None:
         """Run ``attempt`` until it commits; after each lost race call ``lost`` (which may
-        raise the real error), then back off with jitter."""
+        raise the real error, and returns True when the loss was no contention, so the
+        next attempt needs no backoff), then back off with jitter."""
         deadline = time.monotonic() + QUOTA_DEADLINE_S
         tries = 0
         while True:
             try:
                 attempt()
                 return
-            except CONTENTION:
-                lost()
+            except CONTENTION as exc:
+                at_once = lost(exc)
                 if time.monotonic() >= deadline:
                     raise
             tries += 1
-            time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
+            if not at_once:
+                time.sleep(self._rng.uniform(0, min(0.01 * 2**tries, 0.5)))
 
     def list_owned(
         self, owner: str, *, limit: int, created_before_ms: int | None = None
@@ -318,7 +635,7 @@ class FirestoreJobStore:
     def put_page(self, job_id: str, index: int, start: int, rows_json: str) -> None:
         with outage_as_unavailable("Firestore"):
             self.jobs.document(job_id).collection(PAGES).document(page_id(index)).set(
-                {"index": index, "start": start, "rows": rows_json, "expire_at": self._expire_at()},
+                self._page_doc(Page(index, start, rows_json)),
                 retry=self.retry,
                 timeout=self.timeout,
             )

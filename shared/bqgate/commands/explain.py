@@ -192,19 +192,28 @@ def _schema_source(path: str | None, policy: Policy) -> tuple[Any, str]:
         url = endpoints.get("bigquery")
     except Exception:  # no dev stack: fall back below
         url = None
-    if url:
-        from bqgate.adapters.emulators import emulator_table_schema
-
-        return (
-            lambda fqn: emulator_table_schema(str(url), fqn),
-            f"column types from the dev stack's BigQuery emulator ({url})",
-        )
 
     def assumed(fqn: str) -> list[dict[str, str]]:
         columns = policy.sensitive_for(fqn)
         if not columns:
             raise KeyError(fqn)
         return [{"name": c, "type": "STRING"} for c in columns]
+
+    if url:
+        from bqgate.adapters.emulators import emulator_table_schema
+
+        try:  # is the dev stack there? (its endpoints.json may be left from an earlier run)
+            emulator_table_schema(str(url), "bqgate-probe.bqgate_probe.bqgate_probe")
+        except KeyError:
+            return (
+                lambda fqn: emulator_table_schema(str(url), fqn),
+                f"column types from the dev stack's BigQuery emulator ({url})",
+            )
+        except Exception:
+            return assumed, (
+                f"column types unknown (the dev stack's BigQuery emulator at {url} does not "
+                "answer; no --schemas): STRING assumed"
+            )
 
     return assumed, "column types unknown (no --schemas, no dev stack): STRING assumed"
 

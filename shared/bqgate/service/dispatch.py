@@ -10,6 +10,7 @@ Pure: talks to the job store and the queue ports only.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bqgate import outbox
+from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, Queue
 
@@ -26,9 +28,92 @@ log = logging.getLogger("bqgate.dispatch")
 REDISPATCH_AFTER_MS = 20_000
 
 RecordChange = Callable[[OutboxRecord], dict[str, Any] | None]
-DirectCall = Callable[[str], object]
-"""The fast path to the executor for one job id (raises if it could not hand it over; what
-it returns is ignored)."""
+
+
+@dataclass(frozen=True)
+class ExecutorAnswer:
+    """The executor's answer to a direct call: what it did, the job as it left it (when
+    it finished the job), and, for a result small enough to answer inline
+    (``execution.inline_result_bytes``), its masked rows. ``outbox_done``: the executor
+    marked the job's ``accepted`` hand-off finished in the commit that ended the job
+    (nobody else needs to).
+
+    The executor holds the rows as the JSON text of its result pages (``rows_json``, sent
+    as is); the ingress reads them back as compact rows (``rows``), and ``size`` is the
+    answer's length.
+    """
+
+    outcome: str
+    job: Job | None = None
+    rows: list[list[Any]] | None = None
+    outbox_done: bool = False
+    rows_json: str | None = None
+    size: int = 0
+
+    def to_json(self) -> str:
+        """The answer as JSON text (the executor's HTTP answer to the direct call).
+
+        >>> ExecutorAnswer("done", rows_json='[["1"]]').to_json()
+        '{"outcome":"done","job":null,"outbox_done":false,"rows":[["1"]]}'
+        """
+        text = json.dumps(
+            {
+                "outcome": self.outcome,
+                "job": self.job.to_doc() if self.job is not None else None,
+                "outbox_done": self.outbox_done,
+            },
+            separators=(",", ":"),
+        )
+        rows = self.rows_json
+        if rows is None and self.rows is not None:
+            rows = json.dumps(self.rows, separators=(",", ":"))
+        return text if rows is None else f'{text[:-1]},"rows":{rows}}}'
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExecutorAnswer | None:
+        """Read :meth:`to_json` back (None: not an answer).
+
+        >>> a = ExecutorAnswer.from_json(ExecutorAnswer("done", rows_json='[["1"]]').to_json())
+        >>> a.outcome, a.rows, a.size
+        ('done', [['1']], 64)
+        >>> ExecutorAnswer.from_json('{"outcome": 1}') is None
+        True
+        """
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("outcome"), str):
+            return None
+        doc, rows = body.get("job"), body.get("rows")
+        try:
+            job = Job.from_doc(doc) if isinstance(doc, dict) else None
+        except TypeError:
+            return None
+        return cls(
+            outcome=body["outcome"],
+            job=job,
+            rows=rows if isinstance(rows, list) else None,
+            outbox_done=body.get("outbox_done") is True,
+            size=len(text),
+        )
+
+
+#: The header that makes the executor answer a direct call with :class:`ExecutorAnswer`
+#: (a Pub/Sub push delivery does not send it, and gets a plain acknowledgement).
+DIRECT_HEADER = "X-Bqgate-Direct"
+
+DirectCall = Callable[[str], "ExecutorAnswer | None"]
+"""The fast path to the executor for one job id (raises if it could not hand it over).
+It returns the executor's answer, or None when the job went another way (the topic)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One hand-off: whether it happened, and the executor's answer on the fast path."""
+
+    sent: bool
+    answer: ExecutorAnswer | None = None
 
 
 @dataclass
@@ -92,9 +177,15 @@ class Dispatcher:
     def send(self, rec: OutboxRecord, *, fast: bool = True) -> bool:
         """Publish one record (the direct path for ``accepted`` when ``fast``) and mark it.
         Returns whether it was handed over; a failure is logged and left to the reconciler."""
+        return self.hand_off(rec, fast=fast).sent
+
+    def hand_off(self, rec: OutboxRecord, *, fast: bool = True) -> Delivery:
+        """:meth:`send`, with the executor's answer when the direct path took the record."""
+        answer: ExecutorAnswer | None = None
         try:
             if fast and self.direct is not None and rec.event == outbox.ACCEPTED:
-                self.direct(rec.job_id)
+                got = self.direct(rec.job_id)
+                answer = got if isinstance(got, ExecutorAnswer) else None
             else:
                 self.queue.publish(rec.topic, rec.message)
         except Exception as exc:
@@ -111,7 +202,9 @@ class Dispatcher:
                     r, self._now_ms(), error, retry_ms=self.redispatch_after_ms
                 ),
             )
-            return False
+            return Delivery(False)
+        if answer is not None and answer.outbox_done:
+            return Delivery(True, answer)  # finished with the job, in the executor's commit
         if rec.until_done:
             self._mark(
                 rec,
@@ -125,7 +218,7 @@ class Dispatcher:
                 self.store.outbox_update(rec.record_id, fields or {})
             except Exception:
                 log.exception("marking outbox record %s sent failed", rec.record_id)
-        return True
+        return Delivery(True, answer)
 
     def send_all(self, records: Iterable[OutboxRecord], *, fast: bool = True) -> bool:
         """Send each record; True if every one was handed over."""
@@ -177,4 +270,12 @@ class Dispatcher:
         return done
 
 
-__all__ = ["REDISPATCH_AFTER_MS", "DirectCall", "Dispatcher", "Reconciled"]
+__all__ = [
+    "DIRECT_HEADER",
+    "REDISPATCH_AFTER_MS",
+    "Delivery",
+    "DirectCall",
+    "Dispatcher",
+    "ExecutorAnswer",
+    "Reconciled",
+]

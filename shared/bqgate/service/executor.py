@@ -22,6 +22,7 @@ import fnmatch
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -46,16 +47,18 @@ from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
 from bqgate.ports import (
     DryRun,
+    EventItems,
     JobStore,
     OpenRequestQuota,
+    Page,
     QueryOutcome,
     Queue,
     QuotaFull,
     Recorder,
+    Recording,
     Warehouse,
 )
-from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
-from bqgate.service.gateway import NullRecorder, record_all
+from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer
 from bqgate.vocabulary import Decision, as_decision, strictest_decision
 
 if TYPE_CHECKING:
@@ -66,8 +69,12 @@ log = logging.getLogger("bqgate.executor")
 
 #: Firestore documents hold at most 1 MiB; keep each page's JSON well under it.
 PAGE_BYTES = 512 * 1024
-#: Rows fetched from BigQuery per call.
-FETCH_ROWS = 5_000
+#: Rows fetched from BigQuery per call (BigQuery also caps each answer at ~10 MB).
+FETCH_ROWS = 10_000
+#: Largest result (masked rows as JSON) answered inline (``execution.inline_result_bytes``).
+INLINE_RESULT_BYTES = 1024 * 1024
+#: Compact JSON of rows, with one encoder (``json.dumps`` builds one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 
@@ -183,6 +190,10 @@ def client_cap_error(estimate: int, job: Job) -> BqgateError:
 class ExecutorConfig:
     page_bytes: int = PAGE_BYTES
     fetch_rows: int = FETCH_ROWS
+    #: A result whose masked rows encode to at most this many bytes is answered inline
+    #: (the direct call's answer carries it) and its pages are written in the commit that
+    #: ends the job; a larger one is written page by page as it streams from BigQuery.
+    inline_result_bytes: int = INLINE_RESULT_BYTES
     transient_attempts: int = TRANSIENT_ATTEMPTS
     #: The outbox reconciler's deadline for approval requests (bqgate.service.dispatch).
     redispatch_after_ms: int = REDISPATCH_AFTER_MS
@@ -224,6 +235,8 @@ class Executor:
         )
         #: The project BigQuery jobs run in; error messages never name it to the agent.
         self.warehouse_project = warehouse_project
+        # Per thread: the direct call being answered (its hand-off, and how the job ended).
+        self._local = threading.local()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -231,6 +244,44 @@ class Executor:
     def _record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         if self.recorder is not None:
             self.recorder.record(job, kind, data)
+
+    def _recording(self, job: Job, events: Callable[[Job], EventItems]) -> Recording | None:
+        """Session events the store commits with a job write (None: no recorder)."""
+        return None if self.recorder is None else Recording(self.recorder, job, events)
+
+    def _handoff(self) -> list[str]:
+        """The outbox record the commit that ends this run's job finishes (a direct call)."""
+        rid: str | None = getattr(self._local, "handoff", None)
+        return [rid] if rid else []
+
+    def _finished(self, job: Job, *, rows_json: str | None = None, completed: bool = False) -> None:
+        """Note the job this run ended, for the direct call's answer (if one is awaited)."""
+        if getattr(self._local, "answering", False):
+            self._local.ended = ExecutorAnswer(
+                outcome="finished", job=job, rows_json=rows_json, outbox_done=completed
+            )
+
+    def execute(self, job_id: str, *, direct: bool = False) -> ExecutorAnswer:
+        """:meth:`run`, answered: what happened and, when this run ended the job, the job as
+        committed (with its masked rows when the result is answered inline).
+
+        ``direct``: the ingress called (its job's ``accepted`` hand-off is finished in
+        the commit that ends the job, so the ingress need not mark it)."""
+        self._local.handoff = outbox.record_id(job_id, outbox.ACCEPTED) if direct else None
+        self._local.answering, self._local.ended = True, None
+        try:
+            outcome = self.run(job_id)
+            ended: ExecutorAnswer | None = self._local.ended
+        finally:
+            self._local.handoff, self._local.answering, self._local.ended = None, False, None
+        if ended is None or ended.job is None or ended.job.job_id != job_id:
+            return ExecutorAnswer(outcome=outcome)
+        return ExecutorAnswer(
+            outcome=outcome,
+            job=ended.job,
+            rows_json=ended.rows_json,
+            outbox_done=ended.outbox_done,
+        )
 
     def run(self, job_id: str) -> str:
         """Handle one execute message for ``job_id``; the job reaches a terminal state unless
@@ -381,7 +432,7 @@ class Executor:
                     )
                 if verdict == "approve":
                     return self._request_approval(job, message, estimate, plan=plan, blast=record)
-        return self._execute(job_id, plan)
+        return self._execute(job, plan)
 
     # --- the masking rewrite, the second opinion, the blast radius --------------------
 
@@ -455,11 +506,11 @@ class Executor:
             "BigQuery's dry run shows a plain query over readable tables without sensitive "
             "columns: allowed on the second opinion",
         ]
-        self.store.transition(job.job_id, lambda j: {"classification": verdict})
-        self._record(
-            job,
-            "second_opinion",
-            {"statement_type": info.statement_type, "referenced_tables": sorted(tables)},
+        opinion = {"statement_type": info.statement_type, "referenced_tables": sorted(tables)}
+        self.store.transition(
+            job.job_id,
+            lambda j: {"classification": verdict},
+            record=self._recording(job, lambda j: [("second_opinion", opinion)]),
         )
         estimate_ok, why = cost_decision(info.total_bytes_processed, self.policy)
         if estimate_ok != "allow":
@@ -473,7 +524,7 @@ class Executor:
             parameter_mode=job.parameter_mode,
             tables=tuple(tables),
         )
-        return self._execute(job.job_id, plan)
+        return self._execute(job, plan)
 
     def _readable_problems(self, table: str, groups: frozenset[str], job: Job) -> list[str]:
         """Why the caller may not read ``table`` unseen by the classifier (empty: fine)."""
@@ -574,8 +625,11 @@ class Executor:
                 messages.append(f"{text}: {over} (tier {check.get('tier')})")
             else:
                 messages.append(text)
-        self.store.transition(job.job_id, lambda j: {"blast_radius": record})
-        self._record(job, "blast_radius", {"writes": record})
+        self.store.transition(
+            job.job_id,
+            lambda j: {"blast_radius": record},
+            record=self._recording(job, lambda j: [("blast_radius", {"writes": record})]),
+        )
         return worst, "; ".join(messages), record
 
     def _query_row(
@@ -711,23 +765,33 @@ class Executor:
         # principal's open requests now (policy-bound ones were counted by the ingress).
         limit = self.policy.approvals.max_pending_per_principal
         quota = OpenRequestQuota(job.owner, limit, now) if job.state == PENDING else None
+
+        def requested(j: Job) -> EventItems:
+            return [
+                (
+                    "approval_requested",
+                    {
+                        "reasons": j.classification.get("reasons"),
+                        "bytes_estimate": estimate,
+                        "rewritten_sql": fields["rewritten_sql"],
+                        "blast_radius": blast,
+                    },
+                )
+            ]
+
         try:
-            job = self.store.transition(job.job_id, mark, dispatch=records, quota=quota)
+            job = self.store.transition(
+                job.job_id,
+                mark,
+                dispatch=records,
+                quota=quota,
+                record=self._recording(job, requested),
+            )
         except QuotaFull as full:
             message = quota_message(job.owner, len(full.open_job_ids), limit)
             return self._fail(job, QuotaExceeded(message))
         if not won["ok"]:
             return "awaiting-approval"
-        self._record(
-            job,
-            "approval_requested",
-            {
-                "reasons": job.classification.get("reasons"),
-                "bytes_estimate": estimate,
-                "rewritten_sql": fields["rewritten_sql"],
-                "blast_radius": blast,
-            },
-        )
         # The request and its notification were committed together; if this publish fails
         # the outbox reconciler sends it (the approvers see the request meanwhile).
         dispatcher.send_all(notify)
@@ -748,7 +812,8 @@ class Executor:
             return "the statement is now blocked: " + "; ".join(verdict.reasons)
         return check_binding(job, verdict.statement_hash)
 
-    def _execute(self, job_id: str, plan: Rewrite) -> str:
+    def _execute(self, stored: Job, plan: Rewrite) -> str:
+        job_id = stored.job_id
         now = self._now_ms()
         wjid = warehouse_job_id(job_id)
         claimed: dict[str, bool] = {"ok": False}
@@ -767,21 +832,25 @@ class Executor:
                 "rewritten_sql": rewritten,
             }
 
-        job = self.store.transition(job_id, claim)
+        def started(j: Job) -> EventItems:
+            return [
+                (
+                    "execution_started",
+                    {
+                        "warehouse_job_id": wjid,
+                        "attempt": j.executions,
+                        # The statement as it runs (the session keeps both; never the key,
+                        # which travels as query parameters only).
+                        "rewritten_sql": rewritten,
+                        "masked_at_source": [list(m) for m in plan.masked],
+                    },
+                )
+            ]
+
+        # The claim and its session event in one commit.
+        job = self.store.transition(job_id, claim, record=self._recording(stored, started))
         if not claimed["ok"]:
             return "skipped"
-        self._record(
-            job,
-            "execution_started",
-            {
-                "warehouse_job_id": wjid,
-                "attempt": job.executions,
-                # The statement as it runs (the session keeps both; never the key, which
-                # travels as query parameters only).
-                "rewritten_sql": rewritten,
-                "masked_at_source": [list(m) for m in plan.masked],
-            },
-        )
         t0 = time.perf_counter()
         try:
             outcome = self.warehouse.run(
@@ -828,8 +897,23 @@ class Executor:
                 info.referenced_tables or job.classification.get("tables") or ()
             ),
         }
-        self.store.transition(job.job_id, lambda j: None if j.done else fields)
-        self._record(job, "dry_run", {"total_bytes_processed": info.total_bytes_processed})
+        wrote = {"ok": False}
+
+        def answer(j: Job) -> dict[str, Any] | None:
+            wrote["ok"] = not j.done
+            return fields if wrote["ok"] else None
+
+        complete = self._handoff()
+        ended = self.store.transition(
+            job.job_id,
+            answer,
+            record=self._recording(
+                job, lambda j: [("dry_run", {"total_bytes_processed": info.total_bytes_processed})]
+            ),
+            complete=complete,
+        )
+        if wrote["ok"]:
+            self._finished(ended, completed=bool(complete))
         return "dry-run"
 
     def _fail(self, job: Job, error: BqgateError) -> str:
@@ -840,10 +924,21 @@ class Executor:
 
         err = stored(error, scrub=lambda m: scrub(m, self.warehouse_project, job.project))
         now = self._now_ms()
-        self.store.transition(
-            job.job_id, lambda j: None if j.done else {"state": DONE, "ended_ms": now, "error": err}
+        wrote = {"ok": False}
+
+        def end(j: Job) -> dict[str, Any] | None:
+            wrote["ok"] = not j.done
+            return {"state": DONE, "ended_ms": now, "error": err} if wrote["ok"] else None
+
+        complete = self._handoff()
+        ended = self.store.transition(
+            job.job_id,
+            end,
+            record=self._recording(job, lambda j: [("execution_finished", {"error": err})]),
+            complete=complete,
         )
-        self._record(job, "execution_finished", {"error": err})
+        if wrote["ok"]:
+            self._finished(ended, completed=bool(complete))
         return "failed"
 
     def masker_for(
@@ -904,6 +999,13 @@ class Executor:
     def _store_results(
         self, job: Job, wjid: str, outcome: QueryOutcome, run_ms: float, plan: Rewrite
     ) -> str:
+        """Mask the result as it streams from BigQuery and end the job.
+
+        A result whose masked rows encode to at most ``inline_result_bytes`` is held: its
+        pages are written in the same commit as the job's DONE state and its session
+        events, and the rows go back in the direct call's answer. A larger one is written
+        page by page as it arrives (bounded memory), then the job ends in one commit.
+        """
         t0 = time.perf_counter()
         cap = self.policy.cost.max_result_rows
         schema = outcome.schema
@@ -913,6 +1015,10 @@ class Executor:
         truncated = outcome.total_rows > cap
         sample: list[list[Any]] = []
         sample_cap = self.policy.sessions.record_rows
+        held: list[Page] = []  # pages written with the DONE commit (an inline result)
+        inline = self.config.inline_result_bytes > 0  # still small enough to answer inline
+        inline_bytes = 0
+        first_cut = job.first_page_rows if job.first_page_rows and job.first_page_rows > 0 else None
         if schema:
             masker = self.masker_for(job, schema, plan)
             masking = masker.plan.describe()
@@ -920,27 +1026,61 @@ class Executor:
             buf_bytes = 0
             buf_start = 0
 
+            def write(page: Page) -> None:
+                self.store.put_page(job.job_id, page.index, page.start, page.rows_json)
+
             def flush() -> None:
                 nonlocal buf, buf_bytes
                 if buf:
                     page_starts.append(buf_start)
-                    self.store.put_page(
-                        job.job_id, len(page_starts) - 1, buf_start, "[" + ",".join(buf) + "]"
-                    )
+                    page = Page(len(page_starts) - 1, buf_start, "[" + ",".join(buf) + "]")
+                    if inline:
+                        held.append(page)
+                    else:
+                        write(page)
                 buf, buf_bytes = [], 0
 
-            for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
-                masked_rows = masker.mask_rows(rows)
-                if len(sample) < sample_cap:
-                    sample.extend(masked_rows[: sample_cap - len(sample)])
-                for row in masked_rows:
-                    encoded = json.dumps(row, separators=(",", ":"))
+            def add(part: list[list[Any]]) -> None:
+                """Append rows to the page being filled: one encoding for the whole part
+                when it fits (the common case), row by row (to cut pages at their byte
+                limit) otherwise."""
+                nonlocal buf_start, buf_bytes, total, inline, inline_bytes
+                if not part:
+                    return
+                chunk = _ENCODE(part)[1:-1]
+                if inline:
+                    inline_bytes += len(chunk) + 1
+                    if inline_bytes > self.config.inline_result_bytes:
+                        # Too big to answer inline: stream the pages from here on.
+                        inline = False
+                        for page in held:
+                            write(page)
+                        held.clear()
+                if buf_bytes + len(chunk) <= self.config.page_bytes:
+                    pieces = [(chunk, len(part))]
+                else:
+                    pieces = [(_ENCODE(row), 1) for row in part]
+                for encoded, count in pieces:
                     if buf and buf_bytes + len(encoded) > self.config.page_bytes:
                         flush()
                         buf_start = total
                     buf.append(encoded)
                     buf_bytes += len(encoded) + 1
-                    total += 1
+                    total += count
+
+            for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
+                masked_rows = masker.mask_rows(rows)
+                if len(sample) < sample_cap:
+                    sample.extend(masked_rows[: sample_cap - len(sample)])
+                cut = first_cut - total if first_cut is not None and not page_starts else 0
+                if 0 < cut <= len(masked_rows):
+                    # The first page ends where the client's first answer does.
+                    add(masked_rows[:cut])
+                    flush()
+                    buf_start = total
+                    add(masked_rows[cut:])
+                else:
+                    add(masked_rows)
             flush()
             hits = {f"{c}:{d}": n for (c, d), n in masker.hits.items()}
         else:
@@ -965,35 +1105,51 @@ class Executor:
             "timings": timings,
             "detector_hits": hits,
         }
-        # Record before the job is marked DONE: the agent cannot read rows the session record
-        # does not hold (a failed write raises, and the redelivery runs this again).
-        record_all(
-            self.recorder or NullRecorder(),
-            job,
-            [
-                (
-                    "execution_finished",
-                    {
-                        "warehouse_job_id": wjid,
-                        "total_bytes_processed": outcome.total_bytes_processed,
-                        "duration_ms": timings["warehouse_ms"],
-                        "error": None,
-                    },
-                ),
-                (
-                    "result",
-                    {
-                        "schema": schema,
-                        "total_rows": total,
-                        "truncated": truncated,
-                        "masking": masking,
-                        "detector_hits": hits,
-                        "rows": sample,
-                    },
-                ),
-            ],
+        events: EventItems = [
+            (
+                "execution_finished",
+                {
+                    "warehouse_job_id": wjid,
+                    "total_bytes_processed": outcome.total_bytes_processed,
+                    "duration_ms": timings["warehouse_ms"],
+                    "error": None,
+                },
+            ),
+            (
+                "result",
+                {
+                    "schema": schema,
+                    "total_rows": total,
+                    "truncated": truncated,
+                    "masking": masking,
+                    "detector_hits": hits,
+                    "rows": sample,
+                },
+            ),
+        ]
+        wrote = {"ok": False}
+
+        def end(j: Job) -> dict[str, Any] | None:
+            wrote["ok"] = not j.done
+            return fields if wrote["ok"] else None
+
+        # One commit: the job DONE, its session events (the agent cannot read rows the
+        # session record does not hold), an inline result's pages, and the direct call's
+        # hand-off finished. A failed commit raises; the redelivery runs this again.
+        complete = self._handoff()
+        ended = self.store.transition(
+            job.job_id,
+            end,
+            record=self._recording(job, lambda j: events),
+            pages=held,
+            complete=complete,
         )
-        self.store.transition(job.job_id, lambda j: None if j.done else fields)
+        if wrote["ok"]:
+            rows_json = None
+            if schema and inline:
+                rows_json = "[" + ",".join(p.rows_json[1:-1] for p in held if p.rows_json != "[]")
+                rows_json += "]"
+            self._finished(ended, rows_json=rows_json, completed=bool(complete))
         return "done"
 
 

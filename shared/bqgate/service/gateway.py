@@ -6,10 +6,13 @@ Pure: talks to ports only. ``bqgate.service.ingress`` maps HTTP requests onto it
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import json
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -33,8 +36,16 @@ from bqgate.errors import (
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import Classifier, JobStore, OpenRequestQuota, Queue, QuotaFull, Recorder
-from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher
+from bqgate.ports import (
+    Classifier,
+    JobStore,
+    OpenRequestQuota,
+    Queue,
+    QuotaFull,
+    Recorder,
+    Recording,
+)
+from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher, ExecutorAnswer
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
 
@@ -42,24 +53,74 @@ from bqgate.wire import bigquery as wire
 DEFAULT_PAGE_ROWS = 10_000
 #: Most rows served per call whatever the client asks (keeps responses small).
 MAX_PAGE_ROWS = 50_000
+#: Finished jobs (and their inline rows) an ingress instance keeps to answer from memory.
+DONE_JOBS = 1024
+DONE_ROWS_BYTES = 64 * 1024 * 1024
+
+
+class DoneJobs:
+    """Finished jobs this process has seen, with the masked rows of those the executor
+    answered inline: a DONE job never changes, so a later ``jobs.get``,
+    ``getQueryResults`` or ``tabledata.list`` of it needs no store round trip.
+
+    Bounded by count and by the rows' encoded size (least recently used first out). A
+    miss is only slower: every job and page is also in the store.
+
+    >>> done = DoneJobs(max_jobs=1, max_bytes=10)
+    >>> j = Job.new(job_id="a", project="p", location="US", sql="S", owner="o", now_ms=1)
+    >>> done.put(j)  # not DONE: not kept
+    >>> done.get("a") is None
+    True
+    >>> j.state = DONE
+    >>> done.put(j, [["1"]], 5); done.get("a").job_id, done.rows("a")
+    ('a', [['1']])
+    >>> done.put(Job.new(job_id="b", project="p", location="US", sql="S", owner="o",
+    ...                  now_ms=1, state=DONE))
+    >>> done.get("a") is None, done.rows("a") is None  # evicted by count
+    (True, True)
+    """
+
+    def __init__(self, max_jobs: int = DONE_JOBS, max_bytes: int = DONE_ROWS_BYTES) -> None:
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self._jobs: OrderedDict[str, tuple[Job, list[list[Any]] | None, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, job: Job, rows: list[list[Any]] | None = None, size: int = 0) -> None:
+        if not job.done or size > self.max_bytes:
+            return
+        kept = copy.deepcopy(job)
+        with self._lock:
+            old = self._jobs.pop(job.job_id, None)
+            if old is not None:
+                self._bytes -= old[2]
+                if rows is None and old[1] is not None:  # keep rows already known
+                    rows, size = old[1], old[2]
+            self._jobs[job.job_id] = (kept, rows, size if rows is not None else 0)
+            self._bytes += size if rows is not None else 0
+            while self._jobs and (len(self._jobs) > self.max_jobs or self._bytes > self.max_bytes):
+                _, (_, _, gone) = self._jobs.popitem(last=False)
+                self._bytes -= gone
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            hit = self._jobs.get(job_id)
+            if hit is None:
+                return None
+            self._jobs.move_to_end(job_id)
+        return copy.deepcopy(hit[0])
+
+    def rows(self, job_id: str) -> list[list[Any]] | None:
+        """The inline rows of a finished job (read only), or None."""
+        with self._lock:
+            hit = self._jobs.get(job_id)
+        return hit[1] if hit is not None else None
 
 
 class NullRecorder:
     def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         return None
-
-
-def record_all(
-    recorder: Recorder, job: Job, items: list[tuple[EventKind, Mapping[str, Any]]]
-) -> None:
-    """Record several events about ``job`` in order: in one write when the recorder can
-    (``record_many``), else one by one."""
-    many = getattr(recorder, "record_many", None)
-    if many is not None:
-        many(job, items)
-        return
-    for kind, data in items:
-        recorder.record(job, kind, data)
 
 
 @dataclass
@@ -147,6 +208,7 @@ class Gateway:
         self.clock = clock
         self.sleep = sleep
         self.new_id = new_id
+        self.done_jobs = DoneJobs()
 
     # --- submission --------------------------------------------------------------
 
@@ -210,6 +272,7 @@ class Gateway:
             priority=req.priority,
             write_disposition=req.write_disposition,
             use_query_cache=req.use_query_cache,
+            first_page_rows=req.max_results or None,
             classification=verdict,
             now_ms=self._now_ms(),
         )
@@ -238,25 +301,36 @@ class Gateway:
             if job.state == PENDING_APPROVAL
             else None
         )
-        try:
-            # The job and its hand-off to the executor in one commit: an accepted job is
-            # never left without someone due to act on it (the outbox reconciler re-sends).
-            self.store.create(job, dispatch=[] if job.done else [handoff], quota=quota)
-        except QuotaFull as full:
-            self._refuse_over_quota(job, len(full.open_job_ids))
         events: list[tuple[EventKind, Mapping[str, Any]]] = [
             ("request", {"request_kind": request_kind}),
             ("classification", verdict),
         ]
         if job.state == DONE:
             events.append(("blocked", job.error or {}))
-        record_all(self.recorder, job, events)
+        try:
+            # The job, its hand-off to the executor and its session events in one commit:
+            # an accepted job is never left without someone due to act on it (the outbox
+            # reconciler re-sends), nor unrecorded. No read first: a duplicate id fails it.
+            self.store.create(
+                job,
+                dispatch=[] if job.done else [handoff],
+                quota=quota,
+                record=Recording.of(self.recorder, job, events),
+            )
+        except QuotaFull as full:
+            self._refuse_over_quota(job, len(full.open_job_ids))
         if job.state == DONE:
+            self.done_jobs.put(job)
             raise job_error(job)
         # Both allowed and approval-bound jobs go to the executor first: it alone holds
         # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
         # sends approval-bound jobs on to the approvals topic with their estimate.
-        self.dispatcher.send(handoff)
+        delivery = self.dispatcher.hand_off(handoff)
+        finished = self._answered(job, delivery.answer)
+        if finished is not None:
+            # The direct path's answer: the job as the executor committed it (with its
+            # session record), and its rows when they fit one answer.
+            return finished
         if job.dry_run:
             # BigQuery answers a dry run at once: wait for the executor's (it alone can ask).
             job = self._wait(self.store.get(job.job_id) or job, None)
@@ -269,6 +343,16 @@ class Gateway:
             return self.store.get(job.job_id) or job
         return job
 
+    def _answered(self, job: Job, answer: ExecutorAnswer | None) -> Job | None:
+        """The finished job of the executor's answer (kept with its inline rows), or None."""
+        if answer is None or answer.job is None:
+            return None
+        done = answer.job
+        if done.job_id != job.job_id or not done.done:
+            return None
+        self.done_jobs.put(done, answer.rows, answer.size)
+        return done
+
     def _refuse_over_quota(self, job: Job, open_count: int) -> NoReturn:
         """Store and record the refusal of an approval-needing job past the quota; raise it."""
         limit = self.config.max_pending_per_principal
@@ -276,25 +360,37 @@ class Gateway:
         job.state = DONE
         job.ended_ms = job.created_ms
         job.error = stored(refusal)
-        self.store.create(job)
-        record_all(
-            self.recorder,
+        self.store.create(
             job,
-            [
-                ("request", {"request_kind": job.request_kind}),
-                ("classification", job.classification),
-                (
-                    "blocked",
-                    {
-                        **job.error,
-                        "quota": "approvals.max_pending_per_principal",
-                        "limit": limit,
-                        "open_requests": open_count,
-                    },
-                ),
-            ],
+            record=Recording.of(
+                self.recorder,
+                job,
+                [
+                    ("request", {"request_kind": job.request_kind}),
+                    ("classification", job.classification),
+                    (
+                        "blocked",
+                        {
+                            **job.error,
+                            "quota": "approvals.max_pending_per_principal",
+                            "limit": limit,
+                            "open_requests": open_count,
+                        },
+                    ),
+                ],
+            ),
         )
         raise refusal
+
+    def _retried(
+        self, principal: Principal, project: str, job_id: str, req: wire.QueryRequest
+    ) -> Job:
+        """The stored job a submission's id names: the caller's own retry of the same
+        statement (else :class:`Duplicate`, whoever owns the id)."""
+        existing = self.store.get(job_id)
+        if existing is None or existing.owner != principal.email or existing.sql != req.sql:
+            raise Duplicate(f"Already Exists: Job {project}:{job_id}")
+        return existing
 
     def _resume(self, job: Job) -> Job:
         """A client's retry of a job it already submitted: hand the job off again if its
@@ -327,15 +423,11 @@ class Gateway:
         """``jobs.insert``."""
         req = wire.parse_insert(body)
         job_id = req.job_id or self.new_id()
-        existing = self.store.get(job_id)
-        if existing is not None:
-            if existing.owner != principal.email:
-                raise Duplicate(f"Already Exists: Job {project}:{job_id}")
+        try:
+            job = self.submit(principal, project, req, job_id, "jobs.insert")
+        except Duplicate:
             # Same caller retrying the same insert: answer with the job it created.
-            if existing.sql != req.sql:
-                raise Duplicate(f"Already Exists: Job {project}:{job_id}")
-            return wire.job_resource(self._resume(existing))
-        job = self.submit(principal, project, req, job_id, "jobs.insert")
+            return wire.job_resource(self._resume(self._retried(principal, project, job_id, req)))
         if job.dry_run and job.error:
             raise job_error(job)
         return wire.job_resource(job)
@@ -344,13 +436,10 @@ class Gateway:
         """``jobs.query``: submit, wait up to ``timeoutMs``, answer like getQueryResults."""
         req = wire.parse_query(body)
         job_id = req.request_id or self.new_id()
-        existing = self.store.get(job_id)
-        if existing is not None and existing.owner == principal.email and existing.sql == req.sql:
-            job = self._resume(existing)
-        elif existing is not None:
-            raise Duplicate(f"Already Exists: Job {project}:{job_id}")
-        else:
+        try:
             job = self.submit(principal, project, req, job_id, "jobs.query")
+        except Duplicate:
+            job = self._resume(self._retried(principal, project, job_id, req))
         params = wire.ResultsRequest(
             max_results=req.max_results,
             start_index=0,
@@ -363,10 +452,17 @@ class Gateway:
     # --- reading -----------------------------------------------------------------
 
     def _owned(self, principal: Principal, project: str, job_id: str) -> Job:
-        job = self.store.get(job_id)
+        job = self.done_jobs.get(job_id) or self._read(job_id)
         if job is None or job.owner != principal.email or job.project != project:
             raise NotFound(f"Not found: Job {project}:{job_id}")
         return self._expire_if_due(job)
+
+    def _read(self, job_id: str) -> Job | None:
+        """The stored job (a finished one is kept in memory from then on)."""
+        job = self.store.get(job_id)
+        if job is not None and job.done:
+            self.done_jobs.put(job)
+        return job
 
     def _expire_if_due(self, job: Job) -> Job:
         """End an approval request past its TTL when the agent polls it (lazy expiry)."""
@@ -385,9 +481,13 @@ class Gateway:
             close[:] = self._close_message(j)
             return close
 
-        expired = self.store.transition(job.job_id, expire, dispatch=records)
+        expired = self.store.transition(
+            job.job_id,
+            expire,
+            dispatch=records,
+            record=Recording(self.recorder, job, lambda j: [("expired", j.error or {})]),
+        )
         if ended.get("now"):
-            self.recorder.record(expired, "expired", expired.error or {})
             self.dispatcher.send_all(close)
         return expired
 
@@ -440,7 +540,7 @@ class Gateway:
         while not job.done and time.monotonic() < deadline:
             self.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 0.25)
-            fresh = self.store.get(job.job_id)
+            fresh = self._read(job.job_id)
             if fresh is None:  # pragma: no cover - jobs are never deleted while polled
                 raise NotFound(f"Not found: Job {job.project}:{job.job_id}")
             job = self._expire_if_due(fresh)
@@ -473,6 +573,14 @@ class Gateway:
                 [] if job.schema is not None and params.max_results != 0 else None
             )
             return empty, None
+        inline = self.done_jobs.rows(job.job_id)
+        if inline is not None and len(inline) == total:
+            # Answered inline by the executor: served from memory, as many rows as the
+            # client asks for (or one default page), no page read.
+            want = DEFAULT_PAGE_ROWS if params.max_results is None else params.max_results
+            end = min(total, start + min(want, MAX_PAGE_ROWS))
+            rest = wire.rows_to_rest(inline[start:end], job.schema, params.int64_timestamps)
+            return rest, (end if end < total else None)
         first = bisect.bisect_right(job.page_starts, start) - 1
         if params.max_results is None:
             # One stored page (from ``start``) per call, as BigQuery pages by size.

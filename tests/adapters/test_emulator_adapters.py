@@ -61,6 +61,16 @@ def test_firestore_create_get_and_duplicate(store: FirestoreJobStore) -> None:
         store.transition("no-such-job", lambda j: None)
 
 
+def test_a_misspelt_job_field_fails_the_write_instead_of_vanishing(
+    store: FirestoreJobStore,
+) -> None:
+    job = new_job()
+    store.create(job)
+    with pytest.raises(ValueError, match="fields that Job does not: stat"):
+        store.transition(job.job_id, lambda j: {"stat": "DONE"})
+    assert store.get(job.job_id) == job  # nothing was written
+
+
 def test_firestore_transition_serialises_concurrent_claims(store: FirestoreJobStore) -> None:
     job = new_job()
     store.create(job)

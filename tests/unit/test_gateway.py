@@ -260,3 +260,12 @@ def test_unanswered_approval_expires_when_the_agent_polls() -> None:
     assert (
         gw.get_job(ALICE, "demo-project", "j1")["status"]["errorResult"]["reason"] == "accessDenied"
     )
+
+
+def test_a_misspelt_job_field_fails_the_write_instead_of_vanishing() -> None:
+    gw, store, _ = make()
+    insert(gw, "SELECT 1")
+    before = store.get("j1")
+    with pytest.raises(ValueError, match="fields that Job does not: stat"):
+        store.transition("j1", lambda j: {"stat": DONE})
+    assert before is not None and store.get("j1") == before  # nothing was written

@@ -7,7 +7,7 @@ Pure: plain values in, plain values out. A job that needs approval waits in
        |----a denial with a reason--> denied     (job -> DONE, accessDenied)
        +----expire_at_ms passed-----> expired    (job -> DONE, accessDenied)
 
-:func:`decide` computes the fields to write for one approver's click; the caller runs it
+:func:`decide` computes the job one approver's click leaves; the caller runs it
 inside a job-store transaction, so two clicks never both count. An approval is bound
 (:func:`binding`) to the statement, its owner, its default dataset and the estimate the
 approver saw; the executor calls :func:`check_binding` before it runs the job, so a job
@@ -21,12 +21,11 @@ whose statement was changed after approval is refused.
 ...               classification={"decision": "approve", "statement_hash": "ab12"})
 >>> d = decide(job, approver="alice@x.io", approver_groups=frozenset({"approvers"}),
 ...            action="approve", reason=None, now_ms=1_000, policy=pol)
->>> d.outcome, d.fields["state"], d.message
+>>> d.outcome, d.job.state, d.message
 ('approved', 'PENDING', 'Approved by alice@x.io')
->>> job.approval, job.state = d.fields["approval"], d.fields["state"]
->>> check_binding(job, "ab12") is None
+>>> check_binding(d.job, "ab12") is None
 True
->>> check_binding(job, "ffff")
+>>> check_binding(d.job, "ffff")
 'the approval does not match the job: its statement, owner, default dataset or byte estimate \
 changed after it was approved'
 """
@@ -212,16 +211,16 @@ class Decision:
         outcome: ``approved`` (all votes in: run it), ``recorded`` (a vote, more needed),
             ``denied``, ``expired``, or ``unchanged`` (nothing to do; ``message`` says why).
         message: One line for the approver (Slack ephemeral text, API response).
-        fields: Job fields to write (``None``: write nothing).
+        job: The job as the decision leaves it (``None``: write nothing).
     """
 
     outcome: str
     message: str
-    fields: dict[str, Any] | None = None
+    job: Job | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.fields)
+        return self.job is not None
 
     @property
     def execute(self) -> bool:
@@ -348,29 +347,30 @@ def expiry_message(job: Job) -> str:
     return f"Approval request expired after {describe_duration(ttl)}"
 
 
-def expire_fields(job: Job, now_ms: int) -> dict[str, Any] | None:
-    """Fields that end an expired approval request, or None if it has not expired.
+def expire(job: Job, now_ms: int) -> Job | None:
+    """The job as its expiry ends it, or None if it is not an expired approval request.
 
     Shared by the approvals function and the gateway (which expires requests lazily
     when the agent polls). Run it inside a job-store transaction.
 
     >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a",
     ...           state=PENDING_APPROVAL, created_ms=0, expire_at_ms=900_000)
-    >>> expire_fields(job, 899_999) is None
+    >>> expire(job, 899_999) is None
     True
-    >>> f = expire_fields(job, 900_000)
-    >>> f["state"], f["error"]["message"], f["approval"]["status"]
+    >>> j = expire(job, 900_000)
+    >>> j.state, j.error["message"], j.approval["status"]
     ('DONE', 'Approval request expired after 15 minutes', 'expired')
     """
     if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now_ms < job.expire_at_ms:
         return None
     rec = replace(ApprovalRecord.from_doc(job.approval), status=EXPIRED, decided_at_ms=now_ms)
-    return {
-        "state": DONE,
-        "ended_ms": now_ms,
-        "error": stored(AccessDenied(expiry_message(job))),
-        "approval": rec.to_doc(),
-    }
+    return replace(
+        job,
+        state=DONE,
+        ended_ms=now_ms,
+        error=stored(AccessDenied(expiry_message(job))),
+        approval=rec.to_doc(),
+    )
 
 
 def holds_quota_slot(job: Job, now_ms: int) -> bool:
@@ -534,7 +534,7 @@ def decide(
     policy: Policy,
     via: str = "api",
 ) -> Decision:
-    """One approver's approve or deny on ``job``: the fields to write and what to say.
+    """One approver's approve or deny on ``job``: the job it leaves and what to say.
 
     Raises:
         AccessDenied: the approver may not decide this request (see :func:`authorize`).
@@ -547,7 +547,7 @@ def decide(
     rec = record_of(job, policy.approvals.required)
     if job.state != PENDING_APPROVAL or rec.status != REQUESTED:
         return Decision("unchanged", _after_the_fact(job, rec))
-    expired = expire_fields(job, now_ms)
+    expired = expire(job, now_ms)
     if expired is not None:
         return Decision(EXPIRED, f"{expiry_message(job)}; it can no longer be decided", expired)
     if action == "approve" and job.bytes_estimate is None:
@@ -563,12 +563,13 @@ def decide(
         return Decision(
             DENIED,
             message,
-            {
-                "state": DONE,
-                "ended_ms": now_ms,
-                "approval": denied.to_doc(),
-                "error": stored(AccessDenied(message)),
-            },
+            replace(
+                job,
+                state=DONE,
+                ended_ms=now_ms,
+                approval=denied.to_doc(),
+                error=stored(AccessDenied(message)),
+            ),
         )
     if who in rec.approvers:
         left = rec.required - len(rec.approvers)
@@ -584,7 +585,7 @@ def decide(
         return Decision(
             "recorded",
             f"Approval {len(votes)} of {rec.required} recorded by {who}; waiting for {left} more",
-            {"approval": partial.to_doc()},
+            replace(job, approval=partial.to_doc()),
         )
     approved = replace(
         rec, status=APPROVED, votes=votes, decided_at_ms=now_ms, binding=job_binding(job)
@@ -592,7 +593,7 @@ def decide(
     return Decision(
         APPROVED,
         f"Approved by {', '.join(v.approver for v in votes)}",
-        {"state": PENDING, "approval": approved.to_doc()},
+        replace(job, state=PENDING, approval=approved.to_doc()),
     )
 
 
@@ -609,7 +610,7 @@ __all__ = [
     "check_binding",
     "clean_reason",
     "decide",
-    "expire_fields",
+    "expire",
     "expiry_message",
     "final_outcome",
     "group_id",

@@ -139,3 +139,31 @@ class Job:
 #: Keys a job store keeps in a job's document for itself (Firestore's TTL timestamp).
 STORE_KEYS = frozenset({"expire_at"})
 _FIELDS = frozenset(f.name for f in fields(Job))
+
+
+def changed_fields(before: Job, after: Job) -> dict[str, Any]:
+    """The stored fields ``after`` differs from ``before`` in (what a store writes).
+
+    >>> from dataclasses import replace
+    >>> j = Job("j", "p", "US", "SELECT 1", "a@x")
+    >>> changed_fields(j, replace(j, state=DONE, ended_ms=5))
+    {'state': 'DONE', 'ended_ms': 5}
+    >>> changed_fields(j, replace(j))
+    {}
+    """
+    old, new = before.to_doc(), after.to_doc()
+    return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a job store's ``transition`` did: the job as it read it (``before``) and as it
+    now stands (``after``); ``changed`` when it wrote something."""
+
+    before: Job
+    after: Job
+    changed: bool
+
+    @classmethod
+    def unchanged(cls, job: Job) -> Transition:
+        return cls(job, job, False)

@@ -17,11 +17,12 @@ from bqgate.audit.record import EventKind
 from bqgate.chain import Keyring
 from bqgate.errors import BqgateError
 from bqgate.identity import Principal
-from bqgate.jobs import Job
+from bqgate.jobs import Job, Transition
 from bqgate.outbox import OutboxRecord
 
-Change = Callable[[Job], dict[str, Any] | None]
-"""Computes the fields a transition writes from the job as it stands (None: no change)."""
+Change = Callable[[Job], Job | None]
+"""The job as a transition makes it, from the job as it stands (``dataclasses.replace``;
+None: no change). The store writes the fields that differ."""
 Dispatches = Callable[[Job], Sequence[OutboxRecord]]
 """The outbox records a transition writes, from the job as it now stands."""
 EventItems = Sequence[tuple[EventKind, Mapping[str, Any]]]
@@ -133,9 +134,9 @@ class JobStore(Protocol):
         record: Recording | None = None,
         pages: Sequence[Page] = (),
         complete: Sequence[str] = (),
-    ) -> Job:
-        """Atomically read the job, let ``change`` compute the fields to update
-        (``None``: no change), write them, and return the job as it now stands.
+    ) -> Transition:
+        """Atomically read the job, let ``change`` make the job it should become
+        (``None``: no change), write the fields that differ, and say what happened.
 
         When fields are written, the same commit also writes: the outbox records
         ``dispatch`` names (given the job as it now stands), the session events of

@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -75,7 +76,7 @@ def test_a_silent_firestore_fails_every_store_call_within_its_deadline(silent_po
     for call in (
         lambda: store.get(j.job_id),
         lambda: store.create(j),
-        lambda: store.transition(j.job_id, lambda _: {"state": DONE}),
+        lambda: store.transition(j.job_id, lambda j: replace(j, state=DONE)),
         lambda: store.put_page(j.job_id, 0, 0, "[]"),
         lambda: store.get_pages(j.job_id, 0, 0),
     ):

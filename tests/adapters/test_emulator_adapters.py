@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from dataclasses import replace
 
 import pytest
 from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
@@ -61,14 +62,16 @@ def test_firestore_create_get_and_duplicate(store: FirestoreJobStore) -> None:
         store.transition("no-such-job", lambda j: None)
 
 
-def test_a_misspelt_job_field_fails_the_write_instead_of_vanishing(
+def test_a_stored_job_with_an_unknown_field_is_an_error_not_silence(
     store: FirestoreJobStore,
 ) -> None:
     job = new_job()
     store.create(job)
+    client = firestore.Client(project=PROJECT)
+    client.collection("jobs").document(job.job_id).update({"stat": "DONE"})  # a misspelt field
+    fresh = FirestoreJobStore(client)  # nothing remembered: it reads the stored document
     with pytest.raises(ValueError, match="fields that Job does not: stat"):
-        store.transition(job.job_id, lambda j: {"stat": "DONE"})
-    assert store.get(job.job_id) == job  # nothing was written
+        fresh.get(job.job_id)
 
 
 def test_firestore_transition_serialises_concurrent_claims(store: FirestoreJobStore) -> None:
@@ -77,12 +80,14 @@ def test_firestore_transition_serialises_concurrent_claims(store: FirestoreJobSt
     winners: list[int] = []
 
     def claim(i: int) -> None:
-        def change(j: Job) -> dict[str, object] | None:
+        def change(j: Job) -> Job | None:
             return (
-                None if j.state == RUNNING else {"state": RUNNING, "executions": j.executions + 1}
+                None
+                if j.state == RUNNING
+                else replace(j, state=RUNNING, executions=j.executions + 1)
             )
 
-        result = store.transition(job.job_id, change)
+        result = store.transition(job.job_id, change).after
         if result.executions == 1 and result.state == RUNNING:
             winners.append(i)
 
@@ -177,7 +182,7 @@ def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse)
 def test_done_state_constant_is_what_the_store_reports(store: FirestoreJobStore) -> None:
     job = new_job()
     store.create(job)
-    done = store.transition(job.job_id, lambda j: {"state": DONE, "total_rows": 0})
+    done = store.transition(job.job_id, lambda j: replace(j, state=DONE, total_rows=0)).after
     assert done.state == DONE and store.get(job.job_id).total_rows == 0  # type: ignore[union-attr]
 
 
@@ -224,13 +229,13 @@ def test_killed_then_retried_executor_runs_the_statement_once(
         labels={},
         maximum_bytes_billed=None,
     )
-    store.transition(job.job_id, lambda j: {"state": RUNNING, "executions": 1})
+    store.transition(job.job_id, lambda j: replace(j, state=RUNNING, executions=1))
     executor = Executor(
         store=store, warehouse=warehouse, hmac_key=b"k", policy=load_policy("policies/default.yaml")
     )
     assert executor.run(job.job_id) == "done"
     # Killed again after BigQuery finished but before DONE was written: retried once more.
-    store.transition(job.job_id, lambda j: {"state": RUNNING})
+    store.transition(job.job_id, lambda j: replace(j, state=RUNNING))
     assert executor.run(job.job_id) == "done"
     done = store.get(job.job_id)
     assert done is not None and done.state == DONE and done.executions == 3

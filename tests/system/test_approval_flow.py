@@ -10,6 +10,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -180,9 +181,9 @@ def test_deny_in_slack_makes_the_agent_raise_forbidden(
 
 
 def expire_now(store: FirestoreJobStore, job_id: str) -> None:
-    def past(job: Job) -> dict[str, Any]:
+    def past(job: Job) -> Job:
         assert job.state == PENDING_APPROVAL
-        return {"expire_at_ms": int(time.time() * 1000) - 1}
+        return replace(job, expire_at_ms=int(time.time() * 1000) - 1)
 
     store.transition(job_id, past)
 
@@ -320,7 +321,8 @@ def test_statement_changed_after_the_request_is_refused_by_the_executor(
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     msg = message_for(stack, job_id)
     store.transition(
-        job_id, lambda j: {"sql": "SELECT name, salary, iban FROM `demo-project.finance.payroll`"}
+        job_id,
+        lambda j: replace(j, sql="SELECT name, salary, iban FROM `demo-project.finance.payroll`"),
     )
     ui_click(stack, "U_ALICE", msg, "bqgate_approve", job_id)
     with pytest.raises(gexc.Forbidden) as err:

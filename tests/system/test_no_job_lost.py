@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -302,7 +303,7 @@ def test_the_sweeper_expires_a_stale_request_and_closes_its_slack_message(
     msg = until("the approval message", lambda: messages_of(stack, job.job_id), 90)[0]
     assert any(b["type"] == "actions" for b in msg["blocks"])
     # Nobody answers and the agent stops polling: only the sweeper can end it.
-    store.transition(job.job_id, lambda j: {"expire_at_ms": int(time.time() * 1000) - 1})
+    store.transition(job.job_id, lambda j: replace(j, expire_at_ms=int(time.time() * 1000) - 1))
     ended = until(
         "the sweeper to expire it", lambda: (j := store.get(job.job_id)) and j.done and j, 60
     )

@@ -6,6 +6,7 @@ import doctest
 import json
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import bqgate.approvals as approvals_mod
@@ -17,7 +18,7 @@ from bqgate.approvals import (
     binding,
     check_binding,
     decide,
-    expire_fields,
+    expire,
 )
 from bqgate.errors import AccessDenied, InvalidRequest, Unauthenticated
 from bqgate.identity import Principal
@@ -75,10 +76,9 @@ def pending_job(job_id: str = "j1", **kw: Any) -> Job:
     return Job(**base)
 
 
-def apply(job: Job, fields: Mapping[str, Any] | None) -> Job:
-    doc = job.to_doc()
-    doc.update(fields or {})
-    return Job.from_doc(doc)
+def apply(job: Job, decided: Job | None) -> Job:
+    """The job as a decision left it (``None``: as it was)."""
+    return job if decided is None else decided
 
 
 def test_doctests_of_the_approval_modules() -> None:
@@ -103,7 +103,7 @@ def test_one_approval_makes_the_job_runnable_and_bound() -> None:
         via="slack",
     )
     assert d.outcome == "approved" and d.execute and d.changed
-    job = apply(job, d.fields)
+    job = apply(job, d.job)
     assert job.state == PENDING
     rec = ApprovalRecord.from_doc(job.approval)
     assert rec.status == APPROVED and rec.approvers == ("alice@x.io",)
@@ -157,7 +157,7 @@ def test_denial_ends_the_job_with_the_reason() -> None:
         now_ms=T0 + 5,
         policy=policy(),
     )
-    job = apply(job, d.fields)
+    job = apply(job, d.job)
     assert job.state == DONE and job.ended_ms == T0 + 5
     assert job.error == {"reason": "accessDenied", "message": "Denied by bob@x.io: reads payroll"}
     assert ApprovalRecord.from_doc(job.approval).denied_by == "bob@x.io"
@@ -206,7 +206,7 @@ def test_second_click_after_the_decision_changes_nothing_and_says_why() -> None:
             reason=None,
             now_ms=T0,
             policy=policy(),
-        ).fields,
+        ).job,
     )
     again = decide(
         job,
@@ -228,7 +228,7 @@ def test_second_click_after_the_decision_changes_nothing_and_says_why() -> None:
         now_ms=T0 + 2,
         policy=policy(),
     )
-    assert late_deny.fields is None and "Already approved" in late_deny.message
+    assert late_deny.job is None and "Already approved" in late_deny.message
 
 
 def test_denied_request_cannot_be_approved_afterwards() -> None:
@@ -243,7 +243,7 @@ def test_denied_request_cannot_be_approved_afterwards() -> None:
             reason="no",
             now_ms=T0,
             policy=policy(),
-        ).fields,
+        ).job,
     )
     d = decide(
         job,
@@ -254,7 +254,7 @@ def test_denied_request_cannot_be_approved_afterwards() -> None:
         now_ms=T0 + 1,
         policy=policy(),
     )
-    assert d.fields is None and d.message == "Already denied by bob@x.io; nothing changed"
+    assert d.job is None and d.message == "Already denied by bob@x.io; nothing changed"
 
 
 def test_two_required_approvals_must_come_from_distinct_approvers() -> None:
@@ -271,7 +271,7 @@ def test_two_required_approvals_must_come_from_distinct_approvers() -> None:
     )
     assert first.outcome == "recorded" and not first.execute
     assert first.message == "Approval 1 of 2 recorded by alice@x.io; waiting for 1 more"
-    job = apply(job, first.fields)
+    job = apply(job, first.job)
     assert job.state == PENDING_APPROVAL
     assert "1 of the 2" not in (check_binding(job, "h1") or "")  # still pending
     same = decide(
@@ -294,7 +294,7 @@ def test_two_required_approvals_must_come_from_distinct_approvers() -> None:
         policy=pol,
     )
     assert second.outcome == "approved"
-    job = apply(job, second.fields)
+    job = apply(job, second.job)
     assert ApprovalRecord.from_doc(job.approval).approvers == ("alice@x.io", "bob@x.io")
     assert check_binding(job, "h1") is None
 
@@ -311,7 +311,7 @@ def test_no_decision_after_expiry() -> None:
         policy=policy(),
     )
     assert d.outcome == "expired" and not d.execute
-    job = apply(job, d.fields)
+    job = apply(job, d.job)
     assert job.state == DONE
     assert job.error == {
         "reason": "accessDenied",
@@ -319,12 +319,12 @@ def test_no_decision_after_expiry() -> None:
     }
 
 
-def test_expire_fields_only_for_pending_approval_jobs() -> None:
-    assert expire_fields(pending_job(state=PENDING), T0 + 10**9) is None
-    assert expire_fields(pending_job(expire_at_ms=None), T0 + 10**9) is None
-    fields = expire_fields(pending_job(expire_at_ms=T0 + 3000), T0 + 3000)
-    assert fields is not None
-    assert fields["error"]["message"] == "Approval request expired after 3 seconds"
+def test_expire_only_for_pending_approval_jobs() -> None:
+    assert expire(pending_job(state=PENDING), T0 + 10**9) is None
+    assert expire(pending_job(expire_at_ms=None), T0 + 10**9) is None
+    expired = expire(pending_job(expire_at_ms=T0 + 3000), T0 + 3000)
+    assert expired is not None and expired.error is not None
+    assert expired.error["message"] == "Approval request expired after 3 seconds"
 
 
 # --------------------------------------------------------------------------- binding
@@ -340,7 +340,7 @@ def approved(job: Job) -> Job:
         now_ms=T0,
         policy=policy(),
     )
-    return apply(job, d.fields)
+    return apply(job, d.job)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +354,7 @@ def approved(job: Job) -> Job:
 def test_binding_refuses_a_job_changed_after_approval(change: dict[str, Any]) -> None:
     job = approved(pending_job())
     assert check_binding(job, "h1") is None
-    changed = apply(job, change)
+    changed = replace(job, **change)
     assert "changed after it was approved" in (check_binding(changed, "h1") or "")
 
 
@@ -387,7 +387,7 @@ def test_allowed_jobs_need_no_approval_but_requested_ones_do() -> None:
     )
     assert check_binding(allowed, "h1") is None
     # Sent to approval by its cost: it has an approval record from then on.
-    costly = apply(allowed, {"approval": ApprovalRecord().to_doc()})
+    costly = replace(allowed, approval=ApprovalRecord().to_doc())
     assert "has not been approved" in (check_binding(costly, "h1") or "")
 
 

@@ -253,7 +253,7 @@ class ApprovalService:
         seen: dict[str, core.Decision] = {}
         written: list[OutboxRecord] = []
 
-        def change(job: Job) -> dict[str, Any] | None:
+        def change(job: Job) -> Job | None:
             d = core.decide(
                 job,
                 approver=approver,
@@ -265,7 +265,7 @@ class ApprovalService:
                 via=via,
             )
             seen["d"] = d
-            return d.fields
+            return d.job
 
         def records(job: Job) -> list[OutboxRecord]:
             recs = []
@@ -276,7 +276,7 @@ class ApprovalService:
             written[:] = recs
             return recs
 
-        job = self.store.transition(job_id, change, dispatch=records)
+        job = self.store.transition(job_id, change, dispatch=records).after
         decision = seen["d"]
         redispatched = False
         if decision.changed:
@@ -398,12 +398,12 @@ class ApprovalService:
         state: dict[str, Any] = {}
         close: list[OutboxRecord] = []
 
-        def claim(j: Job) -> dict[str, Any] | None:
+        def claim(j: Job) -> Job | None:
             state.clear()
             if j.state != PENDING_APPROVAL:
                 state["what"] = "not-pending"
                 return None
-            expired = core.expire_fields(j, now)
+            expired = core.expire(j, now)
             if expired is not None:
                 state["what"] = "expired"
                 return expired
@@ -422,13 +422,13 @@ class ApprovalService:
                 if rec.post_attempts == 0
                 else replace(rec, notified_at_ms=now)
             )
-            return {"approval": claimed.to_doc()}
+            return replace(j, approval=claimed.to_doc())
 
         def records(j: Job) -> list[OutboxRecord]:
             close[:] = [self._close_record(job_id)] if state.get("what") == "expired" else []
             return close
 
-        job = self.store.transition(job_id, claim, dispatch=records)
+        job = self.store.transition(job_id, claim, dispatch=records).after
         what = str(state.get("what", "not-pending"))
         if what == "expired":
             if self.recorder is not None:
@@ -452,11 +452,10 @@ class ApprovalService:
                 if earlier:  # counted before the call: a crash mid-post must not go unseen
                     self.store.transition(
                         job_id,
-                        lambda j: {
-                            "approval": replace(
-                                core.record_of(j), post_attempts=earlier + 1
-                            ).to_doc()
-                        },
+                        lambda j: replace(
+                            j,
+                            approval=replace(core.record_of(j), post_attempts=earlier + 1).to_doc(),
+                        ),
                     )
                 msg = blocks.request_message(job)
                 posting = True
@@ -470,17 +469,18 @@ class ApprovalService:
             # no post and counted none.
             refused = posting and isinstance(exc, Rejected)
 
-            def release(j: Job) -> dict[str, Any]:
+            def release(j: Job) -> Job:
                 rec = core.record_of(j)
                 attempts = earlier if refused else rec.post_attempts
-                return {
-                    "approval": replace(
+                return replace(
+                    j,
+                    approval=replace(
                         rec,
                         notified_at_ms=None,
                         post_attempts=attempts,
                         first_post_ms=rec.first_post_ms if attempts else None,
-                    ).to_doc()
-                }
+                    ).to_doc(),
+                )
 
             self.store.transition(job_id, release)
             raise
@@ -512,13 +512,13 @@ class ApprovalService:
         return found[:1]
 
     def _remember(self, job_id: str, channel: str, ts: str, *, found_existing: bool) -> Job:
-        def remember(j: Job) -> dict[str, Any]:
+        def remember(j: Job) -> Job:
             rec = replace(
                 core.record_of(j), slack_channel=channel, slack_ts=ts, notified_at_ms=None
             )
-            return {"approval": rec.to_doc()}
+            return replace(j, approval=rec.to_doc())
 
-        job = self.store.transition(job_id, remember)
+        job = self.store.transition(job_id, remember).after
         if self.recorder is not None:
             rec = core.record_of(job)
             try:
@@ -562,7 +562,7 @@ class ApprovalService:
         now = self._now_ms()
         self.store.transition(
             job.job_id,
-            lambda j: {"approval": replace(core.record_of(j), slack_closed_ms=now).to_doc()},
+            lambda j: replace(j, approval=replace(core.record_of(j), slack_closed_ms=now).to_doc()),
         )
         return self._closed(job.job_id, "closed")
 
@@ -687,7 +687,7 @@ class ApprovalService:
     def _decidable(self, job: Job, approver: str, groups: frozenset[str], now: int) -> bool:
         if (
             job.state != PENDING_APPROVAL
-            or core.expire_fields(job, now) is not None
+            or core.expire(job, now) is not None
             or job.bytes_estimate is None
         ):
             return False
@@ -713,7 +713,7 @@ class ApprovalService:
             for j in similar
             if core.group_key(j) == key
             and j.bytes_estimate is not None
-            and core.expire_fields(j, now) is None
+            and core.expire(j, now) is None
         ]
         return sorted(
             members, key=lambda j: (j.created_ms, j.expire_at_ms or 0, j.job_id), reverse=True
@@ -853,7 +853,7 @@ class ApprovalService:
                 job, approver=approver, approver_groups=groups, action="deny", policy=self.policy
             )
             rec = core.record_of(job)
-            if job.state != PENDING_APPROVAL or core.expire_fields(job, self._now_ms()):
+            if job.state != PENDING_APPROVAL or core.expire(job, self._now_ms()):
                 # Let decide() say why (and expire it if that is the reason).
                 outcome = self.decide(
                     job_id,

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bqgate import outbox
@@ -316,10 +316,10 @@ class Executor:
         """Count one transient failure; raise ``err`` (redelivery) while attempts remain."""
         limit = self.config.transient_attempts
 
-        def count(job: Job) -> dict[str, Any] | None:
-            return None if job.done else {"transient_failures": job.transient_failures + 1}
+        def count(job: Job) -> Job | None:
+            return None if job.done else replace(job, transient_failures=job.transient_failures + 1)
 
-        job = self.store.transition(job_id, count)
+        job = self.store.transition(job_id, count).after
         if job.done:
             return "skipped"
         if job.transient_failures < limit:
@@ -509,7 +509,7 @@ class Executor:
         opinion = {"statement_type": info.statement_type, "referenced_tables": sorted(tables)}
         self.store.transition(
             job.job_id,
-            lambda j: {"classification": verdict},
+            lambda j: replace(j, classification=verdict),
             record=self._recording(job, lambda j: [("second_opinion", opinion)]),
         )
         estimate_ok, why = cost_decision(info.total_bytes_processed, self.policy)
@@ -627,7 +627,7 @@ class Executor:
                 messages.append(text)
         self.store.transition(
             job.job_id,
-            lambda j: {"blast_radius": record},
+            lambda j: replace(j, blast_radius=record),
             record=self._recording(job, lambda j: [("blast_radius", {"writes": record})]),
         )
         return worst, "; ".join(messages), record
@@ -745,15 +745,14 @@ class Executor:
             fields["classification"] = judged
         if cost_reason or blast is not None:
             fields["expire_at_ms"] = now + ttl_ms
-        won = {"ok": False}
         if self.dispatcher is None:
             raise RuntimeError("the executor has no queue to send approval requests to")
         dispatcher = self.dispatcher
         notify: list[OutboxRecord] = []
 
-        def mark(j: Job) -> dict[str, Any] | None:
-            won["ok"] = j.state in (PENDING, PENDING_APPROVAL) and not j.approval_requested_ms
-            return fields if won["ok"] else None
+        def mark(j: Job) -> Job | None:
+            ours = j.state in (PENDING, PENDING_APPROVAL) and not j.approval_requested_ms
+            return replace(j, **fields) if ours else None
 
         def records(j: Job) -> list[OutboxRecord]:
             notify[:] = [
@@ -780,7 +779,7 @@ class Executor:
             ]
 
         try:
-            job = self.store.transition(
+            marked = self.store.transition(
                 job.job_id,
                 mark,
                 dispatch=records,
@@ -790,7 +789,7 @@ class Executor:
         except QuotaFull as full:
             message = quota_message(job.owner, len(full.open_job_ids), limit)
             return self._fail(job, QuotaExceeded(message))
-        if not won["ok"]:
+        if not marked.changed:
             return "awaiting-approval"
         # The request and its notification were committed together; if this publish fails
         # the outbox reconciler sends it (the approvers see the request meanwhile).
@@ -816,21 +815,19 @@ class Executor:
         job_id = stored.job_id
         now = self._now_ms()
         wjid = warehouse_job_id(job_id)
-        claimed: dict[str, bool] = {"ok": False}
         rewritten = plan.sql if plan.changed else None
 
-        def claim(job: Job) -> dict[str, Any] | None:
-            claimed["ok"] = False
+        def claim(job: Job) -> Job | None:
             if job.state not in (PENDING, RUNNING):
                 return None  # DONE (nothing to do) or awaiting approval (not ours yet)
-            claimed["ok"] = True
-            return {
-                "state": RUNNING,
-                "started_ms": job.started_ms or now,
-                "warehouse_job_id": wjid,
-                "executions": job.executions + 1,
-                "rewritten_sql": rewritten,
-            }
+            return replace(
+                job,
+                state=RUNNING,
+                started_ms=job.started_ms or now,
+                warehouse_job_id=wjid,
+                executions=job.executions + 1,
+                rewritten_sql=rewritten,
+            )
 
         def started(j: Job) -> EventItems:
             return [
@@ -848,9 +845,10 @@ class Executor:
             ]
 
         # The claim and its session event in one commit.
-        job = self.store.transition(job_id, claim, record=self._recording(stored, started))
-        if not claimed["ok"]:
+        claimed = self.store.transition(job_id, claim, record=self._recording(stored, started))
+        if not claimed.changed:
             return "skipped"
+        job = claimed.after
         t0 = time.perf_counter()
         try:
             outcome = self.warehouse.run(
@@ -886,7 +884,7 @@ class Executor:
         if problem:
             return self._fail(job, AccessDenied(f"Blocked by bqgate policy: {problem}"))
         now = self._now_ms()
-        fields = {
+        fields: dict[str, Any] = {
             "state": DONE,
             "started_ms": now,
             "ended_ms": now,
@@ -897,11 +895,9 @@ class Executor:
                 info.referenced_tables or job.classification.get("tables") or ()
             ),
         }
-        wrote = {"ok": False}
 
-        def answer(j: Job) -> dict[str, Any] | None:
-            wrote["ok"] = not j.done
-            return fields if wrote["ok"] else None
+        def answer(j: Job) -> Job | None:
+            return None if j.done else replace(j, **fields)
 
         complete = self._handoff()
         ended = self.store.transition(
@@ -912,8 +908,8 @@ class Executor:
             ),
             complete=complete,
         )
-        if wrote["ok"]:
-            self._finished(ended, completed=bool(complete))
+        if ended.changed:
+            self._finished(ended.after, completed=bool(complete))
         return "dry-run"
 
     def _fail(self, job: Job, error: BqgateError) -> str:
@@ -924,11 +920,9 @@ class Executor:
 
         err = stored(error, scrub=lambda m: scrub(m, self.warehouse_project, job.project))
         now = self._now_ms()
-        wrote = {"ok": False}
 
-        def end(j: Job) -> dict[str, Any] | None:
-            wrote["ok"] = not j.done
-            return {"state": DONE, "ended_ms": now, "error": err} if wrote["ok"] else None
+        def end(j: Job) -> Job | None:
+            return None if j.done else replace(j, state=DONE, ended_ms=now, error=err)
 
         complete = self._handoff()
         ended = self.store.transition(
@@ -937,8 +931,8 @@ class Executor:
             record=self._recording(job, lambda j: [("execution_finished", {"error": err})]),
             complete=complete,
         )
-        if wrote["ok"]:
-            self._finished(ended, completed=bool(complete))
+        if ended.changed:
+            self._finished(ended.after, completed=bool(complete))
         return "failed"
 
     def masker_for(
@@ -1091,7 +1085,7 @@ class Executor:
             "warehouse_ms": round(run_ms, 3),
             "results_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
-        fields = {
+        fields: dict[str, Any] = {
             "state": DONE,
             "ended_ms": now,
             "schema": schema if schema else None,
@@ -1127,11 +1121,9 @@ class Executor:
                 },
             ),
         ]
-        wrote = {"ok": False}
 
-        def end(j: Job) -> dict[str, Any] | None:
-            wrote["ok"] = not j.done
-            return fields if wrote["ok"] else None
+        def end(j: Job) -> Job | None:
+            return None if j.done else replace(j, **fields)
 
         # One commit: the job DONE, its session events (the agent cannot read rows the
         # session record does not hold), an inline result's pages, and the direct call's
@@ -1144,12 +1136,12 @@ class Executor:
             pages=held,
             complete=complete,
         )
-        if wrote["ok"]:
+        if ended.changed:
             rows_json = None
             if schema and inline:
                 rows_json = "[" + ",".join(p.rows_json[1:-1] for p in held if p.rows_json != "[]")
                 rows_json += "]"
-            self._finished(ended, rows_json=rows_json, completed=bool(complete))
+            self._finished(ended.after, rows_json=rows_json, completed=bool(complete))
         return "done"
 
 

@@ -14,11 +14,11 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from bqgate import outbox
-from bqgate.approvals import expire_fields, quota_message
+from bqgate.approvals import expire, quota_message
 from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
@@ -469,27 +469,21 @@ class Gateway:
         now = self._now_ms()
         if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now < job.expire_at_ms:
             return job
-        ended: dict[str, bool] = {}
         close: list[OutboxRecord] = []
-
-        def expire(j: Job) -> dict[str, Any] | None:
-            fields = expire_fields(j, now)
-            ended["now"] = fields is not None
-            return fields
 
         def records(j: Job) -> list[OutboxRecord]:
             close[:] = self._close_message(j)
             return close
 
-        expired = self.store.transition(
+        done = self.store.transition(
             job.job_id,
-            expire,
+            lambda j: expire(j, now),
             dispatch=records,
             record=Recording(self.recorder, job, lambda j: [("expired", j.error or {})]),
         )
-        if ended.get("now"):
+        if done.changed:
             self.dispatcher.send_all(close)
-        return expired
+        return done.after
 
     def get_job(self, principal: Principal, project: str, job_id: str) -> dict[str, Any]:
         """``jobs.get``."""
@@ -503,14 +497,15 @@ class Gateway:
         close: list[OutboxRecord] = []
         awaited: dict[str, bool] = {}
 
-        def cancel(job: Job) -> dict[str, Any] | None:
-            awaited["approval"] = job.state == PENDING_APPROVAL
+        def cancel(job: Job) -> Job | None:
+            awaited["approval"] = job.state == PENDING_APPROVAL  # for its close message
             if job.state in (PENDING, PENDING_APPROVAL):
-                return {
-                    "state": DONE,
-                    "ended_ms": now,
-                    "error": stored(Stopped("Job cancelled by its owner")),
-                }
+                return replace(
+                    job,
+                    state=DONE,
+                    ended_ms=now,
+                    error=stored(Stopped("Job cancelled by its owner")),
+                )
             return None
 
         def records(j: Job) -> list[OutboxRecord]:
@@ -518,9 +513,9 @@ class Gateway:
             close[:] = self._close_message(j) if awaited.get("approval") else []
             return close
 
-        job = self.store.transition(job_id, cancel, dispatch=records)
+        done = self.store.transition(job_id, cancel, dispatch=records)
         self.dispatcher.send_all(close)
-        return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(job)}
+        return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(done.after)}
 
     def get_query_results(
         self, principal: Principal, project: str, job_id: str, params: Mapping[str, str]

@@ -33,7 +33,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bqgate import approvals as core
@@ -170,21 +170,20 @@ class Sweeper:
     def _end(self, job_id: str, may_end: Callable[[Job], bool], error: BqgateError) -> Job | None:
         """End the job with ``error`` if ``may_end`` still holds in the transaction."""
         now = self._now_ms()
-        ended: dict[str, bool] = {}
         err = stored(error)
 
-        def end(j: Job) -> dict[str, Any] | None:
-            ended["now"] = not j.done and may_end(j)
-            return {"state": DONE, "ended_ms": now, "error": dict(err)} if ended["now"] else None
+        def end(j: Job) -> Job | None:
+            ends = not j.done and may_end(j)
+            return replace(j, state=DONE, ended_ms=now, error=dict(err)) if ends else None
 
         try:
-            job = self.store.transition(job_id, end)
+            done = self.store.transition(job_id, end)
         except NotFound:
             return None
-        if not ended.get("now"):
+        if not done.changed:
             return None
-        self._record(job, "execution_finished", {"error": dict(err)})
-        return job
+        self._record(done.after, "execution_finished", {"error": dict(err)})
+        return done.after
 
     def _gave_up(self, rec: OutboxRecord) -> None:
         """A hand-off that never happened: the job it was for ends with a clear error."""
@@ -214,13 +213,12 @@ class Sweeper:
             return close
 
         try:
-            expired = self.store.transition(
-                job_id, lambda j: core.expire_fields(j, now), dispatch=records
-            )
+            done = self.store.transition(job_id, lambda j: core.expire(j, now), dispatch=records)
         except NotFound:
             return False
-        if not close:
+        if not done.changed:
             return False  # decided or expired by someone else meanwhile
+        expired = done.after
         self._record(expired, "expired", {**(expired.error or {}), "by": "sweeper"})
         self.dispatcher.send_all(close)
         return True

@@ -102,9 +102,13 @@ def reliability(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy --strict on the library."""
-    session.install("-e", ".", "ruff>=0.5", "mypy>=1.10", "types-PyYAML", "types-requests")
-    session.run("ruff", "check", "shared", "functions", "tests", "bench", "infra", "noxfile.py")
+    """ruff check, ruff format --check and mypy --strict (the library and the tests)."""
+    session.install(
+        "-e", ".", *TEST_DEPS, "ruff>=0.5", "mypy>=1.10", "types-PyYAML", "types-requests"
+    )
+    paths = ["shared", "functions", "tests", "bench", "infra", "tools", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
     session.run("mypy")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,8 @@ def _no_leftover_approval_requests(request: pytest.FixtureRequest) -> Iterator[N
     now = int(time.time() * 1000)
     for job in store.pending_approvals(now_ms=now, limit=1000):
         store.transition(
-            job.job_id, lambda j: {"expire_at_ms": now - 1} if j.state == PENDING_APPROVAL else None
+            job.job_id,
+            lambda j: replace(j, expire_at_ms=now - 1) if j.state == PENDING_APPROVAL else None,
         )
 
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from bqgate.approvals import holds_quota_slot, statement_hash_of
 from bqgate.errors import Duplicate, NotFound
-from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
+from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job, Transition, changed_fields
 from bqgate.outbox import OutboxRecord, delivered
 from bqgate.ports import (
+    Change,
     Dispatches,
     DryRun,
     OpenRequestQuota,
@@ -79,34 +80,36 @@ class MemoryJobStore:
     def transition(
         self,
         job_id: str,
-        change: Callable[[Job], dict[str, Any] | None],
+        change: Change,
         *,
         dispatch: Dispatches | None = None,
         quota: OpenRequestQuota | None = None,
         record: Recording | None = None,
         pages: Sequence[Page] = (),
         complete: Sequence[str] = (),
-    ) -> Job:
+    ) -> Transition:
         with self.lock:
             if job_id not in self.docs:
                 raise NotFound(job_id)
             job = Job.from_doc(copy.deepcopy(self.docs[job_id]))
-            fields = change(job)
-            if fields:
-                self.transitions += 1
-                new = Job.from_doc({**copy.deepcopy(self.docs[job_id]), **copy.deepcopy(fields)})
-                self._check_quota(new, quota)
-                if record is not None:  # under the lock, before the write: one atomic change
-                    record.write(new)
-                self.docs[job_id].update(copy.deepcopy(fields))
-                for page in pages:
-                    self.pages[(job_id, page.index)] = (page.start, page.rows_json)
-                for rid in complete:
-                    if rid in self.outbox:
-                        self.outbox[rid].update(delivered(0))
-                if dispatch is not None:
-                    self._write_outbox(dispatch(new))
-            return Job.from_doc(copy.deepcopy(self.docs[job_id]))
+            after = change(job)
+            fields = {} if after is None else changed_fields(job, after)
+            if not fields:
+                return Transition.unchanged(job)
+            self.transitions += 1
+            new = Job.from_doc({**copy.deepcopy(self.docs[job_id]), **copy.deepcopy(fields)})
+            self._check_quota(new, quota)
+            if record is not None:  # under the lock, before the write: one atomic change
+                record.write(new)
+            self.docs[job_id].update(copy.deepcopy(fields))
+            for page in pages:
+                self.pages[(job_id, page.index)] = (page.start, page.rows_json)
+            for rid in complete:
+                if rid in self.outbox:
+                    self.outbox[rid].update(delivered(0))
+            if dispatch is not None:
+                self._write_outbox(dispatch(new))
+            return Transition(job, Job.from_doc(copy.deepcopy(self.docs[job_id])), True)
 
     def _jobs(self) -> list[Job]:
         return [Job.from_doc(copy.deepcopy(d)) for d in self.docs.values()]

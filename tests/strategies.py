@@ -30,8 +30,17 @@ def always_true(draw: st.DrawFn, depth: int = 0) -> str:
     atom = draw(st.sampled_from(atoms))
     if depth >= 2 or draw(st.booleans()):
         return atom
-    other = draw(always_true(depth + 1))  # type: ignore[call-arg]
-    shape = draw(st.sampled_from(["({a}) AND ({b})", "({a}) OR ({b})", "NOT NOT ({a})",
-                                  "CASE WHEN ({b}) THEN ({a}) ELSE ({a}) END",
-                                  "({a}) OR event_id = -7"]))
+    other = draw(always_true(depth + 1))
+
+    shape = draw(
+        st.sampled_from(
+            [
+                "({a}) AND ({b})",
+                "({a}) OR ({b})",
+                "NOT NOT ({a})",
+                "CASE WHEN ({b}) THEN ({a}) ELSE ({a}) END",
+                "({a}) OR event_id = -7",
+            ]
+        )
+    )
     return shape.format(a=atom, b=other)

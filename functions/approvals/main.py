@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate.adapters import http_edge, wiring
+from bqgate import bootstrap
+from bqgate.adapters import http_edge
 from bqgate.console import is_console_path
 
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
@@ -18,10 +19,10 @@ http_edge.install()  # JSON (not HTML) for the web server's own error answers
 @functions_framework.http
 def approvals(request: flask.Request) -> flask.typing.ResponseReturnValue:
     if is_console_path(request.path):
-        return wiring.console_app().respond(request)
+        return bootstrap.console_app().respond(request)
     return http_edge.serve(
         request,
-        lambda method, path, params, headers, body: wiring.approvals_app().handle(
+        lambda method, path, params, headers, body: bootstrap.approvals_app().handle(
             method, path, headers, body, params
         ),
     )

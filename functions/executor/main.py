@@ -10,53 +10,42 @@ function, by Cloud Run IAM).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 
 import flask
 import functions_framework
-from bqgate.adapters import executor_client, wiring
+from bqgate import bootstrap
+from bqgate.adapters import executor_client, http_edge
 from bqgate.service.catalog import CATALOG_PATH
 from bqgate.service.dispatch import DIRECT_HEADER
-from bqgate.wire.bigquery import dumps
+from bqgate.wire.envelopes import job_id_of_push
 
 log = logging.getLogger("bqgate.executor")
-
-
-def job_id_of(body: bytes) -> str | None:
-    """The job id carried by a Pub/Sub push body or CloudEvent, or None if malformed."""
-    try:
-        envelope = json.loads(body)
-        if isinstance(envelope, dict) and "specversion" in envelope:  # structured mode
-            envelope = envelope["data"]
-        message = json.loads(base64.b64decode(envelope["message"]["data"]))
-        job_id = message["job_id"]
-    except (KeyError, TypeError, ValueError):
-        return None
-    return job_id if isinstance(job_id, str) and job_id else None
+http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
 
 @functions_framework.http
 def executor(request: flask.Request) -> flask.Response:
-    body = request.get_data(cache=False)
     if request.path.rstrip("/") == CATALOG_PATH:
-        resp = wiring.catalog_app().handle(body)
-        return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")
-    job_id = job_id_of(body)
+        return http_edge.serve(
+            request,
+            lambda method, path, params, headers, body: bootstrap.catalog_app().handle(body),
+            service="executor",
+        )
+    job_id = job_id_of_push(request.get_data(cache=False))
     if job_id is None:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
         return flask.Response("OK", status=200)
     if request.headers.get(DIRECT_HEADER) == "1":  # the ingress's direct call: answer it
         answer, text, headers = executor_client.serve_direct(
-            wiring.executor(),
-            wiring.session_hints(),
+            bootstrap.executor(),
+            bootstrap.session_hints(),
             job_id,
             request.headers.get(executor_client.HEAD_HEADER),
         )
         log.info("job %s: %s", job_id, answer.outcome)
         return flask.Response(text, status=200, headers=headers, mimetype="application/json")
-    outcome = wiring.executor().run(job_id)
+    outcome = bootstrap.executor().run(job_id)
     log.info("job %s: %s", job_id, outcome)
     return flask.Response("OK", status=200)

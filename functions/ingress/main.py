@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate.adapters import http_edge, wiring
+from bqgate import bootstrap
+from bqgate.adapters import http_edge
 
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
 
 @functions_framework.http
 def ingress(request: flask.Request) -> flask.Response:
-    return http_edge.serve(request, lambda *args: wiring.ingress_app().handle(*args))
+    return http_edge.serve(request, lambda *args: bootstrap.ingress_app().handle(*args))

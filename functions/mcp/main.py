@@ -7,11 +7,11 @@ the answer is the SDK edge of ``bqgate.adapters.mcp_server`` serving the request
 from __future__ import annotations
 
 import functions_framework.aio
-from bqgate.adapters import wiring
+from bqgate import bootstrap
 from bqgate.adapters.mcp_server import AsgiResponse
 from starlette.requests import Request
 
 
 @functions_framework.aio.http
 async def mcp(request: Request) -> AsgiResponse:
-    return AsgiResponse(wiring.mcp_app())
+    return AsgiResponse(bootstrap.mcp_app())

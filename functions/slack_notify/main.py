@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import functions_framework
-from bqgate.adapters import wiring
-from bqgate.service.approvals import job_id_from_pubsub
+from bqgate import bootstrap
+from bqgate.wire.envelopes import job_id_of_event
 from cloudevents.http import CloudEvent
 
 log = logging.getLogger("bqgate.slack_notify")
@@ -14,10 +14,10 @@ log = logging.getLogger("bqgate.slack_notify")
 
 @functions_framework.cloud_event
 def slack_notify(event: CloudEvent) -> None:
-    job_id = job_id_from_pubsub(event.data)
+    job_id = job_id_of_event(event.data)
     if job_id is None:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed approvals message %s: dropped", event.get("id"))
         return
     # Raises on a Slack failure, so Pub/Sub redelivers (then dead-letters).
-    log.info("job %s: %s", job_id, wiring.approval_service().notify(job_id))
+    log.info("job %s: %s", job_id, bootstrap.approval_service().notify(job_id))

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate.adapters import wiring
-from bqgate.wire.bigquery import dumps
+from bqgate import bootstrap
+from bqgate.adapters import http_edge
+
+http_edge.install()  # JSON (not HTML) for the web server's own error answers
 
 
 @functions_framework.http
 def sweeper(request: flask.Request) -> flask.Response:
-    body = request.get_json(silent=True, cache=False)
-    resp = wiring.sweeper_app().handle(
-        request.method, request.path, body if isinstance(body, dict) else None
+    return http_edge.serve(
+        request,
+        lambda method, path, params, headers, body: bootstrap.sweeper_app().handle(
+            method, path, headers, body
+        ),
+        service="sweeper",
     )
-    return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")

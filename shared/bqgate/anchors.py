@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bqgate.audit import canonical_json
+from bqgate.audit.chain import canonical_json
 from bqgate.chain import ChainKey, Keyring
 
 #: The JSON key a checkpoint line (or Cloud Logging entry payload) holds its record under.

@@ -7,7 +7,7 @@ Pure: plain values in, plain values out. A job that needs approval waits in
        |----a denial with a reason--> denied     (job -> DONE, accessDenied)
        +----expire_at_ms passed-----> expired    (job -> DONE, accessDenied)
 
-:func:`decide` computes the fields to write for one approver's click; the caller runs it
+:func:`decide` computes the job one approver's click leaves; the caller runs it
 inside a job-store transaction, so two clicks never both count. An approval is bound
 (:func:`binding`) to the statement, its owner, its default dataset and the estimate the
 approver saw; the executor calls :func:`check_binding` before it runs the job, so a job
@@ -21,12 +21,11 @@ whose statement was changed after approval is refused.
 ...               classification={"decision": "approve", "statement_hash": "ab12"})
 >>> d = decide(job, approver="alice@x.io", approver_groups=frozenset({"approvers"}),
 ...            action="approve", reason=None, now_ms=1_000, policy=pol)
->>> d.outcome, d.fields["state"], d.message
+>>> d.outcome, d.job.state, d.message
 ('approved', 'PENDING', 'Approved by alice@x.io')
->>> job.approval, job.state = d.fields["approval"], d.fields["state"]
->>> check_binding(job, "ab12") is None
+>>> check_binding(d.job, "ab12") is None
 True
->>> check_binding(job, "ffff")
+>>> check_binding(d.job, "ffff")
 'the approval does not match the job: its statement, owner, default dataset or byte estimate \
 changed after it was approved'
 """
@@ -37,10 +36,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from bqgate.errors import AccessDenied, InvalidRequest
+from bqgate.errors import AccessDenied, InvalidRequest, stored
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
+from bqgate.policy import Policy
 
 # Approval record statuses.
 REQUESTED = "pending"
@@ -67,27 +67,6 @@ groups:
 rules: [{groups: [agents], tiers: [t], read: approve}]
 approvals: {approver_groups: [approvers], required: 1, ttl: 15m, owners: {agent@x.io: carol@x.io}}
 """
-
-
-class ApprovalPolicy(Protocol):
-    """The part of :class:`bqgate.policy.ApprovalSettings` this module reads."""
-
-    @property
-    def approver_groups(self) -> tuple[str, ...]: ...
-
-    @property
-    def required(self) -> int: ...
-
-    @property
-    def owners(self) -> Mapping[str, str]: ...
-
-    @property
-    def max_pending_per_principal(self) -> int: ...
-
-
-class PolicyLike(Protocol):
-    @property
-    def approvals(self) -> ApprovalPolicy: ...
 
 
 @dataclass(frozen=True)
@@ -149,37 +128,55 @@ class ApprovalRecord:
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = dict(self.extra)
-        doc.update({
-            "status": self.status,
-            "required": self.required,
-            "approvals": [v.to_doc() for v in self.votes],
-            "denied_by": self.denied_by,
-            "denied_via": self.denied_via,
-            "reason": self.reason,
-            "decided_at_ms": self.decided_at_ms,
-            "binding": self.binding,
-            "slack_channel": self.slack_channel,
-            "slack_ts": self.slack_ts,
-            "notified_at_ms": self.notified_at_ms,
-            "post_attempts": self.post_attempts,
-            "first_post_ms": self.first_post_ms,
-            "slack_closed_ms": self.slack_closed_ms,
-            # Derived, for queries ("what did alice decide?"); never read back.
-            "deciders": sorted({*self.approvers, *([self.denied_by] if self.denied_by else [])}),
-        })
+        doc.update(
+            {
+                "status": self.status,
+                "required": self.required,
+                "approvals": [v.to_doc() for v in self.votes],
+                "denied_by": self.denied_by,
+                "denied_via": self.denied_via,
+                "reason": self.reason,
+                "decided_at_ms": self.decided_at_ms,
+                "binding": self.binding,
+                "slack_channel": self.slack_channel,
+                "slack_ts": self.slack_ts,
+                "notified_at_ms": self.notified_at_ms,
+                "post_attempts": self.post_attempts,
+                "first_post_ms": self.first_post_ms,
+                "slack_closed_ms": self.slack_closed_ms,
+                # Derived, for queries ("what did alice decide?"); never read back.
+                "deciders": sorted(
+                    {*self.approvers, *([self.denied_by] if self.denied_by else [])}
+                ),
+            }
+        )
         return doc
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None, *, required: int = 1) -> ApprovalRecord:
         """Read a stored record; an empty one is a fresh request needing ``required`` votes."""
         doc = dict(doc or {})
-        known = {"status", "required", "approvals", "denied_by", "denied_via", "reason",
-                 "decided_at_ms", "deciders",
-                 "binding", "slack_channel", "slack_ts", "notified_at_ms", "post_attempts",
-                 "first_post_ms", "slack_closed_ms"}
+        known = {
+            "status",
+            "required",
+            "approvals",
+            "denied_by",
+            "denied_via",
+            "reason",
+            "decided_at_ms",
+            "deciders",
+            "binding",
+            "slack_channel",
+            "slack_ts",
+            "notified_at_ms",
+            "post_attempts",
+            "first_post_ms",
+            "slack_closed_ms",
+        }
         votes = tuple(
             Vote(str(v.get("approver", "")), int(v.get("at_ms", 0)), str(v.get("via", "api")))
-            for v in doc.get("approvals") or () if isinstance(v, Mapping)
+            for v in doc.get("approvals") or ()
+            if isinstance(v, Mapping)
         )
         status = doc.get("status") if doc.get("status") in STATUSES else REQUESTED
         return cls(
@@ -214,16 +211,16 @@ class Decision:
         outcome: ``approved`` (all votes in: run it), ``recorded`` (a vote, more needed),
             ``denied``, ``expired``, or ``unchanged`` (nothing to do; ``message`` says why).
         message: One line for the approver (Slack ephemeral text, API response).
-        fields: Job fields to write (``None``: write nothing).
+        job: The job as the decision leaves it (``None``: write nothing).
     """
 
     outcome: str
     message: str
-    fields: dict[str, Any] | None = None
+    job: Job | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.fields)
+        return self.job is not None
 
     @property
     def execute(self) -> bool:
@@ -234,8 +231,12 @@ class Decision:
 # --------------------------------------------------------------------------- binding
 
 
-def binding(statement_hash: str, owner: str, default_dataset: Mapping[str, str] | str | None,
-            bytes_estimate: int | None) -> str:
+def binding(
+    statement_hash: str,
+    owner: str,
+    default_dataset: Mapping[str, str] | str | None,
+    bytes_estimate: int | None,
+) -> str:
     """SHA-256 over a canonical encoding of what an approval covers.
 
     The encoding is a JSON array (sorted, no whitespace) of a version tag, the statement
@@ -251,14 +252,23 @@ def binding(statement_hash: str, owner: str, default_dataset: Mapping[str, str] 
     64
     """
     if isinstance(default_dataset, Mapping):
-        ds = ".".join(p for p in (default_dataset.get("projectId", ""),
-                                  default_dataset.get("datasetId", "")) if p)
+        ds = ".".join(
+            p
+            for p in (default_dataset.get("projectId", ""), default_dataset.get("datasetId", ""))
+            if p
+        )
     else:
         ds = default_dataset or ""
     canonical = json.dumps(
-        [BINDING_VERSION, statement_hash, owner.strip().lower(), ds,
-         None if bytes_estimate is None else int(bytes_estimate)],
-        separators=(",", ":"), ensure_ascii=True,
+        [
+            BINDING_VERSION,
+            statement_hash,
+            owner.strip().lower(),
+            ds,
+            None if bytes_estimate is None else int(bytes_estimate),
+        ],
+        separators=(",", ":"),
+        ensure_ascii=True,
     )
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -282,8 +292,11 @@ def needs_approval(job: Job) -> bool:
     ...                    classification={"decision": "allow"}))
     False
     """
-    return (bool(job.needs_approval) or bool(job.approval)
-            or (job.classification or {}).get("decision") == "approve")
+    return (
+        bool(job.needs_approval)
+        or bool(job.approval)
+        or (job.classification or {}).get("decision") == "approve"
+    )
 
 
 def check_binding(job: Job, statement_hash: str) -> str | None:
@@ -298,11 +311,12 @@ def check_binding(job: Job, statement_hash: str) -> str | None:
     if rec.status != APPROVED:
         return f"the job has not been approved (approval status: {rec.status})"
     if len(set(rec.approvers)) < rec.required:
-        return (f"the job has {len(set(rec.approvers))} of the {rec.required} approvals "
-                "it needs")
+        return f"the job has {len(set(rec.approvers))} of the {rec.required} approvals it needs"
     if rec.binding is None or rec.binding != job_binding(job, statement_hash):
-        return ("the approval does not match the job: its statement, owner, default dataset "
-                "or byte estimate changed after it was approved")
+        return (
+            "the approval does not match the job: its statement, owner, default dataset "
+            "or byte estimate changed after it was approved"
+        )
     if statement_hash != statement_hash_of(job):
         return "the statement to run differs from the statement that was classified"
     return None
@@ -333,29 +347,30 @@ def expiry_message(job: Job) -> str:
     return f"Approval request expired after {describe_duration(ttl)}"
 
 
-def expire_fields(job: Job, now_ms: int) -> dict[str, Any] | None:
-    """Fields that end an expired approval request, or None if it has not expired.
+def expire(job: Job, now_ms: int) -> Job | None:
+    """The job as its expiry ends it, or None if it is not an expired approval request.
 
     Shared by the approvals function and the gateway (which expires requests lazily
     when the agent polls). Run it inside a job-store transaction.
 
     >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a",
     ...           state=PENDING_APPROVAL, created_ms=0, expire_at_ms=900_000)
-    >>> expire_fields(job, 899_999) is None
+    >>> expire(job, 899_999) is None
     True
-    >>> f = expire_fields(job, 900_000)
-    >>> f["state"], f["error"]["message"], f["approval"]["status"]
+    >>> j = expire(job, 900_000)
+    >>> j.state, j.error["message"], j.approval["status"]
     ('DONE', 'Approval request expired after 15 minutes', 'expired')
     """
     if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now_ms < job.expire_at_ms:
         return None
     rec = replace(ApprovalRecord.from_doc(job.approval), status=EXPIRED, decided_at_ms=now_ms)
-    return {
-        "state": DONE,
-        "ended_ms": now_ms,
-        "error": {"reason": "accessDenied", "message": expiry_message(job)},
-        "approval": rec.to_doc(),
-    }
+    return replace(
+        job,
+        state=DONE,
+        ended_ms=now_ms,
+        error=stored(AccessDenied(expiry_message(job))),
+        approval=rec.to_doc(),
+    )
 
 
 def holds_quota_slot(job: Job, now_ms: int) -> bool:
@@ -378,10 +393,12 @@ def quota_message(owner: str, open_count: int, limit: int) -> str:
     >>> quota_message("a@x", 10, 10)[:60]
     'Too many open approval requests: a@x already has 10 requests'
     """
-    return (f"Too many open approval requests: {owner} already has {open_count} requests "
-            f"awaiting approval, the most the policy allows (approvals.max_pending_per_principal "
-            f"= {limit}). Wait for a decision on them, or cancel one, before sending another "
-            "statement that needs approval.")
+    return (
+        f"Too many open approval requests: {owner} already has {open_count} requests "
+        f"awaiting approval, the most the policy allows (approvals.max_pending_per_principal "
+        f"= {limit}). Wait for a decision on them, or cancel one, before sending another "
+        "statement that needs approval."
+    )
 
 
 def group_key(job: Job) -> tuple[str, str, str]:
@@ -429,8 +446,9 @@ def final_outcome(job: Job) -> tuple[str, str | None, str | None]:
 # --------------------------------------------------------------------------- decisions
 
 
-def require_approver(approver: str, approver_groups: frozenset[str], policy: PolicyLike,
-                     *, action: str = "decide") -> str:
+def require_approver(
+    approver: str, approver_groups: frozenset[str], policy: Policy, *, action: str = "decide"
+) -> str:
     """The approver's identity (lower-cased); :class:`AccessDenied` unless they are in one
     of the policy's approver groups.
 
@@ -449,12 +467,14 @@ group (approvers)
     if not set(allowed) & set(approver_groups):
         raise AccessDenied(
             f"{who} may not {action} requests: not a member of an approver group "
-            f"({', '.join(allowed) or 'none configured'})")
+            f"({', '.join(allowed) or 'none configured'})"
+        )
     return who
 
 
-def authorize(job: Job, *, approver: str, approver_groups: frozenset[str],
-              action: Action, policy: PolicyLike) -> None:
+def authorize(
+    job: Job, *, approver: str, approver_groups: frozenset[str], action: Action, policy: Policy
+) -> None:
     """Raise :class:`AccessDenied` unless ``approver`` may ``action`` this job.
 
     Approvers must be in one of the policy's approver groups; nobody approves their own
@@ -497,14 +517,24 @@ def clean_reason(reason: str | None) -> str:
     if not text:
         raise InvalidRequest("A reason is required to deny a request")
     if len(text) > MAX_REASON_CHARS:
-        raise InvalidRequest(f"The reason is too long ({len(text)} characters; "
-                             f"at most {MAX_REASON_CHARS})")
+        raise InvalidRequest(
+            f"The reason is too long ({len(text)} characters; at most {MAX_REASON_CHARS})"
+        )
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: Action,
-           reason: str | None, now_ms: int, policy: PolicyLike, via: str = "api") -> Decision:
-    """One approver's approve or deny on ``job``: the fields to write and what to say.
+def decide(
+    job: Job,
+    *,
+    approver: str,
+    approver_groups: frozenset[str],
+    action: Action,
+    reason: str | None,
+    now_ms: int,
+    policy: Policy,
+    via: str = "api",
+) -> Decision:
+    """One approver's approve or deny on ``job``: the job it leaves and what to say.
 
     Raises:
         AccessDenied: the approver may not decide this request (see :func:`authorize`).
@@ -517,7 +547,7 @@ def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: 
     rec = record_of(job, policy.approvals.required)
     if job.state != PENDING_APPROVAL or rec.status != REQUESTED:
         return Decision("unchanged", _after_the_fact(job, rec))
-    expired = expire_fields(job, now_ms)
+    expired = expire(job, now_ms)
     if expired is not None:
         return Decision(EXPIRED, f"{expiry_message(job)}; it can no longer be decided", expired)
     if action == "approve" and job.bytes_estimate is None:
@@ -526,33 +556,70 @@ def decide(job: Job, *, approver: str, approver_groups: frozenset[str], action: 
         raise InvalidRequest("The request is still being estimated; try again in a few seconds")
     if action == "deny":
         text = clean_reason(reason)
-        denied = replace(rec, status=DENIED, denied_by=who, denied_via=via, reason=text,
-                         decided_at_ms=now_ms)
+        denied = replace(
+            rec, status=DENIED, denied_by=who, denied_via=via, reason=text, decided_at_ms=now_ms
+        )
         message = f"Denied by {who}: {text}"
-        return Decision(DENIED, message, {
-            "state": DONE, "ended_ms": now_ms, "approval": denied.to_doc(),
-            "error": {"reason": "accessDenied", "message": message},
-        })
+        return Decision(
+            DENIED,
+            message,
+            replace(
+                job,
+                state=DONE,
+                ended_ms=now_ms,
+                approval=denied.to_doc(),
+                error=stored(AccessDenied(message)),
+            ),
+        )
     if who in rec.approvers:
         left = rec.required - len(rec.approvers)
-        return Decision("unchanged", f"You already approved this request; it still needs "
-                                     f"{left} more approval{'s' if left != 1 else ''}")
+        return Decision(
+            "unchanged",
+            f"You already approved this request; it still needs "
+            f"{left} more approval{'s' if left != 1 else ''}",
+        )
     votes = (*rec.votes, Vote(who, now_ms, via))
     if len(votes) < rec.required:
         left = rec.required - len(votes)
         partial = replace(rec, votes=votes)
-        return Decision("recorded", f"Approval {len(votes)} of {rec.required} recorded by {who}; "
-                                    f"waiting for {left} more", {"approval": partial.to_doc()})
-    approved = replace(rec, status=APPROVED, votes=votes, decided_at_ms=now_ms,
-                       binding=job_binding(job))
-    return Decision(APPROVED, f"Approved by {', '.join(v.approver for v in votes)}",
-                    {"state": PENDING, "approval": approved.to_doc()})
+        return Decision(
+            "recorded",
+            f"Approval {len(votes)} of {rec.required} recorded by {who}; waiting for {left} more",
+            replace(job, approval=partial.to_doc()),
+        )
+    approved = replace(
+        rec, status=APPROVED, votes=votes, decided_at_ms=now_ms, binding=job_binding(job)
+    )
+    return Decision(
+        APPROVED,
+        f"Approved by {', '.join(v.approver for v in votes)}",
+        replace(job, state=PENDING, approval=approved.to_doc()),
+    )
 
 
 __all__ = [
-    "APPROVED", "DENIED", "EXPIRED", "REQUESTED", "ApprovalRecord", "Decision", "Vote",
-    "authorize", "binding", "check_binding", "clean_reason", "decide", "expire_fields",
-    "expiry_message", "final_outcome", "group_id", "group_key", "holds_quota_slot",
-    "job_binding", "needs_approval", "quota_message", "record_of", "require_approver",
+    "APPROVED",
+    "DENIED",
+    "EXPIRED",
+    "REQUESTED",
+    "ApprovalRecord",
+    "Decision",
+    "Vote",
+    "authorize",
+    "binding",
+    "check_binding",
+    "clean_reason",
+    "decide",
+    "expire",
+    "expiry_message",
+    "final_outcome",
+    "group_id",
+    "group_key",
+    "holds_quota_slot",
+    "job_binding",
+    "needs_approval",
+    "quota_message",
+    "record_of",
+    "require_approver",
     "statement_hash_of",
 ]

@@ -176,7 +176,7 @@ def redact(text: str) -> tuple[str, list[str]]:
     parts: list[str] = []
     pos = 0
     for hit in hits:
-        parts.append(text[pos:hit.start])
+        parts.append(text[pos : hit.start])
         parts.append(f"[REDACTED:{hit.kind}]")
         pos = hit.end
     parts.append(text[pos:])

@@ -20,6 +20,7 @@ What BigQuery says about a statement reaches the agent only through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 #: Reasons a BigQuery client retries: the Python client's ``_RETRYABLE_REASONS`` (HTTP
@@ -178,6 +179,16 @@ class JobFailed(BqgateError):
     status = "ABORTED"
 
 
+class GatewayFailed(BqgateError):
+    """The gateway itself could not run a job (every delivery to its executor failed, or its
+    hand-off was never taken): a finished job's error, stored as ``gatewayError``. Read back
+    it is clamped like any reason outside :data:`JOB_ERRORS` (:func:`for_job`)."""
+
+    http_status = 400
+    reason = "gatewayError"
+    status = "ABORTED"
+
+
 class WarehouseError(BqgateError):
     """Any other BigQuery reason (resourcesExceeded, responseTooLarge, billingTierLimitExceeded,
     ...): the reason is kept, the status is a client error."""
@@ -309,6 +320,20 @@ def finished(err: BqgateError) -> BqgateError:
     if err.http_status < 500 and err.reason not in RETRYABLE_REASONS:
         return err
     return JobFailed(err.message)
+
+
+def stored(err: BqgateError, *, scrub: Callable[[str], str] | None = None) -> dict[str, str]:
+    """The ``errorResult`` a finished job stores for ``err`` (:func:`for_job` reads it back):
+    clamped by :func:`finished`, its message cleaned by ``scrub``.
+
+    >>> stored(Unavailable("Firestore did not answer"))
+    {'reason': 'jobFailed', 'message': 'Firestore did not answer'}
+    >>> stored(AccessDenied("Blocked by bqgate policy: x"), scrub=str.upper)["message"]
+    'BLOCKED BY BQGATE POLICY: X'
+    """
+    proto = finished(err).to_error_proto()
+    message = str(proto["message"])
+    return {"reason": str(proto["reason"]), "message": scrub(message) if scrub else message}
 
 
 def unavailable_reason(idempotent: bool) -> str:

@@ -7,8 +7,8 @@ claims into a :class:`Principal` with its groups (token claim + policy mapping).
 
 >>> claims = {"iss": "https://idp.example", "sub": "42", "email": "a@example.com",
 ...           "exp": 1700000000, "groups": ["eng"]}
->>> cfg = IssuerSettings("https://idp.example", ("bqgate",), "https://idp.example/jwks",
-...                      groups_claim="groups")
+>>> cfg = Issuer("https://idp.example", ("bqgate",), "https://idp.example/jwks",
+...              groups_claim="groups")
 >>> p = principal_from_claims(claims, cfg, lambda who, claimed: frozenset(claimed))
 >>> p.email, sorted(p.groups), p.subject
 ('a@example.com', ['eng'], '42')
@@ -16,9 +16,11 @@ claims into a :class:`Principal` with its groups (token claim + policy mapping).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+from urllib.parse import urlsplit
 
 from bqgate.errors import Unauthenticated
 from bqgate.policy import Issuer
@@ -37,32 +39,6 @@ MAX_GROUPS = 256
 
 GroupsFor = Callable[[str, Iterable[str]], frozenset[str]]
 """``(principal, claimed_groups) -> groups``: usually ``Policy.groups_for``."""
-
-
-class IssuerConfig(Protocol):
-    """A trusted issuer, as ``bqgate.policy.Issuer`` describes it (duck-typed)."""
-
-    @property
-    def issuer(self) -> str: ...
-
-    @property
-    def audiences(self) -> tuple[str, ...]: ...
-
-    @property
-    def jwks_uri(self) -> str: ...
-
-    @property
-    def principal_claim(self) -> str: ...
-
-    @property
-    def groups_claim(self) -> str | None: ...
-
-    @property
-    def dev_only(self) -> bool: ...
-
-
-#: A plain :class:`IssuerConfig` (for tests and resolved runtime issuers) is the policy's own.
-IssuerSettings = Issuer
 
 
 @dataclass(frozen=True)
@@ -102,10 +78,27 @@ class Principal:
         }
 
 
-class TokenVerifier(Protocol):
-    """Port: turns a bearer token into a :class:`Principal` or raises ``Unauthenticated``."""
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname) is this machine: ``localhost`` or a loopback IP.
 
-    def verify(self, token: str) -> Principal: ...
+    >>> is_loopback_host("127.0.0.1"), is_loopback_host("::1"), is_loopback_host("gw.example")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine (the dev stack).
+
+    >>> is_loopback("http://localhost:8180/x"), is_loopback("https://gw.example")
+    (True, False)
+    """
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def bearer_token(authorization_header: str | None) -> str:
@@ -180,7 +173,7 @@ def _claimed_groups(claims: Mapping[str, Any], groups_claim: str | None) -> tupl
 
 
 def principal_from_claims(
-    claims: Mapping[str, Any], issuer_cfg: IssuerConfig, policy_groups_for: GroupsFor
+    claims: Mapping[str, Any], issuer_cfg: Issuer, policy_groups_for: GroupsFor
 ) -> Principal:
     """Build the :class:`Principal` from already-verified claims.
 
@@ -190,7 +183,7 @@ def principal_from_claims(
     Raises:
         Unauthenticated: a required claim is missing or malformed.
 
-    >>> cfg = IssuerSettings(GOOGLE_ISSUER, ("bqgate",), "https://x/certs")
+    >>> cfg = Issuer(GOOGLE_ISSUER, ("bqgate",), "https://x/certs")
     >>> none = lambda who, claimed: frozenset()
     >>> claims = {"iss": GOOGLE_ISSUER, "sub": "1", "exp": 5, "email": "a@b.c"}
     >>> principal_from_claims(claims, cfg, none).email
@@ -234,9 +227,37 @@ def principal_from_claims(
 
 #: Claims every OIDC token may carry; they are never policy claims.
 REGISTERED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "auth_time", "nonce", "at_hash",
-     "c_hash", "acr", "amr", "sid", "email", "email_verified", "hd", "name", "picture",
-     "given_name", "family_name", "locale", "groups", "scope", "scp", "ver", "uid", "cid"}
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "azp",
+        "auth_time",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "acr",
+        "amr",
+        "sid",
+        "email",
+        "email_verified",
+        "hd",
+        "name",
+        "picture",
+        "given_name",
+        "family_name",
+        "locale",
+        "groups",
+        "scope",
+        "scp",
+        "ver",
+        "uid",
+        "cid",
+    }
 )
 #: Most custom claims kept per principal, and the longest value kept.
 MAX_CLAIMS = 32

@@ -121,5 +121,49 @@ class Job:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Job:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in names})
+        """The job a stored document holds. A key that is neither a field nor one of
+        :data:`STORE_KEYS` is an error: a misspelt field would otherwise be written and
+        vanish on read.
+
+        >>> Job.from_doc({**Job("j", "p", "US", "SELECT 1", "a@x").to_doc(), "stat": "DONE"})
+        Traceback (most recent call last):
+        ...
+        ValueError: a stored job has fields that Job does not: stat
+        """
+        unknown = sorted(set(doc) - _FIELDS - STORE_KEYS)
+        if unknown:
+            raise ValueError(f"a stored job has fields that Job does not: {', '.join(unknown)}")
+        return cls(**{k: v for k, v in doc.items() if k in _FIELDS})
+
+
+#: Keys a job store keeps in a job's document for itself (Firestore's TTL timestamp).
+STORE_KEYS = frozenset({"expire_at"})
+_FIELDS = frozenset(f.name for f in fields(Job))
+
+
+def changed_fields(before: Job, after: Job) -> dict[str, Any]:
+    """The stored fields ``after`` differs from ``before`` in (what a store writes).
+
+    >>> from dataclasses import replace
+    >>> j = Job("j", "p", "US", "SELECT 1", "a@x")
+    >>> changed_fields(j, replace(j, state=DONE, ended_ms=5))
+    {'state': 'DONE', 'ended_ms': 5}
+    >>> changed_fields(j, replace(j))
+    {}
+    """
+    old, new = before.to_doc(), after.to_doc()
+    return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a job store's ``transition`` did: the job as it read it (``before``) and as it
+    now stands (``after``); ``changed`` when it wrote something."""
+
+    before: Job
+    after: Job
+    changed: bool
+
+    @classmethod
+    def unchanged(cls, job: Job) -> Transition:
+        return cls(job, job, False)

@@ -61,12 +61,11 @@ from typing import Any
 
 from bqgate import detectors
 from bqgate.sql.lineage import ColumnLineage
+from bqgate.vocabulary import MASK_STRATEGIES, MaskStrategy, field_type, repeated
 
 __all__ = [
     "DEFAULT_VALUES",
     "PER_FIELD",
-    "STRATEGIES",
-    "STRICTNESS",
     "ColumnMask",
     "MaskPlan",
     "Masker",
@@ -78,18 +77,8 @@ __all__ = [
 Cell = Any
 CellFn = Callable[[Cell], Cell]
 
-# Strictest first. `hmac` is stricter than `sha256`: an unkeyed hash of a
-# low-entropy value (an SSN) can be reversed by enumeration, a keyed one cannot.
-STRICTNESS: tuple[str, ...] = (
-    "nullify", "default", "hmac", "sha256", "year", "email", "first4", "last4",
-)
-STRATEGIES = frozenset(STRICTNESS)
 PER_FIELD = "per_field"
 """ColumnMask.strategy of a STRUCT masked field by field (see ``ColumnMask.fields``)."""
-
-_TYPE_ALIASES = {
-    "INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "STRUCT": "RECORD",
-}
 
 DEFAULT_VALUES: Mapping[str, str] = {
     "STRING": "",
@@ -109,23 +98,15 @@ DEFAULT_VALUES: Mapping[str, str] = {
 }
 
 
-def _type_of(fld: Mapping[str, Any]) -> str:
-    typ = str(fld.get("type", "STRING")).upper()
-    return _TYPE_ALIASES.get(typ, typ)
-
-
-def _repeated(fld: Mapping[str, Any]) -> bool:
-    return str(fld.get("mode", "NULLABLE")).upper() == "REPEATED"
-
-
-def strictest(strategies: Sequence[str]) -> str:
-    """The strictest of ``strategies``; an unknown name counts as ``nullify``.
+def strictest(strategies: Sequence[str]) -> MaskStrategy:
+    """The strictest of ``strategies`` (:data:`~bqgate.vocabulary.MASK_STRATEGIES` is
+    strictest first); an unknown name counts as ``nullify``.
 
     >>> strictest(["last4", "hmac"]), strictest(["email"]), strictest(["bogus", "last4"])
     ('hmac', 'email', 'nullify')
     """
-    ranks = [STRICTNESS.index(s) if s in STRATEGIES else 0 for s in strategies]
-    return STRICTNESS[min(ranks)] if ranks else "nullify"
+    ranks = [MASK_STRATEGIES.index(s) if s in MASK_STRATEGIES else 0 for s in strategies]
+    return MASK_STRATEGIES[min(ranks)] if ranks else "nullify"
 
 
 def default_value(fld: Mapping[str, Any]) -> Cell:
@@ -137,9 +118,9 @@ def default_value(fld: Mapping[str, Any]) -> Cell:
     >>> default_value({"name": "a", "type": "STRING", "mode": "REPEATED"})
     []
     """
-    if _repeated(fld):
+    if repeated(fld):
         return []
-    typ = _type_of(fld)
+    typ = field_type(fld)
     if typ == "RECORD":
         return [default_value(f) for f in fld.get("fields") or ()]
     return DEFAULT_VALUES.get(typ)
@@ -167,7 +148,9 @@ class ColumnMask:
     def describe(self) -> dict[str, Any]:
         """This mask as a plain dict for the audit record."""
         entry: dict[str, Any] = {
-            "column": self.column, "strategy": self.strategy, "reason": self.reason,
+            "column": self.column,
+            "strategy": self.strategy,
+            "reason": self.reason,
         }
         if self.at_source:
             entry["at_source"] = True
@@ -211,23 +194,30 @@ class _Sensitivity:
         return self._tables[table].get(column.lower())
 
 
-def _decide(lin: ColumnLineage, fld: Mapping[str, Any], sens: _Sensitivity,
-            premasked: frozenset[str] = frozenset()) -> ColumnMask:
+def _decide(
+    lin: ColumnLineage,
+    fld: Mapping[str, Any],
+    sens: _Sensitivity,
+    premasked: frozenset[str] = frozenset(),
+) -> ColumnMask:
     name = str(fld.get("name", lin.name))
     if lin.unknown is not None:
         return ColumnMask(name, "nullify", f"lineage unknown: {lin.unknown}")
     sub_fields = list(fld.get("fields") or ())
-    if (not lin.counting and _type_of(fld) == "RECORD" and lin.fields
-            and len(lin.fields) == len(sub_fields)):
-        masks = tuple(_decide(f, s, sens, premasked)
-                      for f, s in zip(lin.fields, sub_fields, strict=True))
+    if (
+        not lin.counting
+        and field_type(fld) == "RECORD"
+        and lin.fields
+        and len(lin.fields) == len(sub_fields)
+    ):
+        masks = tuple(
+            _decide(f, s, sens, premasked) for f, s in zip(lin.fields, sub_fields, strict=True)
+        )
         if any(m.strategy is not None for m in masks):
             return ColumnMask(name, PER_FIELD, "struct with sensitive fields", masks)
     hits = sorted((src, strat) for src in lin.sources if (strat := sens.of(src)) is not None)
     if not hits:
-        if lin.fields and _type_of(fld) == "RECORD" and any(
-            m.unknown for m in lin.fields
-        ):
+        if lin.fields and field_type(fld) == "RECORD" and any(m.unknown for m in lin.fields):
             return ColumnMask(name, "nullify", "struct field lineage unknown")
         return ColumnMask(name, None, "counting aggregate" if lin.counting else "not sensitive")
     names = ", ".join(src for src, _ in hits)
@@ -251,9 +241,12 @@ def _decide(lin: ColumnLineage, fld: Mapping[str, Any], sens: _Sensitivity,
     return ColumnMask(name, "nullify", f"derived from {names}")
 
 
-def plan_masking(lineage: Sequence[ColumnLineage], schema_fields: Sequence[Mapping[str, Any]],
-                 sensitive_for: Callable[[str], Mapping[str, str]],
-                 premasked: frozenset[str] = frozenset()) -> MaskPlan:
+def plan_masking(
+    lineage: Sequence[ColumnLineage],
+    schema_fields: Sequence[Mapping[str, Any]],
+    sensitive_for: Callable[[str], Mapping[str, str]],
+    premasked: frozenset[str] = frozenset(),
+) -> MaskPlan:
     """Decide the mask of every output column.
 
     Lineage is matched to the schema by position. When the lengths differ (lineage
@@ -282,8 +275,9 @@ def plan_masking(lineage: Sequence[ColumnLineage], schema_fields: Sequence[Mappi
 
 # -- strategies on cells -----------------------------------------------------------------
 
-_X_TABLE = str.maketrans({c: "X" for c in
-                          "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"})
+_X_TABLE = str.maketrans(
+    {c: "X" for c in "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+)
 
 
 def _x_out(text: str) -> str:
@@ -303,7 +297,7 @@ def keep_last4(value: str) -> str:
         if value[i].isalnum():
             seen += 1
             if seen == 5:
-                return _x_out(value[: i + 1]) + value[i + 1:]
+                return _x_out(value[: i + 1]) + value[i + 1 :]
     return _x_out(value)
 
 
@@ -336,7 +330,7 @@ def _strategy_fn(strategy: str, typ: str, key: bytes) -> CellFn:
     def nullify(v: Cell) -> Cell:
         return None
 
-    if strategy == "nullify" or strategy not in STRATEGIES:
+    if strategy == "nullify" or strategy not in MASK_STRATEGIES:
         return nullify
     if strategy == "default":
         return to_default
@@ -344,20 +338,30 @@ def _strategy_fn(strategy: str, typ: str, key: bytes) -> CellFn:
         if typ == "STRING":
             return lambda v: None if v is None else hashlib.sha256(v.encode()).hexdigest()
         if typ == "BYTES":
-            return lambda v: None if v is None else base64.b64encode(
-                hashlib.sha256(base64.b64decode(v)).digest()).decode()
+            return lambda v: (
+                None
+                if v is None
+                else base64.b64encode(hashlib.sha256(base64.b64decode(v)).digest()).decode()
+            )
         return to_default
     if strategy == "hmac":
         digest = _hmac.digest
         if typ == "STRING":
-            return lambda v: None if v is None else "tok_" + digest(
-                key, v.encode(), "sha256").hex()[:24]
+            return lambda v: (
+                None if v is None else "tok_" + digest(key, v.encode(), "sha256").hex()[:24]
+            )
         if typ == "BYTES":
-            return lambda v: None if v is None else base64.b64encode(
-                digest(key, base64.b64decode(v), "sha256")[:12]).decode()
+            return lambda v: (
+                None
+                if v is None
+                else base64.b64encode(digest(key, base64.b64decode(v), "sha256")[:12]).decode()
+            )
         if typ == "INT64":
-            return lambda v: None if v is None else str(int.from_bytes(
-                digest(key, v.encode(), "sha256")[:7], "big"))
+            return lambda v: (
+                None
+                if v is None
+                else str(int.from_bytes(digest(key, v.encode(), "sha256")[:7], "big"))
+            )
         return to_default
     if strategy in ("last4", "first4"):
         keep = keep_last4 if strategy == "last4" else keep_first4
@@ -372,7 +376,7 @@ def _strategy_fn(strategy: str, typ: str, key: bytes) -> CellFn:
             if v is None:
                 return None
             at = v.rfind("@")
-            domain = v[at + 1:]
+            domain = v[at + 1 :]
             if at > 0 and "." in domain and " " not in domain:
                 return "XXXXX@" + domain
             return None
@@ -384,6 +388,7 @@ def _strategy_fn(strategy: str, typ: str, key: bytes) -> CellFn:
     if typ == "DATETIME":
         return lambda v: None if v is None else v[:4] + "-01-01T00:00:00"
     if typ == "TIMESTAMP":
+
         def year(v: Cell) -> Cell:
             if v is None:
                 return None
@@ -427,8 +432,14 @@ class Masker:
     ``hits`` counts detector redactions per ``(column, detector)``.
     """
 
-    def __init__(self, plan: MaskPlan, schema_fields: Sequence[Mapping[str, Any]], *,
-                 hmac_key: bytes, detectors: bool = True) -> None:
+    def __init__(
+        self,
+        plan: MaskPlan,
+        schema_fields: Sequence[Mapping[str, Any]],
+        *,
+        hmac_key: bytes,
+        detectors: bool = True,
+    ) -> None:
         self.plan = plan
         self.hits: Counter[tuple[str, str]] = Counter()
         self._key = hmac_key
@@ -460,11 +471,12 @@ class Masker:
 
         return scan
 
-    def _compile(self, mask: ColumnMask | None, fld: Mapping[str, Any],
-                 column: str) -> CellFn | None:
+    def _compile(
+        self, mask: ColumnMask | None, fld: Mapping[str, Any], column: str
+    ) -> CellFn | None:
         """One function for a whole cell of ``fld`` (repeated and nested included)."""
-        typ = _type_of(fld)
-        repeated = _repeated(fld)
+        typ = field_type(fld)
+        many = repeated(fld)
         strategy = mask.strategy if mask is not None else None
         sub_fields = list(fld.get("fields") or ())
         inner: CellFn | None
@@ -477,31 +489,37 @@ class Masker:
                 inner = self._record([None] * len(sub_fields), sub_fields, column)
             else:
                 return None
-        elif mask is not None and mask.at_source and strategy in STRATEGIES:
+        elif mask is not None and mask.at_source and strategy in MASK_STRATEGIES:
             inner = _check_fn(strategy, typ, self._key)
         elif strategy == PER_FIELD and mask is not None and typ == "RECORD":
             sub = list(mask.fields) + [None] * (len(sub_fields) - len(mask.fields))
             inner = self._record(sub, sub_fields, column)
-        elif strategy in ("nullify", "default") and repeated:
+        elif strategy in ("nullify", "default") and many:
             return lambda v: []
         elif strategy == "default" and typ == "RECORD":
             value = default_value(fld)
             inner = lambda v: None if v is None else list(value)  # noqa: E731
-        elif typ == "RECORD" or strategy not in STRATEGIES:
+        elif typ == "RECORD" or strategy not in MASK_STRATEGIES:
             inner = _strategy_fn("nullify", typ, self._key)
         else:
             inner = _strategy_fn(strategy, typ, self._key)
         if inner is None:
             return None
-        if repeated:
+        if many:
             element = inner
             return lambda v: None if v is None else [element(x) for x in v]
         return inner
 
-    def _record(self, masks: Sequence[ColumnMask | None],
-                sub_fields: Sequence[Mapping[str, Any]], column: str) -> CellFn | None:
-        fns = [self._compile(m, f, f"{column}.{f.get('name', '')}")
-               for m, f in zip(masks, sub_fields, strict=True)]
+    def _record(
+        self,
+        masks: Sequence[ColumnMask | None],
+        sub_fields: Sequence[Mapping[str, Any]],
+        column: str,
+    ) -> CellFn | None:
+        fns = [
+            self._compile(m, f, f"{column}.{f.get('name', '')}")
+            for m, f in zip(masks, sub_fields, strict=True)
+        ]
         if all(fn is None for fn in fns):
             return None
         pairs = list(enumerate(fns))
@@ -519,11 +537,6 @@ class Masker:
 
     # -- hot path ----------------------------------------------------------------------
 
-    def mask_cell(self, index: int, cell: Cell) -> Cell:
-        """Mask one top-level cell of column ``index``."""
-        fn = self._fns[index]
-        return cell if fn is None else fn(cell)
-
     def mask_rows(self, rows: list[list[Any]]) -> list[list[Any]]:
         """New rows with every column masked; the input is not modified.
 
@@ -534,6 +547,7 @@ class Masker:
         if not rows:
             return []
         columns = list(zip(*rows, strict=True))
-        out_cols = [col if fn is None else map(fn, col)
-                    for col, fn in zip(columns, self._fns, strict=True)]
+        out_cols = [
+            col if fn is None else map(fn, col) for col, fn in zip(columns, self._fns, strict=True)
+        ]
         return [list(r) for r in zip(*out_cols, strict=True)]

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from bqgate.wire.envelopes import job_message
+
 #: Events, one record each per job (so a record id is derived from the job id).
 ACCEPTED = "accepted"  # ingress -> executor: run (or estimate) the job
 APPROVED = "approved"  # approvals -> executor: the approved job may run
@@ -85,7 +87,7 @@ class OutboxRecord:
 
     @property
     def message(self) -> dict[str, str]:
-        return {"job_id": self.job_id}
+        return job_message(self.job_id)
 
     def stalled(self, now_ms: int, grace_ms: int) -> bool:
         """Never sent, and older than ``grace_ms`` (a first hand-off still in flight is

@@ -27,13 +27,14 @@ from typing import Any
 import yaml
 
 from bqgate.errors import PolicyError
-
-MASK_STRATEGIES = ("nullify", "default", "sha256", "hmac", "last4", "first4", "email", "year")
-STATEMENT_CLASSES = ("read", "write", "ddl", "dcl", "procedural", "export", "load", "external")
-ACTIONS = ("allow", "approve", "block")
-
-# Strictness order of actions: the larger wins when several apply.
-ACTION_RANK: Mapping[str, int] = MappingProxyType({"allow": 0, "approve": 1, "block": 2})
+from bqgate.vocabulary import (
+    DECISIONS,
+    MASK_STRATEGIES,
+    STATEMENT_CLASSES,
+    Decision,
+    StatementClass,
+    strictest_decision,
+)
 
 #: A tier's ``writes.max_fraction`` when the policy does not set one: a write touching more
 #: than half of its target table is never automatic.
@@ -52,7 +53,7 @@ class Rule:
 
     groups: tuple[str, ...]
     tiers: tuple[str, ...]
-    actions: Mapping[str, str]
+    actions: Mapping[StatementClass, Decision]
     claims: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def matches_claims(self, claims: Mapping[str, object]) -> bool:
@@ -64,7 +65,7 @@ class Rule:
         """
         return all(claim_text(claims.get(k)) in wanted for k, wanted in self.claims.items())
 
-    def action(self, statement_class: str) -> str:
+    def action(self, statement_class: StatementClass) -> Decision:
         """The action for one statement class.
 
         >>> Rule(("g",), ("t",), {"read": "allow"}).action("write")
@@ -96,7 +97,7 @@ class WriteLimits:
 
     max_rows: int | None = None
     max_fraction: float | None = DEFAULT_MAX_FRACTION
-    above: str = "approve"
+    above: Decision = "approve"
 
     def exceeded(self, touched: int, total: int) -> str | None:
         """Why ``touched`` of ``total`` rows is over the limits (``None``: within them).
@@ -317,9 +318,9 @@ class Policy:
         self,
         groups: Iterable[str],
         tier: str,
-        statement_class: str,
+        statement_class: StatementClass,
         claims: Mapping[str, object] | None = None,
-    ) -> str | None:
+    ) -> Decision | None:
         """Strictest action of the rules matching ``groups`` (and ``claims``) on ``tier``
         (``None``: no rule).
 
@@ -331,17 +332,14 @@ class Policy:
         """
         wanted = set(groups)
         claims = claims or {}
-        best: str | None = None
-        for rule in self.rules:
-            if (
-                tier in rule.tiers
-                and wanted.intersection(rule.groups)
-                and rule.matches_claims(claims)
-            ):
-                action = rule.action(statement_class)
-                if best is None or ACTION_RANK[action] > ACTION_RANK[best]:
-                    best = action
-        return best
+        actions = [
+            rule.action(statement_class)
+            for rule in self.rules
+            if tier in rule.tiers
+            and wanted.intersection(rule.groups)
+            and rule.matches_claims(claims)
+        ]
+        return strictest_decision(actions) if actions else None
 
 
 # A tiny valid policy used by the doctests above.
@@ -660,11 +658,11 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         for t in rule_tiers:
             if t not in tier_set:
                 c.add(f"{path}.tiers", f'unknown tier "{t}"')
-        actions: dict[str, str] = {}
+        actions: dict[StatementClass, Decision] = {}
         for cls in STATEMENT_CLASSES:
             if cls in spec:
                 action = spec[cls]
-                if action not in ACTIONS:
+                if action not in DECISIONS:
                     c.add(f"{path}.{cls}", f"expected allow, approve or block, got {_show(action)}")
                 else:
                     actions[cls] = action
@@ -774,7 +772,7 @@ def _write_limits(c: _Checker, raw: object, path: str) -> WriteLimits:
     if above not in ("approve", "block"):
         c.add(f"{path}.above", f"expected approve or block, got {_show(above)}")
         above = "approve"
-    return WriteLimits(max_rows=rows, max_fraction=fraction, above=str(above))
+    return WriteLimits(max_rows=rows, max_fraction=fraction, above=above)
 
 
 def _when(c: _Checker, raw: object, path: str) -> Mapping[str, tuple[str, ...]]:

@@ -1,4 +1,5 @@
-"""The ports the core talks to. One adapter per service implements each.
+"""The ports the core talks to, all of them. One adapter per service implements each
+(``bqgate.bootstrap`` wires them, and mypy checks each adapter against its port there).
 
 Unit tests use the small in-memory fakes in ``tests/fakes.py``; every adapter is
 also tested against the real emulator.
@@ -10,22 +11,28 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bqgate.audit import Event, SessionHead
-from bqgate.jobs import Job
+from bqgate.anchors import AnchorIndex
+from bqgate.audit.chain import Event, SessionHead
+from bqgate.audit.record import EventKind
+from bqgate.chain import Keyring
+from bqgate.errors import BqgateError
+from bqgate.identity import Principal
+from bqgate.jobs import Job, Transition
 from bqgate.outbox import OutboxRecord
 
-Change = Callable[[Job], dict[str, Any] | None]
-"""Computes the fields a transition writes from the job as it stands (None: no change)."""
+Change = Callable[[Job], Job | None]
+"""The job as a transition makes it, from the job as it stands (``dataclasses.replace``;
+None: no change). The store writes the fields that differ."""
 Dispatches = Callable[[Job], Sequence[OutboxRecord]]
 """The outbox records a transition writes, from the job as it now stands."""
-EventItems = Sequence[tuple[str, Mapping[str, Any]]]
+EventItems = Sequence[tuple[EventKind, Mapping[str, Any]]]
 """Session-record events: ``(kind, data)`` in order."""
 
 
-class Journal(Protocol):
-    """The session record a job write can carry (``bqgate.service.gateway.Recorder``)."""
+class Recorder(Protocol):
+    """The session record (bqgate.audit.record); ``record`` must never raise for a good event."""
 
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None: ...
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,12 @@ class Recording:
     it records them right after the write, before it returns.
     """
 
-    journal: Journal
+    journal: Recorder
     job: Job
     events: Callable[[Job], EventItems]
 
     @classmethod
-    def of(cls, journal: Journal | None, job: Job, items: EventItems) -> Recording | None:
+    def of(cls, journal: Recorder | None, job: Job, items: EventItems) -> Recording | None:
         """A recording of fixed ``items`` (None when there is no journal)."""
         fixed = list(items)
         return None if journal is None else cls(journal, job, lambda _job: fixed)
@@ -127,9 +134,9 @@ class JobStore(Protocol):
         record: Recording | None = None,
         pages: Sequence[Page] = (),
         complete: Sequence[str] = (),
-    ) -> Job:
-        """Atomically read the job, let ``change`` compute the fields to update
-        (``None``: no change), write them, and return the job as it now stands.
+    ) -> Transition:
+        """Atomically read the job, let ``change`` make the job it should become
+        (``None``: no change), write the fields that differ, and say what happened.
 
         When fields are written, the same commit also writes: the outbox records
         ``dispatch`` names (given the job as it now stands), the session events of
@@ -192,7 +199,8 @@ class QueryOutcome:
     statement_type: str | None
     num_dml_affected_rows: int | None
     total_bytes_processed: int | None
-    error: dict[str, str] | None = None
+    #: Why the job failed, as :func:`bqgate.errors.from_warehouse` clamped BigQuery's word.
+    error: BqgateError | None = None
 
 
 @dataclass(frozen=True)
@@ -311,3 +319,79 @@ class SessionReader(Protocol):
     ) -> list[SessionHead]: ...
 
     def by_label(self, label: str, limit: int = 20) -> list[SessionHead]: ...
+
+
+# --- the classifier, the session record, identity, chat and the checkpoints -------------
+
+
+class Classifier(Protocol):
+    def __call__(
+        self,
+        sql: str,
+        *,
+        principal: str,
+        groups: frozenset[str],
+        default_project: str,
+        default_dataset: str | None,
+        claims: Mapping[str, Any],
+    ) -> Mapping[str, Any]:
+        """Return the classification as a dict with at least ``decision`` and ``reasons``.
+
+        ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
+        May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
+        """
+
+
+class TokenVerifier(Protocol):
+    """Port: turns a bearer token into a :class:`Principal` or raises ``Unauthenticated``."""
+
+    def verify(self, token: str) -> Principal: ...
+
+
+class Notifier(Protocol):
+    """Port: the chat service approvers work in (Slack).
+
+    Calls raise :class:`bqgate.errors.Rejected` when Slack answered that it did nothing,
+    anything else (a timeout) when the outcome is unknown."""
+
+    def post_request(
+        self,
+        channel: str,
+        text: str,
+        blocks: Sequence[Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """Post a message (tagged with ``metadata``); return ``(channel_id, ts)``."""
+
+    def find_messages(
+        self, channel: str, event_type: str, key: str, value: str, oldest_ms: int
+    ) -> list[tuple[str, str]]:
+        """``(channel_id, ts)`` of the bot's messages since ``oldest_ms`` whose metadata
+        has ``event_type`` and ``event_payload[key] == value``, oldest first."""
+
+    def delete_message(self, channel: str, ts: str) -> None: ...
+
+    def update_message(
+        self, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+    def post_ephemeral(self, channel: str, user: str, text: str) -> None: ...
+
+    def user_email(self, user_id: str) -> str | None:
+        """The user's email (lower-cased), or None if Slack does not say."""
+
+    def open_modal(self, trigger_id: str, view: Mapping[str, Any]) -> None: ...
+
+
+class CheckpointSink(Protocol):
+    """Where session checkpoints are kept outside Firestore (a bucket, a folder, the log)."""
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Append ``lines`` (JSON, no newlines) as one batch; raise if they were not kept."""
+
+
+class Evidence(Protocol):
+    """What verification reads besides the record: the keys and the checkpoints."""
+
+    keys: Keyring | None
+    anchors: AnchorIndex

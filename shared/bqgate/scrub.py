@@ -49,9 +49,7 @@ def scrub(message: str, warehouse_project: str | None, shown_project: str) -> st
     text = _URL.sub("<url>", text)
     text = _JOB_ID.sub("<job>", text)
     if warehouse_project and warehouse_project != shown_project:
-        text = re.sub(
-            rf"(?<![\w-]){re.escape(warehouse_project)}(?![\w-])", shown_project, text
-        )
+        text = re.sub(rf"(?<![\w-]){re.escape(warehouse_project)}(?![\w-])", shown_project, text)
     if detectors.may_contain(text):
         text, _ = detectors.redact(text)
     text = " ".join(text.split())

@@ -19,12 +19,15 @@ from pathlib import Path
 from bqgate.chain import DEV_KEY_FILE
 from bqgate.errors import BqgateError
 
+#: The audience of the dev issuer's tokens (the demo policy's, and ``bqgate token``'s default).
+DEV_AUDIENCE = "bqgate"
 #: The dev issuer's OAuth client for the console, and where the dev stack keeps its secrets.
 DEV_CONSOLE_CLIENT_ID = "bqgate"
 DEV_CONSOLE_SECRET_FILE = "console-client-secret"
 DEV_CONSOLE_SESSION_KEY_FILE = "console-session.key"
 
-#: name -> (default, description). The README table is generated from this.
+#: name -> (default, description). The README's environment table lists exactly these, in
+#: this order (``tests/unit/test_settings.py`` checks it).
 ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_PROJECT": ("demo-project", "Gateway project: Firestore and Pub/Sub live here."),
     "BQGATE_WAREHOUSE_PROJECT": (
@@ -57,23 +60,44 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "BQGATE_SLACK_BOT_TOKEN": ("", "Slack bot token (secret)."),
     "BQGATE_SLACK_SIGNING_SECRET": ("", "Slack signing secret (secret)."),
     "BQGATE_HMAC_KEY": ("", "Masking HMAC key (secret); dev: read from the dev state folder."),
-    "BQGATE_AUDIT_KEY": ("", "Session record chain key (secret, 32+ bytes, hex); dev: read from "
-                         "the dev state folder."),
-    "BQGATE_ANCHOR_BUCKET": ("", "Cloud Storage bucket (retention policy) the session "
-                             "checkpoints are written to."),
-    "BQGATE_ANCHOR_DIR": ("", "Folder the session checkpoints are written to (dev default: "
-                          "`anchors/` in the dev state folder)."),
-    "BQGATE_ANCHOR_FLUSH_MS": ("1000", "Longest a session checkpoint waits before it is "
-                               "written to the bucket/folder (0: at once, on the request path)."),
-    "BQGATE_ANCHOR_LOG": ("1", "1 also writes each checkpoint as a structured log line "
-                          "(Cloud Logging)."),
+    "BQGATE_AUDIT_KEY": (
+        "",
+        "Session record chain key (secret, 32+ bytes, hex); dev: read from the dev state folder.",
+    ),
+    "BQGATE_ANCHOR_BUCKET": (
+        "",
+        "Cloud Storage bucket (retention policy) the session checkpoints are written to.",
+    ),
+    "BQGATE_ANCHOR_DIR": (
+        "",
+        "Folder the session checkpoints are written to (dev default: "
+        "`anchors/` in the dev state folder).",
+    ),
+    "BQGATE_ANCHOR_FLUSH_MS": (
+        "1000",
+        "Longest a session checkpoint waits before it is "
+        "written to the bucket/folder (0: at once, on the request path).",
+    ),
+    "BQGATE_ANCHOR_LOG": (
+        "1",
+        "1 also writes each checkpoint as a structured log line (Cloud Logging).",
+    ),
     "BQGATE_MAX_WAIT_MS": ("10000", "Longest a getQueryResults/jobs.query call waits for a job."),
-    "BQGATE_MCP_WAIT_MS": ("30000", "Longest an MCP execute_sql call waits for its job (an "
-                           "approval) before it answers with the pending request."),
-    "BQGATE_CALL_TIMEOUT_MS": ("5000", "Deadline of each Firestore and Pub/Sub call, the client "
-                               "library's retries included (an outage answers 503 after it)."),
-    "BQGATE_JOB_TIMEOUT_MS": ("480000", "Longest the executor waits for one BigQuery job before "
-                              "cancelling it; keep it under the executor function's timeout."),
+    "BQGATE_MCP_WAIT_MS": (
+        "30000",
+        "Longest an MCP execute_sql call waits for its job (an "
+        "approval) before it answers with the pending request.",
+    ),
+    "BQGATE_CALL_TIMEOUT_MS": (
+        "5000",
+        "Deadline of each Firestore and Pub/Sub call, the client "
+        "library's retries included (an outage answers 503 after it).",
+    ),
+    "BQGATE_JOB_TIMEOUT_MS": (
+        "480000",
+        "Longest the executor waits for one BigQuery job before "
+        "cancelling it; keep it under the executor function's timeout.",
+    ),
     "BQGATE_DISPATCH_TIMEOUT_MS": (
         "1500",
         "Longest a hand-off publish waits on a request path (an Approve click, jobs.insert) "
@@ -87,10 +111,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "1200000",
         "The sweeper fails a job still RUNNING this long after it started (its executor died).",
     ),
-    "BQGATE_APPROVALS_URL": ("", "Dev only: the approvals function's URL, where the Slack stand-in "
-                             "sends signed interaction payloads."),
-    "BQGATE_APPROVER_TOKEN": ("", "`bqgate approve/deny/approvals`: the approver's OIDC token "
-                              "(default in dev: minted by the dev issuer)."),
+    "BQGATE_APPROVALS_URL": (
+        "",
+        "Dev only: the approvals function's URL, where the Slack stand-in "
+        "sends signed interaction payloads.",
+    ),
+    "BQGATE_APPROVER_TOKEN": (
+        "",
+        "`bqgate approve/deny/approvals`: the approver's OIDC token "
+        "(default in dev: minted by the dev issuer).",
+    ),
     "BQGATE_CONSOLE_ISSUER": (
         "",
         "OIDC issuer the approver console signs people in with (e.g. "
@@ -110,8 +140,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Key that signs the console's session cookie (secret); dev: read from the dev "
         "state folder.",
     ),
-    "BQGATE_CACHE": ("~/.cache/bqgate",
-                     "Dev only: where the BigQuery emulator's venv is installed."),
+    "BQGATE_CACHE": (
+        "~/.cache/bqgate",
+        "Dev only: where the BigQuery emulator's venv is installed.",
+    ),
     "FIRESTORE_EMULATOR_HOST": ("", "host:port of the Firestore emulator (dev and tests)."),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (dev and tests)."),
 }

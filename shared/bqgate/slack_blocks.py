@@ -30,6 +30,7 @@ from typing import Any
 
 from bqgate.errors import Unauthenticated
 from bqgate.jobs import Job
+from bqgate.vocabulary import human_bytes
 
 APPROVE_ACTION = "bqgate_approve"
 DENY_ACTION = "bqgate_deny"
@@ -156,26 +157,6 @@ def sql_block(sql: str, limit: int = SECTION_TEXT_MAX) -> str:
     return f"{fence}{body}{fence}{note}"
 
 
-def human_bytes(n: int | None) -> str:
-    """A byte count for people (binary units), with the exact count.
-
-    >>> human_bytes(0), human_bytes(1536), human_bytes(5 * 1024**4)
-    ('0 B', '1.5 KiB (1,536 bytes)', '5.0 TiB (5,497,558,138,880 bytes)')
-    >>> human_bytes(None)
-    'unknown (not estimated yet)'
-    """
-    if n is None:
-        return "unknown (not estimated yet)"
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        value /= 1024
-        if value < 1024 or unit == "EiB":
-            return f"{value:.1f} {unit} ({n:,} bytes)"
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def utc_text(ms: int) -> str:
     """``ms`` since the epoch as UTC text.
 
@@ -222,40 +203,84 @@ def _request_blocks(job: Job, *, extra_reasons: Sequence[str] = ()) -> list[dict
         _field("Job", job.job_id),
     ]
     return [
-        {"type": "header", "text": {"type": "plain_text", "emoji": True,
-                                    "text": plain_line("BigQuery request needs approval",
-                                                       HEADER_TEXT_MAX)}},
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "emoji": True,
+                "text": plain_line("BigQuery request needs approval", HEADER_TEXT_MAX),
+            },
+        },
         {"type": "section", "fields": fields},
         {"type": "section", "text": {"type": "mrkdwn", "text": sql_block(job.sql)}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": (
-            "*Tables*\n" + _bullets(tables, SECTION_TEXT_MAX // 2 - 20)
-            + "\n*Why approval is needed*\n" + _bullets(reasons, SECTION_TEXT_MAX // 2 - 40))}},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": (
+                    "*Tables*\n"
+                    + _bullets(tables, SECTION_TEXT_MAX // 2 - 20)
+                    + "\n*Why approval is needed*\n"
+                    + _bullets(reasons, SECTION_TEXT_MAX // 2 - 40)
+                ),
+            },
+        },
     ]
 
 
 def request_message(job: Job, *, extra_reasons: Sequence[str] = ()) -> dict[str, Any]:
     """``chat.postMessage`` arguments (``text`` and ``blocks``) for an approval request."""
     blocks = _request_blocks(job, extra_reasons=extra_reasons)
-    blocks.append({"type": "actions", "block_id": "bqgate_decision", "elements": [
-        {"type": "button", "action_id": APPROVE_ACTION, "style": "primary", "value": job.job_id,
-         "text": {"type": "plain_text", "text": "Approve"}},
-        {"type": "button", "action_id": DENY_ACTION, "style": "danger", "value": job.job_id,
-         "text": {"type": "plain_text", "text": "Deny"}},
-    ]})
-    expiry = (f"Expires {slack_date(job.expire_at_ms)}" if job.expire_at_ms is not None
-              else "Does not expire")
+    blocks.append(
+        {
+            "type": "actions",
+            "block_id": "bqgate_decision",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": APPROVE_ACTION,
+                    "style": "primary",
+                    "value": job.job_id,
+                    "text": {"type": "plain_text", "text": "Approve"},
+                },
+                {
+                    "type": "button",
+                    "action_id": DENY_ACTION,
+                    "style": "danger",
+                    "value": job.job_id,
+                    "text": {"type": "plain_text", "text": "Deny"},
+                },
+            ],
+        }
+    )
+    expiry = (
+        f"Expires {slack_date(job.expire_at_ms)}"
+        if job.expire_at_ms is not None
+        else "Does not expire"
+    )
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": expiry}]})
-    return {"text": plain_line(f"Approval needed: {job.owner} wants to run a query "
-                               f"({job.job_id})", 300), "blocks": blocks}
+    return {
+        "text": plain_line(
+            f"Approval needed: {job.owner} wants to run a query ({job.job_id})", 300
+        ),
+        "blocks": blocks,
+    }
 
 
 #: How a decision made outside Slack is named in the updated message (``via`` -> words).
 VIA_WORDS = {"console": "in the bqgate console", "api": "through the approver API"}
 
 
-def decided_message(job: Job, *, outcome: str, actor: str | None, at_ms: int,
-                    reason: str | None = None, note: str | None = None,
-                    via: str | None = None) -> dict[str, Any]:
+def decided_message(
+    job: Job,
+    *,
+    outcome: str,
+    actor: str | None,
+    at_ms: int,
+    reason: str | None = None,
+    note: str | None = None,
+    via: str | None = None,
+) -> dict[str, Any]:
     """``chat.update`` arguments after a decision: the request, minus the buttons, plus
     who decided, where (``via``, when not Slack itself), when and why. ``outcome`` is
     approved, denied, expired or recorded (a vote, more needed: the buttons stay).
@@ -267,9 +292,13 @@ def decided_message(job: Job, *, outcome: str, actor: str | None, at_ms: int,
     ':white_check_mark: Approved by bob@x in the bqgate console at 1970-01-01 00:00:00 UTC'
     """
     blocks = _request_blocks(job)
-    icons = {"approved": ":white_check_mark: Approved", "denied": ":no_entry: Denied",
-             "expired": ":hourglass: Expired", "ended": ":stop_sign: Ended",
-             "recorded": ":ballot_box_with_check: Approval recorded"}
+    icons = {
+        "approved": ":white_check_mark: Approved",
+        "denied": ":no_entry: Denied",
+        "expired": ":hourglass: Expired",
+        "ended": ":stop_sign: Ended",
+        "recorded": ":ballot_box_with_check: Approval recorded",
+    }
     head = icons.get(outcome, outcome)
     line = f"{head} by {actor}" if actor else head
     if actor and via in VIA_WORDS:
@@ -281,13 +310,19 @@ def decided_message(job: Job, *, outcome: str, actor: str | None, at_ms: int,
         line += f" ({note})"
     if outcome == "recorded":
         blocks.append(request_message(job)["blocks"][-2])  # keep the buttons
-    blocks.append({"type": "section", "block_id": "bqgate_outcome",
-                   "text": {"type": "mrkdwn", "text": mrkdwn_line(line, SECTION_TEXT_MAX)}})
+    blocks.append(
+        {
+            "type": "section",
+            "block_id": "bqgate_outcome",
+            "text": {"type": "mrkdwn", "text": mrkdwn_line(line, SECTION_TEXT_MAX)},
+        }
+    )
     return {"text": plain_line(f"{line} ({job.job_id})", 300), "blocks": blocks}
 
 
-def deny_modal(job_id: str, *, channel: str | None = None, ts: str | None = None,
-               sql_preview: str = "") -> dict[str, Any]:
+def deny_modal(
+    job_id: str, *, channel: str | None = None, ts: str | None = None, sql_preview: str = ""
+) -> dict[str, Any]:
     """The ``views.open`` view asking for a denial reason.
 
     >>> v = deny_modal("j1", channel="C1", ts="1.2")
@@ -296,21 +331,38 @@ def deny_modal(job_id: str, *, channel: str | None = None, ts: str | None = None
     """
     meta = json.dumps({"job_id": job_id, "channel": channel, "ts": ts}, separators=(",", ":"))
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn_line(
-            f"Deny job {job_id}? The agent will see your reason.", SECTION_TEXT_MAX)}},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": mrkdwn_line(
+                    f"Deny job {job_id}? The agent will see your reason.", SECTION_TEXT_MAX
+                ),
+            },
+        },
     ]
     if sql_preview:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                                   "text": sql_block(sql_preview, 1000)}})
-    blocks.append({
-        "type": "input", "block_id": REASON_BLOCK,
-        "label": {"type": "plain_text", "text": "Reason"},
-        "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
-                    "max_length": 500,
-                    "placeholder": {"type": "plain_text", "text": "Why is this denied?"}},
-    })
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": sql_block(sql_preview, 1000)}}
+        )
+    blocks.append(
+        {
+            "type": "input",
+            "block_id": REASON_BLOCK,
+            "label": {"type": "plain_text", "text": "Reason"},
+            "element": {
+                "type": "plain_text_input",
+                "action_id": REASON_INPUT,
+                "multiline": True,
+                "max_length": 500,
+                "placeholder": {"type": "plain_text", "text": "Why is this denied?"},
+            },
+        }
+    )
     return {
-        "type": "modal", "callback_id": DENY_CALLBACK, "private_metadata": meta,
+        "type": "modal",
+        "callback_id": DENY_CALLBACK,
+        "private_metadata": meta,
         "title": {"type": "plain_text", "text": "Deny request"},
         "submit": {"type": "plain_text", "text": "Deny"},
         "close": {"type": "plain_text", "text": "Cancel"},
@@ -344,8 +396,15 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str, timestamp: str | None, signature: str | None, body: bytes,
-                     *, now: float, max_age_s: int = SIGNATURE_MAX_AGE_S) -> None:
+def verify_signature(
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    *,
+    now: float,
+    max_age_s: int = SIGNATURE_MAX_AGE_S,
+) -> None:
     """Check a Slack request's signature; raise :class:`Unauthenticated` if it is not good.
 
     The timestamp must be within ``max_age_s`` of ``now`` (either way), and the
@@ -372,14 +431,25 @@ def verify_signature(secret: str, timestamp: str | None, signature: str | None, 
         raise Unauthenticated("bad Slack request timestamp")
     if abs(now - ts) > max_age_s:
         raise Unauthenticated(
-            f"stale Slack request: timestamp is {abs(int(now) - ts)}s away from now")
+            f"stale Slack request: timestamp is {abs(int(now) - ts)}s away from now"
+        )
     expected = sign(secret, timestamp, body)
     if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
         raise Unauthenticated("bad Slack signature")
 
 
 __all__ = [
-    "APPROVE_ACTION", "DENY_ACTION", "DENY_CALLBACK", "REASON_BLOCK", "REASON_INPUT",
-    "decided_message", "deny_modal", "escape", "human_bytes", "modal_reason", "request_message",
-    "sign", "sql_block", "verify_signature",
+    "APPROVE_ACTION",
+    "DENY_ACTION",
+    "DENY_CALLBACK",
+    "REASON_BLOCK",
+    "REASON_INPUT",
+    "decided_message",
+    "deny_modal",
+    "escape",
+    "modal_reason",
+    "request_message",
+    "sign",
+    "sql_block",
+    "verify_signature",
 ]

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bqgate.anchors import AnchorIndex, Checkpoint
-from bqgate.audit import Event, SessionHead, event_id_for, event_mac, format_ms
+from bqgate.audit.chain import Event, SessionHead, event_id_for, event_mac
+from bqgate.audit.record import format_ms
 from bqgate.chain import GENESIS, Keyring
 
 FindingKind = Literal["edited", "rewritten", "truncated", "deleted", "broken", "unanchored"]
@@ -192,7 +193,8 @@ def verify_chain(
     also that no event is missing at the end. Leading events removed by retention (see
     :func:`expired_prefix`) are not a problem.
 
-    >>> from bqgate.audit import replace, seal
+    >>> from dataclasses import replace
+    >>> from bqgate.audit.chain import seal
     >>> from bqgate.chain import ChainKey
     >>> k = ChainKey(b"k" * 32); ring = Keyring([k])
     >>> a = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
@@ -438,7 +440,7 @@ def verify(
     ``anchors.sessions()``, so deleted ones are included); ``load(id)`` returns its head
     (or None) and its stored events.
 
-    >>> from bqgate.audit import seal
+    >>> from bqgate.audit.chain import seal
     >>> from bqgate.anchors import Checkpoint
     >>> from bqgate.chain import ChainKey
     >>> k = ChainKey(b"k" * 32)

@@ -15,7 +15,9 @@ from bqgate.chain import ChainKey, Keyring
 from bqgate.dev.stack import free_port
 from gcp_storage_emulator.server import create_server
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+
+# google-cloud-storage ships no py.typed: mypy sees no storage in google.cloud.
+from google.cloud import storage  # type: ignore[attr-defined]
 
 KEY = ChainKey(b"gcs-sink-test-chain-key-0123456789ab")
 BUCKET = "acme-bqgate-audit-anchors"
@@ -55,7 +57,8 @@ def test_the_log_sink_export_in_the_same_bucket_counts_too(client: Any) -> None:
         json.dumps({"logName": "projects/p/logs/run", "jsonPayload": json.loads(line)})
         for line in (encode_line(cp("s-9", 2), KEY), encode_line(cp("s-9", 4), KEY))
     )
-    client.bucket(BUCKET).blob("run.googleapis.com/stdout/2025/06/15/10:00:00_10:59:59_S0.json"
-                               ).upload_from_string(exported)
+    client.bucket(BUCKET).blob(
+        "run.googleapis.com/stdout/2025/06/15/10:00:00_10:59:59_S0.json"
+    ).upload_from_string(exported)
     index = AnchorIndex.read(GcsSink(client, BUCKET).read(), Keyring([KEY]))
     assert [c.seq for c in index.of("s-9")] == [2, 4]

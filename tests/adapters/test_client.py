@@ -20,7 +20,8 @@ from bqgate.adapters.oidc import OidcVerifier
 from bqgate.client import gateway_client
 from bqgate.dev import issuer
 from bqgate.errors import BqgateError
-from bqgate.identity import IssuerSettings, Principal, bearer_token
+from bqgate.identity import Principal, bearer_token
+from bqgate.policy import Issuer
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
@@ -69,7 +70,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Path, GatewayServer]]:
     oidc = issuer.serve("127.0.0.1", 0, dev_dir / "oidc")
     gateway = GatewayServer(("127.0.0.1", 0), GatewayHandler)
     gateway.verifier = OidcVerifier(
-        [IssuerSettings("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)],
+        [Issuer("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)],
         dev_issuer_url=oidc.issuer_url,
         dev_mode=True,
     )
@@ -119,8 +120,9 @@ def test_dev_credentials_refresh_and_set_expiry(stack: tuple[Path, GatewayServer
     dev_dir, gateway = stack
     issuer_url = issuer.read_endpoints(dev_dir)["oidc_issuer"]
     secret = issuer.load_secret(dev_dir / "oidc")
-    credentials = DevIdTokenCredentials(issuer_url, AGENT, groups=("etl",), ttl_seconds=600,
-                                        secret=secret)
+    credentials = DevIdTokenCredentials(
+        issuer_url, AGENT, groups=("etl",), ttl_seconds=600, secret=secret
+    )
     assert not credentials.valid
     credentials.refresh(google.auth.transport.requests.Request())
     assert credentials.valid

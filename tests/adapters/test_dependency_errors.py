@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.adapters.pubsub_queue import PubSubQueue
 from bqgate.chain import ChainKey
 from bqgate.dev.stack import PROJECT, Stack
-from bqgate.errors import InvalidQuery, NotFound, Unavailable
+from bqgate.errors import BqgateError, InvalidQuery, NotFound, Unavailable
 from bqgate.jobs import DONE, Job, warehouse_job_id
 from bqgate.policy import parse_policy
 from bqgate.service.executor import Executor
@@ -25,7 +26,9 @@ from bqgate.service.gateway import job_error
 from fakes import MemoryQueue
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore, pubsub_v1
+
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
+from google.cloud import bigquery, firestore, pubsub_v1  # type: ignore[attr-defined]
 
 pytestmark = pytest.mark.emulators
 
@@ -73,7 +76,7 @@ def test_a_silent_firestore_fails_every_store_call_within_its_deadline(silent_po
     for call in (
         lambda: store.get(j.job_id),
         lambda: store.create(j),
-        lambda: store.transition(j.job_id, lambda _: {"state": DONE}),
+        lambda: store.transition(j.job_id, lambda j: replace(j, state=DONE)),
         lambda: store.put_page(j.job_id, 0, 0, "[]"),
         lambda: store.get_pages(j.job_id, 0, 0),
     ):
@@ -142,7 +145,7 @@ def warehouse(stack: Stack) -> BigQueryWarehouse:
     ],
 )
 def test_the_emulator_s_rejections_arrive_as_gateway_leaves(
-    warehouse: BigQueryWarehouse, sql: str, leaf: type, reason: str
+    warehouse: BigQueryWarehouse, sql: str, leaf: type[BqgateError], reason: str
 ) -> None:
     with pytest.raises(leaf) as err:
         warehouse.dry_run(sql, default_dataset=None)
@@ -154,7 +157,7 @@ def test_the_emulator_s_rejections_arrive_as_gateway_leaves(
         labels={},
         maximum_bytes_billed=None,
     )
-    assert outcome.error is not None and outcome.error["reason"] == reason
+    assert outcome.error is not None and outcome.error.reason == reason
 
 
 GHOST_POLICY = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from dataclasses import replace
 
 import pytest
 from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
@@ -15,7 +16,9 @@ from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import DONE, RUNNING, Job, warehouse_job_id
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore, pubsub_v1
+
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
+from google.cloud import bigquery, firestore, pubsub_v1  # type: ignore[attr-defined]
 
 pytestmark = pytest.mark.emulators
 
@@ -59,18 +62,32 @@ def test_firestore_create_get_and_duplicate(store: FirestoreJobStore) -> None:
         store.transition("no-such-job", lambda j: None)
 
 
+def test_a_stored_job_with_an_unknown_field_is_an_error_not_silence(
+    store: FirestoreJobStore,
+) -> None:
+    job = new_job()
+    store.create(job)
+    client = firestore.Client(project=PROJECT)
+    client.collection("jobs").document(job.job_id).update({"stat": "DONE"})  # a misspelt field
+    fresh = FirestoreJobStore(client)  # nothing remembered: it reads the stored document
+    with pytest.raises(ValueError, match="fields that Job does not: stat"):
+        fresh.get(job.job_id)
+
+
 def test_firestore_transition_serialises_concurrent_claims(store: FirestoreJobStore) -> None:
     job = new_job()
     store.create(job)
     winners: list[int] = []
 
     def claim(i: int) -> None:
-        def change(j: Job) -> dict[str, object] | None:
+        def change(j: Job) -> Job | None:
             return (
-                None if j.state == RUNNING else {"state": RUNNING, "executions": j.executions + 1}
+                None
+                if j.state == RUNNING
+                else replace(j, state=RUNNING, executions=j.executions + 1)
             )
 
-        result = store.transition(job.job_id, change)
+        result = store.transition(job.job_id, change).after
         if result.executions == 1 and result.state == RUNNING:
             winners.append(i)
 
@@ -140,7 +157,7 @@ def test_warehouse_reports_query_errors_without_raising(warehouse: BigQueryWareh
         labels={},
         maximum_bytes_billed=None,
     )
-    assert outcome.error is not None and outcome.error["reason"] == "invalidQuery"
+    assert outcome.error is not None and outcome.error.reason == "invalidQuery"
 
 
 def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse) -> None:
@@ -165,7 +182,7 @@ def test_same_job_id_twice_runs_the_statement_once(warehouse: BigQueryWarehouse)
 def test_done_state_constant_is_what_the_store_reports(store: FirestoreJobStore) -> None:
     job = new_job()
     store.create(job)
-    done = store.transition(job.job_id, lambda j: {"state": DONE, "total_rows": 0})
+    done = store.transition(job.job_id, lambda j: replace(j, state=DONE, total_rows=0)).after
     assert done.state == DONE and store.get(job.job_id).total_rows == 0  # type: ignore[union-attr]
 
 
@@ -182,7 +199,9 @@ def test_jobs_and_pages_carry_a_ttl_timestamp(stack: Stack) -> None:
         client.collection("jobs").document(job.job_id),
         client.collection("jobs").document(job.job_id).collection("pages").document("000000"),
     ):
-        expire_at = ref.get().to_dict()["expire_at"]
+        doc = ref.get().to_dict()
+        assert doc is not None
+        expire_at = doc["expire_at"]
         assert dt.timedelta(minutes=59) < expire_at - now <= dt.timedelta(hours=1)
 
 
@@ -210,13 +229,13 @@ def test_killed_then_retried_executor_runs_the_statement_once(
         labels={},
         maximum_bytes_billed=None,
     )
-    store.transition(job.job_id, lambda j: {"state": RUNNING, "executions": 1})
+    store.transition(job.job_id, lambda j: replace(j, state=RUNNING, executions=1))
     executor = Executor(
         store=store, warehouse=warehouse, hmac_key=b"k", policy=load_policy("policies/default.yaml")
     )
     assert executor.run(job.job_id) == "done"
     # Killed again after BigQuery finished but before DONE was written: retried once more.
-    store.transition(job.job_id, lambda j: {"state": RUNNING})
+    store.transition(job.job_id, lambda j: replace(j, state=RUNNING))
     assert executor.run(job.job_id) == "done"
     done = store.get(job.job_id)
     assert done is not None and done.state == DONE and done.executions == 3

@@ -9,10 +9,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from bqgate import audit
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
 from bqgate.anchors import Checkpoint
-from bqgate.chain import ChainKey, Keyring
+from bqgate.audit.chain import seal, session_doc_id
+from bqgate.chain import GENESIS, ChainKey, Keyring
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.jobs import Job
 from bqgate.verification import Finding, verify_chain
@@ -69,7 +69,7 @@ def test_events_chain_and_head_track_the_tip(client: firestore.Client) -> None:
     assert head is not None
     assert [e.kind for e in events] == ["request", "classification", "result"]
     assert [e.event_id for e in events] == ["00000001", "00000002", "00000003"]
-    assert events[0].prev_mac == audit.GENESIS
+    assert events[0].prev_mac == GENESIS
     assert events[1].prev_mac == events[0].mac and events[2].prev_mac == events[1].mac
     assert (head.last_seq, head.last_mac) == (3, events[2].mac)
     assert head.principals == ("agent@x.com",) and head.issuer == "dev"
@@ -136,7 +136,7 @@ def test_twenty_concurrent_writers_make_one_unbroken_chain(
 def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firestore.Client) -> None:
     other = recorder(client)
     s = sid()
-    raced = []
+    raced: list[bool] = []
 
     def clock() -> float:
         # Called between reading the head and committing: another writer gets in first.
@@ -152,7 +152,10 @@ def test_a_writer_that_lost_a_race_starts_over_from_the_new_head(client: firesto
 
 
 def _event_ref(client: firestore.Client, s: str, seq: int) -> firestore.DocumentReference:
-    return client.collection(SESSIONS).document(s).collection(EVENTS).document(f"{seq:08d}")
+    ref: firestore.DocumentReference = (
+        client.collection(SESSIONS).document(s).collection(EVENTS).document(f"{seq:08d}")
+    )
+    return ref
 
 
 def _session_of_three(client: firestore.Client) -> tuple[FirestoreRecorder, str]:
@@ -179,7 +182,7 @@ def test_resealing_an_edited_event_without_the_key_is_named_edited(
     client: firestore.Client,
 ) -> None:
     rec, s = _session_of_three(client)
-    forged = audit.seal(
+    forged = seal(
         session_id=s,
         seq=1,
         kind="request",
@@ -244,7 +247,7 @@ def test_session_ids_unfit_for_a_document_id_are_stored_under_a_digest(
     head = rec.head(s)
     assert head is not None and head.session_id == s
     assert [e.session_id for e in rec.events(s)] == [s]
-    assert client.collection(SESSIONS).document(audit.session_doc_id(s)).get().exists
+    assert client.collection(SESSIONS).document(session_doc_id(s)).get().exists
 
 
 def test_record_many_appends_in_order_in_one_commit_and_keeps_the_chain(
@@ -304,7 +307,11 @@ def test_every_commit_is_checkpointed_with_its_new_head(client: firestore.Client
     assert [(c.session_id, c.seq) for c in seen] == [(s, 1), (s, 3)]  # one per commit
     last = seen[-1]
     assert (last.mac, last.principal, last.issuer, last.label) == (
-        head.last_mac, "agent@x.com", "dev", s)
+        head.last_mac,
+        "agent@x.com",
+        "dev",
+        s,
+    )
     assert last.expire_at_ms == head.last_expire_at_ms
 
 

@@ -58,8 +58,7 @@ def test_expired_dev_tokens_are_minted_again_and_accepted(stack: Stack) -> None:
     secret = issuer.load_secret(stack.state_dir / issuer.OIDC_SUBDIR)
     # 31 s tokens: the credentials count them as expired at once (refresh margin), so
     # every request needs a new one from the issuer.
-    creds = DevIdTokenCredentials(stack.url("oidc_issuer"), AGENT, ttl_seconds=31,
-                                  secret=secret)
+    creds = DevIdTokenCredentials(stack.url("oidc_issuer"), AGENT, ttl_seconds=31, secret=secret)
     sent: list[str] = []
     hooks = {"request": [lambda r: sent.append(r.headers["Authorization"])]}
     url = stack.endpoints()["mcp"]

@@ -20,7 +20,8 @@ import pytest
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.dev import issuer as dev_issuer
 from bqgate.errors import Unauthenticated, Unavailable
-from bqgate.identity import GOOGLE_ISSUER, IssuerSettings, Principal
+from bqgate.identity import GOOGLE_ISSUER, Principal
+from bqgate.policy import Issuer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -191,7 +192,7 @@ def clock() -> FakeClock:
 def verifier(jwks: JwksState, keys: dict[str, SigningKey], clock: FakeClock) -> OidcVerifier:
     jwks.keys = [keys["main"].jwk()]
     return OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate", "other-aud"), f"{jwks.issuer_url}/keys")],
+        [Issuer(jwks.issuer_url, ("bqgate", "other-aud"), f"{jwks.issuer_url}/keys")],
         clock_skew_seconds=60,
         groups_for=groups_for,
         http_timeout=2.0,
@@ -242,10 +243,8 @@ def test_second_issuer_with_ec_key_and_groups_claim(
         jwks.keys = [keys["main"].jwk()]
         verifier = OidcVerifier(
             [
-                IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys"),
-                IssuerSettings(
-                    okta_url, ("api://bqgate",), f"{okta_url}/keys", groups_claim="groups"
-                ),
+                Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys"),
+                Issuer(okta_url, ("api://bqgate",), f"{okta_url}/keys", groups_claim="groups"),
             ],
             groups_for=groups_for,
             clock=clock,
@@ -273,7 +272,7 @@ def test_rsa_key_declaring_rs384_is_honoured(jwks: JwksState, clock: FakeClock) 
     key = rsa_key("k384", "RS384")
     jwks.keys = [key.jwk()]
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
     )
     assert verifier.verify(key.sign(claims_for(jwks.issuer_url))).email == AGENT
     # ... and a token claiming RS256 for that key is refused: the key decides.
@@ -288,7 +287,7 @@ def test_discovery_document_is_followed(
     jwks.keys = [keys["main"].jwk()]
     verifier = OidcVerifier(
         [
-            IssuerSettings(
+            Issuer(
                 jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/.well-known/openid-configuration"
             )
         ],
@@ -305,7 +304,7 @@ def test_google_issuer_requires_verified_email(
 ) -> None:
     jwks.keys = [keys["main"].jwk()]
     verifier = OidcVerifier(
-        [IssuerSettings(GOOGLE_ISSUER, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
+        [Issuer(GOOGLE_ISSUER, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
     )
     ok = keys["main"].sign(claims_for(GOOGLE_ISSUER, email_verified=True))
     assert verifier.verify(ok).issuer == GOOGLE_ISSUER
@@ -419,7 +418,7 @@ def test_rejections_are_unauthenticated_with_a_reason(
 def test_dev_issuer_is_trusted_only_in_dev_mode(tmp_path: Path) -> None:
     server = dev_issuer.serve("127.0.0.1", 0, tmp_path / "oidc")
     try:
-        from bqgate.identity import IssuerSettings as Cfg
+        from bqgate.policy import Issuer as Cfg
 
         dev = Cfg("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
         token = dev_issuer.mint_token(
@@ -441,16 +440,16 @@ def test_dev_issuer_is_trusted_only_in_dev_mode(tmp_path: Path) -> None:
 
 
 def test_configuration_errors_are_loud() -> None:
-    dev = IssuerSettings("dev", ("bqgate",), "dev", dev_only=True)
+    dev = Issuer("dev", ("bqgate",), "dev", dev_only=True)
     with pytest.raises(ValueError, match="no dev issuer URL"):
         OidcVerifier([dev], dev_mode=True)
     with pytest.raises(ValueError, match="https"):
-        OidcVerifier([IssuerSettings("https://i.example", ("a",), "http://i.example/keys")])
+        OidcVerifier([Issuer("https://i.example", ("a",), "http://i.example/keys")])
     with pytest.raises(ValueError, match="only allowed with dev_only"):
-        OidcVerifier([IssuerSettings("dev", ("a",), "dev")])
+        OidcVerifier([Issuer("dev", ("a",), "dev")])
     with pytest.raises(ValueError, match="no audiences"):
-        OidcVerifier([IssuerSettings("https://i.example", (), "https://i.example/keys")])
-    twice = IssuerSettings("https://i.example", ("a",), "https://i.example/keys")
+        OidcVerifier([Issuer("https://i.example", (), "https://i.example/keys")])
+    twice = Issuer("https://i.example", ("a",), "https://i.example/keys")
     with pytest.raises(ValueError, match="twice"):
         OidcVerifier([twice, twice])
 
@@ -508,7 +507,7 @@ def test_cache_control_max_age_is_honoured(
     jwks.keys = [keys["main"].jwk()]
     jwks.cache_control = "public, max-age=120, must-revalidate"
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
     )
     start = clock.now
     verifier.verify(keys["main"].sign(claims_for(jwks.issuer_url)))
@@ -526,7 +525,7 @@ def test_default_max_age_is_five_minutes(
     jwks.keys = [keys["main"].jwk()]
     jwks.cache_control = None
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
     )
     start = clock.now
     verifier.verify(keys["main"].sign(claims_for(jwks.issuer_url)))
@@ -544,7 +543,7 @@ def test_concurrent_cold_cache_fetches_once(
     jwks.keys = [keys["main"].jwk()]
     jwks.delay = 0.2  # widen the race window
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")],
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")],
         clock=clock,
         http_timeout=2.0,
     )
@@ -579,7 +578,7 @@ def test_keys_that_must_not_be_used_are_skipped(
         keys["main"].jwk(),
     ]
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")], clock=clock
     )
     hs = jwt.encode(
         claims_for(jwks.issuer_url),
@@ -609,7 +608,7 @@ def _closed_port() -> int:
 def test_dead_jwks_endpoint_fails_closed_quickly(keys: dict[str, SigningKey]) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
     verifier = OidcVerifier(
-        [IssuerSettings(url, ("bqgate",), f"{url}/keys")], http_timeout=1.0, clock=FakeClock()
+        [Issuer(url, ("bqgate",), f"{url}/keys")], http_timeout=1.0, clock=FakeClock()
     )
     started = time.monotonic()
     with pytest.raises(Unavailable, match="identity provider keys unavailable for issuer") as info:
@@ -626,7 +625,7 @@ def test_slow_jwks_endpoint_fails_closed_within_the_timeout(
     jwks.delay = 3.0
     clock = FakeClock()
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")],
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")],
         http_timeout=0.5,
         clock=clock,
     )
@@ -661,7 +660,7 @@ def test_bad_jwks_documents_fail_closed(
     jwks.status = status
     jwks.keys = keys_doc if keys_doc is not None else [keys["main"].jwk()]
     verifier = OidcVerifier(
-        [IssuerSettings(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")],
+        [Issuer(jwks.issuer_url, ("bqgate",), f"{jwks.issuer_url}/keys")],
         clock=FakeClock(),
     )
     with pytest.raises(Unavailable):

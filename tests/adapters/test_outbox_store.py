@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 from bqgate import outbox
@@ -96,7 +97,7 @@ def test_a_transition_writes_its_records_only_when_it_changes_the_job(
 
     store.transition(job.job_id, lambda j: None, dispatch=records)
     assert store.outbox_of(job.job_id) == []
-    store.transition(job.job_id, lambda j: {"state": PENDING}, dispatch=records)
+    store.transition(job.job_id, lambda j: replace(j, state=PENDING), dispatch=records)
     assert [r.event for r in store.outbox_of(job.job_id)] == [outbox.APPROVED]
 
 
@@ -173,8 +174,8 @@ def test_concurrent_requests_of_one_principal_never_overshoot_the_quota(
     assert len(admitted) == 4 and len(refused) == 8
     assert all(count == 4 for _, count in refused)
     # A decided request gives its slot back; so does an expired one, without any sweep.
-    store.transition(admitted[0], lambda j: {"state": PENDING})
-    store.transition(admitted[1], lambda j: {"expire_at_ms": t - 1})
+    store.transition(admitted[0], lambda j: replace(j, state=PENDING))
+    store.transition(admitted[1], lambda j: replace(j, expire_at_ms=t - 1))
     for job_id in ("r1", "r2"):
         store.create(
             pending(job_id, created_ms=t, expire_at_ms=t + 60_000),
@@ -202,7 +203,7 @@ def test_a_transition_into_awaiting_approval_counts_against_the_quota(
     with pytest.raises(QuotaFull):
         store.transition(
             "costly",
-            lambda j: {"state": PENDING_APPROVAL, "expire_at_ms": t + 60_000},
+            lambda j: replace(j, state=PENDING_APPROVAL, expire_at_ms=t + 60000),
             quota=OpenRequestQuota("agent@x", 1, t),
         )
     assert store.get("costly").state == PENDING  # type: ignore[union-attr]

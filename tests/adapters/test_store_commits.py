@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from bqgate import outbox
@@ -17,7 +18,7 @@ from bqgate.chain import ChainKey, Keyring
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.errors import Duplicate
 from bqgate.jobs import DONE, PENDING, RUNNING, Job
-from bqgate.ports import Page, Recording
+from bqgate.ports import EventItems, Page, Recording
 from bqgate.verification import verify_chain
 from google.cloud import firestore
 
@@ -96,7 +97,7 @@ def test_a_create_and_its_events_are_one_commit(client: firestore.Client) -> Non
     s = "s-" + uuid.uuid4().hex[:8]
     job = new_job(s)
     handoff = outbox.new_record(job.job_id, outbox.ACCEPTED, "execute", now_ms=1, deadline_ms=9)
-    events = [
+    events: EventItems = [
         ("request", {"request_kind": "jobs.query"}),
         ("classification", {"decision": "allow"}),
     ]
@@ -121,13 +122,13 @@ def test_a_transition_writes_its_events_pages_and_finished_hand_off_together(
     pages = [Page(0, 0, json.dumps(rows[:2])), Page(1, 2, json.dumps(rows[2:]))]
     done = store.transition(
         job.job_id,
-        lambda j: {"state": DONE, "total_rows": 3, "page_starts": [0, 2], "schema": []},
+        lambda j: replace(j, state=DONE, total_rows=3, page_starts=[0, 2], schema=[]),
         record=Recording(
             rec, job, lambda j: [("result", {"rows": rows, "total_rows": j.total_rows})]
         ),
         pages=pages,
         complete=[handoff.record_id],
-    )
+    ).after
     assert done.state == DONE
     assert store.get_pages(job.job_id, 0, 1) == [(0, pages[0].rows_json), (2, pages[1].rows_json)]
     (finished,) = store.outbox_of(job.job_id)
@@ -146,8 +147,10 @@ def test_a_hand_off_to_finish_that_is_gone_does_not_fail_the_change(
     job = new_job("s-" + uuid.uuid4().hex[:8])
     store.create(job)  # no outbox record
     done = store.transition(
-        job.job_id, lambda j: {"state": DONE}, complete=[outbox.record_id(job.job_id, "accepted")]
-    )
+        job.job_id,
+        lambda j: replace(j, state=DONE),
+        complete=[outbox.record_id(job.job_id, "accepted")],
+    ).after
     assert done.state == DONE and store.outbox_of(job.job_id) == []
 
 
@@ -162,24 +165,24 @@ def test_what_a_process_remembers_never_decides_what_is_written(
     store.create(job, record=Recording.of(rec, job, [("request", {})]))
     store.transition(
         job.job_id,
-        lambda j: {"state": RUNNING},
+        lambda j: replace(j, state=RUNNING),
         record=Recording.of(rec, job, [("execution_started", {})]),
     )
     other_store, other_rec = other_process(client, store, rec)
     other_store.transition(
         job.job_id,
-        lambda j: {"executions": 7},
+        lambda j: replace(j, executions=7),
         record=Recording.of(other_rec, job, [("execution_started", {"attempt": 7})]),
     )
     seen: list[int] = []
 
-    def end(j: Job) -> dict[str, object] | None:
+    def end(j: Job) -> Job | None:
         seen.append(j.executions)
-        return {"state": DONE}
+        return replace(j, state=DONE)
 
     done = store.transition(
         job.job_id, end, record=Recording.of(rec, job, [("execution_finished", {})])
-    )
+    ).after
     assert seen[-1] == 7 and done.executions == 7 and done.state == DONE
     assert kinds(rec, s) == [
         "request",
@@ -189,8 +192,8 @@ def test_what_a_process_remembers_never_decides_what_is_written(
     ]
     assert chain_holds(rec, s)
     # A remembered job that the change leaves alone is confirmed against the store.
-    other_store.transition(job.job_id, lambda j: {"state": PENDING})  # (not a real move)
-    assert store.transition(job.job_id, lambda j: None).state == PENDING
+    other_store.transition(job.job_id, lambda j: replace(j, state=PENDING))  # (not a real move)
+    assert store.transition(job.job_id, lambda j: None).after.state == PENDING
 
 
 def test_a_head_handed_over_saves_the_read_and_a_stale_one_costs_only_a_retry(

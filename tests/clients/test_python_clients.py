@@ -99,7 +99,8 @@ def test_list_datasets(plain: bigquery.Client) -> None:
 def test_dry_run(plain: bigquery.Client) -> None:
     job = plain.query(SELECT, job_config=bigquery.QueryJobConfig(dry_run=True))
     assert job.state == "DONE" and job.total_bytes_processed is not None
-    assert [f.name for f in job.schema] == ["customer_id", "ssn", "email"]
+    assert [f.name for f in job.schema or ()] == ["customer_id", "ssn", "email"]
+
     with pytest.raises(gexc.Forbidden, match="Blocked by bqgate policy"):
         plain.query(f"DELETE FROM `{CUSTOMERS}` WHERE TRUE", bigquery.QueryJobConfig(dry_run=True))
 

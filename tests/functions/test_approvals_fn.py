@@ -25,11 +25,11 @@ pytestmark = pytest.mark.emulators
 LEDGER_SQL = "SELECT entry_id, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 
 
-def _clear_wiring() -> None:
-    from bqgate.adapters import wiring
+def _clear_bootstrap() -> None:
+    from bqgate import bootstrap
 
-    for name in dir(wiring):
-        clear = getattr(getattr(wiring, name), "cache_clear", None)
+    for name in dir(bootstrap):
+        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
         if callable(clear):
             clear()
 
@@ -37,64 +37,91 @@ def _clear_wiring() -> None:
 @pytest.fixture()
 def wired(stack: Stack) -> Iterator[Stack]:
     """In-process wiring built from the stack's environment (not a stale cache)."""
-    _clear_wiring()
+    _clear_bootstrap()
     yield stack
-    _clear_wiring()
+    _clear_bootstrap()
 
 
 @pytest.fixture()
 def approvals_client(wired: Stack) -> Any:
     app = functions_framework.create_app(
-        "approvals", str(wired.repo_root / "functions/approvals/main.py"), "http")
+        "approvals", str(wired.repo_root / "functions/approvals/main.py"), "http"
+    )
     return app.test_client()
 
 
 @pytest.fixture()
 def notify_client(wired: Stack) -> Any:
     app = functions_framework.create_app(
-        "slack_notify", str(wired.repo_root / "functions/slack_notify/main.py"), "cloudevent")
+        "slack_notify", str(wired.repo_root / "functions/slack_notify/main.py"), "cloudevent"
+    )
     return app.test_client()
 
 
 def new_pending_job(sql: str = LEDGER_SQL) -> Job:
     """A PENDING_APPROVAL job written straight to Firestore (nothing is published)."""
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    pol = wiring.policy()
+    pol = bootstrap.policy()
     groups = pol.groups_for(AGENT)
-    classification = wiring._classifier()(sql, principal=AGENT, groups=groups,
-                                          default_project="demo-project", default_dataset=None)
+    classification = bootstrap._classifier()(
+        sql,
+        principal=AGENT,
+        groups=groups,
+        default_project="demo-project",
+        default_dataset=None,
+        claims={},
+    )
     assert classification["decision"] == "approve", classification
     now = int(time.time() * 1000)
-    job = Job.new(job_id="fn-" + uuid.uuid4().hex, project="demo-project", location="US",
-                  sql=sql, owner=AGENT, groups=sorted(groups), classification=classification,
-                  state=PENDING_APPROVAL, expire_at_ms=now + 900_000, now_ms=now,
-                  needs_approval=True, bytes_estimate=4096, approval_requested_ms=now)
-    wiring.job_store().create(job)
+    job = Job.new(
+        job_id="fn-" + uuid.uuid4().hex,
+        project="demo-project",
+        location="US",
+        sql=sql,
+        owner=AGENT,
+        groups=sorted(groups),
+        classification=classification,
+        state=PENDING_APPROVAL,
+        expire_at_ms=now + 900_000,
+        now_ms=now,
+        needs_approval=True,
+        bytes_estimate=4096,
+        approval_requested_ms=now,
+    )
+    bootstrap.job_store().create(job)
     return job
 
 
-def signed(stack: Stack, payload: dict[str, Any], *, ts: int | None = None,
-           secret: str | None = None) -> dict[str, Any]:
+def signed(
+    stack: Stack, payload: dict[str, Any], *, ts: int | None = None, secret: str | None = None
+) -> dict[str, Any]:
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
     stamp = str(ts if ts is not None else int(time.time()))
     sig = sign(secret if secret is not None else stack.signing_secret(), stamp, body)
-    return {"data": body, "content_type": "application/x-www-form-urlencoded",
-            "headers": {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig}}
+    return {
+        "data": body,
+        "content_type": "application/x-www-form-urlencoded",
+        "headers": {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig},
+    }
 
 
 def click(user: str, action_id: str, job_id: str) -> dict[str, Any]:
-    return {"type": "block_actions", "user": {"id": user}, "trigger_id": "t-none",
-            "container": {"channel_id": "C0BQGATE01", "message_ts": "0"},
-            "actions": [{"action_id": action_id, "value": job_id}]}
+    return {
+        "type": "block_actions",
+        "user": {"id": user},
+        "trigger_id": "t-none",
+        "container": {"channel_id": "C0BQGATE01", "message_ts": "0"},
+        "actions": [{"action_id": action_id, "value": job_id}],
+    }
 
 
 def wait_job(job_id: str, pred: Any, timeout: float = 60) -> Job:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
     deadline = time.monotonic() + timeout
     while True:
-        job = wiring.job_store().get(job_id)
+        job: Job | None = bootstrap.job_store().get(job_id)
         if job is not None and pred(job):
             return job
         if time.monotonic() > deadline:
@@ -109,8 +136,9 @@ def test_health(approvals_client: Any) -> None:
 
 def test_slack_approve_runs_the_job(wired: Stack, approvals_client: Any) -> None:
     job = new_pending_job()
-    resp = approvals_client.post("/slack/interactions",
-                                 **signed(wired, click("U_ALICE", "bqgate_approve", job.job_id)))
+    resp = approvals_client.post(
+        "/slack/interactions", **signed(wired, click("U_ALICE", "bqgate_approve", job.job_id))
+    )
     assert resp.status_code == 200
     assert resp.get_json()["text"] == "Approved by alice@example.com"
     done = wait_job(job.job_id, lambda j: j.state == DONE)
@@ -124,18 +152,21 @@ def test_slack_rejects_forged_and_stale_requests(wired: Stack, approvals_client:
     payload = click("U_ALICE", "bqgate_approve", job.job_id)
     forged = approvals_client.post("/slack/interactions", **signed(wired, payload, secret="x"))
     assert forged.status_code == 401
-    stale = approvals_client.post("/slack/interactions",
-                                  **signed(wired, payload, ts=int(time.time()) - 600))
+    stale = approvals_client.post(
+        "/slack/interactions", **signed(wired, payload, ts=int(time.time()) - 600)
+    )
     assert stale.status_code == 401 and "stale" in stale.get_json()["error"]["message"]
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    assert wiring.job_store().get(job.job_id).state == PENDING_APPROVAL
+    still = bootstrap.job_store().get(job.job_id)
+    assert still is not None and still.state == PENDING_APPROVAL
 
 
 def test_slack_click_by_a_non_approver(wired: Stack, approvals_client: Any) -> None:
     job = new_pending_job()
-    resp = approvals_client.post("/slack/interactions",
-                                 **signed(wired, click("U_MALLORY", "bqgate_approve", job.job_id)))
+    resp = approvals_client.post(
+        "/slack/interactions", **signed(wired, click("U_MALLORY", "bqgate_approve", job.job_id))
+    )
     assert "mallory@example.com may not approve" in resp.get_json()["text"]
 
 
@@ -152,15 +183,18 @@ def test_approver_api(wired: Stack, approvals_client: Any) -> None:
     assert body["errors"][0]["reason"] == "accessDenied" and "approver group" in body["message"]
     anonymous = approvals_client.post(f"/v1/approvals/{job.job_id}:approve")
     assert anonymous.status_code == 401
-    denied = approvals_client.post(f"/v1/approvals/{job.job_id}:deny", headers=alice,
-                                   json={"reason": "ledger is off limits"})
+    denied = approvals_client.post(
+        f"/v1/approvals/{job.job_id}:deny", headers=alice, json={"reason": "ledger is off limits"}
+    )
     assert denied.status_code == 200 and denied.get_json()["outcome"] == "denied"
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    stored = wiring.job_store().get(job.job_id)
-    assert stored.state == DONE
-    assert stored.error == {"reason": "accessDenied",
-                            "message": "Denied by alice@example.com: ledger is off limits"}
+    stored = bootstrap.job_store().get(job.job_id)
+    assert stored is not None and stored.state == DONE
+    assert stored.error == {
+        "reason": "accessDenied",
+        "message": "Denied by alice@example.com: ledger is off limits",
+    }
     approve_after = approvals_client.post(f"/v1/approvals/{job.job_id}:approve", headers=alice)
     assert approve_after.get_json()["changed"] is False
 
@@ -168,28 +202,37 @@ def test_approver_api(wired: Stack, approvals_client: Any) -> None:
 def test_slack_notify_posts_the_request_once(wired: Stack, notify_client: Any) -> None:
     job = new_pending_job()
     data = base64.b64encode(json.dumps({"job_id": job.job_id}).encode()).decode()
-    envelope = {"message": {"data": data, "messageId": "1"},
-                "subscription": "projects/demo-project/subscriptions/approvals-push"}
-    headers = {"ce-id": uuid.uuid4().hex, "ce-source": "//pubsub.googleapis.com/test",
-               "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-               "ce-specversion": "1.0"}
+    envelope = {
+        "message": {"data": data, "messageId": "1"},
+        "subscription": "projects/demo-project/subscriptions/approvals-push",
+    }
+    headers = {
+        "ce-id": uuid.uuid4().hex,
+        "ce-source": "//pubsub.googleapis.com/test",
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "ce-specversion": "1.0",
+    }
     for _ in range(2):  # a redelivery must not post twice
         resp = notify_client.post("/", json=envelope, headers=headers)
         assert resp.status_code == 200
     messages = requests.get(wired.url("slack") + "/_test/messages", timeout=10).json()["messages"]
     mine = [m for m in messages if job.job_id in json.dumps(m["blocks"])]
     assert len(mine) == 1
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    rec = ApprovalRecord.from_doc(wiring.job_store().get(job.job_id).approval)
+    notified = bootstrap.job_store().get(job.job_id)
+    assert notified is not None
+    rec = ApprovalRecord.from_doc(notified.approval)
     assert (rec.slack_channel, rec.slack_ts) == (mine[0]["channel"], mine[0]["ts"])
-    bad = notify_client.post("/", json={"message": {"data": "!!"}}, headers={
-        **headers, "ce-id": uuid.uuid4().hex})
+    bad = notify_client.post(
+        "/", json={"message": {"data": "!!"}}, headers={**headers, "ce-id": uuid.uuid4().hex}
+    )
     assert bad.status_code == 200  # malformed: acknowledged and dropped
 
 
-def test_approved_job_state_is_pending_until_the_executor_runs(wired: Stack,
-                                                               approvals_client: Any) -> None:
+def test_approved_job_state_is_pending_until_the_executor_runs(
+    wired: Stack, approvals_client: Any
+) -> None:
     job = new_pending_job()
     bob = {"Authorization": "Bearer " + mint_token_for(wired, "bob@example.com")}
     resp = approvals_client.post(f"/v1/approvals/{job.job_id}:approve", headers=bob)

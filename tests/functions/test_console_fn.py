@@ -34,20 +34,20 @@ CSP = (
 )
 
 
-def _clear_wiring() -> None:
-    from bqgate.adapters import wiring
+def _clear_bootstrap() -> None:
+    from bqgate import bootstrap
 
-    for name in dir(wiring):
-        clear = getattr(getattr(wiring, name), "cache_clear", None)
+    for name in dir(bootstrap):
+        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
         if callable(clear):
             clear()
 
 
 @pytest.fixture()
 def wired(stack: Stack) -> Iterator[Stack]:
-    _clear_wiring()
+    _clear_bootstrap()
     yield stack
-    _clear_wiring()
+    _clear_bootstrap()
 
 
 def new_client(stack: Stack) -> Any:
@@ -64,12 +64,17 @@ def console(wired: Stack) -> Any:
 
 def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "", **fields: Any) -> Job:
     """A PENDING_APPROVAL job written straight to Firestore, as the gateway leaves it."""
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    pol = wiring.policy()
+    pol = bootstrap.policy()
     groups = pol.groups_for(AGENT)
-    classification = wiring._classifier()(
-        sql, principal=AGENT, groups=groups, default_project="demo-project", default_dataset=None
+    classification = bootstrap._classifier()(
+        sql,
+        principal=AGENT,
+        groups=groups,
+        default_project="demo-project",
+        default_dataset=None,
+        claims={},
     )
     assert classification["decision"] == "approve", classification
     now = int(time.time() * 1000)
@@ -90,14 +95,14 @@ def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "", **fields: Any) 
         session_id=session_id,
         **fields,
     )
-    wiring.job_store().create(job)
+    bootstrap.job_store().create(job)
     return job
 
 
 def stored(job_id: str) -> Job:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    job = wiring.job_store().get(job_id)
+    job: Job | None = bootstrap.job_store().get(job_id)
     assert job is not None
     return job
 
@@ -132,7 +137,7 @@ def sign_in(client: Any, stack: Stack, principal: str) -> None:
     assert query["nonce"][0] and query["state"][0] and query["client_id"] == ["bqgate"]
     page = requests.get(authorize, timeout=10)
     assert page.status_code == 200 and principal in page.text
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    request_id = field_of(page.text, "request_id")
     picked = requests.post(
         stack.url("oidc_issuer") + "/authorize",
         data={"request_id": request_id, "principal": principal, "sign_in_key": key_of(stack)},
@@ -147,8 +152,15 @@ def sign_in(client: Any, stack: Stack, principal: str) -> None:
     assert done.headers["Location"].endswith("/console/")
 
 
+def field_of(page: str, name: str) -> str:
+    """The value of the form field ``name`` on ``page`` (the test fails without one)."""
+    found = re.search(rf'name="{name}" value="([^"]+)"', page)
+    assert found, f"no {name} field on the page"
+    return found.group(1)
+
+
 def csrf_of(page: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return field_of(page, "csrf_token")
 
 
 def text_of(resp: Any) -> str:
@@ -157,13 +169,14 @@ def text_of(resp: Any) -> str:
 
 def session_cookie(client: Any) -> dict[str, Any]:
     """The console's session cookie, decoded with the dev stack's signing key."""
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
     cookie = client.get_cookie("bqgate-console")
     assert cookie is not None
     app = flask.Flask("probe")
-    app.secret_key = wiring.settings().console_session_key
+    app.secret_key = bootstrap.settings().console_session_key
     serializer = flask.sessions.SecureCookieSessionInterface().get_signing_serializer(app)
+    assert serializer is not None
     return dict(serializer.loads(cookie.value))
 
 
@@ -171,6 +184,7 @@ def forge_cookie(payload: dict[str, Any], key: bytes) -> str:
     app = flask.Flask("probe")
     app.secret_key = key
     serializer = flask.sessions.SecureCookieSessionInterface().get_signing_serializer(app)
+    assert serializer is not None
     return str(serializer.dumps(payload))
 
 
@@ -219,9 +233,9 @@ def test_a_replayed_or_forged_callback_is_refused(wired: Stack, console: Any) ->
 
 
 def test_tampered_or_expired_cookies_sign_you_out(wired: Stack, console: Any) -> None:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    key = wiring.settings().console_session_key
+    key = bootstrap.settings().console_session_key
     who = {
         "email": "alice@example.com",
         "groups": ["data-approvers"],
@@ -254,7 +268,7 @@ def test_after_sign_in_you_land_where_you_were_going(wired: Stack, console: Any)
     start = console.get("/console/auth/login")
     authorize = start.headers["Location"]
     page = requests.get(authorize, timeout=10)
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    request_id = field_of(page.text, "request_id")
     picked = requests.post(
         wired.url("oidc_issuer") + "/authorize",
         data={
@@ -344,10 +358,10 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
 
 
 def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack, console: Any) -> None:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
     job = new_pending_job()
-    assert wiring.approval_service().notify(job.job_id) == "posted"
+    assert bootstrap.approval_service().notify(job.job_id) == "posted"
     sign_in(console, wired, "alice@example.com")
     token = csrf_of(text_of(console.get("/console/")))
     resp = console.post(f"/console/requests/{job.job_id}/approve", data={"csrf_token": token})
@@ -371,9 +385,7 @@ def test_approve_in_the_console_runs_the_job_and_updates_slack(wired: Stack, con
     )
 
 
-def test_near_identical_requests_are_one_card_decided_together(
-    wired: Stack, console: Any
-) -> None:
+def test_near_identical_requests_are_one_card_decided_together(wired: Stack, console: Any) -> None:
     first, second, newest = new_pending_job(), new_pending_job(), new_pending_job()
     sign_in(console, wired, "alice@example.com")
     body = text_of(console.get("/console/"))
@@ -489,9 +501,9 @@ def test_a_slack_decision_shows_in_the_console_history(wired: Stack, console: An
 
 
 def test_history_search_by_principal_table_decision_and_time(wired: Stack, console: Any) -> None:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
 
-    service = wiring.approval_service()
+    service = bootstrap.approval_service()
     approved, denied = new_pending_job(), new_pending_job()
     service.decide(
         approved.job_id,
@@ -537,7 +549,7 @@ def test_history_search_by_principal_table_decision_and_time(wired: Stack, conso
 
 
 def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, console: Any) -> None:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
     from bqgate.chain import Keyring
     from bqgate.commands.sessions import events_from_jsonl
     from bqgate.verification import verify_session
@@ -549,7 +561,7 @@ def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, co
     console.post(f"/console/requests/{job.job_id}/approve", data={"csrf_token": token})
     wait_job(job.job_id, lambda j: j.state == DONE)
     deadline = time.monotonic() + 30
-    while "result" not in [e.kind for e in wiring.recorder().events(session)]:
+    while "result" not in [e.kind for e in bootstrap.recorder().events(session)]:
         assert time.monotonic() < deadline, "the executor did not record the result"
         time.sleep(0.2)
     page = console.get(f"/console/sessions/{session}")
@@ -570,21 +582,21 @@ def test_session_viewer_replays_the_approved_job_and_exports_it(wired: Stack, co
     events = events_from_jsonl(export.get_data(as_text=True))
     assert [e.kind for e in events] == kinds
     report = verify_session(
-        session, None, events, keys=Keyring([wiring.chain_key()]), now_ms=int(time.time() * 1000)
+        session, None, events, keys=Keyring([bootstrap.chain_key()]), now_ms=int(time.time() * 1000)
     )
     assert report.ok, report.findings
 
 
 def test_an_unconfigured_console_says_so(wired: Stack) -> None:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
     from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
 
     deps = ConsoleDeps(
-        service=wiring.approval_service,
-        verifier=wiring.verifier,
-        policy=wiring.policy(),
-        history=wiring.job_history,
-        sessions=wiring.recorder,
+        service=bootstrap.approval_service,
+        verifier=bootstrap.verifier,
+        policy=bootstrap.policy(),
+        history=bootstrap.job_history,
+        sessions=bootstrap.recorder,
     )
     app = ConsoleApp(
         ConsoleConfig(
@@ -601,16 +613,16 @@ def test_an_unconfigured_console_says_so(wired: Stack) -> None:
 
 
 def test_an_unreachable_identity_provider_gets_a_page(wired: Stack) -> None:
-    from bqgate.adapters import wiring
+    from bqgate import bootstrap
     from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
     from bqgate.dev.stack import free_port
 
     deps = ConsoleDeps(
-        service=wiring.approval_service,
-        verifier=wiring.verifier,
-        policy=wiring.policy(),
-        history=wiring.job_history,
-        sessions=wiring.recorder,
+        service=bootstrap.approval_service,
+        verifier=bootstrap.verifier,
+        policy=bootstrap.policy(),
+        history=bootstrap.job_history,
+        sessions=bootstrap.recorder,
     )
     config = ConsoleConfig(
         issuer=f"http://127.0.0.1:{free_port()}",  # nothing listens there

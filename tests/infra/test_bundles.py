@@ -127,16 +127,27 @@ def test_terraform_bundles_the_same_files(stand_in: Path, tmp_path: Path) -> Non
     module = tmp_path / "module"
     shutil.copytree(MODULE, module, ignore=shutil.ignore_patterns(".terraform*"))
     env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
-    run = {"cwd": module, "env": env, "capture_output": True, "text": True, "timeout": 120}
-    subprocess.run(["terraform", "init", "-input=false", "-backend=false"], check=True, **run)
+
+    def terraform(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["terraform", *argv],
+            input=stdin,
+            cwd=module,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+
+    terraform("init", "-input=false", "-backend=false")
     args = [
         f"-var=function_dir={stand_in}",
         f"-var=shared_dir={SHARED}",
         f"-var=policy_file={POLICY}",
     ]
-    done = subprocess.run(
-        ["terraform", "console", *args], input="jsonencode(local.files)\n", check=True, **run
-    )
+    done = terraform("console", *args, stdin="jsonencode(local.files)\n")
+
     terraform_files = json.loads(json.loads(done.stdout.strip()))
     ours = package.bundle_files(stand_in, SHARED, POLICY)
     assert terraform_files == {name: str(path) for name, path in ours.items()}

@@ -256,7 +256,8 @@ def bigquery_grants_outside_executor(cfg: Config) -> list[str]:
 
 def shared_or_default_service_accounts(cfg: Config) -> list[str]:
     """Each function must run as its own google_service_account resource."""
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[str, str] = {}
     fns = functions(cfg)
     missing = set(FUNCTIONS) - set(fns)
     problems += [f"no function with entry point {name}" for name in sorted(missing)]
@@ -405,8 +406,11 @@ def audit_problems(cfg: Config) -> list[str]:
         role = literal(grant.body.get("role"))
         if role not in ("roles/storage.objectCreator", "roles/storage.objectViewer"):
             problems.append(f"{grant.address}: {role} on the checkpoint bucket")
-    sinks = [s for s in cfg.resources("google_logging_project_sink")
-             if "audit_anchors" in text(s.body.get("destination"), cfg)]
+    sinks = [
+        s
+        for s in cfg.resources("google_logging_project_sink")
+        if "audit_anchors" in text(s.body.get("destination"), cfg)
+    ]
     if not any("storage.googleapis.com" in text(s.body.get("destination"), cfg) for s in sinks):
         problems.append("no log sink routes the checkpoint lines into the checkpoint bucket")
     if not all("bqgate_anchor" in text(s.body.get("filter"), cfg) for s in sinks):
@@ -496,8 +500,11 @@ def test_sweeper_and_scheduler_identities_have_only_their_roles(cfg: Config) -> 
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "sweeper_publisher"),
         # The session record, as every function: append checkpoints, read the chain key.
         ("google_storage_bucket_iam_member", "roles/storage.objectCreator", "audit_anchor_writer"),
-        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor",
-         "audit_chain_key"),
+        (
+            "google_secret_manager_secret_iam_member",
+            "roles/secretmanager.secretAccessor",
+            "audit_chain_key",
+        ),
     }
     publisher = cfg.resource("google_pubsub_topic_iam_member", "sweeper_publisher")
     assert publisher is not None
@@ -617,13 +624,15 @@ def _inject(tf: Path, hcl: str) -> None:
     (tf / "injected.tf").write_text(hcl)
 
 
-def _edit(tf: Path, file: str, old: str, new: str) -> None:
-    """Replace the first match of `old`, with any run of blanks matching any other."""
+def _edit(tf: Path, file: str, old: str, new: str, count: int = 1) -> None:
+    """Replace the first ``count`` matches of `old`, with any run of blanks matching any
+    other."""
     path = tf / file
     src = path.read_text()
     pattern = r"(?<!\w)" + r"\s+".join(re.escape(word) for word in old.split())
-    edited, n = re.subn(pattern, lambda _: new, src, count=1)
-    assert n == 1, f"mutation anchor not found in {file}: {old!r}"
+    edited, n = re.subn(pattern, lambda _: new, src, count=count)
+    assert n == count, f"mutation anchor not found {count} times in {file}: {old!r}"
+
     path.write_text(edited)
 
 
@@ -741,15 +750,13 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     ),
     "dead_letter_topic_not_drained": (
         "dead_letter",
-        lambda tf: [  # both of its subscriptions (the pull one and the sweeper's) moved away
-            _edit(
-                tf,
-                "pubsub.tf",
-                "topic                      = google_pubsub_topic.approvals_dead_letter.id",
-                "topic                      = google_pubsub_topic.execute_dead_letter.id",
-            )
-            for _ in range(2)
-        ],
+        lambda tf: _edit(  # both of its subscriptions (the pull one and the sweeper's) moved
+            tf,
+            "pubsub.tf",
+            "topic                      = google_pubsub_topic.approvals_dead_letter.id",
+            "topic                      = google_pubsub_topic.execute_dead_letter.id",
+            count=2,
+        ),
         "approvals_dead_letter has no subscription",
     ),
     "sweeper_given_bigquery": (

@@ -210,8 +210,16 @@ class Scenario:
                     todo.remove(j)
                 elif stored.approval_requested_ms is not None:
                     with contextlib.redirect_stdout(open(os.devnull, "w")):
-                        main(["approve", j.job_id, "--principal", "alice@example.com",
-                              "--dev-dir", str(self.stack.state_dir)])
+                        main(
+                            [
+                                "approve",
+                                j.job_id,
+                                "--principal",
+                                "alice@example.com",
+                                "--dev-dir",
+                                str(self.stack.state_dir),
+                            ]
+                        )
                     todo.remove(j)
             time.sleep(0.25)
         for j in todo:
@@ -267,9 +275,11 @@ class Scenario:
     def _check_once(self, accepted: Sequence[Submitted]) -> dict[str, Any]:
         counts: dict[str, int] = {}
         if any(j.marker for j in self.outcome.jobs):
-            rows = direct(self.stack).query(
-                f"SELECT marker, COUNT(*) AS n FROM `{self.table}` GROUP BY marker"
-            ).result()
+            rows = (
+                direct(self.stack)
+                .query(f"SELECT marker, COUNT(*) AS n FROM `{self.table}` GROUP BY marker")
+                .result()
+            )
             counts = {r.marker: r.n for r in rows}
         twice, missing, ran_after_failure, executions = [], [], [], []
         for j in self.outcome.jobs:
@@ -284,8 +294,9 @@ class Scenario:
                 ran_after_failure.append(j.job_id)
         for j in accepted:
             events = [e for e in self._events() if e.job_id == j.job_id]
-            ok_runs = [e for e in events if e.kind == "execution_finished"
-                       and not e.data.get("error")]
+            ok_runs = [
+                e for e in events if e.kind == "execution_finished" and not e.data.get("error")
+            ]
             if len(ok_runs) > 1:
                 executions.append(j.job_id)
         return {
@@ -316,8 +327,11 @@ class Scenario:
             seen = kinds.get(j.job_id, set())
             if not {"request", "classification"} <= seen:
                 unrecorded.append(j.job_id)
-            elif j.job and j.job.done and not seen & ENDINGS and not (
-                j.job.error and j.job.error.get("reason") == "stopped"
+            elif (
+                j.job
+                and j.job.done
+                and not seen & ENDINGS
+                and not (j.job.error and j.job.error.get("reason") == "stopped")
             ):
                 no_ending.append(j.job_id)
         return {

@@ -94,8 +94,7 @@ def test_bounded_load_answers_every_agent_correctly(
                 continue
             latencies.append((time.monotonic() - t0) * 1000)
             sc.outcome.jobs.append(
-                Submitted(job.job_id or "", _load_sql(k), sc.principal(i), sc.run,
-                          submitted_at=t0)
+                Submitted(job.job_id or "", _load_sql(k), sc.principal(i), sc.run, submitted_at=t0)
             )
             if rows != truth[k]:
                 mismatches.append(k)
@@ -144,9 +143,7 @@ def kill_executor_mid_job(stack: Stack) -> Outcome:
     sc.create_scratch()
     before = stack.proc("fn-executor").restarts
     with concurrent.futures.ThreadPoolExecutor(max_workers=JOBS_PER_FAULT) as pool:
-        futures = [
-            pool.submit(sc.insert, sc.principal(i % 4)) for i in range(JOBS_PER_FAULT)
-        ]
+        futures = [pool.submit(sc.insert, sc.principal(i % 4)) for i in range(JOBS_PER_FAULT)]
         running = _first_running(sc)
         killed = time.monotonic()
         signal_group(stack, "fn-executor", signal.SIGKILL)
@@ -166,9 +163,7 @@ def pause_firestore(stack: Stack) -> Outcome:
     with concurrent.futures.ThreadPoolExecutor(max_workers=JOBS_PER_FAULT) as pool:
         with paused(stack, "firestore"):
             t0 = time.monotonic()
-            futures = [
-                pool.submit(sc.insert, sc.principal(i % 4)) for i in range(JOBS_PER_FAULT)
-            ]
+            futures = [pool.submit(sc.insert, sc.principal(i % 4)) for i in range(JOBS_PER_FAULT)]
             time.sleep(PAUSE_S)
         sc.outcome.fault_ended_at = time.monotonic()
         for f in futures:
@@ -190,7 +185,8 @@ def stop_pubsub(stack: Stack) -> Outcome:
     wait_restarted(stack, "pubsub", before)
     sc.outcome.notes.append(
         f"Pub/Sub down {stack.proc('pubsub').started_at - killed:.1f} s; the jobs were "
-        f"submitted in {max(j.submitted_at for j in jobs) - killed:.1f} s from the kill")
+        f"submitted in {max(j.submitted_at for j in jobs) - killed:.1f} s from the kill"
+    )
     sc.outcome.fault_ended_at = time.monotonic()
     sc.approve_pending(jobs)
     return sc.check()
@@ -207,8 +203,7 @@ def kill_slack_notify_before_post(stack: Stack) -> Outcome:
         jobs = sc.submit_many(lambda i: sc.insert(sc.principal(i % 4)), max(2, JOBS_PER_FAULT // 2))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(
-            (s := sc.store.get(j.job_id)) is not None and s.approval_requested_ms
-            for j in jobs
+            (s := sc.store.get(j.job_id)) is not None and s.approval_requested_ms for j in jobs
         ):
             time.sleep(0.2)
         time.sleep(1.0)  # the pushes are at its door
@@ -216,7 +211,8 @@ def kill_slack_notify_before_post(stack: Stack) -> Outcome:
         signal_group(stack, "fn-slack_notify", signal.SIGKILL)
     wait_restarted(stack, "fn-slack_notify", before)
     sc.outcome.notes.append(
-        f"slack_notify down {stack.proc('fn-slack_notify').started_at - killed:.1f} s")
+        f"slack_notify down {stack.proc('fn-slack_notify').started_at - killed:.1f} s"
+    )
     sc.outcome.fault_ended_at = time.monotonic()
     deadline = time.monotonic() + BOUND_S
     posted: dict[str, int] = {}
@@ -292,8 +288,13 @@ def run_fuzzer(stack: Stack, n: int, seed: int) -> dict[str, Any]:
     from fuzz.fuzz_http import run_fuzz
 
     def token(principal: str, groups: list[str]) -> str:
-        return mint_token(principal, groups, 3600, issuer_url=stack.url("oidc_issuer"),
-                          key_dir=stack.state_dir / OIDC_SUBDIR)
+        return mint_token(
+            principal,
+            groups,
+            3600,
+            issuer_url=stack.url("oidc_issuer"),
+            key_dir=stack.state_dir / OIDC_SUBDIR,
+        )
 
     urls = {"gateway": stack.url("gateway"), "approvals": stack.url("approvals")}
     tokens = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -90,7 +91,7 @@ def test_a_flood_cannot_hide_genuine_requests(
 
     # One genuine request whose TTL we then cut short: expired, it must never be listed.
     expired_id = genuine_request(100)
-    store.transition(expired_id, lambda j: {"expire_at_ms": int(time.time() * 1000) - 1})
+    store.transition(expired_id, lambda j: replace(j, expire_at_ms=int(time.time() * 1000) - 1))
     genuine += [genuine_request(i) for i in range(2)]  # before the flood
     flood_ids = [f"000-flood-{run}-{i:04d}" for i in range(1, FLOOD + 1)]
     t0 = time.monotonic()
@@ -157,7 +158,8 @@ def test_a_flood_cannot_hide_genuine_requests(
     now = int(time.time() * 1000)
     for job_id in accepted:
         store.transition(
-            job_id, lambda j: {"expire_at_ms": now - 1} if j.state == PENDING_APPROVAL else None
+            job_id,
+            lambda j: replace(j, expire_at_ms=now - 1) if j.state == PENDING_APPROVAL else None,
         )
     again = insert(stack, agent, f"000-flood-{run}-again", FLOOD_SQL)
     assert again.status_code == 200, again.text

@@ -10,6 +10,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -27,8 +28,9 @@ from google.cloud import bigquery, firestore
 
 pytestmark = pytest.mark.system
 
-LEDGER_SQL = ("SELECT entry_id, account, amount FROM `demo-project.finance.ledger` "
-              "ORDER BY entry_id LIMIT 3")
+LEDGER_SQL = (
+    "SELECT entry_id, account, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
+)
 WAIT_S = 90
 
 
@@ -63,10 +65,15 @@ def slack_state(stack: Stack) -> dict[str, Any]:
 
 def message_for(stack: Stack, job_id: str) -> dict[str, Any]:
     """The stand-in's approval message for ``job_id`` (waits for slack_notify to post it)."""
+
     def find() -> dict[str, Any] | None:
         for msg in slack_state(stack)["messages"]:
-            if any(e.get("value") == job_id for b in msg["blocks"] for e in b.get("elements") or []
-                   if b["type"] == "actions"):
+            if any(
+                e.get("value") == job_id
+                for b in msg["blocks"]
+                for e in b.get("elements") or []
+                if b["type"] == "actions"
+            ):
                 return dict(msg)
         return None
 
@@ -74,17 +81,29 @@ def message_for(stack: Stack, job_id: str) -> dict[str, Any]:
 
 
 def current(stack: Stack, msg: dict[str, Any]) -> dict[str, Any]:
-    return next(m for m in slack_state(stack)["messages"]
-                if m["ts"] == msg["ts"] and m["channel"] == msg["channel"])
+    return next(
+        m
+        for m in slack_state(stack)["messages"]
+        if m["ts"] == msg["ts"] and m["channel"] == msg["channel"]
+    )
 
 
-def ui_click(stack: Stack, user: str, msg: dict[str, Any], action_id: str,
-             job_id: str) -> dict[str, Any]:
+def ui_click(
+    stack: Stack, user: str, msg: dict[str, Any], action_id: str, job_id: str
+) -> dict[str, Any]:
     """What the page's button form posts."""
-    resp = requests.post(stack.url("slack") + "/_ui/click", timeout=30,
-                         headers={"Accept": "application/json"},
-                         data={"user": user, "channel": msg["channel"], "ts": msg["ts"],
-                               "action_id": action_id, "value": job_id})
+    resp = requests.post(
+        stack.url("slack") + "/_ui/click",
+        timeout=30,
+        headers={"Accept": "application/json"},
+        data={
+            "user": user,
+            "channel": msg["channel"],
+            "ts": msg["ts"],
+            "action_id": action_id,
+            "value": job_id,
+        },
+    )
     resp.raise_for_status()
     result: dict[str, Any] = resp.json()
     assert result["status"] == 200, result
@@ -94,16 +113,20 @@ def ui_click(stack: Stack, user: str, msg: dict[str, Any], action_id: str,
 
 def ui_submit(stack: Stack, user: str, view_id: str, reason: str) -> dict[str, Any]:
     """What the page's modal form posts."""
-    resp = requests.post(stack.url("slack") + "/_ui/submit", timeout=30,
-                         headers={"Accept": "application/json"},
-                         data={"user": user, "view_id": view_id, "reason": reason})
+    resp = requests.post(
+        stack.url("slack") + "/_ui/submit",
+        timeout=30,
+        headers={"Accept": "application/json"},
+        data={"user": user, "view_id": view_id, "reason": reason},
+    )
     resp.raise_for_status()
     result: dict[str, Any] = resp.json()
     return result
 
 
-def request(client: bigquery.Client, sql: str, pool: concurrent.futures.ThreadPoolExecutor
-            ) -> tuple[str, concurrent.futures.Future[list[Any]]]:
+def request(
+    client: bigquery.Client, sql: str, pool: concurrent.futures.ThreadPoolExecutor
+) -> tuple[str, concurrent.futures.Future[list[Any]]]:
     """Submit as the agent; the agent's ``result()`` waits in a thread."""
     job = client.query(sql)
     assert job.job_id
@@ -111,12 +134,16 @@ def request(client: bigquery.Client, sql: str, pool: concurrent.futures.ThreadPo
 
 
 def direct(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    return bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
 
 
 def test_approve_in_slack_releases_the_agents_query(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     msg = message_for(stack, job_id)
     text = json.dumps(msg["blocks"])
@@ -136,7 +163,8 @@ def test_approve_in_slack_releases_the_agents_query(
 
 
 def test_deny_in_slack_makes_the_agent_raise_forbidden(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any
+) -> None:
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     msg = message_for(stack, job_id)
     clicked = ui_click(stack, "U_BOB", msg, "bqgate_deny", job_id)
@@ -153,15 +181,16 @@ def test_deny_in_slack_makes_the_agent_raise_forbidden(
 
 
 def expire_now(store: FirestoreJobStore, job_id: str) -> None:
-    def past(job: Job) -> dict[str, Any]:
+    def past(job: Job) -> Job:
         assert job.state == PENDING_APPROVAL
-        return {"expire_at_ms": int(time.time() * 1000) - 1}
+        return replace(job, expire_at_ms=int(time.time() * 1000) - 1)
 
     store.transition(job_id, past)
 
 
 def test_unanswered_request_expires_when_the_agent_polls(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     message_for(stack, job_id)
     expire_now(store, job_id)
@@ -172,7 +201,8 @@ def test_unanswered_request_expires_when_the_agent_polls(
 
 
 def test_a_click_after_expiry_says_so_and_the_agent_gets_the_expiry(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     msg = message_for(stack, job_id)
     expire_now(store, job_id)
@@ -185,26 +215,37 @@ def test_a_click_after_expiry_says_so_and_the_agent_gets_the_expiry(
     assert job is not None and job.executions == 0
 
 
-def signed_post(stack: Stack, payload: dict[str, Any], *, ts: int | None = None,
-                secret: str | None = None) -> requests.Response:
+def signed_post(
+    stack: Stack, payload: dict[str, Any], *, ts: int | None = None, secret: str | None = None
+) -> requests.Response:
     """Straight to the approvals function, as Slack (or an attacker) would post."""
     body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
     stamp = str(ts if ts is not None else int(time.time()))
-    return requests.post(stack.url("approvals") + "/slack/interactions", data=body, timeout=30,
-                         headers={"Content-Type": "application/x-www-form-urlencoded",
-                                  "X-Slack-Request-Timestamp": stamp,
-                                  "X-Slack-Signature": sign(secret or stack.signing_secret(),
-                                                            stamp, body)})
+    return requests.post(
+        stack.url("approvals") + "/slack/interactions",
+        data=body,
+        timeout=30,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": sign(secret or stack.signing_secret(), stamp, body),
+        },
+    )
 
 
 def approve_payload(user: str, msg: dict[str, Any], job_id: str) -> dict[str, Any]:
-    return {"type": "block_actions", "user": {"id": user}, "trigger_id": "t-" + uuid.uuid4().hex,
-            "container": {"channel_id": msg["channel"], "message_ts": msg["ts"]},
-            "actions": [{"action_id": "bqgate_approve", "value": job_id}]}
+    return {
+        "type": "block_actions",
+        "user": {"id": user},
+        "trigger_id": "t-" + uuid.uuid4().hex,
+        "container": {"channel_id": msg["channel"], "message_ts": msg["ts"]},
+        "actions": [{"action_id": "bqgate_approve", "value": job_id}],
+    }
 
 
 def test_forged_stale_and_unauthorised_approvals_are_refused(
-        stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore
+) -> None:
     job_id = gateway_client.query(LEDGER_SQL).job_id
     msg = message_for(stack, job_id)
     payload = approve_payload("U_ALICE", msg, job_id)
@@ -218,8 +259,9 @@ def test_forged_stale_and_unauthorised_approvals_are_refused(
     assert notes and "not a member of an approver group" in notes[-1]["text"]
     # The requester approving its own request through the approver API.
     agent = {"Authorization": "Bearer " + mint_token_for(stack, AGENT, ("data-approvers",))}
-    own = requests.post(f"{stack.url('approvals')}/v1/approvals/{job_id}:approve",
-                        headers=agent, timeout=30)
+    own = requests.post(
+        f"{stack.url('approvals')}/v1/approvals/{job_id}:approve", headers=agent, timeout=30
+    )
     assert own.status_code == 403
     assert own.json()["error"]["message"] == (f"{AGENT} may not approve their own request")
     job = store.get(job_id)
@@ -227,7 +269,8 @@ def test_forged_stale_and_unauthorised_approvals_are_refused(
 
 
 def test_replayed_payload_changes_nothing(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     msg = message_for(stack, job_id)
     payload = approve_payload("U_BOB", msg, job_id)
@@ -241,32 +284,46 @@ def test_replayed_payload_changes_nothing(
 
 
 def test_double_click_runs_the_insert_once(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     order_id = 900_000_000 + uuid.uuid4().int % 1_000_000
-    sql = ("INSERT INTO `demo-project.sales.orders` (order_id, customer_id, amount, status, "
-           f"ordered_at) VALUES ({order_id}, 1, 9.99, 'approved-once', CURRENT_TIMESTAMP())")
+    sql = (
+        "INSERT INTO `demo-project.sales.orders` (order_id, customer_id, amount, status, "
+        f"ordered_at) VALUES ({order_id}, 1, 9.99, 'approved-once', CURRENT_TIMESTAMP())"
+    )
     job_id, rows = request(gateway_client, sql, pool)
     msg = message_for(stack, job_id)
-    clicks = [pool.submit(ui_click, stack, user, msg, "bqgate_approve", job_id)
-              for user in ("U_ALICE", "U_ALICE", "U_BOB")]
+    clicks = [
+        pool.submit(ui_click, stack, user, msg, "bqgate_approve", job_id)
+        for user in ("U_ALICE", "U_ALICE", "U_BOB")
+    ]
     texts = sorted(c.result(timeout=WAIT_S)["response"]["text"] for c in clicks)
     assert sum(t.startswith("Approved by") for t in texts) == 1, texts
     assert sum("nothing changed" in t for t in texts) == 2, texts
     rows.result(timeout=WAIT_S)
     job = until("the insert to finish", lambda: (j := store.get(job_id)) and j.done and j)
     assert job.error is None and job.executions == 1 and job.num_dml_affected_rows == 1
-    count = next(iter(direct(stack).query(
-        f"SELECT COUNT(*) AS n FROM `demo-project.sales.orders` WHERE order_id = {order_id}"
-    ).result(timeout=60))).n
+    count = next(
+        iter(
+            direct(stack)
+            .query(
+                f"SELECT COUNT(*) AS n FROM `demo-project.sales.orders` WHERE order_id = {order_id}"
+            )
+            .result(timeout=60)
+        )
+    ).n
     assert count == 1
 
 
 def test_statement_changed_after_the_request_is_refused_by_the_executor(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, store: FirestoreJobStore
+) -> None:
     job_id, rows = request(gateway_client, LEDGER_SQL, pool)
     msg = message_for(stack, job_id)
-    store.transition(job_id, lambda j: {
-        "sql": "SELECT name, salary, iban FROM `demo-project.finance.payroll`"})
+    store.transition(
+        job_id,
+        lambda j: replace(j, sql="SELECT name, salary, iban FROM `demo-project.finance.payroll`"),
+    )
     ui_click(stack, "U_ALICE", msg, "bqgate_approve", job_id)
     with pytest.raises(gexc.Forbidden) as err:
         rows.result(timeout=WAIT_S)
@@ -276,8 +333,8 @@ def test_statement_changed_after_the_request_is_refused_by_the_executor(
 
 
 def test_cli_lists_approves_and_denies(
-        stack: Stack, gateway_client: bigquery.Client, pool: Any,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    stack: Stack, gateway_client: bigquery.Client, pool: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bqgate.cli import main
 
     dev = ["--dev-dir", str(stack.state_dir)]

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 import requests
@@ -115,7 +116,7 @@ def test_dry_run_answers_like_bigquery_after_classification(
     )
     assert job.state == "DONE" and job.dry_run and job.statement_type == "SELECT"
     assert job.total_bytes_processed is not None
-    assert [f.name for f in job.schema] == ["customer_id", "ssn"]
+    assert [f.name for f in job.schema or ()] == ["customer_id", "ssn"]
     assert [t.table_id for t in job.referenced_tables] == ["customers"]
     # A statement that needs approval is dry-run too (nothing runs), without an approval.
     ledger = gateway_client.query("SELECT * FROM `demo-project.finance.ledger`", job_config=config)
@@ -162,8 +163,13 @@ def test_client_byte_cap_is_the_lower_of_client_and_policy(
 def test_legacy_sql_and_unsupported_options_are_refused_clearly(
     stack: Stack, agent_token: str
 ) -> None:
-    resp = call(stack, "POST", f"{API}/queries", agent_token,
-                json={"query": "SELECT a FROM analytics.events, analytics.sessions"})
+    resp = call(
+        stack,
+        "POST",
+        f"{API}/queries",
+        agent_token,
+        json={"query": "SELECT a FROM analytics.events, analytics.sessions"},
+    )
     assert resp.status_code == 400
     assert resp.json()["error"]["errors"][0]["reason"] == "invalidQuery"
     assert "useLegacySql is not set, which BigQuery reads as legacy SQL" in resp.text
@@ -220,7 +226,7 @@ def test_streaming_inserts_are_writes_judged_by_the_policy(
             ],
         )
     )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"event_id": 1, "name": "it's \\ odd\n", "ts": "2024-01-02 03:04:05", "tags": ["a"]},
         {"event_id": 2, "name": None, "ts": 1704164645.5},
     ]

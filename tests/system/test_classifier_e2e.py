@@ -17,7 +17,7 @@ from bqgate.jobs import PENDING_APPROVAL
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore  # type: ignore[attr-defined]
+from google.cloud import bigquery, firestore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import always_true
@@ -51,8 +51,11 @@ WHOLE_TABLE_SHAPES = [
 
 
 def direct(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(project="demo-project", credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    return bigquery.Client(
+        project="demo-project",
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
 
 
 def checksum(stack: Stack) -> tuple[int, int]:
@@ -99,7 +102,9 @@ def submit_and_settle(
 
 
 def test_whole_table_writes_leave_events_intact(
-    stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore,
+    stack: Stack,
+    gateway_client: bigquery.Client,
+    store: FirestoreJobStore,
     intact_events: tuple[int, int],
 ) -> None:
     outcomes = {}
@@ -109,8 +114,11 @@ def test_whole_table_writes_leave_events_intact(
         if outcome == "pending":
             # The approver is told the measured blast radius.
             reasons = " ".join(detail.classification.get("reasons", []))
-            verb = "changes" if sql.startswith("MERGE") else (
-                "updates" if sql.startswith("UPDATE") else "deletes")
+            verb = (
+                "changes"
+                if sql.startswith("MERGE")
+                else ("updates" if sql.startswith("UPDATE") else "deletes")
+            )
             touched = 600 if " OR event_id = 600" in sql else 5000  # the 600-term OR
             assert f"{verb} {touched:,} of 5,000 rows of {EVENTS}" in reasons, reasons
             assert detail.blast_radius and detail.blast_radius[0]["touched"] == touched
@@ -134,8 +142,9 @@ def test_a_write_touching_a_handful_of_rows_runs(
     left = next(iter(client.query(f"SELECT COUNT(*) AS n FROM `{table}`").result())).n
     assert left == 97
     # The same table, every row: measured, sent for approval, nothing deleted.
-    outcome, detail = submit_and_settle(gateway_client, store,
-                                        f"DELETE FROM `{table}` WHERE id >= 0")
+    outcome, detail = submit_and_settle(
+        gateway_client, store, f"DELETE FROM `{table}` WHERE id >= 0"
+    )
     assert outcome == "pending"
     assert f"deletes 97 of 97 rows of {table}" in " ".join(detail.classification["reasons"])
     assert next(iter(client.query(f"SELECT COUNT(*) AS n FROM `{table}`").result())).n == 97
@@ -182,16 +191,27 @@ def test_statements_over_the_limits_get_a_400(gateway_client: bigquery.Client) -
 
 # --------------------------------------------------------------------------- property
 
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(predicate=always_true(), verb=st.sampled_from(["DELETE", "UPDATE"]))
 def test_generated_always_true_predicates_never_run_as_whole_table_writes(
-    stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore,
-    predicate: str, verb: str,
+    stack: Stack,
+    gateway_client: bigquery.Client,
+    store: FirestoreJobStore,
+    predicate: str,
+    verb: str,
 ) -> None:
     before = checksum(stack)
-    sql = (f"DELETE FROM `{EVENTS}` WHERE {predicate}" if verb == "DELETE"
-           else f"UPDATE `{EVENTS}` SET name = 'pwned' WHERE {predicate}")
+    sql = (
+        f"DELETE FROM `{EVENTS}` WHERE {predicate}"
+        if verb == "DELETE"
+        else f"UPDATE `{EVENTS}` SET name = 'pwned' WHERE {predicate}"
+    )
     outcome, _ = submit_and_settle(gateway_client, store, sql)
     assert outcome in ("blocked", "pending")
     assert checksum(stack) == before

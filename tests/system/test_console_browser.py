@@ -208,6 +208,7 @@ def test_alice_approves_in_the_console_and_the_agent_gets_rows(
         )
         assert [r.entry_id for r in rows.result(timeout=180)] == [1, 2]
     updated = slack_message(stack, job.job_id)
+    assert updated is not None
     assert updated["ts"] == posted["ts"] and updated["updates"] >= 1
     assert "Approved by alice@example.com in the bqgate console" in updated["text"]
 
@@ -241,6 +242,7 @@ def test_alice_approves_in_the_console_and_the_agent_gets_rows(
     shot(browser, tmp_path, "console-session.png")
     export = browser.find_element(By.ID, "export").get_attribute("href")
     cookie = browser.get_cookie("bqgate-console")
+    assert export and cookie is not None
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
     assert browser.execute_script("return document.cookie") == ""  # not readable by scripts
     lines = requests.get(
@@ -303,7 +305,7 @@ def test_a_decision_in_slack_greys_the_request_out_in_the_open_inbox(
     ).json()
     assert clicked["response"]["text"] == "Approved by bob@example.com"
     WebDriverWait(browser, 30, poll_frequency=0.5).until(
-        lambda d: "gone" in d.find_element(By.CSS_SELECTOR, item).get_attribute("class")
+        lambda d: "gone" in (d.find_element(By.CSS_SELECTOR, item).get_attribute("class") or "")
     )
     card = browser.find_element(By.CSS_SELECTOR, item)
     assert "No longer pending" in card.text
@@ -324,7 +326,9 @@ def test_the_agent_identity_cannot_see_the_inbox(
     assert job.job_id not in browser.page_source
     assert not browser.find_elements(By.CSS_SELECTOR, "button.approve")
     cookie = browser.get_cookie("bqgate-console")
+    assert cookie is not None
     page = requests.get(console_url(stack), cookies={"bqgate-console": cookie["value"]}, timeout=10)
+
     assert page.status_code == 403
 
 

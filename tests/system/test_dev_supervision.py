@@ -104,12 +104,13 @@ def test_jobs_and_sessions_survive_a_restart_of_the_whole_stack(
     assert rec.head(head.session_id) == head
     client = gateway_client(own.url("gateway"), dev_dir=own.state_dir)
     again = client.get_job(job.job_id or "")
+    assert isinstance(again, bigquery.QueryJob)
     assert again.state == "DONE" and [r.word for r in again.result()] == ["kept"]
+
     capsys.readouterr()
     assert main(["sessions", "verify", head.session_id, "--dev-dir", str(own.state_dir)]) == 0
     assert capsys.readouterr().out == (
-        f"ok      session {head.session_id}: 5 events, chain intact, checkpointed through "
-        "event 5\n"
+        f"ok      session {head.session_id}: 5 events, chain intact, checkpointed through event 5\n"
     )
 
 
@@ -130,12 +131,21 @@ def test_the_token_endpoint_refuses_a_caller_without_the_secret(
     secret = own.state_dir / "oidc" / "token-secret"
     assert secret.stat().st_mode & 0o777 == 0o600
     # bqgate token reads the secret: it works for whoever can read the state folder
-    assert main(["token", "--principal", "alice@example.com", "--dev-dir",
-                 str(own.state_dir)]) == 0
+    assert main(["token", "--principal", "alice@example.com", "--dev-dir", str(own.state_dir)]) == 0
     assert capsys.readouterr().out.count(".") == 2  # a JWT
 
 
 def test_endpoints_keep_their_keys(own: Stack) -> None:
     names = json.loads(Path(own.state_dir / "endpoints.json").read_text())
-    assert {"gateway", "approvals", "executor", "slack_notify", "slack", "oidc_issuer",
-            "bigquery", "firestore", "pubsub", "mcp"} <= set(names)
+    assert {
+        "gateway",
+        "approvals",
+        "executor",
+        "slack_notify",
+        "slack",
+        "oidc_issuer",
+        "bigquery",
+        "firestore",
+        "pubsub",
+        "mcp",
+    } <= set(names)

@@ -172,7 +172,8 @@ def test_redelivered_execute_message_runs_the_statement_once(
     marker = f"redelivery-{uuid.uuid4().hex[:8]}"
     table = f"demo-project.analytics.scratch_{marker.replace('-', '_')}"
     direct(stack).create_table(
-        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")]))
+        bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")])
+    )
     job = gateway_client.query(f"INSERT INTO `{table}` (name) VALUES ('{marker}')")
     job.result(timeout=60)
     # Pub/Sub delivers at least once: hand the same message to the executor again, twice.

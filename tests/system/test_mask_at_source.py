@@ -21,7 +21,7 @@ from bqgate.jobs import PENDING_APPROVAL
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore  # type: ignore[attr-defined]
+from google.cloud import bigquery, firestore
 
 pytestmark = pytest.mark.system
 
@@ -39,8 +39,11 @@ def token(key: bytes, value: str) -> str:
 
 
 def direct(stack: Stack) -> bigquery.Client:
-    return bigquery.Client(project="demo-project", credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=stack.url("bigquery")))
+    return bigquery.Client(
+        project="demo-project",
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
 
 
 def rows(client: bigquery.Client, sql: str) -> list[list[Any]]:
@@ -89,28 +92,53 @@ def approve(stack: Stack, job_id: str) -> None:
     from bqgate.cli import main
 
     store = FirestoreJobStore(firestore.Client(project="demo-project"))
-    until("the approval request", lambda: (j := store.get(job_id)) is not None
-          and j.state == PENDING_APPROVAL and j.approval_requested_ms)
-    assert main(["approve", job_id, "--principal", "alice@example.com",
-                 "--dev-dir", str(stack.state_dir)]) == 0
+    until(
+        "the approval request",
+        lambda: (
+            (j := store.get(job_id)) is not None
+            and j.state == PENDING_APPROVAL
+            and j.approval_requested_ms
+        ),
+    )
+    assert (
+        main(
+            [
+                "approve",
+                job_id,
+                "--principal",
+                "alice@example.com",
+                "--dev-dir",
+                str(stack.state_dir),
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_join_on_tokenised_keys_across_two_tables_still_matches(
     stack: Stack, gateway_client: bigquery.Client
 ) -> None:
     """customers.full_name and payroll.name are both hmac: equal names, equal tokens."""
-    truth = rows(direct(stack), "SELECT COUNT(*) FROM `demo-project.sales.customers` c "
-                                "JOIN `demo-project.finance.payroll` p ON c.full_name = p.name")
+    truth = rows(
+        direct(stack),
+        "SELECT COUNT(*) FROM `demo-project.sales.customers` c "
+        "JOIN `demo-project.finance.payroll` p ON c.full_name = p.name",
+    )
     assert truth[0][0] > 0, "the demo data shares names between the two tables"
-    sql = ("SELECT COUNT(*) AS n, COUNT(DISTINCT c.full_name) AS names "
-           "FROM `demo-project.sales.customers` c "
-           "JOIN `demo-project.finance.payroll` p ON c.full_name = p.name")
+    sql = (
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT c.full_name) AS names "
+        "FROM `demo-project.sales.customers` c "
+        "JOIN `demo-project.finance.payroll` p ON c.full_name = p.name"
+    )
     job = gateway_client.query(sql)  # finance is restricted: it waits for an approver
     approve(stack, job.job_id)
     (got,) = [list(r.values()) for r in job.result(timeout=90)]
     assert got[0] == truth[0][0]
-    grouped = rows(gateway_client, "SELECT full_name, COUNT(*) AS n FROM customers "
-                                   "GROUP BY full_name ORDER BY n DESC, full_name LIMIT 3")
+    grouped = rows(
+        gateway_client,
+        "SELECT full_name, COUNT(*) AS n FROM customers "
+        "GROUP BY full_name ORDER BY n DESC, full_name LIMIT 3",
+    )
     assert all(TOKEN.fullmatch(r[0]) for r in grouped) and grouped[0][1] >= 1
 
 
@@ -119,26 +147,38 @@ def test_an_approved_copy_into_analytics_holds_masked_values_only(
 ) -> None:
     table = f"demo-project.analytics.scratch_copy_{uuid.uuid4().hex[:8]}"
     client = direct(stack)
-    client.create_table(bigquery.Table(table, schema=[
-        bigquery.SchemaField(c, "STRING") for c in ("name", "email", "ssn", "phone", "card")
-    ] + [bigquery.SchemaField("born", "DATE")]))
+    client.create_table(
+        bigquery.Table(
+            table,
+            schema=[
+                bigquery.SchemaField(c, "STRING") for c in ("name", "email", "ssn", "phone", "card")
+            ]
+            + [bigquery.SchemaField("born", "DATE")],
+        )
+    )
     # The copy reads production and writes non-production: allowed, and its values are
     # masked at the source. The same copy from restricted finance needs approval.
     job = gateway_client.query(
         f"INSERT INTO `{table}` (name, email, ssn, phone, card, born) "
         "SELECT full_name, email, ssn, phone, card_number, birth_date "
-        "FROM `demo-project.sales.customers`")
+        "FROM `demo-project.sales.customers`"
+    )
     job.result(timeout=90)
-    copied = rows(client, f"SELECT name, email, ssn, phone, card, CAST(born AS STRING) "
-                          f"FROM `{table}`")
+    copied = rows(
+        client, f"SELECT name, email, ssn, phone, card, CAST(born AS STRING) FROM `{table}`"
+    )
     assert len(copied) == 1000
-    raw = {str(r[c]) for r in demo_data.customers()
-           for c in ("full_name", "email", "ssn", "phone", "card_number")}
+    raw = {
+        str(r[c])
+        for r in demo_data.customers()
+        for c in ("full_name", "email", "ssn", "phone", "card_number")
+    }
     assert not raw & {str(v) for r in copied for v in r}, "a raw value landed in analytics"
     assert all(TOKEN.fullmatch(r[0]) and r[1].startswith("XXXXX@") for r in copied)
     assert all(r[5].endswith("-01-01") for r in copied)
     pay = gateway_client.query(
-        f"INSERT INTO `{table}` (name, ssn) SELECT name, iban FROM `demo-project.finance.payroll`")
+        f"INSERT INTO `{table}` (name, ssn) SELECT name, iban FROM `demo-project.finance.payroll`"
+    )
     approve(stack, pay.job_id)
     pay.result(timeout=90)
     ibans = {r["iban"] for r in demo_data.tables()["finance.payroll"]}
@@ -188,8 +228,10 @@ def test_the_session_record_keeps_both_statements(
     assert stored is not None and stored.rewritten_sql and "REPLACE" in stored.rewritten_sql
     assert stored.sql == "SELECT ssn FROM `demo-project.sales.customers` LIMIT 1"
     key = key_of(stack).decode()
-    docs = [d.to_dict() for d in
-            firestore.Client(project="demo-project").collection_group("events").stream()]
+    docs = [
+        d.to_dict()
+        for d in firestore.Client(project="demo-project").collection_group("events").stream()
+    ]
 
     def values(obj: Any) -> list[str]:
         if isinstance(obj, str) and obj[:1] in "{[":
@@ -210,12 +252,16 @@ def test_the_session_record_keeps_both_statements(
 
 
 def test_job_history_views_are_blocked(gateway_client: bigquery.Client) -> None:
-    for sql in ("SELECT query FROM sales.INFORMATION_SCHEMA.JOBS",
-                "SELECT query FROM sales.INFORMATION_SCHEMA.JOBS_BY_USER",
-                "SELECT query FROM `region-us`.INFORMATION_SCHEMA.JOBS"):
+    for sql in (
+        "SELECT query FROM sales.INFORMATION_SCHEMA.JOBS",
+        "SELECT query FROM sales.INFORMATION_SCHEMA.JOBS_BY_USER",
+        "SELECT query FROM `region-us`.INFORMATION_SCHEMA.JOBS",
+    ):
         with pytest.raises(gexc.Forbidden):
             rows(gateway_client, sql)
-    cols = rows(gateway_client, "SELECT column_name FROM sales.INFORMATION_SCHEMA.COLUMNS "
-                                "WHERE table_name = 'customers' ORDER BY column_name")
+    cols = rows(
+        gateway_client,
+        "SELECT column_name FROM sales.INFORMATION_SCHEMA.COLUMNS "
+        "WHERE table_name = 'customers' ORDER BY column_name",
+    )
     assert ["ssn"] in cols
-

@@ -101,8 +101,8 @@ def test_tools_are_googles_with_their_argument_names(stack: Stack, agent_token: 
         assert schema["required"] == required, name
         assert set(required) <= set(schema["properties"]), name
     assert tools["execute_sql"].input_schema["properties"]["dryRun"]["type"] == "boolean"
-    assert tools["get_table_info"].annotations.read_only_hint is True  # type: ignore[union-attr]
-    assert tools["execute_sql"].annotations.read_only_hint is False  # type: ignore[union-attr]
+    assert tools["get_table_info"].annotations.read_only_hint is True
+    assert tools["execute_sql"].annotations.read_only_hint is False
 
 
 def test_without_a_valid_token_nothing_is_served(stack: Stack) -> None:

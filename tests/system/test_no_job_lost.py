@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -158,11 +159,11 @@ def test_approve_while_publishing_fails_runs_once_after_recovery(
     assert sent.finished and sent.sent_ms is not None and sent.attempts >= 3
 
 
-def _clear_wiring() -> None:
-    from bqgate.adapters import wiring
+def _clear_bootstrap() -> None:
+    from bqgate import bootstrap
 
-    for name in dir(wiring):
-        clear = getattr(getattr(wiring, name), "cache_clear", None)
+    for name in dir(bootstrap):
+        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
         if callable(clear):
             clear()
 
@@ -173,10 +174,10 @@ def executor_down(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fau
     stack's own ingress and executor are untouched)."""
     proxy = FaultProxy(("127.0.0.1", stack.ports["executor"]))
     monkeypatch.setenv("BQGATE_EXECUTOR_URL", f"http://{proxy.address}")
-    _clear_wiring()
+    _clear_bootstrap()
     yield proxy
     proxy.close()
-    _clear_wiring()
+    _clear_bootstrap()
 
 
 def test_a_retried_insert_of_a_stored_undispatched_job_runs_it_once(
@@ -296,19 +297,30 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
 
 
 def test_the_sweeper_expires_a_stale_request_and_closes_its_slack_message(
-        stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore) -> None:
+    stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore
+) -> None:
     job = gateway_client.query(LEDGER_SQL + " -- left unanswered")
     msg = until("the approval message", lambda: messages_of(stack, job.job_id), 90)[0]
     assert any(b["type"] == "actions" for b in msg["blocks"])
     # Nobody answers and the agent stops polling: only the sweeper can end it.
-    store.transition(job.job_id, lambda j: {"expire_at_ms": int(time.time() * 1000) - 1})
-    ended = until("the sweeper to expire it",
-                  lambda: (j := store.get(job.job_id)) and j.done and j, 60)
+    store.transition(job.job_id, lambda j: replace(j, expire_at_ms=int(time.time() * 1000) - 1))
+    ended = until(
+        "the sweeper to expire it", lambda: (j := store.get(job.job_id)) and j.done and j, 60
+    )
     assert ended.approval["status"] == "expired"
-    closed = until("the message to be closed", lambda: [
-        m for m in messages_of(stack, job.job_id)
-        if not any(b["type"] == "actions" for b in m["blocks"])], 90)
+    closed = until(
+        "the message to be closed",
+        lambda: [
+            m
+            for m in messages_of(stack, job.job_id)
+            if not any(b["type"] == "actions" for b in m["blocks"])
+        ],
+        90,
+    )
     assert len(messages_of(stack, job.job_id)) == 1
     assert "Expired" in json.dumps(closed[0]["blocks"])
-    until("the close record to finish",
-          lambda: outbox_record(store, job.job_id, outbox.CLOSE).finished, 60)
+    until(
+        "the close record to finish",
+        lambda: outbox_record(store, job.job_id, outbox.CLOSE).finished,
+        60,
+    )

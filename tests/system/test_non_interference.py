@@ -69,8 +69,18 @@ TOKEN_VALUED = re.compile(
 def test_enough_attacks_of_every_class() -> None:
     classes = {c["class"] for c in ATTACKS}
     assert len(ATTACKS) >= 150
-    assert {"alphabet", "range", "count", "offset", "window", "order", "error", "oracle",
-            "metadata", "row"} <= classes
+    assert {
+        "alphabet",
+        "range",
+        "count",
+        "offset",
+        "window",
+        "order",
+        "error",
+        "oracle",
+        "metadata",
+        "row",
+    } <= classes
 
 
 # --------------------------------------------------------------------------- data changes
@@ -98,8 +108,10 @@ def change_hidden(row: dict[str, Any]) -> dict[str, Any]:
     out["email"] = f"zz{local[::-1]}x{len(local)}@{domain}"  # another length, same domain
     born = dt.date.fromisoformat(str(row["birth_date"]))
     if (born.month, born.day) != (1, 1):
-        other = dt.date(born.year, 12, 28) if (born.month, born.day) != (12, 28) else dt.date(
-            born.year, 6, 15
+        other = (
+            dt.date(born.year, 12, 28)
+            if (born.month, born.day) != (12, 28)
+            else dt.date(born.year, 6, 15)
         )
         out["birth_date"] = other.isoformat()
     return out
@@ -142,8 +154,11 @@ def answer(client: bigquery.Client, sql: str) -> str:
         body: Any = {"rows": [_plain(list(r.values())) for r in rows]}
     except gexc.GoogleAPICallError as exc:
         reasons = [e.get("reason") for e in (exc.errors or []) if isinstance(e, dict)]
-        body = {"error": type(exc).__name__, "reasons": reasons,
-                "message": TRAILER.sub("", exc.message or "")}
+        body = {
+            "error": type(exc).__name__,
+            "reasons": reasons,
+            "message": TRAILER.sub("", exc.message or ""),
+        }
     return json.dumps(body, sort_keys=True)
 
 
@@ -259,8 +274,7 @@ def test_answers_do_not_depend_on_hidden_values(
 
     changed = [change_hidden(r) for r in original_rows]
     assert all(
-        a[c] != b[c] for a, b in zip(original_rows, changed, strict=True)
-        for c in ("ssn", "email")
+        a[c] != b[c] for a, b in zip(original_rows, changed, strict=True) for c in ("ssn", "email")
     ), "every row must really change"
     _load(direct, changed)
     after = run_all(gateway_client, ATTACKS)
@@ -269,21 +283,20 @@ def test_answers_do_not_depend_on_hidden_values(
     _load(direct, renamed)
     named = [i for i, case in enumerate(ATTACKS) if MAY_SEE_NAMES.search(case["sql"])]
     renamed_answers = list(after)
-    for i, text in zip(named, run_all(gateway_client, [ATTACKS[i] for i in named]),
-                       strict=True):
+    for i, text in zip(named, run_all(gateway_client, [ATTACKS[i] for i in named]), strict=True):
         renamed_answers[i] = text
 
     differ = [
-        (case["sql"], a, b)
-        for case, a, b in zip(ATTACKS, before, after, strict=True)
-        if a != b
+        (case["sql"], a, b) for case, a, b in zip(ATTACKS, before, after, strict=True) if a != b
     ]
     assert not differ, "answers changed with hidden values:\n" + "\n".join(
         f"{sql}\n  before: {a[:300]}\n  after:  {b[:300]}" for sql, a, b in differ[:10]
     )
 
-    back = {token(key, new["full_name"]): token(key, old["full_name"])
-            for old, new in zip(changed, renamed, strict=True)}
+    back = {
+        token(key, new["full_name"]): token(key, old["full_name"])
+        for old, new in zip(changed, renamed, strict=True)
+    }
     pattern = re.compile("|".join(map(re.escape, back)))
     differ = []
     for case, a, b in zip(ATTACKS, after, renamed_answers, strict=True):

@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -197,8 +198,9 @@ def test_with_firestore_paused_requests_answer_503_within_seconds_and_nothing_is
 def _assert_json_error(resp: requests.Response, code: int) -> dict[str, object]:
     assert resp.status_code == code, resp.text[:300]
     assert resp.headers["Content-Type"].startswith("application/json")
-    err = resp.json()["error"]
+    err: dict[str, Any] = resp.json()["error"]
     assert err["code"] == code and err["errors"][0]["reason"] == "invalid"
+
     assert "<html" not in resp.text.lower()
     return err
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate import audit
 from bqgate.adapters.anchor_sinks import FolderSink
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
 from bqgate.anchors import AnchorIndex
-from bqgate.chain import Keyring, load_or_create_dev_key
+from bqgate.audit.chain import Event, SessionHead, canonical_json
+from bqgate.chain import GENESIS, Keyring, load_or_create_dev_key
 from bqgate.cli import main
 from bqgate.client import gateway_client as make_client
 from bqgate.dev.stack import PROJECT, Stack
@@ -33,11 +33,12 @@ from google.cloud import bigquery, firestore
 pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[2]
-ALLOWED = ("SELECT event_id, name FROM `demo-project.analytics.events` "
-           "ORDER BY event_id LIMIT 3")
+ALLOWED = "SELECT event_id, name FROM `demo-project.analytics.events` ORDER BY event_id LIMIT 3"
 BLOCKED = "DROP TABLE `demo-project.analytics.events`"
-APPROVED = ("SELECT employee_id, name, salary FROM `demo-project.finance.payroll` "
-            "ORDER BY employee_id LIMIT 2")
+APPROVED = (
+    "SELECT employee_id, name, salary FROM `demo-project.finance.payroll` "
+    "ORDER BY employee_id LIMIT 2"
+)
 WAIT_S = 90
 
 
@@ -54,8 +55,9 @@ def until(what: str, fn: Callable[[], Any], timeout: float = WAIT_S) -> Any:
 
 @pytest.fixture(scope="module")
 def record(stack: Stack) -> FirestoreRecorder:
-    return FirestoreRecorder(firestore.Client(project=PROJECT), retention_seconds=3600,
-                             record_rows=100)
+    return FirestoreRecorder(
+        firestore.Client(project=PROJECT), retention_seconds=3600, record_rows=100
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +82,18 @@ def kinds_of(record: FirestoreRecorder, label: str, job_id: str) -> list[str]:
 
 def fully_checkpointed(stack: Stack, keys: Keyring, sid: str) -> bool:
     """True once every stored event of ``sid`` is covered by a checkpoint (flushed ~1 s)."""
-    reader = FirestoreRecorder(firestore.Client(project=PROJECT), retention_seconds=0,
-                               record_rows=0)
+    reader = FirestoreRecorder(
+        firestore.Client(project=PROJECT), retention_seconds=0, record_rows=0
+    )
     anchors = AnchorIndex.read(FolderSink(stack.state_dir / "anchors").read(), keys)
-    report = verify_session(sid, reader.head(sid), reader.events(sid), keys=keys,
-                            anchors=anchors.of(sid), now_ms=int(time.time() * 1000))
+    report = verify_session(
+        sid,
+        reader.head(sid),
+        reader.events(sid),
+        keys=keys,
+        anchors=anchors.of(sid),
+        now_ms=int(time.time() * 1000),
+    )
     return report.ok and report.unanchored is None and report.anchored_seq > 0
 
 
@@ -99,37 +108,72 @@ def session(stack: Stack, record: FirestoreRecorder, keys: Keyring) -> dict[str,
         client.query(BLOCKED, job_config=labelled(sid)).result(timeout=WAIT_S)
     approved = client.query(APPROVED, job_config=labelled(sid))
     # The approver acts once Slack has the request (slack_notify records "notified").
-    until("the approval request in Slack", lambda: "notified" in kinds_of(
-        record, sid, approved.job_id or ""))
-    assert main(["approve", approved.job_id or "", "--principal", "alice@example.com",
-                 "--dev-dir", str(stack.state_dir)]) == 0
+    until(
+        "the approval request in Slack",
+        lambda: "notified" in kinds_of(record, sid, approved.job_id or ""),
+    )
+    assert (
+        main(
+            [
+                "approve",
+                approved.job_id or "",
+                "--principal",
+                "alice@example.com",
+                "--dev-dir",
+                str(stack.state_dir),
+            ]
+        )
+        == 0
+    )
     rows = list(approved.result(timeout=WAIT_S))
     assert len(rows) == 2 and all(r.salary is None for r in rows)  # masked: nullify
     # The result event is written just after the job is marked DONE.
     for job_id in (allowed.job_id, approved.job_id):
-        until(f"the result of {job_id}", lambda j=job_id: "result" in kinds_of(record, sid, j))
+
+        def has_result(j: str = job_id) -> bool:
+            return "result" in kinds_of(record, sid, j)
+
+        until(f"the result of {job_id}", has_result)
+
     stored = stored_id(record, sid)
     until("every event checkpointed", lambda: fully_checkpointed(stack, keys, stored))
     blocked = next(e.job_id for e in record.events(stored) if e.kind == "blocked")
-    return {"label": sid, "id": stored, "allowed": allowed.job_id or "", "blocked": blocked,
-            "approved": approved.job_id or ""}
+    return {
+        "label": sid,
+        "id": stored,
+        "allowed": allowed.job_id or "",
+        "blocked": blocked,
+        "approved": approved.job_id or "",
+    }
 
 
 def dev(stack: Stack) -> list[str]:
     return ["--dev-dir", str(stack.state_dir)]
 
 
-def test_the_session_record_has_every_step(session: dict[str, str],
-                                           record: FirestoreRecorder, keys: Keyring) -> None:
+def test_the_session_record_has_every_step(
+    session: dict[str, str], record: FirestoreRecorder, keys: Keyring
+) -> None:
     sid, label = session["id"], session["label"]
     assert sid.startswith(label + ".") and sid != label  # derived from (issuer, agent, label)
     assert kinds_of(record, label, session["allowed"]) == [
-        "request", "classification", "execution_started", "execution_finished", "result"]
-    assert kinds_of(record, label, session["blocked"]) == [
-        "request", "classification", "blocked"]
+        "request",
+        "classification",
+        "execution_started",
+        "execution_finished",
+        "result",
+    ]
+    assert kinds_of(record, label, session["blocked"]) == ["request", "classification", "blocked"]
     assert kinds_of(record, label, session["approved"]) == [
-        "request", "classification", "approval_requested", "notified", "approval_decided",
-        "execution_started", "execution_finished", "result"]
+        "request",
+        "classification",
+        "approval_requested",
+        "notified",
+        "approval_decided",
+        "execution_started",
+        "execution_finished",
+        "result",
+    ]
     events = record.events(sid)
     request = events[0].data
     assert request["statement"] == ALLOWED and request["principal"] == AGENT
@@ -141,7 +185,9 @@ def test_the_session_record_has_every_step(session: dict[str, str],
     result = [e for e in events if e.kind == "result"][-1].data
     assert result["total_rows"] == 2 and len(result["rows"]) == 2
     assert {m["column"]: m["strategy"] for m in result["masking"]} == {
-        "name": "hmac", "salary": "nullify"}
+        "name": "hmac",
+        "salary": "nullify",
+    }
     assert all(row[2] is None for row in result["rows"])  # what the agent saw: masked
     head = record.head(sid)
     assert head is not None and head.principals == (AGENT,) and head.label == label
@@ -149,9 +195,9 @@ def test_the_session_record_has_every_step(session: dict[str, str],
     assert all(e.key_id == keys.current.key_id and len(e.mac) == 64 for e in events)
 
 
-def test_show_replay_export_and_verify(stack: Stack, session: dict[str, str],
-                                       capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
+def test_show_replay_export_and_verify(
+    stack: Stack, session: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     sid = session["id"]
     capsys.readouterr()
     assert main(["sessions", "list", "--principal", AGENT, "--since", "1h", *dev(stack)]) == 0
@@ -163,7 +209,8 @@ def test_show_replay_export_and_verify(stack: Stack, session: dict[str, str],
     assert "classified block" in shown and "approval approved by alice@example.com" in shown
     assert "masked name (hmac), salary (nullify)" in shown
     assert shown.rstrip().endswith(
-        "chain: intact (16 events, chain intact, checkpointed through event 16)")
+        "chain: intact (16 events, chain intact, checkpointed through event 16)"
+    )
 
     assert main(["sessions", "replay", sid, "--no-wait", *dev(stack)]) == 0
     replay = capsys.readouterr().out
@@ -188,20 +235,20 @@ def test_show_replay_export_and_verify(stack: Stack, session: dict[str, str],
 
     assert main(["sessions", "verify", sid, *dev(stack)]) == 0
     assert capsys.readouterr().out == (
-        f"ok      session {sid}: 16 events, chain intact, checkpointed through event 16\n")
+        f"ok      session {sid}: 16 events, chain intact, checkpointed through event 16\n"
+    )
 
 
 def test_replay_under_a_stricter_policy_reports_the_allowed_query_as_blocked(
-        stack: Stack, session: dict[str, str], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    stack: Stack, session: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rule = "    tiers: [non-production]\n    read: "
     text = (REPO / "policies" / "default.yaml").read_text()
     assert rule + "allow" in text
     strict = tmp_path / "strict.yaml"
     strict.write_text(text.replace(rule + "allow", rule + "block"))
     capsys.readouterr()
-    assert main(["sessions", "replay", session["id"], "--policy", str(strict),
-                 *dev(stack)]) == 0
+    assert main(["sessions", "replay", session["id"], "--policy", str(strict), *dev(stack)]) == 0
     out = capsys.readouterr().out
     assert f"statement 1 (job {session['allowed']}): allow -> block" in out
     assert f"statement 2 (job {session['blocked']}): block (unchanged)" in out
@@ -210,8 +257,11 @@ def test_replay_under_a_stricter_policy_reports_the_allowed_query_as_blocked(
 
 
 def test_editing_any_stored_event_makes_verify_fail_naming_it(
-        stack: Stack, session: dict[str, str], record: FirestoreRecorder,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    stack: Stack,
+    session: dict[str, str],
+    record: FirestoreRecorder,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     sid = session["id"]
     events = record.client.collection(SESSIONS).document(sid).collection(EVENTS)
     capsys.readouterr()
@@ -219,12 +269,14 @@ def test_editing_any_stored_event_makes_verify_fail_naming_it(
         original = snap.to_dict() or {}
         data = json.loads(original["data"])
         data["edited"] = True
-        snap.reference.update({"data": audit.canonical_json(data)})
+        snap.reference.update({"data": canonical_json(data)})
         try:
             assert main(["sessions", "verify", sid, *dev(stack)]) == 1
             out = capsys.readouterr().out
-            assert out.startswith(f"BROKEN  session {sid}: edited: event {snap.id}: its content "
-                                  "does not match its MAC"), out
+            assert out.startswith(
+                f"BROKEN  session {sid}: edited: event {snap.id}: its content "
+                "does not match its MAC"
+            ), out
         finally:
             snap.reference.set(original)
     assert main(["sessions", "verify", sid, *dev(stack)]) == 0
@@ -232,7 +284,8 @@ def test_editing_any_stored_event_makes_verify_fail_naming_it(
 
 
 def test_twenty_concurrent_requests_in_one_session_make_one_chain(
-        stack: Stack, record: FirestoreRecorder, keys: Keyring) -> None:
+    stack: Stack, record: FirestoreRecorder, keys: Keyring
+) -> None:
     sid = f"conc-{uuid.uuid4().hex[:10]}"
     # One client, its token fetched once up front: the dev issuer's listen backlog (5)
     # refuses a burst of twenty token fetches.
@@ -247,8 +300,10 @@ def test_twenty_concurrent_requests_in_one_session_make_one_chain(
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
         job_ids = list(pool.map(run, range(20)))
     label, sid = sid, stored_id(record, sid)
-    until("every result event", lambda: (record.head(sid) or audit.SessionHead(sid))
-          .counts.get("result", 0) == 20)
+    until(
+        "every result event",
+        lambda: (record.head(sid) or SessionHead(sid)).counts.get("result", 0) == 20,
+    )
     events = record.events(sid)
     head = record.head(sid)
     assert head is not None and head.last_seq == len(events) == 100
@@ -257,7 +312,12 @@ def test_twenty_concurrent_requests_in_one_session_make_one_chain(
     until("the whole session checkpointed", lambda: fully_checkpointed(stack, keys, sid))
     for job_id in job_ids:
         assert kinds_of(record, label, job_id) == [
-            "request", "classification", "execution_started", "execution_finished", "result"]
+            "request",
+            "classification",
+            "execution_started",
+            "execution_finished",
+            "result",
+        ]
 
 
 # --------------------------------------------------------------------------- an insider
@@ -268,12 +328,18 @@ def _short_session(stack: Stack, record: FirestoreRecorder, keys: Keyring, n: in
     label = f"ins-{uuid.uuid4().hex[:10]}"
     client = make_client(stack.url("gateway"), dev_dir=stack.state_dir)
     for i in range(n):
-        assert [r.n for r in client.query(f"SELECT {i} AS n", job_config=labelled(label))
-                .result(timeout=WAIT_S)] == [i]
+        assert [
+            r.n
+            for r in client.query(f"SELECT {i} AS n", job_config=labelled(label)).result(
+                timeout=WAIT_S
+            )
+        ] == [i]
     until("the stored session", lambda: stored_id(record, label))
     sid = stored_id(record, label)
-    until("every result", lambda: (record.head(sid) or audit.SessionHead(sid))
-          .counts.get("result", 0) == n)
+    until(
+        "every result",
+        lambda: (record.head(sid) or SessionHead(sid)).counts.get("result", 0) == n,
+    )
     until("every event checkpointed", lambda: fully_checkpointed(stack, keys, sid))
     return sid
 
@@ -284,34 +350,35 @@ def _refs(record: FirestoreRecorder, sid: str) -> tuple[Any, Any]:
 
 
 def test_an_edited_and_rehashed_event_is_named_edited(
-        stack: Stack, record: FirestoreRecorder, keys: Keyring,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    stack: Stack, record: FirestoreRecorder, keys: Keyring, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Someone who can write Firestore edits the statement of event 1 and recomputes every
     later link and the head, as the plain SHA-256 chain let them: verify names event 1."""
     sid = _short_session(stack, record, keys)
     head_ref, events_ref = _refs(record, sid)
-    prev = audit.GENESIS
+    prev = GENESIS
     for snap in sorted(events_ref.stream(), key=lambda d: d.id):
         doc = snap.to_dict() or {}
         if snap.id == "00000001":
             data = json.loads(doc["data"])
             data["statement"] = "SELECT 'nothing to see here'"
-            doc["data"] = audit.canonical_json(data)
+            doc["data"] = canonical_json(data)
         doc["prev_mac"] = prev
-        event = audit.Event.from_doc(snap.id, doc)
-        text = prev + "\n" + audit.canonical_json(event.body())
+        event = Event.from_doc(snap.id, doc)
+        text = prev + "\n" + canonical_json(event.body())
         doc["mac"] = prev = hashlib.sha256(text.encode()).hexdigest()
         snap.reference.set(doc)
     head_ref.update({"last_mac": prev})
     capsys.readouterr()
     assert main(["sessions", "verify", sid, *dev(stack)]) == 1
     assert capsys.readouterr().out.startswith(
-        f"BROKEN  session {sid}: edited: event 00000001: its content does not match its MAC")
+        f"BROKEN  session {sid}: edited: event 00000001: its content does not match its MAC"
+    )
 
 
 def test_a_truncated_session_is_named_truncated(
-        stack: Stack, record: FirestoreRecorder, keys: Keyring,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    stack: Stack, record: FirestoreRecorder, keys: Keyring, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The last job's events are deleted and the head rewound to the event before them:
     the chain and the head agree, but the checkpoint outside Firestore does not."""
     sid = _short_session(stack, record, keys)
@@ -321,19 +388,22 @@ def test_a_truncated_session_is_named_truncated(
     for e in events[keep:]:
         events_ref.document(e.event_id).delete()
     last = events[keep - 1]
-    head_ref.update({"last_seq": last.seq, "last_mac": last.mac,
-                     "last_expire_at_ms": last.expire_at_ms})
+    head_ref.update(
+        {"last_seq": last.seq, "last_mac": last.mac, "last_expire_at_ms": last.expire_at_ms}
+    )
     assert verify_chain(record.events(sid), keys=keys, head=record.head(sid)) is None
     capsys.readouterr()
     assert main(["sessions", "verify", sid, *dev(stack)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith(f"BROKEN  session {sid}: truncated: event {keep + 1:08d}: events "
-                          f"{keep + 1} to {len(events)} are missing at the end"), out
+    assert out.startswith(
+        f"BROKEN  session {sid}: truncated: event {keep + 1:08d}: events "
+        f"{keep + 1} to {len(events)} are missing at the end"
+    ), out
 
 
 def test_a_deleted_session_is_named_deleted(
-        stack: Stack, record: FirestoreRecorder, keys: Keyring,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    stack: Stack, record: FirestoreRecorder, keys: Keyring, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Head and every event deleted: Firestore no longer lists the session, but the
     checkpoints (the global index) do, and verify of the whole record names it."""
     sid = _short_session(stack, record, keys, n=1)
@@ -345,37 +415,46 @@ def test_a_deleted_session_is_named_deleted(
     capsys.readouterr()
     assert main(["sessions", "verify", *dev(stack)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith(f"BROKEN  session {sid}: deleted: the session is gone")
-               for line in lines), lines
+    assert any(
+        line.startswith(f"BROKEN  session {sid}: deleted: the session is gone") for line in lines
+    ), lines
     assert main(["sessions", "verify", sid, "--json", *dev(stack)]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["sessions"][0]["status"] == "deleted" and report["ok"] is False
 
 
 def test_a_label_naming_another_principals_session_does_not_touch_it(
-        stack: Stack, record: FirestoreRecorder, keys: Keyring) -> None:
+    stack: Stack, record: FirestoreRecorder, keys: Keyring
+) -> None:
     """Eve labels her jobs with the agent's label, and with the agent's stored session id
     as near as a label can spell it ('.' is not a label character): each lands in a session
     of Eve's own; the agent's session is unchanged."""
     victim = _short_session(stack, record, keys, n=1)
-    victim_label = (record.head(victim) or audit.SessionHead(victim)).label
+    victim_label = (record.head(victim) or SessionHead(victim)).label
     before = record.events(victim)
     from bqgate.adapters.client import DevIdTokenCredentials
     from bqgate.dev.issuer import OIDC_SUBDIR, load_secret
     from google.api_core.client_options import ClientOptions
 
-    creds = DevIdTokenCredentials(stack.url("oidc_issuer"), "eve@example.com",
-                                  groups=("ai-coding-agents",),
-                                  secret=load_secret(stack.state_dir / OIDC_SUBDIR))
-    eve = bigquery.Client(project=PROJECT, credentials=creds,
-                          client_options=ClientOptions(api_endpoint=stack.url("gateway")))
+    creds = DevIdTokenCredentials(
+        stack.url("oidc_issuer"),
+        "eve@example.com",
+        groups=("ai-coding-agents",),
+        secret=load_secret(stack.state_dir / OIDC_SUBDIR),
+    )
+    eve = bigquery.Client(
+        project=PROJECT,
+        credentials=creds,
+        client_options=ClientOptions(api_endpoint=stack.url("gateway")),
+    )
     labels = (victim_label, victim.replace(".", "_"))
     for label in labels:
-        assert [r.n for r in eve.query("SELECT 7 AS n", job_config=labelled(label))
-                .result(timeout=WAIT_S)] == [7]
+        assert [
+            r.n
+            for r in eve.query("SELECT 7 AS n", job_config=labelled(label)).result(timeout=WAIT_S)
+        ] == [7]
     after = record.events(victim)
-    assert after == before and (record.head(victim) or audit.SessionHead("")).principals == (
-        AGENT,)
+    assert after == before and (record.head(victim) or SessionHead("")).principals == (AGENT,)
     for label in labels:
         mine = stored_id(record, label, principal="eve@example.com")
         assert mine and mine != victim

@@ -28,9 +28,17 @@ def browser() -> Iterator[webdriver.Chrome]:
     profile = tempfile.mkdtemp(prefix="bqgate-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
     driver = webdriver.Chrome(service=service, options=options)
@@ -43,7 +51,8 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def test_approve_click_in_the_browser_completes_the_agents_job(
-        stack: Stack, gateway_client: bigquery.Client, browser: webdriver.Chrome) -> None:
+    stack: Stack, gateway_client: bigquery.Client, browser: webdriver.Chrome
+) -> None:
     job = gateway_client.query(LEDGER_SQL)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         rows = pool.submit(lambda: list(job.result(timeout=180)))
@@ -61,8 +70,8 @@ def test_approve_click_in_the_browser_completes_the_agents_job(
         assert not rows.done()
         browser.find_element(By.CSS_SELECTOR, approve).click()
         WebDriverWait(browser, 30).until(
-            ec.text_to_be_present_in_element((By.TAG_NAME, "body"),
-                                             "Approved by alice@example.com"))
+            ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Approved by alice@example.com")
+        )
         assert [r.entry_id for r in rows.result(timeout=120)] == [1, 2]
     assert "Only visible to you" in browser.page_source
     assert not browser.find_elements(By.CSS_SELECTOR, approve)  # the buttons are gone

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlglot
@@ -19,6 +20,7 @@ from bqgate.sql.classify import (
     classify,
     classify_uncached,
 )
+from bqgate.vocabulary import STATEMENT_CLASSES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import always_true
@@ -459,6 +461,12 @@ def test_limits_are_a_400_before_any_parsing() -> None:
             )
 
 
+def test_every_statement_class_has_a_label_and_every_kind_a_class() -> None:
+    # The vocabulary is the policy's: a class the classifier names, the policy can name.
+    assert set(classify_module.CLASS_LABELS) == set(STATEMENT_CLASSES)
+    assert set(classify_module.CLASS_BY_KIND.values()) <= set(STATEMENT_CLASSES)
+
+
 def test_a_classification_over_its_time_budget_is_a_400() -> None:
     from bqgate.errors import InvalidQuery
 
@@ -466,7 +474,12 @@ def test_a_classification_over_its_time_budget_is_a_400() -> None:
     script = ";\n".join(
         f"SELECT COUNT(*) FROM analytics.events WHERE event_id = {i}" for i in range(200)
     )
-    args = {"policy": policy, "principal": AGENT, "groups": (), "default_project": "demo-project"}
+    args: dict[str, Any] = {
+        "policy": policy,
+        "principal": AGENT,
+        "groups": (),
+        "default_project": "demo-project",
+    }
     with pytest.raises(InvalidQuery, match=r"longer than the gateway's 1e-06 s budget"):
         classify_uncached(script, budget_s=1e-6, **args)
     # The same script within the default budget is judged as usual.

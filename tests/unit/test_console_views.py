@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import re
 
-from bqgate import audit
+from bqgate.audit.chain import Event, seal
 from bqgate.chain import ChainKey, Keyring
 from bqgate.console import sql_html, views
 from bqgate.jobs import Job
@@ -115,8 +115,8 @@ def test_history_row_of_an_approved_job_that_ran() -> None:
     )
 
 
-def _chain() -> list[audit.Event]:
-    events: list[audit.Event] = []
+def _chain() -> list[Event]:
+    events: list[Event] = []
     for seq, kind in enumerate(["request", "classification", "result"], start=1):
         data = (
             {"statement": "SELECT 1"}
@@ -133,7 +133,7 @@ def _chain() -> list[audit.Event]:
             )
         )
         events.append(
-            audit.seal(
+            seal(
                 session_id="s",
                 seq=seq,
                 kind=kind,

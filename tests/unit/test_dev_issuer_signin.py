@@ -16,11 +16,11 @@ import pytest
 import requests
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.dev import issuer
-from bqgate.identity import IssuerSettings
+from bqgate.policy import Issuer
 
 SECRET = "s3cret-" + "x" * 20
 CALLBACK = "http://127.0.0.1:9/console/auth/callback"
-DEV = IssuerSettings("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
+DEV = Issuer("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
 
 
 @pytest.fixture
@@ -65,7 +65,10 @@ def pick(
         timeout=5,
     )
     assert page.status_code == 200, page.text
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    found = re.search(r'name="request_id" value="([^"]+)"', page.text)
+    assert found, page.text
+    request_id = found.group(1)
+
     form = {"request_id": request_id, "principal": principal}
     if key is not None:
         form["sign_in_key"] = key or srv.sign_in_key

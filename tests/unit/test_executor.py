@@ -48,7 +48,7 @@ def job(**kw: object) -> Job:
         "now_ms": 1,
     }
     base.update(kw)
-    return Job.new(**base)  # type: ignore[arg-type]
+    return Job.new(**base)
 
 
 def rows_of(store: MemoryJobStore, job_id: str) -> list[list[str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from bqgate.errors import InvalidQuery
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job, warehouse_job_id
 from bqgate.policy import load_policy
 from bqgate.service.executor import Executor
@@ -177,13 +178,10 @@ def test_errors_reach_the_job_without_urls_ids_or_values() -> None:
     job = submit(store, "SELECT 1")
     ex._fail(
         job,
-        {
-            "reason": "invalidQuery",
-            "message": (
-                "POST https://bigquery.googleapis.com/x: Bad int64 value: 123-45-6789 in "
-                "wh-internal:sales.t job bqgate_" + "ab" * 32
-            ),
-        },
+        InvalidQuery(
+            "POST https://bigquery.googleapis.com/x: Bad int64 value: 123-45-6789 in "
+            "wh-internal:sales.t job bqgate_" + "ab" * 32
+        ),
     )
     done = store.get("j1")
     assert done is not None and done.error is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -114,12 +115,13 @@ def finish(store: MemoryJobStore, job_id: str, n: int, page: int) -> None:
         store.put_page(job_id, idx, start, json.dumps(rows[start : start + page]))
     store.transition(
         job_id,
-        lambda j: {
-            "state": DONE,
-            "schema": [{"name": "i", "type": "INTEGER"}, {"name": "s", "type": "STRING"}],
-            "total_rows": n,
-            "page_starts": starts,
-        },
+        lambda j: replace(
+            j,
+            state=DONE,
+            schema=[{"name": "i", "type": "INTEGER"}, {"name": "s", "type": "STRING"}],
+            total_rows=n,
+            page_starts=starts,
+        ),
     )
 
 
@@ -157,13 +159,11 @@ def test_failed_job_raises_its_error_on_results() -> None:
     insert(gw, "SELECT 1")
     store.transition(
         "j1",
-        lambda j: {
-            "state": DONE,
-            "error": {
-                "reason": "accessDenied",
-                "message": "Denied by alice@example.com: not today",
-            },
-        },
+        lambda j: replace(
+            j,
+            state=DONE,
+            error={"reason": "accessDenied", "message": "Denied by alice@example.com: not today"},
+        ),
     )
     with pytest.raises(AccessDenied, match="not today"):
         gw.get_query_results(ALICE, "demo-project", "j1", {})
@@ -199,7 +199,7 @@ def test_dry_run_is_answered_by_the_executor_like_bigquery() -> None:
         classify=verdict_for,
         config=GatewayConfig(max_wait_ms=0),
         sleep=lambda s: None,
-        dispatch=lambda job_id: ex.run(job_id),  # the fast path: a job id to the executor
+        dispatch=lambda job_id: ex.execute(job_id, direct=True),  # the fast path: to the executor
     )
     # Even a statement that needs approval is dry-run at once: nothing runs.
     res = gw.insert_job(
@@ -260,3 +260,13 @@ def test_unanswered_approval_expires_when_the_agent_polls() -> None:
     assert (
         gw.get_job(ALICE, "demo-project", "j1")["status"]["errorResult"]["reason"] == "accessDenied"
     )
+
+
+def test_a_stored_job_with_an_unknown_field_is_an_error_not_silence() -> None:
+    gw, store, _ = make()
+    insert(gw, "SELECT 1")
+    store.docs["j1"]["stat"] = DONE  # a misspelt field, as another writer might store it
+    with pytest.raises(ValueError, match="fields that Job does not: stat"):
+        store.get("j1")
+    with pytest.raises(ValueError, match="fields that Job does not: stat"):
+        store.transition("j1", lambda j: replace(j, state=DONE))

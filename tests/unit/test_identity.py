@@ -11,17 +11,17 @@ from bqgate.errors import Unauthenticated
 from bqgate.identity import (
     GOOGLE_ISSUER,
     MAX_TOKEN_CHARS,
-    IssuerSettings,
     Principal,
-    TokenVerifier,
     bearer_token,
     principal_from_claims,
 )
+from bqgate.policy import Issuer
+from bqgate.ports import TokenVerifier
 
-OKTA = IssuerSettings(
+OKTA = Issuer(
     "https://okta.example", ("bqgate",), "https://okta.example/keys", groups_claim="groups"
 )
-GOOGLE = IssuerSettings(GOOGLE_ISSUER, ("bqgate",), "https://www.googleapis.com/oauth2/v3/certs")
+GOOGLE = Issuer(GOOGLE_ISSUER, ("bqgate",), "https://www.googleapis.com/oauth2/v3/certs")
 STATIC = {"agent@demo-project.iam.gserviceaccount.com": frozenset({"ai-coding-agents"})}
 
 

@@ -12,7 +12,8 @@ from bqgate.identity import Principal
 from bqgate.jobs import Job
 from bqgate.service.approvals import route_api
 from bqgate.service.gateway import Gateway, GatewayConfig
-from bqgate.service.http import MAX_HEADER_BYTES, IngressApp, check_request_limits
+from bqgate.service.http import MAX_HEADER_BYTES, check_request_limits
+from bqgate.service.ingress import IngressApp
 from bqgate.wire import bigquery as wire
 from fakes import MemoryJobStore, MemoryQueue
 
@@ -39,10 +40,10 @@ class StrictStore(MemoryJobStore):
         if job_id in (".", "..") or (job_id.startswith("__") and job_id.endswith("__")):
             raise ValueError(f"Firestore rejects the document id {job_id!r}")
 
-    def create(self, job: Job) -> None:
+    def create(self, job: Job, **kw: Any) -> None:
         self._check(job.job_id)
         json.dumps(job.to_doc()).encode("utf-8")  # a lone surrogate fails here, as in gRPC
-        super().create(job)
+        super().create(job, **kw)
 
     def get(self, job_id: str) -> Job | None:
         self._check(job_id)

@@ -16,9 +16,7 @@ from bqgate.masking import plan_masking
 from bqgate.sql.lineage import ColumnLineage, output_lineage
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lineage"
-SCHEMAS: dict[str, list[dict[str, Any]]] = json.loads(
-    (FIXTURES / "demo_schemas.json").read_text()
-)
+SCHEMAS: dict[str, list[dict[str, Any]]] = json.loads((FIXTURES / "demo_schemas.json").read_text())
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,11 +26,14 @@ def _policy_lookup() -> Any:
     except ImportError:  # pragma: no cover - the stand-in while policy.py is absent
         sensitive = {
             "demo-project.sales.customers": {
-                "full_name": "hmac", "email": "email", "phone": "last4", "ssn": "last4",
-                "card_number": "last4", "birth_date": "year",
+                "full_name": "hmac",
+                "email": "email",
+                "phone": "last4",
+                "ssn": "last4",
+                "card_number": "last4",
+                "birth_date": "year",
             },
-            "demo-project.finance.payroll": {"name": "hmac", "salary": "nullify",
-                                             "iban": "last4"},
+            "demo-project.finance.payroll": {"name": "hmac", "salary": "nullify", "iban": "last4"},
         }
         return lambda fqn: sensitive.get(fqn, {})
     policy = parse_policy((ROOT / "policies" / "default.yaml").read_text())
@@ -47,8 +48,9 @@ def provider(fqn: str) -> Sequence[Mapping[str, Any]]:
 
 
 def lineage(sql: str) -> list[ColumnLineage]:
-    return output_lineage(sql, schemas=provider, default_project="demo-project",
-                          default_dataset="sales")
+    return output_lineage(
+        sql, schemas=provider, default_project="demo-project", default_dataset="sales"
+    )
 
 
 def _schema_of(cols: Sequence[ColumnLineage]) -> list[dict[str, Any]]:
@@ -90,45 +92,58 @@ def test_masking_case(sql: str, expected: list[tuple[str, str]]) -> None:
 
 # -- lineage details ------------------------------------------------------------------
 
+
 def test_direct_reference_sources_and_flags() -> None:
     (col,) = lineage("SELECT email AS e FROM customers")
-    assert col == ColumnLineage("e", frozenset({"demo-project.sales.customers.email"}),
-                                direct=True)
+    assert col == ColumnLineage("e", frozenset({"demo-project.sales.customers.email"}), direct=True)
 
 
 def test_expression_is_not_direct_but_keeps_sources() -> None:
     (col,) = lineage("SELECT CONCAT(full_name, ' ', country) AS x FROM sales.customers")
     assert not col.direct and not col.counting and col.unknown is None
-    assert col.sources == {"demo-project.sales.customers.full_name",
-                           "demo-project.sales.customers.country"}
+    assert col.sources == {
+        "demo-project.sales.customers.full_name",
+        "demo-project.sales.customers.country",
+    }
 
 
 def test_counting_aggregates() -> None:
-    cols = lineage("SELECT COUNT(DISTINCT email), APPROX_COUNT_DISTINCT(ssn), COUNTIF(ssn > ''),"
-                   " COUNT(*), SUM(customer_id) FROM sales.customers")
+    cols = lineage(
+        "SELECT COUNT(DISTINCT email), APPROX_COUNT_DISTINCT(ssn), COUNTIF(ssn > ''),"
+        " COUNT(*), SUM(customer_id) FROM sales.customers"
+    )
     assert [c.counting for c in cols] == [True, True, True, True, False]
     assert [c.name for c in cols] == ["f0_", "f1_", "f2_", "f3_", "f4_"]
 
 
-@pytest.mark.parametrize("table", [
-    "`demo-project.sales.customers`", "`demo-project`.`sales`.`customers`",
-    "`demo-project`.sales.customers", "sales.customers", "`sales.customers`", "customers",
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "`demo-project.sales.customers`",
+        "`demo-project`.`sales`.`customers`",
+        "`demo-project`.sales.customers",
+        "sales.customers",
+        "`sales.customers`",
+        "customers",
+    ],
+)
 def test_table_names_resolve_like_bigquery(table: str) -> None:
     (col,) = lineage(f"SELECT ssn FROM {table}")
     assert col.sources == {"demo-project.sales.customers.ssn"} and col.direct
 
 
 def test_bare_table_without_default_dataset_is_unknown() -> None:
-    (col,) = output_lineage("SELECT ssn FROM customers", schemas=provider,
-                            default_project="demo-project")
+    (col,) = output_lineage(
+        "SELECT ssn FROM customers", schemas=provider, default_project="demo-project"
+    )
     assert col.unknown is not None
 
 
 def test_whole_row_struct_has_per_field_lineage() -> None:
     (col,) = lineage("SELECT c FROM sales.customers c")
-    assert [f.name for f in col.fields] == [f["name"] for f in SCHEMAS[
-        "demo-project.sales.customers"]]
+    assert [f.name for f in col.fields] == [
+        f["name"] for f in SCHEMAS["demo-project.sales.customers"]
+    ]
     assert all(f.direct for f in col.fields)
     assert not col.direct
 
@@ -139,27 +154,35 @@ def test_struct_field_access_through_subquery() -> None:
 
 
 def test_union_by_position_merges_sources() -> None:
-    (col,) = lineage("SELECT country FROM customers UNION ALL SELECT ssn FROM customers"
-                     " UNION ALL SELECT NULL")
+    (col,) = lineage(
+        "SELECT country FROM customers UNION ALL SELECT ssn FROM customers UNION ALL SELECT NULL"
+    )
     assert col.name == "country" and col.direct
-    assert col.sources == {"demo-project.sales.customers.country",
-                           "demo-project.sales.customers.ssn"}
+    assert col.sources == {
+        "demo-project.sales.customers.country",
+        "demo-project.sales.customers.ssn",
+    }
 
 
 def test_correlated_subquery_column_from_outer_scope() -> None:
-    cols = lineage("SELECT (SELECT c.ssn FROM sales.orders o WHERE o.customer_id ="
-                   " c.customer_id LIMIT 1) AS s FROM sales.customers c")
+    cols = lineage(
+        "SELECT (SELECT c.ssn FROM sales.orders o WHERE o.customer_id ="
+        " c.customer_id LIMIT 1) AS s FROM sales.customers c"
+    )
     assert cols[0].sources == {"demo-project.sales.customers.ssn"} and not cols[0].direct
 
 
-@pytest.mark.parametrize("sql", [
-    "DELETE FROM sales.orders WHERE TRUE",
-    "UPDATE sales.orders SET status = 'x' WHERE TRUE",
-    "SELECT FROM WHERE",
-    "SELECT * FROM sales.unknown_table",
-    "SELECT * FROM `demo-project.sales.cust*`",
-    "",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM sales.orders WHERE TRUE",
+        "UPDATE sales.orders SET status = 'x' WHERE TRUE",
+        "SELECT FROM WHERE",
+        "SELECT * FROM sales.unknown_table",
+        "SELECT * FROM `demo-project.sales.cust*`",
+        "",
+    ],
+)
 def test_no_usable_lineage_returns_empty(sql: str) -> None:
     assert lineage(sql) == []
 
@@ -176,10 +199,14 @@ def test_schema_provider_called_once_per_table() -> None:
         calls.append(fqn)
         return SCHEMAS[fqn]
 
-    output_lineage("WITH a AS (SELECT * FROM sales.customers) SELECT a.email, c.ssn FROM a"
-                   " JOIN sales.customers c USING (customer_id) JOIN customers d"
-                   " USING (customer_id)", schemas=counting_provider,
-                   default_project="demo-project", default_dataset="sales")
+    output_lineage(
+        "WITH a AS (SELECT * FROM sales.customers) SELECT a.email, c.ssn FROM a"
+        " JOIN sales.customers c USING (customer_id) JOIN customers d"
+        " USING (customer_id)",
+        schemas=counting_provider,
+        default_project="demo-project",
+        default_dataset="sales",
+    )
     assert calls == ["demo-project.sales.customers"]
 
 
@@ -189,11 +216,11 @@ def test_script_uses_final_select() -> None:
 
 
 def test_recursive_cte_fails_closed_or_is_exact() -> None:
-    (col,) = lineage("WITH RECURSIVE r AS (SELECT ssn AS n FROM customers UNION ALL"
-                     " SELECT n FROM r WHERE FALSE) SELECT n FROM r")
-    assert col.unknown is not None or (
-        "demo-project.sales.customers.ssn" in col.sources
+    (col,) = lineage(
+        "WITH RECURSIVE r AS (SELECT ssn AS n FROM customers UNION ALL"
+        " SELECT n FROM r WHERE FALSE) SELECT n FROM r"
     )
+    assert col.unknown is not None or ("demo-project.sales.customers.ssn" in col.sources)
 
 
 def test_pseudo_columns_carry_no_data() -> None:
@@ -210,7 +237,8 @@ def test_masking_case_with_sources_masked_at_the_source(
     and lets through what was computed from masked values; unknown lineage stays nullified."""
     cols = lineage(sql)
     every = frozenset(
-        f"{t}.{c}" for t in ("demo-project.sales.customers", "demo-project.finance.payroll")
+        f"{t}.{c}"
+        for t in ("demo-project.sales.customers", "demo-project.finance.payroll")
         for c in SENSITIVE_FOR(t)
     )
     plan = plan_masking(cols, _schema_of(cols), SENSITIVE_FOR, premasked=every)
@@ -228,4 +256,3 @@ def test_masking_case_with_sources_masked_at_the_source(
             assert mask.strategy in ("per_field", None), mask
         else:  # derived from or counting over sensitive values
             assert mask.strategy is None and "masked at the source" in mask.reason, mask
-

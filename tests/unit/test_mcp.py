@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -75,7 +76,7 @@ class Executor:
         assert job is not None
         if job.state == PENDING_APPROVAL:
             self.store.transition(
-                job.job_id, lambda j: {"bytes_estimate": 4096, "approval_requested_ms": 1_000}
+                job.job_id, lambda j: replace(j, bytes_estimate=4096, approval_requested_ms=1000)
             )
             return
         self.finish(job.job_id)
@@ -84,25 +85,27 @@ class Executor:
         if self.store.get(job_id).dry_run:  # type: ignore[union-attr]
             self.store.transition(
                 job_id,
-                lambda j: {
-                    "state": DONE,
-                    "schema": SCHEMA,
-                    "total_bytes_processed": 123,
-                    "referenced_tables": ["demo-project.sales.customers"],
-                },
+                lambda j: replace(
+                    j,
+                    state=DONE,
+                    schema=SCHEMA,
+                    total_bytes_processed=123,
+                    referenced_tables=["demo-project.sales.customers"],
+                ),
             )
             return
         for index, start in enumerate(range(0, len(ROWS), 10)):
             self.store.put_page(job_id, index, start, json.dumps(ROWS[start : start + 10]))
         self.store.transition(
             job_id,
-            lambda j: {
-                "state": DONE,
-                "schema": SCHEMA,
-                "total_rows": len(ROWS),
-                "page_starts": list(range(0, len(ROWS), 10)),
-                "total_bytes_processed": 2048,
-            },
+            lambda j: replace(
+                j,
+                state=DONE,
+                schema=SCHEMA,
+                total_rows=len(ROWS),
+                page_starts=list(range(0, len(ROWS), 10)),
+                total_bytes_processed=2048,
+            ),
         )
 
 
@@ -370,7 +373,7 @@ def test_approval_bound_query_answers_pending_then_rows_after_approval() -> None
         "PENDING_APPROVAL"
     )
     # Approved (the approvals service releases it to the executor, which runs it).
-    store.transition("job0", lambda j: {"state": PENDING})
+    store.transition("job0", lambda j: replace(j, state=PENDING))
     executor.finish("job0")
     rows = sql_call(tools, "SELECT  *\nFROM finance.ledger", jobId="job0").structured
     assert rows["jobComplete"] is True and rows["rows"][0]["id"] == "1"
@@ -388,13 +391,14 @@ def test_a_denied_request_ends_with_the_approvers_reason() -> None:
     sql_call(tools, "SELECT * FROM finance.payroll")
     store.transition(
         "job0",
-        lambda j: {
-            "state": DONE,
-            "error": {
+        lambda j: replace(
+            j,
+            state=DONE,
+            error={
                 "reason": "accessDenied",
                 "message": "Denied by bob@example.com: use the aggregates",
             },
-        },
+        ),
     )
     assert error(sql_call(tools, "SELECT * FROM finance.payroll", jobId="job0")) == (
         "accessDenied",

@@ -4,6 +4,7 @@ statement building and routing, over fakes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from bqgate.identity import Principal
 from bqgate.jobs import DONE, Job
 from bqgate.policy import load_policy
 from bqgate.service.catalog import CachedCatalog, CatalogApp, CatalogClient, CatalogService
-from bqgate.service.http import route
+from bqgate.service.ingress import route
 from bqgate.service.metadata import MetadataApi
 from bqgate.service.tables import insert_statement, row_literals
 from bqgate.wire import bigquery as wire
@@ -105,11 +106,12 @@ def test_what_the_caller_may_not_read_is_invisible() -> None:
     metadata, raw, _ = api()
     assert "datasets" not in metadata.list_datasets(STRANGER, "demo-project", {})
     assert metadata.list_projects(STRANGER, {})["projects"] == []
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: metadata.get_dataset(STRANGER, "demo-project", "sales"),
         lambda: metadata.list_tables(STRANGER, "demo-project", "sales", {}),
         lambda: metadata.get_table(STRANGER, "demo-project", "sales", "customers"),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(NotFound, match="Not found: Dataset demo-project:sales"):
             call()
     assert raw.calls == []  # invisible names are not even looked up
@@ -182,7 +184,7 @@ def test_the_cache_is_bounded_and_remembers_misses() -> None:
 
 
 def test_insert_all_rows_become_one_typed_insert_statement() -> None:
-    schema = [
+    schema: list[dict[str, Any]] = [
         {"name": "id", "type": "INTEGER", "mode": "REQUIRED"},
         {"name": "tags", "type": "STRING", "mode": "REPEATED"},
         {"name": "at", "type": "TIMESTAMP"},

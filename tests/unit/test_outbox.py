@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -223,7 +224,7 @@ def test_expired_and_decided_requests_free_their_slots() -> None:
         insert(env["gw"], "SELECT 3 FROM finance.ledger", "c")
     env["clock"].now += 15 * 60  # both expire (TTL 15 min), even before anyone sweeps
     insert(env["gw"], "SELECT 4 FROM finance.ledger", "d")
-    env["store"].transition("d", lambda j: {"state": PENDING})  # approved
+    env["store"].transition("d", lambda j: replace(j, state=PENDING))  # approved
     insert(env["gw"], "SELECT 5 FROM finance.ledger", "e")
     insert(env["gw"], "SELECT 6 FROM finance.ledger", "f")
 
@@ -300,7 +301,7 @@ def test_sweeper_fails_orphaned_running_jobs_and_a_late_executor_changes_nothing
     assert job.state == DONE and job.error["reason"] == "timeout"
     assert "bqgate_x may have run" in job.error["message"]
     # The executor's results arriving late never overwrite the failure (its own rule).
-    store.transition("orphan", lambda j: None if j.done else {"error": None})
+    store.transition("orphan", lambda j: None if j.done else replace(j, error=None))
     assert store.get("orphan").error["reason"] == "timeout"
 
 

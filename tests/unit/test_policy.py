@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 from bqgate.errors import PolicyError
 from bqgate.policy import (
-    MASK_STRATEGIES,
-    STATEMENT_CLASSES,
     Policy,
     load_policy,
     parse_duration,
     parse_policy,
     parse_size,
 )
+from bqgate.vocabulary import MASK_STRATEGIES, STATEMENT_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "policies" / "default.yaml"

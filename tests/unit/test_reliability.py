@@ -9,7 +9,8 @@ it is handed (bounded retries for outages, an incident id for the unexpected).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,12 +23,12 @@ from bqgate.errors import (
     Unavailable,
 )
 from bqgate.identity import Principal
-from bqgate.jobs import DONE, PENDING, RUNNING, Job
+from bqgate.jobs import DONE, PENDING, RUNNING, Job, Transition
 from bqgate.policy import load_policy
-from bqgate.ports import DryRun, QueryOutcome
+from bqgate.ports import Change, DryRun, QueryOutcome
 from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig, block_error, job_error
-from bqgate.service.http import IngressApp
+from bqgate.service.ingress import IngressApp
 from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
 from hypothesis import given
 from hypothesis import strategies as st
@@ -148,11 +149,20 @@ def test_a_finished_job_with_any_stored_reason_never_answers_5xx(reason: str) ->
             now_ms=0,
         )
     )
-    store.transition("j1", lambda j: {"state": DONE, "error": {"reason": reason, "message": "m"}})
+    store.transition(
+        "j1", lambda j: replace(j, state=DONE, error={"reason": reason, "message": "m"})
+    )
     app = app_over(store)
     resp = app.handle("GET", "/bigquery/v2/projects/demo-project/queries/j1", {}, AUTH, b"")
-    assert 400 <= resp.status < 500
+    # Rate limits end the job as a quota problem, a cancellation stays one, the rest failed.
+    expected = {
+        "rateLimitExceeded": (403, "quotaExceeded"),
+        "jobRateLimitExceeded": (403, "quotaExceeded"),
+        "stopped": (400, "stopped"),
+    }.get(reason, (400, "jobFailed"))
+    assert (resp.status, resp.body["error"]["errors"][0]["reason"]) == expected
     assert resp.body["error"]["errors"][0]["reason"] not in CLIENT_RETRIES
+
     # jobs.get is a 200 whose errorResult a client must not retry either.
     got = app.handle("GET", "/bigquery/v2/projects/demo-project/jobs/j1", {}, AUTH, b"")
     assert got.status == 200
@@ -300,7 +310,9 @@ class ScriptedWarehouse(FakeWarehouse):
         if self.run_errors:
             raise self.run_errors.pop(0)
         if self.outcome_error:
-            return QueryOutcome([], 0, None, None, None, error=self.outcome_error)
+            # What BigQuery said, through the adapter's one translation.
+            err = errors.from_warehouse(self.outcome_error["reason"], self.outcome_error["message"])
+            return QueryOutcome([], 0, None, None, None, error=err)
         return QueryOutcome(self.schema, len(self.rows), "SELECT", None, 1)
 
 
@@ -414,9 +426,7 @@ def test_the_job_ends_even_when_its_first_store_write_is_the_failure() -> None:
     class FlakyStore(MemoryJobStore):
         failures = 1
 
-        def transition(
-            self, job_id: str, change: Callable[[Job], dict[str, Any] | None], **writes: Any
-        ) -> Job:
+        def transition(self, job_id: str, change: Change, **writes: Any) -> Transition:
             if self.failures:
                 self.failures -= 1
                 raise Unavailable("Firestore did not answer in time")

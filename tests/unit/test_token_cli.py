@@ -17,10 +17,10 @@ import pytest
 from bqgate.adapters.oidc import OidcVerifier
 from bqgate.commands import token as token_command
 from bqgate.dev import issuer
-from bqgate.identity import IssuerSettings
+from bqgate.policy import Issuer
 
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
-DEV = IssuerSettings("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
+DEV = Issuer("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
 
 
 def run_token(*argv: str) -> int:
@@ -209,7 +209,7 @@ def test_issuer_discovery_works_for_the_verifier(
     dev_stack: tuple[Path, issuer.DevIssuerServer],
 ) -> None:
     _, server = dev_stack
-    via_discovery = IssuerSettings(
+    via_discovery = Issuer(
         "dev",
         ("bqgate",),
         f"{server.issuer_url}/.well-known/openid-configuration",

@@ -9,14 +9,14 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate import audit
 from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, LogSink
 from bqgate.anchors import AnchorIndex, Checkpoint, encode_line, parse_line, read_text
-from bqgate.audit import Event, SessionHead, replace
+from bqgate.audit.chain import Event, SessionHead, canonical_json, event_mac, seal
 from bqgate.chain import GENESIS, ChainKey, ChainKeyError, Keyring, load_or_create_dev_key
 from bqgate.verification import expired_prefix, verify, verify_chain, verify_session
 from hypothesis import given, settings
@@ -30,9 +30,20 @@ NOW = 5_000
 def chain(n: int, session: str = "s", key: ChainKey = KEY, expire: int = 10_000) -> list[Event]:
     out: list[Event] = []
     for i in range(1, n + 1):
-        out.append(audit.seal(session_id=session, seq=i, kind="request", at_ms=1000 + i,
-                              job_id=f"j{i}", principal="a@x", data={"i": i, "f": i / 3},
-                              prev=out[-1] if out else None, expire_at_ms=expire + i, key=key))
+        out.append(
+            seal(
+                session_id=session,
+                seq=i,
+                kind="request",
+                at_ms=1000 + i,
+                job_id=f"j{i}",
+                principal="a@x",
+                data={"i": i, "f": i / 3},
+                prev=out[-1] if out else None,
+                expire_at_ms=expire + i,
+                key=key,
+            )
+        )
     return out
 
 
@@ -54,7 +65,7 @@ def sha_rehash(events: list[Event], start: int) -> list[Event]:
     for e in events[start:]:
         prev = out[-1].mac if out else GENESIS
         e = replace(e, prev_mac=prev)
-        text = prev + "\n" + audit.canonical_json(e.body())
+        text = prev + "\n" + canonical_json(e.body())
         out.append(replace(e, mac=hashlib.sha256(text.encode()).hexdigest()))
     return out
 
@@ -68,8 +79,20 @@ def test_an_intact_chain_verifies_with_its_head() -> None:
     assert verify_chain([], keys=KEYS, head=None) is None
 
 
-FIELDS = ["session_id", "seq", "kind", "at_ms", "job_id", "principal", "data", "prev_mac",
-          "expire_at_ms", "prev_expire_at_ms", "mac", "key_id"]
+FIELDS = [
+    "session_id",
+    "seq",
+    "kind",
+    "at_ms",
+    "job_id",
+    "principal",
+    "data",
+    "prev_mac",
+    "expire_at_ms",
+    "prev_expire_at_ms",
+    "mac",
+    "key_id",
+]
 
 
 @settings(max_examples=80)
@@ -77,9 +100,18 @@ FIELDS = ["session_id", "seq", "kind", "at_ms", "job_id", "principal", "data", "
 def test_editing_any_field_of_any_event_names_that_event(index: int, name: str) -> None:
     events = chain(6)
     new_value: Any = {
-        "session_id": "other", "seq": 99, "kind": "result", "at_ms": 7, "job_id": "jX",
-        "principal": "mallory@x", "data": {"i": -1}, "prev_mac": "f" * 64,
-        "expire_at_ms": 1, "prev_expire_at_ms": 3, "mac": "e" * 64, "key_id": "0" * 16,
+        "session_id": "other",
+        "seq": 99,
+        "kind": "result",
+        "at_ms": 7,
+        "job_id": "jX",
+        "principal": "mallory@x",
+        "data": {"i": -1},
+        "prev_mac": "f" * 64,
+        "expire_at_ms": 1,
+        "prev_expire_at_ms": 3,
+        "mac": "e" * 64,
+        "key_id": "0" * 16,
     }[name]
     events[index] = replace(events[index], **{name: new_value})
     found = verify_chain(events, keys=KEYS, head=head_of(chain(6)), now_ms=0)
@@ -100,7 +132,8 @@ def test_an_edited_and_rehashed_event_is_named_edited(start: int) -> None:
     report = verify_session("s", head_of(forged), forged, keys=KEYS, now_ms=NOW)
     assert (report.status, report.ok) == ("edited", False)
     assert report.describe().startswith(
-        f"BROKEN  session s: edited: event {start + 1:08d}: its content does not match its MAC")
+        f"BROKEN  session s: edited: event {start + 1:08d}: its content does not match its MAC"
+    )
 
 
 def test_a_chain_rebuilt_with_another_key_is_caught() -> None:
@@ -119,22 +152,51 @@ def test_a_chain_rebuilt_with_another_key_is_caught() -> None:
     ("mutate", "event_id", "kind", "needle"),
     [
         (lambda ev: [ev[0], ev[2], ev[3]], "00000003", "broken", "00000002 is missing"),
-        (lambda ev: [ev[1], ev[0], ev[2], ev[3]], "00000002", "truncated",
-         "missing before it (not expired)"),
-        (lambda ev: [ev[0], ev[1], ev[1], ev[2], ev[3]], "00000002", "broken",
-         "reordered or duplicated"),
+        (
+            lambda ev: [ev[1], ev[0], ev[2], ev[3]],
+            "00000002",
+            "truncated",
+            "missing before it (not expired)",
+        ),
+        (
+            lambda ev: [ev[0], ev[1], ev[1], ev[2], ev[3]],
+            "00000002",
+            "broken",
+            "reordered or duplicated",
+        ),
         (lambda ev: ev[:3], "00000004", "truncated", "head records 4 events, 3 are stored"),
-        (lambda ev: [*ev, audit.seal(session_id="s", seq=5, kind="k", at_ms=9, job_id="j",
-                                     principal="p", data={}, prev=ev[3], expire_at_ms=9,
-                                     key=KEY)],
-         "00000005", "broken", "records only 4 events"),
-        (lambda ev: [ev[0], replace(ev[1], event_id="00000009"), *ev[2:]], "00000009",
-         "broken", "stored as"),
+        (
+            lambda ev: [
+                *ev,
+                seal(
+                    session_id="s",
+                    seq=5,
+                    kind="k",
+                    at_ms=9,
+                    job_id="j",
+                    principal="p",
+                    data={},
+                    prev=ev[3],
+                    expire_at_ms=9,
+                    key=KEY,
+                ),
+            ],
+            "00000005",
+            "broken",
+            "records only 4 events",
+        ),
+        (
+            lambda ev: [ev[0], replace(ev[1], event_id="00000009"), *ev[2:]],
+            "00000009",
+            "broken",
+            "stored as",
+        ),
     ],
     ids=["gap", "reordered", "duplicated", "truncated", "appended-behind-head", "moved"],
 )
-def test_missing_moved_and_extra_events_are_detected(mutate: Any, event_id: str, kind: str,
-                                                     needle: str) -> None:
+def test_missing_moved_and_extra_events_are_detected(
+    mutate: Any, event_id: str, kind: str, needle: str
+) -> None:
     events = chain(4)
     found = verify_chain(mutate(events), keys=KEYS, head=head_of(events), now_ms=0)
     assert found is not None
@@ -144,8 +206,18 @@ def test_missing_moved_and_extra_events_are_detected(mutate: Any, event_id: str,
 
 def test_events_of_another_session_do_not_verify() -> None:
     events = chain(2)
-    other = audit.seal(session_id="t", seq=3, kind="k", at_ms=1, job_id="j", principal="p",
-                       data={}, prev=events[1], expire_at_ms=9, key=KEY)
+    other = seal(
+        session_id="t",
+        seq=3,
+        kind="k",
+        at_ms=1,
+        job_id="j",
+        principal="p",
+        data={},
+        prev=events[1],
+        expire_at_ms=9,
+        key=KEY,
+    )
     found = verify_chain([*events, other], keys=KEYS, now_ms=0)
     assert found is not None and "belongs to session 't'" in found.message
 
@@ -191,12 +263,14 @@ def test_a_deleted_session_is_named_deleted() -> None:
     index = AnchorIndex.build(checkpoint(e) for e in events)
     stored = {"kept": (head_of(chain(2, "kept")), chain(2, "kept"))}
     ids = sorted(set(stored) | set(index.sessions()))
-    report = verify(ids, lambda s: stored.get(s, (None, [])), keys=KEYS, anchors=index,
-                    now_ms=NOW)
+    report = verify(ids, lambda s: stored.get(s, (None, [])), keys=KEYS, anchors=index, now_ms=NOW)
     by = {r.session_id: r for r in report.sessions}
     assert by["gone"].status == "deleted" and by["kept"].status == "intact"
-    assert by["gone"].describe().startswith(
-        "BROKEN  session gone: deleted: the session is gone: a checkpoint of")
+    assert (
+        by["gone"]
+        .describe()
+        .startswith("BROKEN  session gone: deleted: the session is gone: a checkpoint of")
+    )
     assert "names 3 events of a@x" in by["gone"].findings[0].message
     assert not report.ok
     assert report.to_dict()["sessions"][0]["status"] == "deleted"
@@ -208,35 +282,44 @@ def test_a_session_rebuilt_with_the_chain_key_is_caught_by_its_checkpoints() -> 
     events = chain(5)
     anchors = [checkpoint(e) for e in events]
     rebuilt = chain(2) + [
-        audit.seal(session_id="s", seq=i, kind="request", at_ms=1000 + i, job_id=f"j{i}",
-                   principal="a@x", data={"i": "other"}, prev=None, expire_at_ms=10_000 + i,
-                   key=KEY, prev_mac=None)
+        seal(
+            session_id="s",
+            seq=i,
+            kind="request",
+            at_ms=1000 + i,
+            job_id=f"j{i}",
+            principal="a@x",
+            data={"i": "other"},
+            prev=None,
+            expire_at_ms=10_000 + i,
+            key=KEY,
+            prev_mac=None,
+        )
         for i in range(3, 6)
     ]
     for i in range(2, 5):  # relink the rebuilt tail correctly
         rebuilt[i] = replace(rebuilt[i], prev_mac=rebuilt[i - 1].mac)
-        rebuilt[i] = replace(rebuilt[i], mac=audit.event_mac(KEY, rebuilt[i]))
+        rebuilt[i] = replace(rebuilt[i], mac=event_mac(KEY, rebuilt[i]))
     assert verify_chain(rebuilt, keys=KEYS, head=head_of(rebuilt)) is None
-    report = verify_session("s", head_of(rebuilt), rebuilt, keys=KEYS, anchors=anchors,
-                            now_ms=NOW)
+    report = verify_session("s", head_of(rebuilt), rebuilt, keys=KEYS, anchors=anchors, now_ms=NOW)
     assert report.status == "rewritten" and report.findings[0].event_id == "00000003"
 
 
 def test_un_checkpointed_events_are_reported_and_fail_only_when_stale() -> None:
     events = chain(5)
     anchors = [checkpoint(e) for e in events[:3]]
-    report = verify_session("s", head_of(events), events, keys=KEYS, anchors=anchors,
-                            now_ms=NOW)
+    report = verify_session("s", head_of(events), events, keys=KEYS, anchors=anchors, now_ms=NOW)
     assert report.ok and report.unanchored == (4, 5) and report.anchored_seq == 3
     assert report.describe(NOW) == (
         "ok      session s: 5 events, chain intact, checkpointed through event 3, "
-        "events 4-5 not yet checkpointed, oldest written 4.0 s ago")
+        "events 4-5 not yet checkpointed, oldest written 4.0 s ago"
+    )
     # truncating an un-checkpointed tail is the window the design admits: it verifies
     kept = events[:3]
-    assert verify_session("s", head_of(kept), kept, keys=KEYS, anchors=anchors,
-                          now_ms=NOW).ok
-    stale = verify_session("s", head_of(events), events, keys=KEYS, anchors=anchors,
-                           now_ms=NOW, stale_after_ms=1000)
+    assert verify_session("s", head_of(kept), kept, keys=KEYS, anchors=anchors, now_ms=NOW).ok
+    stale = verify_session(
+        "s", head_of(events), events, keys=KEYS, anchors=anchors, now_ms=NOW, stale_after_ms=1000
+    )
     assert stale.status == "unanchored" and stale.findings[0].event_id == "00000004"
 
 
@@ -245,8 +328,7 @@ def test_expired_checkpoints_and_sessions_are_retention_not_tampering() -> None:
     anchors = [checkpoint(e) for e in events]
     gone = verify_session("s", None, [], keys=KEYS, anchors=anchors, now_ms=200)
     assert (gone.status, gone.ok) == ("expired", True)
-    head_only = verify_session("s", head_of(events), [], keys=KEYS, anchors=anchors,
-                               now_ms=200)
+    head_only = verify_session("s", head_of(events), [], keys=KEYS, anchors=anchors, now_ms=200)
     assert head_only.status == "expired"
     early = verify_session("s", None, [], keys=KEYS, anchors=anchors, now_ms=102)
     assert early.status == "deleted"
@@ -277,7 +359,7 @@ def test_a_checkpoint_mac_is_not_an_event_mac() -> None:
     """The checkpoint key is derived: an event's MAC never passes as a checkpoint's."""
     e = chain(1)[0]
     line = json.loads(encode_line(checkpoint(e), KEY))
-    assert line["anchor_mac"] != KEY.mac(audit.canonical_json(line["bqgate_anchor"]))
+    assert line["anchor_mac"] != KEY.mac(canonical_json(line["bqgate_anchor"]))
 
 
 # --------------------------------------------------------------------------- keys
@@ -296,8 +378,18 @@ def test_keys_from_text_and_the_dev_key_file(tmp_path: Path) -> None:
 def test_a_rotated_key_keeps_old_events_verifiable() -> None:
     old, new = KEY, ChainKey(b"the next chain key, 32 bytes long!")
     first = chain(2)
-    second = audit.seal(session_id="s", seq=3, kind="k", at_ms=1003, job_id="j", principal="p",
-                        data={}, prev=first[-1], expire_at_ms=10_003, key=new)
+    second = seal(
+        session_id="s",
+        seq=3,
+        kind="k",
+        at_ms=1003,
+        job_id="j",
+        principal="p",
+        data={},
+        prev=first[-1],
+        expire_at_ms=10_003,
+        key=new,
+    )
     assert verify_chain([*first, second], keys=Keyring([new, old])) is None
     assert verify_chain([*first, second], keys=Keyring([new])) is not None
 
@@ -332,8 +424,11 @@ def test_the_checkpointer_batches_keeps_the_newest_head_and_retries() -> None:
     assert c.flush() is False and c.pending() == 2  # the bucket failed: still queued
     assert c.flush() is True and c.pending() == 0
     (batch,) = bucket.batches
-    got = sorted((p.session_id, p.seq) for p in (parse_line(x, KEYS) for x in batch)
-                 if isinstance(p, Checkpoint))
+    got = sorted(
+        (p.session_id, p.seq)
+        for p in (parse_line(x, KEYS) for x in batch)
+        if isinstance(p, Checkpoint)
+    )
     assert got == [("a", 3), ("b", 1)]
     c.close()
 
@@ -354,8 +449,9 @@ def test_the_checkpointer_flushes_in_the_background() -> None:
 
 
 def test_a_checkpoint_failure_never_raises_to_the_recorder() -> None:
-    c = Checkpointer(KEY, immediate=[MemorySink(fail=1)], batched=[MemorySink(fail=1)],
-                     interval_s=0)
+    c = Checkpointer(
+        KEY, immediate=[MemorySink(fail=1)], batched=[MemorySink(fail=1)], interval_s=0
+    )
     c.note(cp("a", 1))  # both sinks fail once: logged, not raised
     assert c.failures == 2 and c.pending() == 1
     assert c.flush() and c.pending() == 0

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from bqgate.errors import AccessDenied, InvalidQuery, InvalidRequest
 from bqgate.jobs import DONE, Job
 from bqgate.wire import bigquery as wire
 
-NESTED = [
+NESTED: list[dict[str, Any]] = [
     {"name": "id", "type": "INTEGER"},
     {"name": "tags", "type": "STRING", "mode": "REPEATED"},
     {
@@ -21,14 +23,17 @@ NESTED = [
 
 
 def test_rows_round_trip_nested() -> None:
-    rows = [["1", ["a", "b"], ["Paris", ["75001"]], "1704067200000000"], [None, [], None, None]]
+    rows: list[list[Any]] = [
+        ["1", ["a", "b"], ["Paris", ["75001"]], "1704067200000000"],
+        [None, [], None, None],
+    ]
     rest = wire.rows_to_rest(rows, NESTED)
     assert rest[0]["f"][2]["v"] == {"f": [{"v": "Paris"}, {"v": [{"v": "75001"}]}]}
     assert wire.rest_to_compact(rest, NESTED) == rows
 
 
 def test_timestamps_as_float_seconds_unless_int64_requested() -> None:
-    rows = [["1", [], None, "1704067200500000"]]
+    rows: list[list[Any]] = [["1", [], None, "1704067200500000"]]
     assert (
         wire.rows_to_rest(rows, NESTED, int64_timestamps=True)[0]["f"][3]["v"] == "1704067200500000"
     )
@@ -87,7 +92,8 @@ def test_malformed_bodies_are_invalid_requests(body: bytes) -> None:
         ),
     ],
 )
-def test_insert_body_errors_name_the_field(body: dict, needle: str) -> None:
+def test_insert_body_errors_name_the_field(body: dict[str, Any], needle: str) -> None:
+
     with pytest.raises(InvalidRequest) as err:
         wire.parse_insert(body)
     assert needle in err.value.message

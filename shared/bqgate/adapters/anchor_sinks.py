@@ -28,10 +28,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from bqgate.anchors import Checkpoint, encode_line
 from bqgate.chain import ChainKey
+from bqgate.ports import CheckpointSink
 
 log = logging.getLogger("bqgate.anchors")
 
@@ -44,14 +45,8 @@ __all__ = [
     "FolderSink",
     "GcsSink",
     "LogSink",
-    "Sink",
     "open_gcs_sink",
 ]
-
-
-class Sink(Protocol):
-    def write(self, lines: Sequence[str]) -> None:
-        """Append ``lines`` (JSON, no newlines) as one batch; raise if they were not kept."""
 
 
 def _batch_name(now_ms: int) -> str:
@@ -125,6 +120,7 @@ class GcsSink:
 
 def open_gcs_sink(project: str | None, bucket: str) -> GcsSink:
     """A :class:`GcsSink` with the caller's application default credentials (the CLI)."""
+    # google-cloud-storage ships no py.typed: mypy sees no storage in google.cloud.
     from google.cloud import storage  # type: ignore[attr-defined]
 
     return GcsSink(storage.Client(project=project), bucket)
@@ -173,8 +169,8 @@ class Checkpointer:
         self,
         key: ChainKey,
         *,
-        immediate: Sequence[Sink] = (),
-        batched: Sequence[Sink] = (),
+        immediate: Sequence[CheckpointSink] = (),
+        batched: Sequence[CheckpointSink] = (),
         interval_s: float = 1.0,
     ) -> None:
         self.key = key

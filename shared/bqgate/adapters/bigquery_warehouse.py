@@ -44,10 +44,6 @@ CALL_DEADLINE_S = 60.0
 JOB_TIMEOUT_S = 480.0
 
 
-def _error_of(exc: gexc.GoogleAPICallError) -> dict[str, str]:
-    return warehouse_error(exc).to_error_proto()
-
-
 class BigQueryWarehouse:
     def __init__(
         self,
@@ -201,7 +197,7 @@ class BigQueryWarehouse:
                     raise BqgateError(f"job {job_id} exists and is not a query job") from None
                 job = found
             except (gexc.BadRequest, gexc.Forbidden, gexc.NotFound) as exc:
-                return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
+                return QueryOutcome([], 0, None, None, None, error=warehouse_error(exc))
             resp = self._wait(job, job_id)
             if isinstance(resp, QueryOutcome):
                 return resp
@@ -214,7 +210,7 @@ class BigQueryWarehouse:
             # A finished job: its reason is clamped (a retryable one cannot be retried under
             # the same job id, so it is not transient either).
             err = from_warehouse(job.error_result.get("reason"), job.error_result.get("message"))
-            return QueryOutcome([], 0, None, None, None, error=err.to_error_proto())
+            return QueryOutcome([], 0, None, None, None, error=err)
         schema = (resp.get("schema") or {}).get("fields") or []
         dml = resp.get("numDmlAffectedRows")
         with self._lock:
@@ -257,9 +253,9 @@ class BigQueryWarehouse:
                     err = from_warehouse(
                         job.error_result.get("reason"), job.error_result.get("message")
                     )
-                    return QueryOutcome([], 0, None, None, None, error=err.to_error_proto())
+                    return QueryOutcome([], 0, None, None, None, error=err)
                 if isinstance(exc, (gexc.BadRequest, gexc.Forbidden, gexc.NotFound)):
-                    return QueryOutcome([], 0, None, None, None, error=_error_of(exc))
+                    return QueryOutcome([], 0, None, None, None, error=warehouse_error(exc))
                 raise
             if resp.get("jobComplete"):
                 return resp
@@ -275,7 +271,7 @@ class BigQueryWarehouse:
                     "timeout",
                     f"The query did not finish within {self.job_timeout_s:.0f} s and was cancelled",
                 )
-                return QueryOutcome([], 0, None, None, None, error=err.to_error_proto())
+                return QueryOutcome([], 0, None, None, None, error=err)
 
     def pages(
         self, job_id: str, *, page_size: int, max_rows: int | None

@@ -1,16 +1,12 @@
-"""A standard ``google.cloud.bigquery.Client`` pointed at the gateway, with ID tokens.
-
-Locally the credentials mint fresh dev tokens from the dev issuer (``POST /token``)
-shortly before each one expires; in the cloud they are Google ID-token credentials for
-the gateway's audience from Application Default Credentials. Either way the agent holds
-no static secret and no BigQuery rights.
+"""The agent side's Google pieces: a BigQuery client that never builds a Storage client,
+and ID-token credentials minted by the local dev issuer (``POST /token``) shortly before
+each one expires. :mod:`bqgate.client` finds the dev stack and puts them together.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from pathlib import Path
 from typing import Any
 
 import google.auth.credentials
@@ -19,14 +15,18 @@ import google.auth.transport
 from google.api_core.client_options import ClientOptions
 from google.cloud import bigquery
 
-from bqgate.adapters.oidc import _is_loopback
-from bqgate.dev import issuer as dev_issuer
+from bqgate.settings import DEV_AUDIENCE
 
-DEFAULT_LOCAL_PRINCIPAL = "agent@demo-project.iam.gserviceaccount.com"
 DEV_TOKEN_TTL = 3600
 _EXPIRY_MARGIN = datetime.timedelta(seconds=30)
 
-__all__ = ["BigQueryClient", "DevIdTokenCredentials", "gateway_client", "gateway_credentials"]
+__all__ = [
+    "BigQueryClient",
+    "DevIdTokenCredentials",
+    "IdTokenCredentials",
+    "adc_id_token_credentials",
+    "bigquery_client",
+]
 
 
 class BigQueryClient(bigquery.Client):
@@ -55,7 +55,7 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         principal: str,
         *,
         groups: tuple[str, ...] = (),
-        audience: str = dev_issuer.DEFAULT_AUDIENCE,
+        audience: str = DEV_AUDIENCE,
         ttl_seconds: int = DEV_TOKEN_TTL,
         timeout: float = 5.0,
         secret: str | None = None,
@@ -116,74 +116,23 @@ class DevIdTokenCredentials(google.auth.credentials.Credentials):
         self.expiry = now + datetime.timedelta(seconds=expires_in) - _EXPIRY_MARGIN
 
 
-def gateway_credentials(
-    url: str | None = None,
-    *,
-    principal: str | None = None,
-    audience: str = "bqgate",
-    dev_dir: Path | None = None,
-    endpoint: str = "gateway",
-) -> tuple[str, google.auth.credentials.Credentials]:
-    """The URL to call and refreshing ID-token credentials for it.
-
-    Local (a dev dir is given, a ``principal`` is given, ``url`` is omitted or on
-    loopback): the dev stack is found through ``endpoints.json`` (``url`` defaults to
-    its ``endpoint`` entry) and tokens for ``principal`` (default the demo agent) are
-    minted by the dev issuer. Otherwise: ID tokens for ``audience`` from ADC.
-
-    Raises:
-        DevStackNotFound: local use but no dev stack state.
-    """
-    local = dev_dir is not None or principal is not None or url is None or _is_loopback(url)
-    credentials: google.auth.credentials.Credentials
-    if local:
-        endpoints = dev_issuer.read_endpoints(dev_issuer.find_dev_dir(dev_dir))
-        url = url or endpoints.get(endpoint)
-        issuer_url = endpoints.get("oidc_issuer")
-        if not url or not issuer_url:
-            raise dev_issuer.DevStackNotFound(
-                f"endpoints.json lacks {endpoint!r} or 'oidc_issuer'; is the dev stack running?"
-            )
-        dev_dir = dev_issuer.find_dev_dir(dev_dir)
-        state = Path(endpoints.get("state_dir") or dev_dir)
-        try:
-            secret = dev_issuer.load_secret(state / dev_issuer.OIDC_SUBDIR)
-        except OSError:
-            secret = None  # the issuer will refuse, and the first call says so
-        credentials = DevIdTokenCredentials(
-            issuer_url, principal or DEFAULT_LOCAL_PRINCIPAL, audience=audience, secret=secret
-        )
-    else:
-        import google.auth.transport.requests
-        import google.oauth2.id_token
-
-        credentials = google.oauth2.id_token.fetch_id_token_credentials(
-            audience, request=google.auth.transport.requests.Request()
-        )
-    assert url is not None
-    return url, credentials
+#: Credentials whose token is an ID token for the gateway (dev issuer's or Google's).
+IdTokenCredentials = google.auth.credentials.Credentials
 
 
-def gateway_client(
-    url: str | None = None,
-    *,
-    project: str = "demo-project",
-    principal: str | None = None,
-    audience: str = "bqgate",
-    dev_dir: Path | None = None,
-) -> BigQueryClient:
-    """A BigQuery client whose every call goes through the gateway at ``url``.
+def adc_id_token_credentials(audience: str) -> IdTokenCredentials:
+    """Google ID-token credentials for ``audience`` from Application Default Credentials."""
+    import google.auth.transport.requests
+    import google.oauth2.id_token
 
-    Credentials and the URL as :func:`gateway_credentials` finds them.
-
-    Raises:
-        DevStackNotFound: local use but no dev stack state.
-    """
-    url, credentials = gateway_credentials(
-        url, principal=principal, audience=audience, dev_dir=dev_dir
+    credentials: IdTokenCredentials = google.oauth2.id_token.fetch_id_token_credentials(
+        audience, request=google.auth.transport.requests.Request()
     )
+    return credentials
+
+
+def bigquery_client(url: str, *, project: str, credentials: IdTokenCredentials) -> BigQueryClient:
+    """The standard client (never a Storage client) with every call sent to ``url``."""
     return BigQueryClient(
-        project=project,
-        credentials=credentials,
-        client_options=ClientOptions(api_endpoint=url),
+        project=project, credentials=credentials, client_options=ClientOptions(api_endpoint=url)
     )

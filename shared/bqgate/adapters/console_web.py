@@ -47,14 +47,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from bqgate import approvals as core
-from bqgate import audit
 from bqgate.anchors import AnchorIndex
+from bqgate.audit.chain import SessionHead, session_doc_id
 from bqgate.chain import Keyring
 from bqgate.console import PREFIX, STATIC, TEMPLATES, sql_html, views
 from bqgate.errors import AccessDenied, BqgateError, InvalidRequest, NotFound, Unauthenticated
-from bqgate.identity import Principal, TokenVerifier
+from bqgate.identity import Principal
 from bqgate.policy import Policy
-from bqgate.ports import DecisionHistory, SessionReader
+from bqgate.ports import DecisionHistory, SessionReader, TokenVerifier
 from bqgate.service.approvals import ApprovalService, group_body
 
 log = logging.getLogger("bqgate.console")
@@ -469,7 +469,7 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
                 since_ms = views.parse_when(since_text, now_ms())
             except ValueError as exc:
                 errors.append(f"Since: {exc}")
-        heads: list[audit.SessionHead] = []
+        heads: list[SessionHead] = []
         if errors:
             pass
         elif label:  # the client's session label: one session per principal that used it
@@ -594,7 +594,7 @@ def _filters(app: flask.Flask) -> None:
     env.filters["left"] = views.describe_left
     env.filters["via"] = views.via_name
     env.filters["short"] = lambda text, n=12: str(text)[:n]
-    env.filters["session_doc"] = audit.session_doc_id
+    env.filters["session_doc"] = session_doc_id
     env.filters["breakable"] = _breakable
     env.globals["poll_ms"] = POLL_MS
     env.trim_blocks = True

@@ -11,6 +11,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
+
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
 from google.cloud import bigquery, pubsub_v1  # type: ignore[attr-defined]
 
 

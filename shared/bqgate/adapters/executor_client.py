@@ -19,10 +19,8 @@ paths deliver still runs once.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +28,7 @@ import requests
 
 from bqgate.ports import Queue
 from bqgate.service.dispatch import DIRECT_HEADER, ExecutorAnswer
+from bqgate.wire import envelopes
 
 #: The header both ends of the direct call hand the job's session head in.
 HEAD_HEADER = "X-Bqgate-Session-Head"
@@ -75,23 +74,6 @@ def serve_direct(
 log = logging.getLogger("bqgate.ingress")
 
 
-def cloud_event(job_id: str) -> tuple[dict[str, str], bytes]:
-    """Headers and body of a binary-mode CloudEvent like a Pub/Sub push delivery."""
-    event_id = uuid.uuid4().hex
-    data = base64.b64encode(json.dumps({"job_id": job_id}).encode()).decode()
-    headers = {
-        "ce-id": event_id,
-        "ce-specversion": "1.0",
-        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-        "ce-source": "//bqgate/ingress/direct",
-        "Content-Type": "application/json",
-    }
-    body = json.dumps(
-        {"message": {"data": data, "messageId": event_id}, "subscription": "direct"}
-    ).encode()
-    return headers, body
-
-
 def google_id_token(audience: str) -> Callable[[], str | None]:
     """ID tokens for ``audience`` from the runtime's service account (cached by google-auth)."""
     import google.auth.transport.requests
@@ -128,7 +110,7 @@ class DirectExecutor:
     def __call__(self, job_id: str) -> ExecutorAnswer | None:
         """Hand ``job_id`` to the executor and return its answer (None: it went to the
         topic instead); raises only if neither path took it."""
-        headers, body = cloud_event(job_id)
+        headers, body = envelopes.direct_call(job_id)
         headers[DIRECT_HEADER] = "1"
         hint = self.hints.outgoing(job_id) if self.hints is not None else None
         if hint:
@@ -153,7 +135,7 @@ class DirectExecutor:
                 job_id,
                 type(exc).__name__,
             )
-        self.queue.publish(self.topic, {"job_id": job_id})
+        self.queue.publish(self.topic, envelopes.job_message(job_id))
         return None
 
 

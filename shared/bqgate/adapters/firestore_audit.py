@@ -4,7 +4,7 @@ Layout (both collection groups carry an ``expire_at`` timestamp for Firestore TT
 
     sessions/{session}                 head: principals, issuer, label, started/last times,
                                        last_seq, last_mac, counts, expire_at
-    sessions/{session}/events/{seq:08d}  one event (bqgate.audit.Event.to_doc) + expire_at
+    sessions/{session}/events/{seq:08d}  one event (bqgate.audit.chain.Event.to_doc) + expire_at
 
 An append is an optimistic transaction on the head: it reads the head, then commits
 the next event and the new head in one atomic write that holds only if the event's
@@ -47,9 +47,10 @@ from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from bqgate import audit
 from bqgate.adapters.google_errors import outage_as_unavailable, retry, unavailable
 from bqgate.anchors import Checkpoint
+from bqgate.audit.chain import Event, SessionHead, seal, session_doc_id, to_plain
+from bqgate.audit.record import EventKind, event_data
 from bqgate.chain import ChainKey
 from bqgate.jobs import Job
 
@@ -121,7 +122,7 @@ class Append:
 class HeadState:
     """A session head and the update time a commit is conditioned on (None: no head yet)."""
 
-    head: audit.SessionHead
+    head: SessionHead
     update_time: Any
 
 
@@ -130,8 +131,8 @@ class Staged:
     """An append added to a batch, not yet committed."""
 
     append: Append
-    sealed: list[audit.Event]
-    head: audit.SessionHead
+    sealed: list[Event]
+    head: SessionHead
 
 
 def timestamp(ms: int) -> dt.datetime:
@@ -182,11 +183,11 @@ class FirestoreRecorder:
 
     # --- writing -----------------------------------------------------------------
 
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         """Append one event about ``job`` to its session. Raises if it cannot be stored."""
         self.record_many(job, [(kind, data)])
 
-    def record_many(self, job: Job, items: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def record_many(self, job: Job, items: Sequence[tuple[EventKind, Mapping[str, Any]]]) -> None:
         """Append several events about ``job``, in order, in one atomic commit."""
         self.append_prepared(self.prepare(job, items))
 
@@ -195,7 +196,7 @@ class FirestoreRecorder:
         """The session events about ``job`` go to."""
         return job.session_id or f"job-{job.job_id}"
 
-    def prepare(self, job: Job, items: Sequence[tuple[str, Mapping[str, Any]]]) -> Append:
+    def prepare(self, job: Job, items: Sequence[tuple[EventKind, Mapping[str, Any]]]) -> Append:
         """The events about ``job`` as they will be recorded, ready to :meth:`stage` into a
         commit (a job store commits them with the job's own write)."""
         return Append(
@@ -203,7 +204,7 @@ class FirestoreRecorder:
             items=[
                 (
                     kind,
-                    audit.to_plain(audit.event_data(job, kind, data, record_rows=self.record_rows)),
+                    to_plain(event_data(job, kind, data, record_rows=self.record_rows)),
                 )
                 for kind, data in items
             ],
@@ -213,53 +214,10 @@ class FirestoreRecorder:
             label=str(job.labels.get("session_id") or ""),
         )
 
-    def append(
-        self,
-        session_id: str,
-        *,
-        kind: str,
-        job_id: str,
-        principal: str,
-        issuer: str,
-        data: Mapping[str, Any],
-        label: str = "",
-    ) -> audit.Event:
-        """Append an event to ``session_id`` in a transaction; return the stored event."""
-        return self.append_many(
-            session_id,
-            [(kind, data)],
-            job_id=job_id,
-            principal=principal,
-            issuer=issuer,
-            label=label,
-        )[-1]
-
-    def append_many(
-        self,
-        session_id: str,
-        items: Sequence[tuple[str, Mapping[str, Any]]],
-        *,
-        job_id: str,
-        principal: str,
-        issuer: str,
-        label: str = "",
-    ) -> list[audit.Event]:
-        """Append events to ``session_id`` in one atomic commit; return the stored events."""
-        return self.append_prepared(
-            Append(
-                session_id=session_id,
-                items=[(kind, audit.to_plain(data)) for kind, data in items],
-                job_id=job_id,
-                principal=principal,
-                issuer=issuer,
-                label=label,
-            )
-        )
-
-    def append_prepared(self, append: Append) -> list[audit.Event]:
+    def append_prepared(self, append: Append) -> list[Event]:
         """Commit ``append`` on its own (read the head, then one conditional commit)."""
 
-        def attempt() -> list[audit.Event]:
+        def attempt() -> list[Event]:
             head = self.read_head(append.session_id)
             batch = self.client.batch()
             staged = self.stage(batch, append, head)
@@ -285,7 +243,7 @@ class FirestoreRecorder:
 
     def head_ref(self, session_id: str) -> Any:
         """The head document of ``session_id``."""
-        return self.sessions.document(audit.session_doc_id(session_id))
+        return self.sessions.document(session_doc_id(session_id))
 
     def lock(self, session_id: str) -> threading.Lock:
         """The in-process lock appends to ``session_id`` take turns on."""
@@ -299,14 +257,14 @@ class FirestoreRecorder:
         return self.head_state(session_id, snap)
 
     @staticmethod
-    def empty_head(session_id: str) -> audit.SessionHead:
-        return audit.SessionHead(session_id)
+    def empty_head(session_id: str) -> SessionHead:
+        return SessionHead(session_id)
 
     def head_state(self, session_id: str, snap: Any) -> HeadState:
         """A read head snapshot as the state a commit is conditioned on."""
         if not snap.exists:
             return HeadState(self.empty_head(session_id), None)
-        return HeadState(audit.SessionHead.from_doc(snap.to_dict() or {}), snap.update_time)
+        return HeadState(SessionHead.from_doc(snap.to_dict() or {}), snap.update_time)
 
     def known_head(self, session_id: str) -> HeadState | None:
         """The head as this process last committed it, or was handed it (:meth:`learn`),
@@ -352,7 +310,7 @@ class FirestoreRecorder:
             doc = json.loads(base64.urlsafe_b64decode(hint.encode("ascii")))
             session_id, head, stamp = str(doc["s"]), doc["h"], str(doc["t"])
             state = HeadState(
-                audit.SessionHead.from_doc(head), DatetimeWithNanoseconds.from_rfc3339(stamp)
+                SessionHead.from_doc(head), DatetimeWithNanoseconds.from_rfc3339(stamp)
             )
         except (KeyError, TypeError, ValueError, UnicodeError, binascii.Error):
             return
@@ -370,10 +328,10 @@ class FirestoreRecorder:
         events = head_ref.collection(EVENTS)
         # Keep times non-decreasing along the chain even if writers' clocks differ.
         at_ms = max(int(self.clock() * 1000), head.head.last_ms)
-        sealed: list[audit.Event] = []
+        sealed: list[Event] = []
         new_head = head.head
         for kind, plain in append.items:
-            event = audit.seal(
+            event = seal(
                 session_id=append.session_id,
                 seq=new_head.last_seq + 1,
                 kind=kind,
@@ -414,7 +372,7 @@ class FirestoreRecorder:
                 staged.sealed[-1], principal=a.principal, issuer=a.issuer, label=a.label
             )
 
-    def _checkpoint(self, last: audit.Event, *, principal: str, issuer: str, label: str) -> None:
+    def _checkpoint(self, last: Event, *, principal: str, issuer: str, label: str) -> None:
         if self.checkpoint is None:
             return
         try:
@@ -435,34 +393,34 @@ class FirestoreRecorder:
 
     # --- reading -----------------------------------------------------------------
 
-    def head(self, session_id: str) -> audit.SessionHead | None:
+    def head(self, session_id: str) -> SessionHead | None:
         """The session's head document, or ``None`` if there is no such session."""
-        snap = self.sessions.document(audit.session_doc_id(session_id)).get(
+        snap = self.sessions.document(session_doc_id(session_id)).get(
             retry=retry(self.rpc_timeout_s), timeout=self.rpc_timeout_s
         )
-        return audit.SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
+        return SessionHead.from_doc(snap.to_dict() or {}) if snap.exists else None
 
-    def events(self, session_id: str) -> list[audit.Event]:
+    def events(self, session_id: str) -> list[Event]:
         """Every stored event of the session, in chain order (malformed ones included)."""
-        ref = self.sessions.document(audit.session_doc_id(session_id)).collection(EVENTS)
+        ref = self.sessions.document(session_doc_id(session_id)).collection(EVENTS)
         stored = [
             (snap.id, snap.to_dict() or {})
             for snap in ref.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
         ]
-        events = [audit.Event.from_doc(doc_id, doc) for doc_id, doc in stored]
+        events = [Event.from_doc(doc_id, doc) for doc_id, doc in stored]
         return sorted(events, key=lambda e: e.event_id)
 
-    def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]:
+    def by_label(self, label: str, limit: int = 20) -> list[SessionHead]:
         """Sessions grouping the client label ``label`` (one per principal that used it)."""
         query = self.sessions.where(filter=FieldFilter("label", "==", label)).limit(limit)
         return [
-            audit.SessionHead.from_doc(s.to_dict() or {})
+            SessionHead.from_doc(s.to_dict() or {})
             for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
         ]
 
     def list_sessions(
         self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
-    ) -> list[audit.SessionHead]:
+    ) -> list[SessionHead]:
         """Sessions with activity since ``since_ms`` (of ``principal``), latest first.
 
         Uses single-field indexes only (no composite index to deploy): the principal
@@ -474,7 +432,7 @@ class FirestoreRecorder:
         elif since_ms is not None:
             query = query.where(filter=FieldFilter("last_ms", ">=", since_ms))
         heads = [
-            audit.SessionHead.from_doc(s.to_dict() or {})
+            SessionHead.from_doc(s.to_dict() or {})
             for s in query.stream(retry=retry(READ_DEADLINE_S), timeout=READ_DEADLINE_S)
         ]
         if since_ms is not None:

@@ -45,9 +45,10 @@ from bqgate.adapters.firestore_audit import FirestoreRecorder, HeadState, Staged
 from bqgate.adapters.google_errors import outage_as_unavailable, retry
 from bqgate.approvals import holds_quota_slot
 from bqgate.errors import Duplicate, NotFound, Unavailable
-from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job
+from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job, Transition, changed_fields
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import (
+    Change,
     DecisionQuery,
     Dispatches,
     OpenRequestQuota,
@@ -358,40 +359,40 @@ class FirestoreJobStore:
     def transition(
         self,
         job_id: str,
-        change: Callable[[Job], dict[str, Any] | None],
+        change: Change,
         *,
         dispatch: Dispatches | None = None,
         quota: OpenRequestQuota | None = None,
         record: Recording | None = None,
         pages: Sequence[Page] = (),
         complete: Sequence[str] = (),
-    ) -> Job:
+    ) -> Transition:
         if not is_job_id(job_id):
             raise NotFound(f"Not found: Job {job_id[:100]}")
         journal = self._journal(record)
         staged_record = record if journal is not None else None
         if quota is not None:
-            job, written = self._counted_transition(
+            done = self._counted_transition(
                 job_id, change, dispatch, quota, staged_record, journal, pages, complete
             )
         else:
-            job, written = self._transition(
+            done = self._transition(
                 job_id, change, dispatch, staged_record, journal, pages, complete
             )
-        if written and record is not None and journal is None:
-            record.write(job)  # another kind of journal: right after the write
-        return job
+        if done.changed and record is not None and journal is None:
+            record.write(done.after)  # another kind of journal: right after the write
+        return done
 
     def _transition(
         self,
         job_id: str,
-        change: Callable[[Job], dict[str, Any] | None],
+        change: Change,
         dispatch: Dispatches | None,
         record: Recording | None,
         journal: FirestoreRecorder | None,
         pages: Sequence[Page],
         complete: Sequence[str],
-    ) -> tuple[Job, bool]:
+    ) -> Transition:
         """One optimistic compare-and-set of the job (and of its session's head when
         events are recorded). The first attempt starts from what this process last read
         or wrote, when it knows: a stale start fails its commit and the next attempt
@@ -421,12 +422,13 @@ class FirestoreJobStore:
                 if known is None:
                     raise NotFound(f"Not found: Job {job_id}")
                 job = Job.from_doc(copy.deepcopy(known.doc))
-                fields = change(job)
+                after = change(job)
+                fields = {} if after is None else changed_fields(job, after)
                 if not fields:
                     if remembered:
                         trust = False  # confirm against the stored job
                         continue
-                    return job, False
+                    return Transition.unchanged(job)
                 doc = {**known.doc, **fields}
                 new = Job.from_doc(copy.deepcopy(doc))
                 batch = _Batch(self.client.batch())
@@ -469,7 +471,7 @@ class FirestoreJobStore:
                 self._remember(job_id, results[0].update_time, doc, True)
                 if staged is not None and journal is not None:
                     journal.committed(staged, batch.head_time(results))
-                return new, True
+                return Transition(job, new, True)
 
     def _read_with_head(
         self, job_id: str, journal: FirestoreRecorder, session: str
@@ -494,14 +496,14 @@ class FirestoreJobStore:
     def _counted_transition(
         self,
         job_id: str,
-        change: Callable[[Job], dict[str, Any] | None],
+        change: Change,
         dispatch: Dispatches | None,
         quota: OpenRequestQuota,
         record: Recording | None,
         journal: FirestoreRecorder | None,
         pages: Sequence[Page],
         complete: Sequence[str],
-    ) -> tuple[Job, bool]:
+    ) -> Transition:
         """A transition that counts the job against ``quota`` if it then holds a slot:
         optimistic on the job (its update_time), the principal's counter and the
         session's head."""
@@ -521,9 +523,10 @@ class FirestoreJobStore:
             if known is None:
                 raise NotFound(f"Not found: Job {job_id}")
             job = Job.from_doc(copy.deepcopy(known.doc))
-            fields = change(job)
+            after = change(job)
+            fields = {} if after is None else changed_fields(job, after)
             if not fields:
-                result["job"], result["written"] = job, False
+                result["done"] = Transition.unchanged(job)
                 return
             doc = {**known.doc, **fields}
             new = Job.from_doc(copy.deepcopy(doc))
@@ -554,13 +557,13 @@ class FirestoreJobStore:
             self._remember(job_id, results[0].update_time if results else None, doc, True)
             if staged and journal is not None:
                 journal.committed(staged[0], result["batch"].head_time(results))
-            result["job"], result["written"] = new, True
+            result["done"] = Transition(job, new, True)
 
         lock = journal.lock(session) if journal and session else contextlib.nullcontext()
         with lock:
             self._retry(attempt, lambda exc: None)
-        job: Job = result["job"]
-        return job, bool(result["written"])
+        done: Transition = result["done"]
+        return done
 
     def _counted_commit(
         self, quota: OpenRequestQuota, job_id: str, write: Callable[[Any], None]

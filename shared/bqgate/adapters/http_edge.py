@@ -1,4 +1,4 @@
-"""The HTTP edge of the ingress and approvals functions (Flask under functions-framework).
+"""The Flask side of the HTTP edge every HTTP function answers through (functions-framework).
 
 * Limits before anything is parsed: URL length, header size and count, body size
   (:mod:`bqgate.service.http`); over a limit the answer is a BigQuery-shaped 413/414/431.
@@ -25,8 +25,8 @@ from bqgate.errors import BqgateError, InvalidRequest, TooLarge
 from bqgate.service.http import (
     MAX_BODY_BYTES,
     Response,
+    answered,
     check_request_limits,
-    error_response,
     internal_error,
 )
 from bqgate.wire.bigquery import dumps
@@ -79,18 +79,18 @@ def json_response(resp: Response) -> flask.Response:
     return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")
 
 
-def serve(request: flask.Request, handle: Handler) -> flask.Response:
-    """Check the limits, read the body, call ``handle`` and encode its answer as JSON."""
-    try:
+def serve(request: flask.Request, handle: Handler, *, service: str = "gateway") -> flask.Response:
+    """Check the limits, read the body, call ``handle`` and encode its answer as JSON (an
+    error on the way is answered as :func:`bqgate.service.http.answered` maps it)."""
+
+    def call() -> Response:
         check_request_limits(_url_bytes(request), list(request.headers.items()))
         body = read_body(request)
         params = request.args.to_dict()
-    except BqgateError as err:
-        return json_response(error_response(err))
-    except Exception:
-        return json_response(internal_error("gateway", request.method, request.path))
-    headers = cast(Mapping[str, str], request.headers)
-    return json_response(handle(request.method, request.path, params, headers, body))
+        headers = cast(Mapping[str, str], request.headers)
+        return handle(request.method, request.path, params, headers, body)
+
+    return json_response(answered(service, request.method, request.path, call))
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:

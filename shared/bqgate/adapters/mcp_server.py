@@ -30,7 +30,9 @@ from starlette.types import Receive, Scope, Send
 
 from bqgate import __version__
 from bqgate.errors import BqgateError, Unauthenticated
-from bqgate.identity import Principal, TokenVerifier, bearer_token
+from bqgate.identity import Principal, bearer_token
+from bqgate.ports import TokenVerifier
+from bqgate.service.http import health_check, internal_error_body
 from bqgate.service.mcp import TOOLS, McpTools, ToolResult, ToolSpec
 
 log = logging.getLogger("bqgate.mcp")
@@ -79,15 +81,9 @@ def _unexpected(name: str) -> ToolResult:
     incident = uuid.uuid4().hex[:12]
     log.exception("unhandled error (incident %s) in MCP tool %s", incident, name[:64])
     message = f"The gateway failed to handle the request (incident {incident})."
-    body = {
-        "error": {
-            "code": 500,
-            "status": "INTERNAL",
-            "message": message,
-            "errors": [{"reason": "gatewayError", "message": message}],
-        }
-    }
-    return ToolResult(body, is_error=True, summary=f"gatewayError: {message}")
+    return ToolResult(
+        internal_error_body(message), is_error=True, summary=f"gatewayError: {message}"
+    )
 
 
 def build_server(tools: Callable[[], McpTools]) -> Server[Any]:
@@ -161,8 +157,9 @@ class McpHttpApp:
         headers = {
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []
         }
-        if path in ("/", "/healthz") and method in ("GET", "HEAD"):
-            await _json(send, 200, {"status": "ok", "service": "bqgate-mcp", "endpoint": MCP_PATH})
+        health = health_check("mcp", "GET" if method == "HEAD" else method, path)
+        if health is not None:
+            await _json(send, health.status, {**health.body, "endpoint": MCP_PATH})
             return
         if path.rstrip("/") != MCP_PATH:
             await _json(

@@ -9,14 +9,13 @@ JWKS endpoint fails the request closed with :class:`~bqgate.errors.Unavailable`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
@@ -27,12 +26,12 @@ from bqgate.identity import (
     DEV_ISSUER,
     MAX_TOKEN_CHARS,
     GroupsFor,
-    IssuerConfig,
-    IssuerSettings,
     Principal,
+    is_loopback,
     principal_from_claims,
     safe_repr,
 )
+from bqgate.policy import Issuer, Policy
 
 DEFAULT_MAX_AGE = 300.0
 MAX_MAX_AGE = 24 * 3600.0
@@ -46,23 +45,6 @@ DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 _RSA_ALGS = ("RS256", "RS384", "RS512")
 _EC_ALGS = {"P-256": "ES256", "P-384": "ES384"}
 _MIN_RSA_BITS = 2048
-
-
-class _IdentityPolicy(Protocol):
-    """What :meth:`OidcVerifier.from_policy` reads from ``bqgate.policy.Policy``."""
-
-    @property
-    def identity(self) -> _IdentitySettings: ...
-
-    def groups_for(self, principal: str, claimed: Iterable[str] = ()) -> frozenset[str]: ...
-
-
-class _IdentitySettings(Protocol):
-    @property
-    def issuers(self) -> tuple[IssuerConfig, ...]: ...
-
-    @property
-    def clock_skew_seconds(self) -> int: ...
 
 
 def _claimed_only(principal: str, claimed: Iterable[str]) -> frozenset[str]:
@@ -95,21 +77,11 @@ def parse_max_age(cache_control: str | None) -> float:
     return min(max(seconds, MIN_MAX_AGE), MAX_MAX_AGE)
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_url(url: str, what: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and _is_loopback(url):
+    if parts.scheme == "http" and is_loopback(url):
         return
     raise ValueError(f"{what} must be an https URL (http only on loopback): {url!r}")
 
@@ -278,12 +250,12 @@ class _IssuerKeys:
 
 
 def resolve_issuers(
-    issuers: Iterable[IssuerConfig], *, dev_issuer_url: str | None, dev_mode: bool
-) -> tuple[IssuerSettings, ...]:
+    issuers: Iterable[Issuer], *, dev_issuer_url: str | None, dev_mode: bool
+) -> tuple[Issuer, ...]:
     """The issuers to trust at runtime: the dev issuer only in dev mode, with its real URL.
 
-    >>> dev = IssuerSettings("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
-    >>> google = IssuerSettings("https://accounts.google.com", ("bqgate",),
+    >>> dev = Issuer("dev", ("bqgate",), "dev", groups_claim="groups", dev_only=True)
+    >>> google = Issuer("https://accounts.google.com", ("bqgate",),
     ...                         "https://www.googleapis.com/oauth2/v3/certs")
     >>> [i.issuer for i in resolve_issuers([google, dev], dev_issuer_url=None, dev_mode=False)]
     ['https://accounts.google.com']
@@ -291,7 +263,7 @@ def resolve_issuers(
     ...     [dev], dev_issuer_url="http://127.0.0.1:8095/", dev_mode=True)]
     [('http://127.0.0.1:8095', 'http://127.0.0.1:8095/jwks')]
     """
-    resolved: list[IssuerSettings] = []
+    resolved: list[Issuer] = []
     for cfg in issuers:
         issuer, jwks_uri = cfg.issuer, cfg.jwks_uri
         if cfg.dev_only:
@@ -311,7 +283,7 @@ def resolve_issuers(
         if any(r.issuer == issuer for r in resolved):
             raise ValueError(f"issuer {issuer} is configured twice")
         resolved.append(
-            IssuerSettings(
+            Issuer(
                 issuer=issuer,
                 audiences=tuple(cfg.audiences),
                 jwks_uri=jwks_uri,
@@ -340,7 +312,7 @@ class OidcVerifier:
 
     def __init__(
         self,
-        issuers: Iterable[IssuerConfig],
+        issuers: Iterable[Issuer],
         *,
         clock_skew_seconds: int = 60,
         groups_for: GroupsFor | None = None,
@@ -366,7 +338,7 @@ class OidcVerifier:
     @classmethod
     def from_policy(
         cls,
-        policy: _IdentityPolicy,
+        policy: Policy,
         *,
         dev_mode: bool,
         dev_issuer_url: str | None,
@@ -421,7 +393,7 @@ class OidcVerifier:
         self._check_times(claims)
         return principal_from_claims(claims, cfg, self._groups_for)
 
-    def _decode(self, token: str, key: _Key, cfg: IssuerSettings) -> dict[str, Any]:
+    def _decode(self, token: str, key: _Key, cfg: Issuer) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -7,13 +7,14 @@ ack was merely late may still be delivered: the executor is idempotent, so that 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+# google-cloud-pubsub ships no py.typed: mypy sees no pubsub_v1 in google.cloud.
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from bqgate.adapters.google_errors import outage_as_unavailable, retry
+from bqgate.wire.envelopes import message_data
 
 #: Seconds a publish may take, retries included.
 PUBLISH_TIMEOUT_S = 5.0
@@ -39,7 +40,7 @@ class PubSubQueue:
 
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:
         path = self.publisher.topic_path(self.project, topic)
-        data = json.dumps(dict(message), separators=(",", ":")).encode()
+        data = message_data(message)
         # Wait for the server's ack: a job must not be reported as queued before it is.
         with outage_as_unavailable("Pub/Sub"):
             future = self.publisher.publish(path, data, retry=self.retry, timeout=self.timeout_s)

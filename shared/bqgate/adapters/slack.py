@@ -48,14 +48,26 @@ class SlackNotifier:
             error = exc.response.get("error") if exc.response is not None else None
             raise Rejected(f"Slack {what} failed: {error or exc}") from None
 
-    def post_request(self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]],
-                     metadata: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    def post_request(
+        self,
+        channel: str,
+        text: str,
+        blocks: Sequence[Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str]:
         kwargs: dict[str, Any] = {}
         if metadata is not None:
             kwargs["metadata"] = dict(metadata)
-        resp = self._call("chat.postMessage", self.client.chat_postMessage, channel=channel,
-                          text=text, blocks=list(blocks), unfurl_links=False, unfurl_media=False,
-                          **kwargs)
+        resp = self._call(
+            "chat.postMessage",
+            self.client.chat_postMessage,
+            channel=channel,
+            text=text,
+            blocks=list(blocks),
+            unfurl_links=False,
+            unfurl_media=False,
+            **kwargs,
+        )
         self._channel_ids.setdefault(channel, str(resp["channel"]))
         return str(resp["channel"]), str(resp["ts"])
 
@@ -68,9 +80,14 @@ class SlackNotifier:
         name = channel.lstrip("#")
         cursor = None
         for _ in range(HISTORY_PAGES * 4):
-            resp = self._call("conversations.list", self.client.conversations_list,
-                              types="public_channel,private_channel", exclude_archived=True,
-                              limit=HISTORY_PAGE, cursor=cursor)
+            resp = self._call(
+                "conversations.list",
+                self.client.conversations_list,
+                types="public_channel,private_channel",
+                exclude_archived=True,
+                limit=HISTORY_PAGE,
+                cursor=cursor,
+            )
             for conv in resp.get("channels") or []:
                 if conv.get("name") == name:
                     self._channel_ids[channel] = str(conv["id"])
@@ -80,17 +97,24 @@ class SlackNotifier:
                 break
         raise Rejected(f"Slack conversations.list failed: no channel named {channel}")
 
-    def find_messages(self, channel: str, event_type: str, key: str, value: str,
-                      oldest_ms: int) -> list[tuple[str, str]]:
+    def find_messages(
+        self, channel: str, event_type: str, key: str, value: str, oldest_ms: int
+    ) -> list[tuple[str, str]]:
         """Messages tagged with our metadata, from conversations.history (newest first,
         paged), oldest first."""
         cid = self.channel_id(channel)
         found: list[tuple[str, str]] = []
         cursor = None
         for _ in range(HISTORY_PAGES):
-            resp = self._call("conversations.history", self.client.conversations_history,
-                              channel=cid, oldest=f"{max(oldest_ms, 0) / 1000:.6f}",
-                              limit=HISTORY_PAGE, include_all_metadata=True, cursor=cursor)
+            resp = self._call(
+                "conversations.history",
+                self.client.conversations_history,
+                channel=cid,
+                oldest=f"{max(oldest_ms, 0) / 1000:.6f}",
+                limit=HISTORY_PAGE,
+                include_all_metadata=True,
+                cursor=cursor,
+            )
             for msg in resp.get("messages") or []:
                 meta = msg.get("metadata") or {}
                 payload = meta.get("event_payload") or {}
@@ -104,14 +128,26 @@ class SlackNotifier:
     def delete_message(self, channel: str, ts: str) -> None:
         self._call("chat.delete", self.client.chat_delete, channel=channel, ts=ts)
 
-    def update_message(self, channel: str, ts: str, text: str,
-                       blocks: Sequence[Mapping[str, Any]]) -> None:
-        self._call("chat.update", self.client.chat_update, channel=channel, ts=ts, text=text,
-                   blocks=list(blocks))
+    def update_message(
+        self, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]
+    ) -> None:
+        self._call(
+            "chat.update",
+            self.client.chat_update,
+            channel=channel,
+            ts=ts,
+            text=text,
+            blocks=list(blocks),
+        )
 
     def post_ephemeral(self, channel: str, user: str, text: str) -> None:
-        self._call("chat.postEphemeral", self.client.chat_postEphemeral, channel=channel,
-                   user=user, text=text)
+        self._call(
+            "chat.postEphemeral",
+            self.client.chat_postEphemeral,
+            channel=channel,
+            user=user,
+            text=text,
+        )
 
     def user_email(self, user_id: str) -> str | None:
         resp = self._call("users.info", self.client.users_info, user=user_id)

@@ -30,22 +30,33 @@ TIMEOUT_S = 30
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--principal", default=DEFAULT_PRINCIPAL,
-                        help=f"approver to mint a dev token for (default {DEFAULT_PRINCIPAL})")
-    parser.add_argument("--token", default=None,
-                        help="an ID token to use instead (default: $BQGATE_APPROVER_TOKEN, "
-                             "else a dev token)")
-    parser.add_argument("--url", default=None,
-                        help="approvals function URL (default: the dev stack's)")
-    parser.add_argument("--dev-dir", type=Path, default=None,
-                        help="dev state folder (default .bqgate-dev)")
+    parser.add_argument(
+        "--principal",
+        default=DEFAULT_PRINCIPAL,
+        help=f"approver to mint a dev token for (default {DEFAULT_PRINCIPAL})",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="an ID token to use instead (default: $BQGATE_APPROVER_TOKEN, else a dev token)",
+    )
+    parser.add_argument(
+        "--url", default=None, help="approvals function URL (default: the dev stack's)"
+    )
+    parser.add_argument(
+        "--dev-dir", type=Path, default=None, help="dev state folder (default .bqgate-dev)"
+    )
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
 
 def register(sub: Any) -> None:
     """Add the ``approvals``, ``approve`` and ``deny`` subcommands."""
-    p = sub.add_parser("approvals", help="list approval requests you may decide",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "approvals",
+        help="list approval requests you may decide",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     inner = p.add_subparsers(dest="approvals_command", metavar="ACTION")
     listing = inner.add_parser("list", help="pending requests you may approve, newest first")
     listing.add_argument("--limit", type=int, default=50, help="requests per page (1-200)")
@@ -53,8 +64,10 @@ def register(sub: Any) -> None:
     listing.add_argument("--all", action="store_true", help="every page, not just one")
     _common(listing)
     listing.set_defaults(func=run_list)
-    group_help = ("also decide the requester's other pending requests of the same statement "
-                  "(its group, shown by `bqgate approvals list`)")
+    group_help = (
+        "also decide the requester's other pending requests of the same statement "
+        "(its group, shown by `bqgate approvals list`)"
+    )
     approve = sub.add_parser("approve", help="approve a pending request")
     approve.add_argument("job_id")
     approve.add_argument("--group", action="store_true", help=group_help)
@@ -88,8 +101,9 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
             issuer_url = endpoints.get("oidc_issuer")
             if not issuer_url:
                 raise CommandError(f"{dev_dir / issuer.ENDPOINTS_FILE} has no oidc_issuer")
-            token = issuer.mint_token(args.principal, [], 900, issuer_url=issuer_url,
-                                      key_dir=dev_dir / issuer.OIDC_SUBDIR)
+            token = issuer.mint_token(
+                args.principal, [], 900, issuer_url=issuer_url, key_dir=dev_dir / issuer.OIDC_SUBDIR
+            )
     except issuer.DevStackNotFound as exc:
         raise CommandError(f"{exc} (or pass --url and --token)") from None
     except FileNotFoundError:
@@ -99,11 +113,22 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
-def _call(method: str, url: str, token: str, body: dict[str, Any] | None = None,
-          params: dict[str, Any] | None = None) -> Any:
+def _call(
+    method: str,
+    url: str,
+    token: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
     try:
-        resp = requests.request(method, url, json=body, timeout=TIMEOUT_S, params=params,
-                                headers={"Authorization": f"Bearer {token}"})
+        resp = requests.request(
+            method,
+            url,
+            json=body,
+            timeout=TIMEOUT_S,
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     except requests.RequestException as exc:
         raise CommandError(f"cannot reach the approvals service at {url}: {exc}") from None
     try:
@@ -150,16 +175,20 @@ def run_list(args: argparse.Namespace) -> int:
 
 def print_item(item: dict[str, Any]) -> None:
     sql = " ".join(str(item.get("sql", "")).split())
-    print(f"{item['job_id']}  {item['owner']}  {len(item.get('approvals') or [])}/"
-          f"{item.get('required', 1)} approvals")
+    print(
+        f"{item['job_id']}  {item['owner']}  {len(item.get('approvals') or [])}/"
+        f"{item.get('required', 1)} approvals"
+    )
     print(f"    tables: {', '.join(item.get('tables') or []) or '-'}")
     print(f"    why:    {'; '.join(item.get('reasons') or []) or '-'}")
     print(f"    sql:    {sql[:200]}{'...' if len(sql) > 200 else ''}")
     group = item.get("group") or {}
     others = [j for j in group.get("job_ids") or [] if j != item["job_id"]]
     if others:
-        print(f"    group:  {len(others)} more pending request(s) of this statement by this "
-              f"requester (decide them all with --group): {', '.join(others)}")
+        print(
+            f"    group:  {len(others)} more pending request(s) of this statement by this "
+            f"requester (decide them all with --group): {', '.join(others)}"
+        )
 
 
 def run_decide(args: argparse.Namespace) -> int:

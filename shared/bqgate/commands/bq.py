@@ -75,9 +75,9 @@ def find_bq() -> tuple[str, str]:
 def _token(args: argparse.Namespace) -> tuple[str, str]:
     """(gateway URL, token)."""
     if args.gateway and not args.principal and not args.dev_dir:
-        from bqgate.adapters.oidc import _is_loopback
+        from bqgate.identity import is_loopback
 
-        if not _is_loopback(args.gateway):
+        if not is_loopback(args.gateway):
             from bqgate.adapters.executor_client import google_id_token
 
             token = google_id_token(args.audience)()

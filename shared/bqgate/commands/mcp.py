@@ -39,8 +39,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until the agent closes stdin; exit 2 with one line on stderr if impossible."""
-    from bqgate.adapters.client import gateway_credentials
     from bqgate.adapters.mcp_stdio import run as serve
+    from bqgate.client import gateway_credentials
 
     try:
         url, credentials = gateway_credentials(

@@ -25,34 +25,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from bqgate import audit, verification
+from bqgate import verification
 from bqgate.anchors import AnchorIndex
+from bqgate.audit.chain import Event, SessionHead, canonical_json
+from bqgate.audit.record import format_ms
+from bqgate.audit.rejudge import RecordedRequest, rejudge
 from bqgate.chain import ChainKey, ChainKeyError, Keyring
+from bqgate.commands.session_views import render_rejudge, render_timeline, replay_steps
 from bqgate.errors import InvalidRequest, NotFound
 from bqgate.policy import parse_duration
-
-
-class SessionReader(Protocol):
-    """What the commands read (``FirestoreRecorder`` implements it)."""
-
-    def head(self, session_id: str) -> audit.SessionHead | None: ...
-
-    def events(self, session_id: str) -> list[audit.Event]: ...
-
-    def list_sessions(
-        self, *, principal: str | None = None, since_ms: int | None = None, limit: int = 100
-    ) -> list[audit.SessionHead]: ...
-
-    def by_label(self, label: str, limit: int = 20) -> list[audit.SessionHead]: ...
-
-
-class Evidence(Protocol):
-    """What verification reads besides the record: the keys and the checkpoints."""
-
-    keys: Keyring | None
-    anchors: AnchorIndex
+from bqgate.ports import Evidence, SessionReader
 
 
 def register(subparsers: Any) -> None:
@@ -312,9 +296,7 @@ def resolve(reader: SessionReader, name: str) -> str:
     return name
 
 
-def _load(
-    reader: SessionReader, name: str
-) -> tuple[str, audit.SessionHead | None, list[audit.Event]]:
+def _load(reader: SessionReader, name: str) -> tuple[str, SessionHead | None, list[Event]]:
     session_id = resolve(reader, name)
     head = reader.head(session_id)
     events = reader.events(session_id)
@@ -345,8 +327,8 @@ def run_list(args: argparse.Namespace) -> int:
             h.session_id,
             h.label or "-",
             ", ".join(h.principals),
-            audit.format_ms(h.started_ms),
-            audit.format_ms(h.last_ms),
+            format_ms(h.started_ms),
+            format_ms(h.last_ms),
             str(h.last_seq),
             str(h.counts.get("request", 0)),
             str(h.counts.get("blocked", 0) + h.counts.get("denied", 0)),
@@ -372,8 +354,8 @@ def run_list(args: argparse.Namespace) -> int:
 def _chain_line(
     args: argparse.Namespace,
     session_id: str,
-    head: audit.SessionHead | None,
-    events: Sequence[audit.Event],
+    head: SessionHead | None,
+    events: Sequence[Event],
 ) -> str:
     evidence = open_evidence(args)
     if evidence.keys is None:
@@ -396,7 +378,7 @@ def _chain_line(
 def run_show(args: argparse.Namespace) -> int:
     """``sessions show``."""
     sid, head, events = _load(open_reader(args), args.session)
-    _print(audit.render_timeline(head, events))
+    _print(render_timeline(head, events))
     print(_chain_line(args, sid, head, events))
     return 0
 
@@ -409,7 +391,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.policy is not None:
         return _rejudge(args, events)
     print(f"replaying session {sid}: {len(events)} events")
-    for step in audit.replay_steps(events):
+    for step in replay_steps(events):
         if not args.no_wait and step.delay_ms:
             time.sleep(min(step.delay_ms / 1000 / args.speed, args.max_gap))
         _print(step.lines)
@@ -419,13 +401,13 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rejudge(args: argparse.Namespace, events: Sequence[audit.Event]) -> int:
+def _rejudge(args: argparse.Namespace, events: Sequence[Event]) -> int:
     from bqgate.policy import load_policy
     from bqgate.sql.classify import classify
 
     policy = load_policy(args.policy)
 
-    def judge(req: audit.RecordedRequest) -> tuple[str, Sequence[str]]:
+    def judge(req: RecordedRequest) -> tuple[str, Sequence[str]]:
         verdict = classify(
             req.sql,
             policy=policy,
@@ -436,15 +418,15 @@ def _rejudge(args: argparse.Namespace, events: Sequence[audit.Event]) -> int:
         )
         return verdict.decision, verdict.reasons
 
-    results = audit.rejudge(events, judge)
-    _print(audit.render_rejudge(results, str(args.policy)))
+    results = rejudge(events, judge)
+    _print(render_rejudge(results, str(args.policy)))
     return 1 if args.fail_on_change and any(r.changed for r in results) else 0
 
 
 def run_export(args: argparse.Namespace) -> int:
     """``sessions export --format jsonl``: one event per line, hashes included."""
     _, _, events = _load(open_reader(args), args.session)
-    lines = [audit.canonical_json(e.to_export()) + "\n" for e in events]
+    lines = [canonical_json(e.to_export()) + "\n" for e in events]
     if args.output is not None:
         args.output.write_text("".join(lines), encoding="utf-8")
         print(f"wrote {len(lines)} events to {args.output}", file=sys.stderr)
@@ -453,12 +435,13 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def events_from_jsonl(text: str) -> list[audit.Event]:
+def events_from_jsonl(text: str) -> list[Event]:
     """Events back from an ``export`` (a line that is not an object becomes a defect).
 
-    >>> e = audit.seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
-    ...                data={"a": [1]}, prev=None, expire_at_ms=2, key=ChainKey(b"k" * 32))
-    >>> events_from_jsonl(audit.canonical_json(e.to_export()) + "\\n") == [e]
+    >>> from bqgate.audit.chain import seal
+    >>> e = seal(session_id="s", seq=1, kind="k", at_ms=1, job_id="j", principal="p",
+    ...          data={"a": [1]}, prev=None, expire_at_ms=2, key=ChainKey(b"k" * 32))
+    >>> events_from_jsonl(canonical_json(e.to_export()) + "\\n") == [e]
     True
     """
     events = []
@@ -471,11 +454,11 @@ def events_from_jsonl(text: str) -> list[audit.Event]:
             doc = None
         if not isinstance(doc, dict):
             defect = f"line {number} is not a JSON object"
-            events.append(audit.Event("", 0, "", 0, "", "", {}, "", 0, defect=defect))
+            events.append(Event("", 0, "", 0, "", "", {}, "", 0, defect=defect))
             continue
         if not isinstance(doc.get("data"), str):
-            doc["data"] = audit.canonical_json(doc.get("data"))
-        events.append(audit.Event.from_doc(str(doc.get("event_id") or ""), doc))
+            doc["data"] = canonical_json(doc.get("data"))
+        events.append(Event.from_doc(str(doc.get("event_id") or ""), doc))
     return events
 
 
@@ -528,7 +511,7 @@ def run_verify(args: argparse.Namespace) -> int:
                 )
             )
 
-    def load(sid: str) -> tuple[audit.SessionHead | None, list[audit.Event]]:
+    def load(sid: str) -> tuple[SessionHead | None, list[Event]]:
         return reader.head(sid), reader.events(sid)
 
     report = verification.verify(

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bqgate import approvals as core
-from bqgate import audit, verification
+from bqgate import verification
 from bqgate.anchors import Checkpoint
+from bqgate.audit.chain import Event, SessionHead, canonical_json
+from bqgate.audit.record import format_ms, summarize
 from bqgate.chain import Keyring
 from bqgate.jobs import DONE, Job
 from bqgate.policy import parse_duration
 from bqgate.ports import DecisionQuery
-from bqgate.slack_blocks import human_bytes
+from bqgate.vocabulary import human_bytes
 
 #: ``(project, dataset) -> tier`` (``Policy.tier_of``).
 TierOf = Callable[[str, str], str | None]
@@ -57,7 +59,7 @@ def iso(ms: int | None) -> str:
     >>> iso(0)
     '1970-01-01T00:00:00.000Z'
     """
-    return audit.format_ms(ms) if ms is not None else ""
+    return format_ms(ms) if ms is not None else ""
 
 
 def describe_left(ms: int | None) -> str:
@@ -198,7 +200,8 @@ def inbox_items(pending: Sequence[Mapping[str, Any]], tier_of: TierOf) -> list[I
                 blast_radius=blast_lines(p.get("blast_radius")),
                 group_size=int((p.get("group") or {}).get("size") or 1),
                 group_others=tuple(
-                    str(j) for j in (p.get("group") or {}).get("job_ids") or ()
+                    str(j)
+                    for j in (p.get("group") or {}).get("job_ids") or ()
                     if str(j) != str(p["job_id"])
                 ),
             )
@@ -397,8 +400,8 @@ class ChainCheck:
 
 def check_chain(
     session_id: str,
-    head: audit.SessionHead | None,
-    events: Sequence[audit.Event],
+    head: SessionHead | None,
+    events: Sequence[Event],
     *,
     keys: Keyring | None,
     anchors: Sequence[Checkpoint],
@@ -408,12 +411,14 @@ def check_chain(
     verification (MAC chain, head and the checkpoints kept outside Firestore).
 
     >>> from bqgate.chain import ChainKey
+    >>> from dataclasses import replace
+    >>> from bqgate.audit.chain import seal
     >>> key = ChainKey(b"k" * 32)
-    >>> e = audit.seal(session_id="s", seq=1, kind="request", at_ms=1, job_id="j",
+    >>> e = seal(session_id="s", seq=1, kind="request", at_ms=1, job_id="j",
     ...                principal="a@x", data={}, prev=None, expire_at_ms=10**15, key=key)
     >>> check_chain("s", None, [e], keys=Keyring([key]), anchors=(), now_ms=2).text
     'chain verified: 1 events, event 1 not yet checkpointed'
-    >>> check_chain("s", None, [audit.replace(e, data={"x": 1})], keys=Keyring([key]),
+    >>> check_chain("s", None, [replace(e, data={"x": 1})], keys=Keyring([key]),
     ...             anchors=(), now_ms=2).text  # doctest: +ELLIPSIS
     'chain BROKEN: edited: event 00000001: ...'
     >>> check_chain("s", None, [e], keys=None, anchors=(), now_ms=2)
@@ -519,7 +524,7 @@ def cell(value: Any) -> str:
     if value is None:
         text = "NULL"
     elif isinstance(value, (list, dict)):
-        text = audit.canonical_json(value)
+        text = canonical_json(value)
     else:
         text = str(value)
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
@@ -541,7 +546,7 @@ def _result(d: Mapping[str, Any]) -> ResultTable:
     )
 
 
-def _details(e: audit.Event) -> tuple[tuple[str, str], ...]:
+def _details(e: Event) -> tuple[tuple[str, str], ...]:
     d = e.data
     pairs: list[tuple[str, Any]] = []
     if e.kind == "request":
@@ -596,7 +601,7 @@ def _details(e: audit.Event) -> tuple[tuple[str, str], ...]:
     return tuple((k, str(v)) for k, v in pairs if v not in (None, ""))
 
 
-def _step(e: audit.Event, start_ms: int) -> Step:
+def _step(e: Event, start_ms: int) -> Step:
     label, tone = _LABELS.get(e.kind, (e.kind.replace("_", " ").capitalize(), "info"))
     if e.kind == "execution_finished" and e.data.get("error"):
         label, tone = "Execution failed", "bad"
@@ -609,7 +614,7 @@ def _step(e: audit.Event, start_ms: int) -> Step:
         tone="bad" if e.defect else tone,
         at_ms=e.at_ms,
         offset_ms=max(e.at_ms - start_ms, 0),
-        summary=audit.summarize(e),
+        summary=summarize(e),
         details=_details(e) if not e.defect else (),
         result=_result(e.data) if e.kind == "result" and not e.defect else None,
         defect=e.defect,
@@ -617,17 +622,16 @@ def _step(e: audit.Event, start_ms: int) -> Step:
     )
 
 
-def timeline(
-    head: audit.SessionHead | None, events: Sequence[audit.Event], chain: ChainCheck
-) -> Timeline:
+def timeline(head: SessionHead | None, events: Sequence[Event], chain: ChainCheck) -> Timeline:
     """The session as statements in the order they arrived, each with its events.
 
     >>> from bqgate.chain import ChainKey
+    >>> from bqgate.audit.chain import seal
     >>> key = ChainKey(b"k" * 32)
-    >>> a = audit.seal(session_id="s", seq=1, kind="request", at_ms=1000, job_id="j1",
+    >>> a = seal(session_id="s", seq=1, kind="request", at_ms=1000, job_id="j1",
     ...                principal="a@x", data={"statement": "SELECT 1"}, prev=None,
     ...                expire_at_ms=10**15, key=key)
-    >>> b = audit.seal(session_id="s", seq=2, kind="blocked", at_ms=1250, job_id="j1",
+    >>> b = seal(session_id="s", seq=2, kind="blocked", at_ms=1250, job_id="j1",
     ...                principal="a@x", data={"message": "no"}, prev=a, expire_at_ms=10**15,
     ...                key=key)
     >>> t = timeline(None, [a, b], ChainCheck(True, "chain verified: 2 events"))
@@ -681,9 +685,9 @@ def timeline(
     )
 
 
-def export_jsonl(events: Sequence[audit.Event]) -> str:
+def export_jsonl(events: Sequence[Event]) -> str:
     """The session as ``bqgate sessions export --format jsonl`` writes it."""
-    return "".join(audit.canonical_json(e.to_export()) + "\n" for e in events)
+    return "".join(canonical_json(e.to_export()) + "\n" for e in events)
 
 
 __all__ = [

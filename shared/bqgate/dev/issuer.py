@@ -42,7 +42,6 @@ import contextlib
 import hashlib
 import hmac
 import html
-import ipaddress
 import json
 import os
 import re
@@ -63,12 +62,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bqgate.settings import DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
+from bqgate.identity import is_loopback_host
+from bqgate.settings import DEV_AUDIENCE, DEV_CONSOLE_CLIENT_ID, DEV_CONSOLE_SECRET_FILE
 
 KEY_FILE = "dev-key.pem"
 SECRET_FILE = "token-secret"
 OIDC_SUBDIR = "oidc"
-DEFAULT_AUDIENCE = "bqgate"
+DEFAULT_AUDIENCE = DEV_AUDIENCE
 MAX_TTL_SECONDS = 12 * 3600
 JWKS_MAX_AGE = 300
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -398,12 +398,7 @@ def is_loopback_redirect(uri: str) -> bool:
         return False
     if parts.scheme not in ("http", "https") or parts.fragment or parts.username:
         return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -567,7 +562,7 @@ def sign_in_page(request_id: str, client_id: str, redirect_uri: str, *, ask_key:
         '<form method="post" action="/authorize">'
         f'<input type="hidden" name="request_id" value="{html.escape(request_id)}">'
         f"{key_field}"
-        f'<fieldset><legend>Sign in as</legend>{buttons}</fieldset></form>'
+        f"<fieldset><legend>Sign in as</legend>{buttons}</fieldset></form>"
         f'<p class="note">You will be sent back to {html.escape(redirect_uri)}</p>'
         "</main></body></html>"
     )
@@ -667,7 +662,14 @@ class _Handler(BaseHTTPRequestHandler):
                     "scopes_supported": ["openid", "email", "profile"],
                     "subject_types_supported": ["public"],
                     "claims_supported": [
-                        "iss", "aud", "sub", "email", "email_verified", "groups", "exp", "iat",
+                        "iss",
+                        "aud",
+                        "sub",
+                        "email",
+                        "email_verified",
+                        "groups",
+                        "exp",
+                        "iat",
                         "nonce",
                     ],
                 },
@@ -731,8 +733,12 @@ class _Handler(BaseHTTPRequestHandler):
         except OAuthFailure as exc:
             self._send_html(exc.status, _error_page(exc.description))
             return
-        self._send_html(HTTPStatus.OK, sign_in_page(
-            request_id, client_id, redirect_uri, ask_key=not self._signed_in_browser()))
+        self._send_html(
+            HTTPStatus.OK,
+            sign_in_page(
+                request_id, client_id, redirect_uri, ask_key=not self._signed_in_browser()
+            ),
+        )
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -752,8 +758,9 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return None
         try:
-            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
-                                           strict_parsing=True)
+            pairs = urllib.parse.parse_qsl(
+                body.decode("utf-8"), keep_blank_values=True, strict_parsing=True
+            )
         except (UnicodeDecodeError, ValueError):
             return None
         form = dict(pairs)
@@ -779,10 +786,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._signed_in_browser():
             key = form.get("sign_in_key", "").strip()
             if not hmac.compare_digest(key.encode(), self.server.sign_in_key.encode()):
-                self._send_html(HTTPStatus.UNAUTHORIZED, _error_page(
-                    "the dev sign-in key is missing or wrong: it is in the dev state folder "
-                    f"({OIDC_SUBDIR}/{SIGN_IN_KEY_FILE}), and the dev stack's banner prints it. "
-                    "Go back, enter it and pick again."))
+                self._send_html(
+                    HTTPStatus.UNAUTHORIZED,
+                    _error_page(
+                        "the dev sign-in key is missing or wrong: it is in the dev state folder "
+                        f"({OIDC_SUBDIR}/{SIGN_IN_KEY_FILE}), and the dev stack's banner "
+                        "prints it. Go back, enter it and pick again."
+                    ),
+                )
                 return
             remember = True
         try:
@@ -792,10 +803,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         cookie = None
         if remember:
-            cookie = (f"{SIGN_IN_COOKIE}={self.server.sign_in_cookie_value()}; Path=/; HttpOnly; "
-                      f"SameSite=Strict; Max-Age={SIGN_IN_COOKIE_TTL_S}")
-        self._redirect(_with_query(request.redirect_uri, {
-            "code": code, "state": request.state, "iss": self.server.issuer_url}), cookie=cookie)
+            cookie = (
+                f"{SIGN_IN_COOKIE}={self.server.sign_in_cookie_value()}; Path=/; HttpOnly; "
+                f"SameSite=Strict; Max-Age={SIGN_IN_COOKIE_TTL_S}"
+            )
+        self._redirect(
+            _with_query(
+                request.redirect_uri,
+                {"code": code, "state": request.state, "iss": self.server.issuer_url},
+            ),
+            cookie=cookie,
+        )
 
     def _client(self, form: Mapping[str, str]) -> str:
         """The authenticated client id (client_secret_basic or client_secret_post)."""
@@ -846,16 +864,22 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except OAuthFailure as exc:
             extra_headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else {}
-            self._send(exc.status, {"error": exc.error, "error_description": exc.description},
-                       headers=extra_headers)
+            self._send(
+                exc.status,
+                {"error": exc.error, "error_description": exc.description},
+                headers=extra_headers,
+            )
             return
-        self._send(HTTPStatus.OK, {
-            "access_token": secrets.token_urlsafe(32),  # opaque: nothing accepts it
-            "token_type": "Bearer",
-            "expires_in": SIGN_IN_TOKEN_TTL_S,
-            "id_token": id_token,
-            "scope": "openid email",
-        })
+        self._send(
+            HTTPStatus.OK,
+            {
+                "access_token": secrets.token_urlsafe(32),  # opaque: nothing accepts it
+                "token_type": "Bearer",
+                "expires_in": SIGN_IN_TOKEN_TTL_S,
+                "id_token": id_token,
+                "scope": "openid email",
+            },
+        )
 
     def _mint(self) -> None:
         auth = self.headers.get("Authorization") or ""

@@ -95,7 +95,8 @@ def check_blocks(blocks: Any) -> None:
             raise Invalid(f"invalid_blocks: header longer than {HEADER_TEXT_MAX}")
         for el in b.get("elements") or []:
             if el.get("type") == "button" and (
-                    not el.get("action_id") or len(str(el.get("value", ""))) > 2000):
+                not el.get("action_id") or len(str(el.get("value", ""))) > 2000
+            ):
                 raise Invalid("invalid_blocks: bad button")
         if text is not None:
             try:
@@ -164,18 +165,26 @@ def render_blocks(message: dict[str, Any], user: str) -> str:
             for el in b.get("elements") or []:
                 if el.get("type") != "button":
                     continue
-                fields = {"user": user, "channel": message["channel"], "ts": message["ts"],
-                          "action_id": el.get("action_id", ""), "value": el.get("value", ""),
-                          "block_id": b.get("block_id", "")}
-                hidden = "".join(f"<input type='hidden' name='{k}' value='{html.escape(str(v))}'>"
-                                 for k, v in fields.items())
+                fields = {
+                    "user": user,
+                    "channel": message["channel"],
+                    "ts": message["ts"],
+                    "action_id": el.get("action_id", ""),
+                    "value": el.get("value", ""),
+                    "block_id": b.get("block_id", ""),
+                }
+                hidden = "".join(
+                    f"<input type='hidden' name='{k}' value='{html.escape(str(v))}'>"
+                    for k, v in fields.items()
+                )
                 style = html.escape(str(el.get("style", "")))
                 buttons.append(
                     f"<form class='action' method='post' action='/_ui/click'>{hidden}"
                     f"<button type='submit' class='{style}' "
                     f"data-action-id='{html.escape(str(el.get('action_id', '')))}' "
                     f"data-value='{html.escape(str(el.get('value', '')))}'>"
-                    f"{_text(el.get('text'))}</button></form>")
+                    f"{_text(el.get('text'))}</button></form>"
+                )
             parts.append(f"<div class='actions'>{''.join(buttons)}</div>")
     return "".join(parts)
 
@@ -198,8 +207,9 @@ button{margin-right:.5rem;padding:.3rem 1rem}.primary{background:#007a5a;color:#
 class SlackState:
     """Messages, ephemeral notes, open views and interactions; persisted as JSON."""
 
-    def __init__(self, state_dir: Path, *, token: str, signing_secret: str,
-                 approvals_url: str) -> None:
+    def __init__(
+        self, state_dir: Path, *, token: str, signing_secret: str, approvals_url: str
+    ) -> None:
         self.path = state_dir / "slack" / "messages.json"
         self.token = token
         self.signing_secret = signing_secret
@@ -234,8 +244,12 @@ class SlackState:
         with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"messages": self.messages, "ephemerals": self.ephemerals,
-                                       "views": self.views}, indent=1))
+            tmp.write_text(
+                json.dumps(
+                    {"messages": self.messages, "ephemerals": self.ephemerals, "views": self.views},
+                    indent=1,
+                )
+            )
             tmp.replace(self.path)
 
     def _ts(self) -> str:
@@ -286,9 +300,14 @@ class SlackState:
         return {"ok": True, **result}
 
     def api_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"url": "http://bqgate-dev.slack.invalid/", "team": "bqgate-dev",
-                "user": "bqgate", "team_id": TEAM["id"], "user_id": "U_BQGATE_BOT",
-                "bot_id": "B_BQGATE"}
+        return {
+            "url": "http://bqgate-dev.slack.invalid/",
+            "team": "bqgate-dev",
+            "user": "bqgate",
+            "team_id": TEAM["id"],
+            "user_id": "U_BQGATE_BOT",
+            "bot_id": "B_BQGATE",
+        }
 
     @staticmethod
     def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -316,8 +335,11 @@ class SlackState:
                 meta = json.loads(meta)
             except ValueError:
                 raise Invalid("invalid_metadata_format") from None
-        if (not isinstance(meta, dict) or not isinstance(meta.get("event_type"), str)
-                or not isinstance(meta.get("event_payload"), dict)):
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("event_type"), str)
+            or not isinstance(meta.get("event_payload"), dict)
+        ):
             raise Invalid("invalid_metadata_format")
         return {"event_type": meta["event_type"], "event_payload": meta["event_payload"]}
 
@@ -328,9 +350,15 @@ class SlackState:
         if not args.get("text") and not blocks:
             raise Invalid("no_text")
         with self.lock:
-            msg = {"channel": channel, "ts": self._ts(), "text": args.get("text", ""),
-                   "blocks": blocks or [], "updates": 0, "bot_id": "B_BQGATE",
-                   "app_id": "A_BQGATE"}
+            msg = {
+                "channel": channel,
+                "ts": self._ts(),
+                "text": args.get("text", ""),
+                "blocks": blocks or [],
+                "updates": 0,
+                "bot_id": "B_BQGATE",
+                "app_id": "A_BQGATE",
+            }
             if metadata is not None:
                 msg["metadata"] = metadata
             self.messages.append(msg)
@@ -340,9 +368,15 @@ class SlackState:
     @staticmethod
     def _as_slack(msg: dict[str, Any], with_metadata: bool) -> dict[str, Any]:
         """A stored message as Slack's API returns one."""
-        out = {"type": "message", "subtype": "bot_message", "text": msg["text"],
-               "ts": msg["ts"], "bot_id": msg.get("bot_id", "B_BQGATE"),
-               "app_id": msg.get("app_id", "A_BQGATE"), "blocks": msg["blocks"]}
+        out = {
+            "type": "message",
+            "subtype": "bot_message",
+            "text": msg["text"],
+            "ts": msg["ts"],
+            "bot_id": msg.get("bot_id", "B_BQGATE"),
+            "app_id": msg.get("app_id", "A_BQGATE"),
+            "blocks": msg["blocks"],
+        }
         if msg.get("updates"):
             out["edited"] = {"user": "U_BQGATE_BOT", "ts": msg["ts"]}
         if with_metadata and msg.get("metadata"):
@@ -361,10 +395,21 @@ class SlackState:
 
     def api_conversations_list(self, args: dict[str, Any]) -> dict[str, Any]:
         ids = sorted(set(CHANNELS.values()))
-        names = {cid: next(n for n, c in CHANNELS.items() if c == cid and not n.startswith("#"))
-                 for cid in ids}
-        channels = [{"id": cid, "name": names[cid], "is_channel": True, "is_private": False,
-                     "is_archived": False, "is_member": True} for cid in ids]
+        names = {
+            cid: next(n for n, c in CHANNELS.items() if c == cid and not n.startswith("#"))
+            for cid in ids
+        }
+        channels = [
+            {
+                "id": cid,
+                "name": names[cid],
+                "is_channel": True,
+                "is_private": False,
+                "is_archived": False,
+                "is_member": True,
+            }
+            for cid in ids
+        ]
         return {"channels": channels, "response_metadata": {"next_cursor": ""}}
 
     def api_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -375,23 +420,36 @@ class SlackState:
             oldest = float(args.get("oldest") or 0)
             latest = float(args.get("latest") or time.time() + 1)
             limit = min(max(int(args.get("limit") or 100), 1), HISTORY_MAX)
-            start = int(base64.urlsafe_b64decode(str(args["cursor"])).decode().split(":")[1]
-                        ) if args.get("cursor") else 0
+            start = (
+                int(base64.urlsafe_b64decode(str(args["cursor"])).decode().split(":")[1])
+                if args.get("cursor")
+                else 0
+            )
         except (ValueError, IndexError, binascii.Error):
             raise Invalid("invalid_arguments") from None
         inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
         metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
         with self.lock:
-            chosen = [m for m in self.messages if m["channel"] == channel and (
-                oldest <= float(m["ts"]) <= latest if inclusive
-                else oldest < float(m["ts"]) < latest)]
+            chosen = [
+                m
+                for m in self.messages
+                if m["channel"] == channel
+                and (
+                    oldest <= float(m["ts"]) <= latest
+                    if inclusive
+                    else oldest < float(m["ts"]) < latest
+                )
+            ]
         chosen.sort(key=lambda m: float(m["ts"]), reverse=True)  # newest first, as Slack
-        page = chosen[start:start + limit]
+        page = chosen[start : start + limit]
         more = start + limit < len(chosen)
-        cursor = (base64.urlsafe_b64encode(f"next:{start + limit}".encode()).decode()
-                  if more else "")
-        return {"messages": [self._as_slack(m, metadata) for m in page], "has_more": more,
-                "pin_count": 0, "response_metadata": {"next_cursor": cursor}}
+        cursor = base64.urlsafe_b64encode(f"next:{start + limit}".encode()).decode() if more else ""
+        return {
+            "messages": [self._as_slack(m, metadata) for m in page],
+            "has_more": more,
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": cursor},
+        }
 
     def api_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, ts = args.get("channel"), args.get("ts")
@@ -412,8 +470,12 @@ class SlackState:
         if args.get("user") not in USERS:
             raise Invalid("user_not_in_channel")
         with self.lock:
-            note = {"channel": channel, "user": args["user"], "text": args.get("text", ""),
-                    "ts": self._ts()}
+            note = {
+                "channel": channel,
+                "user": args["user"],
+                "text": args.get("text", ""),
+                "ts": self._ts(),
+            }
             self.ephemerals.append(note)
             self.save()
         return {"message_ts": note["ts"]}
@@ -423,9 +485,17 @@ class SlackState:
         if uid not in USERS:
             raise Invalid("user_not_found")
         name, email = USERS[uid]
-        return {"user": {"id": uid, "team_id": TEAM["id"], "name": name, "deleted": False,
-                         "is_bot": False, "real_name": name.title(),
-                         "profile": {"email": email, "real_name": name.title()}}}
+        return {
+            "user": {
+                "id": uid,
+                "team_id": TEAM["id"],
+                "name": name,
+                "deleted": False,
+                "is_bot": False,
+                "real_name": name.title(),
+                "profile": {"email": email, "real_name": name.title()},
+            }
+        }
 
     def api_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         view = args.get("view")
@@ -441,8 +511,13 @@ class SlackState:
             if time.monotonic() - issued > TRIGGER_TTL_S:
                 raise Invalid("expired_trigger_id")
             view_id = "V" + secrets.token_hex(5).upper()
-            self.views[view_id] = {"id": view_id, "user": user, "view": view, "open": True,
-                                   "errors": {}}
+            self.views[view_id] = {
+                "id": view_id,
+                "user": user,
+                "view": view,
+                "open": True,
+                "errors": {},
+            }
             self.save()
         return {"view": {"id": view_id, **view}}
 
@@ -456,11 +531,16 @@ class SlackState:
         body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
         ts = str(int(time.time()))
         req = urllib.request.Request(
-            self.approvals_url + "/slack/interactions", data=body, method="POST",
-            headers={"Content-Type": "application/x-www-form-urlencoded",
-                     "X-Slack-Request-Timestamp": ts,
-                     "X-Slack-Signature": sign(self.signing_secret, ts, body),
-                     "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)"})
+            self.approvals_url + "/slack/interactions",
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Slack-Request-Timestamp": ts,
+                "X-Slack-Signature": sign(self.signing_secret, ts, body),
+                "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+            },
+        )
         t0 = time.monotonic()
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
@@ -475,38 +555,61 @@ class SlackState:
             answer = raw.decode("utf-8", "replace")
         return status, answer, time.monotonic() - t0
 
-    def _log(self, kind: str, user: str, status: int, answer: Any,
-             elapsed: float) -> dict[str, Any]:
-        entry = {"type": kind, "user": user, "status": status, "response": answer,
-                 "elapsed_ms": round(elapsed * 1000, 1),
-                 # Slack gives up on an interaction after 3 seconds.
-                 "within_deadline": elapsed < 3.0}
+    def _log(
+        self, kind: str, user: str, status: int, answer: Any, elapsed: float
+    ) -> dict[str, Any]:
+        entry = {
+            "type": kind,
+            "user": user,
+            "status": status,
+            "response": answer,
+            "elapsed_ms": round(elapsed * 1000, 1),
+            # Slack gives up on an interaction after 3 seconds.
+            "within_deadline": elapsed < 3.0,
+        }
         with self.lock:
             self.interactions.append(entry)
         return entry
 
-    def click(self, user: str, channel: str, ts: str, action_id: str, value: str,
-              block_id: str = "") -> dict[str, Any]:
+    def click(
+        self, user: str, channel: str, ts: str, action_id: str, value: str, block_id: str = ""
+    ) -> dict[str, Any]:
         """A user clicks a button on a message: send block_actions, as Slack would."""
         if user not in USERS:
             raise Invalid("unknown user")
         with self.lock:
-            msg = next((m for m in self.messages
-                        if m["channel"] == channel and m["ts"] == ts), None)
+            msg = next(
+                (m for m in self.messages if m["channel"] == channel and m["ts"] == ts), None
+            )
             if msg is None:
                 raise Invalid("message_not_found")
             trigger = f"{int(time.time())}.{secrets.token_hex(6)}"
             self.triggers[trigger] = (user, time.monotonic())
             views_before = set(self.views)
         payload = {
-            "type": "block_actions", "user": self._user_obj(user), "api_app_id": "A_BQGATE",
-            "token": "deprecated-verification-token", "team": TEAM, "trigger_id": trigger,
-            "container": {"type": "message", "message_ts": ts, "channel_id": channel,
-                          "is_ephemeral": False},
+            "type": "block_actions",
+            "user": self._user_obj(user),
+            "api_app_id": "A_BQGATE",
+            "token": "deprecated-verification-token",
+            "team": TEAM,
+            "trigger_id": trigger,
+            "container": {
+                "type": "message",
+                "message_ts": ts,
+                "channel_id": channel,
+                "is_ephemeral": False,
+            },
             "channel": {"id": channel, "name": "bqgate-approvals"},
             "message": {"type": "message", "ts": ts, "text": msg["text"], "blocks": msg["blocks"]},
-            "actions": [{"type": "button", "action_id": action_id, "block_id": block_id,
-                         "value": value, "action_ts": f"{time.time():.6f}"}],
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": block_id,
+                    "value": value,
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
         }
         status, answer, elapsed = self._forward(payload)
         entry = self._log("block_actions", user, status, answer, elapsed)
@@ -525,17 +628,29 @@ class SlackState:
         for b in view.get("blocks") or []:
             if b.get("type") == "input":
                 el = b.get("element") or {}
-                state[b.get("block_id", "")] = {el.get("action_id", ""): {
-                    "type": el.get("type", "plain_text_input"), "value": reason}}
+                state[b.get("block_id", "")] = {
+                    el.get("action_id", ""): {
+                        "type": el.get("type", "plain_text_input"),
+                        "value": reason,
+                    }
+                }
         payload = {
-            "type": "view_submission", "user": self._user_obj(user), "team": TEAM,
-            "api_app_id": "A_BQGATE", "token": "deprecated-verification-token",
+            "type": "view_submission",
+            "user": self._user_obj(user),
+            "team": TEAM,
+            "api_app_id": "A_BQGATE",
+            "token": "deprecated-verification-token",
             "trigger_id": f"{int(time.time())}.{secrets.token_hex(6)}",
-            "view": {"id": view_id, "team_id": TEAM["id"], "type": "modal",
-                     "callback_id": view.get("callback_id"),
-                     "private_metadata": view.get("private_metadata", ""),
-                     "blocks": view.get("blocks"), "state": {"values": state},
-                     "hash": secrets.token_hex(8)},
+            "view": {
+                "id": view_id,
+                "team_id": TEAM["id"],
+                "type": "modal",
+                "callback_id": view.get("callback_id"),
+                "private_metadata": view.get("private_metadata", ""),
+                "blocks": view.get("blocks"),
+                "state": {"values": state},
+                "hash": secrets.token_hex(8),
+            },
         }
         status, answer, elapsed = self._forward(payload)
         result = self._log("view_submission", user, status, answer, elapsed)
@@ -551,10 +666,17 @@ class SlackState:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            snap: dict[str, Any] = json.loads(json.dumps({
-                "messages": self.messages, "ephemerals": self.ephemerals,
-                "views": list(self.views.values()), "interactions": self.interactions,
-                "deleted": self.deleted}))
+            snap: dict[str, Any] = json.loads(
+                json.dumps(
+                    {
+                        "messages": self.messages,
+                        "ephemerals": self.ephemerals,
+                        "views": list(self.views.values()),
+                        "interactions": self.interactions,
+                        "deleted": self.deleted,
+                    }
+                )
+            )
             return snap
 
     # --- page ----------------------------------------------------------------------
@@ -565,7 +687,8 @@ class SlackState:
         options = "".join(
             f"<option value='{uid}'{' selected' if uid == user else ''}>"
             f"{html.escape(name)} ({html.escape(email)})</option>"
-            for uid, (name, email) in USERS.items())
+            for uid, (name, email) in USERS.items()
+        )
         parts = [
             "<!doctype html><html><head><meta charset='utf-8'>",
             f"<title>bqgate Slack stand-in</title><style>{PAGE_STYLE}</style></head><body>",
@@ -579,10 +702,15 @@ class SlackState:
                 continue
             view = v["view"]
             title = html.escape(str((view.get("title") or {}).get("text", "")))
-            intro = "".join(f"<div class='section'>{_text(b.get('text'))}</div>"
-                            for b in view.get("blocks") or [] if b.get("type") == "section")
-            errors = "".join(f"<p class='error'>{html.escape(str(e))}</p>"
-                             for e in (v.get("errors") or {}).values())
+            intro = "".join(
+                f"<div class='section'>{_text(b.get('text'))}</div>"
+                for b in view.get("blocks") or []
+                if b.get("type") == "section"
+            )
+            errors = "".join(
+                f"<p class='error'>{html.escape(str(e))}</p>"
+                for e in (v.get("errors") or {}).values()
+            )
             parts.append(
                 f"<div class='modal' id='view-{v['id']}'><h2>{title}</h2>{intro}{errors}"
                 "<form method='post' action='/_ui/submit'>"
@@ -592,16 +720,21 @@ class SlackState:
                 "<textarea name='reason' rows='3' cols='60'></textarea></label><br>"
                 "<button type='submit' class='danger' name='submit_view'>"
                 f"{html.escape(str((view.get('submit') or {}).get('text', 'Submit')))}"
-                "</button></form></div>")
+                "</button></form></div>"
+            )
         for note in snap["ephemerals"]:
             if note["user"] == user:
-                parts.append(f"<div class='ephemeral'><i>Only visible to you:</i> "
-                             f"{render_mrkdwn(note['text'])}</div>")
+                parts.append(
+                    f"<div class='ephemeral'><i>Only visible to you:</i> "
+                    f"{render_mrkdwn(note['text'])}</div>"
+                )
         if not snap["messages"]:
             parts.append("<p>No approval messages yet.</p>")
         for msg in reversed(snap["messages"]):
-            parts.append(f"<div class='message' id='msg-{html.escape(msg['ts'])}'>"
-                         f"{render_blocks(msg, user)}</div>")
+            parts.append(
+                f"<div class='message' id='msg-{html.escape(msg['ts'])}'>"
+                f"{render_blocks(msg, user)}</div>"
+            )
         parts.append("</body></html>")
         return "".join(parts)
 
@@ -612,8 +745,9 @@ class SlackState:
 class Handler(BaseHTTPRequestHandler):
     server: StandinServer
 
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -647,8 +781,12 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         state = self.server.state
         if url.path.startswith("/api/"):
-            self._json(200, state.call(url.path[5:], self._args(url.query, b""),
-                                       self.headers.get("Authorization")))
+            self._json(
+                200,
+                state.call(
+                    url.path[5:], self._args(url.query, b""), self.headers.get("Authorization")
+                ),
+            )
         elif url.path == "/_test/messages":
             self._json(200, state.snapshot())
         elif url.path == "/_test/hang":
@@ -681,12 +819,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             if url.path == "/_ui/click":
-                result = state.click(str(args.get("user")), str(args.get("channel")),
-                                     str(args.get("ts")), str(args.get("action_id")),
-                                     str(args.get("value")), str(args.get("block_id", "")))
+                result = state.click(
+                    str(args.get("user")),
+                    str(args.get("channel")),
+                    str(args.get("ts")),
+                    str(args.get("action_id")),
+                    str(args.get("value")),
+                    str(args.get("block_id", "")),
+                )
             elif url.path == "/_ui/submit":
-                result = state.submit(str(args.get("user")), str(args.get("view_id")),
-                                      str(args.get("reason", "")))
+                result = state.submit(
+                    str(args.get("user")), str(args.get("view_id")), str(args.get("reason", ""))
+                )
             else:
                 self._json(404, {"ok": False, "error": "not_found"})
                 return
@@ -716,9 +860,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state-dir", default=".bqgate-dev")
     args = parser.parse_args(argv)
-    state = SlackState(Path(args.state_dir), token=os.environ.get("BQGATE_SLACK_BOT_TOKEN", ""),
-                       signing_secret=os.environ.get("BQGATE_SLACK_SIGNING_SECRET", ""),
-                       approvals_url=os.environ.get("BQGATE_APPROVALS_URL", ""))
+    state = SlackState(
+        Path(args.state_dir),
+        token=os.environ.get("BQGATE_SLACK_BOT_TOKEN", ""),
+        signing_secret=os.environ.get("BQGATE_SLACK_SIGNING_SECRET", ""),
+        approvals_url=os.environ.get("BQGATE_APPROVALS_URL", ""),
+    )
     StandinServer(args.port, state).serve_forever()
 
 

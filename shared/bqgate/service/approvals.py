@@ -36,28 +36,27 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from bqgate import approvals as core
 from bqgate import outbox
 from bqgate import slack_blocks as blocks
+from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
-    BqgateError,
     InvalidRequest,
     NotFound,
     Rejected,
     Unauthenticated,
     Unavailable,
 )
-from bqgate.identity import TokenVerifier, bearer_token
+from bqgate.identity import bearer_token
 from bqgate.jobs import PENDING, PENDING_APPROVAL, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
-from bqgate.ports import JobStore, PendingCursor, Queue
+from bqgate.ports import JobStore, Notifier, PendingCursor, Queue, Recorder, TokenVerifier
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
-from bqgate.service.gateway import Recorder
-from bqgate.service.http import Response, error_response, internal_error
+from bqgate.service.http import Response, answered, header, health_check
 from bqgate.wire import bigquery as wire
 
 log = logging.getLogger("bqgate.approvals")
@@ -83,34 +82,6 @@ _API = re.compile(r"^/v1/approvals/([^/]+):(approve|deny)/?$")
 UNAVAILABLE_NOTE = "bqgate is briefly unavailable; nothing was decided. Try again in a minute."
 
 
-class Notifier(Protocol):
-    """Port: the chat service approvers work in (Slack).
-
-    Calls raise :class:`bqgate.errors.Rejected` when Slack answered that it did nothing,
-    anything else (a timeout) when the outcome is unknown."""
-
-    def post_request(self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]],
-                     metadata: Mapping[str, Any] | None = None) -> tuple[str, str]:
-        """Post a message (tagged with ``metadata``); return ``(channel_id, ts)``."""
-
-    def find_messages(self, channel: str, event_type: str, key: str, value: str,
-                      oldest_ms: int) -> list[tuple[str, str]]:
-        """``(channel_id, ts)`` of the bot's messages since ``oldest_ms`` whose metadata
-        has ``event_type`` and ``event_payload[key] == value``, oldest first."""
-
-    def delete_message(self, channel: str, ts: str) -> None: ...
-
-    def update_message(self, channel: str, ts: str, text: str,
-                       blocks: Sequence[Mapping[str, Any]]) -> None: ...
-
-    def post_ephemeral(self, channel: str, user: str, text: str) -> None: ...
-
-    def user_email(self, user_id: str) -> str | None:
-        """The user's email (lower-cased), or None if Slack does not say."""
-
-    def open_modal(self, trigger_id: str, view: Mapping[str, Any]) -> None: ...
-
-
 def route_api(method: str, path: str) -> tuple[str, str | None, str | None] | None:
     """The approver API handler for a request: ``(name, job_id, action)`` or None."""
     if method.upper() == "GET" and path.rstrip("/") == "/v1/approvals":
@@ -119,33 +90,6 @@ def route_api(method: str, path: str) -> tuple[str, str | None, str | None] | No
     if m and method.upper() == "POST":
         return "decide", wire.check_job_id(m.group(1), "jobId"), m.group(2)
     return None
-
-
-def job_id_from_pubsub(envelope: Mapping[str, Any] | None) -> str | None:
-    """The ``job_id`` of a Pub/Sub ``messagePublished`` event's data, or None if malformed.
-
-    >>> data = base64.b64encode(b'{"job_id": "j1"}').decode()
-    >>> job_id_from_pubsub({"message": {"data": data}})
-    'j1'
-    >>> job_id_from_pubsub({"message": {}}) is None
-    True
-    """
-    try:
-        message = json.loads(base64.b64decode(envelope["message"]["data"]))  # type: ignore[index]
-        job_id = message["job_id"]
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        return None
-    return job_id if isinstance(job_id, str) and job_id else None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        for k, v in headers.items():
-            if k.lower() == lowered:
-                return v
-    return value
 
 
 def parse_interaction(body: bytes) -> dict[str, Any]:
@@ -181,10 +125,15 @@ class Outcome:
     redispatched: bool = False
 
     def to_body(self) -> dict[str, Any]:
-        return {"job_id": self.job.job_id, "outcome": self.decision.outcome,
-                "changed": self.decision.changed, "message": self.decision.message,
-                "state": self.job.state, "approval": self.job.approval,
-                "redispatched": self.redispatched}
+        return {
+            "job_id": self.job.job_id,
+            "outcome": self.decision.outcome,
+            "changed": self.decision.changed,
+            "message": self.decision.message,
+            "state": self.job.state,
+            "approval": self.job.approval,
+            "redispatched": self.redispatched,
+        }
 
 
 @dataclass(frozen=True)
@@ -221,12 +170,17 @@ def decode_cursor(cursor: str | None) -> PendingCursor | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, expire, job_id = json.loads(raw)
-        if not (isinstance(created, int) and isinstance(expire, int)
-                and isinstance(job_id, str) and job_id):
+        if not (
+            isinstance(created, int)
+            and isinstance(expire, int)
+            and isinstance(job_id, str)
+            and job_id
+        ):
             raise ValueError(cursor)
     except (ValueError, TypeError, binascii.Error):
-        raise InvalidRequest("cursor: not a cursor of this list (start again without one)"
-                             ) from None
+        raise InvalidRequest(
+            "cursor: not a cursor of this list (start again without one)"
+        ) from None
     return PendingCursor(created, expire, job_id)
 
 
@@ -266,8 +220,9 @@ class ApprovalService:
         self.recorder = recorder
         #: A hand-off younger than this may still be in flight (a retry does not repeat it).
         self.dispatch_grace_ms = dispatch_grace_ms
-        self.dispatcher = Dispatcher(store=store, queue=queue, clock=clock,
-                                     redispatch_after_ms=redispatch_after_ms)
+        self.dispatcher = Dispatcher(
+            store=store, queue=queue, clock=clock, redispatch_after_ms=redispatch_after_ms
+        )
         self.clock = clock
         self._emails: dict[str, tuple[float, str]] = {}
 
@@ -275,13 +230,20 @@ class ApprovalService:
         return int(self.clock() * 1000)
 
     def _close_record(self, job_id: str) -> OutboxRecord:
-        return self.dispatcher.record(job_id, outbox.CLOSE, self.approvals_topic,
-                                      until_done=True)
+        return self.dispatcher.record(job_id, outbox.CLOSE, self.approvals_topic, until_done=True)
 
     # --- deciding ------------------------------------------------------------------
 
-    def decide(self, job_id: str, *, approver: str, groups: frozenset[str], action: core.Action,
-               reason: str | None, via: str) -> Outcome:
+    def decide(
+        self,
+        job_id: str,
+        *,
+        approver: str,
+        groups: frozenset[str],
+        action: core.Action,
+        reason: str | None,
+        via: str,
+    ) -> Outcome:
         """Apply one approver action in a transaction, then hand off and tell Slack.
 
         The transaction also writes the hand-offs the decision calls for (the approved job
@@ -291,11 +253,19 @@ class ApprovalService:
         seen: dict[str, core.Decision] = {}
         written: list[OutboxRecord] = []
 
-        def change(job: Job) -> dict[str, Any] | None:
-            d = core.decide(job, approver=approver, approver_groups=groups, action=action,
-                            reason=reason, now_ms=now, policy=self.policy, via=via)
+        def change(job: Job) -> Job | None:
+            d = core.decide(
+                job,
+                approver=approver,
+                approver_groups=groups,
+                action=action,
+                reason=reason,
+                now_ms=now,
+                policy=self.policy,
+                via=via,
+            )
             seen["d"] = d
-            return d.fields
+            return d.job
 
         def records(job: Job) -> list[OutboxRecord]:
             recs = []
@@ -306,7 +276,7 @@ class ApprovalService:
             written[:] = recs
             return recs
 
-        job = self.store.transition(job_id, change, dispatch=records)
+        job = self.store.transition(job_id, change, dispatch=records).after
         decision = seen["d"]
         redispatched = False
         if decision.changed:
@@ -316,27 +286,43 @@ class ApprovalService:
             shown = self._update_slack(job, decision, approver)
             if shown and job.state != PENDING_APPROVAL:
                 self.dispatcher.complete(job_id, outbox.CLOSE)
-        elif (core.record_of(job).status == core.APPROVED and job.state == PENDING
-              and decision.outcome == "unchanged"):
+        elif (
+            core.record_of(job).status == core.APPROVED
+            and job.state == PENDING
+            and decision.outcome == "unchanged"
+        ):
             decision, redispatched = self._redispatch(job, decision, now)
         log.info("job %s: %s by %s via %s: %s", job_id, action, approver, via, decision.outcome)
         return Outcome(decision, job, redispatched)
 
-    def _redispatch(self, job: Job, decision: core.Decision, now: int
-                    ) -> tuple[core.Decision, bool]:
+    def _redispatch(
+        self, job: Job, decision: core.Decision, now: int
+    ) -> tuple[core.Decision, bool]:
         """A second Approve of an approved job whose hand-off never went out: send it now."""
         rec = self.dispatcher.pending(job.job_id, outbox.APPROVED)
         if rec is None or not rec.stalled(now, self.dispatch_grace_ms):
             return decision, False  # handed off (or still being handed off): nothing to do
         said = decision.message.removesuffix("; nothing changed")
         if self.dispatcher.send(rec):
-            return core.Decision("redispatched", f"{said}; its hand-off to the executor had "
-                                                 "failed and was sent again now"), True
-        return core.Decision("unchanged", f"{said}; handing it to the executor failed again "
-                                          "and will be retried automatically"), False
+            return core.Decision(
+                "redispatched",
+                f"{said}; its hand-off to the executor had failed and was sent again now",
+            ), True
+        return core.Decision(
+            "unchanged",
+            f"{said}; handing it to the executor failed again and will be retried automatically",
+        ), False
 
-    def decide_group(self, job_id: str, *, approver: str, groups: frozenset[str],
-                     action: core.Action, reason: str | None, via: str) -> list[Outcome]:
+    def decide_group(
+        self,
+        job_id: str,
+        *,
+        approver: str,
+        groups: frozenset[str],
+        action: core.Action,
+        reason: str | None,
+        via: str,
+    ) -> list[Outcome]:
         """Decide every pending request in ``job_id``'s group (same requester, statement and
         default dataset), each in its own transaction bound to its own approval binding."""
         job = self.store.get(job_id)
@@ -345,14 +331,18 @@ class ApprovalService:
         members = [m.job_id for m in self._group_members(job, self._now_ms())]
         if job_id not in members:
             members.insert(0, job_id)  # decide() says why it is no longer decidable
-        return [self.decide(m, approver=approver, groups=groups, action=action, reason=reason,
-                            via=via) for m in members]
+        return [
+            self.decide(m, approver=approver, groups=groups, action=action, reason=reason, via=via)
+            for m in members
+        ]
 
-    def _record(self, job: Job, d: core.Decision, approver: str, via: str,
-                reason: str | None) -> None:
+    def _record(
+        self, job: Job, d: core.Decision, approver: str, via: str, reason: str | None
+    ) -> None:
         if self.recorder is None:
             return
-        kind = {"denied": "denied", "expired": "expired"}.get(d.outcome, "approval_decided")
+        kinds: dict[str, EventKind] = {"denied": "denied", "expired": "expired"}
+        kind = kinds.get(d.outcome, "approval_decided")
         data = {"outcome": d.outcome, "approver": approver, "via": via, "message": d.message}
         if d.outcome == "denied":
             data["reason"] = core.clean_reason(reason)
@@ -369,13 +359,18 @@ class ApprovalService:
         if d.outcome == "expired":
             actor = None
         msg = blocks.decided_message(
-            job, outcome=d.outcome, actor=actor, at_ms=rec.decided_at_ms or self._now_ms(),
+            job,
+            outcome=d.outcome,
+            actor=actor,
+            at_ms=rec.decided_at_ms or self._now_ms(),
             reason=rec.reason if d.outcome == "denied" else None,
             note=(f"{len(rec.votes)} of {rec.required}" if d.outcome == "recorded" else None),
-            via=rec.decided_via)
+            via=rec.decided_via,
+        )
         try:
-            self._notifier().update_message(rec.slack_channel, rec.slack_ts, msg["text"],
-                                            msg["blocks"])
+            self._notifier().update_message(
+                rec.slack_channel, rec.slack_ts, msg["text"], msg["blocks"]
+            )
         except Exception:  # the decision stands; the outbox's close record retries
             log.exception("updating the Slack message of job %s failed", job.job_id)
             return False
@@ -403,12 +398,12 @@ class ApprovalService:
         state: dict[str, Any] = {}
         close: list[OutboxRecord] = []
 
-        def claim(j: Job) -> dict[str, Any] | None:
+        def claim(j: Job) -> Job | None:
             state.clear()
             if j.state != PENDING_APPROVAL:
                 state["what"] = "not-pending"
                 return None
-            expired = core.expire_fields(j, now)
+            expired = core.expire(j, now)
             if expired is not None:
                 state["what"] = "expired"
                 return expired
@@ -422,15 +417,18 @@ class ApprovalService:
             state["what"], state["earlier_attempts"] = "post", rec.post_attempts
             # The first attempt posts straight away, so it is counted with the claim; a later
             # one first looks for the message an earlier attempt may have posted.
-            claimed = (replace(rec, notified_at_ms=now, post_attempts=1, first_post_ms=now)
-                       if rec.post_attempts == 0 else replace(rec, notified_at_ms=now))
-            return {"approval": claimed.to_doc()}
+            claimed = (
+                replace(rec, notified_at_ms=now, post_attempts=1, first_post_ms=now)
+                if rec.post_attempts == 0
+                else replace(rec, notified_at_ms=now)
+            )
+            return replace(j, approval=claimed.to_doc())
 
         def records(j: Job) -> list[OutboxRecord]:
             close[:] = [self._close_record(job_id)] if state.get("what") == "expired" else []
             return close
 
-        job = self.store.transition(job_id, claim, dispatch=records)
+        job = self.store.transition(job_id, claim, dispatch=records).after
         what = str(state.get("what", "not-pending"))
         if what == "expired":
             if self.recorder is not None:
@@ -452,12 +450,18 @@ class ApprovalService:
                 channel, ts = found[0]
             else:
                 if earlier:  # counted before the call: a crash mid-post must not go unseen
-                    self.store.transition(job_id, lambda j: {"approval": replace(
-                        core.record_of(j), post_attempts=earlier + 1).to_doc()})
+                    self.store.transition(
+                        job_id,
+                        lambda j: replace(
+                            j,
+                            approval=replace(core.record_of(j), post_attempts=earlier + 1).to_doc(),
+                        ),
+                    )
                 msg = blocks.request_message(job)
                 posting = True
                 channel, ts = self._notifier().post_request(
-                    self.slack_channel, msg["text"], msg["blocks"], self._metadata(job_id))
+                    self.slack_channel, msg["text"], msg["blocks"], self._metadata(job_id)
+                )
         except Exception as exc:
             # Release the claim so a redelivery (or the reconciler) tries again. A post whose
             # answer never came stays counted, so the next try looks for it before posting;
@@ -465,12 +469,18 @@ class ApprovalService:
             # no post and counted none.
             refused = posting and isinstance(exc, Rejected)
 
-            def release(j: Job) -> dict[str, Any]:
+            def release(j: Job) -> Job:
                 rec = core.record_of(j)
                 attempts = earlier if refused else rec.post_attempts
-                return {"approval": replace(rec, notified_at_ms=None, post_attempts=attempts,
-                                            first_post_ms=rec.first_post_ms if attempts
-                                            else None).to_doc()}
+                return replace(
+                    j,
+                    approval=replace(
+                        rec,
+                        notified_at_ms=None,
+                        post_attempts=attempts,
+                        first_post_ms=rec.first_post_ms if attempts else None,
+                    ).to_doc(),
+                )
 
             self.store.transition(job_id, release)
             raise
@@ -491,8 +501,9 @@ class ApprovalService:
         rec = core.record_of(job)
         since = (rec.first_post_ms or job.created_ms) - LOOKUP_SKEW_MS
         notifier = self._notifier()
-        found = notifier.find_messages(rec.slack_channel or self.slack_channel, METADATA_TYPE,
-                                       "job_id", job.job_id, since)
+        found = notifier.find_messages(
+            rec.slack_channel or self.slack_channel, METADATA_TYPE, "job_id", job.job_id, since
+        )
         for channel, ts in found[1:]:
             try:
                 notifier.delete_message(channel, ts)
@@ -501,18 +512,26 @@ class ApprovalService:
         return found[:1]
 
     def _remember(self, job_id: str, channel: str, ts: str, *, found_existing: bool) -> Job:
-        def remember(j: Job) -> dict[str, Any]:
-            rec = replace(core.record_of(j), slack_channel=channel, slack_ts=ts,
-                          notified_at_ms=None)
-            return {"approval": rec.to_doc()}
+        def remember(j: Job) -> Job:
+            rec = replace(
+                core.record_of(j), slack_channel=channel, slack_ts=ts, notified_at_ms=None
+            )
+            return replace(j, approval=rec.to_doc())
 
-        job = self.store.transition(job_id, remember)
+        job = self.store.transition(job_id, remember).after
         if self.recorder is not None:
             rec = core.record_of(job)
             try:
-                self.recorder.record(job, "notified", {
-                    "channel": channel, "ts": ts, "found_existing": found_existing,
-                    "post_attempts": rec.post_attempts})
+                self.recorder.record(
+                    job,
+                    "notified",
+                    {
+                        "channel": channel,
+                        "ts": ts,
+                        "found_existing": found_existing,
+                        "post_attempts": rec.post_attempts,
+                    },
+                )
             except Exception:  # the message is posted and linked; the record is best effort
                 log.exception("recording the notification of job %s failed", job_id)
         return job
@@ -532,13 +551,19 @@ class ApprovalService:
         assert channel is not None
         outcome, actor, reason = core.final_outcome(job)
         decided = core.record_of(job)
-        msg = blocks.decided_message(job, outcome=outcome, actor=actor,
-                                     at_ms=decided.decided_at_ms or job.ended_ms
-                                     or self._now_ms(), reason=reason)
+        msg = blocks.decided_message(
+            job,
+            outcome=outcome,
+            actor=actor,
+            at_ms=decided.decided_at_ms or job.ended_ms or self._now_ms(),
+            reason=reason,
+        )
         self._notifier().update_message(channel, ts, msg["text"], msg["blocks"])
         now = self._now_ms()
-        self.store.transition(job.job_id, lambda j: {"approval": replace(
-            core.record_of(j), slack_closed_ms=now).to_doc()})
+        self.store.transition(
+            job.job_id,
+            lambda j: replace(j, approval=replace(core.record_of(j), slack_closed_ms=now).to_doc()),
+        )
         return self._closed(job.job_id, "closed")
 
     def _closed(self, job_id: str, what: str) -> str:
@@ -548,12 +573,20 @@ class ApprovalService:
 
     # --- HTTP --------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               params: Mapping[str, str] | None = None) -> Response:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+    ) -> Response:
         """Answer one HTTP request to the approvals function (``params``: the query string)."""
-        try:
-            if method.upper() == "GET" and path in ("/", "/healthz"):
-                return Response(200, {"status": "ok", "service": "bqgate-approvals"})
+
+        def call() -> Response:
+            health = health_check("approvals", method, path)
+            if health is not None:
+                return health
             if path.rstrip("/") == "/slack/interactions":
                 if method.upper() != "POST":
                     raise InvalidRequest("Slack interactions are POSTed")
@@ -562,21 +595,25 @@ class ApprovalService:
             if found is None:
                 raise NotFound(f"Not found: {method.upper()} {path}")
             return self.api(found, headers, body, params or {})
-        except BqgateError as err:
-            return error_response(err)
-        except Exception:  # the one place an unexpected failure becomes an answer
-            return internal_error("approvals service", method, path)
+
+        return answered("approvals service", method, path, call)
 
     # --- approver API ------------------------------------------------------------------
 
-    def api(self, found: tuple[str, str | None, str | None], headers: Mapping[str, str],
-            body: bytes, params: Mapping[str, str] | None = None) -> Response:
-        principal = self._verifier().verify(bearer_token(_header(headers, "Authorization")))
+    def api(
+        self,
+        found: tuple[str, str | None, str | None],
+        headers: Mapping[str, str],
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+    ) -> Response:
+        principal = self._verifier().verify(bearer_token(header(headers, "Authorization")))
         name, job_id, action = found
         if name == "list":
             args = params or {}
-            page = self.pending_for(principal.email, principal.groups,
-                                    cursor=args.get("cursor"), limit=_page_size(args))
+            page = self.pending_for(
+                principal.email, principal.groups, cursor=args.get("cursor"), limit=_page_size(args)
+            )
             return Response(200, page.to_body())
         assert job_id is not None and action in ("approve", "deny")
         data = wire.parse_json_body(body or b"{}")
@@ -588,15 +625,33 @@ class ApprovalService:
             raise InvalidRequest("group must be true or false")
         verb: core.Action = "approve" if action == "approve" else "deny"
         if not group:
-            outcome = self.decide(job_id, approver=principal.email, groups=principal.groups,
-                                  action=verb, reason=reason, via="api")
+            outcome = self.decide(
+                job_id,
+                approver=principal.email,
+                groups=principal.groups,
+                action=verb,
+                reason=reason,
+                via="api",
+            )
             return Response(200, outcome.to_body())
-        outcomes = self.decide_group(job_id, approver=principal.email, groups=principal.groups,
-                                     action=verb, reason=reason, via="api")
+        outcomes = self.decide_group(
+            job_id,
+            approver=principal.email,
+            groups=principal.groups,
+            action=verb,
+            reason=reason,
+            via="api",
+        )
         return Response(200, group_body(job_id, verb, outcomes))
 
-    def pending_for(self, approver: str, groups: frozenset[str], *, cursor: str | None = None,
-                    limit: int = PAGE_SIZE) -> PendingPage:
+    def pending_for(
+        self,
+        approver: str,
+        groups: frozenset[str],
+        *,
+        cursor: str | None = None,
+        limit: int = PAGE_SIZE,
+    ) -> PendingPage:
         """One page of the pending, unexpired requests ``approver`` may approve, newest
         first by creation time; pass ``next_cursor`` back for the next page.
 
@@ -606,8 +661,10 @@ class ApprovalService:
         newest of them (its ``group`` lists the others). The approver API, ``bqgate
         approvals list`` and the console all page through this."""
         if not set(self.policy.approvals.approver_groups) & set(groups):
-            raise AccessDenied(f"{approver} is not a member of an approver group "
-                               f"({', '.join(self.policy.approvals.approver_groups)})")
+            raise AccessDenied(
+                f"{approver} is not a member of an approver group "
+                f"({', '.join(self.policy.approvals.approver_groups)})"
+            )
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidRequest(f"limit: expected 1 to {MAX_PAGE_SIZE}, got {limit}")
         after = decode_cursor(cursor)
@@ -628,37 +685,58 @@ class ApprovalService:
         return PendingPage(items, encode_cursor(after) if after is not None else None)
 
     def _decidable(self, job: Job, approver: str, groups: frozenset[str], now: int) -> bool:
-        if (job.state != PENDING_APPROVAL or core.expire_fields(job, now) is not None
-                or job.bytes_estimate is None):
+        if (
+            job.state != PENDING_APPROVAL
+            or core.expire(job, now) is not None
+            or job.bytes_estimate is None
+        ):
             return False
         try:
-            core.authorize(job, approver=approver, approver_groups=groups, action="approve",
-                           policy=self.policy)
+            core.authorize(
+                job, approver=approver, approver_groups=groups, action="approve", policy=self.policy
+            )
         except AccessDenied:
             return False
-        return approver.lower() not in core.record_of(job, self.policy.approvals.required
-                                                      ).approvers
+        return approver.lower() not in core.record_of(job, self.policy.approvals.required).approvers
 
     def _group_members(self, job: Job, now: int) -> list[Job]:
         """The pending, unexpired, estimated requests in ``job``'s group, newest first."""
         key = core.group_key(job)
-        similar = self.store.similar_pending(owner=job.owner,
-                                             statement_hash=core.statement_hash_of(job),
-                                             now_ms=now, limit=GROUP_LIMIT)
-        members = [j for j in similar if core.group_key(j) == key
-                   and j.bytes_estimate is not None and core.expire_fields(j, now) is None]
-        return sorted(members, key=lambda j: (j.created_ms, j.expire_at_ms or 0, j.job_id),
-                      reverse=True)
+        similar = self.store.similar_pending(
+            owner=job.owner,
+            statement_hash=core.statement_hash_of(job),
+            now_ms=now,
+            limit=GROUP_LIMIT,
+        )
+        members = [
+            j
+            for j in similar
+            if core.group_key(j) == key
+            and j.bytes_estimate is not None
+            and core.expire(j, now) is None
+        ]
+        return sorted(
+            members, key=lambda j: (j.created_ms, j.expire_at_ms or 0, j.job_id), reverse=True
+        )
 
-    def _item(self, job: Job, approver: str, groups: frozenset[str], now: int,
-              members_of: dict[tuple[str, str, str], list[Job]]) -> dict[str, Any] | None:
+    def _item(
+        self,
+        job: Job,
+        approver: str,
+        groups: frozenset[str],
+        now: int,
+        members_of: dict[tuple[str, str, str], list[Job]],
+    ) -> dict[str, Any] | None:
         """The list entry for ``job``, or None if it is not shown on its own."""
         if not self._decidable(job, approver, groups, now):
             return None
         key = core.group_key(job)
         if key not in members_of:
-            members_of[key] = [m for m in self._group_members(job, now)
-                               if self._decidable(m, approver, groups, now)]
+            members_of[key] = [
+                m
+                for m in self._group_members(job, now)
+                if self._decidable(m, approver, groups, now)
+            ]
         members = members_of[key] or [job]
         if members[0].job_id != job.job_id and any(m.job_id == job.job_id for m in members):
             return None  # shown inside the newest request of its group (listed before it)
@@ -666,25 +744,40 @@ class ApprovalService:
         cls = job.classification or {}
         estimates = [m.bytes_estimate or 0 for m in members]
         return {
-            "job_id": job.job_id, "owner": job.owner, "groups": job.groups, "sql": job.sql,
+            "job_id": job.job_id,
+            "owner": job.owner,
+            "groups": job.groups,
+            "sql": job.sql,
             "session_id": job.session_id or f"job-{job.job_id}",
-            "rewritten_sql": job.rewritten_sql, "blast_radius": job.blast_radius,
-            "tables": cls.get("tables") or [], "reasons": cls.get("reasons") or [],
-            "statement_hash": cls.get("statement_hash"), "bytes_estimate": job.bytes_estimate,
-            "created_ms": job.created_ms, "expire_at_ms": job.expire_at_ms,
-            "approvals": [v.to_doc() for v in rec.votes], "required": rec.required,
+            "rewritten_sql": job.rewritten_sql,
+            "blast_radius": job.blast_radius,
+            "tables": cls.get("tables") or [],
+            "reasons": cls.get("reasons") or [],
+            "statement_hash": cls.get("statement_hash"),
+            "bytes_estimate": job.bytes_estimate,
+            "created_ms": job.created_ms,
+            "expire_at_ms": job.expire_at_ms,
+            "approvals": [v.to_doc() for v in rec.votes],
+            "required": rec.required,
             "notified": bool(rec.slack_ts),
-            "group": {"id": core.group_id(job), "size": len(members),
-                      "job_ids": [m.job_id for m in members],
-                      "bytes_estimate_max": max(estimates)},
+            "group": {
+                "id": core.group_id(job),
+                "size": len(members),
+                "job_ids": [m.job_id for m in members],
+                "bytes_estimate_max": max(estimates),
+            },
         }
 
     # --- Slack -------------------------------------------------------------------------
 
     def slack(self, headers: Mapping[str, str], body: bytes) -> Response:
         blocks.verify_signature(
-            self.signing_secret, _header(headers, "X-Slack-Request-Timestamp"),
-            _header(headers, "X-Slack-Signature"), body, now=self.clock())
+            self.signing_secret,
+            header(headers, "X-Slack-Request-Timestamp"),
+            header(headers, "X-Slack-Signature"),
+            body,
+            now=self.clock(),
+        )
         payload = parse_interaction(body)
         kind = payload.get("type")
         if kind == "block_actions":
@@ -715,8 +808,9 @@ class ApprovalService:
 
     def _tell(self, payload: Mapping[str, Any], text: str) -> Response:
         """An ephemeral note to the clicking user (posted, and as the HTTP answer)."""
-        channel = (_field(payload.get("container"), "channel_id")
-                   or _field(payload.get("channel"), "id"))
+        channel = _field(payload.get("container"), "channel_id") or _field(
+            payload.get("channel"), "id"
+        )
         user = _field(payload.get("user"), "id")
         if isinstance(channel, str) and isinstance(user, str) and channel and user:
             try:
@@ -727,8 +821,11 @@ class ApprovalService:
 
     def _block_actions(self, payload: Mapping[str, Any]) -> Response:
         actions = payload.get("actions")
-        action = (actions[0] if isinstance(actions, list) and actions
-                  and isinstance(actions[0], Mapping) else {})
+        action = (
+            actions[0]
+            if isinstance(actions, list) and actions and isinstance(actions[0], Mapping)
+            else {}
+        )
         action_id, job_id = action.get("action_id"), action.get("value")
         known = (blocks.APPROVE_ACTION, blocks.DENY_ACTION)
         if action_id not in known:
@@ -739,26 +836,43 @@ class ApprovalService:
             approver = self._approver(payload)
             groups = self.policy.groups_for(approver)
             if action_id == blocks.APPROVE_ACTION:
-                outcome = self.decide(job_id, approver=approver, groups=groups, action="approve",
-                                      reason=None, via="slack")
+                outcome = self.decide(
+                    job_id,
+                    approver=approver,
+                    groups=groups,
+                    action="approve",
+                    reason=None,
+                    via="slack",
+                )
                 return self._tell(payload, outcome.decision.message)
             # Deny: check first, so a non-approver or a late click gets a note, not a modal.
             job = self.store.get(job_id)
             if job is None:
                 raise NotFound(f"Not found: Job {job_id}")
-            core.authorize(job, approver=approver, approver_groups=groups, action="deny",
-                           policy=self.policy)
+            core.authorize(
+                job, approver=approver, approver_groups=groups, action="deny", policy=self.policy
+            )
             rec = core.record_of(job)
-            if job.state != PENDING_APPROVAL or core.expire_fields(job, self._now_ms()):
+            if job.state != PENDING_APPROVAL or core.expire(job, self._now_ms()):
                 # Let decide() say why (and expire it if that is the reason).
-                outcome = self.decide(job_id, approver=approver, groups=groups, action="deny",
-                                      reason="(late click)", via="slack")
+                outcome = self.decide(
+                    job_id,
+                    approver=approver,
+                    groups=groups,
+                    action="deny",
+                    reason="(late click)",
+                    via="slack",
+                )
                 return self._tell(payload, outcome.decision.message)
             trigger = payload.get("trigger_id")
             if not isinstance(trigger, str) or not trigger:
                 raise InvalidRequest("the Slack payload has no trigger_id")
-            self._notifier().open_modal(trigger, blocks.deny_modal(
-                job_id, channel=rec.slack_channel, ts=rec.slack_ts, sql_preview=job.sql))
+            self._notifier().open_modal(
+                trigger,
+                blocks.deny_modal(
+                    job_id, channel=rec.slack_channel, ts=rec.slack_ts, sql_preview=job.sql
+                ),
+            )
             return Response(200, {})
         except (AccessDenied, InvalidRequest, NotFound, Unauthenticated) as err:
             return self._tell(payload, err.message)
@@ -779,9 +893,14 @@ class ApprovalService:
             return _view_error("This form is damaged; close it and click Deny again")
         try:
             approver = self._approver(payload)
-            outcome = self.decide(job_id, approver=approver,
-                                  groups=self.policy.groups_for(approver), action="deny",
-                                  reason=blocks.modal_reason(view), via="slack")
+            outcome = self.decide(
+                job_id,
+                approver=approver,
+                groups=self.policy.groups_for(approver),
+                action="deny",
+                reason=blocks.modal_reason(view),
+                via="slack",
+            )
         except (AccessDenied, InvalidRequest, NotFound, Unauthenticated) as err:
             return _view_error(err.message)
         except Unavailable:
@@ -808,8 +927,13 @@ def group_body(job_id: str, action: core.Action, outcomes: Sequence[Outcome]) ->
     message = f"{verb} {len(done)} of the {len(outcomes)} requests of the group"
     if not done and outcomes:
         message += f": {outcomes[0].decision.message}"
-    return {"job_id": job_id, "group_size": len(outcomes), "decided": len(done),
-            "message": message, "outcomes": [o.to_body() for o in outcomes]}
+    return {
+        "job_id": job_id,
+        "group_size": len(outcomes),
+        "decided": len(done),
+        "message": message,
+        "outcomes": [o.to_body() for o in outcomes],
+    }
 
 
 class ApprovalsApp:
@@ -819,24 +943,40 @@ class ApprovalsApp:
     def __init__(self, factory: Callable[[], ApprovalService]) -> None:
         self._factory = factory
 
-    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               params: Mapping[str, str] | None = None) -> Response:
-        if method.upper() == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-approvals"})
-        try:
-            service = self._factory()
-        except BqgateError as err:
-            return error_response(err)
-        except Exception:
-            return internal_error("approvals service", method, path)
-        return service.handle(method, path, headers, body, params)
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+    ) -> Response:
+        return health_check("approvals", method, path) or answered(
+            "approvals service",
+            method,
+            path,
+            lambda: self._factory().handle(method, path, headers, body, params),
+        )
 
 
 def _view_error(text: str) -> Response:
-    return Response(200, {"response_action": "errors",
-                          "errors": {blocks.REASON_BLOCK: blocks.plain_line(text, 150)}})
+    return Response(
+        200,
+        {
+            "response_action": "errors",
+            "errors": {blocks.REASON_BLOCK: blocks.plain_line(text, 150)},
+        },
+    )
 
 
-__all__ = ["ApprovalService", "ApprovalsApp", "Notifier", "Outcome", "PendingPage",
-           "decode_cursor", "encode_cursor", "group_body", "job_id_from_pubsub",
-           "parse_interaction", "route_api"]
+__all__ = [
+    "ApprovalService",
+    "ApprovalsApp",
+    "Outcome",
+    "PendingPage",
+    "decode_cursor",
+    "encode_cursor",
+    "group_body",
+    "parse_interaction",
+    "route_api",
+]

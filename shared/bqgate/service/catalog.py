@@ -28,9 +28,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bqgate import catalog as shapes
-from bqgate.errors import BqgateError, InvalidRequest, NotFound
+from bqgate.errors import InvalidRequest, NotFound
 from bqgate.policy import Policy
 from bqgate.ports import Catalog
+from bqgate.service.http import Response, answered
 
 CATALOG_PATH = "/bqgate/catalog"
 OPERATIONS = ("datasets.get", "tables.list", "tables.get")
@@ -76,14 +77,15 @@ class CatalogApp:
     def __init__(self, service: Callable[[], CatalogService]) -> None:
         self._service = service
 
-    def handle(self, body: bytes) -> Any:
-        from bqgate.service.http import Response, error_response
+    def handle(self, body: bytes, *, method: str = "POST", path: str = CATALOG_PATH) -> Response:
         from bqgate.wire.bigquery import parse_json_body
 
-        try:
-            return Response(200, self._service().answer(parse_json_body(body)))
-        except BqgateError as err:
-            return error_response(err)
+        return answered(
+            "executor",
+            method,
+            path,
+            lambda: Response(200, self._service().answer(parse_json_body(body))),
+        )
 
 
 def catalog_request(

@@ -88,7 +88,7 @@ class ExecutorAnswer:
         doc, rows = body.get("job"), body.get("rows")
         try:
             job = Job.from_doc(doc) if isinstance(doc, dict) else None
-        except TypeError:
+        except (TypeError, ValueError):  # not a job this version knows
             return None
         return cls(
             outcome=body["outcome"],

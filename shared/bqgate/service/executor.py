@@ -26,12 +26,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bqgate import outbox
 from bqgate.approvals import check_binding, needs_approval, quota_message
-from bqgate.errors import BqgateError, JobFailed, finished, for_job
+from bqgate.audit.record import EventKind
+from bqgate.errors import (
+    AccessDenied,
+    BqgateError,
+    InvalidQuery,
+    JobFailed,
+    NotFound,
+    QuotaExceeded,
+    from_warehouse,
+    stored,
+)
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
@@ -44,11 +54,12 @@ from bqgate.ports import (
     QueryOutcome,
     Queue,
     QuotaFull,
+    Recorder,
     Recording,
     Warehouse,
 )
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer
-from bqgate.service.gateway import Recorder
+from bqgate.vocabulary import Decision, as_decision, strictest_decision
 
 if TYPE_CHECKING:
     from bqgate.masking import Masker
@@ -77,11 +88,6 @@ _VERB = {"DELETE": "deletes", "UPDATE": "updates", "MERGE": "changes"}
 CODE_KINDS = frozenset({"routine", "table_function", "procedure", "model"})
 
 
-def _stricter(a: str, b: str) -> str:
-    order = {"allow": 0, "approve": 1, "block": 2}
-    return a if order.get(a, 2) >= order.get(b, 2) else b
-
-
 def classify_defaults(job: Job) -> dict[str, Any]:
     """The classifier's name defaults for a job: its project, and its default dataset as
     ``project.dataset`` (bare table names resolve there, ``dataset.table`` in the job's
@@ -106,7 +112,7 @@ def label_value(text: str) -> str:
     return _LABEL_BAD.sub("_", text.lower())[:63]
 
 
-def cost_decision(estimate: int, policy: Policy) -> tuple[str, str]:
+def cost_decision(estimate: int, policy: Policy) -> tuple[Decision, str]:
     """The cost guard: allow, approve or block by the dry run's byte estimate.
 
     >>> from bqgate.policy import load_policy
@@ -171,15 +177,13 @@ def over_client_cap(estimate: int, job: Job) -> bool:
     return bool(cap) and billed_bytes(estimate, _tables_of(job)) > (cap or 0)
 
 
-def client_cap_error(estimate: int, job: Job) -> dict[str, str]:
+def client_cap_error(estimate: int, job: Job) -> BqgateError:
     """BigQuery's own error for a query over the client's ``maximumBytesBilled``."""
-    return {
-        "reason": "bytesBilledLimitExceeded",
-        "message": (
-            f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
-            f"{billed_bytes(estimate, _tables_of(job))} or higher required."
-        ),
-    }
+    return from_warehouse(
+        "bytesBilledLimitExceeded",
+        f"Query exceeded limit for bytes billed: {job.maximum_bytes_billed}. "
+        f"{billed_bytes(estimate, _tables_of(job))} or higher required.",
+    )
 
 
 @dataclass
@@ -237,7 +241,7 @@ class Executor:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def _record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         if self.recorder is not None:
             self.recorder.record(job, kind, data)
 
@@ -312,10 +316,10 @@ class Executor:
         """Count one transient failure; raise ``err`` (redelivery) while attempts remain."""
         limit = self.config.transient_attempts
 
-        def count(job: Job) -> dict[str, Any] | None:
-            return None if job.done else {"transient_failures": job.transient_failures + 1}
+        def count(job: Job) -> Job | None:
+            return None if job.done else replace(job, transient_failures=job.transient_failures + 1)
 
-        job = self.store.transition(job_id, count)
+        job = self.store.transition(job_id, count).after
         if job.done:
             return "skipped"
         if job.transient_failures < limit:
@@ -377,11 +381,10 @@ class Executor:
         if job.dry_run and job.classification.get("second_opinion"):
             return self._fail(
                 job,
-                {
-                    "reason": "accessDenied",
-                    "message": "Blocked by bqgate policy: a statement the classifier cannot "
-                    "parse gets no dry run (only a second opinion when it runs)",
-                },
+                AccessDenied(
+                    "Blocked by bqgate policy: a statement the classifier cannot "
+                    "parse gets no dry run (only a second opinion when it runs)"
+                ),
             )
         if job.classification.get("second_opinion"):
             return self._second_opinion(job)
@@ -397,10 +400,7 @@ class Executor:
             if problem:
                 return self._fail(
                     job,
-                    {
-                        "reason": "accessDenied",
-                        "message": f"Approval does not match this job: {problem}",
-                    },
+                    AccessDenied(f"Approval does not match this job: {problem}"),
                 )
         elif job.state == PENDING:
             writes = job.classification.get("writes") or []
@@ -417,7 +417,7 @@ class Executor:
                 return self._fail(job, client_cap_error(estimate, job))
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
-                return self._fail(job, {"reason": "quotaExceeded", "message": why})
+                return self._fail(job, QuotaExceeded(why))
             if decision == "approve":
                 return self._request_approval(job, why, estimate, plan=plan)
             if writes:
@@ -428,10 +428,7 @@ class Executor:
                 if verdict == "block":
                     return self._fail(
                         job,
-                        {
-                            "reason": "accessDenied",
-                            "message": f"Blocked by bqgate policy: {message}",
-                        },
+                        AccessDenied(f"Blocked by bqgate policy: {message}"),
                     )
                 if verdict == "approve":
                     return self._request_approval(job, message, estimate, plan=plan, blast=record)
@@ -458,9 +455,10 @@ class Executor:
             )
         except RewriteError as exc:
             text = str(exc)
-            reason = "notFound" if "schema of" in text else "accessDenied"
-            prefix = "Not found: " if reason == "notFound" else "Blocked by bqgate policy: "
-            self._fail(job, {"reason": reason, "message": prefix + text})
+            if "schema of" in text:
+                self._fail(job, NotFound("Not found: " + text))
+            else:
+                self._fail(job, AccessDenied("Blocked by bqgate policy: " + text))
             return None
 
     def _dry_run(self, job: Job, sql: str, params: Sequence[Mapping[str, Any]]) -> DryRun | None:
@@ -498,10 +496,7 @@ class Executor:
             reasons = [*job.classification.get("reasons", []), *problems]
             return self._fail(
                 job,
-                {
-                    "reason": "accessDenied",
-                    "message": "Blocked by bqgate policy: " + "; ".join(reasons),
-                },
+                AccessDenied("Blocked by bqgate policy: " + "; ".join(reasons)),
             )
         verdict = dict(job.classification)
         verdict["tables"] = sorted(tables)
@@ -514,12 +509,12 @@ class Executor:
         opinion = {"statement_type": info.statement_type, "referenced_tables": sorted(tables)}
         self.store.transition(
             job.job_id,
-            lambda j: {"classification": verdict},
+            lambda j: replace(j, classification=verdict),
             record=self._recording(job, lambda j: [("second_opinion", opinion)]),
         )
         estimate_ok, why = cost_decision(info.total_bytes_processed, self.policy)
         if estimate_ok != "allow":
-            return self._fail(job, {"reason": "quotaExceeded", "message": why})
+            return self._fail(job, QuotaExceeded(why))
         from bqgate.sql.rewrite import Rewrite
 
         plan = Rewrite(
@@ -580,8 +575,8 @@ class Executor:
 
     def _blast_radius(
         self, job: Job, plan: Rewrite
-    ) -> tuple[str, str, list[dict[str, Any]]] | None:
-        """Measure every DELETE/UPDATE/MERGE: (allow|approve|block, message, record)."""
+    ) -> tuple[Decision, str, list[dict[str, Any]]] | None:
+        """Measure every DELETE/UPDATE/MERGE: (decision, message, record)."""
         import sqlglot
 
         from bqgate.policy import WriteLimits
@@ -589,21 +584,23 @@ class Executor:
 
         checks = job.classification.get("writes") or []
         statements = [s for s in sqlglot.parse(plan.marked_sql, read="bigquery") if s is not None]
-        worst = "allow"
+        worst: Decision = "allow"
         messages: list[str] = []
         record: list[dict[str, Any]] = []
         for check in checks:
             index = int(check.get("statement", 1))
             target = str(check.get("target", ""))
             limits = WriteLimits(
-                check.get("max_rows"), check.get("max_fraction"), str(check.get("above", "approve"))
+                check.get("max_rows"),
+                check.get("max_fraction"),
+                as_decision(check.get("above", "approve")),
             )
             try:
                 if index > len(statements):
                     raise CannotMeasure("the statement is missing")
                 count_sql = measure_sql(statements[index - 1])
             except CannotMeasure as exc:
-                worst = _stricter(worst, "approve")
+                worst = strictest_decision((worst, "approve"))
                 messages.append(f"the blast radius on {target} cannot be measured ({exc})")
                 continue
             sql, params, _mode = plan.finalize(count_sql)
@@ -624,13 +621,13 @@ class Executor:
             }
             record.append(entry)
             if over:
-                worst = _stricter(worst, limits.above)
+                worst = strictest_decision((worst, limits.above))
                 messages.append(f"{text}: {over} (tier {check.get('tier')})")
             else:
                 messages.append(text)
         self.store.transition(
             job.job_id,
-            lambda j: {"blast_radius": record},
+            lambda j: replace(j, blast_radius=record),
             record=self._recording(job, lambda j: [("blast_radius", {"writes": record})]),
         )
         return worst, "; ".join(messages), record
@@ -660,9 +657,7 @@ class Executor:
         for rows in self.warehouse.pages(wjid, page_size=1, max_rows=1):
             if rows:
                 return list(rows[0])
-        self._fail(
-            job, {"reason": "invalidQuery", "message": "the blast-radius count returned no row"}
-        )
+        self._fail(job, InvalidQuery("the blast-radius count returned no row"))
         return None
 
     def _upper_bound(self, job: Job) -> int | None:
@@ -696,9 +691,7 @@ class Executor:
             return None
         problem = self._disagreement(job, info)
         if problem:
-            self._fail(
-                job, {"reason": "accessDenied", "message": f"Blocked by bqgate policy: {problem}"}
-            )
+            self._fail(job, AccessDenied(f"Blocked by bqgate policy: {problem}"))
             return None
         return info.total_bytes_processed
 
@@ -720,7 +713,7 @@ class Executor:
                 return "failed"
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
-                return self._fail(job, {"reason": "quotaExceeded", "message": why})
+                return self._fail(job, QuotaExceeded(why))
             if job.classification.get("writes") and blast is None:
                 measured = self._blast_radius(job, plan)
                 if measured is None:
@@ -729,10 +722,7 @@ class Executor:
                 if verdict == "block":
                     return self._fail(
                         job,
-                        {
-                            "reason": "accessDenied",
-                            "message": f"Blocked by bqgate policy: {message}",
-                        },
+                        AccessDenied(f"Blocked by bqgate policy: {message}"),
                     )
                 extra.append(message)
         if over_client_cap(estimate, job):
@@ -755,15 +745,14 @@ class Executor:
             fields["classification"] = judged
         if cost_reason or blast is not None:
             fields["expire_at_ms"] = now + ttl_ms
-        won = {"ok": False}
         if self.dispatcher is None:
             raise RuntimeError("the executor has no queue to send approval requests to")
         dispatcher = self.dispatcher
         notify: list[OutboxRecord] = []
 
-        def mark(j: Job) -> dict[str, Any] | None:
-            won["ok"] = j.state in (PENDING, PENDING_APPROVAL) and not j.approval_requested_ms
-            return fields if won["ok"] else None
+        def mark(j: Job) -> Job | None:
+            ours = j.state in (PENDING, PENDING_APPROVAL) and not j.approval_requested_ms
+            return replace(j, **fields) if ours else None
 
         def records(j: Job) -> list[OutboxRecord]:
             notify[:] = [
@@ -790,7 +779,7 @@ class Executor:
             ]
 
         try:
-            job = self.store.transition(
+            marked = self.store.transition(
                 job.job_id,
                 mark,
                 dispatch=records,
@@ -799,8 +788,8 @@ class Executor:
             )
         except QuotaFull as full:
             message = quota_message(job.owner, len(full.open_job_ids), limit)
-            return self._fail(job, {"reason": "quotaExceeded", "message": message})
-        if not won["ok"]:
+            return self._fail(job, QuotaExceeded(message))
+        if not marked.changed:
             return "awaiting-approval"
         # The request and its notification were committed together; if this publish fails
         # the outbox reconciler sends it (the approvers see the request meanwhile).
@@ -826,21 +815,19 @@ class Executor:
         job_id = stored.job_id
         now = self._now_ms()
         wjid = warehouse_job_id(job_id)
-        claimed: dict[str, bool] = {"ok": False}
         rewritten = plan.sql if plan.changed else None
 
-        def claim(job: Job) -> dict[str, Any] | None:
-            claimed["ok"] = False
+        def claim(job: Job) -> Job | None:
             if job.state not in (PENDING, RUNNING):
                 return None  # DONE (nothing to do) or awaiting approval (not ours yet)
-            claimed["ok"] = True
-            return {
-                "state": RUNNING,
-                "started_ms": job.started_ms or now,
-                "warehouse_job_id": wjid,
-                "executions": job.executions + 1,
-                "rewritten_sql": rewritten,
-            }
+            return replace(
+                job,
+                state=RUNNING,
+                started_ms=job.started_ms or now,
+                warehouse_job_id=wjid,
+                executions=job.executions + 1,
+                rewritten_sql=rewritten,
+            )
 
         def started(j: Job) -> EventItems:
             return [
@@ -858,9 +845,10 @@ class Executor:
             ]
 
         # The claim and its session event in one commit.
-        job = self.store.transition(job_id, claim, record=self._recording(stored, started))
-        if not claimed["ok"]:
+        claimed = self.store.transition(job_id, claim, record=self._recording(stored, started))
+        if not claimed.changed:
             return "skipped"
+        job = claimed.after
         t0 = time.perf_counter()
         try:
             outcome = self.warehouse.run(
@@ -894,11 +882,9 @@ class Executor:
             return "failed"
         problem = self._disagreement(job, info)
         if problem:
-            return self._fail(
-                job, {"reason": "accessDenied", "message": f"Blocked by bqgate policy: {problem}"}
-            )
+            return self._fail(job, AccessDenied(f"Blocked by bqgate policy: {problem}"))
         now = self._now_ms()
-        fields = {
+        fields: dict[str, Any] = {
             "state": DONE,
             "started_ms": now,
             "ended_ms": now,
@@ -909,11 +895,9 @@ class Executor:
                 info.referenced_tables or job.classification.get("tables") or ()
             ),
         }
-        wrote = {"ok": False}
 
-        def answer(j: Job) -> dict[str, Any] | None:
-            wrote["ok"] = not j.done
-            return fields if wrote["ok"] else None
+        def answer(j: Job) -> Job | None:
+            return None if j.done else replace(j, **fields)
 
         complete = self._handoff()
         ended = self.store.transition(
@@ -924,29 +908,21 @@ class Executor:
             ),
             complete=complete,
         )
-        if wrote["ok"]:
-            self._finished(ended, completed=bool(complete))
+        if ended.changed:
+            self._finished(ended.after, completed=bool(complete))
         return "dry-run"
 
-    def _fail(self, job: Job, error: BqgateError | Mapping[str, str]) -> str:
+    def _fail(self, job: Job, error: BqgateError) -> str:
         """Finish the job with a BigQuery-shaped error whose message carries no data, and
-        whose reason and status suit a finished job (:func:`bqgate.errors.finished`: never a
+        whose reason and status suit a finished job (:func:`bqgate.errors.stored`: never a
         reason a client retries, never a 5xx)."""
         from bqgate.scrub import scrub
 
-        if not isinstance(error, BqgateError):
-            error = for_job(error.get("reason"), error.get("message", "the query failed"))
-        proto = finished(error).to_error_proto()
-        err = {
-            "reason": proto["reason"],
-            "message": scrub(proto["message"], self.warehouse_project, job.project),
-        }
+        err = stored(error, scrub=lambda m: scrub(m, self.warehouse_project, job.project))
         now = self._now_ms()
-        wrote = {"ok": False}
 
-        def end(j: Job) -> dict[str, Any] | None:
-            wrote["ok"] = not j.done
-            return {"state": DONE, "ended_ms": now, "error": err} if wrote["ok"] else None
+        def end(j: Job) -> Job | None:
+            return None if j.done else replace(j, state=DONE, ended_ms=now, error=err)
 
         complete = self._handoff()
         ended = self.store.transition(
@@ -955,8 +931,8 @@ class Executor:
             record=self._recording(job, lambda j: [("execution_finished", {"error": err})]),
             complete=complete,
         )
-        if wrote["ok"]:
-            self._finished(ended, completed=bool(complete))
+        if ended.changed:
+            self._finished(ended.after, completed=bool(complete))
         return "failed"
 
     def masker_for(
@@ -1109,7 +1085,7 @@ class Executor:
             "warehouse_ms": round(run_ms, 3),
             "results_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
-        fields = {
+        fields: dict[str, Any] = {
             "state": DONE,
             "ended_ms": now,
             "schema": schema if schema else None,
@@ -1145,11 +1121,9 @@ class Executor:
                 },
             ),
         ]
-        wrote = {"ok": False}
 
-        def end(j: Job) -> dict[str, Any] | None:
-            wrote["ok"] = not j.done
-            return fields if wrote["ok"] else None
+        def end(j: Job) -> Job | None:
+            return None if j.done else replace(j, **fields)
 
         # One commit: the job DONE, its session events (the agent cannot read rows the
         # session record does not hold), an inline result's pages, and the direct call's
@@ -1162,12 +1136,12 @@ class Executor:
             pages=held,
             complete=complete,
         )
-        if wrote["ok"]:
+        if ended.changed:
             rows_json = None
             if schema and inline:
                 rows_json = "[" + ",".join(p.rows_json[1:-1] for p in held if p.rows_json != "[]")
                 rows_json += "]"
-            self._finished(ended, rows_json=rows_json, completed=bool(complete))
+            self._finished(ended.after, rows_json=rows_json, completed=bool(complete))
         return "done"
 
 

@@ -1,6 +1,6 @@
 """The ingress core: BigQuery's jobs API, judged by policy, backed by the job store.
 
-Pure: talks to ports only. ``bqgate.service.http`` maps HTTP requests onto it.
+Pure: talks to ports only. ``bqgate.service.ingress`` maps HTTP requests onto it.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
 
 from bqgate import outbox
-from bqgate.approvals import expire_fields, quota_message
+from bqgate.approvals import expire, quota_message
+from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -27,13 +28,23 @@ from bqgate.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    Stopped,
     Unavailable,
     for_job,
+    stored,
 )
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import JobStore, OpenRequestQuota, Queue, QuotaFull, Recording
+from bqgate.ports import (
+    Classifier,
+    JobStore,
+    OpenRequestQuota,
+    Queue,
+    QuotaFull,
+    Recorder,
+    Recording,
+)
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher, ExecutorAnswer
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
@@ -109,32 +120,8 @@ class DoneJobs:
         return hit[1] if hit is not None else None
 
 
-class Classifier(Protocol):
-    def __call__(
-        self,
-        sql: str,
-        *,
-        principal: str,
-        groups: frozenset[str],
-        default_project: str,
-        default_dataset: str | None,
-        claims: Mapping[str, Any],
-    ) -> Mapping[str, Any]:
-        """Return the classification as a dict with at least ``decision`` and ``reasons``.
-
-        ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
-        May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).
-        """
-
-
-class Recorder(Protocol):
-    """The session record (bqgate.audit); ``record`` must never raise for a good event."""
-
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None: ...
-
-
 class NullRecorder:
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         return None
 
 
@@ -309,14 +296,14 @@ class Gateway:
             blocked = block_error(verdict)
             job.state = DONE
             job.ended_ms = job.created_ms
-            job.error = blocked.to_error_proto()
+            job.error = stored(blocked)
         handoff = self.dispatcher.record(job.job_id, outbox.ACCEPTED, self.config.execute_topic)
         quota = (
             OpenRequestQuota(principal.email, self.config.max_pending_per_principal, job.created_ms)
             if job.state == PENDING_APPROVAL
             else None
         )
-        events: list[tuple[str, Mapping[str, Any]]] = [
+        events: list[tuple[EventKind, Mapping[str, Any]]] = [
             ("request", {"request_kind": request_kind}),
             ("classification", verdict),
         ]
@@ -371,10 +358,10 @@ class Gateway:
     def _refuse_over_quota(self, job: Job, open_count: int) -> NoReturn:
         """Store and record the refusal of an approval-needing job past the quota; raise it."""
         limit = self.config.max_pending_per_principal
-        message = quota_message(job.owner, open_count, limit)
+        refusal = QuotaExceeded(quota_message(job.owner, open_count, limit))
         job.state = DONE
         job.ended_ms = job.created_ms
-        job.error = {"reason": "quotaExceeded", "message": message}
+        job.error = stored(refusal)
         self.store.create(
             job,
             record=Recording.of(
@@ -395,7 +382,7 @@ class Gateway:
                 ],
             ),
         )
-        raise QuotaExceeded(message)
+        raise refusal
 
     def _retried(
         self, principal: Principal, project: str, job_id: str, req: wire.QueryRequest
@@ -484,27 +471,21 @@ class Gateway:
         now = self._now_ms()
         if job.state != PENDING_APPROVAL or job.expire_at_ms is None or now < job.expire_at_ms:
             return job
-        ended: dict[str, bool] = {}
         close: list[OutboxRecord] = []
-
-        def expire(j: Job) -> dict[str, Any] | None:
-            fields = expire_fields(j, now)
-            ended["now"] = fields is not None
-            return fields
 
         def records(j: Job) -> list[OutboxRecord]:
             close[:] = self._close_message(j)
             return close
 
-        expired = self.store.transition(
+        done = self.store.transition(
             job.job_id,
-            expire,
+            lambda j: expire(j, now),
             dispatch=records,
             record=Recording(self.recorder, job, lambda j: [("expired", j.error or {})]),
         )
-        if ended.get("now"):
+        if done.changed:
             self.dispatcher.send_all(close)
-        return expired
+        return done.after
 
     def get_job(self, principal: Principal, project: str, job_id: str) -> dict[str, Any]:
         """``jobs.get``."""
@@ -518,14 +499,15 @@ class Gateway:
         close: list[OutboxRecord] = []
         awaited: dict[str, bool] = {}
 
-        def cancel(job: Job) -> dict[str, Any] | None:
-            awaited["approval"] = job.state == PENDING_APPROVAL
+        def cancel(job: Job) -> Job | None:
+            awaited["approval"] = job.state == PENDING_APPROVAL  # for its close message
             if job.state in (PENDING, PENDING_APPROVAL):
-                return {
-                    "state": DONE,
-                    "ended_ms": now,
-                    "error": {"reason": "stopped", "message": "Job cancelled by its owner"},
-                }
+                return replace(
+                    job,
+                    state=DONE,
+                    ended_ms=now,
+                    error=stored(Stopped("Job cancelled by its owner")),
+                )
             return None
 
         def records(j: Job) -> list[OutboxRecord]:
@@ -533,9 +515,9 @@ class Gateway:
             close[:] = self._close_message(j) if awaited.get("approval") else []
             return close
 
-        job = self.store.transition(job_id, cancel, dispatch=records)
+        done = self.store.transition(job_id, cancel, dispatch=records)
         self.dispatcher.send_all(close)
-        return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(job)}
+        return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(done.after)}
 
     def get_query_results(
         self, principal: Principal, project: str, job_id: str, params: Mapping[str, str]

@@ -1,39 +1,29 @@
-"""HTTP onto the ingress core: routing, authentication, request limits, and the one place
-errors map to responses. Framework-free: the function's ``main.py`` passes plain values in
-and out (through :mod:`bqgate.adapters.http_edge`, which enforces the limits below).
+"""The HTTP edge every function answers through: request limits, health checks, and the
+one place errors map to responses. Framework-free: each function's ``main.py`` passes plain
+values in and out through :mod:`bqgate.adapters.http_edge` (Flask), which enforces the limits
+below; the ASGI MCP function uses the same answers.
 
->>> route("GET", "/bigquery/v2/projects/p/queries/j1")
-('get_query_results', {'project': 'p', 'job_id': 'j1'})
->>> route("POST", "/bigquery/v2/projects/p/jobs")
-('insert_job', {'project': 'p'})
->>> route("GET", "/nope") is None
-True
+>>> health_check("sweeper", "GET", "/healthz")
+Response(status=200, body={'status': 'ok', 'service': 'bqgate-sweeper'})
+>>> def lookup() -> Response:
+...     raise not_found("GET", "/x")
+>>> answered("gateway", "GET", "/x", lookup).body["error"]["errors"]
+[{'reason': 'notFound', 'message': 'Not found: GET /x'}]
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bqgate.errors import (
-    AccessDenied,
-    BqgateError,
-    InvalidRequest,
-    NotFound,
-    NotImplementedApi,
-    TooLarge,
-    Unavailable,
-    unavailable_reason,
-)
-from bqgate.identity import Principal, TokenVerifier, bearer_token
-from bqgate.service.gateway import Gateway
+from bqgate.errors import BqgateError, NotFound, TooLarge, Unavailable, unavailable_reason
 from bqgate.wire import bigquery as wire
 
-log = logging.getLogger("bqgate.ingress")
+log = logging.getLogger("bqgate.http")
 
 #: Longest URL (path and query string) served; BigQuery's own front end stops near 16 KiB.
 MAX_URL_BYTES = 8 * 1024
@@ -42,73 +32,8 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_FIELDS = 100
 #: Largest request body (the limit :func:`bqgate.wire.bigquery.loads` enforces too).
 MAX_BODY_BYTES = wire.MAX_BODY_BYTES
-
-_SEG = r"([A-Za-z0-9_.:\-]+)"
-_P = r"^/bigquery/v2/projects"
-ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("POST", re.compile(rf"{_P}/{_SEG}/jobs/?$"), "insert_job"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/jobs/?$"), "list_jobs"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/jobs/{_SEG}/?$"), "get_job"),
-    ("POST", re.compile(rf"{_P}/{_SEG}/jobs/{_SEG}/cancel/?$"), "cancel_job"),
-    ("POST", re.compile(rf"{_P}/{_SEG}/queries/?$"), "query"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/queries/{_SEG}/?$"), "get_query_results"),
-    ("GET", re.compile(rf"{_P}/?$"), "list_projects"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/?$"), "list_datasets"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/?$"), "get_dataset"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/?$"), "list_tables"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/{_SEG}/?$"), "get_table"),
-    ("GET", re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/{_SEG}/data/?$"), "list_rows"),
-    (
-        "POST",
-        re.compile(rf"{_P}/{_SEG}/datasets/{_SEG}/tables/{_SEG}/insertAll/?$"),
-        "insert_all",
-    ),
-)
-_ARGS = {
-    "insert_job": ("project",),
-    "list_jobs": ("project",),
-    "get_job": ("project", "job_id"),
-    "cancel_job": ("project", "job_id"),
-    "query": ("project",),
-    "get_query_results": ("project", "job_id"),
-    "list_projects": (),
-    "list_datasets": ("project",),
-    "get_dataset": ("project", "dataset"),
-    "list_tables": ("project", "dataset"),
-    "get_table": ("project", "dataset", "table"),
-    "list_rows": ("project", "dataset", "table"),
-    "insert_all": ("project", "dataset", "table"),
-}
-#: Handlers a client may repeat without starting a second job.
-_IDEMPOTENT = frozenset(
-    {
-        "get_job",
-        "cancel_job",
-        "get_query_results",
-        "list_jobs",
-        "list_projects",
-        "list_datasets",
-        "get_dataset",
-        "list_tables",
-        "get_table",
-        "list_rows",
-    }
-)
-#: Where BigQuery clients look for the discovery document (bq: ``/$discovery/rest``).
-DISCOVERY_PATHS = ("/$discovery/rest", "/discovery/v1/apis/bigquery/v2/rest")
-#: Writes to metadata BigQuery offers and the gateway refuses, with what to do instead.
-_METADATA_WRITES = re.compile(
-    rf"{_P}/{_SEG}/datasets(/{_SEG}(/tables(/{_SEG})?)?)?(/[A-Za-z]+)?/?$"
-)
-
-
-def route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
-    """The handler name and path arguments for a request, or None."""
-    for verb, pattern, name in ROUTES:
-        m = pattern.match(path)
-        if m and verb == method.upper():
-            return name, dict(zip(_ARGS[name], m.groups(), strict=True))
-    return None
+#: Where every function answers health checks (building nothing).
+HEALTH_PATHS = ("/", "/healthz")
 
 
 def check_request_limits(
@@ -137,14 +62,6 @@ def check_request_limits(
         )
 
 
-def _check_args(args: Mapping[str, str]) -> None:
-    """Path arguments as BigQuery allows them; a job id Firestore can store."""
-    if "project" in args and not wire.PROJECT_RE.match(args["project"]):
-        raise InvalidRequest("Invalid value at 'projectId': not a project id")
-    if "job_id" in args:
-        wire.check_job_id(args["job_id"], "jobId")
-
-
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -163,167 +80,104 @@ def error_response(err: BqgateError, *, idempotent: bool = False) -> Response:
     return Response(err.http_status, body)
 
 
-def internal_error(service: str, method: str, path: str) -> Response:
-    """The answer to an unexpected failure: 500 with an incident id, no data, and a reason
-    no client retries (an unexplained failure must not start a retry loop)."""
+def internal_error_body(message: str) -> dict[str, Any]:
+    """BigQuery's error body for a failure of the gateway's own: 500, ``gatewayError`` (a
+    reason no client retries: an unexplained failure must not start a retry loop)."""
+    errors = [{"reason": "gatewayError", "message": message}]
+    return {"error": {"code": 500, "status": "INTERNAL", "message": message, "errors": errors}}
+
+
+def internal_error(service: str, method: str, path: str, *, what: str = "") -> Response:
+    """The answer to an unexpected failure: 500 with an incident id and no data."""
     incident = uuid.uuid4().hex[:12]
     log.exception("unhandled error (incident %s) on %s %s", incident, method, path[:200])
-    message = f"The {service} failed to handle the request (incident {incident})."
-    errors = [{"reason": "gatewayError", "message": message}]
-    return Response(
-        500, {"error": {"code": 500, "status": "INTERNAL", "message": message, "errors": errors}}
-    )
+    message = f"The {service} {what or 'failed to handle the request'} (incident {incident})."
+    return Response(500, internal_error_body(message))
 
 
-class IngressApp:
-    """Authenticates, routes and answers one BigQuery REST request."""
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name``, whatever the case of its name.
 
-    def __init__(
-        self,
-        gateway: Callable[[], Gateway],
-        verifier: Callable[[], TokenVerifier],
-        metadata: Callable[[], Any] | None = None,
-        tabledata: Callable[[], Any] | None = None,
-    ) -> None:
-        # Factories, so the clients behind them are built on first use, not at import.
-        self._gateway = gateway
-        self._verifier = verifier
-        self._metadata = metadata
-        self._tabledata = tabledata
-
-    def handle(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        body: bytes,
-    ) -> Response:
-        idempotent = {"flag": False}
-        try:
-            return self._handle(method, path, params, headers, body, idempotent)
-        except BqgateError as err:
-            return error_response(err, idempotent=idempotent["flag"])
-        except Exception:  # the one place an unexpected failure becomes an answer
-            return internal_error("gateway", method, path)
-
-    def _handle(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        body: bytes,
-        idempotent: dict[str, bool],
-    ) -> Response:
-        verb = method.upper()
-        if verb == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-ingress"})
-        if verb == "GET" and path in DISCOVERY_PATHS:
-            from bqgate.wire.discovery import discovery_document
-
-            return Response(200, discovery_document(root_url(headers)))
-        found = route(method, path)
-        if found is None:
-            raise _unrouted(verb, path)
-        name, args = found
-        _check_args(args)
-        # Safe to retry: reads, and submissions that name their job (a repeat finds it).
-        idempotent["flag"] = name in _IDEMPOTENT
-        principal = self._verifier().verify(bearer_token(headers.get("Authorization")))
-        if name in _GATEWAY_CALLS:
-            gateway = self._gateway()
-            data = wire.parse_json_body(body) if name in ("insert_job", "query") else {}
-            ref = data.get("jobReference")
-            idempotent["flag"] = idempotent["flag"] or bool(
-                (
-                    name == "insert_job"
-                    and isinstance(ref, dict)
-                    and wire.is_job_id(ref.get("jobId"))
-                )
-                or (name == "query" and wire.is_job_id(data.get("requestId")))
-            )
-            if name == "insert_job":
-                answer = gateway.insert_job(principal, args["project"], data)
-            elif name == "query":
-                answer = gateway.query(principal, args["project"], data)
-            elif name == "get_job":
-                answer = gateway.get_job(principal, args["project"], args["job_id"])
-            elif name == "cancel_job":
-                answer = gateway.cancel_job(principal, args["project"], args["job_id"])
-            else:
-                answer = gateway.get_query_results(
-                    principal, args["project"], args["job_id"], params
-                )
-            return Response(200, answer)
-        if name in ("list_rows", "insert_all"):
-            if self._tabledata is None:
-                raise NotImplementedApi(f"{verb} {path} is not offered by this gateway")
-            rows = self._tabledata()
-            if name == "list_rows":
-                return Response(200, rows.list_rows(principal, *args.values(), params))
-            return Response(
-                200, rows.insert_all(principal, *args.values(), wire.parse_json_body(body))
-            )
-        if self._metadata is None:
-            raise NotImplementedApi(f"{verb} {path} is not offered by this gateway")
-        api = self._metadata()
-        if name in ("list_projects", "list_datasets", "list_tables", "list_jobs"):
-            return Response(200, getattr(api, name)(principal, *args.values(), params))
-        return Response(200, getattr(api, name)(principal, *args.values()))
-
-
-_GATEWAY_CALLS = frozenset({"insert_job", "query", "get_job", "cancel_job", "get_query_results"})
-
-
-def _unrouted(verb: str, path: str) -> BqgateError:
-    """The answer to a request no route takes: a refusal that says what to do instead."""
-    if path.startswith("/upload/bigquery/"):
-        return AccessDenied(
-            "load jobs are refused by bqgate: a load job writes files the policy cannot see "
-            "into a table; insert rows with INSERT statements or tabledata.insertAll, which "
-            "the policy judges as writes"
-        )
-    if verb in ("POST", "PUT", "PATCH", "DELETE") and _METADATA_WRITES.match(path):
-        return AccessDenied(
-            f"{verb} {path[:200]}: bqgate changes datasets and tables only through SQL (CREATE, "
-            "ALTER, DROP statements), which the policy judges as DDL"
-        )
-    if path.startswith("/bigquery/v2/"):
-        return NotImplementedApi(
-            f"{verb} {path[:200]} is not offered by the bqgate gateway: it serves queries "
-            "(jobs.*), table rows (tabledata.list, tabledata.insertAll) and metadata "
-            "(projects.list, datasets.list/get, tables.list/get); see /$discovery/rest"
-        )
-    return NotFound(f"Not found: {verb} {path[:200]}")
-
-
-def root_url(headers: Mapping[str, str]) -> str:
-    """The URL the client reached the gateway at (behind Cloud Run: its public host).
-
-    >>> root_url({"Host": "gw.example", "X-Forwarded-Proto": "https"})
-    'https://gw.example/'
-    >>> root_url({"Host": "127.0.0.1:8180"})
-    'http://127.0.0.1:8180/'
+    >>> header({"content-type": "text/plain"}, "Content-Type")
+    'text/plain'
     """
-    host = (headers.get("X-Forwarded-Host") or headers.get("Host") or "").split(",")[0].strip()
-    if not _HOST.match(host):
-        host = "localhost"
-    proto = (headers.get("X-Forwarded-Proto") or "").split(",")[0].strip()
-    if proto not in ("http", "https"):
-        proto = "http" if host.split(":")[0] in ("127.0.0.1", "localhost", "[::1]") else "https"
-    return f"{proto}://{host}/"
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        for k, v in headers.items():
+            if k.lower() == lowered:
+                return v
+    return value
 
 
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+def json_object(headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object when it is sent as JSON (``application/json`` or
+    ``application/*+json``), else None, as Flask's ``get_json(silent=True)`` reads it.
+
+    >>> json_object({"Content-Type": "application/json"}, b'{"a": 1}')
+    {'a': 1}
+    >>> json_object({}, b'{"a": 1}'), json_object({"Content-Type": "application/json"}, b"[")
+    (None, None)
+    """
+    mimetype = (header(headers, "Content-Type") or "").split(";")[0].strip().lower()
+    if mimetype != "application/json" and not (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    ):
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def health_check(service: str, method: str, path: str) -> Response | None:
+    """The answer to ``GET /`` or ``/healthz`` of ``bqgate-<service>``; None for any other
+    request."""
+    if method.upper() == "GET" and path in HEALTH_PATHS:
+        return Response(200, {"status": "ok", "service": f"bqgate-{service}"})
+    return None
+
+
+def answered(
+    service: str,
+    method: str,
+    path: str,
+    call: Callable[[], Response],
+    *,
+    idempotent: Callable[[], bool] = lambda: False,
+    what: str = "",
+) -> Response:
+    """``call()``, or the answer to the error it raised: a gateway error as BigQuery shapes
+    it (:func:`error_response`), anything else as :func:`internal_error`. The one place an
+    error becomes an HTTP answer."""
+    try:
+        return call()
+    except BqgateError as err:
+        return error_response(err, idempotent=idempotent())
+    except Exception:
+        return internal_error(service, method, path, what=what)
+
+
+def not_found(method: str, path: str) -> BqgateError:
+    """The error for a path no route of a function takes."""
+    return NotFound(f"Not found: {method.upper()} {path[:200]}")
 
 
 __all__ = [
-    "IngressApp",
-    "Principal",
+    "HEALTH_PATHS",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_FIELDS",
+    "MAX_URL_BYTES",
     "Response",
+    "answered",
     "check_request_limits",
     "error_response",
+    "header",
+    "health_check",
     "internal_error",
-    "route",
+    "internal_error_body",
+    "json_object",
+    "not_found",
 ]

@@ -32,21 +32,20 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bqgate import approvals as core
 from bqgate import outbox
-from bqgate.errors import BqgateError, NotFound
+from bqgate.audit.record import EventKind
+from bqgate.errors import BqgateError, GatewayFailed, NotFound, from_warehouse, stored
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import JobStore, Queue
-from bqgate.service.approvals import job_id_from_pubsub
+from bqgate.ports import JobStore, Queue, Recorder
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher
-from bqgate.service.gateway import Recorder
-from bqgate.service.http import Response, error_response
+from bqgate.service.http import Response, answered, error_response, health_check, json_object
+from bqgate.wire import envelopes
 
 log = logging.getLogger("bqgate.sweeper")
 
@@ -69,22 +68,6 @@ def route_sweeper(method: str, path: str) -> tuple[str, str | None] | None:
     return ("dead-letter", m.group(1)) if m else None
 
 
-def delivery_attempts(envelope: Mapping[str, Any] | None) -> int | None:
-    """How often Pub/Sub delivered a dead letter before giving up (its attribute).
-
-    >>> delivery_attempts({"message": {"attributes": {
-    ...     "CloudPubSubDeadLetterSourceDeliveryCount": "5"}}})
-    5
-    >>> delivery_attempts({}) is None
-    True
-    """
-    try:
-        raw = envelope["message"]["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"]  # type: ignore[index]
-        return int(raw)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 @dataclass
 class SweeperConfig:
     execute_topic: str = "execute"
@@ -94,11 +77,11 @@ class SweeperConfig:
     batch: int = BATCH
 
 
-def dead_letter_error(job: Job, attempts: int | None) -> dict[str, str]:
+def dead_letter_error(job: Job, attempts: int | None) -> BqgateError:
     """The error a job whose execute message died ends with (a reason no client retries).
 
     >>> job = Job(job_id="j", project="p", location="US", sql="", owner="a")
-    >>> dead_letter_error(job, 5)["message"][:62]
+    >>> dead_letter_error(job, 5).message[:62]
     'bqgate could not run this job: its executor failed on all 5 de'
     """
     tries = f"all {attempts} deliveries" if attempts else "every delivery"
@@ -110,10 +93,10 @@ def dead_letter_error(job: Job, attempts: int | None) -> dict[str, str]:
         )
     else:
         message += ". Nothing ran in BigQuery"
-    return {"reason": "gatewayError", "message": message}
+    return GatewayFailed(message)
 
 
-def orphan_error(deadline_ms: int, job: Job) -> dict[str, str]:
+def orphan_error(deadline_ms: int, job: Job) -> BqgateError:
     """The error of a RUNNING job that outlived the gateway's deadline."""
     message = (
         f"The job did not finish within bqgate's deadline of "
@@ -124,15 +107,14 @@ def orphan_error(deadline_ms: int, job: Job) -> dict[str, str]:
             f"; BigQuery job {job.warehouse_job_id} may have run: check before running "
             "the statement again"
         )
-    return {"reason": "timeout", "message": message}
+    return from_warehouse("timeout", message)  # BigQuery's own reason for a deadline
 
 
-def undeliverable_error() -> dict[str, str]:
-    return {
-        "reason": "gatewayError",
-        "message": "bqgate could not hand this job to its executor within "
-        f"{core.describe_duration(outbox.GIVE_UP_MS)}; nothing ran in BigQuery",
-    }
+def undeliverable_error() -> BqgateError:
+    return GatewayFailed(
+        "bqgate could not hand this job to its executor within "
+        f"{core.describe_duration(outbox.GIVE_UP_MS)}; nothing ran in BigQuery"
+    )
 
 
 class Sweeper:
@@ -159,7 +141,7 @@ class Sweeper:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+    def _record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         if self.recorder is None:
             return
         try:
@@ -185,25 +167,23 @@ class Sweeper:
             log.info("sweep: %s", done)
         return done
 
-    def _end(
-        self, job_id: str, may_end: Callable[[Job], bool], error: Mapping[str, str]
-    ) -> Job | None:
+    def _end(self, job_id: str, may_end: Callable[[Job], bool], error: BqgateError) -> Job | None:
         """End the job with ``error`` if ``may_end`` still holds in the transaction."""
         now = self._now_ms()
-        ended: dict[str, bool] = {}
+        err = stored(error)
 
-        def end(j: Job) -> dict[str, Any] | None:
-            ended["now"] = not j.done and may_end(j)
-            return {"state": DONE, "ended_ms": now, "error": dict(error)} if ended["now"] else None
+        def end(j: Job) -> Job | None:
+            ends = not j.done and may_end(j)
+            return replace(j, state=DONE, ended_ms=now, error=dict(err)) if ends else None
 
         try:
-            job = self.store.transition(job_id, end)
+            done = self.store.transition(job_id, end)
         except NotFound:
             return None
-        if not ended.get("now"):
+        if not done.changed:
             return None
-        self._record(job, "execution_finished", {"error": dict(error)})
-        return job
+        self._record(done.after, "execution_finished", {"error": dict(err)})
+        return done.after
 
     def _gave_up(self, rec: OutboxRecord) -> None:
         """A hand-off that never happened: the job it was for ends with a clear error."""
@@ -233,13 +213,12 @@ class Sweeper:
             return close
 
         try:
-            expired = self.store.transition(
-                job_id, lambda j: core.expire_fields(j, now), dispatch=records
-            )
+            done = self.store.transition(job_id, lambda j: core.expire(j, now), dispatch=records)
         except NotFound:
             return False
-        if not close:
+        if not done.changed:
             return False  # decided or expired by someone else meanwhile
+        expired = done.after
         self._record(expired, "expired", {**(expired.error or {}), "by": "sweeper"})
         self.dispatcher.send_all(close)
         return True
@@ -285,40 +264,28 @@ class Sweeper:
 
     def handle(self, method: str, path: str, body: Mapping[str, Any] | None) -> Response:
         """Answer one request to the sweeper function (``body``: the decoded JSON)."""
-        if method.upper() == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-sweeper"})
+        health = health_check("sweeper", method, path)
+        if health is not None:
+            return health
         found = route_sweeper(method, path)
         if found is None:
             return error_response(NotFound(f"Not found: {method.upper()} {path}"))
-        try:
+
+        def call(found: tuple[str, str | None] = found) -> Response:
             if found[0] == "sweep":
                 return Response(200, self.sweep())
             topic = found[1] or ""
-            job_id = job_id_from_pubsub(body)
+            job_id = envelopes.job_id_of_event(body)
             if job_id is None:
                 # Acknowledge: redelivering a malformed message would never fix it.
                 log.error("malformed dead letter on %s: dropped", topic)
                 return Response(200, {"outcome": "malformed"})
-            outcome = self.dead_letter(topic, job_id, delivery_attempts(body))
+            outcome = self.dead_letter(topic, job_id, envelopes.delivery_attempts(body))
             log.info("dead letter on %s for job %s: %s", topic, job_id, outcome)
             return Response(200, {"job_id": job_id, "outcome": outcome})
-        except BqgateError as err:
-            return error_response(err)
-        except Exception:  # a 500 makes Pub/Sub (or the scheduler) try again
-            incident = uuid.uuid4().hex[:12]
-            log.exception("unhandled error (incident %s) on %s %s", incident, method, path)
-            message = f"The sweeper failed (incident {incident})."
-            return Response(
-                500,
-                {
-                    "error": {
-                        "code": 500,
-                        "status": "INTERNAL",
-                        "message": message,
-                        "errors": [{"reason": "gatewayError", "message": message}],
-                    }
-                },
-            )
+
+        # An unexpected failure answers 500: Pub/Sub (or the scheduler) tries again.
+        return answered("sweeper", method, path, call, what="failed")
 
 
 class SweeperApp:
@@ -328,14 +295,15 @@ class SweeperApp:
     def __init__(self, factory: Callable[[], Sweeper]) -> None:
         self._factory = factory
 
-    def handle(self, method: str, path: str, body: Mapping[str, Any] | None) -> Response:
-        if method.upper() == "GET" and path in ("/", "/healthz"):
-            return Response(200, {"status": "ok", "service": "bqgate-sweeper"})
-        try:
-            service = self._factory()
-        except BqgateError as err:
-            return error_response(err)
-        return service.handle(method, path, body)
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        """Answer one request (a dead letter's body is read as JSON, when sent as JSON)."""
+        return health_check("sweeper", method, path) or answered(
+            "sweeper",
+            method,
+            path,
+            lambda: self._factory().handle(method, path, json_object(headers, body)),
+            what="failed",
+        )
 
 
 __all__ = [
@@ -344,7 +312,6 @@ __all__ = [
     "SweeperApp",
     "SweeperConfig",
     "dead_letter_error",
-    "delivery_attempts",
     "orphan_error",
     "route_sweeper",
 ]

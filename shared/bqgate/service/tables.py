@@ -26,6 +26,7 @@ from bqgate.identity import Principal
 from bqgate.jobs import PENDING_APPROVAL, Job
 from bqgate.ports import Catalog
 from bqgate.service.gateway import Gateway, job_error
+from bqgate.vocabulary import field_type
 from bqgate.wire import bigquery as wire
 
 COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -241,24 +242,24 @@ def _selected(selected: str | None, schema: Sequence[Mapping[str, Any]]) -> str:
 
 # --- typed literals -------------------------------------------------------------------
 
-_TYPE_NAMES = {
-    "INTEGER": "INT64",
-    "INT64": "INT64",
-    "FLOAT": "FLOAT64",
-    "FLOAT64": "FLOAT64",
-    "BOOLEAN": "BOOL",
-    "BOOL": "BOOL",
-    "STRING": "STRING",
-    "BYTES": "BYTES",
-    "NUMERIC": "NUMERIC",
-    "BIGNUMERIC": "BIGNUMERIC",
-    "TIMESTAMP": "TIMESTAMP",
-    "DATE": "DATE",
-    "DATETIME": "DATETIME",
-    "TIME": "TIME",
-    "JSON": "JSON",
-    "GEOGRAPHY": "GEOGRAPHY",
-}
+#: The scalar types a row can be written as through the gateway (legacy names resolved).
+INSERTABLE_TYPES = frozenset(
+    {
+        "INT64",
+        "FLOAT64",
+        "BOOL",
+        "STRING",
+        "BYTES",
+        "NUMERIC",
+        "BIGNUMERIC",
+        "TIMESTAMP",
+        "DATE",
+        "DATETIME",
+        "TIME",
+        "JSON",
+        "GEOGRAPHY",
+    }
+)
 
 
 def bq_type(fld: Mapping[str, Any], *, element: bool = False) -> str:
@@ -268,12 +269,12 @@ def bq_type(fld: Mapping[str, Any], *, element: bool = False) -> str:
     ...     {"name": "a", "type": "INTEGER"}]})
     'ARRAY<STRUCT<`a` INT64>>'
     """
-    typ = str(fld.get("type", "STRING")).upper()
-    if typ in ("RECORD", "STRUCT"):
+    typ = field_type(fld)
+    if typ == "RECORD":
         inner = ", ".join(f"{_quote(str(f['name']))} {bq_type(f)}" for f in fld.get("fields") or [])
         base = f"STRUCT<{inner}>"
-    elif typ in _TYPE_NAMES:
-        base = _TYPE_NAMES[typ]
+    elif typ in INSERTABLE_TYPES:
+        base = typ
     else:
         raise ValueError(f"column {fld.get('name')}: type {typ} cannot be inserted through bqgate")
     if fld.get("mode") == "REPEATED" and not element:
@@ -308,8 +309,9 @@ def _cast(text: str, typ: str) -> str:
 def _scalar(value: Any, fld: Mapping[str, Any]) -> str:
     """One non-NULL JSON value as a typed GoogleSQL literal; ValueError if it cannot be."""
     name = fld.get("name")
-    typ = str(fld.get("type", "STRING")).upper()
-    if typ in ("RECORD", "STRUCT"):
+    shown = str(fld.get("type", "STRING")).upper()  # the schema's own name, in messages
+    typ = field_type(fld)
+    if typ == "RECORD":
         if not isinstance(value, dict):
             raise ValueError(f"field {name}: expected an object")
         subs = fld.get("fields") or []
@@ -319,8 +321,8 @@ def _scalar(value: Any, fld: Mapping[str, Any]) -> str:
         parts = [_value(value.get(str(f["name"])), f) for f in subs]
         return f"{bq_type({**fld, 'mode': 'NULLABLE'})}({', '.join(parts)})"
     if isinstance(value, (dict, list)) and typ != "JSON":
-        raise ValueError(f"field {name}: expected a {typ} value")
-    if typ in ("INTEGER", "INT64"):
+        raise ValueError(f"field {name}: expected a {shown} value")
+    if typ == "INT64":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"field {name}: expected an integer")
         try:
@@ -330,7 +332,7 @@ def _scalar(value: Any, fld: Mapping[str, Any]) -> str:
         if number is None:
             raise ValueError(f"field {name}: {value!r} is not an integer")
         return str(number)
-    if typ in ("FLOAT", "FLOAT64"):
+    if typ == "FLOAT64":
         if isinstance(value, bool):
             raise ValueError(f"field {name}: expected a number")
         try:
@@ -338,7 +340,7 @@ def _scalar(value: Any, fld: Mapping[str, Any]) -> str:
         except (TypeError, ValueError):
             raise ValueError(f"field {name}: {value!r} is not a number") from None
         return _cast(repr(number_f), "FLOAT64") if not math.isfinite(number_f) else repr(number_f)
-    if typ in ("BOOLEAN", "BOOL"):
+    if typ == "BOOL":
         if isinstance(value, bool):
             return "TRUE" if value else "FALSE"
         if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -370,7 +372,7 @@ def _scalar(value: Any, fld: Mapping[str, Any]) -> str:
         if not isinstance(value, str):
             raise ValueError(f"field {name}: expected a {typ} string")
         return _cast(value, typ)
-    raise ValueError(f"field {name}: type {typ} cannot be inserted through bqgate")
+    raise ValueError(f"field {name}: type {shown} cannot be inserted through bqgate")
 
 
 def _value(value: Any, fld: Mapping[str, Any]) -> str:

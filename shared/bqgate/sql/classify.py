@@ -41,7 +41,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokenizer_core import Token
 
 from bqgate.errors import InvalidQuery
-from bqgate.policy import ACTION_RANK, Policy, WriteLimits
+from bqgate.policy import Policy, WriteLimits
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.sql.fold import always_true
 from bqgate.sql.names import (
@@ -55,6 +55,7 @@ from bqgate.sql.names import (
     script_temp_functions,
     split_path,
 )
+from bqgate.vocabulary import Decision, StatementClass, strictest_decision
 
 # sqlglot logs a warning for every statement it falls back to exp.Command on; the
 # classifier reports those itself, so keep them off stderr unless logging is configured.
@@ -135,7 +136,7 @@ COMMAND_KINDS: Mapping[str, str] = MappingProxyType(
 )
 
 # Statement kind -> policy statement class. Kinds not listed are blocked as unknown.
-CLASS_BY_KIND: Mapping[str, str] = MappingProxyType(
+CLASS_BY_KIND: Mapping[str, StatementClass] = MappingProxyType(
     {
         "SELECT": "read",
         "INSERT": "write",
@@ -220,7 +221,8 @@ MAX_TOKENS = 200_000
 #: and statements: the limits above bound each stage).
 BUDGET_S = 2.0
 
-CLASS_LABELS: Mapping[str, str] = MappingProxyType(
+#: How reasons name each statement class.
+CLASS_LABELS: Mapping[StatementClass, str] = MappingProxyType(
     {
         "read": "read",
         "write": "write",
@@ -233,7 +235,7 @@ CLASS_LABELS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-_VERBS: Mapping[str, str] = MappingProxyType(
+_VERBS: Mapping[Decision, str] = MappingProxyType(
     {"allow": "is allowed", "approve": "needs approval", "block": "is blocked by policy"}
 )
 
@@ -257,7 +259,7 @@ class WriteCheck:
     tier: str
     max_rows: int | None
     max_fraction: float | None
-    above: str
+    above: Decision
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -284,7 +286,7 @@ class StatementVerdict:
     """The decision for one statement of a script."""
 
     kind: str
-    decision: str
+    decision: Decision
     reasons: tuple[str, ...]
     tables: tuple[str, ...]
     refs: tuple[tuple[str, str, str], ...] = ()
@@ -304,7 +306,7 @@ class StatementVerdict:
 class Classification:
     """The decision for a whole SQL text (the strictest over its statements)."""
 
-    decision: str
+    decision: Decision
     reasons: tuple[str, ...]
     statements: tuple[str, ...]
     tables: tuple[str, ...]
@@ -467,7 +469,7 @@ def classify_uncached(
     except RecursionError:
         raise InvalidQuery("The query is too deeply nested to be judged") from None
 
-    decision = max((v.decision for v in verdicts), key=ACTION_RANK.__getitem__)
+    decision = strictest_decision(v.decision for v in verdicts)
     reasons = _unique(r for v in verdicts if v.decision == decision for r in v.reasons)
     text = ";\n".join(normalized) if len(sql) <= GENERATE_MAX_CHARS else render_tokens(tokens)
     return Classification(
@@ -545,7 +547,7 @@ def statement_kind(stmt: exp.Expr) -> str:
     return kind
 
 
-def statement_class(kind: str) -> str | None:
+def statement_class(kind: str) -> StatementClass | None:
     """Policy statement class of a kind (``None`` if unknown).
 
     >>> statement_class("CREATE_TABLE"), statement_class("MERGE"), statement_class("UNKNOWN:X")
@@ -586,7 +588,7 @@ class _Context:
             claims=MappingProxyType(dict(claims or {})),
         )
 
-    def action(self, tier: str, cls: str) -> str | None:
+    def action(self, tier: str, cls: StatementClass) -> Decision | None:
         return self.policy.action_for(self.groups, tier, cls, self.claims)
 
 
@@ -603,15 +605,15 @@ class _Findings:
 
     def __init__(self, index: int, kind: str) -> None:
         self.prefix = f"statement {index} ({kind}): "
-        self.items: list[tuple[str, str]] = []
+        self.items: list[tuple[Decision, str]] = []
 
-    def add(self, action: str, reason: str) -> None:
+    def add(self, action: Decision, reason: str) -> None:
         self.items.append((action, self.prefix + reason))
 
-    def decision(self) -> tuple[str, tuple[str, ...]]:
+    def decision(self) -> tuple[Decision, tuple[str, ...]]:
         if not self.items:
             return "block", (self.prefix + "nothing to judge (blocked by default)",)
-        top = max((a for a, _ in self.items), key=ACTION_RANK.__getitem__)
+        top = strictest_decision(a for a, _ in self.items)
         return top, _unique(r for a, r in self.items if a == top)
 
 
@@ -650,7 +652,7 @@ def _judge(
         if ref.kind == "connection":
             _judge_connection(found, ctx, ref)
             continue
-        access = "procedural" if ref.kind == "procedure" else "read"
+        access: StatementClass = "procedural" if ref.kind == "procedure" else "read"
         _judge_access(found, ctx, access, ref)
         if cls == "export" and ref.kind in TABLE_KINDS:
             _judge_access(found, ctx, "export", ref)
@@ -695,7 +697,7 @@ _KIND_LABELS: Mapping[str, str] = MappingProxyType(
 )
 
 
-def _judge_access(found: _Findings, ctx: _Context, cls: str, ref: Ref) -> None:
+def _judge_access(found: _Findings, ctx: _Context, cls: StatementClass, ref: Ref) -> None:
     label = CLASS_LABELS[cls]
     what = _KIND_LABELS.get(ref.kind)
     subject = f"{label} of {what} {ref.fqn}" if what and cls != "ddl" else f"{label} on {ref.fqn}"
@@ -743,7 +745,7 @@ def _judge_connection(found: _Findings, ctx: _Context, ref: Ref) -> None:
     found.add(action, f"use of {subject} ({tier}) {_VERBS[action]}")
 
 
-def _judge_tableless(found: _Findings, ctx: _Context, cls: str) -> None:
+def _judge_tableless(found: _Findings, ctx: _Context, cls: StatementClass) -> None:
     label = CLASS_LABELS[cls]
     if cls == "read":
         if ctx.in_policy_group:
@@ -753,7 +755,7 @@ def _judge_tableless(found: _Findings, ctx: _Context, cls: str) -> None:
     if not actions:
         found.add("block", f"{label} is blocked by policy (no rule for {_groups(ctx)})")
         return
-    action = max(actions, key=ACTION_RANK.__getitem__)
+    action = strictest_decision(actions)
     found.add(action, f"{label} {_VERBS[action]}")
 
 

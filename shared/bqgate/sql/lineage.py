@@ -40,6 +40,7 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 
 from bqgate.sql.names import Defaults, resolve_table_name
+from bqgate.vocabulary import field_type
 
 __all__ = ["ColumnLineage", "SchemaProvider", "output_lineage"]
 
@@ -57,14 +58,6 @@ COUNTING_AGGREGATES: tuple[type[exp.Expr], ...] = (
 
 # Pseudo-columns BigQuery exposes on tables; they carry no row data.
 PSEUDO_COLUMNS = frozenset({"_partitiontime", "_partitiondate", "_table_suffix", "_file_name"})
-
-# REST schema type -> sqlglot BigQuery type name.
-_TYPE_NAMES = {
-    "INTEGER": "INT64",
-    "FLOAT": "FLOAT64",
-    "BOOLEAN": "BOOL",
-    "RECORD": "STRUCT",
-}
 
 
 @dataclass(frozen=True)
@@ -93,8 +86,9 @@ class ColumnLineage:
         >>> ColumnLineage("a", direct=True).renamed("b").name
         'b'
         """
-        return ColumnLineage(name, self.sources, self.direct, self.counting, self.unknown,
-                             self.fields)
+        return ColumnLineage(
+            name, self.sources, self.direct, self.counting, self.unknown, self.fields
+        )
 
 
 def _derived(name: str, parts: Iterable[ColumnLineage]) -> ColumnLineage:
@@ -129,15 +123,26 @@ def _rest_type(fld: Mapping[str, Any]) -> str:
     ...             "fields": [{"name": "x", "type": "INTEGER"}]})
     'ARRAY<STRUCT<`x` INT64>>'
     """
-    typ = str(fld.get("type", "STRING")).upper()
-    typ = _TYPE_NAMES.get(typ, typ)
-    if typ == "STRUCT":
-        inner = ", ".join(
-            f"`{sub['name']}` {_rest_type(sub)}" for sub in fld.get("fields") or ()
-        )
+    typ = field_type(fld)
+    if typ == "RECORD":
+        inner = ", ".join(f"`{sub['name']}` {_rest_type(sub)}" for sub in fld.get("fields") or ())
         typ = f"STRUCT<{inner}>" if inner else "STRING"
-    elif typ not in {"STRING", "BYTES", "INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "BOOL",
-                     "TIMESTAMP", "DATE", "TIME", "DATETIME", "GEOGRAPHY", "JSON", "INTERVAL"}:
+    elif typ not in {
+        "STRING",
+        "BYTES",
+        "INT64",
+        "FLOAT64",
+        "NUMERIC",
+        "BIGNUMERIC",
+        "BOOL",
+        "TIMESTAMP",
+        "DATE",
+        "TIME",
+        "DATETIME",
+        "GEOGRAPHY",
+        "JSON",
+        "INTERVAL",
+    }:
         typ = "STRING"  # RANGE and future types: the type does not matter for lineage
     if str(fld.get("mode", "")).upper() == "REPEATED":
         typ = f"ARRAY<{typ}>"
@@ -178,8 +183,13 @@ def _name_anonymous(query: exp.Expr) -> None:
 class _Resolver:
     """One call's state: table schemas (cached) and per-scope outputs (memoised)."""
 
-    def __init__(self, schemas: SchemaProvider, default_project: str,
-                 default_dataset: str | None, udfs: frozenset[str]) -> None:
+    def __init__(
+        self,
+        schemas: SchemaProvider,
+        default_project: str,
+        default_dataset: str | None,
+        udfs: frozenset[str],
+    ) -> None:
         self._provider = schemas
         self.default_project = default_project
         self.default_dataset = default_dataset
@@ -323,8 +333,11 @@ class _Resolver:
                 return self.whole_row(col.name, found[0], found[1])
             if name in PSEUDO_COLUMNS:
                 return ColumnLineage(name)
-            why = [c for c in (self.source_columns(scope, src) for src in scope.sources.values())
-                   if isinstance(c, str)]
+            why = [
+                c
+                for c in (self.source_columns(scope, src) for src in scope.sources.values())
+                if isinstance(c, str)
+            ]
             detail = f" ({'; '.join(why)})" if why else ""
             return _unknown(name, f"cannot resolve column {col.sql(DIALECT)}{detail}")
         if col.args.get("db") or col.args.get("catalog"):
@@ -443,8 +456,9 @@ class _Resolver:
         return ColumnLineage("", base.sources, False, False, base.unknown, tuple(fields))
 
 
-def _combine_set(left: list[ColumnLineage], right: list[ColumnLineage], *,
-                 by_name: bool) -> list[ColumnLineage]:
+def _combine_set(
+    left: list[ColumnLineage], right: list[ColumnLineage], *, by_name: bool
+) -> list[ColumnLineage]:
     """Output i of a set operation derives from column i of each branch (or by name)."""
     if by_name:
         index = {c.name.lower(): c for c in right}
@@ -492,8 +506,9 @@ def _qualify_tables(tree: exp.Expr, resolver: _Resolver) -> None:
         table.set("db", exp.to_identifier(dataset, quoted=True))
 
 
-def output_lineage(sql: str, *, schemas: SchemaProvider, default_project: str,
-                   default_dataset: str | None = None) -> list[ColumnLineage]:
+def output_lineage(
+    sql: str, *, schemas: SchemaProvider, default_project: str, default_dataset: str | None = None
+) -> list[ColumnLineage]:
     """Lineage of every output column of the final SELECT in ``sql``.
 
     Args:

@@ -43,14 +43,13 @@ import sqlglot
 from sqlglot import exp
 
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
+from bqgate.vocabulary import field_type, repeated
 
 DIALECT = "bigquery"
 
 #: Names of the query parameters that carry the HMAC key (inner and outer pad).
 KEY_IPAD = RESERVED_PARAMETER_PREFIX + "hmac_ipad"
 KEY_OPAD = RESERVED_PARAMETER_PREFIX + "hmac_opad"
-
-_TYPE_ALIASES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "STRUCT": "RECORD"}
 
 #: BigQuery's default masking value per type, as SQL.
 DEFAULT_SQL: Mapping[str, str] = {
@@ -111,20 +110,6 @@ def _keep4_pieces(strategy: str, v: str) -> tuple[str, str]:
         f"IF({test}, {ascii_[0]}, {unicode_[0]})",
         f"IF({test}, {ascii_[1]}, {unicode_[1]})",
     )
-
-
-def field_type(fld: Mapping[str, Any]) -> str:
-    """The BigQuery type name of a REST schema field (``INTEGER`` -> ``INT64``).
-
-    >>> field_type({"type": "INTEGER"}), field_type({"type": "struct"})
-    ('INT64', 'RECORD')
-    """
-    typ = str(fld.get("type", "STRING")).upper()
-    return _TYPE_ALIASES.get(typ, typ)
-
-
-def repeated(fld: Mapping[str, Any]) -> bool:
-    return str(fld.get("mode", "NULLABLE")).upper() == "REPEATED"
 
 
 def key_parameters(key: bytes, *, positional: bool = False) -> list[dict[str, Any]]:

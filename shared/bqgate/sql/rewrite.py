@@ -48,6 +48,7 @@ from sqlglot.tokenizer_core import TokenType
 
 from bqgate.sql import masks
 from bqgate.sql.names import Defaults, Ref, resolve, script_temp_functions
+from bqgate.vocabulary import field_type
 
 DIALECT = "bigquery"
 
@@ -222,7 +223,7 @@ def _replace(
         fld = by_name.get(column.lower())
         if fld is None:
             continue  # the policy names a column this table does not have
-        chosen.append((str(fld["name"]), strategy, masks.field_type(fld), str(fld.get("mode", ""))))
+        chosen.append((str(fld["name"]), strategy, field_type(fld), str(fld.get("mode", ""))))
     if not chosen:
         return False
     unexpected = [

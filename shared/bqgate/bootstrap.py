@@ -1,7 +1,11 @@
-"""Lazy wiring: the services each function needs, built on first use and cached.
+"""The composition root: the services each function needs, built from the settings.
 
-Nothing here runs at import, so cold starts stay fast and imports need no
-credentials (python-docs-samples ``tips-lazy-globals``).
+One idiom for everything: a ``functools.cache`` factory, called where its object is first
+needed. Nothing is built at import, so cold starts stay fast and imports need no credentials
+(python-docs-samples ``tips-lazy-globals``); a service built before it needs a client
+(the gateway's queue, only for fallbacks of the fast path) gets the factory's call deferred.
+Every factory says what it builds, so mypy checks each adapter against the port it is
+handed to.
 """
 
 from __future__ import annotations
@@ -9,8 +13,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import threading
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bqgate import settings as settings_mod
@@ -20,9 +23,27 @@ from bqgate.settings import Settings
 
 if TYPE_CHECKING:
     from bqgate.adapters.anchor_sinks import Checkpointer
-    from bqgate.chain import ChainKey
+    from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
+    from bqgate.adapters.console_web import ConsoleApp
+    from bqgate.adapters.executor_client import DirectExecutor
+    from bqgate.adapters.firestore_audit import FirestoreRecorder
+    from bqgate.adapters.firestore_store import FirestoreJobStore
+    from bqgate.adapters.google_clients import BigQueryClient, FirestoreClient
+    from bqgate.adapters.mcp_server import McpHttpApp
+    from bqgate.adapters.oidc import OidcVerifier
+    from bqgate.adapters.pubsub_queue import PubSubQueue
+    from bqgate.adapters.slack import SlackNotifier
+    from bqgate.anchors import AnchorIndex
+    from bqgate.chain import ChainKey, Keyring
+    from bqgate.ports import Classifier
+    from bqgate.service.approvals import ApprovalsApp, ApprovalService
+    from bqgate.service.catalog import CachedCatalog, CatalogApp
     from bqgate.service.executor import Executor
-    from bqgate.service.sweeper import Sweeper
+    from bqgate.service.ingress import IngressApp
+    from bqgate.service.mcp import McpTools
+    from bqgate.service.metadata import MetadataApi
+    from bqgate.service.sweeper import Sweeper, SweeperApp
+    from bqgate.service.tables import TableDataApi
 
 log = logging.getLogger("bqgate")
 
@@ -38,42 +59,28 @@ def policy() -> Policy:
 
 
 @functools.cache
-def firestore_client() -> Any:
-    from google.cloud import firestore
+def firestore_client() -> FirestoreClient:
+    from bqgate.adapters import google_clients
 
-    s = settings()
-    return firestore.Client(project=s.project, database=s.firestore_database)
-
-
-@functools.cache
-def publisher() -> Any:
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-    return pubsub_v1.PublisherClient()
+    return google_clients.firestore_client(settings())
 
 
 @functools.cache
-def bigquery_client() -> Any:
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import bigquery
+def publisher() -> Any:  # google-cloud-pubsub ships no types
+    from bqgate.adapters import google_clients
 
-    s = settings()
-    if s.bigquery_endpoint:
-        from google.auth.credentials import AnonymousCredentials
-
-        # A local emulator: only ever used in dev mode, never with real credentials.
-        creds = AnonymousCredentials() if s.dev_mode else None
-        return bigquery.Client(
-            project=s.warehouse_project,
-            credentials=creds,
-            location=s.location,
-            client_options=ClientOptions(api_endpoint=s.bigquery_endpoint),
-        )
-    return bigquery.Client(project=s.warehouse_project, location=s.location)
+    return google_clients.publisher()
 
 
 @functools.cache
-def job_store() -> Any:
+def bigquery_client() -> BigQueryClient:
+    from bqgate.adapters import google_clients
+
+    return google_clients.bigquery_client(settings())
+
+
+@functools.cache
+def job_store() -> FirestoreJobStore:
     from bqgate.adapters.firestore_store import FirestoreJobStore
 
     return FirestoreJobStore(
@@ -84,7 +91,7 @@ def job_store() -> Any:
 
 
 @functools.cache
-def queue() -> Any:
+def queue() -> PubSubQueue:
     from bqgate.adapters.pubsub_queue import PubSubQueue
 
     s = settings()
@@ -93,7 +100,7 @@ def queue() -> Any:
 
 
 @functools.cache
-def warehouse() -> Any:
+def warehouse() -> BigQueryWarehouse:
     from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
 
     s = settings()
@@ -106,7 +113,7 @@ def warehouse() -> Any:
 
 
 @functools.cache
-def verifier() -> Any:
+def verifier() -> OidcVerifier:
     from bqgate.adapters.oidc import OidcVerifier
 
     s = settings()
@@ -128,19 +135,20 @@ def chain_key() -> ChainKey:
 
 
 @functools.cache
-def storage_client() -> Any:
-    from google.cloud import storage  # type: ignore[attr-defined]
+def storage_client() -> Any:  # google-cloud-storage ships no types
+    from bqgate.adapters import google_clients
 
-    return storage.Client(project=settings().project)
+    return google_clients.storage_client(settings())
 
 
 @functools.cache
 def checkpointer() -> Checkpointer:
     """Session checkpoints: a log line at once, the bucket/folder in batches (flushed at exit)."""
-    from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, GcsSink, LogSink, Sink
+    from bqgate.adapters.anchor_sinks import Checkpointer, FolderSink, GcsSink, LogSink
+    from bqgate.ports import CheckpointSink
 
     s = settings()
-    batched: list[Sink] = []
+    batched: list[CheckpointSink] = []
     if s.anchor_bucket:
         batched.append(GcsSink(storage_client(), s.anchor_bucket))
     if s.anchor_dir is not None:
@@ -160,7 +168,7 @@ def checkpointer() -> Checkpointer:
 
 
 @functools.cache
-def recorder() -> Any:
+def recorder() -> FirestoreRecorder:
     from bqgate.adapters.firestore_audit import FirestoreRecorder
 
     sessions = policy().sessions
@@ -174,27 +182,16 @@ def recorder() -> Any:
     )
 
 
-class Lazy:
-    """Stands in for an object built on first use (attribute access), so a request that
-    does not need a client never pays for importing or connecting it."""
+class _QueueOnFirstPublish:
+    """The Pub/Sub queue, built by the first publish: with the fast path to the executor,
+    the ingress publishes only to fall back, and a request that does not never pays for
+    connecting to Pub/Sub."""
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._obj: Any = None
-
-    def _get(self) -> Any:
-        if self._obj is None:
-            with self._lock:
-                if self._obj is None:
-                    self._obj = self._factory()
-        return self._obj
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._get(), name)
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        queue().publish(topic, message)
 
 
-def _classifier() -> Any:
+def _classifier() -> Classifier:
     pol = policy()
 
     def run(sql: str, **kwargs: Any) -> dict[str, Any]:
@@ -211,7 +208,7 @@ def gateway() -> Gateway:
     pol = policy()
     return Gateway(
         store=job_store(),
-        queue=Lazy(queue),  # with the fast path, only needed for fallbacks
+        queue=_QueueOnFirstPublish(),  # with the fast path, only needed for fallbacks
         classify=_classifier(),
         config=GatewayConfig(
             execute_topic=s.execute_topic,
@@ -227,7 +224,7 @@ def gateway() -> Gateway:
     )
 
 
-def direct_executor() -> Any:
+def direct_executor() -> DirectExecutor | None:
     """The fast path to the executor when ``BQGATE_EXECUTOR_URL`` is set, else None."""
     s = settings()
     if not s.executor_url:
@@ -237,7 +234,7 @@ def direct_executor() -> Any:
     token = (lambda: None) if s.dev_mode else google_id_token(s.executor_url)
     return DirectExecutor(
         s.executor_url,
-        queue=Lazy(queue),
+        queue=_QueueOnFirstPublish(),
         topic=s.execute_topic,
         timeout_s=s.max_wait_ms / 1000 + 20,
         token=token,
@@ -260,10 +257,10 @@ def executor() -> Executor:
     s = settings()
     return Executor(
         store=job_store(),
-        warehouse=Lazy(warehouse),  # built by the first job that runs
+        warehouse=warehouse(),  # the executor is built by the first job it runs
         policy=policy(),
         hmac_key=s.hmac_key,
-        queue=Lazy(queue),
+        queue=_QueueOnFirstPublish(),  # only approval requests publish
         approvals_topic=s.approvals_topic,
         recorder=recorder(),
         config=ExecutorConfig(
@@ -275,7 +272,7 @@ def executor() -> Executor:
 
 
 @functools.cache
-def catalog() -> Any:
+def catalog() -> CachedCatalog:
     """Ingress side: table metadata read by the executor, in a bounded cache."""
     from bqgate.service.catalog import CachedCatalog, CatalogClient
 
@@ -295,7 +292,7 @@ def _no_catalog(request: Any) -> Any:
 
 
 @functools.cache
-def metadata_api() -> Any:
+def metadata_api() -> MetadataApi:
     from bqgate.service.metadata import MetadataApi
 
     return MetadataApi(
@@ -304,21 +301,21 @@ def metadata_api() -> Any:
 
 
 @functools.cache
-def tabledata_api() -> Any:
+def tabledata_api() -> TableDataApi:
     from bqgate.service.tables import TableDataApi
 
     return TableDataApi(gateway=gateway(), catalog=catalog(), metadata=metadata_api())
 
 
 @functools.cache
-def ingress_app() -> Any:
-    from bqgate.service.http import IngressApp
+def ingress_app() -> IngressApp:
+    from bqgate.service.ingress import IngressApp
 
     return IngressApp(gateway, verifier, metadata_api, tabledata_api)
 
 
 @functools.cache
-def mcp_tools() -> Any:
+def mcp_tools() -> McpTools:
     """The MCP tools (functions/mcp): the ingress's own gateway and metadata cores."""
     from bqgate.service.mcp import McpConfig, McpTools
 
@@ -332,14 +329,14 @@ def mcp_tools() -> Any:
 
 
 @functools.cache
-def mcp_app() -> Any:
+def mcp_app() -> McpHttpApp:
     from bqgate.adapters.mcp_server import McpHttpApp
 
     return McpHttpApp(mcp_tools, verifier)
 
 
 @functools.cache
-def catalog_app() -> Any:
+def catalog_app() -> CatalogApp:
     """Executor side: the catalog endpoint the ingress calls (BigQuery metadata)."""
     from bqgate.service.catalog import CatalogApp, CatalogService
 
@@ -355,14 +352,14 @@ def catalog_app() -> Any:
 
 
 @functools.cache
-def notifier() -> Any:
+def notifier() -> SlackNotifier:
     from bqgate.adapters.slack import SlackNotifier
 
     return SlackNotifier.from_settings(settings())
 
 
 @functools.cache
-def approval_service() -> Any:
+def approval_service() -> ApprovalService:
     from bqgate.service.approvals import ApprovalService
 
     s = settings()
@@ -384,7 +381,7 @@ def approval_service() -> Any:
 
 
 @functools.cache
-def approvals_app() -> Any:
+def approvals_app() -> ApprovalsApp:
     from bqgate.service.approvals import ApprovalsApp
 
     return ApprovalsApp(approval_service)
@@ -412,7 +409,7 @@ def sweeper() -> Sweeper:
 
 
 @functools.cache
-def sweeper_app() -> Any:
+def sweeper_app() -> SweeperApp:
     from bqgate.service.sweeper import SweeperApp
 
     return SweeperApp(sweeper)
@@ -422,11 +419,11 @@ def sweeper_app() -> Any:
 
 
 @functools.cache
-def job_history() -> Any:
+def job_history() -> FirestoreJobStore:
     return job_store()  # FirestoreJobStore.decided answers the console's history
 
 
-def console_evidence() -> tuple[Any, Any]:
+def console_evidence() -> tuple[Keyring | None, AnchorIndex]:
     """The chain keys and every checkpoint, for the console's session viewer (read each
     time: checkpoints keep arriving). No chain key: ``(None, empty index)``."""
     from bqgate.adapters.anchor_sinks import FolderSink, GcsSink
@@ -449,7 +446,7 @@ def console_evidence() -> tuple[Any, Any]:
 
 
 @functools.cache
-def console_app() -> Any:
+def console_app() -> ConsoleApp:
     from bqgate.adapters.console_web import ConsoleApp, ConsoleConfig, ConsoleDeps
 
     s = settings()

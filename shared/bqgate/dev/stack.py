@@ -22,6 +22,7 @@ import ctypes
 import glob
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -85,8 +86,35 @@ class StackError(RuntimeError):
     """The stack could not start; the message says which part and where its log is."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+#: Where free_port looks: below Linux's ephemeral range (32768-60999), so an outgoing
+#: connection's source port never takes a port a stack chose before its service binds it.
+#: Concurrent test workers each get their own slice (``PYTEST_XDIST_WORKER``, gw0, gw1 ...).
+SERVICE_PORTS = range(20000, 32000)
+
+
+def _worker_ports(ports: range) -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
+        return ports
+    size = len(ports) // count
+    start = ports.start + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
+def free_port(ports: range = SERVICE_PORTS) -> int:
+    """A port nothing listens on, from ``ports`` (this test worker's slice of it)."""
+    pick = random.SystemRandom()
+    mine = _worker_ports(ports)
+    for _ in range(500):
+        port = pick.randrange(mine.start, mine.stop)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the slice is full: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -280,9 +280,10 @@ class ApprovalService:
         decision = seen["d"]
         redispatched = False
         if decision.changed:
-            # After the commit: the executor re-reads the job and checks its binding.
-            self.dispatcher.send_all(r for r in written if r.event == outbox.APPROVED)
+            # The decision is in the session record before the executor can record its
+            # start; then the hand-off (the executor re-reads the job, checks its binding).
             self._record(job, decision, approver, via, reason)
+            self.dispatcher.send_all(r for r in written if r.event == outbox.APPROVED)
             shown = self._update_slack(job, decision, approver)
             if shown and job.state != PENDING_APPROVAL:
                 self.dispatcher.complete(job_id, outbox.CLOSE)

@@ -421,20 +421,29 @@ class Executor:
             if decision == "approve":
                 return self._request_approval(job, why, estimate, plan=plan)
             if writes:
-                measured = self._blast_radius(job, plan)
-                if measured is None:
-                    return "failed"
+                measured = self._measured_or_ended(job, plan)
+                if isinstance(measured, str):
+                    return measured
                 verdict, message, record = measured
-                if verdict == "block":
-                    return self._fail(
-                        job,
-                        AccessDenied(f"Blocked by bqgate policy: {message}"),
-                    )
                 if verdict == "approve":
                     return self._request_approval(job, message, estimate, plan=plan, blast=record)
         return self._execute(job, plan)
 
     # --- the masking rewrite, the second opinion, the blast radius --------------------
+
+    def _measured_or_ended(
+        self, job: Job, plan: Rewrite
+    ) -> str | tuple[str, str, list[dict[str, Any]]]:
+        """A write's measured blast radius (verdict, message, record), or how the job ended
+        instead: ``"failed"`` when it could not be measured, the block when the policy's
+        write limits block it."""
+        measured = self._blast_radius(job, plan)
+        if measured is None:
+            return "failed"
+        verdict, message, _ = measured
+        if verdict == "block":
+            return self._fail(job, AccessDenied(f"Blocked by bqgate policy: {message}"))
+        return measured
 
     def _plan(self, job: Job) -> Rewrite | None:
         """The job's statement rewritten to read masked values only (None: job failed)."""
@@ -715,15 +724,10 @@ class Executor:
             if decision == "block":
                 return self._fail(job, QuotaExceeded(why))
             if job.classification.get("writes") and blast is None:
-                measured = self._blast_radius(job, plan)
-                if measured is None:
-                    return "failed"
-                verdict, message, blast = measured
-                if verdict == "block":
-                    return self._fail(
-                        job,
-                        AccessDenied(f"Blocked by bqgate policy: {message}"),
-                    )
+                measured = self._measured_or_ended(job, plan)
+                if isinstance(measured, str):
+                    return measured
+                _, message, blast = measured
                 extra.append(message)
         if over_client_cap(estimate, job):
             return self._fail(job, client_cap_error(estimate, job))

@@ -14,13 +14,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
+from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_ports
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("bqgate-dev")
-    ports = {name: free_port() for name in DEFAULT_PORTS}
+    ports = free_ports(DEFAULT_PORTS)
     # faults=True: Pub/Sub is reached through a FaultProxy that tests can make refuse.
     s = Stack(state_dir=state, ports=ports, faults=True)
     s.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
+from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_ports
 from reliability.harness import MODE  # tests/ is on sys.path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ OUT = os.environ.get("BQGATE_RELIABILITY_OUT") or (
 def rstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(
         state_dir=tmp_path_factory.mktemp("reliability"),
-        ports={name: free_port() for name in DEFAULT_PORTS},
+        ports=free_ports(DEFAULT_PORTS),
     )
     s.start()
     try:

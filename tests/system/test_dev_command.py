@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from bqgate.dev.stack import DEFAULT_PORTS, free_port
+from bqgate.dev.stack import DEFAULT_PORTS, free_ports
 
 pytestmark = pytest.mark.system
 
@@ -23,7 +24,7 @@ def _processes_mentioning(needle: str) -> list[str]:
 
 def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     state = tmp_path / "devstate"
-    ports = {name: free_port() for name in DEFAULT_PORTS}
+    ports = free_ports(DEFAULT_PORTS)
     argv = [sys.executable, "-m", "bqgate.cli", "dev", "--state-dir", str(state)]
     for name, port in ports.items():
         argv += ["--port", f"{name}={port}"]
@@ -74,3 +75,25 @@ def test_dev_prints_banner_writes_endpoints_and_ctrl_c_stops_everything(tmp_path
     assert _processes_mentioning(f"--port={ports['firestore']}") == []
     assert _processes_mentioning(f"--port {ports['gateway']}") == []
     assert not (state / "endpoints.json").exists()
+
+
+def test_free_ports_never_gives_two_services_one_port() -> None:
+    for _ in range(50):
+        ports = free_ports(DEFAULT_PORTS)
+        assert len(set(ports.values())) == len(ports)
+
+
+def test_a_port_shared_or_taken_fails_the_start_naming_it(tmp_path: Path) -> None:
+    from bqgate.dev.stack import Stack, StackError
+
+    ports = free_ports(DEFAULT_PORTS)
+    shared = {**ports, "mcp": ports["gateway"]}
+    with pytest.raises(StackError, match=r"gateway and mcp are both given port"):
+        Stack(state_dir=tmp_path / "a", ports=shared).start()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports["mcp"]))
+        holder.listen()
+        with pytest.raises(
+            StackError, match=rf"already listens on the port of mcp \({ports['mcp']}\)"
+        ):
+            Stack(state_dir=tmp_path / "b", ports=ports).start()

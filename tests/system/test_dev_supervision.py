@@ -19,7 +19,7 @@ import pytest
 from bqgate.adapters.firestore_audit import FirestoreRecorder, open_client
 from bqgate.cli import main
 from bqgate.client import gateway_client
-from bqgate.dev.stack import DEFAULT_PORTS, PROJECT, Stack, free_port
+from bqgate.dev.stack import DEFAULT_PORTS, PROJECT, Stack, free_ports
 from google.cloud import bigquery
 
 pytestmark = pytest.mark.system
@@ -42,7 +42,7 @@ def until(what: str, fn: Callable[[], Any], timeout: float = WAIT_S) -> Any:
 def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(
         state_dir=tmp_path_factory.mktemp("supervised"),
-        ports={name: free_port() for name in DEFAULT_PORTS},
+        ports=free_ports(DEFAULT_PORTS),
         snapshot_interval_s=2.0,
     )
     s.start()

@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -117,6 +117,23 @@ def free_port(ports: range = SERVICE_PORTS) -> int:
     with socket.socket() as s:  # the slice is full: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(names: Iterable[str], ports: range = SERVICE_PORTS) -> dict[str, int]:
+    """One free port per name, no two the same (``free_port`` alone may pick one twice)."""
+    chosen: dict[str, int] = {}
+    for name in names:
+        port = free_port(ports)
+        while port in chosen.values():
+            port = free_port(ports)
+        chosen[name] = port
+    return chosen
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cache_dir() -> Path:
@@ -524,6 +541,7 @@ class Stack:
         # The key the dev issuer's sign-in page asks for (the banner prints it).
         issuer.load_or_create_sign_in_key(self.state_dir / issuer.OIDC_SUBDIR)
         load_or_create_dev_key(self.state_dir)
+        self._check_ports()
         if self.faults and self.pubsub_faults is None:
             from bqgate.dev.faults import FaultProxy
 
@@ -534,6 +552,22 @@ class Stack:
             self.stop()
             raise
         self.write_endpoints()
+
+    def _check_ports(self) -> None:
+        """Fail before starting anything if two services share a port or one is taken:
+        a service that cannot bind would otherwise look healthy through whoever holds it."""
+        seen: dict[int, str] = {}
+        for name, port in self.ports.items():
+            if port in seen:
+                raise StackError(f"{seen[port]} and {name} are both given port {port}")
+            seen[port] = name
+        taken = [f"{n} ({p})" for n, p in self.ports.items() if _listening(p)]
+        if taken:
+            raise StackError(
+                "something else already listens on the port of "
+                + ", ".join(taken)
+                + "; stop it (another `bqgate dev`?) or choose other ports"
+            )
 
     def _start(self, out: IO[str]) -> None:
         bq_exe, bq_home = ensure_bigquery_emulator(out)

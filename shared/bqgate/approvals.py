@@ -13,12 +13,13 @@ inside a job-store transaction, so two clicks never both count. An approval is b
 approver saw; the executor calls :func:`check_binding` before it runs the job, so a job
 whose statement was changed after approval is refused.
 
+>>> from bqgate.classification import Classification
 >>> from bqgate.jobs import Job, PENDING_APPROVAL
 >>> from bqgate.policy import parse_policy
 >>> pol = parse_policy(EXAMPLE_POLICY)
 >>> job = Job.new(job_id="j1", project="p", location="US", sql="SELECT 1", owner="agent@x.io",
 ...               now_ms=0, state=PENDING_APPROVAL, expire_at_ms=60_000, bytes_estimate=10,
-...               classification={"decision": "approve", "statement_hash": "ab12"})
+...               classification=Classification("approve", statement_hash="ab12"))
 >>> d = decide(job, approver="alice@x.io", approver_groups=frozenset({"approvers"}),
 ...            action="approve", reason=None, now_ms=1_000, policy=pol)
 >>> d.outcome, d.job.state, d.message
@@ -281,21 +282,20 @@ def job_binding(job: Job, statement_hash: str | None = None) -> str:
 
 def statement_hash_of(job: Job) -> str:
     """The statement hash recorded when the job was classified (``""`` if none)."""
-    return str((job.classification or {}).get("statement_hash") or "")
+    return job.classification.statement_hash
 
 
 def needs_approval(job: Job) -> bool:
     """Whether the job may only run with an approval (policy or cost guard said so, or an
     approval was requested).
 
+    >>> from bqgate.classification import Classification
     >>> needs_approval(Job(job_id="j", project="p", location="US", sql="", owner="a",
-    ...                    classification={"decision": "allow"}))
+    ...                    classification=Classification("allow")))
     False
     """
     return (
-        bool(job.needs_approval)
-        or bool(job.approval)
-        or (job.classification or {}).get("decision") == "approve"
+        bool(job.needs_approval) or bool(job.approval) or job.classification.decision == "approve"
     )
 
 
@@ -405,8 +405,9 @@ def group_key(job: Job) -> tuple[str, str, str]:
     """Requests an approver may decide together: one owner, one statement (its hash),
     one default dataset.
 
+    >>> from bqgate.classification import Classification
     >>> job = Job(job_id="j", project="p", location="US", sql="", owner="A@x",
-    ...           classification={"statement_hash": "h"})
+    ...           classification=Classification(statement_hash="h"))
     >>> group_key(job)
     ('a@x', 'h', '')
     """

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from bqgate.adapters.slack import SlackNotifier
     from bqgate.anchors import AnchorIndex
     from bqgate.chain import ChainKey, Keyring
+    from bqgate.classification import Classification
     from bqgate.ports import Classifier
     from bqgate.service.approvals import ApprovalsApp, ApprovalService
     from bqgate.service.catalog import CachedCatalog, CatalogApp
@@ -194,10 +195,10 @@ class _QueueOnFirstPublish:
 def _classifier() -> Classifier:
     pol = policy()
 
-    def run(sql: str, **kwargs: Any) -> dict[str, Any]:
+    def run(sql: str, **kwargs: Any) -> Classification:
         from bqgate.sql.classify import classify  # imported by the first classification
 
-        return classify(sql, policy=pol, **kwargs).to_dict()
+        return classify(sql, policy=pol, **kwargs)
 
     return run
 

@@ -19,9 +19,12 @@ True
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from bqgate.classification import Classification
 
 PENDING = "PENDING"
 PENDING_APPROVAL = "PENDING_APPROVAL"
@@ -67,7 +70,8 @@ class Job:
     #: Rows the client asked for in its first answer (``jobs.query`` ``maxResults``): the
     #: executor cuts the first result page there, so that answer reads one page.
     first_page_rows: int | None = None
-    classification: dict[str, Any] = field(default_factory=dict)
+    #: The classifier's verdict (``Classification()``: never classified, blocked).
+    classification: Classification = field(default_factory=Classification)
     state: str = PENDING
     error: dict[str, str] | None = None
     created_ms: int = 0
@@ -117,7 +121,15 @@ class Job:
         return self.state == DONE
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored document (plain values: the classification as its dict)."""
+        return {
+            f.name: (
+                self.classification.to_dict()
+                if f.name == "classification"
+                else copy.deepcopy(getattr(self, f.name))
+            )
+            for f in fields(self)
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Job:
@@ -133,7 +145,10 @@ class Job:
         unknown = sorted(set(doc) - _FIELDS - STORE_KEYS)
         if unknown:
             raise ValueError(f"a stored job has fields that Job does not: {', '.join(unknown)}")
-        return cls(**{k: v for k, v in doc.items() if k in _FIELDS})
+        values = {k: v for k, v in doc.items() if k in _FIELDS}
+        if "classification" in values:
+            values["classification"] = Classification.from_dict(values["classification"] or {})
+        return cls(**values)
 
 
 #: Keys a job store keeps in a job's document for itself (Firestore's TTL timestamp).

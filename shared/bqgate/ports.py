@@ -15,6 +15,7 @@ from bqgate.anchors import AnchorIndex
 from bqgate.audit.chain import Event, SessionHead
 from bqgate.audit.record import EventKind
 from bqgate.chain import Keyring
+from bqgate.classification import Classification
 from bqgate.errors import BqgateError
 from bqgate.identity import Principal
 from bqgate.jobs import Job, Transition
@@ -334,8 +335,8 @@ class Classifier(Protocol):
         default_project: str,
         default_dataset: str | None,
         claims: Mapping[str, Any],
-    ) -> Mapping[str, Any]:
-        """Return the classification as a dict with at least ``decision`` and ``reasons``.
+    ) -> Classification:
+        """Judge ``sql`` for the principal under the policy (:func:`bqgate.sql.classify.classify`).
 
         ``default_project`` is the job's project; ``default_dataset`` is ``project.dataset``.
         May raise :class:`~bqgate.errors.InvalidQuery` (statement over the size limits).

@@ -5,11 +5,12 @@ text is at most 3000 characters, a field's 2000, a header's 150, and text is cut
 between characters (never inside a multi-byte character or an ``&amp;`` escape), with
 the cut marked.
 
+>>> from bqgate.classification import Classification
 >>> from bqgate.jobs import Job
 >>> job = Job(job_id="j1", project="p", location="US", sql="SELECT * FROM t WHERE a < 3",
 ...           owner="agent@x.io", groups=["agents"], bytes_estimate=1536, created_ms=0,
 ...           expire_at_ms=900_000,
-...           classification={"tables": ["p.d.t"], "reasons": ["restricted read"]})
+...           classification=Classification(tables=("p.d.t",), reasons=("restricted read",)))
 >>> msg = request_message(job)
 >>> [b["type"] for b in msg["blocks"]]
 ['header', 'section', 'section', 'section', 'actions', 'context']
@@ -193,9 +194,8 @@ def _field(label: str, value: str) -> dict[str, str]:
 
 
 def _request_blocks(job: Job, *, extra_reasons: Sequence[str] = ()) -> list[dict[str, Any]]:
-    cls = job.classification or {}
-    reasons = [str(r) for r in cls.get("reasons") or ()] + list(extra_reasons)
-    tables = [str(t) for t in cls.get("tables") or ()]
+    reasons = [*job.classification.reasons, *extra_reasons]
+    tables = list(job.classification.tables)
     fields = [
         _field("Requested by", job.owner),
         _field("Groups", ", ".join(job.groups) or "none"),

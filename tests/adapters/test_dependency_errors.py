@@ -17,6 +17,7 @@ from bqgate.adapters.firestore_audit import FirestoreRecorder, open_client
 from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.adapters.pubsub_queue import PubSubQueue
 from bqgate.chain import ChainKey
+from bqgate.classification import Classification
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.errors import BqgateError, InvalidQuery, NotFound, Unavailable
 from bqgate.jobs import DONE, Job, warehouse_job_id
@@ -184,7 +185,7 @@ def test_a_dataset_the_policy_allows_but_bigquery_lacks_ends_the_job_not_found(
     store = FirestoreJobStore(firestore.Client(project=PROJECT))
     j = job(
         sql="SELECT * FROM `demo-project.ghost.t`",
-        classification={"decision": "allow", "tables": ["demo-project.ghost.t"]},
+        classification=Classification("allow", tables=("demo-project.ghost.t",)),
     )
     store.create(j)
     ex = Executor(

@@ -11,6 +11,7 @@ import pytest
 from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
 from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.adapters.pubsub_queue import PubSubQueue
+from bqgate.classification import Classification
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import DONE, RUNNING, Job, warehouse_job_id
@@ -219,7 +220,7 @@ def test_killed_then_retried_executor_runs_the_statement_once(
         bigquery.Table(table, schema=[bigquery.SchemaField("name", "STRING")])
     )
     sql = f"INSERT INTO `{table}` (name) VALUES ('{marker}')"
-    job = new_job(sql=sql, classification={"decision": "allow", "tables": [table]})
+    job = new_job(sql=sql, classification=Classification("allow", tables=(table,)))
     store.create(job)
     # The first executor got this far before it was killed:
     warehouse.run(

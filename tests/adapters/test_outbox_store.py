@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 from bqgate import outbox
 from bqgate.adapters.firestore_store import FirestoreJobStore
+from bqgate.classification import Classification
 from bqgate.dev.stack import PROJECT, Stack
 from bqgate.errors import Duplicate
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
@@ -53,7 +54,7 @@ def pending(
         state=PENDING_APPROVAL,
         expire_at_ms=expire_at_ms,
         bytes_estimate=1,
-        classification={"statement_hash": statement_hash},
+        classification=Classification(statement_hash=statement_hash),
     )
 
 

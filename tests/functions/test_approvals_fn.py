@@ -8,7 +8,6 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import functions_framework
@@ -19,27 +18,9 @@ from bqgate.dev.stack import Stack
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.slack_blocks import sign
 from conftest import AGENT, mint_token_for
+from helpers import new_pending_job
 
 pytestmark = pytest.mark.emulators
-
-LEDGER_SQL = "SELECT entry_id, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
-
-
-def _clear_bootstrap() -> None:
-    from bqgate import bootstrap
-
-    for name in dir(bootstrap):
-        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
-        if callable(clear):
-            clear()
-
-
-@pytest.fixture()
-def wired(stack: Stack) -> Iterator[Stack]:
-    """In-process wiring built from the stack's environment (not a stale cache)."""
-    _clear_bootstrap()
-    yield stack
-    _clear_bootstrap()
 
 
 @pytest.fixture()
@@ -56,41 +37,6 @@ def notify_client(wired: Stack) -> Any:
         "slack_notify", str(wired.repo_root / "functions/slack_notify/main.py"), "cloudevent"
     )
     return app.test_client()
-
-
-def new_pending_job(sql: str = LEDGER_SQL) -> Job:
-    """A PENDING_APPROVAL job written straight to Firestore (nothing is published)."""
-    from bqgate import bootstrap
-
-    pol = bootstrap.policy()
-    groups = pol.groups_for(AGENT)
-    classification = bootstrap._classifier()(
-        sql,
-        principal=AGENT,
-        groups=groups,
-        default_project="demo-project",
-        default_dataset=None,
-        claims={},
-    )
-    assert classification["decision"] == "approve", classification
-    now = int(time.time() * 1000)
-    job = Job.new(
-        job_id="fn-" + uuid.uuid4().hex,
-        project="demo-project",
-        location="US",
-        sql=sql,
-        owner=AGENT,
-        groups=sorted(groups),
-        classification=classification,
-        state=PENDING_APPROVAL,
-        expire_at_ms=now + 900_000,
-        now_ms=now,
-        needs_approval=True,
-        bytes_estimate=4096,
-        approval_requested_ms=now,
-    )
-    bootstrap.job_store().create(job)
-    return job
 
 
 def signed(

@@ -11,7 +11,6 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import flask
@@ -23,31 +22,15 @@ from bqgate.dev.stack import Stack
 from bqgate.jobs import DONE, PENDING_APPROVAL, Job
 from bqgate.slack_blocks import sign
 from conftest import AGENT
+from helpers import LEDGER_SQL, new_pending_job
 
 pytestmark = pytest.mark.emulators
 
-LEDGER_SQL = "SELECT entry_id, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-def _clear_bootstrap() -> None:
-    from bqgate import bootstrap
-
-    for name in dir(bootstrap):
-        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
-        if callable(clear):
-            clear()
-
-
-@pytest.fixture()
-def wired(stack: Stack) -> Iterator[Stack]:
-    _clear_bootstrap()
-    yield stack
-    _clear_bootstrap()
 
 
 def new_client(stack: Stack) -> Any:
@@ -60,43 +43,6 @@ def new_client(stack: Stack) -> Any:
 @pytest.fixture()
 def console(wired: Stack) -> Any:
     return new_client(wired)
-
-
-def new_pending_job(sql: str = LEDGER_SQL, session_id: str = "", **fields: Any) -> Job:
-    """A PENDING_APPROVAL job written straight to Firestore, as the gateway leaves it."""
-    from bqgate import bootstrap
-
-    pol = bootstrap.policy()
-    groups = pol.groups_for(AGENT)
-    classification = bootstrap._classifier()(
-        sql,
-        principal=AGENT,
-        groups=groups,
-        default_project="demo-project",
-        default_dataset=None,
-        claims={},
-    )
-    assert classification["decision"] == "approve", classification
-    now = int(time.time() * 1000)
-    job = Job.new(
-        job_id="con-" + uuid.uuid4().hex,
-        project="demo-project",
-        location="US",
-        sql=sql,
-        owner=AGENT,
-        groups=sorted(groups),
-        classification=classification,
-        state=PENDING_APPROVAL,
-        expire_at_ms=now + 900_000,
-        now_ms=now,
-        needs_approval=True,
-        bytes_estimate=4096,
-        approval_requested_ms=now,
-        session_id=session_id,
-        **fields,
-    )
-    bootstrap.job_store().create(job)
-    return job
 
 
 def stored(job_id: str) -> Job:
@@ -334,7 +280,7 @@ def test_inbox_shows_what_the_approver_must_see(wired: Stack, console: Any) -> N
     assert AGENT in words and "ai-coding-agents" in words
     assert "sess-console-inbox" in item and 'href="/console/sessions/sess-console-inbox"' in item
     assert "demo-project.finance.ledger" in item and "restricted" in item
-    for reason in job.classification["reasons"]:
+    for reason in job.classification.reasons:
         assert reason in item
     assert "4.0 KiB (4,096 bytes)" in item
     assert re.search(r"1[45] min \d+ s left", item)

@@ -113,7 +113,7 @@ def test_whole_table_writes_leave_events_intact(
         outcomes[sql] = outcome
         if outcome == "pending":
             # The approver is told the measured blast radius.
-            reasons = " ".join(detail.classification.get("reasons", []))
+            reasons = " ".join(detail.classification.reasons)
             verb = (
                 "changes"
                 if sql.startswith("MERGE")
@@ -146,7 +146,7 @@ def test_a_write_touching_a_handful_of_rows_runs(
         gateway_client, store, f"DELETE FROM `{table}` WHERE id >= 0"
     )
     assert outcome == "pending"
-    assert f"deletes 97 of 97 rows of {table}" in " ".join(detail.classification["reasons"])
+    assert f"deletes 97 of 97 rows of {table}" in " ".join(detail.classification.reasons)
     assert next(iter(client.query(f"SELECT COUNT(*) AS n FROM `{table}`").result())).n == 97
 
 

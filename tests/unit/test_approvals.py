@@ -20,6 +20,7 @@ from bqgate.approvals import (
     decide,
     expire,
 )
+from bqgate.classification import Classification
 from bqgate.errors import AccessDenied, InvalidRequest, Unauthenticated
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
@@ -65,12 +66,9 @@ def pending_job(job_id: str = "j1", **kw: Any) -> Job:
         expire_at_ms=T0 + 900_000,
         default_dataset={"projectId": "p", "datasetId": "d"},
         bytes_estimate=2048,
-        classification={
-            "decision": "approve",
-            "reasons": ["restricted read"],
-            "tables": ["p.d.t"],
-            "statement_hash": "h1",
-        },
+        classification=Classification(
+            "approve", reasons=("restricted read",), tables=("p.d.t",), statement_hash="h1"
+        ),
     )
     base.update(kw)
     return Job(**base)
@@ -383,7 +381,7 @@ def test_binding_refuses_a_forged_approval_record() -> None:
 
 def test_allowed_jobs_need_no_approval_but_requested_ones_do() -> None:
     allowed = pending_job(
-        state=PENDING, classification={"decision": "allow", "statement_hash": "h1"}
+        state=PENDING, classification=Classification("allow", statement_hash="h1")
     )
     assert check_binding(allowed, "h1") is None
     # Sent to approval by its cost: it has an approval record from then on.
@@ -615,7 +613,7 @@ def test_needs_approval_follows_the_job_flag() -> None:
     flagged = pending_job(
         state=PENDING,
         needs_approval=True,
-        classification={"decision": "allow", "statement_hash": "h1"},
+        classification=Classification("allow", statement_hash="h1"),
     )
     assert "has not been approved" in (check_binding(flagged, "h1") or "")
 
@@ -895,12 +893,12 @@ def flood(
                 job_id,
                 owner=owner,
                 created_ms=start_ms + i,
-                classification={
-                    "decision": "approve",
-                    "reasons": ["r"],
-                    "tables": ["p.d.t"],
-                    "statement_hash": "same" if same_sql else f"h-{job_id}",
-                },
+                classification=Classification(
+                    "approve",
+                    reasons=("r",),
+                    tables=("p.d.t",),
+                    statement_hash="same" if same_sql else f"h-{job_id}",
+                ),
             )
         )
         ids.append(job_id)
@@ -930,12 +928,7 @@ def test_the_list_is_newest_first_paged_and_leaves_expired_requests_out(
         pending_job(
             "zzz-newest",
             created_ms=T0 + 50,
-            classification={
-                "decision": "approve",
-                "reasons": ["r"],
-                "tables": [],
-                "statement_hash": "z",
-            },
+            classification=Classification("approve", reasons=("r",), statement_hash="z"),
         )
     )
     items = walk(env, "alice@x.io:approvers", limit=5)

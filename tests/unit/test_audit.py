@@ -19,6 +19,7 @@ from bqgate.audit.chain import Event, SessionHead, canonical_json, event_mac
 from bqgate.audit.record import MAX_DATA_BYTES, EventKind, event_data
 from bqgate.audit.rejudge import RecordedRequest, rejudge
 from bqgate.chain import GENESIS, ChainKey, Keyring
+from bqgate.classification import Classification
 from bqgate.cli import main
 from bqgate.commands import sessions as cmd
 from bqgate.commands.session_views import render_rejudge, render_timeline, replay_steps
@@ -399,8 +400,8 @@ def test_the_gateway_records_request_classification_and_block() -> None:
 
     rec = MemoryRecord()
 
-    def classify(sql: str, **kw: Any) -> dict[str, Any]:
-        return {"decision": "block", "reasons": ["DROP is blocked"]}
+    def classify(sql: str, **kw: Any) -> Classification:
+        return Classification("block", reasons=("DROP is blocked",))
 
     gw = Gateway(
         store=MemoryJobStore(),

@@ -11,15 +11,10 @@ from typing import Any
 
 import pytest
 import sqlglot
+from bqgate.classification import Classification
 from bqgate.policy import Policy, load_policy, parse_policy
 from bqgate.sql import classify as classify_module
-from bqgate.sql.classify import (
-    CLASS_BY_KIND,
-    KIND_BY_TYPE,
-    Classification,
-    classify,
-    classify_uncached,
-)
+from bqgate.sql.classify import CLASS_BY_KIND, KIND_BY_TYPE, classify, classify_uncached
 from bqgate.vocabulary import STATEMENT_CLASSES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -8,6 +8,7 @@ import re
 
 from bqgate.audit.chain import Event, seal
 from bqgate.chain import ChainKey, Keyring
+from bqgate.classification import Classification
 from bqgate.console import sql_html, views
 from bqgate.jobs import Job
 from hypothesis import given, settings
@@ -96,7 +97,7 @@ def test_history_row_of_an_approved_job_that_ran() -> None:
         state="DONE",
         total_rows=12,
         session_id="s1",
-        classification={"tables": ["p.d.t"]},
+        classification=Classification(tables=("p.d.t",)),
         approval={
             "status": "approved",
             "decided_at_ms": 9,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from bqgate.classification import Classification
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job, warehouse_job_id
 from bqgate.policy import load_policy
 from bqgate.service.executor import Executor, ExecutorConfig
@@ -106,7 +107,7 @@ def test_cost_guard_sends_expensive_queries_for_approval() -> None:
     pending = store.get("j1")
     assert pending is not None and pending.state == PENDING_APPROVAL and pending.needs_approval
     assert pending.bytes_estimate == 5 * 1024**3
-    assert any("approval threshold" in r for r in pending.classification["reasons"])
+    assert any("approval threshold" in r for r in pending.classification.reasons)
     assert queue.messages == [("approvals", {"job_id": "j1"})] and wh.jobs == {}
     assert ex.run("j1") == "awaiting-approval" and len(queue.messages) == 1
 
@@ -142,7 +143,7 @@ def test_unknown_job_is_dropped() -> None:
 
 def test_dry_run_is_skipped_only_when_table_sizes_settle_the_cost() -> None:
     table = "demo-project.sales.customers"
-    cls = {"decision": "allow", "tables": [table]}
+    cls = Classification("allow", tables=(table,))
     ex, store, wh, _ = make()
     wh.sizes[table] = 10_000  # far below the approval threshold: no dry run needed
     store.create(job(classification=cls))
@@ -179,11 +180,9 @@ def test_client_byte_cap_is_applied_as_the_lower_of_client_and_policy() -> None:
 def test_dry_run_job_runs_nothing_and_stores_what_bigquery_said() -> None:
     ex, store, wh, queue = make(estimate=777)
     wh.statement_type = "SELECT"
-    cls = {
-        "decision": "approve",
-        "statements": ["SELECT"],
-        "tables": ["demo-project.sales.customers"],
-    }
+    cls = Classification(
+        "approve", statements=("SELECT",), tables=("demo-project.sales.customers",)
+    )
     store.create(job(dry_run=True, classification=cls))
     assert ex.run("j1") == "dry-run"
     done = store.get("j1")

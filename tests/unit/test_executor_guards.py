@@ -58,7 +58,7 @@ def submit(store: MemoryJobStore, sql: str, **kw: Any) -> Job:
         location="US",
         sql=sql,
         owner=AGENT,
-        classification=verdict.to_dict(),
+        classification=verdict,
         now_ms=1,
         **kw,
     )
@@ -108,7 +108,7 @@ def test_a_whole_table_delete_is_measured_and_sent_for_approval() -> None:
     assert job is not None and job.state == PENDING_APPROVAL
     assert any(
         "deletes 5,000 of 5,000 rows of demo-project.analytics.events" in r
-        for r in job.classification["reasons"]
+        for r in job.classification.reasons
     )
     assert job.blast_radius[0]["touched"] == 5000
     assert queue.messages == [("approvals", {"job_id": "j1"})]
@@ -134,7 +134,7 @@ def test_an_unparseable_plain_query_runs_on_the_second_opinion() -> None:
     assert ex.run("j1") == "done"
     done = store.get("j1")
     assert done is not None and done.error is None
-    assert done.classification["tables"] == ["demo-project.analytics.events"]
+    assert done.classification.tables == ("demo-project.analytics.events",)
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from bqgate.classification import Classification
 from bqgate.errors import AccessDenied, Duplicate, InvalidRequest, NotFound
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL
 from bqgate.service.gateway import Gateway, GatewayConfig
+from bqgate.vocabulary import Decision
 from bqgate.wire import bigquery as wire
 from fakes import MemoryJobStore, MemoryQueue
 
@@ -31,9 +32,9 @@ BOB = Principal(
 )
 
 
-def verdict_for(sql: str, **_: Any) -> Mapping[str, Any]:
-    decision = "block" if "DROP" in sql else "approve" if "finance" in sql else "allow"
-    return {"decision": decision, "reasons": [f"test says {decision}"], "tables": []}
+def verdict_for(sql: str, **_: Any) -> Classification:
+    decision: Decision = "block" if "DROP" in sql else "approve" if "finance" in sql else "allow"
+    return Classification(decision, reasons=(f"test says {decision}",))
 
 
 def make() -> tuple[Gateway, MemoryJobStore, MemoryQueue]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from bqgate import outbox
+from bqgate.classification import Classification
 from bqgate.errors import Unavailable
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, Job
@@ -57,14 +58,14 @@ class Events:
         return [k for j, k, _ in self.events if j == job_id]
 
 
-def verdict(sql: str, **_: Any) -> Mapping[str, Any]:
-    return {
-        "decision": "allow",
-        "reasons": ["allowed by the test"],
-        "tables": ["demo-project.sales.customers"],
-        "statements": ["SELECT"],
-        "statement_hash": "h",
-    }
+def verdict(sql: str, **_: Any) -> Classification:
+    return Classification(
+        "allow",
+        reasons=("allowed by the test",),
+        tables=("demo-project.sales.customers",),
+        statements=("SELECT",),
+        statement_hash="h",
+    )
 
 
 def stack(
@@ -233,7 +234,7 @@ def test_the_done_state_and_its_session_events_are_one_write() -> None:
             location="US",
             sql=SQL,
             owner=AGENT.email,
-            classification=dict(verdict(SQL)),
+            classification=verdict(SQL),
             now_ms=1,
         )
     )

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from bqgate.classification import Classification
 from bqgate.errors import InvalidQuery, InvalidRequest, TooLarge
 from bqgate.identity import Principal
 from bqgate.jobs import Job
@@ -50,9 +51,9 @@ class StrictStore(MemoryJobStore):
         return super().get(job_id)
 
 
-def classify(sql: str, **_: Any) -> dict[str, Any]:
+def classify(sql: str, **_: Any) -> Classification:
     sql.encode("utf-8")  # the classifier hashes the SQL as UTF-8
-    return {"decision": "allow", "reasons": ["ok"], "tables": []}
+    return Classification("allow", reasons=("ok",))
 
 
 def app() -> tuple[IngressApp, StrictStore]:

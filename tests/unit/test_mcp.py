@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from bqgate.classification import Classification
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, Job
 from bqgate.policy import load_policy
@@ -44,16 +45,16 @@ SCHEMA = [
 ROWS = [[str(i), f"XXX-XX-{1000 + i}", str(i * 1_000_000)] for i in range(1, 26)]
 
 
-def verdict_for(sql: str, **_: Any) -> Mapping[str, Any]:
+def verdict_for(sql: str, **_: Any) -> Classification:
     if "DROP" in sql:
-        return {"decision": "block", "reasons": ["DROP is blocked by policy"], "tables": []}
+        return Classification("block", reasons=("DROP is blocked by policy",))
     if "finance" in sql:
-        return {
-            "decision": "approve",
-            "reasons": ["reads finance: approval required"],
-            "tables": ["demo-project.finance.ledger"],
-        }
-    return {"decision": "allow", "reasons": [], "tables": ["demo-project.sales.customers"]}
+        return Classification(
+            "approve",
+            reasons=("reads finance: approval required",),
+            tables=("demo-project.finance.ledger",),
+        )
+    return Classification("allow", tables=("demo-project.sales.customers",))
 
 
 class Recorder:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from bqgate.classification import Classification
 from bqgate.errors import AccessDenied, InvalidRequest, NotFound
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, Job
@@ -146,7 +148,7 @@ def test_jobs_list_is_the_callers_own_newest_first() -> None:
             sql="SELECT 1",
             owner=owner,
             now_ms=1000 + i,
-            classification={"statements": ["SELECT"]},
+            classification=Classification(statements=("SELECT",)),
         )
         job.state = DONE
         store.create(job)
@@ -230,7 +232,7 @@ def test_anonymous_destination_only_for_clients_that_need_one() -> None:
         sql="SELECT 1",
         owner="a",
         now_ms=1,
-        classification={"statements": ["SELECT"], "tables": []},
+        classification=Classification(statements=("SELECT",)),
     )
     job.state, job.schema, job.total_rows = DONE, [{"name": "x", "type": "INTEGER"}], 1
     assert wire.anonymous_destination(job) is None  # plain clients: none (no Storage Read API)
@@ -241,7 +243,7 @@ def test_anonymous_destination_only_for_clients_that_need_one() -> None:
         "tableId": "anon_j1",
     }
     job.use_query_cache, job.labels = None, {"dbt_invocation_id": "x"}
-    job.classification["tables"] = ["p.d.t"]
+    job.classification = replace(job.classification, tables=("p.d.t",))
     job.total_rows = 5000
     assert wire.anonymous_destination(job) is not None
     assert json.loads(json.dumps(wire.anonymous_table(job)))["numRows"] == "5000"

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from bqgate import outbox
+from bqgate.classification import Classification
 from bqgate.errors import QuotaExceeded
 from bqgate.identity import Principal
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from bqgate.service.dispatch import Dispatcher
 from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.service.sweeper import Sweeper, SweeperConfig
+from bqgate.vocabulary import Decision
 from fakes import MemoryJobStore, MemoryQueue
 
 AGENT = Principal(
@@ -51,14 +53,9 @@ class Recorder:
         self.events.append((job.job_id, kind, dict(data)))
 
 
-def verdict_for(sql: str, **_: Any) -> Mapping[str, Any]:
-    decision = "approve" if "finance" in sql else "allow"
-    return {
-        "decision": decision,
-        "reasons": [f"test says {decision}"],
-        "tables": [],
-        "statement_hash": "h-" + sql,
-    }
+def verdict_for(sql: str, **_: Any) -> Classification:
+    decision: Decision = "approve" if "finance" in sql else "allow"
+    return Classification(decision, reasons=(f"test says {decision}",), statement_hash="h-" + sql)
 
 
 class Direct:

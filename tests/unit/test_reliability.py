@@ -9,12 +9,13 @@ it is handed (bounded retries for outages, an incident id for the unexpected).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from bqgate import errors
+from bqgate.classification import Classification
 from bqgate.errors import (
     RETRYABLE_REASONS,
     BqgateError,
@@ -117,8 +118,8 @@ class StaticVerifier:
         return AGENT
 
 
-def verdict(sql: str, **_: Any) -> Mapping[str, Any]:
-    return {"decision": "allow", "reasons": ["ok"], "tables": []}
+def verdict(sql: str, **_: Any) -> Classification:
+    return Classification("allow", reasons=("ok",))
 
 
 def app_over(store: Any, gw: Gateway | None = None) -> IngressApp:
@@ -277,7 +278,7 @@ def test_an_outage_answers_503_retryable_only_when_a_retry_is_safe(
 def test_syntax_and_resolution_errors_are_invalid_query_not_access_denied(
     per_statement: list[dict[str, Any]], reason: str
 ) -> None:
-    err = block_error({"reasons": ["r"], "per_statement": per_statement})
+    err = block_error(Classification.from_dict({"reasons": ["r"], "per_statement": per_statement}))
     assert err.reason == reason
     assert err.http_status == (400 if reason == "invalidQuery" else 403)
 

@@ -11,6 +11,7 @@ from typing import Any
 import bqgate.dev.slack_standin as standin
 import bqgate.slack_blocks as sb
 import pytest
+from bqgate.classification import Classification
 from bqgate.errors import Unauthenticated
 from bqgate.jobs import Job
 from bqgate.vocabulary import human_bytes
@@ -32,7 +33,7 @@ def job(sql: str = "SELECT 1", **kw: Any) -> Job:
         bytes_estimate=5 * 1024**3,
         created_ms=0,
         expire_at_ms=900_000,
-        classification={"tables": ["p.finance.ledger"], "reasons": ["restricted: read"]},
+        classification=Classification(tables=("p.finance.ledger",), reasons=("restricted: read",)),
     )
     base.update(kw)
     return Job(**base)
@@ -129,7 +130,11 @@ def test_long_sql_with_wide_characters_is_cut_between_characters() -> None:
 def test_every_message_respects_slack_limits(
     sql: str, owner: str, reasons: list[str], tables: list[str]
 ) -> None:
-    j = job(sql, owner=owner, classification={"tables": tables, "reasons": reasons})
+    j = job(
+        sql,
+        owner=owner,
+        classification=Classification(tables=tuple(tables), reasons=tuple(reasons)),
+    )
     for msg in (
         sb.request_message(j),
         sb.decided_message(j, outcome="denied", actor=owner, at_ms=0, reason=sql[:500]),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from bqgate.classification import Classification
 from bqgate.errors import AccessDenied, InvalidQuery, InvalidRequest
 from bqgate.jobs import DONE, Job
 from bqgate.wire import bigquery as wire
@@ -164,7 +165,7 @@ def test_job_resource_always_has_a_statement_type_and_echoes_options() -> None:
         sql="SELECT 1",
         owner="a@x",
         now_ms=5,
-        classification={"statements": ["SELECT"]},
+        classification=Classification(statements=("SELECT",)),
         maximum_bytes_billed=7,
         priority="BATCH",
     )
@@ -172,7 +173,7 @@ def test_job_resource_always_has_a_statement_type_and_echoes_options() -> None:
     assert res["statistics"]["query"]["statementType"] == "SELECT"
     assert res["configuration"]["query"]["maximumBytesBilled"] == "7"
     assert res["configuration"]["query"]["priority"] == "BATCH"
-    job.classification = {"statements": ["TRUNCATE"]}
+    job.classification = Classification(statements=("TRUNCATE",))
     assert wire.job_resource(job)["statistics"]["query"]["statementType"] == "TRUNCATE_TABLE"
     job.statement_type = "CREATE_TABLE_AS_SELECT"  # the warehouse's word wins
     assert wire.statement_type(job) == "CREATE_TABLE_AS_SELECT"

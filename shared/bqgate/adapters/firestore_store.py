@@ -793,9 +793,7 @@ class FirestoreJobStore:
         else:
             jobs = run(table)
         found = {
-            j.job_id: j
-            for j in jobs
-            if not query.table or query.table in (j.classification or {}).get("tables", [])
+            j.job_id: j for j in jobs if not query.table or query.table in j.classification.tables
         }
         ordered = sorted(
             found.values(),

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from bqgate.classification import Classification, StatementVerdict
 from bqgate.errors import InvalidQuery, InvalidRequest, PolicyError
 from bqgate.policy import Policy, load_policy
-from bqgate.sql.classify import Classification, StatementVerdict, classify
+from bqgate.sql.classify import classify
 
 DEFAULT_POLICY = Path("policies") / "default.yaml"
 DEFAULT_PRINCIPAL = "agent@demo-project.iam.gserviceaccount.com"
@@ -245,7 +246,6 @@ def format_rewrite(rewritten: Mapping[str, Any]) -> str:
 def format_text(result: Classification) -> str:
     """Human-readable report.
 
-    >>> from bqgate.sql.classify import StatementVerdict
     >>> r = Classification("block", ("statement 1 (DROP): DDL is blocked",), ("DROP",),
     ...                    ("p.d.t",), ("p.d.t",), "DROP TABLE p.d.t", "ab", ())
     >>> print(format_text(r), end="")

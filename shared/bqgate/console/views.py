@@ -264,7 +264,7 @@ def history_row(job: Job) -> HistoryRow:
         votes=rec.votes,
         decided_at_ms=rec.decided_at_ms,
         reason=rec.reason,
-        tables=tuple(str(t) for t in (job.classification or {}).get("tables") or ()),
+        tables=job.classification.tables,
         session_id=job.session_id or f"job-{job.job_id}",
         sql=job.sql,
         outcome=_outcome(job, rec.status),

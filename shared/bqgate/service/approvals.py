@@ -742,7 +742,7 @@ class ApprovalService:
         if members[0].job_id != job.job_id and any(m.job_id == job.job_id for m in members):
             return None  # shown inside the newest request of its group (listed before it)
         rec = core.record_of(job, self.policy.approvals.required)
-        cls = job.classification or {}
+        verdict = job.classification
         estimates = [m.bytes_estimate or 0 for m in members]
         return {
             "job_id": job.job_id,
@@ -752,9 +752,9 @@ class ApprovalService:
             "session_id": job.session_id or f"job-{job.job_id}",
             "rewritten_sql": job.rewritten_sql,
             "blast_radius": job.blast_radius,
-            "tables": cls.get("tables") or [],
-            "reasons": cls.get("reasons") or [],
-            "statement_hash": cls.get("statement_hash"),
+            "tables": list(verdict.tables),
+            "reasons": list(verdict.reasons),
+            "statement_hash": verdict.statement_hash or None,
             "bytes_estimate": job.bytes_estimate,
             "created_ms": job.created_ms,
             "expire_at_ms": job.expire_at_ms,

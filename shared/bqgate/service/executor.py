@@ -59,7 +59,7 @@ from bqgate.ports import (
     Warehouse,
 )
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer
-from bqgate.vocabulary import Decision, as_decision, strictest_decision
+from bqgate.vocabulary import Decision, strictest_decision
 
 if TYPE_CHECKING:
     from bqgate.masking import Masker
@@ -157,8 +157,7 @@ def billed_bytes(processed: int, tables: int = 0) -> int:
 
 
 def _tables_of(job: Job) -> int:
-    tables = job.classification.get("tables")
-    return len(tables) if isinstance(tables, list) else 0
+    return len(job.classification.tables)
 
 
 def lower_cap(policy_cap: int | None, client_cap: int | None) -> int | None:
@@ -378,7 +377,7 @@ class Executor:
             return "unknown"
         if job.state == DONE:
             return "skipped"
-        if job.dry_run and job.classification.get("second_opinion"):
+        if job.dry_run and job.classification.second_opinion:
             return self._fail(
                 job,
                 AccessDenied(
@@ -386,7 +385,7 @@ class Executor:
                     "parse gets no dry run (only a second opinion when it runs)"
                 ),
             )
-        if job.classification.get("second_opinion"):
+        if job.classification.second_opinion:
             return self._second_opinion(job)
         plan = self._plan(job)
         if plan is None:
@@ -403,8 +402,7 @@ class Executor:
                     AccessDenied(f"Approval does not match this job: {problem}"),
                 )
         elif job.state == PENDING:
-            writes = job.classification.get("writes") or []
-            estimate = None if writes else self._upper_bound(job)
+            estimate = None if job.classification.writes else self._upper_bound(job)
             if (
                 estimate is None
                 or cost_decision(estimate, self.policy)[0] != "allow"
@@ -420,7 +418,7 @@ class Executor:
                 return self._fail(job, QuotaExceeded(why))
             if decision == "approve":
                 return self._request_approval(job, why, estimate, plan=plan)
-            if writes:
+            if job.classification.writes:
                 measured = self._measured_or_ended(job, plan)
                 if isinstance(measured, str):
                     return measured
@@ -502,19 +500,21 @@ class Executor:
         for table in tables:
             problems.extend(self._readable_problems(table, groups, job))
         if problems:
-            reasons = [*job.classification.get("reasons", []), *problems]
+            reasons = [*job.classification.reasons, *problems]
             return self._fail(
                 job,
                 AccessDenied("Blocked by bqgate policy: " + "; ".join(reasons)),
             )
-        verdict = dict(job.classification)
-        verdict["tables"] = sorted(tables)
-        verdict["decision"] = "allow"
-        verdict["reasons"] = [
-            *verdict.get("reasons", []),
-            "BigQuery's dry run shows a plain query over readable tables without sensitive "
-            "columns: allowed on the second opinion",
-        ]
+        verdict = replace(
+            job.classification,
+            tables=tuple(sorted(tables)),
+            decision="allow",
+            reasons=(
+                *job.classification.reasons,
+                "BigQuery's dry run shows a plain query over readable tables without sensitive "
+                "columns: allowed on the second opinion",
+            ),
+        )
         opinion = {"statement_type": info.statement_type, "referenced_tables": sorted(tables)}
         self.store.transition(
             job.job_id,
@@ -553,7 +553,7 @@ class Executor:
 
     def _disagreement(self, job: Job, info: DryRun) -> str | None:
         """Where BigQuery's dry run contradicts the classifier (None: they agree)."""
-        kinds = [str(k) for k in job.classification.get("statements") or []]
+        kinds = job.classification.statements
         expected = kinds[0] if len(kinds) == 1 else "SCRIPT"
         if (
             info.statement_type
@@ -566,7 +566,7 @@ class Executor:
             )
         if info.referenced_tables is None:
             return None
-        ours = [str(t).lower() for t in job.classification.get("tables") or []]
+        ours = [t.lower() for t in job.classification.tables]
         groups = self.policy.groups_for(job.owner, job.groups)
         problems: list[str] = []
         for table in info.referenced_tables:
@@ -588,22 +588,14 @@ class Executor:
         """Measure every DELETE/UPDATE/MERGE: (decision, message, record)."""
         import sqlglot
 
-        from bqgate.policy import WriteLimits
         from bqgate.sql.blast import CannotMeasure, measure_sql
 
-        checks = job.classification.get("writes") or []
         statements = [s for s in sqlglot.parse(plan.marked_sql, read="bigquery") if s is not None]
         worst: Decision = "allow"
         messages: list[str] = []
         record: list[dict[str, Any]] = []
-        for check in checks:
-            index = int(check.get("statement", 1))
-            target = str(check.get("target", ""))
-            limits = WriteLimits(
-                check.get("max_rows"),
-                check.get("max_fraction"),
-                as_decision(check.get("above", "approve")),
-            )
+        for check in job.classification.writes:
+            index, target, limits = check.statement, check.target, check.limits
             try:
                 if index > len(statements):
                     raise CannotMeasure("the statement is missing")
@@ -617,7 +609,7 @@ class Executor:
             if row is None:
                 return None
             touched, total = int(row[0] or 0), int(row[1] or 0)
-            verb = _VERB.get(str(check.get("kind")), "touches")
+            verb = _VERB.get(check.kind, "touches")
             text = f"{verb} {touched:,} of {total:,} rows of {target}"
             over = limits.exceeded(touched, total)
             entry = {
@@ -631,7 +623,7 @@ class Executor:
             record.append(entry)
             if over:
                 worst = strictest_decision((worst, limits.above))
-                messages.append(f"{text}: {over} (tier {check.get('tier')})")
+                messages.append(f"{text}: {over} (tier {check.tier})")
             else:
                 messages.append(text)
         self.store.transition(
@@ -677,11 +669,11 @@ class Executor:
         table's size does not bound its scan (views, external tables, wildcards, table
         functions, INFORMATION_SCHEMA) or the classifier listed no tables.
         """
-        tables = job.classification.get("tables")
-        if not isinstance(tables, list) or not tables:
+        tables = job.classification.tables
+        if not tables:
             return None
-        for verdict in job.classification.get("per_statement") or []:
-            if any(r.get("kind") in CODE_KINDS for r in verdict.get("refs") or []):
+        for verdict in job.classification.per_statement:
+            if any(kind in CODE_KINDS for kind, _name, _role in verdict.refs):
                 # A routine's body may read tables the statement does not name: only the
                 # dry run (and its agreement with the classifier) can show them.
                 return None
@@ -723,7 +715,7 @@ class Executor:
             decision, why = cost_decision(estimate, self.policy)
             if decision == "block":
                 return self._fail(job, QuotaExceeded(why))
-            if job.classification.get("writes") and blast is None:
+            if job.classification.writes and blast is None:
                 measured = self._measured_or_ended(job, plan)
                 if isinstance(measured, str):
                     return measured
@@ -744,9 +736,9 @@ class Executor:
         if blast is not None:
             fields["blast_radius"] = blast
         if extra:
-            judged = dict(job.classification)
-            judged["reasons"] = [*judged.get("reasons", []), *extra]
-            fields["classification"] = judged
+            fields["classification"] = replace(
+                job.classification, reasons=(*job.classification.reasons, *extra)
+            )
         if cost_reason or blast is not None:
             fields["expire_at_ms"] = now + ttl_ms
         if self.dispatcher is None:
@@ -774,7 +766,7 @@ class Executor:
                 (
                     "approval_requested",
                     {
-                        "reasons": j.classification.get("reasons"),
+                        "reasons": list(j.classification.reasons),
                         "bytes_estimate": estimate,
                         "rewritten_sql": fields["rewritten_sql"],
                         "blast_radius": blast,
@@ -895,9 +887,7 @@ class Executor:
             "schema": [dict(f) for f in info.schema],
             "statement_type": info.statement_type,
             "total_bytes_processed": info.total_bytes_processed,
-            "referenced_tables": sorted(
-                info.referenced_tables or job.classification.get("tables") or ()
-            ),
+            "referenced_tables": sorted(info.referenced_tables or job.classification.tables),
         }
 
         def answer(j: Job) -> Job | None:
@@ -965,12 +955,11 @@ class Executor:
                 return {}
             return {c: s for c, s in columns.items() if c not in granted}
 
-        tables = job.classification.get("tables")
+        tables = job.classification.tables
         if (
-            isinstance(tables, list)
-            and tables
-            and job.classification.get("decision") in ("allow", "approve")
-            and not any(sensitive_for(str(t)) for t in tables)
+            tables
+            and job.classification.decision != "block"
+            and not any(sensitive_for(t) for t in tables)
         ):
             plan_ = MaskPlan(
                 tuple(

@@ -13,13 +13,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from bqgate import outbox
 from bqgate.approvals import expire, quota_message
 from bqgate.audit.record import EventKind
+from bqgate.classification import Classification
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
@@ -148,34 +149,31 @@ def job_error(job: Job) -> BqgateError:
 _DENIAL_WORDS = ("policy", "blocked", "deny by default", "not allowed")
 
 
-def _unresolved_only(reasons: Any) -> bool:
+def _unresolved_only(reasons: Sequence[str]) -> bool:
     """True when a blocked statement's reasons name unresolved names and no denial."""
-    parts = [p.strip() for r in reasons or () for p in str(r).split("; ")]
+    parts = [p.strip() for r in reasons for p in r.split("; ")]
     return any(p.endswith("(unresolved)") for p in parts) and not any(
         w in p for p in parts for w in _DENIAL_WORDS
     )
 
 
-def block_error(verdict: Mapping[str, Any]) -> BqgateError:
+def block_error(verdict: Classification) -> BqgateError:
     """Why a blocked statement does not run: ``invalidQuery`` when every blocked statement
     only names something that does not resolve (BigQuery would reject it too), else the
     policy's ``accessDenied``. (SQL sqlglot cannot parse goes to the executor's dry run,
     which answers BigQuery's own syntax error, unless it names what the policy denies.)
 
-    >>> block_error({"reasons": ["r"], "per_statement": [{"kind": "SELECT", "decision":
-    ...     "block", "reasons": ["table t has no dataset (unresolved)"]}]}).reason
+    >>> from bqgate.classification import StatementVerdict
+    >>> block_error(Classification(reasons=("r",), per_statement=(StatementVerdict(
+    ...     "SELECT", "block", ("table t has no dataset (unresolved)",), ()),))).reason
     'invalidQuery'
-    >>> block_error({"reasons": ["DROP is blocked"], "per_statement": [
-    ...     {"kind": "DROP_TABLE", "decision": "block", "reasons": ["DROP is blocked"]}]}).reason
+    >>> block_error(Classification(reasons=("DROP is blocked",), per_statement=(
+    ...     StatementVerdict("DROP_TABLE", "block", ("DROP is blocked",), ()),))).reason
     'accessDenied'
     """
-    reasons = "; ".join(verdict.get("reasons") or ()) or "no reason given"
-    blocked = [
-        s
-        for s in verdict.get("per_statement") or ()
-        if isinstance(s, Mapping) and s.get("decision") == "block"
-    ]
-    if blocked and all(_unresolved_only(s.get("reasons")) for s in blocked):
+    reasons = "; ".join(verdict.reasons) or "no reason given"
+    blocked = [s for s in verdict.per_statement if s.decision == "block"]
+    if blocked and all(_unresolved_only(s.reasons) for s in blocked):
         return InvalidQuery(f"Invalid query: {reasons}")
     return AccessDenied(f"Blocked by bqgate policy: {reasons}")
 
@@ -236,20 +234,18 @@ class Gateway:
                     f"(names starting with {RESERVED_PARAMETER_PREFIX!r})"
                 )
         t0 = time.perf_counter()
-        verdict = dict(
-            self.classify(
-                req.sql,
-                principal=principal.email,
-                groups=principal.groups,
-                # BigQuery resolves `dataset.table` in the job's project and a bare `table`
-                # in the default dataset (which may live in another project).
-                default_project=project,
-                default_dataset=f"{default_project}.{default_dataset}" if default_dataset else None,
-                claims=principal.claims,
-            )
+        verdict = self.classify(
+            req.sql,
+            principal=principal.email,
+            groups=principal.groups,
+            # BigQuery resolves `dataset.table` in the job's project and a bare `table`
+            # in the default dataset (which may live in another project).
+            default_project=project,
+            default_dataset=f"{default_project}.{default_dataset}" if default_dataset else None,
+            claims=principal.claims,
         )
         classify_ms = (time.perf_counter() - t0) * 1000
-        decision = verdict.get("decision")
+        decision = verdict.decision
         job = Job.new(
             job_id=job_id,
             project=project,
@@ -281,7 +277,7 @@ class Gateway:
         job.timings["classify_ms"] = round(classify_ms, 3)
         if (
             decision == "allow"
-            or (decision == "block" and verdict.get("second_opinion"))
+            or (decision == "block" and verdict.second_opinion)
             or (req.dry_run and decision == "approve")
         ):
             # A statement sqlglot cannot parse may still be a plain query over readable,
@@ -305,7 +301,7 @@ class Gateway:
         )
         events: list[tuple[EventKind, Mapping[str, Any]]] = [
             ("request", {"request_kind": request_kind}),
-            ("classification", verdict),
+            ("classification", verdict.to_dict()),
         ]
         if job.state == DONE:
             events.append(("blocked", job.error or {}))
@@ -369,7 +365,7 @@ class Gateway:
                 job,
                 [
                     ("request", {"request_kind": job.request_kind}),
-                    ("classification", job.classification),
+                    ("classification", job.classification.to_dict()),
                     (
                         "blocked",
                         {

@@ -368,15 +368,15 @@ def _iso(ms: int) -> str:
 def pending_request(job: Job, *, now_ms: int, required_approvals: int) -> dict[str, Any]:
     """What an approver sees of a job that waits for approval, for the agent that asked.
 
+    >>> from bqgate.classification import Classification
     >>> job = Job(job_id="j1", project="p", location="US", sql="SELECT 1", owner="a@x",
     ...           state="PENDING_APPROVAL", bytes_estimate=1536, created_ms=0,
-    ...           expire_at_ms=900_000, classification={"tables": ["p.finance.ledger"],
-    ...           "reasons": ["reads finance: approval required"]})
+    ...           expire_at_ms=900_000, classification=Classification(
+    ...               tables=("p.finance.ledger",), reasons=("reads finance: approval required",)))
     >>> view = pending_request(job, now_ms=300_000, required_approvals=1)
     >>> view["status"], view["expireTime"], view["expiresInSeconds"], view["estimatedBytes"]
     ('PENDING_APPROVAL', '1970-01-01T00:15:00Z', 600, '1536')
     """
-    cls = job.classification or {}
     rec = record_of(job, required_approvals)
     view: dict[str, Any] = {
         "status": "PENDING_APPROVAL",
@@ -384,8 +384,8 @@ def pending_request(job: Job, *, now_ms: int, required_approvals: int) -> dict[s
         "requestedBy": job.owner,
         "groups": list(job.groups),
         "query": job.sql,
-        "tables": [str(t) for t in cls.get("tables") or ()],
-        "reasons": [str(r) for r in cls.get("reasons") or ()],
+        "tables": list(job.classification.tables),
+        "reasons": list(job.classification.reasons),
         "estimatedBytes": None if job.bytes_estimate is None else str(job.bytes_estimate),
         "approvals": {"received": len(rec.votes), "required": rec.required},
     }

@@ -40,8 +40,9 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokenizer_core import Token
 
+from bqgate.classification import Classification, StatementVerdict, WriteCheck
 from bqgate.errors import InvalidQuery
-from bqgate.policy import Policy, WriteLimits
+from bqgate.policy import Policy
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.sql.fold import always_true
 from bqgate.sql.names import (
@@ -246,96 +247,10 @@ GENERATE_MAX_CHARS = 20_000
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CACHE_SIZE = 2048
 
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class WriteCheck:
-    """A DELETE/UPDATE/MERGE whose blast radius the executor measures before it commits."""
-
-    statement: int
-    kind: str
-    target: str
-    tier: str
-    max_rows: int | None
-    max_fraction: float | None
-    above: Decision
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "statement": self.statement,
-            "kind": self.kind,
-            "target": self.target,
-            "tier": self.tier,
-            "max_rows": self.max_rows,
-            "max_fraction": self.max_fraction,
-            "above": self.above,
-        }
-
-    def describe(self) -> str:
-        limits = WriteLimits(self.max_rows, self.max_fraction, self.above).describe()
-        return (
-            f"statement {self.statement} ({self.kind}) on {self.target}: blast radius is "
-            f"measured at execution (rows touched vs the table's rows), limits of tier "
-            f"{self.tier}: {limits}"
-        )
-
-
-@dataclass(frozen=True)
-class StatementVerdict:
-    """The decision for one statement of a script."""
-
-    kind: str
-    decision: Decision
-    reasons: tuple[str, ...]
-    tables: tuple[str, ...]
-    refs: tuple[tuple[str, str, str], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "kind": self.kind,
-            "decision": self.decision,
-            "reasons": list(self.reasons),
-            "tables": list(self.tables),
-            "refs": [{"kind": k, "name": n, "role": r} for k, n, r in self.refs],
-        }
-
-
-@dataclass(frozen=True)
-class Classification:
-    """The decision for a whole SQL text (the strictest over its statements)."""
-
-    decision: Decision
-    reasons: tuple[str, ...]
-    statements: tuple[str, ...]
-    tables: tuple[str, ...]
-    written_tables: tuple[str, ...]
-    normalized_sql: str
-    statement_hash: str
-    per_statement: tuple[StatementVerdict, ...]
-    writes: tuple[WriteCheck, ...] = ()
-    notes: tuple[str, ...] = ()
-    second_opinion: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (keys: decision, reasons, statements, tables, ...)."""
-        return {
-            "decision": self.decision,
-            "reasons": list(self.reasons),
-            "statements": list(self.statements),
-            "tables": list(self.tables),
-            "written_tables": list(self.written_tables),
-            "normalized_sql": self.normalized_sql,
-            "statement_hash": self.statement_hash,
-            "per_statement": [v.to_dict() for v in self.per_statement],
-            "writes": [w.to_dict() for w in self.writes],
-            "notes": list(self.notes),
-            "second_opinion": self.second_opinion,
-        }
-
-
 # --------------------------------------------------------------------------- public API
+
+# The results (Classification, StatementVerdict, WriteCheck) live in bqgate.classification:
+# a job carries them without loading sqlglot.
 
 
 def classify(

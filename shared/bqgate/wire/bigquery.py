@@ -778,20 +778,21 @@ def statement_type(job: Job) -> str:
     """``statistics.query.statementType``: BigQuery's word when the warehouse said it,
     else the classifier's statement kind in BigQuery's vocabulary (``SCRIPT`` for several).
 
+    >>> from bqgate.classification import Classification
     >>> j = Job.new(job_id="j", project="p", location="US", sql="x", owner="o", now_ms=0,
-    ...             classification={"statements": ["SELECT"]})
+    ...             classification=Classification(statements=("SELECT",)))
     >>> statement_type(j)
     'SELECT'
-    >>> j.classification = {"statements": ["DECLARE", "SELECT"]}
+    >>> j.classification = Classification(statements=("DECLARE", "SELECT"))
     >>> statement_type(j)
     'SCRIPT'
     """
     if job.statement_type:
         return job.statement_type
-    kinds = job.classification.get("statements") or []
+    kinds = job.classification.statements
     if len(kinds) != 1:
         return "SCRIPT" if kinds else "SELECT"
-    kind = str(kinds[0])
+    kind = kinds[0]
     kind = _STATEMENT_TYPES.get(kind, kind)
     return kind if kind in _BIGQUERY_STATEMENT_TYPES else "SCRIPT"
 
@@ -826,7 +827,7 @@ def anonymous_destination(job: Job) -> dict[str, str] | None:
     ibis_probe = (
         job.use_query_cache is False
         and (job.total_rows or 0) <= 1
-        and not job.classification.get("tables")
+        and not job.classification.tables
     )
     if (
         not (dbt or ibis_probe)

@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
@@ -73,6 +74,35 @@ def test_a_stored_job_with_an_unknown_field_is_an_error_not_silence(
     fresh = FirestoreJobStore(client)  # nothing remembered: it reads the stored document
     with pytest.raises(ValueError, match="fields that Job does not: stat"):
         fresh.get(job.job_id)
+
+
+STORED = json.loads(
+    (Path(__file__).resolve().parents[1] / "fixtures" / "stored" / "jobs.json").read_text("utf-8")
+)
+
+
+@pytest.mark.parametrize("name", ["write_over", "routine", "second_opinion"])
+def test_a_job_document_an_earlier_version_stored_reads_and_writes_back_the_same(
+    store: FirestoreJobStore, name: str
+) -> None:
+    """A job document as a stack run stored it (tests/fixtures/stored/jobs.json) reads back
+    through the store with its typed classification, a transition that changes nothing
+    writes nothing, and the same job stored anew is the same Firestore document."""
+    raw = {**STORED["stack_run"][name]["job"], "job_id": uuid.uuid4().hex}
+    client = firestore.Client(project=PROJECT)
+    client.collection("jobs").document(raw["job_id"]).set(raw)
+    fresh = FirestoreJobStore(client)  # nothing remembered: it reads the stored document
+    job = fresh.get(raw["job_id"])
+    assert job is not None and isinstance(job.classification, Classification)
+    assert job.to_doc() == raw
+    assert not fresh.transition(job.job_id, lambda j: replace(j)).changed
+    again = replace(job, job_id=uuid.uuid4().hex)
+    store.create(again)
+    written = client.collection("jobs").document(again.job_id).get().to_dict() or {}
+    written.pop("expire_at", None)
+    assert json.dumps(written, sort_keys=True) == json.dumps(
+        {**raw, "job_id": again.job_id}, sort_keys=True
+    )
 
 
 def test_firestore_transition_serialises_concurrent_claims(store: FirestoreJobStore) -> None:

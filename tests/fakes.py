@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from bqgate import outbox
 from bqgate.approvals import holds_quota_slot, statement_hash_of
 from bqgate.errors import Duplicate, NotFound
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job, Transition, changed_fields
@@ -20,6 +21,7 @@ from bqgate.ports import (
     PendingCursor,
     QueryOutcome,
     QuotaFull,
+    RecordChange,
     Recording,
 )
 
@@ -170,16 +172,15 @@ class MemoryJobStore:
                 raise NotFound(record_id)
             self.outbox[record_id].update(fields)
 
-    def outbox_transition(
-        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
-    ) -> OutboxRecord | None:
+    def outbox_transition(self, record_id: str, change: RecordChange) -> OutboxRecord | None:
         with self.lock:
             doc = self.outbox.get(record_id)
             if doc is None:
                 return None
-            fields = change(OutboxRecord.from_doc(doc))
-            if fields:
-                doc.update(fields)
+            rec = OutboxRecord.from_doc(doc)
+            after = change(rec)
+            if after is not None:
+                doc.update(outbox.changed_fields(rec, after))
             return OutboxRecord.from_doc(doc)
 
     def list_owned(

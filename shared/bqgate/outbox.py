@@ -22,15 +22,17 @@ Pure: plain values in, plain values out.
 ('j1~accepted', 21000, False)
 >>> OutboxRecord.from_doc(rec.to_doc()) == rec
 True
->>> sent = OutboxRecord.from_doc({**rec.to_doc(), **published(rec, 2_000, retry_ms=20_000)})
+>>> sent = published(rec, 2_000, retry_ms=20_000)
 >>> sent.finished, sent.sent_ms, sent.attempts
 (True, 2000, 1)
+>>> changed_fields(rec, sent)
+{'due_ms': None, 'attempts': 1, 'sent_ms': 2000}
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from bqgate.wire.envelopes import job_message
@@ -136,32 +138,44 @@ def retry_delay_ms(attempts: int, retry_ms: int, until_done: bool = False) -> in
     return int(min(retry_ms * 2 ** max(attempts - 1, 0), MAX_RETRY_MS))
 
 
-def published(rec: OutboxRecord, now_ms: int, *, retry_ms: int) -> dict[str, Any] | None:
-    """Fields after a successful publish (None: the record finished meanwhile)."""
+def changed_fields(before: OutboxRecord, after: OutboxRecord) -> dict[str, Any]:
+    """The stored fields ``after`` differs from ``before`` in (what a store writes)."""
+    old = before.to_doc()
+    return {k: v for k, v in after.to_doc().items() if old.get(k) != v}
+
+
+def published(rec: OutboxRecord, now_ms: int, *, retry_ms: int) -> OutboxRecord | None:
+    """The record after a successful publish (None: the record finished meanwhile)."""
     if rec.finished:
         return None
     attempts = rec.attempts + 1
     due = now_ms + retry_delay_ms(attempts, retry_ms, True) if rec.until_done else None
-    return {"attempts": attempts, "sent_ms": now_ms, "due_ms": due, "last_error": None}
+    return replace(rec, attempts=attempts, sent_ms=now_ms, due_ms=due, last_error=None)
 
 
-def failed(rec: OutboxRecord, now_ms: int, error: str, *, retry_ms: int) -> dict[str, Any] | None:
-    """Fields after a failed publish: due again after a backoff."""
+#: The fields :func:`published` sets, all of them written when a publish is marked without
+#: reading the record first.
+PUBLISHED_FIELDS = ("attempts", "sent_ms", "due_ms", "last_error")
+
+
+def failed(rec: OutboxRecord, now_ms: int, error: str, *, retry_ms: int) -> OutboxRecord | None:
+    """The record after a failed publish: due again after a backoff."""
     if rec.finished:
         return None
     attempts = rec.attempts + 1
-    return {
-        "attempts": attempts,
-        "due_ms": now_ms + retry_delay_ms(attempts, retry_ms, rec.until_done),
-        "last_error": error[:300],
-    }
+    return replace(
+        rec,
+        attempts=attempts,
+        due_ms=now_ms + retry_delay_ms(attempts, retry_ms, rec.until_done),
+        last_error=error[:300],
+    )
 
 
-def completed(rec: OutboxRecord, now_ms: int) -> dict[str, Any] | None:
-    """Fields when the consumer has done what the record asked (or it is moot)."""
+def completed(rec: OutboxRecord, now_ms: int) -> OutboxRecord | None:
+    """The record once the consumer has done what it asked (or it is moot)."""
     if rec.finished and rec.done_ms is not None:
         return None
-    return {"due_ms": None, "done_ms": now_ms}
+    return replace(rec, due_ms=None, done_ms=now_ms)
 
 
 def delivered(now_ms: int) -> dict[str, Any]:
@@ -175,11 +189,11 @@ def delivered(now_ms: int) -> dict[str, Any]:
     return {"due_ms": None, "sent_ms": now_ms, "done_ms": now_ms, "last_error": None}
 
 
-def abandoned(rec: OutboxRecord, now_ms: int) -> dict[str, Any] | None:
-    """Fields when the reconciler gives the record up (see :data:`GIVE_UP_MS`)."""
+def abandoned(rec: OutboxRecord, now_ms: int) -> OutboxRecord | None:
+    """The record once the reconciler gives it up (see :data:`GIVE_UP_MS`)."""
     if rec.finished:
         return None
-    return {"due_ms": None, "gave_up_ms": now_ms}
+    return replace(rec, due_ms=None, gave_up_ms=now_ms)
 
 
 def overdue(rec: OutboxRecord, now_ms: int) -> bool:
@@ -199,8 +213,10 @@ __all__ = [
     "GIVE_UP_MS",
     "MAX_RETRY_MS",
     "NOTIFY",
+    "PUBLISHED_FIELDS",
     "OutboxRecord",
     "abandoned",
+    "changed_fields",
     "completed",
     "delivered",
     "failed",

@@ -26,6 +26,9 @@ Change = Callable[[Job], Job | None]
 None: no change). The store writes the fields that differ."""
 Dispatches = Callable[[Job], Sequence[OutboxRecord]]
 """The outbox records a transition writes, from the job as it now stands."""
+RecordChange = Callable[[OutboxRecord], OutboxRecord | None]
+"""The outbox record as a transition makes it, from the record as it stands
+(``dataclasses.replace``; None: no change). The store writes the fields that differ."""
 EventItems = Sequence[tuple[EventKind, Mapping[str, Any]]]
 """Session-record events: ``(kind, data)`` in order."""
 
@@ -178,13 +181,14 @@ class JobStore(Protocol):
     def outbox_due(self, *, now_ms: int, limit: int) -> list[OutboxRecord]:
         """Unfinished records due at ``now_ms``, most overdue first."""
 
-    def outbox_transition(
-        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
-    ) -> OutboxRecord | None:
-        """Atomically update one record (None if there is no such record)."""
+    def outbox_transition(self, record_id: str, change: RecordChange) -> OutboxRecord | None:
+        """Atomically read one record, let ``change`` make the record it should become
+        (``None``: no change) and write the fields that differ; the record as it now
+        stands (None if there is no such record)."""
 
     def outbox_update(self, record_id: str, fields: Mapping[str, Any]) -> None:
-        """Write ``fields`` to one record without reading it (one round trip)."""
+        """Write ``fields`` to one record without reading it (one round trip: the caller
+        names every field it sets, as it cannot know what is stored)."""
 
 
 class Queue(Protocol):

@@ -83,7 +83,7 @@ def test_a_job_and_its_hand_off_are_one_commit(store: FirestoreJobStore) -> None
     )
     assert sent is not None and sent.finished and sent.sent_ms == t + 5
     assert rec.record_id not in [r.record_id for r in store.outbox_due(now_ms=t + 10**9, limit=500)]
-    assert store.outbox_transition("no-such~record", lambda r: {"due_ms": 1}) is None
+    assert store.outbox_transition("no-such~record", lambda r: replace(r, due_ms=1)) is None
 
 
 def test_a_transition_writes_its_records_only_when_it_changes_the_job(

@@ -55,6 +55,7 @@ from bqgate.ports import (
     Page,
     PendingCursor,
     QuotaFull,
+    RecordChange,
     Recording,
 )
 from bqgate.wire.bigquery import is_job_id
@@ -740,9 +741,7 @@ class FirestoreJobStore:
         with outage_as_unavailable("Firestore"):
             self.outbox.document(record_id).update(dict(fields), timeout=self.timeout)
 
-    def outbox_transition(
-        self, record_id: str, change: Callable[[OutboxRecord], dict[str, Any] | None]
-    ) -> OutboxRecord | None:
+    def outbox_transition(self, record_id: str, change: RecordChange) -> OutboxRecord | None:
         ref = self.outbox.document(record_id)
 
         @firestore.transactional
@@ -751,11 +750,12 @@ class FirestoreJobStore:
             if not snap.exists:
                 return None
             rec = OutboxRecord.from_doc(snap.to_dict() or {})
-            fields = change(rec)
-            if fields:
-                txn.update(ref, fields)
-                rec = OutboxRecord.from_doc({**rec.to_doc(), **fields})
-            return rec
+            after = change(rec)
+            fields = {} if after is None else outbox.changed_fields(rec, after)
+            if not fields:
+                return rec
+            txn.update(ref, fields)
+            return OutboxRecord.from_doc({**rec.to_doc(), **fields})
 
         with outage_as_unavailable("Firestore"):
             result: OutboxRecord | None = run(self.client.transaction())

@@ -20,14 +20,12 @@ from typing import Any
 from bqgate import outbox
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
-from bqgate.ports import JobStore, Queue
+from bqgate.ports import JobStore, Queue, RecordChange
 
 log = logging.getLogger("bqgate.dispatch")
 
 #: How long a record waits for its first hand-off before the reconciler re-publishes it.
 REDISPATCH_AFTER_MS = 20_000
-
-RecordChange = Callable[[OutboxRecord], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -213,9 +211,10 @@ class Dispatcher:
         else:
             # Finished by this publish: one blind write, not a transaction, on the hot path.
             # (A concurrent failure mark can only make it due once more: one more publish.)
-            fields = outbox.published(rec, self._now_ms(), retry_ms=self.redispatch_after_ms)
+            sent = outbox.published(rec, self._now_ms(), retry_ms=self.redispatch_after_ms)
+            fields = {} if sent is None else {f: getattr(sent, f) for f in outbox.PUBLISHED_FIELDS}
             try:
-                self.store.outbox_update(rec.record_id, fields or {})
+                self.store.outbox_update(rec.record_id, fields)
             except Exception:
                 log.exception("marking outbox record %s sent failed", rec.record_id)
         return Delivery(True, answer)

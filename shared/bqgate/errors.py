@@ -181,8 +181,9 @@ class JobFailed(BqgateError):
 
 class GatewayFailed(BqgateError):
     """The gateway itself could not run a job (every delivery to its executor failed, or its
-    hand-off was never taken): a finished job's error, stored as ``gatewayError``. Read back
-    it is clamped like any reason outside :data:`JOB_ERRORS` (:func:`for_job`)."""
+    hand-off was never taken): a finished job's error, stored as ``gatewayError`` and read
+    back as itself (:func:`for_job`). Only the gateway says it: the same reason from
+    BigQuery is clamped like any other it does not know (:func:`from_warehouse`)."""
 
     http_status = 400
     reason = "gatewayError"
@@ -271,6 +272,8 @@ def from_warehouse(
     ('jobFailed', 400, True)
     >>> from_warehouse("stopped", "Job cancelled").reason
     'stopped'
+    >>> from_warehouse("gatewayError", "not BigQuery's word").reason  # only the gateway's
+    'jobFailed'
     """
     reason = reason or ""
     text = message or "BigQuery failed the query"
@@ -290,6 +293,10 @@ def from_warehouse(
     return err
 
 
+#: The reasons only the gateway stores for a finished job (its own failures, never BigQuery's).
+GATEWAY_ERRORS: dict[str, type[BqgateError]] = {"gatewayError": GatewayFailed}
+
+
 def for_job(reason: str | None, message: str | None) -> BqgateError:
     """The error a finished job with this stored ``errorResult`` raises when read.
 
@@ -301,8 +308,11 @@ def for_job(reason: str | None, message: str | None) -> BqgateError:
     >>> err = for_job("backendError", "old")
     >>> err.reason, err.http_status
     ('jobFailed', 400)
+    >>> err = for_job("gatewayError", "bqgate could not run this job")
+    >>> err.reason, err.message
+    ('gatewayError', 'bqgate could not run this job')
     """
-    cls = JOB_ERRORS.get(reason or "")
+    cls = JOB_ERRORS.get(reason or "") or GATEWAY_ERRORS.get(reason or "")
     if cls is not None:
         return cls(message or "the job failed")
     return from_warehouse(reason, message)

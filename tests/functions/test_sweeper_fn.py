@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,7 @@ import requests
 from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.dev.stack import PROJECT, REPO_ROOT, Stack
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
+from conftest import AGENT, mint_token_for
 from functions_framework import create_app
 from google.cloud import firestore
 
@@ -103,6 +105,53 @@ def test_health_sweep_and_dead_letter_routes(sweeper: Any, store: FirestoreJobSt
     }
     assert sweeper.post("/dead-letter/nope", json={}).status_code == 404
     assert sweeper.get("/dead-letter/execute").status_code == 404
+
+
+def test_a_job_the_gateway_ended_reads_back_its_own_error(
+    stack: Stack, sweeper: Any, store: FirestoreJobStore
+) -> None:
+    """A job whose every delivery failed ends with the gateway's own error (gatewayError,
+    nothing ran in BigQuery): the agent's waiting getQueryResults answers it, and jobs.get,
+    jobs.list and every later getQueryResults read back the same reason and message, not
+    a "BigQuery failed the job" that BigQuery never said."""
+    job = new_job(owner=AGENT, state=PENDING)  # accepted, its executor never ran it
+    store.create(job)
+    auth = {"Authorization": "Bearer " + mint_token_for(stack, AGENT)}
+    base = f"{stack.url('gateway')}/bigquery/v2/projects/{PROJECT}"
+    results = f"{base}/queries/{job.job_id}"
+    params = {"location": "US", "timeoutMs": "10000"}
+    expected = {
+        "reason": "gatewayError",
+        "message": (
+            "bqgate could not run this job: its executor failed on all 5 deliveries. "
+            "Nothing ran in BigQuery"
+        ),
+    }
+
+    def wait_for_the_end() -> requests.Response:
+        while True:  # the agent's client polls until the job is complete
+            resp = requests.get(results, params=params, headers=auth, timeout=60)
+            if resp.status_code != 200 or resp.json().get("jobComplete"):
+                return resp
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(wait_for_the_end)
+        ended = sweeper.post("/dead-letter/execute", json=push_body(job.job_id))
+        assert ended.get_json() == {"job_id": job.job_id, "outcome": "failed"}
+        first = waiting.result(timeout=90)
+    assert first.status_code == 400, first.text
+    assert first.json()["error"]["message"] == expected["message"]
+    assert first.json()["error"]["errors"] == [expected]
+    again = requests.get(results, params=params, headers=auth, timeout=60)
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
+    got = requests.get(f"{base}/jobs/{job.job_id}", params=params, headers=auth, timeout=60)
+    assert got.status_code == 200, got.text
+    assert got.json()["status"] == {"state": "DONE", "errorResult": expected, "errors": [expected]}
+    listed = requests.get(
+        f"{base}/jobs", params={"projection": "full"}, headers=auth, timeout=60
+    ).json()["jobs"]
+    (entry,) = [j for j in listed if j["jobReference"]["jobId"] == job.job_id]
+    assert entry["status"] == got.json()["status"]
 
 
 def test_the_stack_sweeps_on_its_schedule(stack: Stack, store: FirestoreJobStore) -> None:

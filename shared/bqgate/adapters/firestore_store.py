@@ -96,6 +96,27 @@ class _Known:
     own: bool
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What a transition's ``change`` makes of a stored job: the job as read (``before``),
+    as changed (``after``), the fields that differ and the document they leave."""
+
+    before: Job
+    after: Job
+    fields: dict[str, Any]
+    doc: dict[str, Any]
+
+    @classmethod
+    def of(cls, known: _Known, change: Change) -> _Step:
+        job = Job.from_doc(copy.deepcopy(known.doc))
+        after = change(job)
+        fields = {} if after is None else changed_fields(job, after)
+        if not fields:
+            return cls(job, job, {}, known.doc)
+        doc = {**known.doc, **fields}
+        return cls(job, Job.from_doc(copy.deepcopy(doc)), fields, doc)
+
+
 class _Batch:
     """A write batch that counts its writes: a commit's results come back in write order,
     so the session head's update time is found by its position."""
@@ -384,6 +405,62 @@ class FirestoreJobStore:
             record.write(done.after)  # another kind of journal: right after the write
         return done
 
+    def _fresh(
+        self, job_id: str, journal: FirestoreRecorder | None, session: str | None
+    ) -> tuple[_Known | None, HeadState | None]:
+        """The stored job (None: there is none), and the session's head when events are
+        recorded (read with the job: one round trip)."""
+        if journal is not None and session is not None:
+            return self._read_with_head(job_id, journal, session)
+        snap = self._snapshot(job_id)
+        if not snap.exists:
+            return None, None
+        return _Known(snap.update_time, snap.to_dict() or {}, False), None
+
+    def _write_change(
+        self,
+        batch: _Batch,
+        job_id: str,
+        known: _Known,
+        step: _Step,
+        dispatch: Dispatches | None,
+        pages: Sequence[Page],
+        completions: Sequence[str],
+        record: Recording | None,
+        journal: FirestoreRecorder | None,
+        head: HeadState | None,
+    ) -> Staged | None:
+        """Stage a transition's writes: the job's changed fields (only if nobody wrote the
+        job since ``known`` was read), its outbox records, pages and completions, and its
+        session events (the staged append, when they are recorded in this commit)."""
+        option = self.client.write_option(last_update_time=known.update_time)
+        batch.update(self.jobs.document(job_id), step.fields, option=option)
+        if dispatch is not None:
+            self._write_outbox(batch, dispatch(step.after))
+        self._write_pages(batch, job_id, pages)
+        self._write_completions(batch, completions)
+        if journal is None or record is None or head is None:
+            return None
+        staged = journal.stage(batch, journal.prepare(record.job, record.events(step.after)), head)
+        batch.mark_head()
+        return staged
+
+    def _committed(
+        self,
+        job_id: str,
+        step: _Step,
+        batch: _Batch,
+        results: list[Any],
+        staged: Staged | None,
+        journal: FirestoreRecorder | None,
+    ) -> Transition:
+        """Remember the job as written and tell the journal its append committed."""
+        update_time = results[0].update_time if results else None
+        self._remember(job_id, update_time, step.doc, True)
+        if staged is not None and journal is not None:
+            journal.committed(staged, batch.head_time(results))
+        return Transition(step.before, step.after, True)
+
     def _transition(
         self,
         job_id: str,
@@ -399,7 +476,6 @@ class FirestoreJobStore:
         or wrote, when it knows: a stale start fails its commit and the next attempt
         reads. Only a write is trusted to a remembered job; a remembered job that
         ``change`` leaves alone is read again before the answer."""
-        ref = self.jobs.document(job_id)
         session = journal.session_of(record.job) if journal and record else None
         deadline = time.monotonic() + self.contention_deadline_s
         tries = 0
@@ -408,47 +484,26 @@ class FirestoreJobStore:
         lock = journal.lock(session) if journal and session else contextlib.nullcontext()
         with lock:
             while True:
-                head: HeadState | None = None
                 known = self._recall(job_id) if trust else None
-                remembered = known is not None  # (not read just now)
-                if journal is not None and session is not None:
-                    head = journal.known_head(session) if known is not None else None
-                    if head is None:  # read the job and the head together: one round trip
-                        known, head = self._read_with_head(job_id, journal, session)
-                        remembered = False
-                elif known is None:
-                    snap = self._snapshot(job_id)
-                    if snap.exists:
-                        known = _Known(snap.update_time, snap.to_dict() or {}, False)
+                head: HeadState | None = None
+                remembered = known is not None
+                if known is not None and journal is not None and session is not None:
+                    head = journal.known_head(session)
+                    remembered = head is not None  # else read the job and the head together
+                if not remembered:
+                    known, head = self._fresh(job_id, journal, session)
                 if known is None:
                     raise NotFound(f"Not found: Job {job_id}")
-                job = Job.from_doc(copy.deepcopy(known.doc))
-                after = change(job)
-                fields = {} if after is None else changed_fields(job, after)
-                if not fields:
+                step = _Step.of(known, change)
+                if not step.fields:
                     if remembered:
                         trust = False  # confirm against the stored job
                         continue
-                    return Transition.unchanged(job)
-                doc = {**known.doc, **fields}
-                new = Job.from_doc(copy.deepcopy(doc))
+                    return Transition.unchanged(step.before)
                 batch = _Batch(self.client.batch())
-                # Holds only if nobody wrote the job since it was read.
-                batch.update(
-                    ref,
-                    fields,
-                    option=self.client.write_option(last_update_time=known.update_time),
+                staged = self._write_change(
+                    batch, job_id, known, step, dispatch, pages, completions, record, journal, head
                 )
-                if dispatch is not None:
-                    self._write_outbox(batch, dispatch(new))
-                self._write_pages(batch, job_id, pages)
-                self._write_completions(batch, completions)
-                staged = None
-                if journal is not None and record is not None and head is not None:
-                    staged = journal.stage(
-                        batch, journal.prepare(record.job, record.events(new)), head
-                    )
-                    batch.mark_head()
                 try:
                     results = self._commit(batch)
                 except (*_LOST_RACE, gexc.AlreadyExists):
@@ -469,10 +524,7 @@ class FirestoreJobStore:
                         raise NotFound(f"Not found: Job {job_id}") from None
                     completions = []  # a record to finish is gone: nothing to finish
                     continue
-                self._remember(job_id, results[0].update_time, doc, True)
-                if staged is not None and journal is not None:
-                    journal.committed(staged, batch.head_time(results))
-                return Transition(job, new, True)
+                return self._committed(job_id, step, batch, results, staged, journal)
 
     def _read_with_head(
         self, job_id: str, journal: FirestoreRecorder, session: str
@@ -508,63 +560,38 @@ class FirestoreJobStore:
         """A transition that counts the job against ``quota`` if it then holds a slot:
         optimistic on the job (its update_time), the principal's counter and the
         session's head."""
-        ref = self.jobs.document(job_id)
-        result: dict[str, Any] = {}
+        result: dict[str, Transition] = {}
         session = journal.session_of(record.job) if journal and record else None
 
         def attempt() -> None:
-            head: HeadState | None = None
-            if journal is not None and session is not None:
-                known, head = self._read_with_head(job_id, journal, session)
-            else:
-                snap = self._snapshot(job_id)
-                known = (
-                    _Known(snap.update_time, snap.to_dict() or {}, False) if snap.exists else None
-                )
+            known, head = self._fresh(job_id, journal, session)
             if known is None:
                 raise NotFound(f"Not found: Job {job_id}")
-            job = Job.from_doc(copy.deepcopy(known.doc))
-            after = change(job)
-            fields = {} if after is None else changed_fields(job, after)
-            if not fields:
-                result["done"] = Transition.unchanged(job)
+            step = _Step.of(known, change)
+            if not step.fields:
+                result["done"] = Transition.unchanged(step.before)
                 return
-            doc = {**known.doc, **fields}
-            new = Job.from_doc(copy.deepcopy(doc))
-            staged: list[Staged] = []
+            staged: list[Staged | None] = [None]
+            holder: list[_Batch] = []
 
             def write(raw: Any) -> None:
                 batch = raw if isinstance(raw, _Batch) else _Batch(raw)
-                result["batch"] = batch
-                option = self.client.write_option(last_update_time=known.update_time)
-                batch.update(ref, fields, option=option)
-                if dispatch is not None:
-                    self._write_outbox(batch, dispatch(new))
-                self._write_pages(batch, job_id, pages)
-                self._write_completions(batch, complete)
-                staged.clear()
-                if journal is not None and record is not None and head is not None:
-                    staged.append(
-                        journal.stage(batch, journal.prepare(record.job, record.events(new)), head)
-                    )
-                    batch.mark_head()
+                holder[:] = [batch]
+                staged[0] = self._write_change(
+                    batch, job_id, known, step, dispatch, pages, complete, record, journal, head
+                )
 
-            if holds_quota_slot(new, quota.now_ms):
+            if holds_quota_slot(step.after, quota.now_ms):
                 results = self._counted_commit(quota, job_id, write)
             else:
-                batch = _Batch(self.client.batch())
-                write(batch)
-                results = self._commit(batch)
-            self._remember(job_id, results[0].update_time if results else None, doc, True)
-            if staged and journal is not None:
-                journal.committed(staged[0], result["batch"].head_time(results))
-            result["done"] = Transition(job, new, True)
+                write(_Batch(self.client.batch()))
+                results = self._commit(holder[0])
+            result["done"] = self._committed(job_id, step, holder[0], results, staged[0], journal)
 
         lock = journal.lock(session) if journal and session else contextlib.nullcontext()
         with lock:
             self._retry(attempt, lambda exc: None)
-        done: Transition = result["done"]
-        return done
+        return result["done"]
 
     def _counted_commit(
         self, quota: OpenRequestQuota, job_id: str, write: Callable[[Any], None]
@@ -693,33 +720,33 @@ class FirestoreJobStore:
             )
         return self._stream(query)
 
+    def _matching(self, *filters: tuple[str, str, Any], limit: int) -> list[Job]:
+        """Jobs whose fields satisfy every ``(field, op, value)`` (an index each: firestore.tf)."""
+        query: Any = self.jobs
+        for name, op, value in filters:
+            query = query.where(filter=FieldFilter(name, op, value))
+        return self._stream(query.limit(limit))
+
     def similar_pending(
         self, *, owner: str, statement_hash: str, now_ms: int, limit: int
     ) -> list[Job]:
-        query = (
-            self.jobs.where(filter=FieldFilter("owner", "==", owner))
-            .where(filter=FieldFilter("classification.statement_hash", "==", statement_hash))
-            .where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
-            .where(filter=FieldFilter("expire_at_ms", ">", now_ms))
-            .limit(limit)
+        return self._matching(
+            ("owner", "==", owner),
+            ("classification.statement_hash", "==", statement_hash),
+            ("state", "==", PENDING_APPROVAL),
+            ("expire_at_ms", ">", now_ms),
+            limit=limit,
         )
-        return self._stream(query)
 
     def expired_approvals(self, *, now_ms: int, limit: int) -> list[Job]:
-        query = (
-            self.jobs.where(filter=FieldFilter("state", "==", PENDING_APPROVAL))
-            .where(filter=FieldFilter("expire_at_ms", "<=", now_ms))
-            .limit(limit)
+        return self._matching(
+            ("state", "==", PENDING_APPROVAL), ("expire_at_ms", "<=", now_ms), limit=limit
         )
-        return self._stream(query)
 
     def stale_running(self, *, started_before_ms: int, limit: int) -> list[Job]:
-        query = (
-            self.jobs.where(filter=FieldFilter("state", "==", RUNNING))
-            .where(filter=FieldFilter("started_ms", "<=", started_before_ms))
-            .limit(limit)
+        return self._matching(
+            ("state", "==", RUNNING), ("started_ms", "<=", started_before_ms), limit=limit
         )
-        return self._stream(query)
 
     # --- outbox --------------------------------------------------------------------
 

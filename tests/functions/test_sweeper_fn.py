@@ -9,7 +9,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +21,7 @@ from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from conftest import AGENT, mint_token_for
 from functions_framework import create_app
 from google.cloud import firestore
+from helpers import until
 
 pytestmark = pytest.mark.emulators
 
@@ -32,25 +32,8 @@ def store(stack: Stack) -> FirestoreJobStore:
 
 
 @pytest.fixture()
-def sweeper(stack: Stack) -> Iterator[Any]:
-    from bqgate import bootstrap
-
-    for name in dir(bootstrap):
-        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
-        if callable(clear):
-            clear()
-    yield create_app("sweeper", str(REPO_ROOT / "functions/sweeper/main.py"), "http").test_client()
-
-
-def until(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
+def sweeper(wired: Stack) -> Any:
+    return create_app("sweeper", str(REPO_ROOT / "functions/sweeper/main.py"), "http").test_client()
 
 
 def new_job(**kw: Any) -> Job:

@@ -9,10 +9,12 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
+import helpers
 import pytest
 import requests
 from bqgate.adapters.firestore_store import FirestoreJobStore
@@ -25,6 +27,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
+from helpers import slack_state
 
 pytestmark = pytest.mark.system
 
@@ -45,22 +48,8 @@ def store(stack: Stack) -> FirestoreJobStore:
     return FirestoreJobStore(firestore.Client(project=PROJECT))
 
 
-def until(what: str, fn: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def slack_state(stack: Stack) -> dict[str, Any]:
-    resp = requests.get(stack.url("slack") + "/_test/messages", timeout=10)
-    resp.raise_for_status()
-    data: dict[str, Any] = resp.json()
-    return data
+#: Waits for a condition, up to WAIT_S (helpers.until).
+until = partial(helpers.until, timeout=WAIT_S)
 
 
 def message_for(stack: Stack, job_id: str) -> dict[str, Any]:

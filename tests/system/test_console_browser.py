@@ -13,7 +13,6 @@ import concurrent.futures
 import os
 import shutil
 import struct
-import tempfile
 import threading
 import time
 import uuid
@@ -27,8 +26,8 @@ import requests
 from bqgate.dev.stack import Stack, sign_in_key
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
+from helpers import headless_chromium
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -44,31 +43,8 @@ AGENT = "agent@demo-project.iam.gserviceaccount.com"
 
 @pytest.fixture()
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="bqgate-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-        "--force-device-scale-factor=1",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium("--window-size=1280,900", "--force-device-scale-factor=1") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def console_url(stack: Stack) -> str:

@@ -11,9 +11,8 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bqgate.adapters.firestore_audit import FirestoreRecorder, open_client
@@ -21,21 +20,11 @@ from bqgate.cli import main
 from bqgate.client import gateway_client
 from bqgate.dev.stack import DEFAULT_PORTS, PROJECT, Stack, free_ports
 from google.cloud import bigquery
+from helpers import until
 
 pytestmark = pytest.mark.system
 
 WAIT_S = 60
-
-
-def until(what: str, fn: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

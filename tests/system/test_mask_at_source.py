@@ -8,9 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
+from helpers import until
 
 pytestmark = pytest.mark.system
 
@@ -76,16 +75,6 @@ def test_the_token_oracle_returns_no_token(stack: Stack, gateway_client: bigquer
     first = demo_data.customers()[0]["full_name"]
     (real,) = rows(gateway_client, "SELECT full_name FROM customers WHERE customer_id = 1")
     assert real == [token(key, first)]
-
-
-def until(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def approve(stack: Stack, job_id: str) -> None:

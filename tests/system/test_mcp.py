@@ -32,6 +32,7 @@ from conftest import AGENT, mint_token_for
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
+from helpers import read_cases
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
@@ -40,7 +41,6 @@ pytestmark = pytest.mark.system
 
 T = TypeVar("T")
 ATTACKS = Path(__file__).parents[1] / "fixtures" / "attacks" / "masking.sql"
-HEADER = re.compile(r"^-- (\w+):\s*(.*?)\s*$")
 LEDGER_SQL = (
     "SELECT entry_id, account, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 )
@@ -405,22 +405,6 @@ def test_rows_page_with_the_token_of_the_job(stack: Stack, agent_token: str) -> 
 # --------------------------------------------------------------------------- differential
 
 
-def load_attacks() -> list[dict[str, str]]:
-    cases: list[dict[str, str]] = []
-    for block in ATTACKS.read_text(encoding="utf-8").split("\n\n"):
-        headers: dict[str, str] = {}
-        body: list[str] = []
-        for line in block.strip().splitlines():
-            m = HEADER.match(line)
-            if m and not body:
-                headers[m.group(1)] = m.group(2)
-            else:
-                body.append(line)
-        if "class" in headers and body:
-            cases.append({**headers, "sql": "\n".join(body)})
-    return cases
-
-
 def subset(cases: list[dict[str, str]], n: int = 50) -> list[dict[str, str]]:
     """Every class, then every k-th case: a representative subset of at least ``n``."""
     step = max(1, len(cases) // n)
@@ -500,8 +484,10 @@ async def mcp_answer(client: Client, sql: str) -> dict[str, Any]:
 def test_masking_attacks_answer_the_same_through_execute_sql_and_rest(
     stack: Stack, agent_token: str
 ) -> None:
-    cases = subset(load_attacks())
-    assert len(cases) >= 50 and {c["class"] for c in cases} == {c["class"] for c in load_attacks()}
+    cases = subset(read_cases(ATTACKS))
+    assert len(cases) >= 50 and {c["class"] for c in cases} == {
+        c["class"] for c in read_cases(ATTACKS)
+    }
 
     async def through_mcp() -> list[dict[str, Any]]:
         gate = asyncio.Semaphore(4)

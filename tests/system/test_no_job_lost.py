@@ -12,7 +12,7 @@ import concurrent.futures
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from functions_framework import create_app
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
+from helpers import clear_bootstrap, slack_state, until
 
 pytestmark = pytest.mark.system
 
@@ -59,24 +60,6 @@ def pubsub(stack: Stack) -> Iterator[FaultProxy]:
     assert proxy is not None, "the test stack runs Pub/Sub behind a FaultProxy"
     yield proxy
     proxy.restore()
-
-
-def until(what: str, fn: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
-
-
-def slack_state(stack: Stack) -> dict[str, Any]:
-    resp = requests.get(stack.url("slack") + "/_test/messages", timeout=30)
-    resp.raise_for_status()
-    data: dict[str, Any] = resp.json()
-    return data
 
 
 def messages_of(stack: Stack, job_id: str) -> list[dict[str, Any]]:
@@ -159,25 +142,16 @@ def test_approve_while_publishing_fails_runs_once_after_recovery(
     assert sent.finished and sent.sent_ms is not None and sent.attempts >= 3
 
 
-def _clear_bootstrap() -> None:
-    from bqgate import bootstrap
-
-    for name in dir(bootstrap):
-        clear = getattr(getattr(bootstrap, name), "cache_clear", None)
-        if callable(clear):
-            clear()
-
-
 @pytest.fixture()
 def executor_down(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """A FaultProxy in front of the executor, and the in-process wiring pointed at it (the
     stack's own ingress and executor are untouched)."""
     proxy = FaultProxy(("127.0.0.1", stack.ports["executor"]))
     monkeypatch.setenv("BQGATE_EXECUTOR_URL", f"http://{proxy.address}")
-    _clear_bootstrap()
+    clear_bootstrap()
     yield proxy
     proxy.close()
-    _clear_bootstrap()
+    clear_bootstrap()
 
 
 def test_a_retried_insert_of_a_stored_undispatched_job_runs_it_once(

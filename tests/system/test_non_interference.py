@@ -31,32 +31,16 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
+from helpers import read_cases
 
 pytestmark = pytest.mark.system
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "attacks" / "masking.sql"
 TABLE = "demo-project.sales.customers"
 SENSITIVE = ("full_name", "email", "phone", "ssn", "card_number", "birth_date")
-HEADER = re.compile(r"^-- (\w+):\s*(.*?)\s*$")
 
 
-def load_attacks() -> list[dict[str, str]]:
-    cases: list[dict[str, str]] = []
-    for block in FIXTURE.read_text(encoding="utf-8").split("\n\n"):
-        headers: dict[str, str] = {}
-        body: list[str] = []
-        for line in block.strip().splitlines():
-            m = HEADER.match(line)
-            if m and not body:
-                headers[m.group(1)] = m.group(2)
-            else:
-                body.append(line)
-        if "class" in headers and body:
-            cases.append({**headers, "sql": "\n".join(body)})
-    return cases
-
-
-ATTACKS = load_attacks()
+ATTACKS = read_cases(FIXTURE)
 # Queries whose answer depends on the value of an hmac token (its order, its digest, the
 # letters in it), not only on which rows share one: a renaming changes tokens, so these
 # are compared in the first change only (full_name kept) — see the module docstring.

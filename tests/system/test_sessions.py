@@ -12,10 +12,11 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from bqgate.adapters.anchor_sinks import FolderSink
 from bqgate.adapters.firestore_audit import EVENTS, SESSIONS, FirestoreRecorder
@@ -42,15 +43,8 @@ APPROVED = (
 WAIT_S = 90
 
 
-def until(what: str, fn: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+#: Waits for a condition, up to WAIT_S (helpers.until).
+until = partial(helpers.until, timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")

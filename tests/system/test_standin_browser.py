@@ -4,16 +4,14 @@ agent's waiting query returns its rows."""
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from bqgate.dev.stack import Stack
 from google.cloud import bigquery
+from helpers import headless_chromium
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -25,29 +23,8 @@ LEDGER_SQL = "SELECT entry_id FROM `demo-project.finance.ledger` ORDER BY entry_
 
 @pytest.fixture()
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="bqgate-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_approve_click_in_the_browser_completes_the_agents_job(

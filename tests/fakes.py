@@ -10,6 +10,7 @@ from typing import Any
 from bqgate import outbox
 from bqgate.approvals import holds_quota_slot, statement_hash_of
 from bqgate.errors import Duplicate, NotFound
+from bqgate.identity import Principal
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job, Transition, changed_fields
 from bqgate.outbox import OutboxRecord, delivered
 from bqgate.ports import (
@@ -24,6 +25,20 @@ from bqgate.ports import (
     RecordChange,
     Recording,
 )
+
+
+def caller(
+    email: str, *groups: str, subject: str | None = None, expires_at: int = 2**31
+) -> Principal:
+    """A caller as the dev issuer vouches for it (``subject`` defaults to the email)."""
+    return Principal(
+        email=email,
+        groups=frozenset(groups),
+        issuer="dev",
+        subject=subject or email,
+        expires_at=expires_at,
+    )
+
 
 _COUNT_SCHEMA = [{"name": "touched", "type": "INTEGER"}, {"name": "total", "type": "INTEGER"}]
 

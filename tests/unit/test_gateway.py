@@ -14,22 +14,10 @@ from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL
 from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.vocabulary import Decision
 from bqgate.wire import bigquery as wire
-from fakes import MemoryJobStore, MemoryQueue
+from fakes import MemoryJobStore, MemoryQueue, caller
 
-ALICE = Principal(
-    email="agent@x",
-    groups=frozenset({"ai-coding-agents"}),
-    issuer="dev",
-    subject="agent@x",
-    expires_at=2**31,
-)
-BOB = Principal(
-    email="other@x",
-    groups=frozenset({"ai-coding-agents"}),
-    issuer="dev",
-    subject="other@x",
-    expires_at=2**31,
-)
+ALICE = caller("agent@x", "ai-coding-agents")
+BOB = caller("other@x", "ai-coding-agents")
 
 
 def verdict_for(sql: str, **_: Any) -> Classification:

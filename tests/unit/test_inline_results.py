@@ -16,22 +16,15 @@ import pytest
 from bqgate import outbox
 from bqgate.classification import Classification
 from bqgate.errors import Unavailable
-from bqgate.identity import Principal
 from bqgate.jobs import DONE, Job
 from bqgate.policy import load_policy
 from bqgate.service.dispatch import ExecutorAnswer
 from bqgate.service.executor import Executor, ExecutorConfig
 from bqgate.service.gateway import Gateway, GatewayConfig
-from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
+from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue, caller
 
 POLICY = load_policy("policies/default.yaml")
-AGENT = Principal(
-    email="agent@demo-project.iam.gserviceaccount.com",
-    groups=frozenset(),
-    issuer="dev",
-    subject="agent",
-    expires_at=10**10,
-)
+AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent", expires_at=10**10)
 CUSTOMERS = [
     {"name": "customer_id", "type": "INTEGER"},
     {"name": "email", "type": "STRING"},

@@ -16,15 +16,9 @@ from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.service.http import MAX_HEADER_BYTES, check_request_limits
 from bqgate.service.ingress import IngressApp
 from bqgate.wire import bigquery as wire
-from fakes import MemoryJobStore, MemoryQueue
+from fakes import MemoryJobStore, MemoryQueue, caller
 
-AGENT = Principal(
-    email="agent@x",
-    groups=frozenset({"ai-coding-agents"}),
-    issuer="dev",
-    subject="agent@x",
-    expires_at=2**31,
-)
+AGENT = caller("agent@x", "ai-coding-agents")
 AUTH = {"Authorization": "Bearer t"}
 PROJECT = "/bigquery/v2/projects/demo-project"
 

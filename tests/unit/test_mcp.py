@@ -24,19 +24,11 @@ from bqgate.service.mcp import (
     parse_arguments,
 )
 from bqgate.service.metadata import MetadataApi
-from fakes import MemoryJobStore, MemoryQueue
+from fakes import MemoryJobStore, MemoryQueue, caller
 
 POLICY = load_policy("policies/default.yaml")
-AGENT = Principal(
-    email="agent@demo-project.iam.gserviceaccount.com",
-    groups=frozenset(),
-    issuer="dev",
-    subject="agent",
-    expires_at=2**31,
-)
-OTHER = Principal(
-    email="bob@example.com", groups=frozenset(), issuer="dev", subject="bob", expires_at=2**31
-)
+AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent")
+OTHER = caller("bob@example.com", subject="bob")
 SCHEMA = [
     {"name": "id", "type": "INTEGER"},
     {"name": "ssn", "type": "STRING"},

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from bqgate.classification import Classification
 from bqgate.errors import AccessDenied, InvalidRequest, NotFound
-from bqgate.identity import Principal
 from bqgate.jobs import DONE, Job
 from bqgate.policy import load_policy
 from bqgate.service.catalog import CachedCatalog, CatalogApp, CatalogClient, CatalogService
@@ -19,19 +18,11 @@ from bqgate.service.ingress import route
 from bqgate.service.metadata import MetadataApi
 from bqgate.service.tables import insert_statement, row_literals
 from bqgate.wire import bigquery as wire
-from fakes import MemoryJobStore
+from fakes import MemoryJobStore, caller
 
 POLICY = load_policy("policies/default.yaml")
-AGENT = Principal(
-    email="agent@demo-project.iam.gserviceaccount.com",
-    groups=frozenset(),
-    issuer="dev",
-    subject="agent",
-    expires_at=2**31,
-)
-STRANGER = Principal(
-    email="stranger@example.com", groups=frozenset(), issuer="dev", subject="s", expires_at=2**31
-)
+AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent")
+STRANGER = caller("stranger@example.com", subject="s")
 CUSTOMERS_RAW = {
     "kind": "bigquery#table",
     "tableReference": {"projectId": "demo-project", "datasetId": "sales", "tableId": "customers"},

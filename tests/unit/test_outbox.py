@@ -19,22 +19,10 @@ from bqgate.service.dispatch import Dispatcher
 from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.service.sweeper import Sweeper, SweeperConfig
 from bqgate.vocabulary import Decision
-from fakes import MemoryJobStore, MemoryQueue
+from fakes import MemoryJobStore, MemoryQueue, caller
 
-AGENT = Principal(
-    email="agent@x",
-    groups=frozenset({"ai-coding-agents"}),
-    issuer="dev",
-    subject="agent@x",
-    expires_at=2**31,
-)
-OTHER = Principal(
-    email="other@x",
-    groups=frozenset({"ai-coding-agents"}),
-    issuer="dev",
-    subject="other@x",
-    expires_at=2**31,
-)
+AGENT = caller("agent@x", "ai-coding-agents")
+OTHER = caller("other@x", "ai-coding-agents")
 
 
 class Clock:

@@ -30,18 +30,12 @@ from bqgate.ports import Change, DryRun, QueryOutcome
 from bqgate.service.executor import Executor
 from bqgate.service.gateway import Gateway, GatewayConfig, block_error, job_error
 from bqgate.service.ingress import IngressApp
-from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue
+from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue, caller
 from hypothesis import given
 from hypothesis import strategies as st
 
 POLICY = load_policy("policies/default.yaml")
-AGENT = Principal(
-    email="agent@x",
-    groups=frozenset({"ai-coding-agents"}),
-    issuer="dev",
-    subject="agent@x",
-    expires_at=2**31,
-)
+AGENT = caller("agent@x", "ai-coding-agents")
 #: Reasons the BigQuery clients retry (Python's HTTP and job retries, which Java/Go share).
 CLIENT_RETRIES = {
     "rateLimitExceeded",

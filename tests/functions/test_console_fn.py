@@ -20,6 +20,7 @@ import requests
 from bqgate.approvals import ApprovalRecord
 from bqgate.dev.stack import Stack
 from bqgate.jobs import DONE, PENDING_APPROVAL, Job
+from bqgate.service.approvals import ApproverAct
 from bqgate.slack_blocks import sign
 from conftest import AGENT
 from helpers import LEDGER_SQL, new_pending_job
@@ -451,21 +452,13 @@ def test_history_search_by_principal_table_decision_and_time(wired: Stack, conso
 
     service = bootstrap.approval_service()
     approved, denied = new_pending_job(), new_pending_job()
+    approvers = frozenset({"data-approvers"})
     service.decide(
-        approved.job_id,
-        approver="alice@example.com",
-        groups=frozenset({"data-approvers"}),
-        action="approve",
-        reason=None,
-        via="api",
+        approved.job_id, ApproverAct("alice@example.com", approvers, "approve", None, "api")
     )
     service.decide(
         denied.job_id,
-        approver="bob@example.com",
-        groups=frozenset({"data-approvers"}),
-        action="deny",
-        reason="not this quarter",
-        via="console",
+        ApproverAct("bob@example.com", approvers, "deny", "not this quarter", "console"),
     )
     sign_in(console, wired, "alice@example.com")
 

@@ -55,7 +55,7 @@ from bqgate.errors import AccessDenied, BqgateError, InvalidRequest, NotFound, U
 from bqgate.identity import Principal
 from bqgate.policy import Policy
 from bqgate.ports import DecisionHistory, SessionReader, TokenVerifier
-from bqgate.service.approvals import ApprovalService, group_body
+from bqgate.service.approvals import ApprovalService, ApproverAct, group_body
 
 log = logging.getLogger("bqgate.console")
 
@@ -403,27 +403,13 @@ def create_app(config: ConsoleConfig, deps: ConsoleDeps) -> flask.Flask:
             return error_page(404, "Not found", "There is no such request.")
         reason = flask.request.form.get("reason") if action == "deny" else None
         verb: core.Action = "approve" if action == "approve" else "deny"
+        act = ApproverAct(principal.email, principal.groups, verb, reason, "console")
         try:
             if flask.request.form.get("group") == "1":  # the request and its group
-                outcomes = deps.service().decide_group(
-                    job_id,
-                    approver=principal.email,
-                    groups=principal.groups,
-                    action=verb,
-                    reason=reason,
-                    via="console",
-                )
-                body = group_body(job_id, verb, outcomes)
+                body = group_body(job_id, verb, deps.service().decide_group(job_id, act))
                 flask.flash(body["message"], "ok" if body["decided"] else "info")
             else:
-                outcome = deps.service().decide(
-                    job_id,
-                    approver=principal.email,
-                    groups=principal.groups,
-                    action=verb,
-                    reason=reason,
-                    via="console",
-                )
+                outcome = deps.service().decide(job_id, act)
                 changed = outcome.decision.changed or outcome.redispatched
                 flask.flash(outcome.decision.message, "ok" if changed else "info")
         except (InvalidRequest, NotFound) as err:

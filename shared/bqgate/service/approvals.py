@@ -114,6 +114,18 @@ def _field(value: Any, key: str) -> Any:
 
 
 @dataclass(frozen=True)
+class ApproverAct:
+    """One approver's action on a request: who (with their groups), approve or deny, why,
+    and where they clicked (``slack``, ``console``, ``api``)."""
+
+    approver: str
+    groups: frozenset[str]
+    action: core.Action
+    reason: str | None
+    via: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one decision did: the decision and the job as it now stands.
 
@@ -234,16 +246,7 @@ class ApprovalService:
 
     # --- deciding ------------------------------------------------------------------
 
-    def decide(
-        self,
-        job_id: str,
-        *,
-        approver: str,
-        groups: frozenset[str],
-        action: core.Action,
-        reason: str | None,
-        via: str,
-    ) -> Outcome:
+    def decide(self, job_id: str, act: ApproverAct) -> Outcome:
         """Apply one approver action in a transaction, then hand off and tell Slack.
 
         The transaction also writes the hand-offs the decision calls for (the approved job
@@ -256,13 +259,13 @@ class ApprovalService:
         def change(job: Job) -> Job | None:
             d = core.decide(
                 job,
-                approver=approver,
-                approver_groups=groups,
-                action=action,
-                reason=reason,
+                approver=act.approver,
+                approver_groups=act.groups,
+                action=act.action,
+                reason=act.reason,
                 now_ms=now,
                 policy=self.policy,
-                via=via,
+                via=act.via,
             )
             seen["d"] = d
             return d.job
@@ -282,9 +285,9 @@ class ApprovalService:
         if decision.changed:
             # The decision is in the session record before the executor can record its
             # start; then the hand-off (the executor re-reads the job, checks its binding).
-            self._record(job, decision, approver, via, reason)
+            self._record(job, decision, act)
             self.dispatcher.send_all(r for r in written if r.event == outbox.APPROVED)
-            shown = self._update_slack(job, decision, approver)
+            shown = self._update_slack(job, decision, act.approver)
             if shown and job.state != PENDING_APPROVAL:
                 self.dispatcher.complete(job_id, outbox.CLOSE)
         elif (
@@ -293,7 +296,14 @@ class ApprovalService:
             and decision.outcome == "unchanged"
         ):
             decision, redispatched = self._redispatch(job, decision, now)
-        log.info("job %s: %s by %s via %s: %s", job_id, action, approver, via, decision.outcome)
+        log.info(
+            "job %s: %s by %s via %s: %s",
+            job_id,
+            act.action,
+            act.approver,
+            act.via,
+            decision.outcome,
+        )
         return Outcome(decision, job, redispatched)
 
     def _redispatch(
@@ -314,16 +324,7 @@ class ApprovalService:
             f"{said}; handing it to the executor failed again and will be retried automatically",
         ), False
 
-    def decide_group(
-        self,
-        job_id: str,
-        *,
-        approver: str,
-        groups: frozenset[str],
-        action: core.Action,
-        reason: str | None,
-        via: str,
-    ) -> list[Outcome]:
+    def decide_group(self, job_id: str, act: ApproverAct) -> list[Outcome]:
         """Decide every pending request in ``job_id``'s group (same requester, statement and
         default dataset), each in its own transaction bound to its own approval binding."""
         job = self.store.get(job_id)
@@ -332,21 +333,21 @@ class ApprovalService:
         members = [m.job_id for m in self._group_members(job, self._now_ms())]
         if job_id not in members:
             members.insert(0, job_id)  # decide() says why it is no longer decidable
-        return [
-            self.decide(m, approver=approver, groups=groups, action=action, reason=reason, via=via)
-            for m in members
-        ]
+        return [self.decide(m, act) for m in members]
 
-    def _record(
-        self, job: Job, d: core.Decision, approver: str, via: str, reason: str | None
-    ) -> None:
+    def _record(self, job: Job, d: core.Decision, act: ApproverAct) -> None:
         if self.recorder is None:
             return
         kinds: dict[str, EventKind] = {"denied": "denied", "expired": "expired"}
         kind = kinds.get(d.outcome, "approval_decided")
-        data = {"outcome": d.outcome, "approver": approver, "via": via, "message": d.message}
+        data = {
+            "outcome": d.outcome,
+            "approver": act.approver,
+            "via": act.via,
+            "message": d.message,
+        }
         if d.outcome == "denied":
-            data["reason"] = core.clean_reason(reason)
+            data["reason"] = core.clean_reason(act.reason)
         try:
             self.recorder.record(job, kind, data)
         except Exception:  # the record must never undo a decision
@@ -625,25 +626,10 @@ class ApprovalService:
         if not isinstance(group, bool):
             raise InvalidRequest("group must be true or false")
         verb: core.Action = "approve" if action == "approve" else "deny"
+        act = ApproverAct(principal.email, principal.groups, verb, reason, "api")
         if not group:
-            outcome = self.decide(
-                job_id,
-                approver=principal.email,
-                groups=principal.groups,
-                action=verb,
-                reason=reason,
-                via="api",
-            )
-            return Response(200, outcome.to_body())
-        outcomes = self.decide_group(
-            job_id,
-            approver=principal.email,
-            groups=principal.groups,
-            action=verb,
-            reason=reason,
-            via="api",
-        )
-        return Response(200, group_body(job_id, verb, outcomes))
+            return Response(200, self.decide(job_id, act).to_body())
+        return Response(200, group_body(job_id, verb, self.decide_group(job_id, act)))
 
     def pending_for(
         self,
@@ -838,12 +824,7 @@ class ApprovalService:
             groups = self.policy.groups_for(approver)
             if action_id == blocks.APPROVE_ACTION:
                 outcome = self.decide(
-                    job_id,
-                    approver=approver,
-                    groups=groups,
-                    action="approve",
-                    reason=None,
-                    via="slack",
+                    job_id, ApproverAct(approver, groups, "approve", None, "slack")
                 )
                 return self._tell(payload, outcome.decision.message)
             # Deny: check first, so a non-approver or a late click gets a note, not a modal.
@@ -856,14 +837,8 @@ class ApprovalService:
             rec = core.record_of(job)
             if job.state != PENDING_APPROVAL or core.expire(job, self._now_ms()):
                 # Let decide() say why (and expire it if that is the reason).
-                outcome = self.decide(
-                    job_id,
-                    approver=approver,
-                    groups=groups,
-                    action="deny",
-                    reason="(late click)",
-                    via="slack",
-                )
+                late = ApproverAct(approver, groups, "deny", "(late click)", "slack")
+                outcome = self.decide(job_id, late)
                 return self._tell(payload, outcome.decision.message)
             trigger = payload.get("trigger_id")
             if not isinstance(trigger, str) or not trigger:
@@ -894,14 +869,9 @@ class ApprovalService:
             return _view_error("This form is damaged; close it and click Deny again")
         try:
             approver = self._approver(payload)
-            outcome = self.decide(
-                job_id,
-                approver=approver,
-                groups=self.policy.groups_for(approver),
-                action="deny",
-                reason=blocks.modal_reason(view),
-                via="slack",
-            )
+            groups = self.policy.groups_for(approver)
+            denial = ApproverAct(approver, groups, "deny", blocks.modal_reason(view), "slack")
+            outcome = self.decide(job_id, denial)
         except (AccessDenied, InvalidRequest, NotFound, Unauthenticated) as err:
             return _view_error(err.message)
         except Unavailable:
@@ -973,6 +943,7 @@ def _view_error(text: str) -> Response:
 __all__ = [
     "ApprovalService",
     "ApprovalsApp",
+    "ApproverAct",
     "Outcome",
     "PendingPage",
     "decode_cursor",

@@ -48,6 +48,24 @@ class BqgateError(Exception):
     #: True when the same request may succeed later (a dependency failed, not the request).
     transient: bool = False
 
+    def __init_subclass__(
+        cls,
+        *,
+        http_status: int | None = None,
+        reason: str | None = None,
+        status: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A leaf names its answer where it is declared: ``class NotFound(BqgateError,
+        http_status=404, reason="notFound", status="NOT_FOUND")``."""
+        super().__init_subclass__(**kwargs)
+        if http_status is not None:
+            cls.http_status = http_status
+        if reason is not None:
+            cls.reason = reason
+        if status is not None:
+            cls.status = status
+
     def __init__(self, message: str, *, location: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -72,69 +90,47 @@ class BqgateError(Exception):
         }
 
 
-class InvalidRequest(BqgateError):
+class InvalidRequest(BqgateError, http_status=400, reason="invalid", status="INVALID_ARGUMENT"):
     """The request itself is malformed (bad JSON, missing field, bad parameter)."""
 
-    http_status = 400
-    reason = "invalid"
-    status = "INVALID_ARGUMENT"
 
-
-class InvalidQuery(BqgateError):
+class InvalidQuery(BqgateError, http_status=400, reason="invalidQuery", status="INVALID_ARGUMENT"):
     """The SQL cannot be understood (parse error, legacy SQL)."""
 
-    http_status = 400
-    reason = "invalidQuery"
-    status = "INVALID_ARGUMENT"
 
-
-class Unauthenticated(BqgateError):
+class Unauthenticated(
+    BqgateError, http_status=401, reason="unauthorized", status="UNAUTHENTICATED"
+):
     """No or bad credentials. The message never echoes the token."""
 
-    http_status = 401
-    reason = "unauthorized"
-    status = "UNAUTHENTICATED"
 
-
-class AccessDenied(BqgateError):
+class AccessDenied(BqgateError, http_status=403, reason="accessDenied", status="PERMISSION_DENIED"):
     """Policy, approver or ownership denial."""
 
-    http_status = 403
-    reason = "accessDenied"
-    status = "PERMISSION_DENIED"
+
+class NotFound(BqgateError, http_status=404, reason="notFound", status="NOT_FOUND"):
+    """The thing the request names does not exist (or is not the caller's to see)."""
 
 
-class NotFound(BqgateError):
-    http_status = 404
-    reason = "notFound"
-    status = "NOT_FOUND"
+class Duplicate(BqgateError, http_status=409, reason="duplicate", status="ALREADY_EXISTS"):
+    """A job with this id exists already."""
 
 
-class Duplicate(BqgateError):
-    http_status = 409
-    reason = "duplicate"
-    status = "ALREADY_EXISTS"
-
-
-class QuotaExceeded(BqgateError):
+class QuotaExceeded(
+    BqgateError, http_status=403, reason="quotaExceeded", status="PERMISSION_DENIED"
+):
     """A policy limit: the query would bill more bytes than allowed (cost guard), or its
     principal has too many requests awaiting approval. Not retried by clients."""
 
-    http_status = 403
-    reason = "quotaExceeded"
-    status = "PERMISSION_DENIED"
 
-
-class NotImplementedApi(BqgateError):
+class NotImplementedApi(
+    BqgateError, http_status=400, reason="notImplemented", status="UNIMPLEMENTED"
+):
     """An API method the gateway deliberately does not offer. A client error (400, not
     BigQuery's 501): a request is never answered with a 5xx for what the client sent."""
 
-    http_status = 400
-    reason = "notImplemented"
-    status = "UNIMPLEMENTED"
 
-
-class Unavailable(BqgateError):
+class Unavailable(BqgateError, http_status=503, reason="unavailable", status="UNAVAILABLE"):
     """A dependency of the gateway (JWKS, Firestore, Pub/Sub, BigQuery's API) failed or did
     not answer in time; the request fails closed, within seconds.
 
@@ -143,51 +139,32 @@ class Unavailable(BqgateError):
     way ends with :class:`JobFailed`.
     """
 
-    http_status = 503
-    reason = "unavailable"
-    status = "UNAVAILABLE"
     transient = True
 
 
-class TooLarge(BqgateError):
+class TooLarge(BqgateError, http_status=413, reason="invalid", status="INVALID_ARGUMENT"):
     """The request (body, URL or headers) is over the gateway's limits."""
-
-    http_status = 413
-    reason = "invalid"
-    status = "INVALID_ARGUMENT"
 
     def __init__(self, message: str, *, http_status: int = 413) -> None:
         super().__init__(message)
         self.http_status = http_status
 
 
-class Stopped(BqgateError):
+class Stopped(BqgateError, http_status=400, reason="stopped", status="CANCELLED"):
     """The job was cancelled (by its owner, or in BigQuery)."""
 
-    http_status = 400
-    reason = "stopped"
-    status = "CANCELLED"
 
-
-class JobFailed(BqgateError):
+class JobFailed(BqgateError, http_status=400, reason="jobFailed", status="ABORTED"):
     """A job ended by a failure that retrying the same job cannot fix: BigQuery's transient
     errors once a job has finished with them, an outage that outlasted the executor's
     bounded retries, or an unexpected error (the message names an incident, never data)."""
 
-    http_status = 400
-    reason = "jobFailed"
-    status = "ABORTED"
 
-
-class GatewayFailed(BqgateError):
+class GatewayFailed(BqgateError, http_status=400, reason="gatewayError", status="ABORTED"):
     """The gateway itself could not run a job (every delivery to its executor failed, or its
     hand-off was never taken): a finished job's error, stored as ``gatewayError`` and read
     back as itself (:func:`for_job`). Only the gateway says it: the same reason from
     BigQuery is clamped like any other it does not know (:func:`from_warehouse`)."""
-
-    http_status = 400
-    reason = "gatewayError"
-    status = "ABORTED"
 
 
 class WarehouseError(BqgateError):
@@ -205,12 +182,8 @@ class Rejected(Unavailable):
     unlike a timeout, the call certainly had no effect, so repeating it is safe."""
 
 
-class PolicyError(BqgateError):
+class PolicyError(BqgateError, http_status=500, reason="invalid", status="FAILED_PRECONDITION"):
     """The policy file is invalid. ``problems`` lists every mistake as ``path: message``."""
-
-    http_status = 500
-    reason = "invalid"
-    status = "FAILED_PRECONDITION"
 
     def __init__(self, problems: list[str], *, source: str = "policy") -> None:
         self.problems = list(problems)

@@ -4,17 +4,22 @@ per test session, and stops every process it started at the end."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_ports
+
+if TYPE_CHECKING:
+    from bqgate.adapters.firestore_store import FirestoreJobStore
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +41,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 AGENT = "agent@demo-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture()
+def store(stack: Stack) -> FirestoreJobStore:
+    """The job store on the stack's Firestore (what every function reads and writes)."""
+    from bqgate.adapters.firestore_store import FirestoreJobStore
+    from bqgate.dev.stack import PROJECT
+    from google.cloud import firestore
+
+    return FirestoreJobStore(firestore.Client(project=PROJECT))
+
+
+@pytest.fixture()
+def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """Threads for what waits meanwhile (an agent blocked on its query, as agents are)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as ex:
+        yield ex
 
 
 @pytest.fixture(autouse=True)

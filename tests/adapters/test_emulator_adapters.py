@@ -26,11 +26,6 @@ pytestmark = pytest.mark.emulators
 
 
 @pytest.fixture()
-def store(stack: Stack) -> FirestoreJobStore:
-    return FirestoreJobStore(firestore.Client(project=PROJECT))
-
-
-@pytest.fixture()
 def warehouse(stack: Stack) -> BigQueryWarehouse:
     client = bigquery.Client(
         project=PROJECT,

@@ -20,15 +20,9 @@ from bqgate.dev.stack import PROJECT, REPO_ROOT, Stack
 from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job
 from conftest import AGENT, mint_token_for
 from functions_framework import create_app
-from google.cloud import firestore
 from helpers import until
 
 pytestmark = pytest.mark.emulators
-
-
-@pytest.fixture()
-def store(stack: Stack) -> FirestoreJobStore:
-    return FirestoreJobStore(firestore.Client(project=PROJECT))
 
 
 @pytest.fixture()

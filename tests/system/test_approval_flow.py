@@ -9,7 +9,6 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -26,7 +25,7 @@ from conftest import AGENT, mint_token_for
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore
+from google.cloud import bigquery
 from helpers import slack_state
 
 pytestmark = pytest.mark.system
@@ -35,17 +34,6 @@ LEDGER_SQL = (
     "SELECT entry_id, account, amount FROM `demo-project.finance.ledger` ORDER BY entry_id LIMIT 3"
 )
 WAIT_S = 90
-
-
-@pytest.fixture()
-def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as ex:
-        yield ex
-
-
-@pytest.fixture()
-def store(stack: Stack) -> FirestoreJobStore:
-    return FirestoreJobStore(firestore.Client(project=PROJECT))
 
 
 #: Waits for a condition, up to WAIT_S (helpers.until).

@@ -17,7 +17,7 @@ from bqgate.jobs import PENDING_APPROVAL
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery, firestore
+from google.cloud import bigquery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import always_true
@@ -61,11 +61,6 @@ def direct(stack: Stack) -> bigquery.Client:
 def checksum(stack: Stack) -> tuple[int, int]:
     row = next(iter(direct(stack).query(CHECKSUM).result(timeout=60)))
     return int(row.n), int(row.h)
-
-
-@pytest.fixture()
-def store(stack: Stack) -> FirestoreJobStore:
-    return FirestoreJobStore(firestore.Client(project="demo-project"))
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ The measured numbers are printed (``pytest -s``) and asserted against the accept
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import time
 import uuid
@@ -41,17 +40,6 @@ LEDGER_SQL = (
 RECOVERY_BOUND_S = 60
 #: How long Slack hangs in the Slack test (issue 20's outage: two minutes).
 SLACK_HANG_S = 120
-
-
-@pytest.fixture()
-def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as ex:
-        yield ex
-
-
-@pytest.fixture()
-def store(stack: Stack) -> FirestoreJobStore:
-    return FirestoreJobStore(firestore.Client(project=PROJECT))
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from bqgate.anchors import AnchorIndex, Checkpoint
 from bqgate.audit import chain as audit_chain
 from bqgate.audit.chain import Event, SessionHead, canonical_json, event_mac
 from bqgate.audit.record import MAX_DATA_BYTES, EventKind, event_data
-from bqgate.audit.rejudge import RecordedRequest, rejudge
+from bqgate.audit.rejudge import judge_under, rejudge
 from bqgate.chain import GENESIS, ChainKey, Keyring
 from bqgate.classification import Classification
 from bqgate.cli import main
@@ -459,24 +459,11 @@ def test_replay_shows_each_statement_and_what_the_agent_saw() -> None:
 
 def test_rejudge_reports_decisions_that_would_change() -> None:
     from bqgate.policy import load_policy
-    from bqgate.sql.classify import classify
 
     rec = MemoryRecord()
     sample_session(rec)
     strict = load_policy(DEFAULT_POLICY)  # the recorded decisions are the default policy's
-
-    def judge(req: RecordedRequest) -> tuple[str, Sequence[str]]:
-        v = classify(
-            req.sql,
-            policy=strict,
-            principal=req.principal,
-            groups=req.groups,
-            default_project=req.default_project,
-            default_dataset=req.default_dataset,
-        )
-        return v.decision, v.reasons
-
-    results = rejudge(rec.events("s-1"), judge)
+    results = rejudge(rec.events("s-1"), judge_under(strict))
     assert [r.request.job_id for r in results] == ["job-allowed", "job-blocked", "job-approved"]
     assert [r.changed for r in results] == [False, False, False]
     flipped = rejudge(rec.events("s-1"), lambda req: ("block", ["no"]))

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bqgate.audit.chain import Event
+from bqgate.vocabulary import Decision
 
-__all__ = ["Judge", "RecordedRequest", "Rejudged", "recorded_requests", "rejudge"]
+if TYPE_CHECKING:
+    from bqgate.policy import Policy
+
+__all__ = ["Judge", "RecordedRequest", "Rejudged", "judge_under", "recorded_requests", "rejudge"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class RecordedRequest:
     groups: tuple[str, ...]
     default_project: str
     default_dataset: str | None
+    #: The decision as recorded (``unknown`` when the record has none), shown as it stands.
     decision: str
     reasons: tuple[str, ...]
 
@@ -70,7 +75,7 @@ class Rejudged:
     """A recorded statement judged again under another policy."""
 
     request: RecordedRequest
-    decision: str
+    decision: Decision
     reasons: tuple[str, ...]
 
     @property
@@ -79,7 +84,26 @@ class Rejudged:
 
 
 #: ``judge(request) -> (decision, reasons)`` under the policy being tried.
-Judge = Callable[[RecordedRequest], tuple[str, Sequence[str]]]
+Judge = Callable[[RecordedRequest], tuple[Decision, Sequence[str]]]
+
+
+def judge_under(policy: Policy) -> Judge:
+    """The classifier under ``policy``, judging a recorded statement as the gateway would
+    have (its principal, groups and default dataset as recorded)."""
+    from bqgate.sql.classify import classify  # sqlglot loads with the first judgement
+
+    def judge(req: RecordedRequest) -> tuple[Decision, Sequence[str]]:
+        verdict = classify(
+            req.sql,
+            policy=policy,
+            principal=req.principal,
+            groups=req.groups,
+            default_project=req.default_project,
+            default_dataset=req.default_dataset,
+        )
+        return verdict.decision, verdict.reasons
+
+    return judge
 
 
 def rejudge(events: Iterable[Event], judge: Judge) -> list[Rejudged]:

@@ -31,7 +31,7 @@ from bqgate import verification
 from bqgate.anchors import AnchorIndex
 from bqgate.audit.chain import Event, SessionHead, canonical_json
 from bqgate.audit.record import format_ms
-from bqgate.audit.rejudge import RecordedRequest, rejudge
+from bqgate.audit.rejudge import judge_under, rejudge
 from bqgate.chain import ChainKey, ChainKeyError, Keyring
 from bqgate.commands.session_views import render_rejudge, render_timeline, replay_steps
 from bqgate.errors import InvalidRequest, NotFound
@@ -403,22 +403,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def _rejudge(args: argparse.Namespace, events: Sequence[Event]) -> int:
     from bqgate.policy import load_policy
-    from bqgate.sql.classify import classify
 
-    policy = load_policy(args.policy)
-
-    def judge(req: RecordedRequest) -> tuple[str, Sequence[str]]:
-        verdict = classify(
-            req.sql,
-            policy=policy,
-            principal=req.principal,
-            groups=req.groups,
-            default_project=req.default_project,
-            default_dataset=req.default_dataset,
-        )
-        return verdict.decision, verdict.reasons
-
-    results = rejudge(events, judge)
+    results = rejudge(events, judge_under(load_policy(args.policy)))
     _print(render_rejudge(results, str(args.policy)))
     return 1 if args.fail_on_change and any(r.changed for r in results) else 0
 

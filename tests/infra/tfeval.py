@@ -102,7 +102,8 @@ class Config:
     instances: list[Instance] = field(default_factory=list)
     locals: dict[str, Value] = field(default_factory=dict)
     outputs: dict[str, Value] = field(default_factory=dict)
-    variables: dict[str, Block] = field(default_factory=dict)
+    variables: dict[str, dict[str, Value]] = field(default_factory=dict)  # name -> arguments
+    values: dict[str, Value] = field(default_factory=dict)  # the input variables' values
     declared_in: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # file -> ...
     moved: list[tuple[str, str]] = field(default_factory=list)
     unexpanded: list[str] = field(default_factory=list)  # for_each this could not evaluate
@@ -681,12 +682,17 @@ class Evaluator:
 
 def _finish(ev: Evaluator, blocks: list[Block], root: Scope) -> Config:
     cfg = ev.cfg
+    cfg.values = dict(root.vars)
     ev.expand(root)
     for name in root.local_exprs:
         cfg.locals[name] = root.local(name)
     for b in blocks:
         if b.type == "variable":
-            cfg.variables[b.labels[0]] = b
+            cfg.variables[b.labels[0]] = {
+                **{a: b.text_of(a) for a in b.attrs if a == "type"},
+                **{a: root.eval_safe(b.attrs[a], {}, b) for a in b.attrs if a != "type"},
+                "validation": [blk for blk in b.blocks if blk.type == "validation"],
+            }
         if b.type in ("variable", "output"):
             cfg.declared_in.setdefault(b.file, []).append((b.type, b.labels[0]))
         if b.type == "output":

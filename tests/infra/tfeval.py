@@ -109,9 +109,7 @@ class Config:
     unexpanded: list[str] = field(default_factory=list)  # for_each this could not evaluate
 
     def resources(self, type_: str | None = None) -> list[Instance]:
-        return [
-            i for i in self.instances if i.kind == "resource" and type_ in (None, i.type)
-        ]
+        return [i for i in self.instances if i.kind == "resource" and type_ in (None, i.type)]
 
     def by_address(self, address: str) -> Instance | None:
         return next((i for i in self.instances if i.address == address), None)
@@ -317,9 +315,7 @@ class Scope:
             block = self.modules[address[7:]] if address.startswith("module.") else None
             block = block or self.resources[address]
             expr = block.attrs.get("for_each")
-            self.for_each_cache[address] = (
-                None if expr is None else self.eval_safe(expr, {}, block)
-            )
+            self.for_each_cache[address] = None if expr is None else self.eval_safe(expr, {}, block)
         return self.for_each_cache[address]
 
     def instance_keys(self, address: str) -> list[str] | None:
@@ -740,4 +736,3 @@ def strings(value: Value) -> Iterator[str]:
             yield from strings(v)
     elif isinstance(value, (str, Unknown)):
         yield str(value)
-

@@ -15,8 +15,10 @@ for_each they cannot evaluate.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -629,37 +631,110 @@ def test_cloud_run_iam_without_invokers_fails_the_plan() -> None:
     ).get("error_message", "")
 
 
-def _resolve(address: str, moved: list[tuple[str, str]]) -> str:
-    """Where a moved block (or a chain of them) takes an address."""
-    for _ in range(len(moved) + 1):
-        for src, dst in moved:
-            if address == src or address.startswith(src + "[") or address.startswith(src + "."):
-                address = dst + address[len(src) :]
-                break
-        else:
-            return address
-    raise AssertionError(f"moved blocks loop on {address}")
+def _address(address: str) -> tuple[str, str, str | None]:
+    """('module.function["x"].', 'google_x.y', key or None) of an instance address."""
+    m = re.fullmatch(
+        r'((?:module\.\w+\["[^"]+"\]\.)*)((?:data\.)?\w+\.\w+)(?:\["([^"]+)"\])?', address
+    )
+    assert m, address
+    return m.group(1), m.group(2), m.group(3)
+
+
+def _stand_in(address: str) -> str:
+    """The terraform_data address standing in for a resource address (any depth)."""
+    return re.sub(
+        r'(?<![\w"])(google_\w+|archive_\w+)\.(\w+)',
+        lambda m: f"terraform_data.{m.group(1)}__{m.group(2)}",
+        address,
+    )
+
+
+def _stand_in_config(addresses: list[str], root: Path) -> None:
+    """A configuration of terraform_data resources (Terraform's own, no provider to
+    fetch) at these resource instance addresses, modules included."""
+    tree: dict[str, dict[str, set[str | None]]] = {}  # module call -> resource -> keys
+    for address in addresses:
+        prefix, resource, key = _address(address)
+        if resource.startswith("data."):
+            continue
+        tree.setdefault(prefix, {}).setdefault(resource, set()).add(key)
+
+    def resource_block(resource: str, keys: set[str | None], per_instance: bool) -> str:
+        name = _stand_in(resource).split(".", 1)[1]
+        if keys == {None}:
+            return f'resource "terraform_data" "{name}" {{\n}}\n'
+        each = f'lookup(var.keys, "{name}", [])' if per_instance else json.dumps(sorted(keys))
+        return f'resource "terraform_data" "{name}" {{\n  for_each = toset({each})\n}}\n'
+
+    root.mkdir(parents=True)
+    (root / "main.tf").write_text(
+        "".join(resource_block(r, k, False) for r, k in sorted(tree.pop("", {}).items()))
+    )
+    calls: dict[str, dict[str, dict[str, list[str]]]] = {}  # call -> instance -> keys
+    for prefix, resources in tree.items():
+        m = re.fullmatch(r'module\.(\w+)\["([^"]+)"\]\.', prefix)
+        assert m, f"nested modules are not stood in for: {prefix}"
+        call, instance = m.groups()
+        calls.setdefault(call, {})[instance] = {
+            _stand_in(r).split(".", 1)[1]: sorted(k for k in keys if k is not None)
+            for r, keys in resources.items()
+        }
+        folder = root / call
+        folder.mkdir(exist_ok=True)
+        (folder / "main.tf").write_text(
+            'variable "keys" {\n  type = map(list(string))\n}\n'
+            + "".join(resource_block(r, k, True) for r, k in sorted(resources.items()))
+        )
+    for call, instances in sorted(calls.items()):
+        (root / f"{call}.tf").write_text(
+            f'module "{call}" {{\n  source   = "./{call}"\n'
+            f"  for_each = {json.dumps(instances)}\n  keys     = each.value\n}}\n"
+        )
+
+
+def _terraform(folder: Path, *argv: str) -> str:
+    done = subprocess.run(
+        ["terraform", *argv, "-input=false", "-no-color"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "TF_IN_AUTOMATION": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_deployed_address_is_kept_or_moved(variant: str) -> None:
-    """Deployments hold the addresses in fixtures/deployed_addresses.json (the
-    configuration before each kind of thing was written once): each one is still there
-    or moved (moved.tf.json) onto an instance that exists, no two onto the same one,
-    so `terraform apply` destroys and recreates nothing."""
+def test_every_deployed_instance_is_moved_not_replaced(tmp_path: Path, variant: str) -> None:
+    """Deployments hold the instances in fixtures/deployed_addresses.json (the
+    configuration before each kind of thing was written once). Terraform itself, on
+    terraform_data stand-ins at those addresses, applies them, then plans the current
+    configuration's addresses with moved.tf.json: every instance moves and nothing is
+    created or destroyed."""
+    assert shutil.which("terraform"), "the terraform binary is part of this machine kind"
     cfg = load(TF_DIR, VARIANTS[variant])
+    assert cfg.moved == [], "moved blocks live in moved.tf.json (tf-check reads *.tf)"
+    moved = json.loads((TF_DIR / "moved.tf.json").read_text())["moved"]
     deployed = json.loads(DEPLOYED.read_text())[variant]
-    moved_json = json.loads((TF_DIR / "moved.tf.json").read_text())["moved"]
-    assert cfg.moved == [] and moved_json, "moved blocks live in moved.tf.json"
-    moved = [(m["from"], m["to"]) for m in moved_json]
-    current = {i.address for i in cfg.instances}
-    landed = [_resolve(a, moved) for a in deployed]
-    assert [a for a in landed if a not in current] == []
-    assert len(set(landed)) == len(landed)
-    assert sorted(current - set(landed)) == []  # nothing new to create either
-    for src, dst in moved:
-        assert not any(a == src or a.startswith(src + "[") for a in current), src
-        assert any(a == dst or a.startswith(dst + "[") for a in current), dst
+    work = tmp_path / "deployed"
+    _stand_in_config(deployed, work)
+    _terraform(work, "init", "-backend=false")
+    _terraform(work, "apply", "-auto-approve")
+
+    current = tmp_path / "current"
+    _stand_in_config([i.address for i in cfg.instances], current)
+    stand_in_moves = [{"from": _stand_in(m["from"]), "to": _stand_in(m["to"])} for m in moved]
+    (current / "moved.tf.json").write_text(json.dumps({"moved": stand_in_moves}))
+    shutil.copy(work / "terraform.tfstate", current / "terraform.tfstate")
+    _terraform(current, "init", "-backend=false")
+    plan = _terraform(current, "plan")
+    assert "0 to add, 0 to change, 0 to destroy" in plan, plan
+    moves = re.findall(r"^  # (\S+) has moved to (\S+)$", plan, flags=re.M)
+    kept = {_stand_in(a) for a in deployed if not a.startswith("data.")} & {
+        _stand_in(i.address) for i in cfg.instances
+    }
+    assert len(moves) + len(kept) == len([a for a in deployed if not a.startswith("data.")])
 
 
 def test_firestore_ttl_and_indexes(cfg: Config) -> None:

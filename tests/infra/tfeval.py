@@ -179,10 +179,6 @@ def _text(v: Value) -> str:
     raise EvalError(f"cannot put {type(v).__name__} in a string")
 
 
-def _unknown_in(v: Value) -> bool:
-    return isinstance(v, Unknown)
-
-
 def _all_known(*vs: Value) -> bool:
     return not any(isinstance(v, Unknown) for v in vs)
 
@@ -458,7 +454,7 @@ class Scope:
             if only and only[0].data == "interpolation":
                 return pieces[0]  # "${x}" is x
         text = "".join(_text(p) for p in pieces)
-        return Unknown(text) if any(_unknown_in(p) for p in pieces) else text
+        return Unknown(text) if any(isinstance(p, Unknown) for p in pieces) else text
 
     def get_attr(self, target: Value, name: str) -> Value:
         if isinstance(target, _Root):
@@ -577,9 +573,10 @@ class _Root:
 
 
 class Evaluator:
-    def __init__(self, root: Path, files: Mapping[str, str] | None = None) -> None:
+    """Expands a root module (and the local modules it calls) into a Config."""
+
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.files = files
         self.cfg = Config()
 
     def module_scope(self, parent: Scope, name: str, key: str | None) -> Scope:
@@ -708,7 +705,7 @@ def load(tf_dir: Path, variables: Mapping[str, Value] | None = None) -> Config:
 def loads(files: Mapping[str, str], variables: Mapping[str, Value] | None = None) -> Config:
     """Evaluate a configuration given as {file name: text}."""
     blocks = parse_files(files)
-    ev = Evaluator(Path("."), files)
+    ev = Evaluator(Path("."))
     values = ev.defaults(blocks)
     values.update(variables or {})
     return _finish(ev, blocks, Scope(ev, blocks, values, "", Path(".")))

@@ -42,20 +42,13 @@ resource "google_storage_bucket" "audit_anchors" {
 }
 
 # Every function appends to the session record: each may create checkpoint
-# objects (never read, replace or delete them) and read the chain key.
+# objects (never read, replace or delete them), and mounts the chain key
+# (functions.tf), which it may therefore read (modules/function).
 resource "google_storage_bucket_iam_member" "audit_anchor_writer" {
   for_each = google_service_account.function
   bucket   = google_storage_bucket.audit_anchors.name
   role     = "roles/storage.objectCreator"
   member   = each.value.member
-}
-
-resource "google_secret_manager_secret_iam_member" "audit_chain_key" {
-  for_each  = google_service_account.function
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.audit_chain_key.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = each.value.member
 }
 
 # Verifiers (`bqgate sessions verify`): read the checkpoints and the chain key.
@@ -69,7 +62,7 @@ resource "google_storage_bucket_iam_member" "audit_anchor_verifier" {
 resource "google_secret_manager_secret_iam_member" "audit_chain_key_verifier" {
   for_each  = toset(var.audit_verifiers)
   project   = var.project_id
-  secret_id = google_secret_manager_secret.audit_chain_key.secret_id
+  secret_id = google_secret_manager_secret.secret["audit_chain_key"].secret_id
   role      = "roles/secretmanager.secretAccessor"
   member    = each.value
 }

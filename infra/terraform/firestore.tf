@@ -24,201 +24,52 @@ resource "google_firestore_field" "expire_at" {
   index_config {}
 }
 
-# An agent's or approver's job list, newest first (jobs.list).
-resource "google_firestore_index" "jobs_by_owner" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "owner"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "created_ms"
-    order      = "DESCENDING"
-  }
-}
-
-# The approvers' list: requests awaiting approval, unexpired (a range on
-# expire_at_ms), newest first by creation time, paged by a cursor on all three
-# sort fields (bqgate.adapters.firestore_store.FirestoreJobStore.pending_approvals).
-resource "google_firestore_index" "jobs_pending_newest_first" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "created_ms"
-    order      = "DESCENDING"
-  }
-
-  fields {
-    field_path = "expire_at_ms"
-    order      = "DESCENDING"
-  }
-
-  fields {
-    field_path = "__name__"
-    order      = "DESCENDING"
+locals {
+  # The composite indexes the queries use, by name: a collection and its fields in
+  # order, each with its ordering (ASCENDING, DESCENDING) or CONTAINS for an array.
+  firestore_indexes = {
+    # An agent's or approver's job list, newest first (jobs.list).
+    jobs_by_owner = { collection = "jobs", fields = [["owner", "ASCENDING"], ["created_ms", "DESCENDING"]] }
+    # The approvers' list: requests awaiting approval, unexpired (a range on
+    # expire_at_ms), newest first by creation time, paged by a cursor on all three
+    # sort fields (bqgate.adapters.firestore_store.FirestoreJobStore.pending_approvals).
+    jobs_pending_newest_first = {
+      collection = "jobs"
+      fields     = [["state", "ASCENDING"], ["created_ms", "DESCENDING"], ["expire_at_ms", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    # A principal's near-identical pending requests (one statement hash): a group.
+    jobs_pending_group = {
+      collection = "jobs"
+      fields     = [["owner", "ASCENDING"], ["classification.statement_hash", "ASCENDING"], ["state", "ASCENDING"], ["expire_at_ms", "ASCENDING"]]
+    }
+    # The sweeper: requests past their expiry, and RUNNING jobs past the deadline.
+    jobs_state_expiry  = { collection = "jobs", fields = [["state", "ASCENDING"], ["expire_at_ms", "ASCENDING"]] }
+    jobs_state_started = { collection = "jobs", fields = [["state", "ASCENDING"], ["started_ms", "ASCENDING"]] }
+    # A principal's sessions, newest first.
+    sessions_by_principal = { collection = "sessions", fields = [["principal", "ASCENDING"], ["started_at", "DESCENDING"]] }
+    # The approver console's history: decided requests, latest decision first, filtered
+    # by requester, decision, table or decider (Firestore merges these for combined
+    # filters).
+    decided_by_owner   = { collection = "jobs", fields = [["owner", "ASCENDING"], ["approval.decided_at_ms", "DESCENDING"]] }
+    decided_by_status  = { collection = "jobs", fields = [["approval.status", "ASCENDING"], ["approval.decided_at_ms", "DESCENDING"]] }
+    decided_by_table   = { collection = "jobs", fields = [["classification.tables", "CONTAINS"], ["approval.decided_at_ms", "DESCENDING"]] }
+    decided_by_decider = { collection = "jobs", fields = [["approval.deciders", "CONTAINS"], ["approval.decided_at_ms", "DESCENDING"]] }
   }
 }
 
-# A principal's near-identical pending requests (one statement hash): a group.
-resource "google_firestore_index" "jobs_pending_group" {
+resource "google_firestore_index" "composite" {
+  for_each    = local.firestore_indexes
   project     = var.project_id
   database    = google_firestore_database.gateway.name
-  collection  = "jobs"
+  collection  = each.value.collection
   query_scope = "COLLECTION"
 
-  fields {
-    field_path = "owner"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "classification.statement_hash"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "expire_at_ms"
-    order      = "ASCENDING"
-  }
-}
-
-# The sweeper: requests past their expiry, and RUNNING jobs past the deadline.
-resource "google_firestore_index" "jobs_state_expiry" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "expire_at_ms"
-    order      = "ASCENDING"
-  }
-}
-
-resource "google_firestore_index" "jobs_state_started" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "started_ms"
-    order      = "ASCENDING"
-  }
-}
-
-# A principal's sessions, newest first.
-resource "google_firestore_index" "sessions_by_principal" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "sessions"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "principal"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "started_at"
-    order      = "DESCENDING"
-  }
-}
-
-# The approver console's history: decided requests, latest decision first, filtered by
-# requester, decision, table or decider (Firestore merges these for combined filters).
-resource "google_firestore_index" "decided_by_owner" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "owner"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "approval.decided_at_ms"
-    order      = "DESCENDING"
-  }
-}
-
-resource "google_firestore_index" "decided_by_status" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "approval.status"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "approval.decided_at_ms"
-    order      = "DESCENDING"
-  }
-}
-
-resource "google_firestore_index" "decided_by_table" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path   = "classification.tables"
-    array_config = "CONTAINS"
-  }
-
-  fields {
-    field_path = "approval.decided_at_ms"
-    order      = "DESCENDING"
-  }
-}
-
-resource "google_firestore_index" "decided_by_decider" {
-  project     = var.project_id
-  database    = google_firestore_database.gateway.name
-  collection  = "jobs"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path   = "approval.deciders"
-    array_config = "CONTAINS"
-  }
-
-  fields {
-    field_path = "approval.decided_at_ms"
-    order      = "DESCENDING"
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path   = fields.value[0]
+      order        = fields.value[1] == "CONTAINS" ? null : fields.value[1]
+      array_config = fields.value[1] == "CONTAINS" ? "CONTAINS" : null
+    }
   }
 }

@@ -2,6 +2,10 @@
 # it needs; no service account keys anywhere. Only the executor has BigQuery
 # roles: the jobUser role on the warehouse project and data roles on the
 # datasets listed in var.warehouse_datasets, nothing project-wide.
+#
+# What a function may do follows from local.functions: it may read the secrets it
+# mounts and invoke the functions in local.invokers (both granted by
+# modules/function), and publish to the topics it `publishes` (below).
 
 resource "google_service_account" "function" {
   for_each     = local.functions
@@ -67,167 +71,48 @@ resource "google_bigquery_dataset_iam_member" "executor" {
   member     = google_service_account.function["executor"].member
 }
 
-# The executor sends approval requests on (the cost guard and policy-bound jobs).
-resource "google_pubsub_topic_iam_member" "executor_approvals" {
-  project = var.project_id
-  topic   = google_pubsub_topic.approvals.name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.function["executor"].member
-}
+# --- Pub/Sub: each function publishes to the work topics local.functions names.
 
-resource "google_secret_manager_secret_iam_member" "executor_hmac_key" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.masking_hmac_key.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.function["executor"].member
-}
-
-# Pub/Sub pushes to the executor, and ingress and mcp call it directly (allowed queries,
-# metadata).
-resource "google_cloud_run_v2_service_iam_member" "executor_push" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.executor.name
-  role     = "roles/run.invoker"
-  member   = google_service_account.push["executor"].member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "executor_from_ingress" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.executor.name
-  role     = "roles/run.invoker"
-  member   = google_service_account.function["ingress"].member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "executor_from_mcp" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.executor.name
-  role     = "roles/run.invoker"
-  member   = google_service_account.function["mcp"].member
-}
-
-# --- ingress: publishes to both topics; public at the network level (README).
-
-resource "google_pubsub_topic_iam_member" "ingress_execute" {
-  project = var.project_id
-  topic   = google_pubsub_topic.execute.name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.function["ingress"].member
-}
-
-resource "google_pubsub_topic_iam_member" "ingress_approvals" {
-  project = var.project_id
-  topic   = google_pubsub_topic.approvals.name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.function["ingress"].member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "ingress_invoker" {
-  for_each = var.require_cloud_run_iam ? toset(var.ingress_invokers) : toset(["allUsers"])
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.ingress.name
-  role     = "roles/run.invoker"
-  member   = each.value
-}
-
-# --- mcp: publishes to execute (the fallback of the direct path); public like the ingress.
-
-resource "google_pubsub_topic_iam_member" "mcp_execute" {
-  project = var.project_id
-  topic   = google_pubsub_topic.execute.name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.function["mcp"].member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "mcp_invoker" {
-  for_each = var.require_cloud_run_iam ? toset(var.ingress_invokers) : toset(["allUsers"])
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.mcp.name
-  role     = "roles/run.invoker"
-  member   = each.value
-}
-
-# --- approvals: publishes approved jobs; public so Slack and approvers' browsers reach it.
-
-resource "google_pubsub_topic_iam_member" "approvals_execute" {
-  project = var.project_id
-  topic   = google_pubsub_topic.execute.name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.function["approvals"].member
-}
-
-resource "google_secret_manager_secret_iam_member" "approvals_slack_bot_token" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.slack_bot_token.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.function["approvals"].member
-}
-
-resource "google_secret_manager_secret_iam_member" "approvals_slack_signing_secret" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.slack_signing_secret.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.function["approvals"].member
-}
-
-resource "google_secret_manager_secret_iam_member" "approvals_console_client_secret" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.console_client_secret.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.function["approvals"].member
-}
-
-resource "google_secret_manager_secret_iam_member" "approvals_console_session_key" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.console_session_key.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.function["approvals"].member
-}
-
-# Public: Slack must reach it, and approvers' browsers reach the console (which signs
-# them in itself, with the same identity checks as the approver API).
-resource "google_cloud_run_v2_service_iam_member" "approvals_public" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.approvals.name
-  role     = "roles/run.invoker"
-  member   = "allUsers"
-}
-
-# --- slack_notify: reads the bot token; invoked only by its Pub/Sub push identity.
-
-resource "google_secret_manager_secret_iam_member" "slack_notify_slack_bot_token" {
-  project   = var.project_id
-  secret_id = google_secret_manager_secret.slack_bot_token.secret_id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.function["slack_notify"].member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "slack_notify_push" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.slack_notify.name
-  role     = "roles/run.invoker"
-  member   = google_service_account.push["slack_notify"].member
-}
-
-# --- sweeper: re-publishes outbox records to both work topics; invoked only by
-# Cloud Scheduler's identity and its dead-letter push identity. No BigQuery, no
-# secrets: Firestore (datastore_user above) and publishing are all it does.
-
-resource "google_pubsub_topic_iam_member" "sweeper_publisher" {
+resource "google_pubsub_topic_iam_member" "publisher" {
   for_each = {
-    approvals = google_pubsub_topic.approvals.name
-    execute   = google_pubsub_topic.execute.name
+    for p in flatten([for fn, f in local.functions : [for t in f.publishes : { function = fn, topic = t }]]) :
+    "${p.function}/${p.topic}" => p
   }
   project = var.project_id
-  topic   = each.value
+  topic   = google_pubsub_topic.work[each.value.topic].name
   role    = "roles/pubsub.publisher"
-  member  = google_service_account.function["sweeper"].member
+  member  = google_service_account.function[each.value.function].member
+}
+
+# --- Who may invoke each function (roles/run.invoker on its Cloud Run service,
+# granted by modules/function), by a key known at plan time.
+
+locals {
+  invokers = {
+    # Public: Slack must reach it (the code verifies Slack's request signature), and
+    # approvers' browsers reach the console under /console (which signs them in itself,
+    # with the same identity checks as the approver API).
+    approvals = { allUsers = "allUsers" }
+    # Pub/Sub pushes to it, and the functions that call it directly (allowed queries,
+    # metadata).
+    executor = merge(
+      { push = google_service_account.push["executor"].member },
+      { for k, f in local.functions : k => google_service_account.function[k].member if f.calls_executor },
+    )
+    # Public at the network level (README), unless var.require_cloud_run_iam; the
+    # gateway authenticates every request itself either way.
+    ingress = local.agent_invokers
+    mcp     = local.agent_invokers
+    # Only its Pub/Sub push identity.
+    slack_notify = { push = google_service_account.push["slack_notify"].member }
+    # Cloud Scheduler's identity and its dead-letter push identity.
+    sweeper = {
+      push      = google_service_account.push["sweeper"].member
+      scheduler = google_service_account.scheduler.member
+    }
+  }
+  agent_invokers        = { for m in local.agent_invoker_members : m => m }
+  agent_invoker_members = var.require_cloud_run_iam ? var.ingress_invokers : ["allUsers"]
 }
 
 # Cloud Scheduler calls the sweeper with an OIDC token of this identity.
@@ -236,22 +121,6 @@ resource "google_service_account" "scheduler" {
   account_id   = "${var.name_prefix}-scheduler"
   display_name = "bqgate Cloud Scheduler -> sweeper"
   depends_on   = [google_project_service.gateway]
-}
-
-resource "google_cloud_run_v2_service_iam_member" "sweeper_scheduler" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.sweeper.name
-  role     = "roles/run.invoker"
-  member   = google_service_account.scheduler.member
-}
-
-resource "google_cloud_run_v2_service_iam_member" "sweeper_push" {
-  project  = var.project_id
-  location = var.region
-  name     = google_cloudfunctions2_function.sweeper.name
-  role     = "roles/run.invoker"
-  member   = google_service_account.push["sweeper"].member
 }
 
 # --- Pub/Sub service agent: mints the push OIDC tokens, moves dead letters.
@@ -263,30 +132,18 @@ resource "google_service_account_iam_member" "push_token_creator" {
   member             = local.pubsub_service_agent
 }
 
-resource "google_pubsub_topic_iam_member" "execute_dead_letter_pubsub_agent" {
-  project = var.project_id
-  topic   = google_pubsub_topic.execute_dead_letter.name
-  role    = "roles/pubsub.publisher"
-  member  = local.pubsub_service_agent
+resource "google_pubsub_topic_iam_member" "dead_letter_pubsub_agent" {
+  for_each = google_pubsub_topic.dead_letter
+  project  = var.project_id
+  topic    = each.value.name
+  role     = "roles/pubsub.publisher"
+  member   = local.pubsub_service_agent
 }
 
-resource "google_pubsub_topic_iam_member" "approvals_dead_letter_pubsub_agent" {
-  project = var.project_id
-  topic   = google_pubsub_topic.approvals_dead_letter.name
-  role    = "roles/pubsub.publisher"
-  member  = local.pubsub_service_agent
-}
-
-resource "google_pubsub_subscription_iam_member" "execute_pubsub_agent" {
+resource "google_pubsub_subscription_iam_member" "pubsub_agent" {
+  for_each     = local.work_topics
   project      = var.project_id
-  subscription = google_pubsub_subscription.execute.name
-  role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_service_agent
-}
-
-resource "google_pubsub_subscription_iam_member" "approvals_pubsub_agent" {
-  project      = var.project_id
-  subscription = google_pubsub_subscription.approvals.name
+  subscription = google_pubsub_subscription.push[each.key].name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }

@@ -1,26 +1,76 @@
 # Values derived from the variables, shared by several files.
 
 locals {
-  # The five functions, by folder name (functions/<name>/main.py); each
-  # folder's functions-framework target has the same name (functions.tf).
+  # The six functions, by folder name (functions/<name>/main.py); each folder's
+  # functions-framework target has the same name. Everything a function is deployed
+  # with is here; functions.tf deploys each through modules/function:
+  #   env            settings beyond common_env (names from shared/bqgate/settings.py)
+  #   secrets        secrets.tf secrets mounted as their environment variable, in this
+  #                  order, after the audit chain key that every function holds; its
+  #                  service account may read exactly these
+  #   publishes      work topics (pubsub.tf) its service account may publish to
+  #   calls_executor it calls the executor over HTTPS, so it gets BQGATE_EXECUTOR_URL
+  #                  and may invoke the executor (iam.tf)
   functions = {
     approvals = {
-      description = "Slack interactivity endpoint, approver API and approver console."
+      description    = "Slack interactivity endpoint, approver API and approver console."
+      memory         = "512Mi"
+      timeout        = 60 # Slack waits 3 s for an interactivity answer
+      max_instances  = var.max_instance_count
+      env            = { BQGATE_CONSOLE_CLIENT_ID = var.console_oidc_client_id, BQGATE_CONSOLE_ISSUER = var.console_oidc_issuer }
+      secrets        = ["slack_bot_token", "slack_signing_secret", "console_client_secret", "console_session_key"]
+      publishes      = ["execute"] # approved jobs
+      calls_executor = false
     }
     executor = {
-      description = "Runs approved and allowed BigQuery jobs; the only identity with BigQuery access."
+      description    = "Runs approved and allowed BigQuery jobs; the only identity with BigQuery access."
+      memory         = "1Gi"
+      timeout        = local.executor_timeout_seconds
+      max_instances  = var.max_instance_count
+      env            = { BQGATE_JOB_TIMEOUT_MS = tostring(local.executor_job_timeout_ms) }
+      secrets        = ["masking_hmac_key"]
+      publishes      = ["approvals"] # the cost guard and policy-bound jobs
+      calls_executor = false
     }
     ingress = {
-      description = "BigQuery REST API for AI coding agents: authenticate, classify, record, route."
+      description    = "BigQuery REST API for AI coding agents: authenticate, classify, record, route."
+      memory         = "512Mi"
+      timeout        = 120
+      max_instances  = var.max_instance_count
+      env            = {}
+      secrets        = []
+      publishes      = ["approvals", "execute"]
+      calls_executor = true # allowed queries (the fast path) and metadata
     }
     mcp = {
-      description = "MCP server (Streamable HTTP) for AI coding agents: BigQuery MCP tools through the gateway."
+      description    = "MCP server (Streamable HTTP) for AI coding agents: BigQuery MCP tools through the gateway."
+      memory         = "512Mi"
+      timeout        = 300 # execute_sql waits up to BQGATE_MCP_WAIT_MS (30 s)
+      max_instances  = var.max_instance_count
+      env            = {}
+      secrets        = []
+      publishes      = ["execute"] # the fallback of the direct path
+      calls_executor = true
     }
     slack_notify = {
-      description = "Posts approval requests to Slack."
+      description    = "Posts approval requests to Slack."
+      memory         = "256Mi"
+      timeout        = 60
+      max_instances  = var.max_instance_count
+      env            = { BQGATE_SLACK_CHANNEL = var.slack_channel }
+      secrets        = ["slack_bot_token"]
+      publishes      = []
+      calls_executor = false
     }
     sweeper = {
-      description = "Outbox reconciler, approval expiry, orphaned jobs (Cloud Scheduler) and dead-letter consumer."
+      description    = "Outbox reconciler, approval expiry, orphaned jobs (Cloud Scheduler) and dead-letter consumer."
+      memory         = "256Mi"
+      timeout        = 300
+      max_instances  = 2
+      env            = {}
+      secrets        = []                       # no BigQuery, no Slack
+      publishes      = ["approvals", "execute"] # re-publishes outbox records
+      calls_executor = false
     }
   }
 
@@ -31,9 +81,9 @@ locals {
   # BQGATE_DEV_MODE is never set in the cloud.
   common_env = {
     BQGATE_ANCHOR_BUCKET      = google_storage_bucket.audit_anchors.name
-    BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.approvals.name
+    BQGATE_APPROVALS_TOPIC    = google_pubsub_topic.work["approvals"].name
     BQGATE_CALL_TIMEOUT_MS    = tostring(var.call_timeout_ms)
-    BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.execute.name
+    BQGATE_EXECUTE_TOPIC      = google_pubsub_topic.work["execute"].name
     BQGATE_FIRESTORE_DATABASE = google_firestore_database.gateway.name
     BQGATE_LOCATION           = var.bigquery_location
     BQGATE_POLICY             = "policy.yaml"

@@ -1,4 +1,4 @@
-# Pub/Sub: the `execute` and `approvals` topics, each with a dead-letter topic.
+# Pub/Sub: the `execute` and `approvals` work topics, each with a dead-letter topic.
 #
 # Every message on a work topic is delivered by a push subscription declared
 # here (not by a function event_trigger, whose Eventarc-managed subscription
@@ -12,47 +12,71 @@
 
 locals {
   seven_days = "604800s"
+
+  # Each work topic (<prefix>-<name>), the function its messages are pushed to, and
+  # that subscription's ack deadline: above the function's timeout (the executor's
+  # 540 s, slack_notify's 60 s).
+  work_topics = {
+    approvals = { function = "slack_notify", ack_deadline_seconds = 120 }
+    execute   = { function = "executor", ack_deadline_seconds = 600 }
+  }
+
+  # Every push subscription, by the topic it drains: each work topic to its function
+  # (the push path only names the topic in the CloudEvent source; any path reaches
+  # the function), dead-lettered; each dead-letter topic to the sweeper's consumer
+  # (/dead-letter/{topic}), retried with backoff while the sweeper fails and never
+  # dead-lettered again (the pull subscriptions below keep a copy of each regardless).
+  push_subscriptions = merge(
+    {
+      for t, w in local.work_topics : t => {
+        name                 = "${t}-to-${replace(w.function, "_", "-")}"
+        topic                = google_pubsub_topic.work[t]
+        function             = w.function
+        path                 = "/projects/${var.project_id}/topics/${google_pubsub_topic.work[t].name}"
+        ack_deadline_seconds = w.ack_deadline_seconds
+        dead_letter_topics   = [google_pubsub_topic.dead_letter[t].id]
+      }
+    },
+    {
+      for t in keys(local.work_topics) : "${t}_dead_letter" => {
+        name                 = "${t}-dead-letter-to-sweeper"
+        topic                = google_pubsub_topic.dead_letter[t]
+        function             = "sweeper"
+        path                 = "/dead-letter/${t}"
+        ack_deadline_seconds = 60
+        dead_letter_topics   = []
+      }
+    },
+  )
 }
 
-resource "google_pubsub_topic" "execute" {
+resource "google_pubsub_topic" "work" {
+  for_each                   = local.work_topics
   project                    = var.project_id
-  name                       = "${var.name_prefix}-execute"
+  name                       = "${var.name_prefix}-${each.key}"
   labels                     = var.labels
   message_retention_duration = local.seven_days
   depends_on                 = [google_project_service.gateway]
 }
 
-resource "google_pubsub_topic" "execute_dead_letter" {
+resource "google_pubsub_topic" "dead_letter" {
+  for_each   = local.work_topics
   project    = var.project_id
-  name       = "${var.name_prefix}-execute-dead-letter"
+  name       = "${var.name_prefix}-${each.key}-dead-letter"
   labels     = var.labels
   depends_on = [google_project_service.gateway]
 }
 
-resource "google_pubsub_topic" "approvals" {
+# Pushed with an OIDC token of the function's push identity (iam.tf), which alone
+# may invoke it (once modules/function has granted that, hence depends_on).
+# Subscriptions never expire.
+resource "google_pubsub_subscription" "push" {
+  for_each                   = local.push_subscriptions
   project                    = var.project_id
-  name                       = "${var.name_prefix}-approvals"
+  name                       = "${var.name_prefix}-${each.value.name}"
+  topic                      = each.value.topic.id
   labels                     = var.labels
-  message_retention_duration = local.seven_days
-  depends_on                 = [google_project_service.gateway]
-}
-
-resource "google_pubsub_topic" "approvals_dead_letter" {
-  project    = var.project_id
-  name       = "${var.name_prefix}-approvals-dead-letter"
-  labels     = var.labels
-  depends_on = [google_project_service.gateway]
-}
-
-# execute -> executor. The ack deadline is above the executor's 540 s timeout;
-# the push path only names the topic in the CloudEvent source (any path
-# reaches the function). Subscriptions never expire.
-resource "google_pubsub_subscription" "execute" {
-  project                    = var.project_id
-  name                       = "${var.name_prefix}-execute-to-executor"
-  topic                      = google_pubsub_topic.execute.id
-  labels                     = var.labels
-  ack_deadline_seconds       = 600
+  ack_deadline_seconds       = each.value.ack_deadline_seconds
   message_retention_duration = local.seven_days
 
   expiration_policy {
@@ -60,10 +84,10 @@ resource "google_pubsub_subscription" "execute" {
   }
 
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.executor.service_config[0].uri}/projects/${var.project_id}/topics/${google_pubsub_topic.execute.name}"
+    push_endpoint = "${local.deployed_functions[each.value.function].uri}${each.value.path}"
     oidc_token {
-      service_account_email = google_service_account.push["executor"].email
-      audience              = google_cloudfunctions2_function.executor.service_config[0].uri
+      service_account_email = google_service_account.push[each.value.function].email
+      audience              = local.deployed_functions[each.value.function].uri
     }
   }
 
@@ -72,59 +96,23 @@ resource "google_pubsub_subscription" "execute" {
     maximum_backoff = "600s"
   }
 
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.execute_dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
-  }
-
-  depends_on = [
-    google_cloud_run_v2_service_iam_member.executor_push,
-    google_pubsub_topic_iam_member.execute_dead_letter_pubsub_agent,
-  ]
-}
-
-# approvals -> slack_notify; the ack deadline is above its 60 s timeout.
-resource "google_pubsub_subscription" "approvals" {
-  project                    = var.project_id
-  name                       = "${var.name_prefix}-approvals-to-slack-notify"
-  topic                      = google_pubsub_topic.approvals.id
-  labels                     = var.labels
-  ack_deadline_seconds       = 120
-  message_retention_duration = local.seven_days
-
-  expiration_policy {
-    ttl = ""
-  }
-
-  push_config {
-    push_endpoint = "${google_cloudfunctions2_function.slack_notify.service_config[0].uri}/projects/${var.project_id}/topics/${google_pubsub_topic.approvals.name}"
-    oidc_token {
-      service_account_email = google_service_account.push["slack_notify"].email
-      audience              = google_cloudfunctions2_function.slack_notify.service_config[0].uri
+  dynamic "dead_letter_policy" {
+    for_each = each.value.dead_letter_topics
+    content {
+      dead_letter_topic     = dead_letter_policy.value
+      max_delivery_attempts = var.max_delivery_attempts
     }
   }
 
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.approvals_dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
-  }
-
-  depends_on = [
-    google_cloud_run_v2_service_iam_member.slack_notify_push,
-    google_pubsub_topic_iam_member.approvals_dead_letter_pubsub_agent,
-  ]
+  depends_on = [module.function, google_pubsub_topic_iam_member.dead_letter_pubsub_agent]
 }
 
 # Dead letters are kept here: a topic without a subscription drops messages.
-resource "google_pubsub_subscription" "execute_dead_letter" {
+resource "google_pubsub_subscription" "dead_letter" {
+  for_each                   = local.work_topics
   project                    = var.project_id
-  name                       = "${var.name_prefix}-execute-dead-letter"
-  topic                      = google_pubsub_topic.execute_dead_letter.id
+  name                       = "${var.name_prefix}-${each.key}-dead-letter"
+  topic                      = google_pubsub_topic.dead_letter[each.key].id
   labels                     = var.labels
   message_retention_duration = local.seven_days
   retain_acked_messages      = true
@@ -132,76 +120,4 @@ resource "google_pubsub_subscription" "execute_dead_letter" {
   expiration_policy {
     ttl = ""
   }
-}
-
-resource "google_pubsub_subscription" "approvals_dead_letter" {
-  project                    = var.project_id
-  name                       = "${var.name_prefix}-approvals-dead-letter"
-  topic                      = google_pubsub_topic.approvals_dead_letter.id
-  labels                     = var.labels
-  message_retention_duration = local.seven_days
-  retain_acked_messages      = true
-
-  expiration_policy {
-    ttl = ""
-  }
-}
-
-# Dead letters -> the sweeper's consumer (/dead-letter/{topic}). Retried with
-# backoff while the sweeper fails; never dead-lettered again (the pull
-# subscriptions above keep a copy of each regardless).
-resource "google_pubsub_subscription" "execute_dead_letter_to_sweeper" {
-  project                    = var.project_id
-  name                       = "${var.name_prefix}-execute-dead-letter-to-sweeper"
-  topic                      = google_pubsub_topic.execute_dead_letter.id
-  labels                     = var.labels
-  ack_deadline_seconds       = 60
-  message_retention_duration = local.seven_days
-
-  expiration_policy {
-    ttl = ""
-  }
-
-  push_config {
-    push_endpoint = "${google_cloudfunctions2_function.sweeper.service_config[0].uri}/dead-letter/execute"
-    oidc_token {
-      service_account_email = google_service_account.push["sweeper"].email
-      audience              = google_cloudfunctions2_function.sweeper.service_config[0].uri
-    }
-  }
-
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  depends_on = [google_cloud_run_v2_service_iam_member.sweeper_push]
-}
-
-resource "google_pubsub_subscription" "approvals_dead_letter_to_sweeper" {
-  project                    = var.project_id
-  name                       = "${var.name_prefix}-approvals-dead-letter-to-sweeper"
-  topic                      = google_pubsub_topic.approvals_dead_letter.id
-  labels                     = var.labels
-  ack_deadline_seconds       = 60
-  message_retention_duration = local.seven_days
-
-  expiration_policy {
-    ttl = ""
-  }
-
-  push_config {
-    push_endpoint = "${google_cloudfunctions2_function.sweeper.service_config[0].uri}/dead-letter/approvals"
-    oidc_token {
-      service_account_email = google_service_account.push["sweeper"].email
-      audience              = google_cloudfunctions2_function.sweeper.service_config[0].uri
-    }
-  }
-
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  depends_on = [google_cloud_run_v2_service_iam_member.sweeper_push]
 }

@@ -1,9 +1,10 @@
 # Cloud Scheduler: calls the sweeper on var.sweep_schedule (every minute by
 # default) with an OIDC token of its own service account (iam.tf), which may
-# invoke the sweeper and nothing else. One sweep re-publishes outbox records not
-# marked sent after their deadline, expires stale approval requests (closing their
-# Slack messages) and fails orphaned RUNNING jobs; every step is idempotent, so an
-# overlapping or retried call is harmless.
+# invoke the sweeper and nothing else (granted by modules/function, hence
+# depends_on). One sweep re-publishes outbox records not marked sent after their
+# deadline, expires stale approval requests (closing their Slack messages) and fails
+# orphaned RUNNING jobs; every step is idempotent, so an overlapping or retried call
+# is harmless.
 
 resource "google_cloud_scheduler_job" "sweep" {
   project          = var.project_id
@@ -22,19 +23,16 @@ resource "google_cloud_scheduler_job" "sweep" {
 
   http_target {
     http_method = "POST"
-    uri         = "${google_cloudfunctions2_function.sweeper.service_config[0].uri}/"
+    uri         = "${module.function["sweeper"].uri}/"
     body        = base64encode("{}")
     headers = {
       "Content-Type" = "application/json"
     }
     oidc_token {
       service_account_email = google_service_account.scheduler.email
-      audience              = google_cloudfunctions2_function.sweeper.service_config[0].uri
+      audience              = module.function["sweeper"].uri
     }
   }
 
-  depends_on = [
-    google_cloud_run_v2_service_iam_member.sweeper_scheduler,
-    google_project_service.gateway,
-  ]
+  depends_on = [module.function, google_project_service.gateway]
 }

@@ -1,28 +1,49 @@
-"""Plan-level facts about infra/terraform, read from the .tf files with python-hcl2.
+"""Plan-level facts about infra/terraform, read from the evaluated configuration.
 
-Each fact is a checker that returns the problems it finds (empty means fine), so
-the real configuration is asserted clean and every checker is also shown to
-catch a broken copy of it (the mutation tests at the bottom).
+``infra.tfeval`` evaluates the .tf files offline (variables, locals, for_each on
+resources, modules and dynamic blocks), so every checker sees each resource
+instance with its arguments, as a plan would. Each fact is a checker that returns
+the problems it finds (empty means fine), so the real configuration is asserted
+clean and every checker is also shown to catch a broken copy of it (the mutation
+tests at the bottom).
 
 The checkers fail closed: a grant whose role or member they cannot resolve to a
-literal or to a service account resource is reported, not trusted.
+literal or to a service account resource is reported, not trusted, and so is a
+for_each they cannot evaluate.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
+from bqgate.settings import ENV_VARS
+from infra.tfeval import Config, Instance, Unknown, load, render, strings
 
 REPO = Path(__file__).resolve().parents[2]
 TF_DIR = REPO / "infra" / "terraform"
+DEPLOYED = Path(__file__).parent / "fixtures" / "deployed_addresses.json"
+
+# The input variables the checks evaluate the configuration with: the public front
+# (the default), and Cloud Run IAM in front of ingress and mcp.
+BASE_VARS: dict[str, Any] = {
+    "project_id": "acme-bqgate",
+    "policy_file": "../../policies/default.yaml",
+    "warehouse_datasets": {"analytics": "write", "sales": "read"},
+    "audit_verifiers": ["group:security@example.com"],
+}
+AGENTS = ["group:ai-agents@acme.com", "serviceAccount:ci@acme-ci.iam.gserviceaccount.com"]
+VARIANTS: dict[str, dict[str, Any]] = {
+    "public": BASE_VARS,
+    "cloud_run_iam": {**BASE_VARS, "require_cloud_run_iam": True, "ingress_invokers": AGENTS},
+}
 
 FUNCTIONS = ("approvals", "executor", "ingress", "mcp", "slack_notify", "sweeper")
 
@@ -84,139 +105,85 @@ FORBIDDEN_TYPES = {
     "google_secret_manager_secret_version",
     "google_secret_manager_regional_secret_version",
 }
+# Who may invoke each function (roles/run.invoker): service account references, or
+# literal members ("agents" stands for allUsers, or var.ingress_invokers with Cloud
+# Run IAM in front).
+EXPECTED_INVOKERS = {
+    "approvals": {"allUsers"},
+    "executor": {"push[executor]", "function[ingress]", "function[mcp]"},
+    "ingress": {"agents"},
+    "mcp": {"agents"},
+    "slack_notify": {"push[slack_notify]"},
+    "sweeper": {"push[sweeper]", "scheduler"},
+}
 
 SA_REF = re.compile(r'google_service_account\.(\w+)(?:\[\s*"([^"]+)"\s*\])?')
-TOPIC_REF = re.compile(r"google_pubsub_topic\.(\w+)")
-SUB_REF = re.compile(r"google_pubsub_subscription\.(\w+)")
-LOCAL_REF = re.compile(r"\blocal\.(\w+)")
+TOPIC_REF = re.compile(r'google_pubsub_topic\.(\w+(?:\["[^"]+"\])?)')
+SUB_REF = re.compile(r'google_pubsub_subscription\.(\w+(?:\["[^"]+"\])?)')
+FUNCTION_REF = re.compile(
+    r'module\.\w+\["(\w+)"\]\.google_cloudfunctions2_function\.function(?![\w\[])'
+)
 PUBSUB_AGENT = "gcp-sa-pubsub.iam.gserviceaccount.com"
 
 
 # --------------------------------------------------------------------------- model
 
 
-@dataclass
-class Block:
-    kind: str  # "resource" or "data"
-    type: str
-    name: str
-    body: dict[str, Any]
-    file: str
-
-    @property
-    def address(self) -> str:
-        prefix = "data." if self.kind == "data" else ""
-        return f"{prefix}{self.type}.{self.name}"
-
-
-@dataclass
-class Config:
-    blocks: list[Block] = field(default_factory=list)
-    locals: dict[str, Any] = field(default_factory=dict)
-    variables: dict[str, list[str]] = field(default_factory=dict)  # file -> names in order
-    outputs: dict[str, list[str]] = field(default_factory=dict)
-    variable_bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def resources(self, type_: str | None = None) -> list[Block]:
-        return [
-            b for b in self.blocks if b.kind == "resource" and (type_ is None or b.type == type_)
-        ]
-
-    def resource(self, type_: str, name: str) -> Block | None:
-        return next((b for b in self.resources(type_) if b.name == name), None)
-
-
-def _unquote(s: str) -> str:
-    return s[1:-1] if len(s) >= 2 and s[0] == s[-1] == '"' else s
-
-
-def load(tf_dir: Path) -> Config:
-    """Parse every .tf file of one folder (not its modules)."""
-    cfg = Config()
-    for path in sorted(tf_dir.glob("*.tf")):
-        with path.open() as fh:
-            doc = hcl2.load(fh)
-        for kind in ("resource", "data"):
-            for entry in doc.get(kind, []):
-                for type_, instances in entry.items():
-                    for name, body in instances.items():
-                        if not name.startswith("__"):
-                            cfg.blocks.append(
-                                Block(kind, _unquote(type_), _unquote(name), body, path.name)
-                            )
-        for entry in doc.get("locals", []):
-            cfg.locals.update({k: v for k, v in entry.items() if not k.startswith("__")})
-        for entry in doc.get("variable", []):
-            for name, body in entry.items():
-                if not name.startswith("__"):
-                    cfg.variables.setdefault(path.name, []).append(_unquote(name))
-                    cfg.variable_bodies[_unquote(name)] = body
-        for entry in doc.get("output", []):
-            for name in entry:
-                if not name.startswith("__"):
-                    cfg.outputs.setdefault(path.name, []).append(_unquote(name))
-    return cfg
-
-
 def literal(value: Any) -> str | None:
-    """The string a value holds when it is a plain literal, else None."""
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        inner = value[1:-1]
-        return None if "${" in inner else inner
-    return None
-
-
-def text(value: Any, cfg: Config, depth: int = 0) -> str:
-    """All of an expression as text, with `local.X` references expanded."""
-    if isinstance(value, dict):
-        raw = " ".join(f"{k} = {text(v, cfg, depth)}" for k, v in value.items())
-    elif isinstance(value, list):
-        raw = " ".join(text(v, cfg, depth) for v in value)
-    else:
-        raw = str(value)
-    if depth < 5:
-        for name in set(LOCAL_REF.findall(raw)):
-            if name in cfg.locals:
-                raw += " " + text(cfg.locals[name], cfg, depth + 1)
-    return raw
+    """The string a value holds when it is known, else None."""
+    return value if isinstance(value, str) else None
 
 
 def first(body: dict[str, Any], key: str) -> dict[str, Any]:
     """The first nested block called `key` (empty when absent)."""
     blocks = body.get(key) or [{}]
-    return blocks[0] if isinstance(blocks, list) else {}
+    return blocks[0] if isinstance(blocks, list) and isinstance(blocks[0], dict) else {}
 
 
-def sa_refs(value: Any, cfg: Config) -> set[str]:
-    return {f"{res}[{key}]" if key else res for res, key in SA_REF.findall(text(value, cfg))}
+def sa_refs(value: Any) -> set[str]:
+    return {f"{res}[{key}]" if key else res for res, key in SA_REF.findall(render(value))}
 
 
-def functions(cfg: Config) -> dict[str, Block]:
+def local_id(instance: Instance, type_: str) -> str:
+    """'work["execute"]' for google_pubsub_topic.work["execute"]."""
+    return instance.address.removeprefix(instance.module).removeprefix(f"{type_}.")
+
+
+def functions(cfg: Config) -> dict[str, Instance]:
     """Cloud Functions by entry point."""
     out = {}
     for fn in cfg.resources("google_cloudfunctions2_function"):
         entry = literal(first(fn.body, "build_config").get("entry_point"))
-        out[entry or fn.name] = fn
+        out[entry or fn.address] = fn
     return out
 
 
 # ------------------------------------------------------------------------ checkers
 
 
+def unexpanded(cfg: Config) -> list[str]:
+    """Every for_each evaluates offline (else nothing below sees its instances)."""
+    return [f"{address}: for_each cannot be evaluated offline" for address in cfg.unexpanded]
+
+
 def executor_identities(cfg: Config) -> set[str]:
     fn = functions(cfg).get("executor")
     if fn is None:
         return set()
-    return sa_refs(first(fn.body, "service_config").get("service_account_email"), cfg)
+    return sa_refs(first(fn.body, "service_config").get("service_account_email"))
 
 
-def _roles(value: Any, cfg: Config) -> tuple[set[str], bool]:
+def _roles(value: Any) -> tuple[set[str], bool]:
     """(role literals an expression can evaluate to, whether that set is complete)."""
     lit = literal(value)
     if lit is not None:
         return {lit}, True
-    found = set(re.findall(r'"(roles/[^"\\]+)', text(value, cfg)))
-    return found, bool(found) and "each." not in str(value) and "var." not in str(value)
+    return set(re.findall(r"(roles/[\w.]+)", render(value))), False
+
+
+def _members(res: Instance) -> list[Any]:
+    members = res.body.get("members", res.body.get("member"))
+    return members if isinstance(members, list) else [members]
 
 
 def bigquery_grants_outside_executor(cfg: Config) -> list[str]:
@@ -230,23 +197,21 @@ def bigquery_grants_outside_executor(cfg: Config) -> list[str]:
         if res.type == "google_bigquery_dataset_access" or res.type == "google_bigquery_dataset":
             grants = [res.body] if res.type.endswith("_access") else res.body.get("access", [])
             for grant in grants:
-                who = {k: v for k, v in grant.items() if not k.startswith("__") and k != "role"}
-                refs = sa_refs(who, cfg)
+                who = {k: v for k, v in grant.items() if k != "role"}
+                refs = sa_refs(who)
                 if not refs or not refs <= executor:
                     problems.append(f"{res.address}: dataset access for {who} is not the executor")
             continue
         if not re.search(r"_iam_(member|binding)$", res.type):
             continue
-        roles, complete = _roles(res.body.get("role"), cfg)
+        roles, complete = _roles(res.body.get("role"))
         maybe_bigquery = any(r.startswith("roles/bigquery.") for r in roles) or not complete
         if not maybe_bigquery:
             continue
-        members = res.body.get("members", res.body.get("member"))
-        members = members if isinstance(members, list) else [members]
-        for member in members:
-            refs = sa_refs(member, cfg)
+        for member in _members(res):
+            refs = sa_refs(member)
             if not refs or not refs <= executor or literal(member) is not None:
-                shown = sorted(roles) or [str(res.body.get("role"))]
+                shown = sorted(roles) or [render(res.body.get("role"))]
                 problems.append(
                     f"{res.address} ({res.file}): {', '.join(shown)} granted to {member}, "
                     f"which is not the executor's service account {sorted(executor)}"
@@ -263,8 +228,8 @@ def shared_or_default_service_accounts(cfg: Config) -> list[str]:
     problems += [f"no function with entry point {name}" for name in sorted(missing)]
     for fn in fns.values():
         email = first(fn.body, "service_config").get("service_account_email")
-        refs = sa_refs(email, cfg)
-        if len(refs) != 1 or "each." in str(email):
+        refs = sa_refs(email)
+        if len(refs) != 1 or not isinstance(email, Unknown) or not email.ref:
             problems.append(f"{fn.address}: service_account_email {email!r} is not one SA resource")
             continue
         (ref,) = refs
@@ -277,59 +242,56 @@ def shared_or_default_service_accounts(cfg: Config) -> list[str]:
 def topics_without_dead_letter(cfg: Config) -> list[str]:
     """Every work topic is drained only by subscriptions that dead-letter."""
     problems = []
-    topics = cfg.resources("google_pubsub_topic")
-    for t in topics:
-        if "for_each" in t.body or "count" in t.body:
-            problems.append(f"{t.address}: for_each/count topics cannot be checked")
-    subs = cfg.resources("google_pubsub_subscription")
-    by_topic: dict[str, list[Block]] = {}
-    for s in subs:
-        for name in set(TOPIC_REF.findall(text(s.body.get("topic"), cfg))):
-            by_topic.setdefault(name, []).append(s)
+    topics = {local_id(t, "google_pubsub_topic"): t for t in cfg.resources("google_pubsub_topic")}
+    subs = {
+        local_id(s, "google_pubsub_subscription"): s
+        for s in cfg.resources("google_pubsub_subscription")
+    }
+    by_topic: dict[str, list[str]] = {}
+    for name, s in subs.items():
+        for topic in set(TOPIC_REF.findall(render(s.body.get("topic")))):
+            by_topic.setdefault(topic, []).append(name)
     dlq_of = {
-        s.name: set(TOPIC_REF.findall(text(first(s.body, "dead_letter_policy"), cfg))) for s in subs
+        name: set(TOPIC_REF.findall(render(s.body.get("dead_letter_policy"))))
+        for name, s in subs.items()
     }
     dead_letter_topics = set().union(*dlq_of.values()) if dlq_of else set()
     agent_grants = [
-        (r, text(r.body, cfg))
+        r
         for r in cfg.resources()
         if r.type in ("google_pubsub_topic_iam_member", "google_pubsub_subscription_iam_member")
+        and PUBSUB_AGENT in render(r.body.get("member"))
     ]
 
     def agent_has(type_: str, ref: re.Pattern[str], name: str, role: str) -> bool:
         return any(
             r.type == type_
-            and name in ref.findall(text(r.body.get(type_.split("_")[2]), cfg))
+            and name in ref.findall(render(r.body.get(type_.split("_")[2])))
             and literal(r.body.get("role")) == role
-            and PUBSUB_AGENT in body
-            for r, body in agent_grants
+            for r in agent_grants
         )
 
-    for t in topics:
-        if t.name in dead_letter_topics:
-            if not by_topic.get(t.name):
-                problems.append(
-                    f"dead-letter topic {t.name} has no subscription: messages are lost"
-                )
+    for name in topics:
+        if name in dead_letter_topics:
+            if not by_topic.get(name):
+                problems.append(f"dead-letter topic {name} has no subscription: messages are lost")
             if not agent_has(
-                "google_pubsub_topic_iam_member", TOPIC_REF, t.name, "roles/pubsub.publisher"
+                "google_pubsub_topic_iam_member", TOPIC_REF, name, "roles/pubsub.publisher"
             ):
-                problems.append(
-                    f"Pub/Sub service agent cannot publish to dead-letter topic {t.name}"
-                )
+                problems.append(f"Pub/Sub service agent cannot publish to dead-letter topic {name}")
             continue
-        if not by_topic.get(t.name):
-            problems.append(f"topic {t.name} has no subscription with a dead-letter policy")
-        for s in by_topic.get(t.name, []):
-            targets = dlq_of[s.name]
+        if not by_topic.get(name):
+            problems.append(f"topic {name} has no subscription with a dead-letter policy")
+        for sub in by_topic.get(name, []):
+            targets = dlq_of[sub]
             if not targets:
-                problems.append(f"subscription {s.name} of {t.name} has no dead-letter policy")
-            elif t.name in targets:
-                problems.append(f"subscription {s.name} dead-letters into its own topic {t.name}")
+                problems.append(f"subscription {sub} of {name} has no dead-letter policy")
+            elif name in targets:
+                problems.append(f"subscription {sub} dead-letters into its own topic {name}")
             elif not agent_has(
-                "google_pubsub_subscription_iam_member", SUB_REF, s.name, "roles/pubsub.subscriber"
+                "google_pubsub_subscription_iam_member", SUB_REF, sub, "roles/pubsub.subscriber"
             ):
-                problems.append(f"Pub/Sub service agent cannot ack for dead-lettering on {s.name}")
+                problems.append(f"Pub/Sub service agent cannot ack for dead-lettering on {sub}")
     for fn in cfg.resources("google_cloudfunctions2_function"):
         if fn.body.get("event_trigger"):
             problems.append(
@@ -341,7 +303,7 @@ def topics_without_dead_letter(cfg: Config) -> list[str]:
 def forbidden_resources(cfg: Config) -> list[str]:
     """No service account keys, and no secret values in Terraform (or its state)."""
     return [
-        f"{b.address} ({b.file}) is not allowed" for b in cfg.blocks if b.type in FORBIDDEN_TYPES
+        f"{b.address} ({b.file}) is not allowed" for b in cfg.instances if b.type in FORBIDDEN_TYPES
     ]
 
 
@@ -353,26 +315,22 @@ def wrong_runtimes(cfg: Config) -> list[str]:
     ]
 
 
-def _env_names(value: Any, cfg: Config) -> set[str]:
-    if isinstance(value, dict):
-        return {_unquote(k) for k in value if not k.startswith("__")}
-    names = set()
-    for name in set(LOCAL_REF.findall(str(value))):
-        names |= _env_names(cfg.locals.get(name, {}), cfg)
-    names |= set(re.findall(r'[{,\s]"?([A-Z][A-Z0-9_]*)"?\s*=', str(value)))
-    return names
+def _mounts(fn: Instance) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(plain environment, secret_environment_variables blocks) of a function."""
+    svc = first(fn.body, "service_config")
+    env = svc.get("environment_variables", {})
+    return env if isinstance(env, dict) else {"?": env}, svc.get("secret_environment_variables", [])
 
 
 def env_problems(cfg: Config) -> list[str]:
     """Environment variable names: from the settings table, and the right ones per function."""
     problems = []
     for entry, fn in sorted(functions(cfg).items()):
-        svc = first(fn.body, "service_config")
-        plain = _env_names(svc.get("environment_variables", {}), cfg)
-        secret_blocks = svc.get("secret_environment_variables", [])
-        secret = {literal(b.get("key")) or str(b.get("key")) for b in secret_blocks}
-        if svc.get("dynamic"):
-            problems.append(f"{fn.address}: dynamic blocks in service_config cannot be checked")
+        env, secret_blocks = _mounts(fn)
+        if "?" in env or any("__unknown__" in b for b in secret_blocks):
+            problems.append(f"{fn.address}: environment variables cannot be evaluated")
+        plain = set(env) - {"?"}
+        secret = {literal(b.get("key")) or render(b.get("key")) for b in secret_blocks}
         for name in sorted((plain | secret) - ALLOWED_ENV):
             problems.append(f"{fn.address}: environment variable {name} is not a bqgate setting")
         extra, want_secret = EXPECTED_ENV.get(entry, (set(), set()))
@@ -387,12 +345,66 @@ def env_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def secret_grant_problems(cfg: Config) -> list[str]:
+    """A function's identity may read exactly the secrets the function mounts."""
+    problems = []
+    mounted: dict[str, set[str]] = {}  # function SA -> secret references it mounts
+    for fn in functions(cfg).values():
+        sa = sa_refs(first(fn.body, "service_config").get("service_account_email"))
+        _, secret_blocks = _mounts(fn)
+        for ref in sa:
+            mounted.setdefault(ref, set()).update(render(b.get("secret")) for b in secret_blocks)
+    granted: dict[str, set[str]] = {}
+    for grant in cfg.resources("google_secret_manager_secret_iam_member"):
+        for ref in sa_refs(grant.body.get("member")) & set(mounted):
+            secret = render(grant.body.get("secret_id"))
+            granted.setdefault(ref, set()).add(secret)
+            if secret not in mounted[ref]:
+                problems.append(
+                    f"{grant.address}: {ref} may read {secret}, which it does not mount"
+                )
+    for ref, secrets in sorted(mounted.items()):
+        for secret in sorted(secrets - granted.get(ref, set())):
+            problems.append(f"{ref} mounts {secret} but may not read it")
+    return problems
+
+
+def invoker_problems(cfg: Config) -> list[str]:
+    """Who may invoke each function is exactly EXPECTED_INVOKERS."""
+    agents = (
+        set(cfg.values.get("ingress_invokers") or [])
+        if cfg.values.get("require_cloud_run_iam")
+        else {"allUsers"}
+    )
+    found: dict[str, set[str]] = {}
+    problems = []
+    for grant in cfg.resources():
+        if grant.type.endswith("_iam_member") and literal(grant.body.get("role")) in (
+            "roles/run.invoker",
+            "roles/cloudfunctions.invoker",
+        ):
+            targets = set(FUNCTION_REF.findall(render(grant.body.get("name"))))
+            if len(targets) != 1:
+                problems.append(f"{grant.address}: invoker grant on {targets or 'no function'}")
+            member = grant.body.get("member")
+            who = sa_refs(member) or {literal(member) or render(member)}
+            for target in targets:
+                found.setdefault(target, set()).update(who)
+    for fn, expected in EXPECTED_INVOKERS.items():
+        want = {m for e in expected for m in (agents if e == "agents" else {e})}
+        if found.get(fn, set()) != want:
+            problems.append(
+                f"{fn} may be invoked by {sorted(found.get(fn, set()))}, not {sorted(want)}"
+            )
+    return problems
+
+
 def audit_problems(cfg: Config) -> list[str]:
     """The checkpoint bucket keeps what it is given (a retention policy, writers that can
     only create objects, a log sink routing the checkpoint lines into it), and only the
     functions and var.audit_verifiers may read the chain key."""
     problems = []
-    bucket = cfg.resource("google_storage_bucket", "audit_anchors")
+    bucket = cfg.by_address("google_storage_bucket.audit_anchors")
     if bucket is None:
         return ["no google_storage_bucket.audit_anchors"]
     policy = first(bucket.body, "retention_policy")
@@ -401,7 +413,7 @@ def audit_problems(cfg: Config) -> list[str]:
     if bucket.body.get("force_destroy") not in (False, None):
         problems.append("the checkpoint bucket may be force-destroyed")
     for grant in cfg.resources("google_storage_bucket_iam_member"):
-        if "audit_anchors" not in str(grant.body.get("bucket")):
+        if "audit_anchors" not in render(grant.body.get("bucket")):
             continue
         role = literal(grant.body.get("role"))
         if role not in ("roles/storage.objectCreator", "roles/storage.objectViewer"):
@@ -409,19 +421,24 @@ def audit_problems(cfg: Config) -> list[str]:
     sinks = [
         s
         for s in cfg.resources("google_logging_project_sink")
-        if "audit_anchors" in text(s.body.get("destination"), cfg)
+        if "audit_anchors" in render(s.body.get("destination"))
     ]
-    if not any("storage.googleapis.com" in text(s.body.get("destination"), cfg) for s in sinks):
+    if not any("storage.googleapis.com" in render(s.body.get("destination")) for s in sinks):
         problems.append("no log sink routes the checkpoint lines into the checkpoint bucket")
-    if not all("bqgate_anchor" in text(s.body.get("filter"), cfg) for s in sinks):
+    if not all("bqgate_anchor" in render(s.body.get("filter")) for s in sinks):
         problems.append("a checkpoint log sink does not filter on jsonPayload.bqgate_anchor")
+    function_sas = {
+        ref
+        for fn in functions(cfg).values()
+        for ref in sa_refs(first(fn.body, "service_config").get("service_account_email"))
+    }
+    verifiers = set(cfg.values.get("audit_verifiers") or [])
     for grant in cfg.resources("google_secret_manager_secret_iam_member"):
-        if "audit_chain_key" not in str(grant.body.get("secret_id")):
+        if "audit_chain_key" not in render(grant.body.get("secret_id")):
             continue
-        member = str(grant.body.get("member"))
-        each = str(grant.body.get("for_each"))
-        functions_sas = sa_refs(each, cfg) == {"function"} and "each.value.member" in member
-        if not (functions_sas or "var.audit_verifiers" in each):
+        member = grant.body.get("member")
+        refs = sa_refs(member)
+        if not ((refs and refs <= function_sas) or literal(member) in verifiers):
             problems.append(f"{grant.address}: the chain key for {member}")
     return problems
 
@@ -434,15 +451,18 @@ CHECKERS: dict[str, Callable[[Config], list[str]]] = {
     "forbidden": forbidden_resources,
     "runtime": wrong_runtimes,
     "env": env_problems,
+    "secret_grants": secret_grant_problems,
+    "invokers": invoker_problems,
+    "expanded": unexpanded,
 }
 
 
 # ----------------------------------------------------------- the real configuration
 
 
-@pytest.fixture(scope="module")
-def cfg() -> Config:
-    return load(TF_DIR)
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def cfg(request: pytest.FixtureRequest) -> Config:
+    return load(TF_DIR, VARIANTS[request.param])
 
 
 @pytest.mark.parametrize("name", CHECKERS)
@@ -450,8 +470,36 @@ def test_configuration_is_clean(cfg: Config, name: str) -> None:
     assert CHECKERS[name](cfg) == []
 
 
-def test_the_five_functions_exist_with_their_entry_points(cfg: Config) -> None:
+def test_the_six_functions_exist_with_their_entry_points(cfg: Config) -> None:
     assert set(functions(cfg)) == set(FUNCTIONS)
+
+
+def test_terraform_sets_only_names_settings_reads() -> None:
+    """ALLOWED_ENV (what the env checker accepts) is part of the settings table, and the
+    dev-only names are not in it."""
+    assert set(ENV_VARS) >= ALLOWED_ENV
+    assert not {n for n in ALLOWED_ENV if n.startswith("BQGATE_DEV_")}
+
+
+def test_each_function_in_the_table_has_what_it_reads(cfg: Config) -> None:
+    """local.functions names every function, with the settings and secrets its code
+    reads; the deployed function is what the table says."""
+    table = cfg.locals["functions"]
+    secret_env = cfg.locals["secrets"]
+    assert set(table) == set(FUNCTIONS)
+    for name, fn in table.items():
+        extra, secrets = EXPECTED_ENV[name]
+        executor_url = {"BQGATE_EXECUTOR_URL"} if fn["calls_executor"] else set()
+        assert set(fn["env"]) | executor_url == extra, name
+        assert {secret_env[s] for s in ["audit_chain_key", *fn["secrets"]]} == secrets, name
+        deployed = functions(cfg)[name]
+        env, mounted = _mounts(deployed)
+        assert [b["key"] for b in mounted] == [
+            secret_env[s] for s in ["audit_chain_key", *fn["secrets"]]
+        ]
+        assert set(env) == COMMON_ENV | extra, name
+        svc = first(deployed.body, "service_config")
+        assert (svc["available_memory"], svc["timeout_seconds"]) == (fn["memory"], fn["timeout"])
 
 
 def test_only_the_executor_has_bigquery_roles_and_it_has_them(cfg: Config) -> None:
@@ -460,15 +508,20 @@ def test_only_the_executor_has_bigquery_roles_and_it_has_them(cfg: Config) -> No
         r
         for r in cfg.resources()
         if r.type in ("google_project_iam_member", "google_bigquery_dataset_iam_member")
-        and any(x.startswith("roles/bigquery.") for x in _roles(r.body.get("role"), cfg)[0])
+        and any(x.startswith("roles/bigquery.") for x in _roles(r.body.get("role"))[0])
     ]
     assert {r.type for r in grants} == {
         "google_project_iam_member",
         "google_bigquery_dataset_iam_member",
     }
-    assert all(sa_refs(r.body["member"], cfg) == executor for r in grants)
-    dataset = next(r for r in grants if r.type == "google_bigquery_dataset_iam_member")
-    assert "var.warehouse_datasets" in str(dataset.body["for_each"])
+    assert all(sa_refs(r.body["member"]) == executor for r in grants)
+    datasets = {
+        r.key: r.body["role"] for r in grants if r.type == "google_bigquery_dataset_iam_member"
+    }
+    assert datasets == {
+        "analytics": "roles/bigquery.dataEditor",
+        "sales": "roles/bigquery.dataViewer",
+    }
     project_roles = {
         literal(r.body["role"]) for r in grants if r.type == "google_project_iam_member"
     }
@@ -476,55 +529,70 @@ def test_only_the_executor_has_bigquery_roles_and_it_has_them(cfg: Config) -> No
 
 
 def grants_to(cfg: Config, sa: str) -> set[tuple[str, str, str]]:
-    """(resource type, role, resource name) of every IAM grant whose member is ``sa``
-    (``function[sweeper]``, ``scheduler`` ...), for_each grants over every function SA
-    included."""
+    """(resource type, role, instance address) of every IAM grant whose member is ``sa``
+    (``function[sweeper]``, ``scheduler`` ...)."""
     out = set()
     for r in cfg.resources():
         if not re.search(r"_iam_(member|binding)$", r.type):
             continue
-        member = r.body.get("member", r.body.get("members"))
-        over_functions = "google_service_account.function" in str(r.body.get("for_each", ""))
-        every_function = over_functions and "each.value" in str(member)
-        if sa in sa_refs(member, cfg) or (every_function and sa.startswith("function[")):
-            roles, _ = _roles(r.body.get("role"), cfg)
-            out |= {(r.type, role, r.name) for role in roles}
+        if any(sa in sa_refs(m) for m in _members(r)):
+            roles, _ = _roles(r.body.get("role"))
+            out |= {(r.type, role, r.address) for role in roles}
     return out
 
 
 def test_sweeper_and_scheduler_identities_have_only_their_roles(cfg: Config) -> None:
     """The sweeper reads and writes Firestore and publishes to the two work topics; the
     scheduler and the dead-letter push identity may only invoke the sweeper. No BigQuery."""
+    sweeper = 'module.function["sweeper"]'
     assert grants_to(cfg, "function[sweeper]") == {
-        ("google_project_iam_member", "roles/datastore.user", "datastore_user"),
-        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher", "sweeper_publisher"),
+        (
+            "google_project_iam_member",
+            "roles/datastore.user",
+            'google_project_iam_member.datastore_user["sweeper"]',
+        ),
+        *(
+            (
+                "google_pubsub_topic_iam_member",
+                "roles/pubsub.publisher",
+                f'google_pubsub_topic_iam_member.publisher["sweeper/{topic}"]',
+            )
+            for topic in ("approvals", "execute")
+        ),
         # The session record, as every function: append checkpoints, read the chain key.
-        ("google_storage_bucket_iam_member", "roles/storage.objectCreator", "audit_anchor_writer"),
+        (
+            "google_storage_bucket_iam_member",
+            "roles/storage.objectCreator",
+            'google_storage_bucket_iam_member.audit_anchor_writer["sweeper"]',
+        ),
         (
             "google_secret_manager_secret_iam_member",
             "roles/secretmanager.secretAccessor",
-            "audit_chain_key",
+            f'{sweeper}.google_secret_manager_secret_iam_member.secret["BQGATE_AUDIT_KEY"]',
         ),
     }
-    publisher = cfg.resource("google_pubsub_topic_iam_member", "sweeper_publisher")
-    assert publisher is not None
-    assert set(TOPIC_REF.findall(text(publisher.body["for_each"], cfg))) == {
-        "execute",
-        "approvals",
+    topics = {
+        t
+        for addr in ('publisher["sweeper/approvals"]', 'publisher["sweeper/execute"]')
+        for t in TOPIC_REF.findall(
+            render(cfg.by_address(f"google_pubsub_topic_iam_member.{addr}").body["topic"])  # type: ignore[union-attr]
+        )
     }
+    assert topics == {'work["execute"]', 'work["approvals"]'}
     invoker = ("google_cloud_run_v2_service_iam_member", "roles/run.invoker")
-    assert grants_to(cfg, "scheduler") == {(*invoker, "sweeper_scheduler")}
-    assert grants_to(cfg, "push[sweeper]") == {(*invoker, "sweeper_push")}
-    for name in ("sweeper_scheduler", "sweeper_push"):
-        grant = cfg.resource(*invoker[:1], name)
+    run_iam = f"{sweeper}.google_cloud_run_v2_service_iam_member.invoker"
+    assert grants_to(cfg, "scheduler") == {(*invoker, f'{run_iam}["scheduler"]')}
+    assert grants_to(cfg, "push[sweeper]") == {(*invoker, f'{run_iam}["push"]')}
+    for key in ("scheduler", "push"):
+        grant = cfg.by_address(f'{run_iam}["{key}"]')
         assert grant is not None
-        assert "google_cloudfunctions2_function.sweeper.name" in str(grant.body["name"])
-    job = cfg.resource("google_cloud_scheduler_job", "sweep")
+        assert FUNCTION_REF.findall(render(grant.body["name"])) == ["sweeper"]
+    job = cfg.by_address("google_cloud_scheduler_job.sweep")
     assert job is not None
     target = first(job.body, "http_target")
     assert literal(target["http_method"]) == "POST"
-    assert "google_cloudfunctions2_function.sweeper" in str(target["uri"])
-    assert sa_refs(first(target, "oidc_token")["service_account_email"], cfg) == {"scheduler"}
+    assert FUNCTION_REF.findall(render(target["uri"])) == ["sweeper"]
+    assert sa_refs(first(target, "oidc_token")["service_account_email"]) == {"scheduler"}
     assert not [g for g in grants_to(cfg, "function[sweeper]") if "bigquery" in g[1]]
     fn = functions(cfg)["sweeper"]
     secrets = first(fn.body, "service_config").get("secret_environment_variables") or []
@@ -536,23 +604,150 @@ def test_every_work_topic_is_pushed_with_an_oidc_token(cfg: Config) -> None:
     for s in cfg.resources("google_pubsub_subscription"):
         push = first(s.body, "push_config")
         if push:
-            assert first(push, "oidc_token").get("service_account_email"), s.name
-            pushed[TOPIC_REF.findall(text(s.body["topic"], cfg))[0]] = s
+            assert first(push, "oidc_token").get("service_account_email"), s.address
+            pushed[TOPIC_REF.findall(render(s.body["topic"]))[0]] = s
     # The work topics, and the dead-letter topics (to the sweeper's dead-letter consumer).
-    assert set(pushed) == {"execute", "approvals", "execute_dead_letter", "approvals_dead_letter"}
+    assert set(pushed) == {
+        'work["execute"]',
+        'work["approvals"]',
+        'dead_letter["execute"]',
+        'dead_letter["approvals"]',
+    }
+
+
+def test_cloud_run_iam_without_invokers_fails_the_plan() -> None:
+    """require_cloud_run_iam with no ingress_invokers stops the plan at ingress and mcp
+    (their precondition), and at nothing else."""
+    cfg = load(TF_DIR, {**BASE_VARS, "require_cloud_run_iam": True, "ingress_invokers": []})
+    failing = {
+        name
+        for name, fn in functions(cfg).items()
+        for check in first(fn.body, "lifecycle").get("precondition", [])
+        if check["condition"] is not True
+    }
+    assert failing == {"ingress", "mcp"}
+    assert "ingress_invokers" in first(
+        first(functions(cfg)["ingress"].body, "lifecycle"), "precondition"
+    ).get("error_message", "")
+
+
+def _address(address: str) -> tuple[str, str, str | None]:
+    """('module.function["x"].', 'google_x.y', key or None) of an instance address."""
+    m = re.fullmatch(
+        r'((?:module\.\w+\["[^"]+"\]\.)*)((?:data\.)?\w+\.\w+)(?:\["([^"]+)"\])?', address
+    )
+    assert m, address
+    return m.group(1), m.group(2), m.group(3)
+
+
+def _stand_in(address: str) -> str:
+    """The terraform_data address standing in for a resource address (any depth)."""
+    return re.sub(
+        r'(?<![\w"])(google_\w+|archive_\w+)\.(\w+)',
+        lambda m: f"terraform_data.{m.group(1)}__{m.group(2)}",
+        address,
+    )
+
+
+def _stand_in_config(addresses: list[str], root: Path) -> None:
+    """A configuration of terraform_data resources (Terraform's own, no provider to
+    fetch) at these resource instance addresses, modules included."""
+    tree: dict[str, dict[str, set[str | None]]] = {}  # module call -> resource -> keys
+    for address in addresses:
+        prefix, resource, key = _address(address)
+        if resource.startswith("data."):
+            continue
+        tree.setdefault(prefix, {}).setdefault(resource, set()).add(key)
+
+    def resource_block(resource: str, keys: set[str | None], per_instance: bool) -> str:
+        name = _stand_in(resource).split(".", 1)[1]
+        if keys == {None}:
+            return f'resource "terraform_data" "{name}" {{\n}}\n'
+        each = f'lookup(var.keys, "{name}", [])' if per_instance else json.dumps(sorted(keys))
+        return f'resource "terraform_data" "{name}" {{\n  for_each = toset({each})\n}}\n'
+
+    root.mkdir(parents=True)
+    (root / "main.tf").write_text(
+        "".join(resource_block(r, k, False) for r, k in sorted(tree.pop("", {}).items()))
+    )
+    calls: dict[str, dict[str, dict[str, list[str]]]] = {}  # call -> instance -> keys
+    for prefix, resources in tree.items():
+        m = re.fullmatch(r'module\.(\w+)\["([^"]+)"\]\.', prefix)
+        assert m, f"nested modules are not stood in for: {prefix}"
+        call, instance = m.groups()
+        calls.setdefault(call, {})[instance] = {
+            _stand_in(r).split(".", 1)[1]: sorted(k for k in keys if k is not None)
+            for r, keys in resources.items()
+        }
+        folder = root / call
+        folder.mkdir(exist_ok=True)
+        (folder / "main.tf").write_text(
+            'variable "keys" {\n  type = map(list(string))\n}\n'
+            + "".join(resource_block(r, k, True) for r, k in sorted(resources.items()))
+        )
+    for call, instances in sorted(calls.items()):
+        (root / f"{call}.tf").write_text(
+            f'module "{call}" {{\n  source   = "./{call}"\n'
+            f"  for_each = {json.dumps(instances)}\n  keys     = each.value\n}}\n"
+        )
+
+
+def _terraform(folder: Path, *argv: str) -> str:
+    done = subprocess.run(
+        ["terraform", *argv, "-input=false", "-no-color"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "TF_IN_AUTOMATION": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_deployed_instance_is_moved_not_replaced(tmp_path: Path, variant: str) -> None:
+    """Deployments hold the instances in fixtures/deployed_addresses.json (the
+    configuration before each kind of thing was written once). Terraform itself, on
+    terraform_data stand-ins at those addresses, applies them, then plans the current
+    configuration's addresses with moved.tf.json: every instance moves and nothing is
+    created or destroyed."""
+    assert shutil.which("terraform"), "the terraform binary is part of this machine kind"
+    cfg = load(TF_DIR, VARIANTS[variant])
+    assert cfg.moved == [], "moved blocks live in moved.tf.json (tf-check reads *.tf)"
+    moved = json.loads((TF_DIR / "moved.tf.json").read_text())["moved"]
+    deployed = json.loads(DEPLOYED.read_text())[variant]
+    work = tmp_path / "deployed"
+    _stand_in_config(deployed, work)
+    _terraform(work, "init", "-backend=false")
+    _terraform(work, "apply", "-auto-approve")
+
+    current = tmp_path / "current"
+    _stand_in_config([i.address for i in cfg.instances], current)
+    stand_in_moves = [{"from": _stand_in(m["from"]), "to": _stand_in(m["to"])} for m in moved]
+    (current / "moved.tf.json").write_text(json.dumps({"moved": stand_in_moves}))
+    shutil.copy(work / "terraform.tfstate", current / "terraform.tfstate")
+    _terraform(current, "init", "-backend=false")
+    plan = _terraform(current, "plan")
+    assert "0 to add, 0 to change, 0 to destroy" in plan, plan
+    moves = re.findall(r"^  # (\S+) has moved to (\S+)$", plan, flags=re.M)
+    kept = {_stand_in(a) for a in deployed if not a.startswith("data.")} & {
+        _stand_in(i.address) for i in cfg.instances
+    }
+    assert len(moves) + len(kept) == len([a for a in deployed if not a.startswith("data.")])
 
 
 def test_firestore_ttl_and_indexes(cfg: Config) -> None:
-    ttl = cfg.resource("google_firestore_field", "expire_at")
-    assert ttl is not None and literal(ttl.body["field"]) == "expire_at"
-    assert "ttl_config" in ttl.body
-    assert set(json.loads(json.dumps(cfg.locals["firestore_ttl_collections"]))) == {
-        '"approval_quotas"',
-        '"events"',
-        '"jobs"',
-        '"outbox"',
-        '"pages"',
-        '"sessions"',
+    ttl = [f for f in cfg.resources("google_firestore_field")]
+    assert {literal(f.body["field"]) for f in ttl} == {"expire_at"}
+    assert all("ttl_config" in f.body for f in ttl)
+    assert {f.body["collection"] for f in ttl} == {
+        "approval_quotas",
+        "events",
+        "jobs",
+        "outbox",
+        "pages",
+        "sessions",
     }
     indexes = {
         (
@@ -601,14 +796,26 @@ def test_firestore_ttl_and_indexes(cfg: Config) -> None:
 
 
 def test_variables_and_outputs_are_alphabetical_and_described(cfg: Config) -> None:
-    assert list(cfg.variables) == ["variables.tf"] and list(cfg.outputs) == ["outputs.tf"]
-    for names in (cfg.variables["variables.tf"], cfg.outputs["outputs.tf"]):
+    files = {
+        kind: [f for f, ds in cfg.declared_in.items() for k, _ in ds if k == kind]
+        for kind in ("variable", "output")
+    }
+    assert set(files["variable"]) == {"variables.tf"} and set(files["output"]) == {"outputs.tf"}
+    for file in ("variables.tf", "outputs.tf"):
+        names = [name for _, name in cfg.declared_in[file]]
         assert names == sorted(names)
-    for name, body in cfg.variable_bodies.items():
+    for name, body in cfg.variables.items():
         assert literal(body.get("description")), name
         assert body.get("type"), name
     for name in ("project_id", "region", "policy_file", "warehouse_datasets", "name_prefix"):
-        assert cfg.variable_bodies[name].get("validation"), name
+        assert cfg.variables[name]["validation"], name
+
+
+def test_no_bigquery_role_text_outside_executor_grants(cfg: Config) -> None:
+    """Belt and braces: the string roles/bigquery appears only in executor grants."""
+    for b in cfg.instances:
+        if any("roles/bigquery" in s for s in strings(b.body)):
+            assert sa_refs(b.body.get("member")) == executor_identities(cfg), b.address
 
 
 # --------------------------------------------------- each checker can fail (mutants)
@@ -616,7 +823,7 @@ def test_variables_and_outputs_are_alphabetical_and_described(cfg: Config) -> No
 
 def _copy(tmp_path: Path) -> Path:
     dst = tmp_path / "tf"
-    shutil.copytree(TF_DIR, dst, ignore=shutil.ignore_patterns("build", ".terraform*", "modules"))
+    shutil.copytree(TF_DIR, dst, ignore=shutil.ignore_patterns("build", ".terraform*"))
     return dst
 
 
@@ -632,7 +839,6 @@ def _edit(tf: Path, file: str, old: str, new: str, count: int = 1) -> None:
     pattern = r"(?<!\w)" + r"\s+".join(re.escape(word) for word in old.split())
     edited, n = re.subn(pattern, lambda _: new, src, count=count)
     assert n == count, f"mutation anchor not found {count} times in {file}: {old!r}"
-
     path.write_text(edited)
 
 
@@ -646,8 +852,27 @@ def _drop_block(tf: Path, file: str, resource_header: str, block: str) -> None:
     path.write_text(src[: m.start()] + "\n" + src[m.end() :])
 
 
+def _drain_approvals_dead_letters_elsewhere(tf: Path) -> None:
+    """Both subscriptions of approvals' dead-letter topic (the pull one and the
+    sweeper's) read execute's instead."""
+    _edit(
+        tf,
+        "pubsub.tf",
+        "topic                = google_pubsub_topic.dead_letter[t]",
+        'topic                = google_pubsub_topic.dead_letter["execute"]',
+    )
+    _edit(
+        tf,
+        "pubsub.tf",
+        "topic                      = google_pubsub_topic.dead_letter[each.key].id",
+        'topic                      = google_pubsub_topic.dead_letter["execute"].id',
+    )
+
+
 INGRESS = 'google_service_account.function["ingress"]'
 EXECUTOR = 'google_service_account.function["executor"]'
+SA_OF_EACH = "service_account_email = google_service_account.function[k].email"
+FUNCTION_MODULE = "modules/function/main.tf"
 
 MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "ingress_project_bigquery_grant": (
@@ -723,7 +948,13 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     ),
     "two_functions_share_an_sa": (
         "service_accounts",
-        lambda tf: _edit(tf, "functions.tf", f"{INGRESS}.email", f"{EXECUTOR}.email"),
+        lambda tf: _edit(
+            tf,
+            "functions.tf",
+            SA_OF_EACH,
+            'service_account_email = google_service_account.function[k == "ingress" ? '
+            '"executor" : k].email',
+        ),
         "share the service account",
     ),
     "function_on_default_compute_sa": (
@@ -731,15 +962,20 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
         lambda tf: _edit(
             tf,
             "functions.tf",
-            'service_account_email = google_service_account.function["slack_notify"].email',
-            'service_account_email = "123-compute@developer.gserviceaccount.com"',
+            SA_OF_EACH,
+            'service_account_email = k == "slack_notify" ? '
+            '"123-compute@developer.gserviceaccount.com" : '
+            "google_service_account.function[k].email",
         ),
         "is not one SA resource",
     ),
     "subscription_without_dead_letter": (
         "dead_letter",
-        lambda tf: _drop_block(
-            tf, "pubsub.tf", 'resource "google_pubsub_subscription" "execute"', "dead_letter_policy"
+        lambda tf: _edit(
+            tf,
+            "pubsub.tf",
+            "dead_letter_topics   = [google_pubsub_topic.dead_letter[t].id]",
+            'dead_letter_topics   = t == "execute" ? [] : [google_pubsub_topic.dead_letter[t].id]',
         ),
         "no dead-letter policy",
     ),
@@ -750,14 +986,8 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     ),
     "dead_letter_topic_not_drained": (
         "dead_letter",
-        lambda tf: _edit(  # both of its subscriptions (the pull one and the sweeper's) moved
-            tf,
-            "pubsub.tf",
-            "topic                      = google_pubsub_topic.approvals_dead_letter.id",
-            "topic                      = google_pubsub_topic.execute_dead_letter.id",
-            count=2,
-        ),
-        "approvals_dead_letter has no subscription",
+        _drain_approvals_dead_letters_elsewhere,
+        'dead-letter topic dead_letter["approvals"] has no subscription',
     ),
     "sweeper_given_bigquery": (
         "bigquery",
@@ -776,25 +1006,24 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
         lambda tf: _edit(
             tf,
             "iam.tf",
-            "topic   = google_pubsub_topic.execute_dead_letter.name",
-            "topic   = google_pubsub_topic.execute.name",
+            "for_each = google_pubsub_topic.dead_letter\n  project  = var.project_id\n"
+            "  topic    = each.value.name",
+            "for_each = google_pubsub_topic.dead_letter\n  project  = var.project_id\n"
+            "  topic    = google_pubsub_topic.work[each.key].name",
         ),
-        "cannot publish to dead-letter topic execute_dead_letter",
+        'cannot publish to dead-letter topic dead_letter["execute"]',
     ),
     "event_trigger_instead_of_push": (
         "dead_letter",
         lambda tf: _edit(
             tf,
-            "functions.tf",
-            "  service_config {\n    service_account_email          = "
-            'google_service_account.function["slack_notify"].email',
+            FUNCTION_MODULE,
+            "  service_config {",
             "  event_trigger {\n"
             '    event_type   = "google.cloud.pubsub.topic.v1.messagePublished"\n'
-            "    pubsub_topic = google_pubsub_topic.approvals.id\n"
             '    retry_policy = "RETRY_POLICY_RETRY"\n'
             "  }\n\n"
-            "  service_config {\n    service_account_email          = "
-            'google_service_account.function["slack_notify"].email',
+            "  service_config {",
         ),
         "event_trigger",
     ),
@@ -813,7 +1042,7 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
         lambda tf: _inject(
             tf,
             'resource "google_secret_manager_secret_version" "v" {\n'
-            "  secret      = google_secret_manager_secret.slack_bot_token.id\n"
+            '  secret      = google_secret_manager_secret.secret["slack_bot_token"].id\n'
             '  secret_data = "xoxb-oops"\n'
             "}\n",
         ),
@@ -822,7 +1051,7 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "old_runtime": (
         "runtime",
         lambda tf: _edit(
-            tf, "functions.tf", 'runtime         = "python312"', 'runtime         = "python311"'
+            tf, FUNCTION_MODULE, 'runtime         = "python312"', 'runtime         = "python311"'
         ),
         "python311",
     ),
@@ -842,11 +1071,58 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
         "env",
         lambda tf: _edit(
             tf,
-            "functions.tf",
-            'key        = "BQGATE_HMAC_KEY"',
-            'key        = "BQGATE_SLACK_BOT_TOKEN"',
+            "locals.tf",
+            'secrets        = ["masking_hmac_key"]',
+            'secrets        = ["slack_bot_token"]',
         ),
         "expected ['BQGATE_AUDIT_KEY', 'BQGATE_HMAC_KEY']",
+    ),
+    "secret_readable_but_not_mounted": (
+        "secret_grants",
+        lambda tf: _inject(
+            tf,
+            'resource "google_secret_manager_secret_iam_member" "oops" {\n'
+            '  secret_id = google_secret_manager_secret.secret["slack_bot_token"].secret_id\n'
+            '  role      = "roles/secretmanager.secretAccessor"\n'
+            '  member    = google_service_account.function["sweeper"].member\n'
+            "}\n",
+        ),
+        "google_secret_manager_secret_iam_member.oops",
+    ),
+    "secret_mounted_but_not_readable": (
+        "secret_grants",
+        lambda tf: _edit(
+            tf,
+            FUNCTION_MODULE,
+            "for_each  = { for s in var.function.secrets : s.env => s.secret_id }",
+            "for_each  = { for s in var.function.secrets : s.env => s.secret_id "
+            'if s.env != "BQGATE_HMAC_KEY" }',
+        ),
+        'mounts google_secret_manager_secret.secret["masking_hmac_key"].secret_id '
+        "but may not read it",
+    ),
+    "executor_invokable_by_all": (
+        "invokers",
+        lambda tf: _edit(
+            tf,
+            "iam.tf",
+            '{ push = google_service_account.push["executor"].member }',
+            '{ push = google_service_account.push["executor"].member, all = "allUsers" }',
+        ),
+        "executor may be invoked by",
+    ),
+    "for_each_known_only_after_apply": (
+        "expanded",
+        lambda tf: _inject(
+            tf,
+            'resource "google_project_iam_member" "oops" {\n'
+            f"  for_each = toset([{INGRESS}.email])\n"
+            "  project  = var.project_id\n"
+            '  role     = "roles/datastore.user"\n'
+            "  member   = each.value\n"
+            "}\n",
+        ),
+        "google_project_iam_member.oops: for_each cannot be evaluated",
     ),
     "anchor_bucket_without_retention": (
         "audit",
@@ -870,7 +1146,7 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
         lambda tf: _inject(
             tf,
             'resource "google_secret_manager_secret_iam_member" "oops" {\n'
-            "  secret_id = google_secret_manager_secret.audit_chain_key.secret_id\n"
+            '  secret_id = google_secret_manager_secret.secret["audit_chain_key"].secret_id\n'
             '  role      = "roles/secretmanager.secretAccessor"\n'
             '  member    = "user:someone@example.com"\n'
             "}\n",
@@ -884,30 +1160,11 @@ MUTANTS: dict[str, tuple[str, Callable[[Path], None], str]] = {
 def test_checker_reports_mutant(tmp_path: Path, mutant: str) -> None:
     checker, mutate, expected = MUTANTS[mutant]
     tf = _copy(tmp_path)
-    assert CHECKERS[checker](load(tf)) == []
+    assert CHECKERS[checker](load(tf, BASE_VARS)) == []
     mutate(tf)
-    problems = CHECKERS[checker](load(tf))
+    problems = CHECKERS[checker](load(tf, BASE_VARS))
     assert any(expected in p for p in problems), problems
 
 
 def test_every_checker_has_a_mutant() -> None:
     assert {checker for checker, _, _ in MUTANTS.values()} == set(CHECKERS)
-
-
-def _iter_strings(v: Any) -> Iterator[str]:
-    if isinstance(v, dict):
-        for k, x in v.items():
-            yield k
-            yield from _iter_strings(x)
-    elif isinstance(v, list):
-        for x in v:
-            yield from _iter_strings(x)
-    elif isinstance(v, str):
-        yield v
-
-
-def test_no_bigquery_role_text_outside_executor_grants(cfg: Config) -> None:
-    """Belt and braces: the string roles/bigquery appears only in executor grants."""
-    for b in cfg.blocks:
-        if any("roles/bigquery" in s for s in _iter_strings(b.body)):
-            assert sa_refs(b.body.get("member"), cfg) == executor_identities(cfg), b.address

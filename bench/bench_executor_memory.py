@@ -30,6 +30,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
 from bqgate.adapters.bigquery_warehouse import BigQueryWarehouse
 from bqgate.adapters.firestore_store import FirestoreJobStore
+from bqgate.classification import Classification
 from bqgate.jobs import Job
 from bqgate.policy import load_policy
 from bqgate.service.executor import Executor
@@ -54,7 +55,7 @@ sql = (f"SELECT x, CONCAT('row-', CAST(x AS STRING)) AS label, x * 1.5 AS score 
        f"FROM UNNEST(GENERATE_ARRAY(1, {rows})) AS x")
 job = Job.new(job_id=f"mem-{time.time_ns()}", project="demo-project", location="US", sql=sql,
               owner="bench@example.com",
-              classification={"decision": "allow", "tables": [], "statements": ["SELECT"]},
+              classification=Classification("allow", statements=("SELECT",)),
               now_ms=int(time.time() * 1000))
 store.create(job)
 before = hwm_mib()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -108,6 +108,15 @@ def build_server(tools: Callable[[], McpTools]) -> Server[Any]:
 
         return call_result(await anyio.to_thread.run_sync(run))
 
+    return sdk_server(list_tools, call_tool)
+
+
+def sdk_server(
+    list_tools: Callable[..., Awaitable[types.ListToolsResult]],
+    call_tool: Callable[..., Awaitable[types.CallToolResult]],
+) -> Server[Any]:
+    """The SDK server bqgate presents (its name, version and instructions) around the two
+    handlers: the gateway's own (:func:`build_server`) or the stdio proxy's."""
     return Server(
         "bqgate",
         version=__version__,

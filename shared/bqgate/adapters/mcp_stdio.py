@@ -28,8 +28,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
-from bqgate import __version__
-from bqgate.adapters.mcp_server import INSTRUCTIONS, tool_definition
+from bqgate.adapters.mcp_server import sdk_server, tool_definition
 from bqgate.service.mcp import TOOLS
 
 #: Longest one forwarded call may take: execute_sql waits at most BQGATE_MCP_WAIT_MS.
@@ -129,14 +128,7 @@ def build_proxy(forwarder: Forwarder) -> Server[Any]:
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         return await forwarder.call_tool(params.name, params.arguments)
 
-    return Server(
-        "bqgate",
-        version=__version__,
-        title="bqgate (BigQuery through a policy gateway)",
-        instructions=INSTRUCTIONS,
-        on_list_tools=list_tools,
-        on_call_tool=call_tool,
-    )
+    return sdk_server(list_tools, call_tool)
 
 
 async def serve(url: str, credentials: google.auth.credentials.Credentials) -> None:

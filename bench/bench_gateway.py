@@ -279,9 +279,7 @@ def run_path(name: str, fast: bool, runs: int, tmp: Path) -> dict[str, Any]:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery, firestore
 
-    stack = Stack(
-        state_dir=tmp / name, ports=free_ports(DEFAULT_PORTS), fast_path=fast
-    )
+    stack = Stack(state_dir=tmp / name, ports=free_ports(DEFAULT_PORTS), fast_path=fast)
     stack.start()
     saved = dict(os.environ)
     try:

@@ -274,14 +274,12 @@ def import_offenders(name: str, env: dict[str, str], top: int = 8) -> list[dict[
 def run_path(name: str, fast: bool, runs: int, tmp: Path) -> dict[str, Any]:
     from bqgate.adapters.firestore_store import FirestoreJobStore
     from bqgate.client import gateway_client
-    from bqgate.dev.stack import AGENT, DEFAULT_PORTS, Stack, free_port
+    from bqgate.dev.stack import AGENT, DEFAULT_PORTS, Stack, free_ports
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery, firestore
 
-    stack = Stack(
-        state_dir=tmp / name, ports={n: free_port() for n in DEFAULT_PORTS}, fast_path=fast
-    )
+    stack = Stack(state_dir=tmp / name, ports=free_ports(DEFAULT_PORTS), fast_path=fast)
     stack.start()
     saved = dict(os.environ)
     try:

@@ -18,7 +18,7 @@ from bqgate import bootstrap
 from bqgate.adapters import executor_client, http_edge
 from bqgate.service.catalog import CATALOG_PATH
 from bqgate.service.dispatch import DIRECT_HEADER
-from bqgate.wire.envelopes import job_id_of_push
+from bqgate.wire.envelopes import handover_of_push, job_id_of_push
 
 log = logging.getLogger("bqgate.executor")
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
@@ -32,7 +32,8 @@ def executor(request: flask.Request) -> flask.Response:
             lambda method, path, params, headers, body: bootstrap.catalog_app().handle(body),
             service="executor",
         )
-    job_id = job_id_of_push(request.get_data(cache=False))
+    data = request.get_data(cache=False)
+    job_id = job_id_of_push(data)
     if job_id is None:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
@@ -43,6 +44,7 @@ def executor(request: flask.Request) -> flask.Response:
             bootstrap.session_hints(),
             job_id,
             request.headers.get(executor_client.HEAD_HEADER),
+            handover_of_push(data),
         )
         log.info("job %s: %s", job_id, answer.outcome)
         return flask.Response(text, status=200, headers=headers, mimetype="application/json")

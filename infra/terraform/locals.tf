@@ -49,7 +49,7 @@ locals {
       max_instances  = var.max_instance_count
       env            = {}
       secrets        = []
-      publishes      = ["execute"] # the fallback of the direct path
+      publishes      = ["approvals", "execute"] # the direct path's fallback; closing a cancelled or expired approval's message
       calls_executor = true
     }
     slack_notify = {

@@ -267,3 +267,74 @@ def test_killed_then_retried_executor_runs_the_statement_once(
     assert done is not None and done.state == DONE and done.executions == 3
     rows = warehouse.client.query(f"SELECT COUNT(*) AS n FROM `{table}`").result(timeout=30)
     assert next(iter(rows)).n == 1
+
+
+def _claim(job: Job) -> Job | None:
+    return None if job.state != "PENDING" else replace(job, state=RUNNING, executions=1)
+
+
+def test_a_handed_over_job_is_read_without_a_round_trip_and_a_stale_one_never_wins(
+    stack: Stack,
+) -> None:
+    """The direct call hands the executor the job as the ingress wrote it: the executor's
+    first read answers from it (no read: shown by handing over a version that is no
+    longer stored), and its write is a compare-and-set on that version, so a stale
+    handover reads the stored job and starts again from it."""
+    ingress = FirestoreJobStore(firestore.Client(project=PROJECT))
+    other = FirestoreJobStore(firestore.Client(project=PROJECT))
+    job = new_job()
+    ingress.create(job)
+    handed = json.loads(json.dumps(ingress.handover(job.job_id)))  # over HTTP, as JSON
+    assert handed["doc"]["job_id"] == job.job_id
+
+    # Someone else ends the job after the handover was taken.
+    other.transition(job.job_id, lambda j: replace(j, state=DONE, ended_ms=5))
+
+    executor = FirestoreJobStore(firestore.Client(project=PROJECT))
+    assert executor.adopt(job.job_id, handed)
+    assert executor.get(job.job_id) == job  # the handed version: no read
+    claimed = executor.transition(job.job_id, _claim)
+    assert not claimed.changed and claimed.after.state == DONE  # the stored one won
+    again = executor.get(job.job_id)  # only once: now it reads
+    assert again is not None and again.state == DONE
+
+
+def test_a_fresh_handover_lets_the_claim_commit_without_a_read(stack: Stack) -> None:
+    ingress = FirestoreJobStore(firestore.Client(project=PROJECT))
+    job = new_job()
+    ingress.create(job)
+    executor = FirestoreJobStore(firestore.Client(project=PROJECT))
+    assert executor.adopt(job.job_id, json.loads(json.dumps(ingress.handover(job.job_id))))
+    reads: list[str] = []
+    real = executor._snapshot
+
+    def counted(job_id: str) -> object:
+        reads.append(job_id)
+        return real(job_id)
+
+    executor._snapshot = counted  # type: ignore[method-assign]
+    assert executor.get(job.job_id) == job  # as the executor starts: from the handover
+    claimed = executor.transition(job.job_id, _claim)
+    assert claimed.changed and claimed.after.state == RUNNING
+    assert reads == []  # neither the start nor the claim read the job
+    stored = ingress.get(job.job_id)
+    assert stored is not None and stored.state == RUNNING
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        None,
+        "garbage",
+        {"update_time": "not a time", "doc": {}},
+        {"update_time": "2026-01-01T00:00:00.000000001Z"},
+        {"update_time": "2026-01-01T00:00:00.000000001Z", "doc": {"job_id": "another"}},
+    ],
+)
+def test_anything_but_a_handover_of_this_job_is_not_taken(stack: Stack, state: object) -> None:
+    store = FirestoreJobStore(firestore.Client(project=PROJECT))
+    job = new_job()
+    store.create(job)
+    other = FirestoreJobStore(firestore.Client(project=PROJECT))
+    assert other.adopt(job.job_id, state) is False
+    assert other.get(job.job_id) == job  # read from the store

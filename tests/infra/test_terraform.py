@@ -30,6 +30,14 @@ from infra.tfeval import Config, Instance, Unknown, load, render, strings
 REPO = Path(__file__).resolve().parents[2]
 TF_DIR = REPO / "infra" / "terraform"
 DEPLOYED = Path(__file__).parent / "fixtures" / "deployed_addresses.json"
+#: Instances added on purpose since fixtures/deployed_addresses.json was taken: an upgrade
+#: creates exactly these (and moves everything else).
+ADDED_SINCE_DEPLOYED = frozenset(
+    {
+        # The MCP server runs the gateway core, which publishes closing messages.
+        'google_pubsub_topic_iam_member.publisher["mcp/approvals"]',
+    }
+)
 
 # The input variables the checks evaluate the configuration with: the public front
 # (the default), and Cloud Run IAM in front of ingress and mcp.
@@ -729,10 +737,13 @@ def test_every_deployed_instance_is_moved_not_replaced(tmp_path: Path, variant: 
     shutil.copy(work / "terraform.tfstate", current / "terraform.tfstate")
     _terraform(current, "init", "-backend=false")
     plan = _terraform(current, "plan")
-    assert "0 to add, 0 to change, 0 to destroy" in plan, plan
+    added = len(ADDED_SINCE_DEPLOYED)
+    assert f"{added} to add, 0 to change, 0 to destroy" in plan, plan
+    created = set(re.findall(r"^  # (\S+) will be created$", plan, flags=re.M))
+    assert created == {_stand_in(a) for a in ADDED_SINCE_DEPLOYED}, plan
     moves = re.findall(r"^  # (\S+) has moved to (\S+)$", plan, flags=re.M)
     kept = {_stand_in(a) for a in deployed if not a.startswith("data.")} & {
-        _stand_in(i.address) for i in cfg.instances
+        _stand_in(i.address) for i in cfg.instances if i.address not in ADDED_SINCE_DEPLOYED
     }
     assert len(moves) + len(kept) == len([a for a in deployed if not a.startswith("data.")])
 
@@ -1168,3 +1179,14 @@ def test_checker_reports_mutant(tmp_path: Path, mutant: str) -> None:
 
 def test_every_checker_has_a_mutant() -> None:
     assert {checker for checker, _, _ in MUTANTS.values()} == set(CHECKERS)
+
+
+def test_functions_running_the_gateway_core_may_publish_to_both_work_topics(cfg: Config) -> None:
+    """The ingress and the MCP server run the same gateway core (bqgate.bootstrap.gateway):
+    it hands jobs to the execute topic when the direct call fails, and publishes the close
+    of a cancelled or expired approval's Slack message to the approvals topic."""
+    for name in ("ingress", "mcp"):
+        for topic in ("approvals", "execute"):
+            grant = cfg.by_address(f'google_pubsub_topic_iam_member.publisher["{name}/{topic}"]')
+            assert grant is not None, f"{name} cannot publish to {topic}"
+            assert TOPIC_REF.findall(render(grant.body["topic"])) == [f'work["{topic}"]']

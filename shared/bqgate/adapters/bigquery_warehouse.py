@@ -24,8 +24,9 @@ from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from bqgate.adapters.google_errors import bigquery_calls, warehouse_error
-from bqgate.errors import BqgateError, from_warehouse
+from bqgate.errors import BqgateError, Unavailable, from_warehouse
 from bqgate.ports import DryRun, QueryOutcome
+from bqgate.wire import codec
 from bqgate.wire.bigquery import rest_to_compact
 
 WAIT_SLICE_MS = 10_000
@@ -75,10 +76,14 @@ class BigQueryWarehouse:
         # The client's own authenticated connection (same credentials, endpoint), with the
         # bounded retry and a deadline per attempt.
         call = self.retry(self.client._connection.api_request)
-        result: dict[str, Any] = call(
-            method=method, path=path, timeout=timeout or self.call_timeout_s, **kwargs
+        raw = call(
+            method=method,
+            path=path,
+            timeout=timeout or self.call_timeout_s,
+            expect_json=False,
+            **kwargs,
         )
-        return result
+        return _json_object(raw)
 
     def _query_config(
         self,
@@ -235,16 +240,19 @@ class BigQueryWarehouse:
             slice_ms = int(max(1.0, min(WAIT_SLICE_MS / 1000, deadline - time.monotonic())) * 1000)
             try:
                 # No retry here: a failed job answers with its own error, which is final.
-                resp: dict[str, Any] = self.client._connection.api_request(
-                    method="GET",
-                    path=path,
-                    timeout=slice_ms / 1000 + self.call_timeout_s,
-                    query_params={
-                        "maxResults": self.first_page_rows,
-                        "timeoutMs": slice_ms,
-                        "location": self.location,
-                        "formatOptions.useInt64Timestamp": True,
-                    },
+                resp = _json_object(
+                    self.client._connection.api_request(
+                        method="GET",
+                        path=path,
+                        timeout=slice_ms / 1000 + self.call_timeout_s,
+                        query_params={
+                            "maxResults": self.first_page_rows,
+                            "timeoutMs": slice_ms,
+                            "location": self.location,
+                            "formatOptions.useInt64Timestamp": True,
+                        },
+                        expect_json=False,
+                    )
                 )
             except gexc.GoogleAPICallError as exc:
                 # Did the job fail (final), or did the call (a retry may help)?
@@ -351,3 +359,16 @@ class BigQueryWarehouse:
         if table.table_type != "TABLE" or table.num_bytes is None:
             return None
         return int(table.num_bytes)
+
+
+def _json_object(raw: bytes | str) -> dict[str, Any]:
+    """A BigQuery answer's body, parsed with the fast codec (results are its bulk)."""
+    if not raw:
+        return {}
+    try:
+        body = codec.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise Unavailable("BigQuery answered with something other than a JSON object")
+    return body

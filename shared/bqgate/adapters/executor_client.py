@@ -5,7 +5,9 @@ The ingress POSTs the executor exactly the CloudEvent that a Pub/Sub push delive
 both paths. The direct call also sends ``X-Bqgate-Direct: 1``, and the executor answers it
 with what it did (:class:`bqgate.service.dispatch.ExecutorAnswer`): the finished job as
 committed, with its masked rows when they fit one answer, so the ingress can answer the
-agent without another store round trip. Both ends also hand each other the head of the
+agent without another store round trip. The call carries the job as the ingress just
+wrote it, so the executor need not read it (its claim is a compare-and-set on that
+version: a job that changed meanwhile is read again). Both ends also hand each other the head of the
 job's session as they last committed it (``X-Bqgate-Session-Head``), so the next commit to
 that session (the executor's claim, the ingress's next request) need not read it first; a
 head that moved meanwhile only fails that commit, which then reads it (see
@@ -19,7 +21,6 @@ paths deliver still runs once.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ import requests
 
 from bqgate.ports import Queue
 from bqgate.service.dispatch import DIRECT_HEADER, ExecutorAnswer
-from bqgate.wire import envelopes
+from bqgate.wire import codec, envelopes
 
 #: The header both ends of the direct call hand the job's session head in.
 HEAD_HEADER = "X-Bqgate-Session-Head"
@@ -58,14 +59,38 @@ class SessionHints:
         except Exception:
             log.exception("session hint dropped")
 
+    def handover(self, job_id: str) -> dict[str, Any] | None:
+        """The job as this process just wrote it, for the executor (None: not known)."""
+        try:
+            handed: dict[str, Any] | None = self.store.handover(job_id)
+            return handed
+        except Exception:
+            log.exception("no handover for %s", job_id)
+            return None
+
+    def adopt(self, job_id: str, state: Any) -> None:
+        if state is None:
+            return
+        try:
+            if not self.store.adopt(job_id, state):
+                log.warning("direct call for %s handed over no usable job: reading it", job_id)
+        except Exception:
+            log.exception("handover of %s dropped", job_id)
+
 
 def serve_direct(
-    executor: Any, hints: SessionHints | None, job_id: str, hint: str | None
+    executor: Any,
+    hints: SessionHints | None,
+    job_id: str,
+    hint: str | None,
+    handover: Any = None,
 ) -> tuple[ExecutorAnswer, str, dict[str, str]]:
-    """The executor's side of the direct call: run the job; answer with what happened
-    (the answer, as JSON text) and the job's session head (headers)."""
+    """The executor's side of the direct call: run the job (as the ingress handed it
+    over, when it did); answer with what happened (the answer, as JSON text) and the
+    job's session head (headers)."""
     if hints is not None:
         hints.incoming(hint)
+        hints.adopt(job_id, handover)
     answer: ExecutorAnswer = executor.execute(job_id, direct=True)
     out = hints.outgoing(job_id) if hints is not None else None
     return answer, answer.to_json(), ({HEAD_HEADER: out} if out else {})
@@ -110,7 +135,8 @@ class DirectExecutor:
     def __call__(self, job_id: str) -> ExecutorAnswer | None:
         """Hand ``job_id`` to the executor and return its answer (None: it went to the
         topic instead); raises only if neither path took it."""
-        headers, body = envelopes.direct_call(job_id)
+        handover = self.hints.handover(job_id) if self.hints is not None else None
+        headers, body = envelopes.direct_call(job_id, handover)
         headers[DIRECT_HEADER] = "1"
         hint = self.hints.outgoing(job_id) if self.hints is not None else None
         if hint:
@@ -169,9 +195,9 @@ def catalog_transport(
             if bearer:
                 headers["Authorization"] = f"Bearer {bearer}"
             resp = session.post(
-                endpoint, data=json.dumps(request), headers=headers, timeout=timeout_s
+                endpoint, data=codec.dumps_bytes(request), headers=headers, timeout=timeout_s
             )
-            body = resp.json()
+            body = codec.loads(resp.content)
         except Exception as exc:
             log.warning("catalog call failed (%s)", type(exc).__name__)
             raise Unavailable("Table metadata is unavailable right now; try again") from None

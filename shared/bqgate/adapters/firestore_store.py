@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -187,6 +188,8 @@ class FirestoreJobStore:
         self._rng = random.Random()
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._known_lock = threading.Lock()
+        #: Jobs handed over by the process that last wrote them (:meth:`adopt`).
+        self._handed: OrderedDict[str, _Known] = OrderedDict()
 
     def _expire_at(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.retention_seconds)
@@ -223,6 +226,35 @@ class FirestoreJobStore:
     def _forget(self, job_id: str) -> None:
         with self._known_lock:
             self._known.pop(job_id, None)
+            self._handed.pop(job_id, None)
+
+    def handover(self, job_id: str) -> dict[str, Any] | None:
+        """The job as this process last wrote it, for the process it hands the job to (the
+        direct call to the executor): ``{"update_time", "doc"}``, JSON-safe; None if this
+        process did not write it last."""
+        hit = self._recall(job_id)
+        if hit is None or not hit.own or not hasattr(hit.update_time, "rfc3339"):
+            return None
+        return {"update_time": hit.update_time.rfc3339(), "doc": Job.from_doc(hit.doc).to_doc()}
+
+    def adopt(self, job_id: str, state: Any) -> bool:
+        """Take a job as the process that handed it over last wrote it (:meth:`handover`):
+        the next :meth:`get` of it answers from that, once, without a read. Safe because
+        only a write trusts it: a write holds only if the stored job has not changed since
+        (compare-and-set on its update time), else it reads and starts again. False (and
+        nothing taken) for anything that is not a handover of this job."""
+        try:
+            update_time = DatetimeWithNanoseconds.from_rfc3339(state["update_time"])
+            doc = state["doc"]
+            if not isinstance(doc, dict) or Job.from_doc(copy.deepcopy(doc)).job_id != job_id:
+                return False
+        except (KeyError, TypeError, ValueError):
+            return False
+        with self._known_lock:
+            self._handed[job_id] = _Known(update_time, doc, False)
+            while len(self._handed) > KNOWN_JOBS:
+                self._handed.popitem(last=False)
+        return True
 
     def _journal(self, record: Recording | None) -> FirestoreRecorder | None:
         """The recorder whose events this store can commit with its own writes."""
@@ -371,6 +403,11 @@ class FirestoreJobStore:
     def get(self, job_id: str) -> Job | None:
         if not is_job_id(job_id):
             return None  # not an id this store can hold
+        with self._known_lock:
+            handed = self._handed.pop(job_id, None)
+        if handed is not None:
+            self._remember(job_id, handed.update_time, handed.doc, False)
+            return Job.from_doc(copy.deepcopy(handed.doc))
         snap = self._snapshot(job_id)
         if not snap.exists:
             return None

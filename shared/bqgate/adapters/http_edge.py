@@ -29,7 +29,7 @@ from bqgate.service.http import (
     check_request_limits,
     internal_error,
 )
-from bqgate.wire.bigquery import dumps
+from bqgate.wire import codec
 
 _CHUNK = 64 * 1024
 #: Most bytes of an oversized body read (and dropped) so the connection stays usable.
@@ -76,7 +76,9 @@ def _url_bytes(request: flask.Request) -> int:
 
 
 def json_response(resp: Response) -> flask.Response:
-    return flask.Response(dumps(resp.body), status=resp.status, mimetype="application/json")
+    return flask.Response(
+        codec.dumps_bytes(resp.body), status=resp.status, mimetype="application/json"
+    )
 
 
 def serve(request: flask.Request, handle: Handler, *, service: str = "gateway") -> flask.Response:

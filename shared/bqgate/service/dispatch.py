@@ -10,7 +10,6 @@ Pure: talks to the job store and the queue ports only.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from bqgate import outbox
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, Queue, RecordChange
+from bqgate.wire import codec
 
 log = logging.getLogger("bqgate.dispatch")
 
@@ -54,17 +54,16 @@ class ExecutorAnswer:
         >>> ExecutorAnswer("done", rows_json='[["1"]]').to_json()
         '{"outcome":"done","job":null,"outbox_done":false,"rows":[["1"]]}'
         """
-        text = json.dumps(
+        text = codec.dumps(
             {
                 "outcome": self.outcome,
                 "job": self.job.to_doc() if self.job is not None else None,
                 "outbox_done": self.outbox_done,
-            },
-            separators=(",", ":"),
+            }
         )
         rows = self.rows_json
         if rows is None and self.rows is not None:
-            rows = json.dumps(self.rows, separators=(",", ":"))
+            rows = codec.dumps(self.rows)
         return text if rows is None else f'{text[:-1]},"rows":{rows}}}'
 
     @classmethod
@@ -78,7 +77,7 @@ class ExecutorAnswer:
         True
         """
         try:
-            body = json.loads(text)
+            body = codec.loads(text)
         except ValueError:
             return None
         if not isinstance(body, dict) or not isinstance(body.get("outcome"), str):

@@ -19,7 +19,6 @@ the job at once with ``jobFailed`` and an incident id.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import re
 import threading
@@ -60,6 +59,7 @@ from bqgate.ports import (
 )
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer
 from bqgate.vocabulary import Decision, strictest_decision
+from bqgate.wire import codec
 
 if TYPE_CHECKING:
     from bqgate.masking import Masker
@@ -73,8 +73,8 @@ PAGE_BYTES = 512 * 1024
 FETCH_ROWS = 10_000
 #: Largest result (masked rows as JSON) answered inline (``execution.inline_result_bytes``).
 INLINE_RESULT_BYTES = 1024 * 1024
-#: Compact JSON of rows, with one encoder (``json.dumps`` builds one per call).
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+#: Compact JSON of rows.
+_ENCODE = codec.dumps
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 

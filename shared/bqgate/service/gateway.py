@@ -8,7 +8,6 @@ from __future__ import annotations
 import bisect
 import copy
 import hashlib
-import json
 import threading
 import time
 import uuid
@@ -49,6 +48,7 @@ from bqgate.ports import (
 from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher, ExecutorAnswer
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
+from bqgate.wire import codec
 
 #: Rows served per getQueryResults call when the client does not say.
 DEFAULT_PAGE_ROWS = 10_000
@@ -584,7 +584,7 @@ class Gateway:
         last = bisect.bisect_right(job.page_starts, end - 1) - 1
         rows_out: list[list[Any]] = []
         for page_start, rows_json in self.store.get_pages(job.job_id, first, last):
-            page_rows = json.loads(rows_json)
+            page_rows = codec.loads(rows_json)
             lo = max(start - page_start, 0)
             hi = min(end - page_start, len(page_rows))
             rows_out.extend(page_rows[lo:hi])

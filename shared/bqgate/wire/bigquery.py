@@ -33,6 +33,7 @@ from bqgate.errors import (
     for_job,
 )
 from bqgate.jobs import DONE, Job
+from bqgate.wire import codec
 
 #: BigQuery's job id pattern (letters, digits, ``_`` and ``-``, at most 1024).
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
@@ -1027,7 +1028,7 @@ def query_results(
 
 
 def dumps(body: Mapping[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"))
+    return codec.dumps(body)
 
 
 def _cell_from_rest(value: Any, fld: Mapping[str, Any]) -> Any:

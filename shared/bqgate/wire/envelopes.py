@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from bqgate.wire import codec
+
 #: The CloudEvent type of a Pub/Sub delivery.
 MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 #: The attribute Pub/Sub sets on a dead letter: how often it tried the original delivery.
@@ -42,8 +44,12 @@ def job_message(job_id: str) -> dict[str, str]:
     return {"job_id": job_id}
 
 
-def direct_call(job_id: str) -> tuple[dict[str, str], bytes]:
-    """Headers and body of a binary-mode CloudEvent like a Pub/Sub push delivery."""
+def direct_call(
+    job_id: str, handover: Mapping[str, Any] | None = None
+) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a binary-mode CloudEvent like a Pub/Sub push delivery; with
+    ``handover``, the job as the ingress wrote it (``"job"``: the executor need not read
+    it; see :meth:`bqgate.adapters.firestore_store.FirestoreJobStore.adopt`)."""
     event_id = uuid.uuid4().hex
     data = base64.b64encode(message_data(job_message(job_id))).decode()
     headers = {
@@ -53,10 +59,22 @@ def direct_call(job_id: str) -> tuple[dict[str, str], bytes]:
         "ce-source": "//bqgate/ingress/direct",
         "Content-Type": "application/json",
     }
-    body = json.dumps(
-        {"message": {"data": data, "messageId": event_id}, "subscription": "direct"}
-    ).encode()
-    return headers, body
+    envelope: dict[str, Any] = {
+        "message": {"data": data, "messageId": event_id},
+        "subscription": "direct",
+    }
+    if handover is not None:
+        envelope["job"] = handover
+    return headers, codec.dumps_bytes(envelope)
+
+
+def handover_of_push(body: bytes) -> Any:
+    """The ``"job"`` a direct call carries (None if it carries none, or is not JSON)."""
+    try:
+        envelope = codec.loads(body)
+    except ValueError:
+        return None
+    return envelope.get("job") if isinstance(envelope, dict) else None
 
 
 def job_id_of_event(envelope: Mapping[str, Any] | None) -> str | None:

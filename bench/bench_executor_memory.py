@@ -70,13 +70,11 @@ print(json.dumps({"outcome": outcome, "rows": done.total_rows, "pages": len(done
 
 
 def main(out_dir: Path, rows: int = ROWS) -> dict[str, Any]:
-    from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_port
+    from bqgate.dev.stack import DEFAULT_PORTS, Stack, free_ports
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(
-            state_dir=Path(tmp), ports={n: free_port() for n in DEFAULT_PORTS}, seed=False
-        )
+        stack = Stack(state_dir=Path(tmp), ports=free_ports(DEFAULT_PORTS), seed=False)
         stack.start()
         try:
             env = {**os.environ, **stack.function_env()}

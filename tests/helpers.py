@@ -128,6 +128,28 @@ def slack_state(stack: Stack, timeout: float = 30) -> dict[str, Any]:
     return data
 
 
+def slack_click(
+    stack: Stack, user: str, msg: dict[str, Any], action_id: str, job_id: str
+) -> dict[str, Any]:
+    """What the Slack stand-in's page posts when ``user`` clicks a button of ``msg``: the
+    stand-in's report of the interaction (``status``, ``within_deadline``, ``response``)."""
+    resp = requests.post(
+        stack.url("slack") + "/_ui/click",
+        timeout=30,
+        headers={"Accept": "application/json"},
+        data={
+            "user": user,
+            "channel": msg["channel"],
+            "ts": msg["ts"],
+            "action_id": action_id,
+            "value": job_id,
+        },
+    )
+    resp.raise_for_status()
+    result: dict[str, Any] = resp.json()
+    return result
+
+
 def read_cases(path: Path) -> list[dict[str, str]]:
     """The cases of a fixture file of SQL blocks (blank-line separated), each led by
     ``-- key: value`` header lines; a block without a ``class`` header is no case."""

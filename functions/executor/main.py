@@ -18,7 +18,7 @@ from bqgate import bootstrap
 from bqgate.adapters import executor_client, http_edge
 from bqgate.service.catalog import CATALOG_PATH
 from bqgate.service.dispatch import DIRECT_HEADER
-from bqgate.wire.envelopes import handover_of_push, job_id_of_push
+from bqgate.wire.envelopes import pushed
 
 log = logging.getLogger("bqgate.executor")
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
@@ -33,7 +33,7 @@ def executor(request: flask.Request) -> flask.Response:
             service="executor",
         )
     data = request.get_data(cache=False)
-    job_id = job_id_of_push(data)
+    job_id, handover = pushed(data)
     if job_id is None:
         # Acknowledge: redelivering a malformed message would never fix it.
         log.error("malformed execute message %s: dropped", request.headers.get("ce-id"))
@@ -44,7 +44,7 @@ def executor(request: flask.Request) -> flask.Response:
             bootstrap.session_hints(),
             job_id,
             request.headers.get(executor_client.HEAD_HEADER),
-            handover_of_push(data),
+            handover,
         )
         log.info("job %s: %s", job_id, answer.outcome)
         return flask.Response(text, status=200, headers=headers, mimetype="application/json")

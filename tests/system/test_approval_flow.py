@@ -26,7 +26,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
-from helpers import slack_state
+from helpers import slack_click, slack_state
 
 pytestmark = pytest.mark.system
 
@@ -68,21 +68,8 @@ def current(stack: Stack, msg: dict[str, Any]) -> dict[str, Any]:
 def ui_click(
     stack: Stack, user: str, msg: dict[str, Any], action_id: str, job_id: str
 ) -> dict[str, Any]:
-    """What the page's button form posts."""
-    resp = requests.post(
-        stack.url("slack") + "/_ui/click",
-        timeout=30,
-        headers={"Accept": "application/json"},
-        data={
-            "user": user,
-            "channel": msg["channel"],
-            "ts": msg["ts"],
-            "action_id": action_id,
-            "value": job_id,
-        },
-    )
-    resp.raise_for_status()
-    result: dict[str, Any] = resp.json()
+    """What the page's button form posts, answered within Slack's deadline."""
+    result = slack_click(stack, user, msg, action_id, job_id)
     assert result["status"] == 200, result
     assert result["within_deadline"], result  # Slack gives up after 3 seconds
     return result

@@ -29,7 +29,7 @@ from functions_framework import create_app
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
-from helpers import clear_bootstrap, slack_state, until
+from helpers import clear_bootstrap, slack_click, slack_state, until
 
 pytestmark = pytest.mark.system
 
@@ -60,24 +60,6 @@ def messages_of(stack: Stack, job_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def click(stack: Stack, user: str, msg: dict[str, Any], job_id: str) -> dict[str, Any]:
-    resp = requests.post(
-        stack.url("slack") + "/_ui/click",
-        timeout=30,
-        headers={"Accept": "application/json"},
-        data={
-            "user": user,
-            "channel": msg["channel"],
-            "ts": msg["ts"],
-            "action_id": "bqgate_approve",
-            "value": job_id,
-        },
-    )
-    resp.raise_for_status()
-    result: dict[str, Any] = resp.json()
-    return result
-
-
 def direct(stack: Stack) -> bigquery.Client:
     return bigquery.Client(
         project=PROJECT,
@@ -101,7 +83,7 @@ def test_approve_while_publishing_fails_runs_once_after_recovery(
     rows = pool.submit(lambda: list(job.result(timeout=600)))  # the agent waits, as agents do
     msg = until("the approval message", lambda: messages_of(stack, job.job_id), 90)[0]
     pubsub.refuse()
-    clicked = click(stack, "U_ALICE", msg, job.job_id)
+    clicked = slack_click(stack, "U_ALICE", msg, "bqgate_approve", job.job_id)
     # The approval is committed and the approver told so, within Slack's 3 seconds.
     assert clicked["status"] == 200 and clicked["within_deadline"], clicked
     assert clicked["response"]["text"] == "Approved by alice@example.com"
@@ -241,7 +223,7 @@ def test_slack_hanging_for_two_minutes_leaves_exactly_one_linked_message(
     }
     assert rec.post_attempts == 1
     # A decision updates that one message (buttons removed) and releases the agent.
-    clicked = click(stack, "U_BOB", mine[0], job.job_id)
+    clicked = slack_click(stack, "U_BOB", mine[0], "bqgate_approve", job.job_id)
     assert clicked["response"]["text"] == "Approved by bob@example.com"
     assert len(rows.result(timeout=120)) == 3
     final = messages_of(stack, job.job_id)

@@ -36,9 +36,10 @@ HEAD_HEADER = "X-Bqgate-Session-Head"
 
 
 class SessionHints:
-    """The session heads the direct call's two ends hand each other (see the module
-    docstring). ``store`` knows which session a job it just wrote belongs to; ``recorder``
-    knows that session's head as it committed it."""
+    """What the direct call's two ends hand each other (see the module docstring): the
+    job as the ingress just wrote it, and its session's head. ``store`` knows the job it
+    just wrote (and which session it belongs to); ``recorder`` knows that session's head
+    as it committed it."""
 
     def __init__(self, store: Any, recorder: Any) -> None:
         self.store = store

@@ -68,15 +68,6 @@ def direct_call(
     return headers, codec.dumps_bytes(envelope)
 
 
-def handover_of_push(body: bytes) -> Any:
-    """The ``"job"`` a direct call carries (None if it carries none, or is not JSON)."""
-    try:
-        envelope = codec.loads(body)
-    except ValueError:
-        return None
-    return envelope.get("job") if isinstance(envelope, dict) else None
-
-
 def job_id_of_event(envelope: Mapping[str, Any] | None) -> str | None:
     """The ``job_id`` of a Pub/Sub envelope (``{"message": {"data": ...}}``: a push body
     or a ``messagePublished`` event's data), or None if malformed.
@@ -102,13 +93,27 @@ def job_id_of_push(body: bytes) -> str | None:
     >>> job_id_of_push(b"not json") is None
     True
     """
+    return pushed(body)[0]
+
+
+def pushed(body: bytes) -> tuple[str | None, Any]:
+    """The job id of a pushed HTTP body (see :func:`job_id_of_push`) and the job a direct
+    call hands over with it (``"job"``; None for a Pub/Sub delivery), from one parse.
+
+    >>> headers, body = direct_call("j1", {"doc": {"job_id": "j1"}})
+    >>> pushed(body)
+    ('j1', {'doc': {'job_id': 'j1'}})
+    >>> pushed(b"[]")
+    (None, None)
+    """
     try:
         envelope = json.loads(body)
     except ValueError:
-        return None
+        return None, None
+    handover = envelope.get("job") if isinstance(envelope, dict) else None
     if isinstance(envelope, dict) and "specversion" in envelope:  # structured mode
         envelope = envelope.get("data")
-    return job_id_of_event(envelope if isinstance(envelope, Mapping) else None)
+    return job_id_of_event(envelope if isinstance(envelope, Mapping) else None), handover
 
 
 def delivery_attempts(envelope: Mapping[str, Any] | None) -> int | None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate import bootstrap
+from bqgate import bootstrap, runtime
 from bqgate.adapters import http_edge
 from bqgate.console import is_console_path
 
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
+runtime.tune_gc()  # results allocate many small acyclic objects (bqgate.runtime)
 
 
 @functions_framework.http

@@ -14,7 +14,7 @@ import logging
 
 import flask
 import functions_framework
-from bqgate import bootstrap
+from bqgate import bootstrap, runtime
 from bqgate.adapters import executor_client, http_edge
 from bqgate.service.catalog import CATALOG_PATH
 from bqgate.service.dispatch import DIRECT_HEADER
@@ -22,6 +22,7 @@ from bqgate.wire.envelopes import pushed
 
 log = logging.getLogger("bqgate.executor")
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
+runtime.tune_gc()  # results allocate many small acyclic objects (bqgate.runtime)
 
 
 @functions_framework.http

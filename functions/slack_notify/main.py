@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import functions_framework
-from bqgate import bootstrap
+from bqgate import bootstrap, runtime
 from bqgate.wire.envelopes import job_id_of_event
 from cloudevents.http import CloudEvent
 
 log = logging.getLogger("bqgate.slack_notify")
+runtime.tune_gc()  # results allocate many small acyclic objects (bqgate.runtime)
 
 
 @functions_framework.cloud_event

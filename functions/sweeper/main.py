@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import flask
 import functions_framework
-from bqgate import bootstrap
+from bqgate import bootstrap, runtime
 from bqgate.adapters import http_edge
 
 http_edge.install()  # JSON (not HTML) for the web server's own error answers
+runtime.tune_gc()  # results allocate many small acyclic objects (bqgate.runtime)
 
 
 @functions_framework.http

@@ -149,6 +149,26 @@ class Classification:
     #: The statement is one sqlglot cannot parse: BigQuery's dry run decides (the executor).
     second_opinion: bool = False
 
+    @property
+    def read_only(self) -> bool:
+        """Only queries: every statement a SELECT, nothing written, nothing sqlglot could
+        not parse (the executor may start such a job alongside its claim).
+
+        >>> Classification(decision="allow", statements=("SELECT", "SELECT")).read_only
+        True
+        >>> Classification(statements=("SELECT",), written_tables=("p.d.t",)).read_only
+        False
+        >>> Classification().read_only, Classification(statements=("DELETE",)).read_only
+        (False, False)
+        """
+        return (
+            bool(self.statements)
+            and all(kind == "SELECT" for kind in self.statements)
+            and not self.written_tables
+            and not self.writes
+            and not self.second_opinion
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (keys: decision, reasons, statements, tables, ...); ``{}`` for
         the unjudged ``Classification()``."""

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,15 @@ from bqgate.errors import (
     from_warehouse,
     stored,
 )
-from bqgate.jobs import DONE, PENDING, PENDING_APPROVAL, RUNNING, Job, warehouse_job_id
+from bqgate.jobs import (
+    DONE,
+    PENDING,
+    PENDING_APPROVAL,
+    RUNNING,
+    Job,
+    Transition,
+    warehouse_job_id,
+)
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import Policy
 from bqgate.ports import (
@@ -133,6 +142,9 @@ def cost_decision(estimate: int, policy: Policy) -> tuple[Decision, str]:
         )
     return "allow", "within the policy's cost limits"
 
+
+#: Claims of reads committing at once while their reads run (per executor process).
+CLAIM_THREADS = 16
 
 #: Deliveries of one job that may fail on a dependency outage before the job is failed.
 TRANSIENT_ATTEMPTS = 3
@@ -236,9 +248,20 @@ class Executor:
         self.warehouse_project = warehouse_project
         # Per thread: the direct call being answered (its hand-off, and how the job ended).
         self._local = threading.local()
+        self._claims: futures.ThreadPoolExecutor | None = None
+        self._claims_lock = threading.Lock()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def _claimer(self) -> futures.ThreadPoolExecutor:
+        """The threads that commit a read's claim while the read runs (built on first use)."""
+        with self._claims_lock:
+            if self._claims is None:
+                self._claims = futures.ThreadPoolExecutor(
+                    max_workers=CLAIM_THREADS, thread_name_prefix="bqgate-claim"
+                )
+            return self._claims
 
     def _record(self, job: Job, kind: EventKind, data: Mapping[str, Any]) -> None:
         if self.recorder is not None:
@@ -840,31 +863,62 @@ class Executor:
                 )
             ]
 
-        # The claim and its session event in one commit.
-        claimed = self.store.transition(job_id, claim, record=self._recording(stored, started))
-        if not claimed.changed:
-            return "skipped"
-        job = claimed.after
-        t0 = time.perf_counter()
-        try:
-            outcome = self.warehouse.run(
+        def claim_it() -> Transition:
+            # The claim and its session event in one commit.
+            return self.store.transition(job_id, claim, record=self._recording(stored, started))
+
+        def run_it() -> QueryOutcome:
+            return self.warehouse.run(
                 wjid,
                 plan.sql,
-                default_dataset=job.default_dataset,
+                default_dataset=stored.default_dataset,
                 labels={
-                    "bqgate_job": label_value(job.job_id),
-                    "bqgate_principal": label_value(job.owner),
+                    "bqgate_job": label_value(job_id),
+                    "bqgate_principal": label_value(stored.owner),
                 },
                 maximum_bytes_billed=lower_cap(
-                    self.policy.cost.max_bytes_billed, job.maximum_bytes_billed
+                    self.policy.cost.max_bytes_billed, stored.maximum_bytes_billed
                 ),
                 query_parameters=plan.parameters,
-                priority=job.priority,
+                priority=stored.priority,
             )
-        except BqgateError as err:
-            if err.transient:
-                raise  # the redelivery attaches to the same BigQuery job id
-            return self._fail(job, err)
+
+        t0 = time.perf_counter()
+        if stored.classification.read_only:
+            # A read changes nothing, so it starts on BigQuery while its claim commits: the
+            # claim's round trip is off the agent's path. Its result is kept only if the
+            # claim took the job (a job that ended meanwhile, e.g. cancelled, keeps its end;
+            # the read's rows are dropped); the claim always commits before the job's end.
+            claiming = self._claimer().submit(claim_it)
+            try:
+                outcome = run_it()
+            except BqgateError as err:
+                claimed = claiming.result()
+                if not claimed.changed:
+                    return "skipped"
+                if err.transient:
+                    raise  # the redelivery attaches to the same BigQuery job id
+                return self._fail(claimed.after, err)
+            except BaseException:
+                futures.wait([claiming])  # nothing else writes the job meanwhile
+                raise
+            claimed = claiming.result()
+            if not claimed.changed:
+                return "skipped"
+            job = claimed.after
+        else:
+            # Anything that may write: claimed first, then run.
+            claimed = claim_it()
+            if not claimed.changed:
+                return "skipped"
+            job = claimed.after
+            t0 = time.perf_counter()
+            try:
+                outcome = run_it()
+            except BqgateError as err:
+                if err.transient:
+                    raise  # the redelivery attaches to the same BigQuery job id
+                return self._fail(job, err)
         run_ms = (time.perf_counter() - t0) * 1000
         if outcome.error:
             return self._fail(job, outcome.error)

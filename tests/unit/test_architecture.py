@@ -185,3 +185,30 @@ def test_the_readme_layout_matches_the_tree() -> None:
     known = {p.name for p in ROOT.glob("**/*.py") if ".nox" not in p.parts}
     stale = sorted(n for n in names if n.endswith(".py") and n not in known)
     assert stale == [], "files the README's Layout section names that do not exist"
+
+
+def applies_runtime(source: str) -> bool:
+    """Does a function's module call ``runtime.tune_gc()`` at its top level?"""
+    for node in ast.parse(source).body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "tune_gc"
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == "runtime"
+        ):
+            return True
+    return False
+
+
+def test_the_runtime_check_can_fail() -> None:
+    assert applies_runtime("from bqgate import runtime\nruntime.tune_gc()\n")
+    assert not applies_runtime("from bqgate import runtime\ndef f():\n    runtime.tune_gc()\n")
+
+
+@pytest.mark.parametrize(
+    "main", sorted((ROOT / "functions").glob("*/main.py")), ids=lambda p: p.parent.name
+)
+def test_every_function_applies_the_process_settings_when_loaded(main: Path) -> None:
+    assert applies_runtime(main.read_text()), f"{main.parent.name} does not call runtime.tune_gc()"

@@ -151,7 +151,7 @@ def checkpointer() -> Checkpointer:
     s = settings()
     batched: list[CheckpointSink] = []
     if s.anchor_bucket:
-        batched.append(GcsSink(storage_client(), s.anchor_bucket))
+        batched.append(GcsSink.connecting(storage_client, s.anchor_bucket))
     if s.anchor_dir is not None:
         batched.append(FolderSink(s.anchor_dir))
     if not batched:
@@ -366,7 +366,7 @@ def approval_service() -> ApprovalService:
     s = settings()
     return ApprovalService(
         store=job_store(),
-        queue=queue(),
+        queue=_QueueOnFirstPublish(),  # a notification or a denial publishes nothing
         policy=policy(),
         notifier=notifier,
         verifier=verifier,

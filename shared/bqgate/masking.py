@@ -227,7 +227,16 @@ def _decide(
         if lin.direct:
             strategy = strictest([s for _, s in hits])
             return ColumnMask(name, strategy, f"masked at the source: {names}", at_source=True)
-        return ColumnMask(name, None, f"computed from values masked at the source: {names}")
+        # Computed from masked values only (and the query's own literals): it holds
+        # nothing raw, so the detectors are not run on it either (a token's hex digits
+        # can pass a checksum by chance). Any other source keeps the detectors on.
+        only_masked = all(src.lower() in premasked for src in lin.sources)
+        return ColumnMask(
+            name,
+            None,
+            f"computed from values masked at the source: {names}",
+            at_source=only_masked,
+        )
     if lin.counting:
         return ColumnMask(name, "nullify", f"counts computed from sensitive values of {names}")
     if lin.direct:
@@ -481,8 +490,8 @@ class Masker:
         sub_fields = list(fld.get("fields") or ())
         inner: CellFn | None
         if strategy is None:
-            if not self._detectors:
-                return None
+            if not self._detectors or (mask is not None and mask.at_source):
+                return None  # no detectors, or computed from masked values only
             if typ == "STRING":
                 inner = self._scanner(column)
             elif typ == "RECORD":

@@ -62,3 +62,22 @@ def test_the_log_sink_export_in_the_same_bucket_counts_too(client: Any) -> None:
     ).upload_from_string(exported)
     index = AnchorIndex.read(GcsSink(client, BUCKET).read(), Keyring([KEY]))
     assert [c.seq for c in index.of("s-9")] == [2, 4]
+
+
+def test_a_connecting_sink_builds_its_client_with_its_first_batch(client: Any) -> None:
+    built: list[Any] = []
+
+    def connect() -> Any:
+        built.append(client)
+        return client
+
+    sink = GcsSink.connecting(connect, BUCKET)
+    checkpointer = Checkpointer(KEY, batched=[sink], interval_s=3600)
+    checkpointer.note(cp("s-3", 1))
+    assert built == []  # recording alone connects to nothing
+    assert checkpointer.flush()  # the batch goes out: now it connects, once
+    checkpointer.note(cp("s-3", 2))
+    assert checkpointer.flush()
+    checkpointer.close()
+    assert len(built) == 1
+    assert [c.seq for c in AnchorIndex.read(sink.read(), Keyring([KEY])).of("s-3")] == [1, 2]

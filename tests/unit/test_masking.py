@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bqgate import detectors
 from bqgate.masking import (
     PER_FIELD,
     ColumnMask,
@@ -236,10 +237,31 @@ def test_plan_trusts_values_masked_at_the_source() -> None:
     )
     assert [(c.strategy, c.at_source) for c in plan.columns] == [
         ("email", True),
-        (None, False),
-        (None, False),
+        (None, True),  # computed from masked values only: no detectors either
+        (None, True),
         ("nullify", False),
     ]
+
+
+def test_detectors_skip_what_is_computed_from_masked_values_only() -> None:
+    """LOWER(token) holds nothing raw: a token whose hex digits pass the card checksum by
+    chance stays intact (a redaction would break joins on tokens). A column that also
+    reads an unmasked source keeps the detectors."""
+    schema = [{"name": n, "type": "STRING"} for n in ("t", "mixed")]
+    premasked = frozenset({"demo-project.sales.customers.full_name"})
+    plan = plan_masking(
+        [
+            lin("t", "full_name", direct=False),
+            lin("mixed", "full_name", "country", direct=False),
+        ],
+        schema,
+        lambda t: {"full_name": "hmac"} if t == "demo-project.sales.customers" else {},
+        premasked=premasked,
+    )
+    token = "tok_c4111111111111111d5f60"  # 4111 1111 1111 1111 passes Luhn
+    assert detectors.scan(token)  # the detector alone would redact it
+    rows = Masker(plan, schema, hmac_key=KEY).mask_rows([[token, token]])
+    assert rows == [[token, "tok_c[REDACTED:card]d5f60"]]
 
 
 def test_checks_of_values_masked_at_the_source() -> None:

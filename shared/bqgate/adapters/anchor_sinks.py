@@ -93,10 +93,25 @@ class GcsSink:
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
+        self._client = client
+        self._connect: Callable[[], Any] | None = None
         self.bucket_name = bucket
         self.timeout_s = timeout_s
         self.clock = clock
+
+    @classmethod
+    def connecting(cls, connect: Callable[[], Any], bucket: str) -> GcsSink:
+        """A sink that builds its storage client with its first batch (a function that
+        only records never imports google-cloud-storage before it has to)."""
+        sink = cls(None, bucket)
+        sink._connect = connect
+        return sink
+
+    @property
+    def client(self) -> Any:
+        if self._client is None and self._connect is not None:
+            self._client = self._connect()
+        return self._client
 
     def write(self, lines: Sequence[str]) -> None:
         if not lines:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from bqgate import settings as settings_mod
 from bqgate.policy import Policy, load_policy
-from bqgate.service.gateway import Gateway, GatewayConfig
 from bqgate.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from bqgate.service.approvals import ApprovalsApp, ApprovalService
     from bqgate.service.catalog import CachedCatalog, CatalogApp
     from bqgate.service.executor import Executor
+    from bqgate.service.gateway import Gateway
     from bqgate.service.ingress import IngressApp
     from bqgate.service.mcp import McpTools
     from bqgate.service.metadata import MetadataApi
@@ -205,6 +205,8 @@ def _classifier() -> Classifier:
 
 @functools.cache
 def gateway() -> Gateway:
+    from bqgate.service.gateway import Gateway, GatewayConfig
+
     s = settings()
     pol = policy()
     return Gateway(

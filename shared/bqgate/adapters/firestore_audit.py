@@ -47,6 +47,7 @@ from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from bqgate.adapters.firestore_writes import FastBatch
 from bqgate.adapters.google_errors import outage_as_unavailable, retry, unavailable
 from bqgate.anchors import Checkpoint
 from bqgate.audit.chain import Event, SessionHead, seal, session_doc_id, to_plain
@@ -219,7 +220,7 @@ class FirestoreRecorder:
 
         def attempt() -> list[Event]:
             head = self.read_head(append.session_id)
-            batch = self.client.batch()
+            batch = FastBatch(self.client.batch())
             staged = self.stage(batch, append, head)
             results = batch.commit(retry=None, timeout=self.rpc_timeout_s)
             self.committed(staged, results[-1].update_time if results else None)

@@ -36,7 +36,7 @@ already is January 1st unchanged; ``email`` leaves an already masked
 >>> sens = lambda t: {"email": "email"} if t == "p.d.t" else {}
 >>> plan = plan_masking(lin, schema, sens, premasked=frozenset({"p.d.t.email"}))
 >>> [(c.column, c.strategy, c.at_source) for c in plan.columns]
-[('email', 'email', True), ('n', None, False)]
+[('email', 'email', True), ('n', None, True)]
 >>> Masker(plan, schema, hmac_key=b"k").mask_rows([["XXXXX@example.com", "3"]])
 [['XXXXX@example.com', '3']]
 

@@ -48,7 +48,7 @@ def executor(request: flask.Request) -> flask.Response:
             handover,
         )
         log.info("job %s: %s", job_id, answer.outcome)
-        return flask.Response(text, status=200, headers=headers, mimetype="application/json")
+        return flask.Response(text, status=200, headers=headers, mimetype="application/x-ndjson")
     outcome = bootstrap.executor().run(job_id)
     log.info("job %s: %s", job_id, outcome)
     return flask.Response("OK", status=200)

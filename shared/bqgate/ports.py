@@ -7,7 +7,7 @@ also tested against the real emulator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,6 +77,24 @@ class Page:
     index: int
     start: int
     rows_json: str
+
+
+class RowsPart(list[list[Any]]):
+    """Compact rows of one part of a result, as :meth:`Warehouse.pages` yields them; with
+    ``rest``, the same rows as BigQuery sent them (``{"f": [{"v": ...}]}``, int64
+    timestamps), row for row, so a row the masks leave unchanged can be answered in that
+    form without being built again. A plain list is a part without it.
+
+    >>> part = RowsPart([["1"]], rest=[{"f": [{"v": "1"}]}])
+    >>> part, part.rest
+    ([['1']], [{'f': [{'v': '1'}]}])
+    """
+
+    def __init__(
+        self, rows: Iterable[list[Any]] = (), *, rest: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(rows)
+        self.rest = rest if rest is not None and len(rest) == len(self) else None
 
 
 @dataclass(frozen=True)
@@ -258,7 +276,8 @@ class Warehouse(Protocol):
     def pages(
         self, job_id: str, *, page_size: int, max_rows: int | None
     ) -> Iterator[list[list[Any]]]:
-        """The finished job's rows as compact rows, one list per page."""
+        """The finished job's rows as compact rows, one list per page (a
+        :class:`RowsPart` when the warehouse also hands over BigQuery's own form)."""
 
     def table_schema(self, table_fqn: str) -> list[dict[str, Any]]:
         """REST schema fields of ``project.dataset.table``; KeyError if unknown."""

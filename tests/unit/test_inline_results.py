@@ -18,9 +18,13 @@ from bqgate.classification import Classification
 from bqgate.errors import Unavailable
 from bqgate.jobs import DONE, Job
 from bqgate.policy import load_policy
+from bqgate.ports import RowsPart
 from bqgate.service.dispatch import ExecutorAnswer
 from bqgate.service.executor import Executor, ExecutorConfig
-from bqgate.service.gateway import Gateway, GatewayConfig
+from bqgate.service.gateway import Gateway, GatewayConfig, inline_page
+from bqgate.wire import codec
+from bqgate.wire.bigquery import rest_rows, rows_to_rest
+from bqgate.wire.codec import RawJson
 from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue, caller
 
 POLICY = load_policy("policies/default.yaml")
@@ -277,3 +281,105 @@ def test_a_paged_result_cuts_its_first_page_where_the_clients_first_answer_ends(
     reads = store.page_reads
     assert reads == 1  # the first answer read exactly one page
     assert [r[0] for r in all_rows(gw, body)] == [str(i) for i in range(40)]
+
+
+class RestWarehouse(FakeWarehouse):
+    """Hands over each part with BigQuery's own form of its rows too, as the BigQuery
+    adapter does (``RowsPart``)."""
+
+    def pages(self, job_id: str, *, page_size: int, max_rows: int | None) -> Any:
+        for part in super().pages(job_id, page_size=page_size, max_rows=max_rows):
+            yield RowsPart(part, rest=rows_to_rest(part, self.schema))
+
+
+def rest_stack(rows: int = 20) -> tuple[Gateway, list[ExecutorAnswer], RestWarehouse]:
+    gw, ex, _, _, answers = stack(rows=rows)
+    old = ex.warehouse
+    assert isinstance(old, FakeWarehouse)
+    wh = RestWarehouse(old.schema, old.rows, schemas=old.schemas)
+    ex.warehouse = wh
+    return gw, answers, wh
+
+
+def test_the_answer_carries_the_executors_text_and_the_ingress_sends_it_as_is() -> None:
+    gw, answers, _ = rest_stack(rows=20)
+    body = gw.query(
+        AGENT,
+        "demo-project",
+        {"query": SQL, "useLegacySql": False, "formatOptions": {"useInt64Timestamp": True}},
+        raw=True,
+    )
+    (answer,) = answers
+    assert isinstance(body["rows"], RawJson)
+    assert [text for _, _, text in answer.rest] == [body["rows"].text]  # not re-encoded
+    sent = json.loads(codec.dumps(body))
+    assert cells(sent) == answer.rows and len(cells(sent)) == 20
+    # Whatever the answer's form, the agent sees the same rows and never a raw value.
+    plain = gw.get_query_results(AGENT, "demo-project", "job1", {})
+    assert cells(plain) == cells(sent)
+    text = body["rows"].text.decode()
+    assert "user" not in text and "123-45" not in text
+
+
+def test_rows_the_masks_change_are_never_served_in_bigquerys_form() -> None:
+    """Only a row that came through the masks unchanged is BigQuery's own: here every row
+    has a masked column, so every row is built from its masked values."""
+    gw, answers, _ = rest_stack(rows=12)
+    query(gw)
+    (answer,) = answers
+    raw = b"".join(text for _, _, text in answer.rest)
+    assert b"@example.com" in raw and b"user" not in raw and b"123-45-" not in raw
+    schema = [{"name": "n", "type": "STRING"}, {"name": "e", "type": "STRING"}]
+    got = RowsPart(
+        [["1", "a@x.io"], ["2", "b"]], rest=rows_to_rest([["1", "a@x.io"], ["2", "b"]], schema)
+    )
+    out = rest_rows([["1", "XXXXX@x.io"], ["2", "b"]], got, schema)
+    assert got.rest is not None and out[1] is got.rest[1]  # unchanged: BigQuery's own row
+    assert out[0] == {"f": [{"v": "1"}, {"v": "XXXXX@x.io"}]} and out[0] is not got.rest[0]
+
+
+def test_pages_the_client_asks_for_are_whole_pieces_and_any_other_slice_is_cut() -> None:
+    gw, answers, _ = rest_stack(rows=20)
+    fmt = {"formatOptions.useInt64Timestamp": "true"}
+    first = gw.query(
+        AGENT,
+        "demo-project",
+        {
+            "query": SQL,
+            "useLegacySql": False,
+            "maxResults": 6,
+            "formatOptions": {"useInt64Timestamp": True},
+        },
+        raw=True,
+    )
+    (answer,) = answers
+    assert [(s, n) for s, n, _ in answer.rest] == [(0, 6), (6, 6), (12, 6), (18, 2)]
+    assert isinstance(first["rows"], RawJson)
+    nxt = gw.get_query_results(
+        AGENT,
+        "demo-project",
+        "job1",
+        {**fmt, "pageToken": first["pageToken"], "maxResults": "6"},
+        raw=True,
+    )
+    assert isinstance(nxt["rows"], RawJson) and nxt["rows"].text == answer.rest[1][2]
+    odd = gw.get_query_results(
+        AGENT, "demo-project", "job1", {**fmt, "startIndex": "4", "maxResults": "5"}, raw=True
+    )
+    assert isinstance(odd["rows"], list)  # not whole pieces: cut from the parsed pieces
+    assert [r[0] for r in cells(odd)] == ["4", "5", "6", "7", "8"]
+
+
+def test_timestamps_in_the_older_float_form_are_converted_not_sent_as_is() -> None:
+    schema = [{"name": "at", "type": "TIMESTAMP"}]
+    chunks = ((0, 1, codec.dumps_bytes(rows_to_rest([["1700000000000000"]], schema))),)
+    assert isinstance(inline_page(chunks, 0, 1, schema, raw=True), RawJson)
+    old = inline_page(chunks, 0, 1, schema, int64_timestamps=False, raw=True)
+    assert old == [{"f": [{"v": "1700000000.0"}]}]
+
+
+def test_an_answer_cut_short_is_no_answer() -> None:
+    text = ExecutorAnswer("done", rest=((0, 1, b'[{"f":[{"v":"1"}]}]'),)).to_json()
+    assert ExecutorAnswer.from_json(text) is not None
+    assert ExecutorAnswer.from_json(text[:-3]) is None
+    assert ExecutorAnswer.from_json(text.split(b"\n")[0]) is None

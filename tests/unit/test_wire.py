@@ -6,6 +6,7 @@ import pytest
 from bqgate.classification import Classification
 from bqgate.errors import AccessDenied, InvalidQuery, InvalidRequest
 from bqgate.jobs import DONE, Job
+from bqgate.ports import RowsPart
 from bqgate.wire import bigquery as wire
 
 NESTED: list[dict[str, Any]] = [
@@ -208,3 +209,28 @@ def test_query_results_total_rows_is_a_string() -> None:
     body = wire.query_results(job, rows=[], next_offset=2)
     assert body["totalRows"] == "3" and body["jobComplete"] is True
     assert wire.decode_page_token(body["pageToken"]) == 2
+
+
+def test_a_flat_rest_row_is_exactly_the_rest_form_of_its_compact_row() -> None:
+    """Why an unmasked row may be answered in BigQuery's own form: for a flat schema the
+    compact row holds every value of the REST row, and building it again gives it back."""
+    schema = [
+        {"name": "s", "type": "STRING"},
+        {"name": "i", "type": "INTEGER"},
+        {"name": "t", "type": "TIMESTAMP"},
+        {"name": "b", "type": "BYTES"},
+    ]
+    rest = [
+        {"f": [{"v": "x"}, {"v": "1"}, {"v": "1700000000000000"}, {"v": "AAE="}]},
+        {"f": [{"v": None}, {"v": None}, {"v": None}, {"v": None}]},
+        {"f": [{"v": 'q"uote\n'}, {"v": "-9"}, {"v": "0"}, {"v": ""}]},
+    ]
+    compact = wire.rest_to_compact(rest, schema)
+    assert wire.rows_to_rest(compact, schema) == rest
+    got = RowsPart(compact, rest=rest)
+    assert all(a is b for a, b in zip(wire.rest_rows(compact, got, schema), rest, strict=True))
+    nested = [*schema, {"name": "r", "type": "STRING", "mode": "REPEATED"}]
+    deep = [{"f": [*row["f"], {"v": [{"v": "a"}]}]} for row in rest]
+    flat = wire.rest_to_compact(deep, nested)
+    again = wire.rest_rows(flat, RowsPart(flat, rest=deep), nested)
+    assert again == deep and not any(a is b for a, b in zip(again, deep, strict=True))  # built

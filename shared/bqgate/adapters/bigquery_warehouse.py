@@ -25,7 +25,7 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from bqgate.adapters.google_errors import bigquery_calls, warehouse_error
 from bqgate.errors import BqgateError, Unavailable, from_warehouse
-from bqgate.ports import DryRun, QueryOutcome
+from bqgate.ports import DryRun, QueryOutcome, RowsPart
 from bqgate.wire import codec
 from bqgate.wire.bigquery import rest_to_compact
 
@@ -291,11 +291,10 @@ class BigQueryWarehouse:
             first = self._first_pages.pop(job_id, None)
         if first is not None and first.get("rows"):
             schema = (first.get("schema") or {}).get("fields") or []
-            rows = rest_to_compact(first["rows"], schema)
-            if max_rows is not None:
-                rows = rows[:max_rows]
+            rest = first["rows"] if max_rows is None else first["rows"][:max_rows]
+            rows = rest_to_compact(rest, schema)
             for i in range(0, len(rows), page_size):
-                yield rows[i : i + page_size]
+                yield RowsPart(rows[i : i + page_size], rest=rest[i : i + page_size])
             seen = len(rows)
             token = first.get("pageToken")
             if not token or (max_rows is not None and seen >= max_rows):
@@ -314,10 +313,11 @@ class BigQueryWarehouse:
             with bigquery_calls():
                 resp = self._api("GET", path, query_params=params)
             schema = (resp.get("schema") or {}).get("fields") or []
-            rows = rest_to_compact(resp.get("rows") or [], schema)
+            rest = resp.get("rows") or []
+            rows = rest_to_compact(rest, schema)
             if rows:
                 seen += len(rows)
-                yield rows
+                yield RowsPart(rows, rest=rest)
             token = resp.get("pageToken")
             if not token or not rows:
                 return

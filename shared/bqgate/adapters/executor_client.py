@@ -85,10 +85,10 @@ def serve_direct(
     job_id: str,
     hint: str | None,
     handover: Any = None,
-) -> tuple[ExecutorAnswer, str, dict[str, str]]:
+) -> tuple[ExecutorAnswer, bytes, dict[str, str]]:
     """The executor's side of the direct call: run the job (as the ingress handed it
-    over, when it did); answer with what happened (the answer, as JSON text) and the
-    job's session head (headers)."""
+    over, when it did); answer with what happened (the answer's bytes, see
+    :meth:`ExecutorAnswer.to_json`) and the job's session head (headers)."""
     if hints is not None:
         hints.incoming(hint)
         hints.adopt(job_id, handover)

@@ -28,6 +28,11 @@ log = logging.getLogger("bqgate.dispatch")
 REDISPATCH_AFTER_MS = 20_000
 
 
+#: One piece of an inline result as the agent gets it: its first row, its row count, and
+#: those rows as the JSON text of BigQuery's ``rows`` (``[{"f": [{"v": ...}]}, ...]``).
+RestChunk = tuple[int, int, bytes]
+
+
 @dataclass(frozen=True)
 class ExecutorAnswer:
     """The executor's answer to a direct call: what it did, the job as it left it (when
@@ -36,63 +41,81 @@ class ExecutorAnswer:
     marked the job's ``accepted`` hand-off finished in the commit that ended the job
     (nobody else needs to).
 
-    The executor holds the rows as the JSON text of its result pages (``rows_json``, sent
-    as is); the ingress reads them back as compact rows (``rows``), and ``size`` is the
-    answer's length.
+    The rows travel as BigQuery's own JSON text, in the pieces clients ask for
+    (``rest``), and are never parsed on the way: the answer is one line of JSON (what
+    happened, the job, each piece's first row, row count and length) followed by the
+    pieces' bytes. ``size`` is the answer's length.
+
+    >>> a = ExecutorAnswer("done", rest=((0, 1, b'[{"f":[{"v":"1"}]}]'),))
+    >>> b = ExecutorAnswer.from_json(a.to_json())
+    >>> b.rest, b.size
+    (((0, 1, b'[{"f":[{"v":"1"}]}]'),), 80)
+    >>> ExecutorAnswer.from_json('{"outcome": 1}') is None
+    True
     """
 
     outcome: str
     job: Job | None = None
-    rows: list[list[Any]] | None = None
+    rest: tuple[RestChunk, ...] = ()
     outbox_done: bool = False
-    rows_json: str | None = None
     size: int = 0
 
-    def to_json(self) -> str:
-        """The answer as JSON text (the executor's HTTP answer to the direct call).
+    @property
+    def rows(self) -> list[list[Any]] | None:
+        """The inline rows as compact rows (None: none came inline)."""
+        if not self.rest or self.job is None:
+            return None
+        from bqgate.wire.bigquery import rest_to_compact
 
-        >>> ExecutorAnswer("done", rows_json='[["1"]]').to_json()
-        '{"outcome":"done","job":null,"outbox_done":false,"rows":[["1"]]}'
-        """
-        text = codec.dumps(
+        schema = self.job.schema or []
+        return [r for _, _, text in self.rest for r in rest_to_compact(codec.loads(text), schema)]
+
+    def to_json(self) -> bytes:
+        """The answer as bytes (the executor's HTTP answer to the direct call)."""
+        head = codec.dumps_bytes(
             {
                 "outcome": self.outcome,
                 "job": self.job.to_doc() if self.job is not None else None,
                 "outbox_done": self.outbox_done,
+                "rest": [[start, count, len(text)] for start, count, text in self.rest],
             }
         )
-        rows = self.rows_json
-        if rows is None and self.rows is not None:
-            rows = codec.dumps(self.rows)
-        return text if rows is None else f'{text[:-1]},"rows":{rows}}}'
+        return b"\n".join([head, *(text for _, _, text in self.rest)]) if self.rest else head
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ExecutorAnswer | None:
-        """Read :meth:`to_json` back (None: not an answer).
-
-        >>> a = ExecutorAnswer.from_json(ExecutorAnswer("done", rows_json='[["1"]]').to_json())
-        >>> a.outcome, a.rows, a.size
-        ('done', [['1']], 64)
-        >>> ExecutorAnswer.from_json('{"outcome": 1}') is None
-        True
-        """
+        """Read :meth:`to_json` back (None: not an answer)."""
+        data = text.encode() if isinstance(text, str) else text
+        cut = data.find(b"\n")
         try:
-            body = codec.loads(text)
+            body = codec.loads(data if cut < 0 else data[:cut])
         except ValueError:
             return None
         if not isinstance(body, dict) or not isinstance(body.get("outcome"), str):
             return None
-        doc, rows = body.get("job"), body.get("rows")
+        doc = body.get("job")
         try:
             job = Job.from_doc(doc) if isinstance(doc, dict) else None
         except (TypeError, ValueError):  # not a job this version knows
             return None
+        rest: list[RestChunk] = []
+        offset = cut + 1
+        for piece in body.get("rest") or ():
+            try:
+                start, count, length = (int(x) for x in piece)
+            except (TypeError, ValueError):
+                return None
+            chunk = data[offset : offset + length]
+            if cut < 0 or len(chunk) != length:
+                return None  # cut short: not an answer
+            rest.append((start, count, chunk))
+            offset += length + 1
         return cls(
             outcome=body["outcome"],
             job=job,
-            rows=rows if isinstance(rows, list) else None,
+            rest=tuple(rest),
             outbox_done=body.get("outbox_done") is True,
-            size=len(text),
+            size=len(data),
         )
 
 
@@ -276,4 +299,5 @@ __all__ = [
     "Dispatcher",
     "ExecutorAnswer",
     "Reconciled",
+    "RestChunk",
 ]

@@ -66,9 +66,10 @@ from bqgate.ports import (
     Recording,
     Warehouse,
 )
-from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer
+from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer, RestChunk
 from bqgate.vocabulary import Decision, strictest_decision
 from bqgate.wire import codec
+from bqgate.wire.bigquery import DEFAULT_PAGE_ROWS, rest_rows
 
 if TYPE_CHECKING:
     from bqgate.masking import Masker
@@ -276,11 +277,13 @@ class Executor:
         rid: str | None = getattr(self._local, "handoff", None)
         return [rid] if rid else []
 
-    def _finished(self, job: Job, *, rows_json: str | None = None, completed: bool = False) -> None:
+    def _finished(
+        self, job: Job, *, rest: tuple[RestChunk, ...] = (), completed: bool = False
+    ) -> None:
         """Note the job this run ended, for the direct call's answer (if one is awaited)."""
         if getattr(self._local, "answering", False):
             self._local.ended = ExecutorAnswer(
-                outcome="finished", job=job, rows_json=rows_json, outbox_done=completed
+                outcome="finished", job=job, rest=rest, outbox_done=completed
             )
 
     def execute(self, job_id: str, *, direct: bool = False) -> ExecutorAnswer:
@@ -301,7 +304,7 @@ class Executor:
         return ExecutorAnswer(
             outcome=outcome,
             job=ended.job,
-            rows_json=ended.rows_json,
+            rest=ended.rest,
             outbox_done=ended.outbox_done,
         )
 
@@ -1057,6 +1060,7 @@ class Executor:
         sample: list[list[Any]] = []
         sample_cap = self.policy.sessions.record_rows
         held: list[Page] = []  # pages written with the DONE commit (an inline result)
+        answer_rows: list[dict[str, Any]] = []  # an inline result's rows, as the agent gets them
         inline = self.config.inline_result_bytes > 0  # still small enough to answer inline
         inline_bytes = 0
         first_cut = job.first_page_rows if job.first_page_rows and job.first_page_rows > 0 else None
@@ -1097,6 +1101,7 @@ class Executor:
                         for page in held:
                             write(page)
                         held.clear()
+                        answer_rows.clear()
                 if buf_bytes + len(chunk) <= self.config.page_bytes:
                     pieces = [(chunk, len(part))]
                 else:
@@ -1111,6 +1116,9 @@ class Executor:
 
             for rows in self.warehouse.pages(wjid, page_size=self.config.fetch_rows, max_rows=cap):
                 masked_rows = masker.mask_rows(rows)
+                if inline:
+                    # BigQuery's own rows where the masks changed nothing, built otherwise.
+                    answer_rows.extend(rest_rows(masked_rows, rows, schema))
                 if len(sample) < sample_cap:
                     sample.extend(masked_rows[: sample_cap - len(sample)])
                 cut = first_cut - total if first_cut is not None and not page_starts else 0
@@ -1184,11 +1192,18 @@ class Executor:
             complete=complete,
         )
         if ended.changed:
-            rows_json = None
+            rest: tuple[RestChunk, ...] = ()
             if schema and inline:
-                rows_json = "[" + ",".join(p.rows_json[1:-1] for p in held if p.rows_json != "[]")
-                rows_json += "]"
-            self._finished(ended.after, rows_json=rows_json, completed=bool(complete))
+                # The agent's pages as BigQuery's own JSON text: the ingress answers with it
+                # as is. Pieces of the client's page size (its first answer's, else one
+                # default page) so that each answer is whole pieces.
+                step = first_cut or DEFAULT_PAGE_ROWS
+                rest = tuple(
+                    (at, len(part), codec.dumps_bytes(part))
+                    for at in range(0, len(answer_rows), step)
+                    for part in (answer_rows[at : at + step],)
+                )
+            self._finished(ended.after, rest=rest, completed=bool(complete))
         return "done"
 
 

@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 from bqgate import outbox
 from bqgate.approvals import expire, quota_message
@@ -45,13 +45,18 @@ from bqgate.ports import (
     Recorder,
     Recording,
 )
-from bqgate.service.dispatch import REDISPATCH_AFTER_MS, DirectCall, Dispatcher, ExecutorAnswer
+from bqgate.service.dispatch import (
+    REDISPATCH_AFTER_MS,
+    DirectCall,
+    Dispatcher,
+    ExecutorAnswer,
+    RestChunk,
+)
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
 from bqgate.wire import codec
+from bqgate.wire.bigquery import DEFAULT_PAGE_ROWS
 
-#: Rows served per getQueryResults call when the client does not say.
-DEFAULT_PAGE_ROWS = 10_000
 #: Most rows served per call whatever the client asks (keeps responses small).
 MAX_PAGE_ROWS = 50_000
 #: Finished jobs (and their inline rows) an ingress instance keeps to answer from memory.
@@ -61,47 +66,48 @@ DONE_ROWS_BYTES = 64 * 1024 * 1024
 
 class DoneJobs:
     """Finished jobs this process has seen, with the masked rows of those the executor
-    answered inline: a DONE job never changes, so a later ``jobs.get``,
-    ``getQueryResults`` or ``tabledata.list`` of it needs no store round trip.
+    answered inline (as BigQuery's JSON text, in pieces: :data:`RestChunk`): a DONE job
+    never changes, so a later ``jobs.get``, ``getQueryResults`` or ``tabledata.list`` of
+    it needs no store round trip.
 
     Bounded by count and by the rows' encoded size (least recently used first out). A
     miss is only slower: every job and page is also in the store.
 
-    >>> done = DoneJobs(max_jobs=1, max_bytes=10)
+    >>> done = DoneJobs(max_jobs=1, max_bytes=100)
     >>> j = Job.new(job_id="a", project="p", location="US", sql="S", owner="o", now_ms=1)
     >>> done.put(j)  # not DONE: not kept
     >>> done.get("a") is None
     True
     >>> j.state = DONE
-    >>> done.put(j, [["1"]], 5); done.get("a").job_id, done.rows("a")
-    ('a', [['1']])
+    >>> done.put(j, ((0, 1, b'[{"f":[{"v":"1"}]}]'),), 20); done.get("a").job_id, done.rest("a")
+    ('a', ((0, 1, b'[{"f":[{"v":"1"}]}]'),))
     >>> done.put(Job.new(job_id="b", project="p", location="US", sql="S", owner="o",
     ...                  now_ms=1, state=DONE))
-    >>> done.get("a") is None, done.rows("a") is None  # evicted by count
+    >>> done.get("a") is None, done.rest("a") is None  # evicted by count
     (True, True)
     """
 
     def __init__(self, max_jobs: int = DONE_JOBS, max_bytes: int = DONE_ROWS_BYTES) -> None:
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
-        self._jobs: OrderedDict[str, tuple[Job, list[list[Any]] | None, int]] = OrderedDict()
+        self._jobs: OrderedDict[str, tuple[Job, tuple[RestChunk, ...] | None, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, job: Job, rows: list[list[Any]] | None = None, size: int = 0) -> None:
+    def put(self, job: Job, rest: tuple[RestChunk, ...] | None = None, size: int = 0) -> None:
         if not job.done:
             return
         if size > self.max_bytes:  # the job, not its rows
-            rows, size = None, 0
+            rest, size = None, 0
         kept = copy.deepcopy(job)
         with self._lock:
             old = self._jobs.pop(job.job_id, None)
             if old is not None:
                 self._bytes -= old[2]
-                if rows is None and old[1] is not None:  # keep rows already known
-                    rows, size = old[1], old[2]
-            self._jobs[job.job_id] = (kept, rows, size if rows is not None else 0)
-            self._bytes += size if rows is not None else 0
+                if rest is None and old[1] is not None:  # keep rows already known
+                    rest, size = old[1], old[2]
+            self._jobs[job.job_id] = (kept, rest, size if rest is not None else 0)
+            self._bytes += size if rest is not None else 0
             while self._jobs and (len(self._jobs) > self.max_jobs or self._bytes > self.max_bytes):
                 _, (_, _, gone) = self._jobs.popitem(last=False)
                 self._bytes -= gone
@@ -114,11 +120,62 @@ class DoneJobs:
             self._jobs.move_to_end(job_id)
         return copy.deepcopy(hit[0])
 
-    def rows(self, job_id: str) -> list[list[Any]] | None:
-        """The inline rows of a finished job (read only), or None."""
+    def rest(self, job_id: str) -> tuple[RestChunk, ...] | None:
+        """The inline rows of a finished job (BigQuery's JSON, in pieces), or None."""
         with self._lock:
             hit = self._jobs.get(job_id)
         return hit[1] if hit is not None else None
+
+
+def inline_page(
+    chunks: Sequence[RestChunk],
+    start: int,
+    end: int,
+    schema: Sequence[Mapping[str, Any]],
+    *,
+    int64_timestamps: bool = True,
+    raw: bool = False,
+) -> list[dict[str, Any]] | codec.RawJson:
+    """Rows ``start`` to ``end`` of an inline result: with ``raw``, the pieces' own text
+    when the rows are whole pieces (the usual case: they are cut as clients ask), else
+    the rows parsed from the pieces they are in.
+
+    >>> chunks = [(0, 1, b'[{"f":[{"v":"a"}]}]'), (1, 2, b'[{"f":[{"v":"b"}]},{"f":[{"v":"c"}]}]')]
+    >>> s = [{"name": "x", "type": "STRING"}]
+    >>> inline_page(chunks, 0, 3, s, raw=True).text
+    b'[{"f":[{"v":"a"}]},{"f":[{"v":"b"}]},{"f":[{"v":"c"}]}]'
+    >>> inline_page(chunks, 1, 2, s, raw=True)
+    [{'f': [{'v': 'b'}]}]
+    """
+    as_sent = int64_timestamps or not _has_timestamp(schema)  # the pieces' timestamps are int64
+    if raw and as_sent:
+        texts: list[bytes] = []
+        at = start
+        for first, count, text in chunks:
+            if first + count <= start or first >= end:
+                continue
+            if first != at or first + count > end:
+                break  # a piece only partly wanted
+            texts.append(text)
+            at = first + count
+        if at == end:
+            if len(texts) == 1:
+                return codec.RawJson(texts[0])
+            return codec.RawJson(b"[" + b",".join(t[1:-1] for t in texts if t != b"[]") + b"]")
+    rows: list[dict[str, Any]] = []
+    for first, count, text in chunks:
+        if first + count <= start or first >= end:
+            continue
+        rows.extend(codec.loads(text)[max(start - first, 0) : end - first])
+    if not as_sent:
+        return wire.rows_to_rest(wire.rest_to_compact(rows, schema), schema, False)
+    return rows
+
+
+def _has_timestamp(schema: Sequence[Mapping[str, Any]]) -> bool:
+    return any(
+        f.get("type") == "TIMESTAMP" or _has_timestamp(f.get("fields") or ()) for f in schema
+    )
 
 
 class NullRecorder:
@@ -348,7 +405,7 @@ class Gateway:
         done = answer.job
         if done.job_id != job.job_id or not done.done:
             return None
-        self.done_jobs.put(done, answer.rows, answer.size)
+        self.done_jobs.put(done, answer.rest or None, answer.size)
         return done
 
     def _refuse_over_quota(self, job: Job, open_count: int) -> NoReturn:
@@ -430,8 +487,12 @@ class Gateway:
             raise job_error(job)
         return wire.job_resource(job)
 
-    def query(self, principal: Principal, project: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``jobs.query``: submit, wait up to ``timeoutMs``, answer like getQueryResults."""
+    def query(
+        self, principal: Principal, project: str, body: Mapping[str, Any], *, raw: bool = False
+    ) -> dict[str, Any]:
+        """``jobs.query``: submit, wait up to ``timeoutMs``, answer like getQueryResults.
+        ``raw``: the answer's ``rows`` may be JSON text (:class:`bqgate.wire.codec.RawJson`,
+        for an answer that is encoded as is)."""
         req = wire.parse_query(body)
         job_id = req.request_id or self.new_id()
         try:
@@ -445,7 +506,7 @@ class Gateway:
             location=None,
             int64_timestamps=_int64_ts(body),
         )
-        return self._results(job, params, query_response=True)
+        return self._results(job, params, query_response=True, raw=raw)
 
     # --- reading -----------------------------------------------------------------
 
@@ -516,11 +577,18 @@ class Gateway:
         return {"kind": "bigquery#jobCancelResponse", "job": wire.job_resource(done.after)}
 
     def get_query_results(
-        self, principal: Principal, project: str, job_id: str, params: Mapping[str, str]
+        self,
+        principal: Principal,
+        project: str,
+        job_id: str,
+        params: Mapping[str, str],
+        *,
+        raw: bool = False,
     ) -> dict[str, Any]:
-        """``jobs.getQueryResults``: waits up to ``timeoutMs`` for the job, then pages."""
+        """``jobs.getQueryResults``: waits up to ``timeoutMs`` for the job, then pages
+        (``raw``: as for :meth:`query`)."""
         job = self._owned(principal, project, job_id)
-        return self._results(job, wire.parse_results_params(params))
+        return self._results(job, wire.parse_results_params(params), raw=raw)
 
     def _wait(self, job: Job, timeout_ms: int | None) -> Job:
         budget = (
@@ -540,7 +608,12 @@ class Gateway:
         return job
 
     def _results(
-        self, job: Job, params: wire.ResultsRequest, *, query_response: bool = False
+        self,
+        job: Job,
+        params: wire.ResultsRequest,
+        *,
+        query_response: bool = False,
+        raw: bool = False,
     ) -> dict[str, Any]:
         job = self._wait(job, params.timeout_ms)
         if not job.done:
@@ -549,16 +622,27 @@ class Gateway:
             )
         if job.error:
             raise job_error(job)
-        rows, next_offset = self.page(job, params)
+        rows, next_offset = self.page(job, params, raw=raw)
         return wire.query_results(
             job, rows=rows, next_offset=next_offset, query_response=query_response
         )
 
+    @overload
     def page(
         self, job: Job, params: wire.ResultsRequest
-    ) -> tuple[list[dict[str, Any]] | None, int | None]:
+    ) -> tuple[list[dict[str, Any]] | None, int | None]: ...
+
+    @overload
+    def page(
+        self, job: Job, params: wire.ResultsRequest, *, raw: bool
+    ) -> tuple[list[dict[str, Any]] | codec.RawJson | None, int | None]: ...
+
+    def page(
+        self, job: Job, params: wire.ResultsRequest, *, raw: bool = False
+    ) -> tuple[list[dict[str, Any]] | codec.RawJson | None, int | None]:
         """The REST rows of a finished job from ``params.start_index`` (at most
-        ``params.max_results``) and the offset of the next page (None: the last)."""
+        ``params.max_results``) and the offset of the next page (None: the last).
+        ``raw``: the rows may come as JSON text (for an answer's ``rows``)."""
         total = job.total_rows or 0
         start = params.start_index
         if job.schema is None or params.max_results == 0 or start >= total or not job.page_starts:
@@ -566,13 +650,21 @@ class Gateway:
                 [] if job.schema is not None and params.max_results != 0 else None
             )
             return empty, None
-        inline = self.done_jobs.rows(job.job_id)
-        if inline is not None and len(inline) == total:
+        inline = self.done_jobs.rest(job.job_id)
+        if inline is not None and sum(count for _, count, _ in inline) == total:
             # Answered inline by the executor: served from memory, as many rows as the
-            # client asks for (or one default page), no page read.
+            # client asks for (or one default page), no page read; with ``raw``, as the
+            # JSON text the executor sent (see inline_page).
             want = DEFAULT_PAGE_ROWS if params.max_results is None else params.max_results
             end = min(total, start + min(want, MAX_PAGE_ROWS))
-            rest = wire.rows_to_rest(inline[start:end], job.schema, params.int64_timestamps)
+            rest = inline_page(
+                inline,
+                start,
+                end,
+                job.schema,
+                int64_timestamps=params.int64_timestamps,
+                raw=raw,
+            )
             return rest, (end if end < total else None)
         first = bisect.bisect_right(job.page_starts, start) - 1
         if params.max_results is None:

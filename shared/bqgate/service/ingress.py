@@ -170,14 +170,15 @@ class IngressApp:
             if name == "insert_job":
                 answer = gateway.insert_job(principal, args["project"], data)
             elif name == "query":
-                answer = gateway.query(principal, args["project"], data)
+                # The rows as the executor sent them: encoded into the answer as is.
+                answer = gateway.query(principal, args["project"], data, raw=True)
             elif name == "get_job":
                 answer = gateway.get_job(principal, args["project"], args["job_id"])
             elif name == "cancel_job":
                 answer = gateway.cancel_job(principal, args["project"], args["job_id"])
             else:
                 answer = gateway.get_query_results(
-                    principal, args["project"], args["job_id"], params
+                    principal, args["project"], args["job_id"], params, raw=True
                 )
             return Response(200, answer)
         if name in ("list_rows", "insert_all"):

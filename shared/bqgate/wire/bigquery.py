@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import math
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from bqgate.jobs import DONE, Job
 from bqgate.wire import codec
 
 #: BigQuery's job id pattern (letters, digits, ``_`` and ``-``, at most 1024).
+#: Rows served per getQueryResults call when the client does not say.
+DEFAULT_PAGE_ROWS = 10_000
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
 #: Firestore reserves document ids of this form (``.`` and ``..`` BigQuery's pattern excludes).
 RESERVED_ID_RE = re.compile(r"^__.*__$")
@@ -969,13 +973,7 @@ def rows_to_rest(
     int64_timestamps: bool = True,
 ) -> list[dict[str, Any]]:
     """Compact rows to BigQuery's ``rows`` (``{"f": [{"v": ...}]}``)."""
-    plain = all(
-        f.get("mode") != "REPEATED"
-        and f.get("type") not in ("RECORD", "STRUCT")
-        and (int64_timestamps or f.get("type") != "TIMESTAMP")
-        for f in schema
-    )
-    if plain:
+    if _plain(schema, int64_timestamps=int64_timestamps):
         return [{"f": [{"v": c} for c in row]} for row in rows]
     return [
         {
@@ -991,7 +989,7 @@ def rows_to_rest(
 def query_results(
     job: Job,
     *,
-    rows: list[dict[str, Any]] | None,
+    rows: list[dict[str, Any]] | codec.RawJson | None,
     next_offset: int | None,
     query_response: bool = False,
 ) -> dict[str, Any]:
@@ -1043,6 +1041,45 @@ def _cell_from_rest(value: Any, fld: Mapping[str, Any]) -> Any:
             _cell_from_rest(c.get("v"), f) for c, f in zip(value.get("f", []), subs, strict=False)
         ]
     return value
+
+
+def rest_rows(
+    masked: Sequence[Sequence[Any]],
+    part: Sequence[Sequence[Any]],
+    schema: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """BigQuery's ``rows`` for ``masked``, the masked copy of the compact rows ``part``.
+
+    Where a row came through the masks unchanged and ``part`` carries the rows as BigQuery
+    sent them (:class:`bqgate.ports.RowsPart`), that row is BigQuery's own; every other
+    row is built from its masked values. Only for flat schemas of plain cells, where a
+    compact row holds every value of its REST row (a nested schema is always built).
+
+    >>> from bqgate.ports import RowsPart
+    >>> schema = [{"name": "a", "type": "STRING"}]
+    >>> got = RowsPart([["x"], ["y"]], rest=[{"f": [{"v": "x"}]}, {"f": [{"v": "y"}]}])
+    >>> rows = rest_rows([["x"], ["XXX"]], got, schema)
+    >>> rows, rows[0] is got.rest[0]
+    ([{'f': [{'v': 'x'}]}, {'f': [{'v': 'XXX'}]}], True)
+    """
+    rest = getattr(part, "rest", None)
+    if rest is None or len(rest) != len(masked) or not _plain(schema, int64_timestamps=True):
+        return rows_to_rest(masked, schema)
+    out = list(rest)
+    changed = list(itertools.compress(range(len(out)), map(operator.ne, masked, part)))
+    for i, row in zip(changed, rows_to_rest([masked[i] for i in changed], schema), strict=True):
+        out[i] = row
+    return out
+
+
+def _plain(schema: Sequence[Mapping[str, Any]], *, int64_timestamps: bool) -> bool:
+    """Flat cells only: no REPEATED or RECORD field (and, unless int64, no TIMESTAMP)."""
+    return all(
+        f.get("mode") != "REPEATED"
+        and f.get("type") not in ("RECORD", "STRUCT")
+        and (int64_timestamps or f.get("type") != "TIMESTAMP")
+        for f in schema
+    )
 
 
 def rest_to_compact(

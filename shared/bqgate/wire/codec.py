@@ -21,13 +21,44 @@ from typing import Any
 
 import orjson
 
-_STD = json.JSONEncoder(separators=(",", ":")).encode
+
+class RawJson:
+    """JSON text already encoded, written into a document as is (never parsed again).
+
+    >>> dumps({"rows": RawJson(b'[{"f":[{"v":"1"}]}]'), "n": 1})
+    '{"rows":[{"f":[{"v":"1"}]}],"n":1}'
+    >>> dumps({"rows": RawJson(b"[1]"), "big": 2**70})  # the standard library's way
+    '{"rows":[1],"big":1180591620717411303424}'
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"RawJson({self.text[:40]!r}...)"
+
+
+def _fragment(value: Any) -> Any:
+    if isinstance(value, RawJson):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _parsed(value: Any) -> Any:
+    if isinstance(value, RawJson):
+        return json.loads(value.text)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_STD = json.JSONEncoder(separators=(",", ":"), default=_parsed).encode
 
 
 def dumps_bytes(value: Any) -> bytes:
-    """Compact JSON (UTF-8) of ``value``."""
+    """Compact JSON (UTF-8) of ``value`` (:class:`RawJson` parts written as they are)."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=_fragment)
     except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
         return _STD(value).encode()
 
@@ -42,4 +73,4 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-__all__ = ["dumps", "dumps_bytes", "loads"]
+__all__ = ["RawJson", "dumps", "dumps_bytes", "loads"]

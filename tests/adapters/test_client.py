@@ -154,3 +154,19 @@ def test_dev_credentials_report_issuer_refusal(stack: tuple[Path, GatewayServer]
     without = DevIdTokenCredentials(issuer_url, "alice@example.com", groups=("data-approvers",))
     with pytest.raises(google.auth.exceptions.RefreshError, match=r"HTTP 401.*token secret"):
         without.refresh(google.auth.transport.requests.Request())
+
+
+def test_a_session_reads_the_environment_once_and_keeps_its_proxies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import requests
+    from bqgate.adapters.google_clients import environment_read_once
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    out = environment_read_once(requests.Session(), "https://executor-abc.a.run.app/")
+    assert out.proxies.get("https") == "http://proxy.internal:3128" and not out.trust_env
+    assert out.verify == "/etc/ssl/certs/ca-certificates.crt"
+    local = environment_read_once(requests.Session(), "http://127.0.0.1:8080/")
+    assert "http" not in local.proxies  # no_proxy holds as before

@@ -701,3 +701,56 @@ def test_from_policy_with_the_default_policy(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- tokens verified once ------------------------------------------------------------------
+
+
+def test_a_token_sent_again_is_not_verified_again_but_its_times_are(
+    verifier: OidcVerifier,
+    jwks: JwksState,
+    keys: dict[str, SigningKey],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[str] = []
+    decode = verifier._decode
+
+    def counted(token: str, key: Any, cfg: Issuer) -> dict[str, Any]:
+        decoded.append(token)
+        return decode(token, key, cfg)
+
+    monkeypatch.setattr(verifier, "_decode", counted)
+    token = keys["main"].sign(claims_for(jwks.issuer_url, exp=int(NOW) + 120))
+    first = verifier.verify(token)
+    assert [verifier.verify(token) for _ in range(5)] == [first] * 5
+    assert len(decoded) == 1  # one signature check for six requests
+    clock.now += 120 + 61  # past exp and the skew: the remembered token expires too
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
+    other = keys["main"].sign(claims_for(jwks.issuer_url, sub="other"))
+    assert verifier.verify(other).subject == "other" and len(decoded) == 2
+
+
+def test_a_remembered_token_is_verified_again_once_its_key_is_withdrawn(
+    verifier: OidcVerifier, jwks: JwksState, keys: dict[str, SigningKey], clock: FakeClock
+) -> None:
+    token = keys["main"].sign(claims_for(jwks.issuer_url))
+    assert verifier.verify(token).email == AGENT
+    # The IdP withdraws k1 (compromised) and publishes k2; the key cache expires and is
+    # fetched again: the token signed with k1 no longer passes, remembered or not.
+    jwks.keys = [keys["rotated"].jwk()]
+    clock.now += 301
+    verifier.verify(keys["rotated"].sign(claims_for(jwks.issuer_url, iat=int(clock.now) - 5)))
+    with pytest.raises(Unauthenticated, match="not known"):
+        verifier.verify(token)
+
+
+def test_a_forged_token_is_not_taken_for_a_remembered_one(
+    verifier: OidcVerifier, jwks: JwksState, keys: dict[str, SigningKey]
+) -> None:
+    token = keys["main"].sign(claims_for(jwks.issuer_url))
+    verifier.verify(token)
+    forged = keys["attacker"].sign(claims_for(jwks.issuer_url))  # same kid, other key
+    with pytest.raises(Unauthenticated, match="signature"):
+        verifier.verify(forged)

@@ -220,7 +220,7 @@ def test_a_flat_rest_row_is_exactly_the_rest_form_of_its_compact_row() -> None:
         {"name": "t", "type": "TIMESTAMP"},
         {"name": "b", "type": "BYTES"},
     ]
-    rest = [
+    rest: list[dict[str, Any]] = [
         {"f": [{"v": "x"}, {"v": "1"}, {"v": "1700000000000000"}, {"v": "AAE="}]},
         {"f": [{"v": None}, {"v": None}, {"v": None}, {"v": None}]},
         {"f": [{"v": 'q"uote\n'}, {"v": "-9"}, {"v": "0"}, {"v": ""}]},
@@ -230,7 +230,7 @@ def test_a_flat_rest_row_is_exactly_the_rest_form_of_its_compact_row() -> None:
     got = RowsPart(compact, rest=rest)
     assert all(a is b for a, b in zip(wire.rest_rows(compact, got, schema), rest, strict=True))
     nested = [*schema, {"name": "r", "type": "STRING", "mode": "REPEATED"}]
-    deep = [{"f": [*row["f"], {"v": [{"v": "a"}]}]} for row in rest]
+    deep: list[dict[str, Any]] = [{"f": [*row["f"], {"v": [{"v": "a"}]}]} for row in rest]
     flat = wire.rest_to_compact(deep, nested)
     again = wire.rest_rows(flat, RowsPart(flat, rest=deep), nested)
     assert again == deep and not any(a is b for a, b in zip(again, deep, strict=True))  # built

@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from bqgate.adapters.google_clients import environment_read_once
 from bqgate.ports import Queue
 from bqgate.service.dispatch import DIRECT_HEADER, ExecutorAnswer
 from bqgate.wire import codec, envelopes
@@ -131,7 +132,7 @@ class DirectExecutor:
         self.timeout_s = timeout_s
         self.token = token
         self.hints = hints
-        self.session = requests.Session()
+        self.session = environment_read_once(requests.Session(), self.url)
 
     def __call__(self, job_id: str) -> ExecutorAnswer | None:
         """Hand ``job_id`` to the executor and return its answer (None: it went to the
@@ -187,7 +188,7 @@ def catalog_transport(
     from bqgate.service.catalog import CATALOG_PATH
 
     endpoint = url.rstrip("/") + CATALOG_PATH
-    session = requests.Session()
+    session = environment_read_once(requests.Session(), endpoint)
 
     def call(request: dict[str, str]) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}

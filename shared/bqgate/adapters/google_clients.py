@@ -3,7 +3,10 @@ them). Imported on first use, so a function that needs no client never loads its
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+import requests
 
 from bqgate.settings import Settings
 
@@ -37,13 +40,35 @@ def bigquery_client(s: Settings) -> BigQueryClient:
 
         # A local emulator: only ever used in dev mode, never with real credentials.
         creds = AnonymousCredentials() if s.dev_mode else None
-        return bigquery.Client(
+        client = bigquery.Client(
             project=s.warehouse_project,
             credentials=creds,
             location=s.location,
             client_options=ClientOptions(api_endpoint=s.bigquery_endpoint),
         )
-    return bigquery.Client(project=s.warehouse_project, location=s.location)
+        environment_read_once(client._http, s.bigquery_endpoint)
+        return client
+    client = bigquery.Client(project=s.warehouse_project, location=s.location)
+    environment_read_once(client._http, "https://bigquery.googleapis.com/")
+    return client
+
+
+def environment_read_once(session: requests.Session, url: str) -> requests.Session:
+    """Make ``session`` take the proxy and CA settings of the environment once, now,
+    instead of on every request (``requests`` looks them up per call: the proxy
+    variables, ``no_proxy`` and netrc, ~0.4 ms a call on the hot path). Same behaviour
+    for a process whose environment does not change while it runs.
+
+    >>> s = environment_read_once(requests.Session(), "http://127.0.0.1:1/")
+    >>> s.trust_env
+    False
+    """
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
+    return session
 
 
 def storage_client(s: Settings) -> Any:  # google-cloud-storage ships no types

@@ -9,10 +9,12 @@ JWKS endpoint fails the request closed with :class:`~bqgate.errors.Unavailable`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +123,21 @@ class _KeySet:
     by_kid: Mapping[str, _Key]
     anonymous: tuple[_Key, ...]
     expires_at: float
+
+
+#: Verified tokens an instance remembers (least recently verified out).
+VERIFIED_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A token verified once: by which key, its claims and its principal."""
+
+    issuer: str
+    kid: str | None
+    key: _Key
+    claims: Mapping[str, Any]
+    principal: Principal
 
 
 @dataclass
@@ -334,6 +351,11 @@ class OidcVerifier:
             iss: _IssuerKeys(iss, cfg.jwks_uri, http_timeout, clock)
             for iss, cfg in self._issuers.items()
         }
+        # Tokens already verified (by digest): a client sends the same token with every
+        # request. Times are checked again on each use; an entry holds only while the
+        # key that verified it is still the issuer's current one.
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     @classmethod
     def from_policy(
@@ -374,6 +396,12 @@ class OidcVerifier:
             raise Unauthenticated("malformed token")
         if token.count(".") != 2:
             raise Unauthenticated("malformed token: not a signed JWT")
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._verified_lock:
+            seen = self._verified.get(digest)
+        if seen is not None and self._still_current(seen):
+            self._check_times(seen.claims)
+            return seen.principal
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -391,7 +419,21 @@ class OidcVerifier:
         key = self._keys[iss].key_for(kid)
         claims = self._decode(token, key, cfg)
         self._check_times(claims)
-        return principal_from_claims(claims, cfg, self._groups_for)
+        principal = principal_from_claims(claims, cfg, self._groups_for)
+        with self._verified_lock:
+            self._verified[digest] = _Verified(iss, kid, key, claims, principal)
+            while len(self._verified) > VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _still_current(self, seen: _Verified) -> bool:
+        """Is the key that verified ``seen`` still the issuer's, in an unexpired key set?"""
+        keyset = self._keys[seen.issuer].keyset
+        return (
+            keyset is not None
+            and self._clock() < keyset.expires_at
+            and _IssuerKeys._lookup(keyset, seen.kid) is seen.key
+        )
 
     def _decode(self, token: str, key: _Key, cfg: Issuer) -> dict[str, Any]:
         try:

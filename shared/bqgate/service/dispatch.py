@@ -49,7 +49,7 @@ class ExecutorAnswer:
     >>> a = ExecutorAnswer("done", rest=((0, 1, b'[{"f":[{"v":"1"}]}]'),))
     >>> b = ExecutorAnswer.from_json(a.to_json())
     >>> b.rest, b.size
-    (((0, 1, b'[{"f":[{"v":"1"}]}]'),), 80)
+    (((0, 1, b'[{"f":[{"v":"1"}]}]'),), 87)
     >>> ExecutorAnswer.from_json('{"outcome": 1}') is None
     True
     """

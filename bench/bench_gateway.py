@@ -217,7 +217,7 @@ FUNCTIONS = (
 )
 
 
-def cold_starts(env: dict[str, str], token: str, runs: int = 3) -> dict[str, Any]:
+def cold_starts(env: dict[str, str], token: str, runs: int = 7) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, target, sig in FUNCTIONS:
         walls, statuses = [], set()

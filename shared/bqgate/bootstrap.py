@@ -209,6 +209,7 @@ def gateway() -> Gateway:
 
     s = settings()
     pol = policy()
+    direct = direct_executor()
     return Gateway(
         store=job_store(),
         queue=_QueueOnFirstPublish(),  # with the fast path, only needed for fallbacks
@@ -223,7 +224,8 @@ def gateway() -> Gateway:
             redispatch_after_ms=s.redispatch_after_ms,
         ),
         recorder=recorder(),
-        dispatch=direct_executor(),
+        dispatch=direct,
+        accept=direct.accept if direct is not None else None,
     )
 
 

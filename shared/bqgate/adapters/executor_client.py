@@ -17,6 +17,13 @@ service account); on the loopback dev stack it needs none.
 Any failure falls back to the ``execute`` topic; if that fails too, the job's outbox record
 stays due and the sweeper publishes it. The executor is idempotent, so a job that several
 paths deliver still runs once.
+
+An allowed read goes further (:func:`bqgate.service.dispatch.directly_acceptable`): the
+ingress hands it over *uncommitted* (``"job": {"new": {"doc", "outbox"}}``) and the
+executor creates it with its claim, in one commit made while the read runs. If the
+executor did not create it (it answers without ``accepted``), or could not be asked, the
+ingress creates it and hands it off as above; there is no topic fallback for a job that is
+not stored.
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ from typing import Any
 import requests
 
 from bqgate.adapters.google_clients import environment_read_once
+from bqgate.jobs import Job
+from bqgate.outbox import OutboxRecord
 from bqgate.ports import Queue
-from bqgate.service.dispatch import DIRECT_HEADER, ExecutorAnswer
+from bqgate.service.dispatch import DIRECT_HEADER, NOT_CREATED, ExecutorAnswer
 from bqgate.wire import codec, envelopes
 
 #: The header both ends of the direct call hand the job's session head in.
 HEAD_HEADER = "X-Bqgate-Session-Head"
+#: The hand-over key of a job the ingress has not committed (the executor creates it).
+NEW_JOB = "new"
 
 
 class SessionHints:
@@ -53,6 +64,15 @@ class SessionHints:
             return None if job is None else self.recorder.hint(self.recorder.session_of(job))
         except Exception:  # a hint is only ever an optimisation
             log.exception("no session hint for %s", job_id)
+            return None
+
+    def outgoing_for(self, job: Job) -> str | None:
+        """The head of ``job``'s session as this process last committed it, if known."""
+        try:
+            hint: str | None = self.recorder.hint(self.recorder.session_of(job))
+            return hint
+        except Exception:
+            log.exception("no session hint for %s", job.job_id)
             return None
 
     def incoming(self, hint: str | None) -> None:
@@ -92,10 +112,30 @@ def serve_direct(
     :meth:`ExecutorAnswer.to_json`) and the job's session head (headers)."""
     if hints is not None:
         hints.incoming(hint)
-        hints.adopt(job_id, handover)
-    answer: ExecutorAnswer = executor.execute(job_id, direct=True)
+    new = handover.get(NEW_JOB) if isinstance(handover, dict) else None
+    if new is not None:
+        answer: ExecutorAnswer = _accept(executor, job_id, new)
+    else:
+        if hints is not None:
+            hints.adopt(job_id, handover)
+        answer = executor.execute(job_id, direct=True)
     out = hints.outgoing(job_id) if hints is not None else None
     return answer, answer.to_json(), ({HEAD_HEADER: out} if out else {})
+
+
+def _accept(executor: Any, job_id: str, new: Any) -> ExecutorAnswer:
+    """Create and run the job a direct call hands over uncommitted (``NEW_JOB``); an
+    answer without ``accepted`` when it is not one this executor will create."""
+    try:
+        job = Job.from_doc(dict(new["doc"]))
+        handoff = OutboxRecord.from_doc(dict(new["outbox"]))
+    except (KeyError, TypeError, ValueError):
+        log.warning("direct call for %s handed over no usable new job", job_id)
+        return ExecutorAnswer(NOT_CREATED)
+    if job.job_id != job_id:
+        return ExecutorAnswer(NOT_CREATED)
+    answer: ExecutorAnswer = executor.accept(job, handoff)
+    return answer
 
 
 log = logging.getLogger("bqgate.ingress")
@@ -133,6 +173,39 @@ class DirectExecutor:
         self.token = token
         self.hints = hints
         self.session = environment_read_once(requests.Session(), self.url)
+
+    def accept(self, job: Job, handoff: OutboxRecord) -> ExecutorAnswer | None:
+        """Hand the executor ``job`` uncommitted, with its ``accepted`` record, to create
+        and run (:func:`bqgate.service.dispatch.directly_acceptable`). Its answer, or None
+        if it could not be asked; never the topic: there is no stored job to deliver."""
+        new = {NEW_JOB: {"doc": job.to_doc(), "outbox": handoff.to_doc()}}
+        headers, body = envelopes.direct_call(job.job_id, new)
+        headers[DIRECT_HEADER] = "1"
+        hint = self.hints.outgoing_for(job) if self.hints is not None else None
+        if hint:
+            headers[HEAD_HEADER] = hint
+        try:
+            bearer = self.token()
+            if bearer:
+                headers["Authorization"] = f"Bearer {bearer}"
+            resp = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout_s)
+        except Exception as exc:
+            log.warning(
+                "direct hand-over of %s failed (%s); the ingress creates it",
+                job.job_id,
+                type(exc).__name__,
+            )
+            return None
+        if resp.status_code >= 300:
+            log.warning(
+                "direct hand-over of %s answered %s; the ingress creates it",
+                job.job_id,
+                resp.status_code,
+            )
+            return None
+        if self.hints is not None:
+            self.hints.incoming(resp.headers.get(HEAD_HEADER))
+        return _answer(resp)
 
     def __call__(self, job_id: str) -> ExecutorAnswer | None:
         """Hand ``job_id`` to the executor and return its answer (None: it went to the

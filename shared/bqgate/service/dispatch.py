@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bqgate import outbox
-from bqgate.jobs import Job
+from bqgate.approvals import needs_approval
+from bqgate.audit.record import EventKind
+from bqgate.jobs import PENDING, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, Queue, RecordChange
 from bqgate.wire import codec
@@ -49,7 +51,7 @@ class ExecutorAnswer:
     >>> a = ExecutorAnswer("done", rest=((0, 1, b'[{"f":[{"v":"1"}]}]'),))
     >>> b = ExecutorAnswer.from_json(a.to_json())
     >>> b.rest, b.size
-    (((0, 1, b'[{"f":[{"v":"1"}]}]'),), 87)
+    (((0, 1, b'[{"f":[{"v":"1"}]}]'),), 104)
     >>> ExecutorAnswer.from_json('{"outcome": 1}') is None
     True
     """
@@ -59,6 +61,7 @@ class ExecutorAnswer:
     rest: tuple[RestChunk, ...] = ()
     outbox_done: bool = False
     size: int = 0
+    accepted: bool = False
 
     @property
     def rows(self) -> list[list[Any]] | None:
@@ -77,6 +80,7 @@ class ExecutorAnswer:
                 "outcome": self.outcome,
                 "job": self.job.to_doc() if self.job is not None else None,
                 "outbox_done": self.outbox_done,
+                "accepted": self.accepted,
                 "rest": [[start, count, len(text)] for start, count, text in self.rest],
             }
         )
@@ -116,7 +120,59 @@ class ExecutorAnswer:
             rest=tuple(rest),
             outbox_done=body.get("outbox_done") is True,
             size=len(data),
+            accepted=body.get("accepted") is True,
         )
+
+
+#: The outcome of a direct call whose uncommitted job the executor did not create.
+NOT_CREATED = "not_created"
+
+
+def directly_acceptable(job: Job) -> bool:
+    """Whether the ingress may hand ``job`` to the executor *uncommitted*: an allowed,
+    read-only query that runs now (no dry run, no second opinion, no approval).
+
+    The executor then commits the job's creation, its ``accepted`` hand-off and its
+    session events (:func:`accepted_events`) together with its claim, in one commit made
+    while the read runs: the agent's answer waits for one commit before its rows (the
+    one that ends the job, with the result's session events), not three. Nothing else
+    changes: the rows are kept only if that commit created the job, and anything that
+    is not settled without a round trip (a dry run, an approval, a rewrite or cost
+    check that fails) has the executor commit the creation first and go on as usual.
+    A write never goes this way: it is claimed before it runs.
+
+    >>> from bqgate.classification import Classification
+    >>> read = Classification(decision="allow", statements=("SELECT",))
+    >>> job = Job(job_id="j", project="p", location="US", sql="SELECT 1", owner="a",
+    ...           classification=read, state=PENDING)
+    >>> directly_acceptable(job)
+    True
+    >>> from dataclasses import replace
+    >>> directly_acceptable(replace(job, dry_run=True))
+    False
+    >>> directly_acceptable(replace(job, classification=Classification(
+    ...     decision="allow", statements=("DELETE",))))
+    False
+    """
+    verdict = job.classification
+    return (
+        job.state == PENDING
+        and verdict.decision == "allow"
+        and verdict.read_only
+        and not verdict.second_opinion
+        and not job.dry_run
+        and not needs_approval(job)
+        and not job.done
+    )
+
+
+def accepted_events(job: Job) -> list[tuple[EventKind, Mapping[str, Any]]]:
+    """The session events an accepted job is created with (by the ingress, or by the
+    executor for a job handed over uncommitted): the request and its classification."""
+    return [
+        ("request", {"request_kind": job.request_kind}),
+        ("classification", job.classification.to_dict()),
+    ]
 
 
 #: The header that makes the executor answer a direct call with :class:`ExecutorAnswer`
@@ -126,6 +182,11 @@ DIRECT_HEADER = "X-Bqgate-Direct"
 DirectCall = Callable[[str], "ExecutorAnswer | None"]
 """The fast path to the executor for one job id (raises if it could not hand it over).
 It returns the executor's answer, or None when the job went another way (the topic)."""
+
+DirectAccept = Callable[[Job, OutboxRecord], "ExecutorAnswer | None"]
+"""The fast path for a job not yet committed (:func:`directly_acceptable`) and its
+``accepted`` record: the executor's answer, or None when it could not be asked. Never
+falls back to the topic (there is no stored job to deliver): the ingress creates it."""
 
 
 @dataclass(frozen=True)
@@ -169,12 +230,14 @@ class Dispatcher:
         store: JobStore,
         queue: Queue,
         direct: DirectCall | None = None,
+        accept: DirectAccept | None = None,
         redispatch_after_ms: int = REDISPATCH_AFTER_MS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.queue = queue
         self.direct = direct
+        self.accept = accept
         self.redispatch_after_ms = redispatch_after_ms
         self.clock = clock
 
@@ -223,8 +286,33 @@ class Dispatcher:
                 ),
             )
             return Delivery(False)
+        self._handed(rec, answer)
+        return Delivery(True, answer)
+
+    def accept_new(self, job: Job, rec: OutboxRecord) -> Delivery | None:
+        """Hand the uncommitted ``job`` (with its ``accepted`` record ``rec``) to the
+        executor to create and run (:func:`directly_acceptable`). None: the executor did
+        not create it (or could not be asked): the caller creates it as usual."""
+        if self.accept is None or not directly_acceptable(job):
+            return None
+        try:
+            answer = self.accept(job, rec)
+        except Exception as exc:
+            log.warning(
+                "direct hand-over of %s failed (%s); creating it here",
+                job.job_id,
+                type(exc).__name__,
+            )
+            return None
+        if answer is None or not answer.accepted:
+            return None
+        self._handed(rec, answer)
+        return Delivery(True, answer)
+
+    def _handed(self, rec: OutboxRecord, answer: ExecutorAnswer | None) -> None:
+        """Mark ``rec`` handed over (unless the executor finished it in its own commit)."""
         if answer is not None and answer.outbox_done:
-            return Delivery(True, answer)  # finished with the job, in the executor's commit
+            return  # finished with the job, in the executor's commit
         if rec.until_done:
             self._mark(
                 rec,
@@ -239,7 +327,6 @@ class Dispatcher:
                 self.store.outbox_update(rec.record_id, fields)
             except Exception:
                 log.exception("marking outbox record %s sent failed", rec.record_id)
-        return Delivery(True, answer)
 
     def send_all(self, records: Iterable[OutboxRecord], *, fast: bool = True) -> bool:
         """Send each record; True if every one was handed over."""
@@ -293,11 +380,15 @@ class Dispatcher:
 
 __all__ = [
     "DIRECT_HEADER",
+    "NOT_CREATED",
     "REDISPATCH_AFTER_MS",
     "Delivery",
+    "DirectAccept",
     "DirectCall",
     "Dispatcher",
     "ExecutorAnswer",
     "Reconciled",
     "RestChunk",
+    "accepted_events",
+    "directly_acceptable",
 ]

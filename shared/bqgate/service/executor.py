@@ -35,6 +35,7 @@ from bqgate.audit.record import EventKind
 from bqgate.errors import (
     AccessDenied,
     BqgateError,
+    Duplicate,
     InvalidQuery,
     JobFailed,
     NotFound,
@@ -66,7 +67,15 @@ from bqgate.ports import (
     Recording,
     Warehouse,
 )
-from bqgate.service.dispatch import REDISPATCH_AFTER_MS, Dispatcher, ExecutorAnswer, RestChunk
+from bqgate.service.dispatch import (
+    NOT_CREATED,
+    REDISPATCH_AFTER_MS,
+    Dispatcher,
+    ExecutorAnswer,
+    RestChunk,
+    accepted_events,
+    directly_acceptable,
+)
 from bqgate.vocabulary import Decision, strictest_decision
 from bqgate.wire import codec
 from bqgate.wire.bigquery import DEFAULT_PAGE_ROWS, rest_rows
@@ -292,10 +301,44 @@ class Executor:
 
         ``direct``: the ingress called (its job's ``accepted`` hand-off is finished in
         the commit that ends the job, so the ingress need not mark it)."""
+        return self._answering(job_id, direct, lambda: self.run(job_id))
+
+    def accept(self, job: Job, handoff: OutboxRecord) -> ExecutorAnswer:
+        """The direct call for a job the ingress has not committed
+        (:func:`bqgate.service.dispatch.directly_acceptable`): create it, with its
+        ``accepted`` record ``handoff`` and its request's session events, and run it.
+
+        When its rewrite and its cost are settled without a round trip, the creation is
+        the claim: one commit, made while the read runs (:meth:`_execute`); otherwise
+        the job is created first and goes on as any other. The answer says
+        ``accepted`` only if this call created the job; else (a duplicate id, a failure
+        before anything was stored) it is :data:`NOT_CREATED` and the ingress creates the
+        job itself: a job is never lost, and never created twice."""
+        if (
+            not directly_acceptable(job)
+            or handoff.job_id != job.job_id
+            or handoff.event != outbox.ACCEPTED
+        ):
+            return ExecutorAnswer(outcome=NOT_CREATED)
+        self._local.created = False
+        try:
+            answer = self._answering(job.job_id, True, lambda: self.run_new(job, handoff))
+        except Exception:
+            if not self._local.created:
+                log.exception("job %s: not created by the executor; the ingress will", job.job_id)
+                return ExecutorAnswer(outcome=NOT_CREATED)
+            raise
+        finally:
+            created, self._local.created = self._local.created, False
+        if not created:
+            return ExecutorAnswer(outcome=NOT_CREATED)
+        return replace(answer, accepted=True)
+
+    def _answering(self, job_id: str, direct: bool, body: Callable[[], str]) -> ExecutorAnswer:
         self._local.handoff = outbox.record_id(job_id, outbox.ACCEPTED) if direct else None
         self._local.answering, self._local.ended = True, None
         try:
-            outcome = self.run(job_id)
+            outcome = body()
             ended: ExecutorAnswer | None = self._local.ended
         finally:
             self._local.handoff, self._local.answering, self._local.ended = None, False, None
@@ -323,8 +366,15 @@ class Executor:
         If the job store itself is down the error propagates (nothing can be recorded);
         the redelivery, or the dead-letter consumer, finishes the job.
         """
+        return self._guarded(job_id, lambda: self._run(job_id))
+
+    def run_new(self, job: Job, handoff: OutboxRecord) -> str:
+        """:meth:`run` for a job not yet stored (see :meth:`accept`)."""
+        return self._guarded(job.job_id, lambda: self._run_new(job, handoff))
+
+    def _guarded(self, job_id: str, body: Callable[[], str]) -> str:
         try:
-            return self._run(job_id)
+            return body()
         except BqgateError as err:
             if err.transient:
                 return self._transient(job_id, err)
@@ -401,6 +451,43 @@ class Executor:
         if job is None:
             log.warning("execute message for unknown job %s: dropped", job_id)
             return "unknown"
+        return self._proceed(job)
+
+    def _run_new(self, job: Job, handoff: OutboxRecord) -> str:
+        """Create the handed-over ``job`` and run it: created with its claim when nothing
+        needs a round trip first (the common read), else created first and on as usual."""
+        plan = self._settled_plan(job)
+        if plan is not None:
+            return self._execute(job, plan, create=handoff)
+        self.store.create(
+            job,
+            dispatch=[handoff],
+            record=Recording.of(self.recorder, job, accepted_events(job)),
+        )
+        self._local.created = True
+        return self._proceed(job)
+
+    def _settled_plan(self, job: Job) -> Rewrite | None:
+        """The read's rewrite when it runs without asking anything first: the rewrite
+        holds and the tables' stored sizes allow its cost (None: go the usual way, which
+        fails the job or asks BigQuery's dry run or an approver)."""
+        from bqgate.sql.rewrite import RewriteError
+
+        try:
+            plan = self._rewrite(job)
+        except RewriteError:
+            return None
+        estimate = self._upper_bound(job)
+        if (
+            estimate is None
+            or cost_decision(estimate, self.policy)[0] != "allow"
+            or over_client_cap(estimate, job)
+        ):
+            return None
+        return plan
+
+    def _proceed(self, job: Job) -> str:
+        """:meth:`_run` for the job as stored."""
         if job.state == DONE:
             return "skipped"
         if job.dry_run and job.classification.second_opinion:
@@ -471,21 +558,10 @@ class Executor:
 
     def _plan(self, job: Job) -> Rewrite | None:
         """The job's statement rewritten to read masked values only (None: job failed)."""
-        from bqgate.sql.names import Defaults
-        from bqgate.sql.rewrite import RewriteError, rewrite
+        from bqgate.sql.rewrite import RewriteError
 
-        groups = self.policy.groups_for(job.owner, job.groups)
         try:
-            return rewrite(
-                job.sql,
-                defaults=Defaults.of(job.project, job.default_dataset),
-                sensitive_for=self.policy.sensitive_for,
-                schema_for=self.warehouse.table_schema,
-                parameters=job.query_parameters,
-                parameter_mode=job.parameter_mode,
-                hmac_key=self.hmac_key,
-                unmasked_for=lambda fqn: self.policy.unmasked_for(job.owner, groups, fqn),
-            )
+            return self._rewrite(job)
         except RewriteError as exc:
             text = str(exc)
             if "schema of" in text:
@@ -493,6 +569,23 @@ class Executor:
             else:
                 self._fail(job, AccessDenied("Blocked by bqgate policy: " + text))
             return None
+
+    def _rewrite(self, job: Job) -> Rewrite:
+        """The job's statement rewritten to read masked values only (raises RewriteError)."""
+        from bqgate.sql.names import Defaults
+        from bqgate.sql.rewrite import rewrite
+
+        groups = self.policy.groups_for(job.owner, job.groups)
+        return rewrite(
+            job.sql,
+            defaults=Defaults.of(job.project, job.default_dataset),
+            sensitive_for=self.policy.sensitive_for,
+            schema_for=self.warehouse.table_schema,
+            parameters=job.query_parameters,
+            parameter_mode=job.parameter_mode,
+            hmac_key=self.hmac_key,
+            unmasked_for=lambda fqn: self.policy.unmasked_for(job.owner, groups, fqn),
+        )
 
     def _dry_run(self, job: Job, sql: str, params: Sequence[Mapping[str, Any]]) -> DryRun | None:
         """Dry-run ``sql`` (None, with the job failed, if BigQuery rejects it)."""
@@ -833,7 +926,10 @@ class Executor:
             return "the statement is now blocked: " + "; ".join(verdict.reasons)
         return check_binding(job, verdict.statement_hash)
 
-    def _execute(self, stored: Job, plan: Rewrite) -> str:
+    def _execute(self, stored: Job, plan: Rewrite, *, create: OutboxRecord | None = None) -> str:
+        """Claim the job and run it exactly once. ``create``: ``stored`` is not stored yet
+        (:meth:`accept`): the claim creates it, with this ``accepted`` record and its
+        request's session events, in the same one commit (a duplicate id takes nothing)."""
         job_id = stored.job_id
         now = self._now_ms()
         wjid = warehouse_job_id(job_id)
@@ -868,7 +964,26 @@ class Executor:
 
         def claim_it() -> Transition:
             # The claim and its session event in one commit.
-            return self.store.transition(job_id, claim, record=self._recording(stored, started))
+            if create is None:
+                return self.store.transition(
+                    job_id, claim, record=self._recording(stored, started)
+                )
+            claimed_job = claim(stored)
+            if claimed_job is None:
+                return Transition.unchanged(stored)
+            try:
+                # Created as claimed: the request, its classification and the execution's
+                # start are one append to the session, in the commit that creates the job.
+                self.store.create(
+                    claimed_job,
+                    dispatch=[create],
+                    record=self._recording(
+                        claimed_job, lambda j: [*accepted_events(j), *started(j)]
+                    ),
+                )
+            except Duplicate:
+                return Transition.unchanged(stored)  # the id is taken: nothing here is ours
+            return Transition(stored, claimed_job, True)
 
         def run_it() -> QueryOutcome:
             return self.warehouse.run(
@@ -899,6 +1014,8 @@ class Executor:
                 claimed = claiming.result()
                 if not claimed.changed:
                     return "skipped"
+                if create is not None:
+                    self._local.created = True  # this call created the job
                 if err.transient:
                     raise  # the redelivery attaches to the same BigQuery job id
                 return self._fail(claimed.after, err)
@@ -908,12 +1025,16 @@ class Executor:
             claimed = claiming.result()
             if not claimed.changed:
                 return "skipped"
+            if create is not None:
+                self._local.created = True  # this call created the job
             job = claimed.after
         else:
             # Anything that may write: claimed first, then run.
             claimed = claim_it()
             if not claimed.changed:
                 return "skipped"
+            if create is not None:
+                self._local.created = True  # this call created the job
             job = claimed.after
             t0 = time.perf_counter()
             try:

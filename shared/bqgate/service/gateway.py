@@ -47,10 +47,13 @@ from bqgate.ports import (
 )
 from bqgate.service.dispatch import (
     REDISPATCH_AFTER_MS,
+    DirectAccept,
     DirectCall,
     Dispatcher,
     ExecutorAnswer,
     RestChunk,
+    accepted_events,
+    directly_acceptable,
 )
 from bqgate.sql import RESERVED_PARAMETER_PREFIX
 from bqgate.wire import bigquery as wire
@@ -245,6 +248,7 @@ class Gateway:
         config: GatewayConfig,
         recorder: Recorder | None = None,
         dispatch: DirectCall | None = None,
+        accept: DirectAccept | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
@@ -259,6 +263,7 @@ class Gateway:
             store=store,
             queue=queue,
             direct=dispatch,
+            accept=accept,
             redispatch_after_ms=config.redispatch_after_ms,
             clock=clock,
         )
@@ -356,31 +361,44 @@ class Gateway:
             if job.state == PENDING_APPROVAL
             else None
         )
-        events: list[tuple[EventKind, Mapping[str, Any]]] = [
-            ("request", {"request_kind": request_kind}),
-            ("classification", verdict.to_dict()),
-        ]
+        events: list[tuple[EventKind, Mapping[str, Any]]] = accepted_events(job)
         if job.state == DONE:
             events.append(("blocked", job.error or {}))
-        try:
-            # The job, its hand-off to the executor and its session events in one commit:
-            # an accepted job is never left without someone due to act on it (the outbox
-            # reconciler re-sends), nor unrecorded. No read first: a duplicate id fails it.
-            self.store.create(
-                job,
-                dispatch=[] if job.done else [handoff],
-                quota=quota,
-                record=Recording.of(self.recorder, job, events),
-            )
-        except QuotaFull as full:
-            self._refuse_over_quota(job, len(full.open_job_ids))
-        if job.state == DONE:
-            self.done_jobs.put(job)
-            raise job_error(job)
-        # Both allowed and approval-bound jobs go to the executor first: it alone holds
-        # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
-        # sends approval-bound jobs on to the approvals topic with their estimate.
-        delivery = self.dispatcher.hand_off(handoff)
+        # An allowed read goes to the executor uncommitted: it creates the job with its
+        # claim, in one commit made while the read runs (dispatch.directly_acceptable).
+        handed = directly_acceptable(job) and self.dispatcher.accept is not None
+        delivery = self.dispatcher.accept_new(job, handoff) if handed else None
+        if delivery is None:
+            try:
+                # The job, its hand-off to the executor and its session events in one
+                # commit: an accepted job is never left without someone due to act on it
+                # (the outbox reconciler re-sends), nor unrecorded. No read first: a
+                # duplicate id fails it.
+                self.store.create(
+                    job,
+                    dispatch=[] if job.done else [handoff],
+                    quota=quota,
+                    record=Recording.of(self.recorder, job, events),
+                )
+            except QuotaFull as full:
+                self._refuse_over_quota(job, len(full.open_job_ids))
+            except Duplicate:
+                created = self._created_by_executor(job) if handed else None
+                if created is None:
+                    raise
+                # The executor created it, but its answer was lost (a timeout, say): the
+                # job stands as it left it. Unfinished, it is delivered again by the topic
+                # (the executor is idempotent: a run still going is attached to).
+                if not created.done:
+                    self.dispatcher.send(handoff, fast=False)
+                return created
+            if job.state == DONE:
+                self.done_jobs.put(job)
+                raise job_error(job)
+            # Both allowed and approval-bound jobs go to the executor first: it alone holds
+            # BigQuery rights, so it dry-runs the statement (cost guard, byte estimate) and
+            # sends approval-bound jobs on to the approvals topic with their estimate.
+            delivery = self.dispatcher.hand_off(handoff)
         finished = self._answered(job, delivery.answer)
         if finished is not None:
             # The direct path's answer: the job as the executor committed it (with its
@@ -397,6 +415,20 @@ class Gateway:
             # its state now, so a finished job is reported DONE without another round trip.
             return self.store.get(job.job_id) or job
         return job
+
+    def _created_by_executor(self, job: Job) -> Job | None:
+        """The stored job of this very submission, if the executor created it from the
+        hand-over (same owner, statement and creation time); None for any other holder
+        of the id (a duplicate, or the caller's own earlier submission)."""
+        stored_job = self.store.get(job.job_id)
+        if (
+            stored_job is not None
+            and stored_job.owner == job.owner
+            and stored_job.sql == job.sql
+            and stored_job.created_ms == job.created_ms
+        ):
+            return stored_job
+        return None
 
     def _answered(self, job: Job, answer: ExecutorAnswer | None) -> Job | None:
         """The finished job of the executor's answer (kept with its inline rows), or None."""

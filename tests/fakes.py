@@ -9,7 +9,7 @@ from typing import Any
 
 from bqgate import outbox
 from bqgate.approvals import holds_quota_slot, statement_hash_of
-from bqgate.errors import Duplicate, NotFound
+from bqgate.errors import Duplicate, NotFound, Unavailable
 from bqgate.identity import Principal
 from bqgate.jobs import PENDING_APPROVAL, RUNNING, Job, Transition, changed_fields
 from bqgate.outbox import OutboxRecord, delivered
@@ -41,6 +41,23 @@ def caller(
 
 
 _COUNT_SCHEMA = [{"name": "touched", "type": "INTEGER"}, {"name": "total", "type": "INTEGER"}]
+
+
+class Events:
+    """The session record in memory: (job id, kind, data) in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        #: Event kinds whose write fails, as in a Firestore outage.
+        self.fail_on: set[str] = set()
+
+    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
+        if kind in self.fail_on:
+            raise Unavailable("Firestore did not answer in time")
+        self.events.append((job.job_id, kind, dict(data)))
+
+    def kinds(self, job_id: str) -> list[str]:
+        return [k for j, k, _ in self.events if j == job_id]
 
 
 class MemoryJobStore:

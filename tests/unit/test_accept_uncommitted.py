@@ -10,7 +10,7 @@ create, the ingress creates) and never created twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -20,14 +20,39 @@ from bqgate.classification import Classification
 from bqgate.errors import Duplicate, Unavailable
 from bqgate.jobs import Job
 from bqgate.outbox import OutboxRecord
-from bqgate.service.dispatch import NOT_CREATED, ExecutorAnswer, directly_acceptable
+from bqgate.policy import load_policy
+from bqgate.service.dispatch import NOT_CREATED, STORE_DOWN, ExecutorAnswer, directly_acceptable
 from bqgate.service.executor import Executor, ExecutorConfig
 from bqgate.service.gateway import Gateway, GatewayConfig
-from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue, caller
-from test_inline_results import AGENT, CUSTOMERS, POLICY, SQL, Events, cells, verdict
+from fakes import Events, FakeWarehouse, MemoryJobStore, MemoryQueue, caller
+
+POLICY = load_policy("policies/default.yaml")
+AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent", expires_at=10**10)
+CUSTOMERS = [
+    {"name": "customer_id", "type": "INTEGER"},
+    {"name": "email", "type": "STRING"},
+    {"name": "ssn", "type": "STRING"},
+]
+SQL = "SELECT customer_id, email, ssn FROM `demo-project.sales.customers`"
 
 OTHER = caller("other@demo-project.iam.gserviceaccount.com", subject="other", expires_at=10**10)
 TABLE = "demo-project.sales.customers"
+
+
+def verdict(sql: str, **_: Any) -> Classification:
+    return Classification(
+        "allow",
+        reasons=("allowed by the test",),
+        tables=(TABLE,),
+        statements=("SELECT",),
+        statement_hash="h",
+    )
+
+
+def cells(body: Mapping[str, Any]) -> list[list[Any]]:
+    return [[c["v"] for c in row["f"]] for row in body["rows"]]
+
+
 ACCEPTED_PATH = [
     "request",
     "classification",
@@ -95,7 +120,9 @@ class Rig:
         return answer
 
     def query(self, principal: Any = AGENT, **extra: Any) -> dict[str, Any]:
-        return self.gw.query(principal, "demo-project", {"query": SQL, "useLegacySql": False, **extra})
+        return self.gw.query(
+            principal, "demo-project", {"query": SQL, "useLegacySql": False, **extra}
+        )
 
 
 def _over_http(answer: ExecutorAnswer) -> ExecutorAnswer:
@@ -194,23 +221,32 @@ def test_an_executor_that_knows_no_hand_over_leaves_the_job_to_the_ingress() -> 
     assert rig.created_states == ["PENDING"] and rig.direct_calls == ["job1"]
 
 
-def test_a_failed_create_keeps_no_rows_and_the_ingress_creates_the_job() -> None:
+def test_a_store_that_does_not_answer_the_executor_is_a_503_and_nothing_is_kept() -> None:
     rig = Rig()
     rig.events.fail_on = {"request"}  # the executor's create-and-claim cannot commit
-    calls = {"n": 0}
+    with pytest.raises(Unavailable):
+        rig.query()
+    assert rig.accepts[0].outcome == STORE_DOWN and not rig.accepts[0].accepted
+    assert rig.accepts[0].job is None and not rig.accepts[0].rest  # no rows came back
+    assert rig.store.docs == {} and rig.events.events == [] and rig.direct_calls == []
 
-    def flaky(job: Job, rec: OutboxRecord) -> ExecutorAnswer | None:
-        answer = rig._accept(job, rec)
-        rig.events.fail_on = set()  # the store answers again for the ingress
+
+def test_a_failure_before_anything_is_stored_leaves_the_job_to_the_ingress() -> None:
+    rig = Rig()
+    size, calls = rig.wh.table_size, {"n": 0}
+
+    def once(fqn: str) -> int | None:
         calls["n"] += 1
-        return answer
+        if calls["n"] == 1:
+            raise RuntimeError("the executor failed before storing anything")
+        return size(fqn)
 
-    rig.on_accept = flaky
+    rig.wh.table_size = once  # type: ignore[method-assign]  # break the fake once
     body = rig.query()
-    assert calls["n"] == 1 and rig.accepts[0].outcome == NOT_CREATED
-    assert rig.accepts[0].job is None and not rig.accepts[0].rest
+    assert rig.accepts[0].outcome == NOT_CREATED and not rig.accepts[0].accepted
+    # Created by the ingress, handed off the usual way: nothing lost, one run.
     assert len(cells(body)) == 5 and rig.created_states == ["PENDING"]
-    assert rig.events.kinds("job1") == ACCEPTED_PATH
+    assert rig.direct_calls == ["job1"] and rig.events.kinds("job1") == ACCEPTED_PATH
 
 
 def test_an_answer_lost_after_the_executor_created_the_job_finds_that_job() -> None:

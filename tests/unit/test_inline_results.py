@@ -25,7 +25,7 @@ from bqgate.service.gateway import Gateway, GatewayConfig, inline_page
 from bqgate.wire import codec
 from bqgate.wire.bigquery import rest_rows, rows_to_rest
 from bqgate.wire.codec import RawJson
-from fakes import FakeWarehouse, MemoryJobStore, MemoryQueue, caller
+from fakes import Events, FakeWarehouse, MemoryJobStore, MemoryQueue, caller
 
 POLICY = load_policy("policies/default.yaml")
 AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent", expires_at=10**10)
@@ -36,23 +36,6 @@ CUSTOMERS = [
 ]
 SQL = "SELECT customer_id, email, ssn FROM `demo-project.sales.customers`"
 MASKED_SSN_7 = "XXX-XX-0007"
-
-
-class Events:
-    """The session record in memory: (job id, kind, data) in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-        #: Event kinds whose write fails, as in a Firestore outage.
-        self.fail_on: set[str] = set()
-
-    def record(self, job: Job, kind: str, data: Mapping[str, Any]) -> None:
-        if kind in self.fail_on:
-            raise Unavailable("Firestore did not answer in time")
-        self.events.append((job.job_id, kind, dict(data)))
-
-    def kinds(self, job_id: str) -> list[str]:
-        return [k for j, k, _ in self.events if j == job_id]
 
 
 def verdict(sql: str, **_: Any) -> Classification:

@@ -19,6 +19,7 @@ from typing import Any
 from bqgate import outbox
 from bqgate.approvals import needs_approval
 from bqgate.audit.record import EventKind
+from bqgate.errors import Unavailable
 from bqgate.jobs import PENDING, Job
 from bqgate.outbox import OutboxRecord
 from bqgate.ports import JobStore, Queue, RecordChange
@@ -126,6 +127,8 @@ class ExecutorAnswer:
 
 #: The outcome of a direct call whose uncommitted job the executor did not create.
 NOT_CREATED = "not_created"
+#: ... because the job store did not answer it (the ingress answers 503 at once).
+STORE_DOWN = "store_unavailable"
 
 
 def directly_acceptable(job: Job) -> bool:
@@ -292,7 +295,8 @@ class Dispatcher:
     def accept_new(self, job: Job, rec: OutboxRecord) -> Delivery | None:
         """Hand the uncommitted ``job`` (with its ``accepted`` record ``rec``) to the
         executor to create and run (:func:`directly_acceptable`). None: the executor did
-        not create it (or could not be asked): the caller creates it as usual."""
+        not create it (or could not be asked): the caller creates it as usual. Raises
+        :class:`bqgate.errors.Unavailable` when the executor found the job store down."""
         if self.accept is None or not directly_acceptable(job):
             return None
         try:
@@ -304,6 +308,9 @@ class Dispatcher:
                 type(exc).__name__,
             )
             return None
+        if answer is not None and answer.outcome == STORE_DOWN and not answer.accepted:
+            # Not stored, and the store would not answer this side either: say so now.
+            raise Unavailable("The job store did not answer in time; try again shortly")
         if answer is None or not answer.accepted:
             return None
         self._handed(rec, answer)
@@ -382,6 +389,7 @@ __all__ = [
     "DIRECT_HEADER",
     "NOT_CREATED",
     "REDISPATCH_AFTER_MS",
+    "STORE_DOWN",
     "Delivery",
     "DirectAccept",
     "DirectCall",

@@ -40,6 +40,7 @@ from bqgate.errors import (
     JobFailed,
     NotFound,
     QuotaExceeded,
+    Unavailable,
     from_warehouse,
     stored,
 )
@@ -70,6 +71,7 @@ from bqgate.ports import (
 from bqgate.service.dispatch import (
     NOT_CREATED,
     REDISPATCH_AFTER_MS,
+    STORE_DOWN,
     Dispatcher,
     ExecutorAnswer,
     RestChunk,
@@ -105,6 +107,16 @@ _VERB = {"DELETE": "deletes", "UPDATE": "updates", "MERGE": "changes"}
 
 #: Reference kinds whose code runs with the query (their bodies are invisible to sqlglot).
 CODE_KINDS = frozenset({"routine", "table_function", "procedure", "model"})
+
+
+class _NotCreated(Exception):
+    """A job handed over uncommitted (:meth:`Executor.accept`) was not created: its run
+    ends here, with nothing stored to end. ``store_down``: the job store did not answer
+    (the ingress need not try it too)."""
+
+    def __init__(self, why: str, *, store_down: bool = False) -> None:
+        super().__init__(why)
+        self.store_down = store_down
 
 
 def classify_defaults(job: Job) -> dict[str, Any]:
@@ -323,11 +335,11 @@ class Executor:
         self._local.created = False
         try:
             answer = self._answering(job.job_id, True, lambda: self.run_new(job, handoff))
-        except Exception:
-            if not self._local.created:
-                log.exception("job %s: not created by the executor; the ingress will", job.job_id)
-                return ExecutorAnswer(outcome=NOT_CREATED)
-            raise
+        except _NotCreated as why:
+            if why.store_down:
+                return ExecutorAnswer(outcome=STORE_DOWN)
+            log.warning("job %s: not created here (%s); the ingress creates it", job.job_id, why)
+            return ExecutorAnswer(outcome=NOT_CREATED)
         finally:
             created, self._local.created = self._local.created, False
         if not created:
@@ -369,12 +381,27 @@ class Executor:
         return self._guarded(job_id, lambda: self._run(job_id))
 
     def run_new(self, job: Job, handoff: OutboxRecord) -> str:
-        """:meth:`run` for a job not yet stored (see :meth:`accept`)."""
-        return self._guarded(job.job_id, lambda: self._run_new(job, handoff))
+        """:meth:`run` for a job not yet stored (see :meth:`accept`). Raises
+        :class:`_NotCreated` for any failure before the job was stored: there is no
+        job to end or to count a failure against."""
+
+        def body() -> str:
+            try:
+                return self._run_new(job, handoff)
+            except _NotCreated:
+                raise
+            except Exception as exc:
+                if getattr(self._local, "created", False):
+                    raise
+                raise _NotCreated(type(exc).__name__) from exc
+
+        return self._guarded(job.job_id, body)
 
     def _guarded(self, job_id: str, body: Callable[[], str]) -> str:
         try:
             return body()
+        except _NotCreated:
+            raise  # nothing stored: nothing to end
         except BqgateError as err:
             if err.transient:
                 return self._transient(job_id, err)
@@ -459,11 +486,16 @@ class Executor:
         plan = self._settled_plan(job)
         if plan is not None:
             return self._execute(job, plan, create=handoff)
-        self.store.create(
-            job,
-            dispatch=[handoff],
-            record=Recording.of(self.recorder, job, accepted_events(job)),
-        )
+        try:
+            self.store.create(
+                job,
+                dispatch=[handoff],
+                record=Recording.of(self.recorder, job, accepted_events(job)),
+            )
+        except Duplicate:
+            raise _NotCreated("the job id is taken") from None
+        except Unavailable as err:
+            raise _NotCreated("the job store did not answer", store_down=True) from err
         self._local.created = True
         return self._proceed(job)
 
@@ -965,9 +997,7 @@ class Executor:
         def claim_it() -> Transition:
             # The claim and its session event in one commit.
             if create is None:
-                return self.store.transition(
-                    job_id, claim, record=self._recording(stored, started)
-                )
+                return self.store.transition(job_id, claim, record=self._recording(stored, started))
             claimed_job = claim(stored)
             if claimed_job is None:
                 return Transition.unchanged(stored)
@@ -983,6 +1013,8 @@ class Executor:
                 )
             except Duplicate:
                 return Transition.unchanged(stored)  # the id is taken: nothing here is ours
+            except Unavailable as err:
+                raise _NotCreated("the job store did not answer", store_down=True) from err
             return Transition(stored, claimed_job, True)
 
         def run_it() -> QueryOutcome:

@@ -235,11 +235,11 @@ def test_a_failure_before_anything_is_stored_leaves_the_job_to_the_ingress() -> 
     rig = Rig()
     size, calls = rig.wh.table_size, {"n": 0}
 
-    def once(fqn: str) -> int | None:
+    def once(table_fqn: str) -> int | None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("the executor failed before storing anything")
-        return size(fqn)
+        return size(table_fqn)
 
     rig.wh.table_size = once  # type: ignore[method-assign]  # break the fake once
     body = rig.query()

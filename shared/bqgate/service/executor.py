@@ -337,6 +337,14 @@ class Executor:
             answer = self._answering(job.job_id, True, lambda: self.run_new(job, handoff))
         except _NotCreated as why:
             if why.store_down:
+                # Its read may have run on BigQuery (labelled with the job id), but nothing
+                # was recorded, so nothing it read was returned: say so where audits look.
+                log.error(
+                    "job %s (statement %s): not created, the job store did not answer; "
+                    "nothing it read was returned",
+                    job.job_id,
+                    job.classification.statement_hash[:16],
+                )
                 return ExecutorAnswer(outcome=STORE_DOWN)
             log.warning("job %s: not created here (%s); the ingress creates it", job.job_id, why)
             return ExecutorAnswer(outcome=NOT_CREATED)

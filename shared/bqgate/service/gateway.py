@@ -453,8 +453,7 @@ class Gateway:
                 self.recorder,
                 job,
                 [
-                    ("request", {"request_kind": job.request_kind}),
-                    ("classification", job.classification.to_dict()),
+                    *accepted_events(job),
                     (
                         "blocked",
                         {

@@ -43,6 +43,14 @@ def caller(
 _COUNT_SCHEMA = [{"name": "touched", "type": "INTEGER"}, {"name": "total", "type": "INTEGER"}]
 
 
+#: The schema of the demo warehouse's ``sales.customers`` (the columns the tests read).
+CUSTOMERS = [
+    {"name": "customer_id", "type": "INTEGER"},
+    {"name": "email", "type": "STRING"},
+    {"name": "ssn", "type": "STRING"},
+]
+
+
 class Events:
     """The session record in memory: (job id, kind, data) in order."""
 

@@ -24,15 +24,10 @@ from bqgate.policy import load_policy
 from bqgate.service.dispatch import NOT_CREATED, STORE_DOWN, ExecutorAnswer, directly_acceptable
 from bqgate.service.executor import Executor, ExecutorConfig
 from bqgate.service.gateway import Gateway, GatewayConfig
-from fakes import Events, FakeWarehouse, MemoryJobStore, MemoryQueue, caller
+from fakes import CUSTOMERS, Events, FakeWarehouse, MemoryJobStore, MemoryQueue, caller
 
 POLICY = load_policy("policies/default.yaml")
 AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent", expires_at=10**10)
-CUSTOMERS = [
-    {"name": "customer_id", "type": "INTEGER"},
-    {"name": "email", "type": "STRING"},
-    {"name": "ssn", "type": "STRING"},
-]
 SQL = "SELECT customer_id, email, ssn FROM `demo-project.sales.customers`"
 
 OTHER = caller("other@demo-project.iam.gserviceaccount.com", subject="other", expires_at=10**10)

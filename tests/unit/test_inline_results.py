@@ -25,15 +25,10 @@ from bqgate.service.gateway import Gateway, GatewayConfig, inline_page
 from bqgate.wire import codec
 from bqgate.wire.bigquery import rest_rows, rows_to_rest
 from bqgate.wire.codec import RawJson
-from fakes import Events, FakeWarehouse, MemoryJobStore, MemoryQueue, caller
+from fakes import CUSTOMERS, Events, FakeWarehouse, MemoryJobStore, MemoryQueue, caller
 
 POLICY = load_policy("policies/default.yaml")
 AGENT = caller("agent@demo-project.iam.gserviceaccount.com", subject="agent", expires_at=10**10)
-CUSTOMERS = [
-    {"name": "customer_id", "type": "INTEGER"},
-    {"name": "email", "type": "STRING"},
-    {"name": "ssn", "type": "STRING"},
-]
 SQL = "SELECT customer_id, email, ssn FROM `demo-project.sales.customers`"
 MASKED_SSN_7 = "XXX-XX-0007"
 

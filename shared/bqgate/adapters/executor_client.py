@@ -179,9 +179,31 @@ class DirectExecutor:
         and run (:func:`bqgate.service.dispatch.directly_acceptable`). Its answer, or None
         if it could not be asked; never the topic: there is no stored job to deliver."""
         new = {NEW_JOB: {"doc": job.to_doc(), "outbox": handoff.to_doc()}}
-        headers, body = envelopes.direct_call(job.job_id, new)
-        headers[DIRECT_HEADER] = "1"
         hint = self.hints.outgoing_for(job) if self.hints is not None else None
+        answer, problem = self._call(job.job_id, new, hint)
+        if answer is None:
+            log.warning("direct hand-over of %s %s; the ingress creates it", job.job_id, problem)
+        return answer
+
+    def __call__(self, job_id: str) -> ExecutorAnswer | None:
+        """Hand ``job_id`` to the executor and return its answer (None: it went to the
+        topic instead); raises only if neither path took it."""
+        handover = self.hints.handover(job_id) if self.hints is not None else None
+        hint = self.hints.outgoing(job_id) if self.hints is not None else None
+        answer, problem = self._call(job_id, handover, hint)
+        if answer is not None:
+            return answer
+        # Fall back whatever went wrong: the job must not be lost.
+        log.warning("direct executor call for %s %s; using the topic", job_id, problem)
+        self.queue.publish(self.topic, envelopes.job_message(job_id))
+        return None
+
+    def _call(
+        self, job_id: str, handover: Any, hint: str | None
+    ) -> tuple[ExecutorAnswer | None, str]:
+        """One direct call: the executor's answer, or None and what went wrong."""
+        headers, body = envelopes.direct_call(job_id, handover)
+        headers[DIRECT_HEADER] = "1"
         if hint:
             headers[HEAD_HEADER] = hint
         try:
@@ -190,54 +212,12 @@ class DirectExecutor:
                 headers["Authorization"] = f"Bearer {bearer}"
             resp = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout_s)
         except Exception as exc:
-            log.warning(
-                "direct hand-over of %s failed (%s); the ingress creates it",
-                job.job_id,
-                type(exc).__name__,
-            )
-            return None
+            return None, f"failed ({type(exc).__name__})"
         if resp.status_code >= 300:
-            log.warning(
-                "direct hand-over of %s answered %s; the ingress creates it",
-                job.job_id,
-                resp.status_code,
-            )
-            return None
+            return None, f"answered {resp.status_code}"
         if self.hints is not None:
             self.hints.incoming(resp.headers.get(HEAD_HEADER))
-        return _answer(resp)
-
-    def __call__(self, job_id: str) -> ExecutorAnswer | None:
-        """Hand ``job_id`` to the executor and return its answer (None: it went to the
-        topic instead); raises only if neither path took it."""
-        handover = self.hints.handover(job_id) if self.hints is not None else None
-        headers, body = envelopes.direct_call(job_id, handover)
-        headers[DIRECT_HEADER] = "1"
-        hint = self.hints.outgoing(job_id) if self.hints is not None else None
-        if hint:
-            headers[HEAD_HEADER] = hint
-        try:
-            bearer = self.token()
-            if bearer:
-                headers["Authorization"] = f"Bearer {bearer}"
-            resp = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout_s)
-            if resp.status_code < 300:
-                if self.hints is not None:
-                    self.hints.incoming(resp.headers.get(HEAD_HEADER))
-                return _answer(resp)
-            log.warning(
-                "direct executor call for %s answered %s; using the topic",
-                job_id,
-                resp.status_code,
-            )
-        except Exception as exc:  # fall back whatever went wrong: the job must not be lost
-            log.warning(
-                "direct executor call for %s failed (%s); using the topic",
-                job_id,
-                type(exc).__name__,
-            )
-        self.queue.publish(self.topic, envelopes.job_message(job_id))
-        return None
+        return _answer(resp), ""
 
 
 def _answer(resp: requests.Response) -> ExecutorAnswer:

@@ -44,6 +44,29 @@ def warehouse_job_id(job_id: str) -> str:
     return "bqgate_" + hashlib.sha256(job_id.encode()).hexdigest()
 
 
+def handed_over_job_id(job: Job) -> str:
+    """The BigQuery job id of a read the executor runs while its creation commits
+    (:func:`bqgate.service.dispatch.directly_acceptable`): derived from the job id, its
+    owner and its creation time, so it names that one submission only.
+
+    Such a read starts on BigQuery before the commit that would fail on a duplicate job
+    id. Under :func:`warehouse_job_id` a read submitted with someone else's job id would
+    create the BigQuery job their own job later attaches to (an approved statement would
+    "finish" with another statement's result); in a namespace of its own (a NUL, which no
+    job id holds, separates the parts) it collides with no other job's. A redelivery of
+    the job attaches to the same BigQuery job (the claim stores this id).
+
+    >>> j = Job(job_id="abc", project="p", location="US", sql="", owner="a", created_ms=1)
+    >>> handed_over_job_id(j) != warehouse_job_id("abc")
+    True
+    >>> handed_over_job_id(j) == handed_over_job_id(Job(job_id="abc", project="p",
+    ...     location="US", sql="", owner="b", created_ms=1))
+    False
+    """
+    key = "\0".join(("handed-over", job.job_id, job.owner, str(job.created_ms)))
+    return "bqgate_" + hashlib.sha256(key.encode()).hexdigest()
+
+
 @dataclass
 class Job:
     job_id: str

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 
+import helpers
 import pytest
 import requests
 from bqgate import outbox
@@ -21,13 +22,16 @@ from bqgate.adapters.firestore_store import FirestoreJobStore
 from bqgate.audit.chain import session_doc_id
 from bqgate.chain import Keyring, load_or_create_dev_key
 from bqgate.classification import Classification
-from bqgate.client import gateway_client as make_client
+from bqgate.cli import main
 from bqgate.dev.stack import PROJECT, Stack
-from bqgate.jobs import Job
+from bqgate.jobs import Job, warehouse_job_id
 from bqgate.service.dispatch import DIRECT_HEADER, NOT_CREATED, ExecutorAnswer
 from bqgate.verification import verify_chain
 from bqgate.wire import envelopes
+from conftest import mint_token_for
 from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, firestore
 
 pytestmark = pytest.mark.system
@@ -35,6 +39,21 @@ pytestmark = pytest.mark.system
 EVENTS_TABLE = "`demo-project.analytics.events`"
 SQL = f"SELECT name, COUNT(*) AS n FROM {EVENTS_TABLE} GROUP BY name ORDER BY name"
 ACCEPTED_PATH = ["request", "classification", "execution_started", "execution_finished", "result"]
+
+
+def insert_as(stack: Stack, principal: str, job_id: str, sql: str) -> requests.Response:
+    """``jobs.insert`` of ``sql`` under ``job_id`` as another agent (of the agents group,
+    so an allowed read takes the hand-over)."""
+    token = mint_token_for(stack, principal, ("ai-coding-agents",))
+    return requests.post(
+        f"{stack.url('gateway')}/bigquery/v2/projects/{PROJECT}/jobs",
+        headers={"Authorization": f"Bearer {token}"},
+        json={
+            "jobReference": {"projectId": PROJECT, "jobId": job_id},
+            "configuration": {"query": {"query": sql, "useLegacySql": False}},
+        },
+        timeout=60,
+    )
 
 
 def labelled(label: str) -> bigquery.QueryJobConfig:
@@ -95,11 +114,10 @@ def test_an_id_another_principal_holds_is_a_conflict_and_their_job_is_untouched(
         firestore.Client(project=PROJECT), retention_seconds=3600, record_rows=100
     )
     events_before = record.events(before.session_id)
-    alice = make_client(
-        stack.url("gateway"), principal="alice@example.com", dev_dir=stack.state_dir
-    )
-    with pytest.raises(gexc.Conflict):
-        alice.query(SQL, job_id=job_id, job_retry=None).result(timeout=60)
+    resp = insert_as(stack, "eve@example.com", job_id, SQL)
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["error"]["errors"][0]["reason"] == "duplicate"
+    assert "rows" not in resp.text and "user" not in resp.text
     after = store.get(job_id)
     assert after is not None and after.to_doc() == before.to_doc()
     assert record.events(before.session_id) == events_before
@@ -184,3 +202,45 @@ def test_the_executor_creates_nothing_handed_over_that_is_not_an_allowed_read(
     assert answer.outcome == NOT_CREATED and not answer.accepted and answer.job is None
     assert store.get(job.job_id) is None
     assert json.loads(answer.to_json().split(b"\n")[0])["accepted"] is False
+
+
+PAYROLL = (
+    "SELECT employee_id, name, salary FROM `demo-project.finance.payroll` "
+    "ORDER BY employee_id LIMIT 2"
+)
+
+
+def test_a_read_under_a_pending_requests_id_cannot_become_its_result(
+    stack: Stack, gateway_client: bigquery.Client, store: FirestoreJobStore
+) -> None:
+    """Job-id squatting on the real BigQuery emulator: a read submitted with the id of
+    another principal's request awaiting approval starts on BigQuery before its create
+    fails as a duplicate; it must not run as the BigQuery job the approved request will
+    attach to (the approved statement would "finish" with the squatter's result)."""
+    job_id = f"squat-{uuid.uuid4().hex[:10]}"
+    pending = gateway_client.query(PAYROLL, job_id=job_id, job_retry=None)
+    held = store.get(job_id)
+    assert held is not None and held.state == "PENDING_APPROVAL"
+    resp = insert_as(stack, "eve@example.com", job_id, SQL)
+    assert resp.status_code == 409, resp.text
+    emulator = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=stack.url("bigquery")),
+    )
+    with pytest.raises(gexc.NotFound):
+        emulator.get_job(warehouse_job_id(job_id))
+    record = FirestoreRecorder(
+        firestore.Client(project=PROJECT), retention_seconds=3600, record_rows=100
+    )
+    session = held.session_id
+
+    def notified() -> bool:
+        return "notified" in [e.kind for e in record.events(session) if e.job_id == job_id]
+
+    helpers.until("the approval request in Slack", notified, timeout=90)
+    dev = ["--dev-dir", str(stack.state_dir)]
+    assert main(["approve", job_id, "--principal", "bob@example.com", *dev]) == 0
+    rows = list(pending.result(timeout=90))
+    assert len(rows) == 2 and all(r.salary is None for r in rows)  # its own statement, masked
+    assert {"employee_id", "name", "salary"} == set(rows[0].keys())

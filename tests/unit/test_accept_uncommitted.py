@@ -18,7 +18,7 @@ import pytest
 from bqgate import outbox
 from bqgate.classification import Classification
 from bqgate.errors import Duplicate, Unavailable
-from bqgate.jobs import Job
+from bqgate.jobs import Job, handed_over_job_id, warehouse_job_id
 from bqgate.outbox import OutboxRecord
 from bqgate.policy import load_policy
 from bqgate.service.dispatch import NOT_CREATED, STORE_DOWN, ExecutorAnswer, directly_acceptable
@@ -152,12 +152,23 @@ def test_the_session_record_is_the_same_as_on_the_committed_path() -> None:
     assert committed.created_states == ["PENDING"] and committed.direct_calls == ["job1"]
 
     def plain(rig: Rig) -> list[tuple[str, dict[str, Any]]]:
-        # (the run's measured duration is the one thing allowed to differ)
-        return [(k, {**d, "duration_ms": None}) for _, k, d in rig.events.events]
+        # What may differ: the run's measured duration, and the BigQuery job id (a
+        # handed-over read runs as one of its own: jobs.handed_over_job_id).
+        return [
+            (
+                k,
+                {**d, "duration_ms": None, "warehouse_job_id": None}
+                if "duration_ms" in d or "warehouse_job_id" in d
+                else d,
+            )
+            for _, k, d in rig.events.events
+        ]
 
     assert plain(handed) == plain(committed)
     a, b = handed.store.docs["job1"], committed.store.docs["job1"]
-    skip = {"created_ms", "started_ms", "ended_ms", "timings"}
+    assert a["warehouse_job_id"] == handed_over_job_id(Job.from_doc(a))
+    assert b["warehouse_job_id"] == warehouse_job_id("job1")
+    skip = {"created_ms", "started_ms", "ended_ms", "timings", "warehouse_job_id"}
     assert {k: v for k, v in a.items() if k not in skip} == {
         k: v for k, v in b.items() if k not in skip
     }
@@ -320,3 +331,37 @@ def test_a_transient_failure_after_the_create_is_the_jobs_not_a_new_job() -> Non
     stored = rig.store.get("t1")
     assert stored is not None and stored.state == "RUNNING" and stored.transient_failures == 1
     assert rig.store.outbox[rec.record_id]["done_ms"] is None  # due: the reconciler re-sends
+
+
+def test_a_read_under_someone_elses_job_id_creates_no_bigquery_job_theirs_attaches_to() -> None:
+    """Job-id squatting: the read starts on BigQuery before its create fails as a
+    duplicate, so it must not run as the BigQuery job the holder's own job will."""
+    rig = Rig()
+    rig.gw.new_id = lambda: "held"
+    held = Job.new(
+        job_id="held",
+        project="demo-project",
+        location="US",
+        sql=SQL,
+        owner=AGENT.email,
+        classification=replace(verdict(SQL), decision="approve"),
+        state="PENDING_APPROVAL",
+        now_ms=1,
+    )
+    rig.store.create(held)  # awaiting an approver: it has not run on BigQuery yet
+    with pytest.raises(Duplicate):
+        rig.query(OTHER)
+    assert rig.wh.jobs and warehouse_job_id("held") not in rig.wh.jobs
+    # The holder's own read of that id would not attach to the squatter's either.
+    mine = replace(held, owner=AGENT.email, created_ms=2)
+    assert handed_over_job_id(mine) not in rig.wh.jobs
+
+
+def test_a_redelivered_handed_over_read_attaches_to_its_own_bigquery_job() -> None:
+    rig = Rig()
+    rig.query()
+    done = rig.store.get("job1")
+    assert done is not None and done.warehouse_job_id == handed_over_job_id(done)
+    assert list(rig.wh.jobs) == [done.warehouse_job_id]
+    # A stale delivery of the finished job runs nothing more.
+    assert rig.ex.run("job1") == "skipped" and list(rig.wh.jobs.values()) == [1]

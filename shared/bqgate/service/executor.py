@@ -51,6 +51,7 @@ from bqgate.jobs import (
     RUNNING,
     Job,
     Transition,
+    handed_over_job_id,
     warehouse_job_id,
 )
 from bqgate.outbox import OutboxRecord
@@ -972,12 +973,18 @@ class Executor:
         request's session events, in the same one commit (a duplicate id takes nothing)."""
         job_id = stored.job_id
         now = self._now_ms()
-        wjid = warehouse_job_id(job_id)
+        # The BigQuery job it runs as (a redelivery attaches to it): the one its first
+        # claim stored; a handed-over read's own (jobs.handed_over_job_id).
+        wjid = stored.warehouse_job_id or (
+            handed_over_job_id(stored) if create is not None else warehouse_job_id(job_id)
+        )
         rewritten = plan.sql if plan.changed else None
 
         def claim(job: Job) -> Job | None:
             if job.state not in (PENDING, RUNNING):
                 return None  # DONE (nothing to do) or awaiting approval (not ours yet)
+            if job.warehouse_job_id and job.warehouse_job_id != wjid:
+                return None  # another delivery claimed it meanwhile, and runs it
             return replace(
                 job,
                 state=RUNNING,

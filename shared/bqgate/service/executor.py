@@ -3,11 +3,17 @@
 ``Executor.run(job_id)`` is called by the Pub/Sub-triggered function for every
 execute message and may be called by a direct fast path too. It is idempotent:
 
-* the job is claimed in a store transaction; a DONE job is never run again;
+* the job is claimed by a conditional commit; a DONE job is never run again;
 * the BigQuery job id is derived from the gateway job id
-  (:func:`bqgate.jobs.warehouse_job_id`), so a redelivery or a retry after a crash
-  attaches to the same BigQuery job instead of running the statement twice;
+  (:func:`bqgate.jobs.warehouse_job_id`; for a read handed over uncommitted, from the
+  job id, its owner and its creation time: :func:`bqgate.jobs.handed_over_job_id`) and
+  stored by the claim, so a redelivery or a retry after a crash attaches to the same
+  BigQuery job instead of running the statement twice;
 * result pages have deterministic ids, so rewriting them is harmless.
+
+``Executor.accept(job, handoff)`` serves the ingress's direct call for an allowed read it
+has not committed: the job is created with its claim, in one commit made while the read
+runs (see :func:`bqgate.service.dispatch.directly_acceptable`).
 
 Every job it is handed ends (see :meth:`Executor.run`): BigQuery's answer becomes the
 job's error through :func:`bqgate.errors.from_warehouse`; a dependency outage

@@ -44,6 +44,19 @@ def verdict(sql: str, **_: Any) -> Classification:
     )
 
 
+def agents_read(job_id: str) -> Job:
+    """The agent's allowed read of the customers table, as the ingress makes it."""
+    return Job.new(
+        job_id=job_id,
+        project="demo-project",
+        location="US",
+        sql=SQL,
+        owner=AGENT.email,
+        classification=verdict(SQL),
+        now_ms=1,
+    )
+
+
 def cells(body: Mapping[str, Any]) -> list[list[Any]]:
     return [[c["v"] for c in row["f"]] for row in body["rows"]]
 
@@ -286,16 +299,12 @@ def test_a_lost_answer_for_a_job_still_running_is_delivered_again_by_the_topic()
 def test_the_executor_creates_nothing_it_is_not_meant_to() -> None:
     rig = Rig()
     rec = outbox.new_record("w1", outbox.ACCEPTED, "execute", now_ms=1, deadline_ms=20_000)
-    base = Job.new(
-        job_id="w1",
-        project="demo-project",
-        location="US",
+    read = agents_read("w1")
+    base = replace(
+        read,
         sql="DELETE FROM t WHERE true",
-        owner=AGENT.email,
         classification=Classification("allow", statements=("DELETE",), tables=(TABLE,)),
-        now_ms=1,
     )
-    read = replace(base, sql=SQL, classification=verdict(SQL))
     for job, handoff in [
         (base, rec),  # a write
         (replace(read, dry_run=True), rec),  # a dry run
@@ -317,15 +326,7 @@ def test_a_transient_failure_after_the_create_is_the_jobs_not_a_new_job() -> Non
 
     rig.wh.run = fail  # type: ignore[method-assign]  # break the fake's run
     rec = outbox.new_record("t1", outbox.ACCEPTED, "execute", now_ms=1, deadline_ms=20_000)
-    job = Job.new(
-        job_id="t1",
-        project="demo-project",
-        location="US",
-        sql=SQL,
-        owner=AGENT.email,
-        classification=verdict(SQL),
-        now_ms=1,
-    )
+    job = agents_read("t1")
     with pytest.raises(Unavailable):
         rig.ex.accept(job, rec)  # created: the failure is the job's (redelivered)
     stored = rig.store.get("t1")
@@ -338,15 +339,10 @@ def test_a_read_under_someone_elses_job_id_creates_no_bigquery_job_theirs_attach
     duplicate, so it must not run as the BigQuery job the holder's own job will."""
     rig = Rig()
     rig.gw.new_id = lambda: "held"
-    held = Job.new(
-        job_id="held",
-        project="demo-project",
-        location="US",
-        sql=SQL,
-        owner=AGENT.email,
+    held = replace(
+        agents_read("held"),
         classification=replace(verdict(SQL), decision="approve"),
         state="PENDING_APPROVAL",
-        now_ms=1,
     )
     rig.store.create(held)  # awaiting an approver: it has not run on BigQuery yet
     with pytest.raises(Duplicate):

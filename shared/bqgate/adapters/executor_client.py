@@ -61,10 +61,10 @@ class SessionHints:
         """The head of ``job_id``'s session as this process last committed it, if known."""
         try:
             job = self.store.known(job_id)
-            return None if job is None else self.recorder.hint(self.recorder.session_of(job))
         except Exception:  # a hint is only ever an optimisation
             log.exception("no session hint for %s", job_id)
             return None
+        return None if job is None else self.outgoing_for(job)
 
     def outgoing_for(self, job: Job) -> str | None:
         """The head of ``job``'s session as this process last committed it, if known."""

@@ -165,7 +165,6 @@ def directly_acceptable(job: Job) -> bool:
         and not verdict.second_opinion
         and not job.dry_run
         and not needs_approval(job)
-        and not job.done
         and job.executions == 0
         and not job.warehouse_job_id
     )

@@ -524,6 +524,11 @@ class Executor:
             plan = self._rewrite(job)
         except RewriteError:
             return None
+        return plan if self._settled_estimate(job) is not None else None
+
+    def _settled_estimate(self, job: Job) -> int | None:
+        """The tables' stored sizes when they settle the job's cost: the policy allows
+        that much and the client's own cap is not exceeded (None: ask BigQuery's dry run)."""
         estimate = self._upper_bound(job)
         if (
             estimate is None
@@ -531,7 +536,7 @@ class Executor:
             or over_client_cap(estimate, job)
         ):
             return None
-        return plan
+        return estimate
 
     def _proceed(self, job: Job) -> str:
         """:meth:`_run` for the job as stored."""
@@ -562,12 +567,8 @@ class Executor:
                     AccessDenied(f"Approval does not match this job: {problem}"),
                 )
         elif job.state == PENDING:
-            estimate = None if job.classification.writes else self._upper_bound(job)
-            if (
-                estimate is None
-                or cost_decision(estimate, self.policy)[0] != "allow"
-                or over_client_cap(estimate, job)
-            ):
+            estimate = None if job.classification.writes else self._settled_estimate(job)
+            if estimate is None:
                 estimate = self._estimate(job, plan)  # the bound does not settle it: ask BigQuery
             if estimate is None:
                 return "failed"
@@ -1065,10 +1066,8 @@ class Executor:
                 outcome = run_it()
             except BqgateError as err:
                 claimed = claiming.result()
-                if not claimed.changed:
+                if not self._took(claimed, create):
                     return "skipped"
-                if create is not None:
-                    self._local.created = True  # this call created the job
                 if err.transient:
                     raise  # the redelivery attaches to the same BigQuery job id
                 return self._fail(claimed.after, err)
@@ -1076,18 +1075,14 @@ class Executor:
                 futures.wait([claiming])  # nothing else writes the job meanwhile
                 raise
             claimed = claiming.result()
-            if not claimed.changed:
+            if not self._took(claimed, create):
                 return "skipped"
-            if create is not None:
-                self._local.created = True  # this call created the job
             job = claimed.after
         else:
             # Anything that may write: claimed first, then run.
             claimed = claim_it()
-            if not claimed.changed:
+            if not self._took(claimed, create):
                 return "skipped"
-            if create is not None:
-                self._local.created = True  # this call created the job
             job = claimed.after
             t0 = time.perf_counter()
             try:
@@ -1100,6 +1095,12 @@ class Executor:
         if outcome.error:
             return self._fail(job, outcome.error)
         return self._store_results(job, wjid, outcome, run_ms, plan)
+
+    def _took(self, claimed: Transition, create: OutboxRecord | None) -> bool:
+        """Whether the claim took the job (with ``create``: this call then created it)."""
+        if claimed.changed and create is not None:
+            self._local.created = True
+        return claimed.changed
 
     def _answer_dry_run(self, job: Job, plan: Rewrite) -> str:
         """Answer a client's dry run like BigQuery (bytes, schema, statement type, tables)
